@@ -1,0 +1,38 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Each creates (or reuses) the virtual environment in .venv and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: demo test test-fast bench bench-throughput bench-detection check-config lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,otlp]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/watcher demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: bench-throughput bench-detection
+
+bench-throughput: $(STAMP)
+	$(PY) -m bench.throughput $(BENCH_ARGS)
+
+bench-detection: $(STAMP)
+	$(PY) -m bench.detection.run $(BENCH_ARGS)
+
+check-config: $(STAMP)
+	$(VENV)/bin/watcher check-config
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,260 @@
+"""The daemon: wiring and lifecycle.
+
+One loop: take a batch from the source, run the engine, publish the rejected messages to the
+dead-letter sink, append decisions and drift signals to the log, and only then commit the batch's
+offsets. SIGTERM / SIGINT finish the batch in hand, commit, and exit 0. A lost broker never crashes
+the daemon: the source reconnects by itself and ``/readyz`` says not-ready meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from watcher.api import Api
+from watcher.config import Settings
+from watcher.deadletter import DeadLetters, KafkaDeadLetters
+from watcher.decisions import DecisionLog, SqliteDecisionLog
+from watcher.engine import BatchResult, Engine
+from watcher.events import Deployment, encode_deployment
+from watcher.source import KafkaSource, Message, Source
+from watcher.telemetry import StateCollector, WatcherMetrics, setup_tracing
+from watcher.verdicts import Decision
+
+log = logging.getLogger(__name__)
+
+
+class Origins(Sequence[str]):
+    """Where each message of a batch came from, formatted only for the few that are rejected."""
+
+    __slots__ = ("_batch",)
+
+    def __init__(self, batch: Sequence[Message]) -> None:
+        self._batch = batch
+
+    def __len__(self) -> int:
+        return len(self._batch)
+
+    def __getitem__(self, i: Any) -> Any:
+        m = self._batch[i]
+        return f"{m.topic}/{m.partition}@{m.offset}"
+
+
+class MarkerPublisher:
+    """Writes markers received over HTTP to the deployments topic, so every instance and every
+    restart sees them in order with the others (the topic is the durable record; duplicates are
+    ignored by event id)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: Any = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        kafka = self._settings.kafka
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=kafka.bootstrap_servers, client_id=f"{kafka.client_id}-markers", acks="all",
+            request_timeout_ms=kafka.request_timeout_ms, **kafka.client_options(),
+        )
+        try:
+            await self._producer.start()
+        except Exception as exc:  # the broker may be down at start-up: retried on first use
+            log.warning("marker producer not connected yet: %s", exc)
+
+    async def publish(self, marker: Deployment) -> None:
+        topics = self._settings.kafka.deployments_topics
+        if self._producer is None or not topics:
+            return
+        await asyncio.wait_for(
+            self._producer.send_and_wait(topics[0], encode_deployment(marker), key=marker.agent_id.encode()),
+            timeout=10,
+        )
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+
+
+class NullMarkerPublisher:
+    """For a daemon without Kafka (file sources, tests): markers are applied, not republished."""
+
+    async def start(self) -> None:
+        return None
+
+    async def publish(self, marker: Deployment) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        source: Source | None = None,
+        dead_letters: DeadLetters | None = None,
+        decision_log: DecisionLog | None = None,
+        engine: Engine | None = None,
+        marker_publisher: MarkerPublisher | NullMarkerPublisher | None = None,
+        tracer: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.engine = engine if engine is not None else Engine(settings)
+        topics = [*settings.kafka.telemetry_topics, *settings.kafka.deployments_topics]
+        kafka = settings.kafka
+        self.source: Source = source if source is not None else KafkaSource(
+            kafka.bootstrap_servers, list(dict.fromkeys(topics)), kafka.group_id,
+            auto_offset_reset=kafka.auto_offset_reset, max_records=kafka.max_batch_records,
+            poll_timeout_ms=kafka.poll_timeout_ms, stale_after=kafka.ready_stale_after_s,
+            client_options={"client_id": kafka.client_id, "request_timeout_ms": kafka.request_timeout_ms,
+                            "session_timeout_ms": kafka.session_timeout_ms,
+                            "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+                            "max_partition_fetch_bytes": kafka.max_partition_fetch_bytes, **kafka.client_options()},
+        )
+        self.dead_letters = dead_letters if dead_letters is not None else KafkaDeadLetters(settings.kafka)
+        self.decision_log = decision_log if decision_log is not None else SqliteDecisionLog(settings.judge.decision_log)
+        self.markers: MarkerPublisher | NullMarkerPublisher = marker_publisher if marker_publisher is not None else MarkerPublisher(settings)
+        self.metrics = WatcherMetrics(self.registry)
+        self.registry.register(StateCollector(self.engine))
+        self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
+        self.tracer = tracer if tracer is not None else setup_tracing(settings.telemetry)
+        self.port: int | None = None
+        self.batches_processed = 0
+        self.events_consumed = 0
+        self._runner: web.AppRunner | None = None
+        self._http_up = False
+
+    # -- readiness ------------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, str]:
+        if not self._http_up:
+            return False, "starting"
+        if not self.source.ready:
+            return False, "not consuming: the broker is unreachable or partitions are not assigned yet"
+        return True, "consuming"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start_http(self) -> None:
+        api = Api(
+            self.engine, registry=self.registry, decision_log=self.decision_log, readiness=self.readiness,
+            on_marker=self.markers.publish, on_decisions=self._persist_decisions,
+            max_body_bytes=self.settings.http.max_body_bytes,
+        )
+        self._runner = web.AppRunner(api.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.http.port
+        self._http_up = True
+        log.info("HTTP API on http://%s:%s", self.settings.http.host, self.port)
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until ``stop`` is set; returns the process exit code."""
+        await self.start_http()
+        await self.markers.start()
+        await self.source.start()
+        try:
+            await self._consume(stop)
+        finally:
+            self._http_up = False
+            await self.source.stop()
+            await self.markers.stop()
+            with contextlib.suppress(Exception):
+                await self.dead_letters.stop()  # type: ignore[attr-defined]
+            if self._runner is not None:
+                await self._runner.cleanup()
+            self.decision_log.close()
+        return 0
+
+    async def _health_ticker(self) -> None:
+        """Lag moves while no batch arrives too (an idle or unreachable broker)."""
+        while True:
+            for (topic, partition), lag in self.source.lag().items():
+                self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+            await asyncio.sleep(1.0)
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        batches = self.source.batches().__aiter__()
+        stopper = asyncio.ensure_future(stop.wait())
+        ticker = asyncio.ensure_future(self._health_ticker())
+        try:
+            while not stop.is_set():
+                fetch = asyncio.ensure_future(batches.__anext__())
+                done, _ = await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if fetch not in done:
+                    fetch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await fetch
+                    break
+                try:
+                    batch = fetch.result()
+                except StopAsyncIteration:
+                    break
+                # the batch in hand is finished and committed even when a stop arrives meanwhile
+                await self.handle(batch)
+        finally:
+            stopper.cancel()
+            ticker.cancel()
+
+    async def handle(self, batch: Sequence[Message]) -> BatchResult:
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span("watcher.batch") as span:
+            result = self.engine.process([m.value for m in batch], origins=Origins(batch))
+            if result.rejected:
+                await self.dead_letters.publish(result.rejected)
+                self.metrics.dead_letters.inc(len(result.rejected))
+            await self._persist_decisions(result.decisions)
+            if result.drift_signals:
+                for signal in result.drift_signals:
+                    self.decision_log.append_drift(signal)
+                    self.metrics.drift_signals.labels(
+                        signal.agent_id, signal.environment, signal.version, signal.metric
+                    ).inc()
+            await self.source.commit(batch)
+            span.set_attribute("watcher.events", len(batch))
+            span.set_attribute("watcher.turns", result.turns)
+            span.set_attribute("watcher.rejected", len(result.rejected))
+            span.set_attribute("watcher.decisions", len(result.decisions))
+        self._observe(batch, result, time.perf_counter() - started)
+        return result
+
+    async def _persist_decisions(self, decisions: list[Decision]) -> None:
+        if not decisions:
+            return
+        self.decision_log.append_many(decisions)
+        for d in decisions:
+            self.metrics.decisions.labels(d.rollout.agent_id, d.rollout.environment, d.action.value).inc()
+            log.warning("decision %s %s: %s", d.action.value, d.rollout.rollout_id, d.reason)
+
+    def _observe(self, batch: Sequence[Message], result: BatchResult, seconds: float) -> None:
+        m = self.metrics
+        by_topic: dict[str, int] = {}
+        for msg in batch:
+            by_topic[msg.topic] = by_topic.get(msg.topic, 0) + 1
+        for topic, n in by_topic.items():
+            m.events_consumed.labels(topic).inc(n)
+        for r in result.rejected:
+            m.events_rejected.labels(r.reason.value).inc()
+        if result.duplicates:
+            m.events_duplicate.inc(result.duplicates)
+        m.batch_duration.observe(seconds)
+        m.batch_events.observe(len(batch))
+        m.last_batch.set(time.time())
+        for (topic, partition), lag in self.source.lag().items():
+            m.consumer_lag.labels(topic, str(partition)).set(lag)
+        self.batches_processed += 1
+        self.events_consumed += len(batch)

@@ -1,0 +1,52 @@
+"""The one exception tree of watcher.
+
+    WatcherError
+    ├── ConfigError          a setting or policy value is invalid (carries ``field``)
+    ├── SourceError          the telemetry source cannot be read (broker down, file unreadable)
+    ├── SinkError            a signal could not be delivered (carries ``retry_after``, ``permanent``)
+    ├── CheckpointError      state could not be saved or restored
+    └── EmbeddedBrokerError  the embedded broker could not be started
+
+Malformed input events are *not* exceptions: they are values (``events.Rejected``) that are counted
+and dead-lettered. "Not enough data" is a value too (the ``inconclusive`` verdict).
+"""
+
+from __future__ import annotations
+
+
+class WatcherError(Exception):
+    """Root of every error watcher raises on purpose."""
+
+
+class ConfigError(WatcherError):
+    """A configuration or policy value is invalid; ``field`` names it (dotted path)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class SourceError(WatcherError):
+    """The telemetry source cannot be read."""
+
+
+class SinkError(WatcherError):
+    """A delivery to a sink failed.
+
+    ``permanent`` failures (e.g. HTTP 400) are not retried; ``retry_after`` (seconds) is the
+    receiver's own hint, honoured by the outbox.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
+class CheckpointError(WatcherError):
+    """State could not be saved or restored."""
+
+
+class EmbeddedBrokerError(WatcherError):
+    """The embedded Kafka-compatible broker could not be started."""
