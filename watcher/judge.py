@@ -63,12 +63,17 @@ def _float_column(values: list[Any], n: int) -> np.ndarray:
 
 
 class _Conversations:
-    """Bounded conversation table: two generations of id -> slot, arrays indexed by slot."""
+    """Bounded conversation table: two generations of id -> slot, arrays indexed by slot.
+
+    Ids are found through one open-addressing hash table per generation (numpy arrays of the ids'
+    64-bit ``hash``, linear probing): a whole batch is looked up in a few vectorised probes, where a
+    dict lookup per turn costs ~0.5 us of cache misses on a large table. Two ids with the same 64-bit
+    hash would share a row (probability ~1e-14 per turn; documented). ``ids`` keeps slot -> id for
+    the state, which stores ids, never hashes (``hash`` is salted per process).
+    """
 
     def __init__(self, cap: int, n_keys: int) -> None:
         self.cap = cap
-        self.cur: dict[str, int] = {}
-        self.old: dict[str, int] = {}
         self.gen = 0
         self.next = 0
         size = 2 * cap
@@ -78,42 +83,88 @@ class _Conversations:
         self.slices = np.full((size, max(n_keys, 1)), -1, np.int16)
         self.flags = np.zeros(size, np.uint16)
         self.sums = np.zeros((size, 4))  # quality S, n; log-latency S, n
+        self.ids: list[str | None] = [None] * size
+        width = 1 << max(int(math.ceil(math.log2(2.5 * max(cap, 8)))), 4)  # load factor <= 0.4
+        self.mask = width - 1
+        self.keys = np.zeros((2, width), np.int64)  # 0 = empty
+        self.vals = np.zeros((2, width), np.int64)
+
+    @property
+    def base(self) -> int:
+        return (self.gen % 2) * self.cap
+
+    def __len__(self) -> int:
+        """Conversations in the current generation."""
+        return self.next - self.base
 
     def rotate(self) -> None:
         # The oldest generation is forgotten: its conversations keep their contribution to the sums
         # and would count as new conversations if they came back (documented approximation).
-        self.old, self.cur = self.cur, {}
         self.gen += 1
-        base = (self.gen % 2) * self.cap
+        base = self.base
         region = slice(base, base + self.cap)
         for a in (self.arm, self.rho, self.epoch, self.flags, self.sums):
             a[region] = 0
         self.slices[region] = -1
+        self.ids[region] = [None] * self.cap
+        self.keys[self.gen % 2] = 0
         self.next = base
 
-    def alloc(self, cid: str) -> int:
-        s = self.next
-        self.next += 1
-        self.cur[cid] = s
-        return s
+    def find(self, h: np.ndarray, old: bool = False) -> np.ndarray:
+        """Slots of hashed ids in the current (or the old) generation, -1 where absent."""
+        t = (self.gen + old) % 2
+        keys, vals, mask = self.keys[t], self.vals[t], self.mask
+        out = np.full(len(h), -1, np.int64)
+        at, pos = np.arange(len(h)), h & mask
+        while len(at):
+            k = keys[pos]
+            hit = k == h
+            out[at[hit]] = vals[pos[hit]]
+            more = ~hit & (k != 0)
+            at, h, pos = at[more], h[more], (pos[more] + 1) & mask
+        return out
 
-    def migrate(self, cid: str, old_slot: int) -> int:
-        s = self.alloc(cid)
-        for a in (self.arm, self.rho, self.epoch, self.flags, self.sums, self.slices):
-            a[s] = a[old_slot]
-        return s
+    def insert(self, h: np.ndarray, slots: np.ndarray) -> None:
+        """Add distinct, absent hashed ids with their slots to the current generation (``ids``: caller)."""
+        t = self.gen % 2
+        keys, vals, mask = self.keys[t], self.vals[t], self.mask
+        pos = h & mask
+        while len(h):
+            free = keys[pos] == 0
+            keys[pos[free]] = h[free]  # of several ids claiming one free cell, the last write wins
+            won = keys[pos] == h
+            vals[pos[won]] = slots[won]
+            rest = ~won
+            h, slots, pos = h[rest], slots[rest], (pos[rest] + 1) & mask
 
     def to_state(self) -> dict[str, Any]:
-        return {"cap": self.cap, "cur": self.cur, "old": self.old, "gen": self.gen, "next": self.next,
+        base, obase = self.base, self.cap - self.base
+        cur = {self.ids[s]: s for s in range(base, self.next)}
+        old = {c: s for s, c in enumerate(self.ids[obase:obase + self.cap], obase) if c is not None}
+        return {"cap": self.cap, "cur": cur, "old": old, "gen": self.gen, "next": self.next,
                 **{k: array_to_state(getattr(self, k)) for k in ("arm", "rho", "epoch", "slices", "flags", "sums")}}
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> _Conversations:
         c = cls(d["cap"], 1)
-        c.cur, c.old, c.gen, c.next = dict(d["cur"]), dict(d["old"]), d["gen"], d["next"]
+        c.gen, c.next = d["gen"], d["next"]
         for k in ("arm", "rho", "epoch", "slices", "flags", "sums"):
             setattr(c, k, array_from_state(d[k]))
+        for gen, table in ((d["gen"] - 1, d["old"]), (d["gen"], d["cur"])):
+            if table:
+                c.gen = gen
+                c.insert(id_hashes(list(table)), np.fromiter(table.values(), np.int64, len(table)))
+                for cid, s in table.items():
+                    c.ids[s] = cid
+        c.gen = d["gen"]
         return c
+
+
+def id_hashes(ids: list[str]) -> np.ndarray:
+    """64-bit hashes of ids for the conversation table (0 is its empty marker)."""
+    h = np.fromiter(map(hash, ids), np.int64, len(ids))
+    h[h == 0] = 1
+    return h
 
 
 class Judge:
@@ -180,11 +231,12 @@ class Judge:
             self.epochs = {e: b for e, b in self.epochs.items() if e > epoch - self.schedule.span}
             self.epochs[epoch] = self._block()
         conv = self.conv
-        if len(conv.cur) > conv.cap - n:
+        if len(conv) > conv.cap - n:
             conv.rotate()
         cids = [t.conversation_id for t in turns]
-        slots = np.fromiter(map(conv.cur.get, cids, repeat(-1)), np.int64, n)
-        fresh = self._admit(cids, slots, turns, np.fromiter(codes, np.int8, n), ts) if (slots < 0).any() else None
+        h = id_hashes(cids)
+        slots = conv.find(h)
+        fresh = self._admit(h, cids, slots, turns, np.fromiter(codes, np.int8, n), ts) if (slots < 0).any() else None
         u, inv = np.unique(slots, return_inverse=True)
         m = len(u)
         delta = np.zeros((m, self.n_fields))
@@ -231,7 +283,7 @@ class Judge:
         conv.flags[u] = flags
         self._scatter(u, delta)
 
-    def _admit(self, cids: list[str], slots: np.ndarray, turns: Sequence[Any], arm: np.ndarray,
+    def _admit(self, h: np.ndarray, cids: list[str], slots: np.ndarray, turns: Sequence[Any], arm: np.ndarray,
                ts: np.ndarray) -> np.ndarray:
         """Give slots to the batch's conversations missing from the current generation (in place).
 
@@ -240,26 +292,30 @@ class Judge:
         Returns the slots of the new conversations.
         """
         conv = self.conv
-        miss = np.flatnonzero(slots < 0).tolist()
-        mc = [cids[i] for i in miss]
-        new = list(dict.fromkeys(mc))
-        k = len(new)
+        miss = np.flatnonzero(slots < 0)
+        uh, first, inv = np.unique(h[miss], return_index=True, return_inverse=True)
+        order = np.argsort(first)  # distinct new ids by first appearance
+        k = len(uh)
+        rank = np.empty(k, np.int64)
+        rank[order] = np.arange(k)
         base = conv.next
         conv.next += k
-        conv.cur.update(zip(new, range(base, base + k)))
-        new_slots = np.arange(base, base + k)
-        slots[miss] = np.fromiter(map(conv.cur.get, mc), np.int64, len(mc))
-        olds = np.fromiter(map(conv.old.get, new, repeat(-1)), np.int64, k)
+        new_slots = base + rank
+        slots[miss] = new_slots[inv]
+        conv.insert(uh, new_slots)
+        first_pos = miss[first]  # batch position of each new id's first turn
+        conv.ids[base:base + k] = [cids[i] for i in first_pos[order].tolist()]
+        olds = conv.find(uh, old=True)
         mig = olds >= 0
         if mig.any():
             src, dst = olds[mig], new_slots[mig]
             for a in (conv.arm, conv.rho, conv.epoch, conv.flags, conv.sums, conv.slices):
                 a[dst] = a[src]
-        fresh = new_slots[~mig]
+        keep = np.flatnonzero(~mig)
+        keep = keep[np.argsort(first_pos[keep])]  # segment values are adopted in order of appearance
+        fresh = new_slots[keep]
         if len(fresh):
-            first = dict(zip(reversed(mc), reversed(miss)))  # cid -> first position in the batch
-            pos = np.fromiter(map(first.get, compress(new, (~mig).tolist())), np.int64, len(fresh))
-            self._new_conversations(fresh, pos, turns, arm, ts)
+            self._new_conversations(fresh, first_pos[keep], turns, arm, ts)
         return fresh
 
     def _new_conversations(self, slots: np.ndarray, pos: np.ndarray, turns: Sequence[Any],
