@@ -127,8 +127,7 @@ class Api:
         if rollout is None:
             # Argo treats an HTTP error as a failed measurement: a rollout watcher has not seen yet
             # (no telemetry so far) is "inconclusive", not an error.
-            return _json({"data": {"verdict": "inconclusive", "reason": "no such rollout (yet)",
-                                   "rollout_id": request.match_info["rollout_id"]}})
+            return _json({"data": self._no_verdict("no such rollout (yet)", request.match_info["rollout_id"])})
         return _json({"data": self._verdict(rollout)})
 
     async def verdict_query(self, request: web.Request) -> web.Response:
@@ -139,7 +138,7 @@ class Api:
         for r in self.engine.registry.all():
             if r.agent_id == agent and r.environment == env and (version is None or r.canary_version == version):
                 return _json({"data": self._verdict(r)})
-        return _json({"data": {"verdict": "inconclusive", "reason": "no rollout for this agent/version (yet)"}})
+        return _json({"data": self._no_verdict("no rollout for this agent/version (yet)")})
 
     async def acknowledge(self, request: web.Request) -> web.Response:
         return await self._human(request, acknowledge_=True)
@@ -251,6 +250,12 @@ class Api:
         d["markers"] = d["markers"][-20:]
         d["decision"] = self.engine.last_action.get(r.rollout_id, Action.CONTINUE).value
         return d
+
+    @staticmethod
+    def _no_verdict(reason: str, rollout_id: str | None = None) -> dict[str, Any]:
+        """The same keys as a real verdict, so a template reading any of them never misses."""
+        return {"verdict": Verdict.INCONCLUSIVE.value, "decision": Action.CONTINUE.value, "rollout_id": rollout_id,
+                "state": None, "failing": [], "reason": reason, "decision_id": None}
 
     def _verdict(self, r: Rollout) -> dict[str, Any]:
         action = self.engine.last_action.get(r.rollout_id, Action.CONTINUE)

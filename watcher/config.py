@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from watcher.errors import ConfigError
+from watcher.hooks import HooksSettings
 
 ENV_PREFIX = "WATCHER_"
 MASK = "********"
@@ -161,6 +162,7 @@ class Settings:
     rollouts: RolloutSettings = field(default_factory=RolloutSettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    hooks: HooksSettings = field(default_factory=HooksSettings)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:

@@ -24,9 +24,10 @@ from watcher.deadletter import DeadLetters, KafkaDeadLetters
 from watcher.decisions import DecisionLog, SqliteDecisionLog
 from watcher.engine import BatchResult, Engine
 from watcher.events import Deployment, encode_deployment
+from watcher.hooks import FlaggerHooks
 from watcher.source import KafkaSource, Message, Source
 from watcher.telemetry import StateCollector, WatcherMetrics, setup_tracing
-from watcher.verdicts import Decision
+from watcher.verdicts import Action, Decision
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class Daemon:
         self.batches_processed = 0
         self.events_consumed = 0
         self._runner: web.AppRunner | None = None
+        self.hooks: FlaggerHooks | None = None
         self._http_up = False
 
     # -- readiness ------------------------------------------------------------------------------
@@ -152,7 +154,13 @@ class Daemon:
             on_marker=self.markers.publish, on_decisions=self._persist_decisions,
             max_body_bytes=self.settings.http.max_body_bytes,
         )
-        self._runner = web.AppRunner(api.app(), access_log=None)
+        self.hooks = FlaggerHooks(
+            self.engine, self.settings.hooks.flagger, on_marker=self.markers.publish, readiness=self.readiness,
+            decision_log=self.decision_log, max_body_bytes=self.settings.http.max_body_bytes,
+        )
+        app = api.app()
+        app.add_routes(self.hooks.routes())
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
         await site.start()
@@ -172,6 +180,8 @@ class Daemon:
         finally:
             self._http_up = False
             await self.source.stop()
+            if self.hooks is not None:
+                await self.hooks.close()
             await self.markers.stop()
             with contextlib.suppress(Exception):
                 await self.dead_letters.stop()  # type: ignore[attr-defined]
@@ -242,6 +252,11 @@ class Daemon:
 
     def _observe(self, batch: Sequence[Message], result: BatchResult, seconds: float) -> None:
         m = self.metrics
+        for change in result.changes:
+            if change.kind == "started" and change.rollout is not None:
+                # series exist at 0 from the rollout's start, so increase() sees the first decision
+                for action in (Action.PAUSE, Action.ROLLBACK, Action.PROMOTE, Action.RESUME):
+                    m.decisions.labels(change.rollout.agent_id, change.rollout.environment, action.value)
         by_topic: dict[str, int] = {}
         for msg in batch:
             by_topic[msg.topic] = by_topic.get(msg.topic, 0) + 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -91,23 +92,53 @@ def rate_confidence_sequence(c: np.ndarray, b: np.ndarray, rhos: np.ndarray,
     The interval is {r0 : mixture over r0 * m (m two-sided) of L(r0 m)/L(r0) < threshold}, computed on
     a log grid (step 5 %). NaN marks an unbounded side (or no estimate).
     """
-    ks = np.arange(-_CS_HALF - _CS_PAD, _CS_HALF + _CS_PAD + 1)
-    grid = np.exp(ks * _CS_STEP)
-    ll = _loglik(c, b, rhos, grid)  # (..., G)
-    main = np.arange(_CS_PAD, _CS_PAD + 2 * _CS_HALF + 1)
-    shifted = ll[..., main[:, None] + _CS_OFFSETS[None, :]]  # (..., M, K)
-    log_e = logsumexp(shifted - ll[..., main][..., None], axis=-1) - math.log(len(_CS_OFFSETS))
-    inside = log_e < np.expand_dims(np.asarray(log_threshold, dtype=float), -1)
-    r_main = grid[main]
+    log_th, log_1m = _cs_grid(tuple(np.asarray(rhos, dtype=float).tolist()))
+    ll = c @ log_th + b @ log_1m  # (..., G)
+    main = slice(_CS_PAD, _CS_PAD + 2 * _CS_HALF + 1)
+    ll_main = ll[..., main]
+    # log mean_k L(r0 m_k)/L(r0) as log sum_k E(r0 m_k) - log E(r0) with E = exp(ll - max ll): one exp
+    # per grid point instead of one per (point, offset), and shifted sums as slices, not a gather.
+    mx = ll.max(axis=-1, keepdims=True)
+    e = np.exp(ll - mx)
+    n_main = 2 * _CS_HALF + 1
+    s = sum(e[..., _CS_PAD + o:_CS_PAD + o + n_main] for o in _CS_OFFSETS.tolist())
+    with np.errstate(divide="ignore"):
+        log_e = np.log(s) - (ll_main - mx) - math.log(len(_CS_OFFSETS))
+    thr = np.broadcast_to(np.expand_dims(np.asarray(log_threshold, dtype=float), -1), log_e.shape)
+    tiny = s < 1e-290  # every shifted point far below the maximum: the sum lost precision
+    if tiny.any():
+        idx = np.nonzero(tiny)
+        # log_e >= ll(r0 m) - ll(r0) - log K for any single offset: far from the maximum the widest
+        # offsets towards it decide "outside" at once; the rest get the exact log-sum-exp.
+        far = ll[..., _CS_PAD - 70:_CS_PAD - 70 + n_main][idx], ll[..., _CS_PAD + 70:_CS_PAD + 70 + n_main][idx]
+        bound = np.maximum(*far) - ll_main[idx] - math.log(len(_CS_OFFSETS))
+        log_e[idx] = np.inf
+        exact = bound < thr[idx]
+        if exact.any():
+            sub = tuple(i[exact] for i in idx)
+            shifted = np.stack([ll[..., _CS_PAD + o:_CS_PAD + o + n_main][sub] for o in _CS_OFFSETS.tolist()], -1)
+            log_e[sub] = logsumexp(shifted - ll_main[sub][:, None], axis=-1) - math.log(len(_CS_OFFSETS))
+    inside = log_e < thr
+    r_main = _CS_GRID[main]
     any_in = inside.any(axis=-1)
     first = np.argmax(inside, axis=-1)
     last = inside.shape[-1] - 1 - np.argmax(inside[..., ::-1], axis=-1)
     lo = np.where(any_in & (first > 0), r_main[first], np.nan)
     hi = np.where(any_in & (last < len(r_main) - 1), r_main[last], np.nan)
     events = (c.sum(axis=-1) + b.sum(axis=-1)) > 0
-    arg = np.argmax(ll[..., main], axis=-1)
+    arg = np.argmax(ll_main, axis=-1)
     mle = np.where(events & (arg > 0) & (arg < len(r_main) - 1), r_main[arg], np.nan)
     return lo, hi, mle
+
+
+_CS_GRID = np.exp(np.arange(-_CS_HALF - _CS_PAD, _CS_HALF + _CS_PAD + 1) * _CS_STEP)
+
+
+@lru_cache(maxsize=16)
+def _cs_grid(rhos: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """log theta, log(1 - theta) on the confidence-sequence grid: (R, G); depends on the weights only."""
+    th = theta(_CS_GRID[:, None], np.asarray(rhos)[None, :])  # (G, R)
+    return np.log(th).T.copy(), np.log1p(-th).T.copy()
 
 
 def stratified_difference(treat: np.ndarray, ctrl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
