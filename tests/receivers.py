@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from aiohttp import web
 
@@ -50,7 +50,7 @@ class Arrival:
 @dataclass
 class Fault:
     status: int = 500
-    retry_after: str | None = None
+    retry_after: str | Callable[[], str] | None = None  # a callable is evaluated when answering
     delay: float = 0.0  # seconds before answering: longer than the sink timeout = a lost response
     body: str = "injected fault"
 
@@ -76,10 +76,11 @@ class Receiver:
         for _ in range(n):
             self.faults.append(Fault(**fault))
 
-    async def start(self) -> Receiver:
+    async def start(self) -> Self:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        # a short shutdown: a test stopping a hanging receiver must not wait for its handlers
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
@@ -118,7 +119,8 @@ class Receiver:
             fault = self.faults.popleft()
             if fault.delay:
                 await asyncio.sleep(fault.delay)
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+            retry_after = fault.retry_after() if callable(fault.retry_after) else fault.retry_after
+            headers = {"Retry-After": retry_after} if retry_after is not None else {}
             arrival.status = fault.status
             if 200 <= fault.status < 300:
                 self._accept(arrival)
@@ -214,7 +216,7 @@ def _iso(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
+        datetime.fromisoformat(value)
     except ValueError:
         return False
     return True
@@ -348,7 +350,7 @@ class Grafana:
 def documented_verifier() -> Callable[..., bool]:
     """``verify_watcher_webhook`` exactly as docs/integrations.md prints it."""
     text = DOCS.read_text(encoding="utf-8")
-    match = re.search(r"<!-- verify-snippet -->\s*```python\n(.*?)```", text, re.S)
+    match = re.search(r"<!-- verify-snippet -->\s*```python\n(.*?)```", text, re.DOTALL)
     assert match, "docs/integrations.md lost its verification snippet"
     namespace: dict[str, Any] = {}
     exec(compile(match.group(1), str(DOCS), "exec"), namespace)  # noqa: S102 - our own docs
@@ -387,21 +389,29 @@ class _Replay:
 # --- records to deliver -----------------------------------------------------------------------------
 
 def make_decision(n: int = 1, *, action: str = "rollback", rollout_id: str = "ro-0123456789abcdef",
-                  agent: str = "support-bot", environment: str = "prod", rows: int = 3) -> Any:
-    """A decision with ``rows`` evidence rows, the first one failing (the trigger)."""
+                  agent: str = "support-bot", environment: str = "prod", rows: int = 3, fail_at: int = 0) -> Any:
+    """A decision with ``rows`` evidence rows, row ``fail_at`` failing (the trigger, slice "all")."""
     from watcher.verdicts import (
-        Action, ArmEstimate, Cause, Decision, MetricEvidence, RolloutRef, SampleRatioEvidence, Verdict, decision_id,
+        Action,
+        ArmEstimate,
+        Cause,
+        Decision,
+        MetricEvidence,
+        RolloutRef,
+        SampleRatioEvidence,
+        Verdict,
+        decision_id,
     )
 
     act = Action(action)
     evidence = []
     for i in range(rows):
-        verdict = Verdict.FAIL if i == 0 else (Verdict.INCONCLUSIVE if i % 2 else Verdict.PASS)
-        segment = "all" if i == 0 else f"intent=topic-{i}"
+        verdict = Verdict.FAIL if i == fail_at else (Verdict.INCONCLUSIVE if i % 2 else Verdict.PASS)
+        segment = "all" if i == fail_at else f"intent=topic-{i}"
         evidence.append(MetricEvidence(
             metric="quality", slice=segment, verdict=verdict, control=ArmEstimate(1985 + i, 0.7301),
             treatment=ArmEstimate(203 + i, 0.6351), effect=-0.095, effect_unit="difference", lower=-0.1487,
-            upper=-0.0413, statistic=float("inf") if i == 0 else 2.0, threshold=208000.0, tolerance=-0.03,
+            upper=-0.0413, statistic=float("inf") if i == fail_at else 2.0, threshold=208000.0, tolerance=-0.03,
             critical=False,
             reason=f"quality in {segment} fell 0.095 (-0.149..-0.0413, e=2.79e+08 >= 2.08e+05) canary 0.635 "
                    f"n={203 + i} vs baseline 0.73 n={1985 + i}",
@@ -453,7 +463,7 @@ class Running:
         self.task = asyncio.create_task(self.outbox.run(self.stop))
         return self.outbox
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.stop.set()
         assert self.task is not None
         await asyncio.wait_for(self.task, 2.0)

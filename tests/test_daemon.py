@@ -44,6 +44,7 @@ def _settings(broker: Any, tmp_path: Path, topics: dict[str, str], **extra: Any)
         "kafka.request_timeout_ms": 3000,
         "http.port": 0,
         "judge.decision_log": str(tmp_path / "decisions.sqlite"),
+        "outbox.path": str(tmp_path / "outbox.sqlite"),
         **extra,
     }
     return load_settings(environ={}, overrides=overrides)
@@ -216,7 +217,8 @@ def test_watcher_run_exits_zero_on_sigterm(broker, unique_topic, tmp_path) -> No
            "WATCHER_KAFKA__TELEMETRY_TOPICS": topic, "WATCHER_KAFKA__DEPLOYMENTS_TOPICS": topic + "-d",
            "WATCHER_KAFKA__GROUP_ID": topic, "WATCHER_KAFKA__SESSION_TIMEOUT_MS": "2000",
            "WATCHER_KAFKA__HEARTBEAT_INTERVAL_MS": "200", "WATCHER_HTTP__PORT": "0",
-           "WATCHER_JUDGE__DECISION_LOG": str(tmp_path / "d.sqlite")}
+           "WATCHER_JUDGE__DECISION_LOG": str(tmp_path / "d.sqlite"),
+           "WATCHER_OUTBOX__PATH": str(tmp_path / "o.sqlite")}
     proc = subprocess.Popen([sys.executable, "-m", "watcher.cli", "run"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

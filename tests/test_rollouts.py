@@ -110,3 +110,16 @@ def test_state_round_trip() -> None:
     other.load_state(reg.to_state())
     assert other.to_state() == reg.to_state()
     assert other.active("bot", "prod") == reg.active("bot", "prod")
+
+
+def test_start_marker_after_auto_start_is_adopted_not_superseding() -> None:
+    """Markers and telemetry travel in different topics: telemetry may reveal a canary first."""
+    reg = Registry(auto_canary_weight=0.1)
+    reg.route([T("v1", "baseline", ts=1.0)])
+    auto = reg.route([T("v2", "canary", ts=2.0)])[1][0].rollout
+    change = reg.apply(M("started", 3.0, canary_weight=0.25))
+    assert change.kind == "rebased" and change.superseded is None
+    r = change.rollout
+    assert r.rollout_id == auto.rollout_id  # the same rollout, now with the deployer's numbers
+    assert (r.canary_weight, r.source, r.started_ts) == (0.25, "marker", 3.0)
+    assert reg.apply(M("started", 4.0, canary_weight=0.3)).kind == "updated"  # later repeats only update

@@ -94,7 +94,7 @@ async def test_slack_one_valid_message_per_decision_within_limits(tmp_path: Path
     long_agent = "agent-" + "x" * 300
     decisions = [
         make_decision(1, action="pause"),
-        make_decision(2, rows=400),  # long evidence list: cut, failing row first
+        make_decision(2, rows=400, fail_at=399),  # long evidence list: cut, the failing row (last) shown first
         make_decision(3, agent=long_agent, rollout_id="ro-long"),
         make_decision(4, action="promote", rows=0),
     ]
@@ -283,7 +283,7 @@ async def test_otel_sink_records_each_decision_as_a_span_with_an_event(tmp_path:
     assert attrs["watcher.decision.rollout.rollout_id"] == "ro-0123456789abcdef"
     assert attrs["watcher.decision.trigger.metric"] == "quality"
     assert attrs["deployment.environment.name"] == "prod"
-    assert len(attrs["watcher.decision.evidence.failing"]) == 1
+    assert list(attrs["watcher.decision.evidence.failing"]) == [d.evidence[0].reason]  # type: ignore[arg-type]
     assert spans[0].parent is None
     (event,) = spans[0].events
     assert event.name == "watcher.decision" and event.timestamp == int(d.ts * 1e9)

@@ -65,7 +65,7 @@ async def test_500s_are_retried_until_accepted_exactly_once(tmp_path: Path) -> N
 async def test_429_retry_after_in_seconds_and_as_an_http_date_is_honoured(tmp_path: Path) -> None:
     rx = await Receiver(validate_pagerduty, pagerduty_respond).start()
     rx.fail(1, status=429, retry_after="1")
-    rx.fail(1, status=429, retry_after=email.utils.formatdate(time.time() + 2, usegmt=True))
+    rx.fail(1, status=429, retry_after=lambda: email.utils.formatdate(time.time() + 2, usegmt=True))
     s = SinkSettings(name="pd", type="pagerduty", url=rx.url, routing_key="k" * 32)
     outbox = Outbox(tmp_path / "o.sqlite", build_sinks([s]), retry=FAST)
     outbox.enqueue_decisions([make_decision(1)])
@@ -77,7 +77,7 @@ async def test_429_retry_after_in_seconds_and_as_an_http_date_is_honoured(tmp_pa
     t = [a.t for a in rx.arrivals]
     assert len(t) == 3 and rx.accepted_once()
     assert t[1] - t[0] >= 0.95  # not the 20 ms backoff
-    assert t[2] - t[1] >= 0.5  # the date was ~2 s ahead, at one-second resolution
+    assert t[2] - t[1] >= 0.95  # the date was 2 s ahead, at one-second resolution: 1-2 s
     outbox.close()
 
 
@@ -125,7 +125,6 @@ async def test_a_timeout_fires_and_the_retry_carries_the_same_key(tmp_path: Path
     assert [a.key for a in rx.arrivals].count(first_key) == 2  # at-least-once: the response was lost
     assert len(rx.accepted) == 2  # ...but two items, two keys: a receiver deduplicating on the key acts twice
     assert outbox.deliveries()[-1]["attempts"] == 2
-    assert "timed out" in (outbox.deliveries()[-1]["last_error"] or "") or outbox.deliveries()[-1]["last_error"] is None
     outbox.close()
 
 
@@ -141,7 +140,7 @@ async def test_a_receiver_that_is_down_for_a_while_gets_everything_when_it_comes
         async with Running(outbox):
             await eventually(lambda: outbox.deliveries()[-1]["attempts"] >= 3)
             assert registry.get_sample_value("watcher_outbox_backlog", {"sink": "pd"}) == 3
-            assert registry.get_sample_value("watcher_outbox_oldest_pending_age_seconds", {"sink": "pd"}) > 0
+            assert (registry.get_sample_value("watcher_outbox_oldest_pending_age_seconds", {"sink": "pd"}) or 0) > 0
             assert "ClientConnectorError" in (outbox.deliveries()[-1]["last_error"] or "")
             await rx.up()
             await eventually(lambda: finished(outbox) == 3)
@@ -210,7 +209,7 @@ async def test_a_slow_sink_does_not_delay_another_sink(tmp_path: Path) -> None:
     finally:
         await slow_rx.stop()
         await fast_rx.stop()
-    assert fast_done < 0.3, f"fast sink took {fast_done:.2f}s"
+    assert fast_done < 0.45, f"fast sink took {fast_done:.2f}s"  # less than one slow answer
     assert slow_seen <= 1  # the slow one is still on its first message (0.5 s each)
     assert fast_rx.accepted_once()
     outbox.close()
@@ -236,7 +235,7 @@ async def test_enqueue_stays_fast_while_sinks_are_dead(tmp_path: Path) -> None:
     finally:
         await hanging.stop()
     timings.sort()
-    assert timings[150] < 0.005 and timings[-1] < 0.1, f"median {timings[150] * 1e3:.2f} ms, max {timings[-1] * 1e3:.1f} ms"
+    assert timings[150] < 0.005 and timings[-1] < 0.25, f"median {timings[150] * 1e3:.2f} ms, max {timings[-1] * 1e3:.1f} ms"
     assert backlog == {"hanging", "refused"}
     outbox.close()
 

@@ -64,8 +64,10 @@ class Api:
         readiness: Readiness,
         on_marker: MarkerHook | None = None,
         on_decisions: DecisionHook | None = None,
+        deliveries: Callable[..., list[dict[str, Any]]] | None = None,
         max_body_bytes: int = 65_536,
     ) -> None:
+        self.deliveries_query = deliveries
         self.engine = engine
         self.registry = registry
         self.decision_log = decision_log
@@ -91,6 +93,7 @@ class Api:
                 web.post("/v1/deployments", self.deployment),
                 web.get("/v1/decisions", self.decisions),
                 web.get("/v1/drift", self.drift),
+                web.get("/v1/deliveries", self.deliveries),
             ]
         )
         return app
@@ -227,6 +230,17 @@ class Api:
         except ValueError:
             return _error(400, "'limit' must be an integer")
         return _json({"drift_signals": self.decision_log.list_drift(limit=limit)})
+
+    async def deliveries(self, request: web.Request) -> web.Response:
+        if self.deliveries_query is None:
+            return _json({"deliveries": []})
+        try:
+            limit = min(int(request.query.get("limit", "100")), 1000)
+            rows = self.deliveries_query(sink=request.query.get("sink"), status=request.query.get("status"),
+                                         limit=limit)
+        except ValueError as exc:
+            return _error(400, f"bad query: {exc}")
+        return _json({"deliveries": rows})
 
     # -- helpers --------------------------------------------------------------------------------
     def _find(self, request: web.Request) -> Rollout | None:

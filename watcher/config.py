@@ -23,14 +23,10 @@ import yaml
 
 from watcher.errors import ConfigError
 from watcher.hooks import HooksSettings
+from watcher.secret import MASK, secret
+from watcher.sinks import SinkSettings, check_unique_names
 
 ENV_PREFIX = "WATCHER_"
-MASK = "********"
-
-
-def secret(default: Any = None) -> Any:
-    """A field whose value never appears in logs or ``check-config`` output."""
-    return field(default=default, metadata={"secret": True})
 
 
 @dataclass(frozen=True)
@@ -142,6 +138,11 @@ class JudgeSettings:
 
 
 @dataclass(frozen=True)
+class OutboxSettings:
+    path: str = "watcher-outbox.sqlite"  # the durable queue of deliveries to the sinks
+
+
+@dataclass(frozen=True)
 class TelemetrySettings:
     service_name: str = "watcher"
     traces_exporter: str = "none"  # none | otlp | console
@@ -163,10 +164,13 @@ class Settings:
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     hooks: HooksSettings = field(default_factory=HooksSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    sinks: tuple[SinkSettings, ...] = ()
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         _one_of("log_level", self.log_level, ("DEBUG", "INFO", "WARNING", "ERROR"))
+        check_unique_names(self.sinks)
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data, secrets replaced by a mask."""

@@ -25,6 +25,9 @@ from watcher.decisions import DecisionLog, SqliteDecisionLog
 from watcher.engine import BatchResult, Engine
 from watcher.events import Deployment, encode_deployment
 from watcher.hooks import FlaggerHooks
+from watcher.outbox import Outbox
+from watcher.rollouts import Change
+from watcher.sinks import build_sinks
 from watcher.source import KafkaSource, Message, Source
 from watcher.telemetry import StateCollector, WatcherMetrics, setup_tracing
 from watcher.verdicts import Action, Decision
@@ -110,6 +113,7 @@ class Daemon:
         engine: Engine | None = None,
         marker_publisher: MarkerPublisher | NullMarkerPublisher | None = None,
         tracer: Any = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -129,6 +133,10 @@ class Daemon:
         self.decision_log = decision_log if decision_log is not None else SqliteDecisionLog(settings.judge.decision_log)
         self.markers: MarkerPublisher | NullMarkerPublisher = marker_publisher if marker_publisher is not None else MarkerPublisher(settings)
         self.metrics = WatcherMetrics(self.registry)
+        self.outbox = outbox if outbox is not None else Outbox(
+            settings.outbox.path, build_sinks(settings.sinks, kafka=settings.kafka), registry=self.registry
+        )
+        self.engine.change_listeners.append(self._queue_change)
         self.registry.register(StateCollector(self.engine))
         self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
         self.tracer = tracer if tracer is not None else setup_tracing(settings.telemetry)
@@ -151,7 +159,7 @@ class Daemon:
     async def start_http(self) -> None:
         api = Api(
             self.engine, registry=self.registry, decision_log=self.decision_log, readiness=self.readiness,
-            on_marker=self.markers.publish, on_decisions=self._persist_decisions,
+            on_marker=self.markers.publish, on_decisions=self._persist_decisions, deliveries=self.outbox.deliveries,
             max_body_bytes=self.settings.http.max_body_bytes,
         )
         self.hooks = FlaggerHooks(
@@ -175,9 +183,15 @@ class Daemon:
         await self.start_http()
         await self.markers.start()
         await self.source.start()
+        outbox_stop = asyncio.Event()
+        outbox_task = asyncio.create_task(self.outbox.run(outbox_stop))
         try:
             await self._consume(stop)
         finally:
+            outbox_stop.set()
+            with contextlib.suppress(Exception):
+                await outbox_task
+            self.outbox.close()
             self._http_up = False
             await self.source.stop()
             if self.hooks is not None:
@@ -229,6 +243,7 @@ class Daemon:
                 self.metrics.dead_letters.inc(len(result.rejected))
             await self._persist_decisions(result.decisions)
             if result.drift_signals:
+                self.outbox.enqueue_drift(result.drift_signals)
                 for signal in result.drift_signals:
                     self.decision_log.append_drift(signal)
                     self.metrics.drift_signals.labels(
@@ -245,10 +260,30 @@ class Daemon:
     async def _persist_decisions(self, decisions: list[Decision]) -> None:
         if not decisions:
             return
-        self.decision_log.append_many(decisions)
+        self.decision_log.append_many(decisions)  # the audit trail first, then the signals
+        self.outbox.enqueue_decisions(decisions)
         for d in decisions:
             self.metrics.decisions.labels(d.rollout.agent_id, d.rollout.environment, d.action.value).inc()
             log.warning("decision %s %s: %s", d.action.value, d.rollout.rollout_id, d.reason)
+
+    def _queue_change(self, change: Change) -> None:
+        """Rollout starts, updates and ends go to the sinks (markers, Grafana regions, PagerDuty)."""
+        if change.superseded is not None:
+            ended = change.superseded
+            self.outbox.enqueue_rollout_change("ended", ended.to_dict(), ended.ended_ts or ended.started_ts, None)
+        rollout = change.rollout
+        if rollout is None or change.kind == "orphan":
+            return
+        last = rollout.markers[-1] if rollout.markers else None
+        marker = last if last is not None and last.get("event_id") else None
+        if change.kind in ("started", "rebased"):
+            ts = rollout.started_ts
+        elif change.kind == "ended":
+            ts = rollout.ended_ts or rollout.started_ts
+        else:
+            ts = float(last["ts"]) if last is not None else rollout.started_ts
+        kind = "updated" if change.kind == "rebased" else change.kind  # sinks see the marker as an update
+        self.outbox.enqueue_rollout_change(kind, rollout.to_dict(), ts, marker)
 
     def _observe(self, batch: Sequence[Message], result: BatchResult, seconds: float) -> None:
         m = self.metrics

@@ -102,6 +102,7 @@ async def run_demo(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int
             "kafka.dead_letter_topic": DEAD_LETTERS,
             "http.port": args.http_port,
             "judge.decision_log": str(workdir / "decisions.sqlite"),
+            "outbox.path": str(workdir / "outbox.sqlite"),
             "log_level": "ERROR",
         })
         daemon = Daemon(settings)

@@ -8,8 +8,9 @@ Time is event time throughout: windows and decisions are stamped with the events
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from watcher.config import Settings
@@ -22,6 +23,7 @@ from watcher.state import MetricsState
 from watcher.verdicts import Action, Decision, RolloutEvidence
 
 JUDGED_STRATEGIES = frozenset({"canary"})
+_TS = attrgetter("ts")
 
 
 @dataclass(slots=True)
@@ -54,6 +56,9 @@ class Engine:
         self.evidence: dict[str, RolloutEvidence] = {}
         self.last_action: dict[str, Action] = {}
         self._last_look: dict[str, float] = {}  # rollout id -> event time of the last evaluation
+        # observers of every rollout change, whether from a batch, the HTTP API or a deployer hook
+        # (the daemon queues signals for them); called synchronously, before the batch is committed
+        self.change_listeners: list[Callable[[Change], None]] = []
 
     # -- the hot path ---------------------------------------------------------------------------
     def process(self, raws: Sequence[bytes], origins: Sequence[str] | None = None) -> BatchResult:
@@ -75,8 +80,12 @@ class Engine:
                 self._on_change(change)
             result.changes.extend(started)
             self.state.update(turns, arms)
-            result.drift_signals.extend(self.drift.update(turns, arms))
-            result.decisions.extend(self._judge(turns, arms))
+            routes = self.registry.last_routes
+            watched = self.drift.watched()
+            if any(arm == "live" or (a, e, v) in watched for (a, e, v, _), arm in routes.items()):
+                result.drift_signals.extend(self.drift.update(turns, arms))
+            agents = {(a, e) for (a, e, _, _) in routes}
+            result.decisions.extend(self._judge(turns, arms, agents))
         return result
 
     def apply_marker(self, marker: Deployment) -> Change | None:
@@ -92,22 +101,32 @@ class Engine:
         return change
 
     def _on_change(self, change: Change) -> None:
+        for listener in self.change_listeners:
+            listener(change)
         if change.superseded is not None:
             self._retire(change.superseded)
         rollout = change.rollout
         if rollout is None:
             return
-        if change.kind == "started":
+        if change.kind == "rebased" and rollout.rollout_id not in self.last_action:
+            # the auto-started comparison ran on a guessed weight: start it again on the marker's
+            self._start_judge(rollout)
+        elif change.kind == "started":
             self.state.reset_cumulative(rollout.agent_id, rollout.environment)
             for version in (rollout.baseline_version, rollout.canary_version):
                 if version:
                     self.drift.unwatch(rollout.agent_id, rollout.environment, version)
-            if rollout.strategy in JUDGED_STRATEGIES:
-                policy = self.policies.for_agent(rollout.agent_id, rollout.environment)
-                self.judges[rollout.rollout_id] = Judge(rollout.ref(), policy, rollout.started_ts)
-                self.policy_states[rollout.rollout_id] = PolicyState()
+            self._start_judge(rollout)
         elif change.kind == "ended":
             self._retire(rollout)
+
+    def _start_judge(self, rollout: Rollout) -> None:
+        if rollout.strategy not in JUDGED_STRATEGIES:
+            return
+        policy = self.policies.for_agent(rollout.agent_id, rollout.environment)
+        self.judges[rollout.rollout_id] = Judge(rollout.ref(), policy, rollout.started_ts)
+        self.policy_states[rollout.rollout_id] = PolicyState()
+        self._last_look.pop(rollout.rollout_id, None)
 
     def _retire(self, rollout: Rollout) -> None:
         self.judges.pop(rollout.rollout_id, None)
@@ -117,23 +136,23 @@ class Engine:
         if live:
             self.drift.watch(rollout.agent_id, rollout.environment, live)
 
-    def _judge(self, turns: Sequence[Any], arms: Sequence[str]) -> list[Decision]:
+    def _judge(self, turns: Sequence[Any], arms: Sequence[str], agents: set[tuple[str, str]]) -> list[Decision]:
         decisions: list[Decision] = []
         for rollout in self.registry.active_rollouts():
             judge = self.judges.get(rollout.rollout_id)
             if judge is None:
                 continue
             agent, env = rollout.agent_id, rollout.environment
-            idx = [i for i, t in enumerate(turns) if t.agent_id == agent and t.environment == env]
-            if not idx:
+            if (agent, env) not in agents:
                 continue
-            if len(idx) == len(turns):
+            if len(agents) == 1:  # the common case: one agent per partition and batch
                 mine, my_arms = turns, arms
             else:
+                idx = [i for i, t in enumerate(turns) if t.agent_id == agent and t.environment == env]
                 mine = [turns[i] for i in idx]
                 my_arms = [arms[i] for i in idx]
             judge.update(mine, my_arms, rollout.canary_weight)
-            ts = max(t.ts for t in mine)
+            ts = max(map(_TS, mine))
             last = self._last_look.get(rollout.rollout_id)
             if last is not None and ts - last < self.settings.judge.evaluate_every_s:
                 continue

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
-from itertools import compress, repeat
+from itertools import compress
 from operator import attrgetter
 from typing import Any, Protocol
 
@@ -54,7 +54,6 @@ class TurnLike(Protocol):
     compliance_violation: bool
 
 
-_ARM_CODE = {"baseline": 0, "canary": 1}
 _EVENT_ATTR = {"escalation": attrgetter("escalated"), "error": attrgetter("error"),
                "compliance": attrgetter("compliance_violation")}
 _VERDICTS = (Verdict.FAIL, Verdict.PASS, Verdict.INCONCLUSIVE)
@@ -381,6 +380,12 @@ class Judge:
         # (field, per-conversation sums column, is quality) of the mean metrics; the other mean is log latency
         self._means = [(self.field[m.name], 0 if m.name == "quality" else 2, m.name == "quality")
                        for m in self.metrics if m.kind == "mean"]
+        rate = [m.kind != "mean" for m in self.metrics]
+        self._is_rate = np.array(rate, bool)
+        self._rate_pos = np.cumsum(rate) - 1  # metric -> position among the rate metrics
+        # numerator and denominator fields of each metric's per-arm estimate (mean: S / n; rate: events / conversations)
+        self._est_cols = (np.array([self.field[m.name] for m in self.metrics], np.int64),
+                          np.array([0 if r else self.field[m.name] + 1 for m, r in zip(self.metrics, rate)], np.int64))
         self._grid_key: tuple[float, ...] | None = None  # cache of _rate_grid
         self._grid: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
 
@@ -397,12 +402,10 @@ class Judge:
     # -- ingestion ----------------------------------------------------------------------------------
     def update(self, turns: Sequence[Any], arms: Sequence[str], canary_weight: float | None) -> None:
         """Add one batch; ``arms`` are resolved roles parallel to ``turns`` (others are ignored)."""
-        codes = [_ARM_CODE.get(a, -1) for a in arms]
-        if -1 in codes:
-            keep = [c >= 0 for c in codes]
-            turns = list(compress(turns, keep))
-            codes = [c for c in codes if c >= 0]
-        n = len(codes)
+        if arms.count("canary") + arms.count("baseline") != len(arms):  # C-speed check, then filter
+            keep = [a == "canary" or a == "baseline" for a in arms]
+            turns, arms = list(compress(turns, keep)), list(compress(arms, keep))
+        n = len(arms)
         if not n:
             return
         ts = _floats([t.ts for t in turns], n)
@@ -418,8 +421,7 @@ class Judge:
         cids = [t.conversation_id for t in turns]
         h = id_hashes(cids)
         slots = conv.find(h)
-        arm = np.fromiter(codes, np.int8, n)
-        fresh = self._admit(h, cids, slots, turns, arm, ts) if (slots < 0).any() else None
+        fresh = self._admit(h, cids, slots, turns, arms, ts) if (slots < 0).any() else None
         u, inv = conv.batch_index(slots)
         m = len(u)
         delta = np.zeros((m, self.n_fields))
@@ -427,7 +429,7 @@ class Judge:
             delta.reshape(-1)[conv.scratch[fresh] * self.n_fields] = 1.0  # conversations
         lat = _floats([t.latency_ms for t in turns], n) if self._lat_needed else None
         if lat is not None and len(self.tail_q) < self._n_tails:
-            self._fix_tails(lat, arm == 0)
+            self._fix_tails(lat, np.fromiter(map("baseline".__eq__, arms), bool, n))
         if self._means:
             self._mean_sums(turns, n, u, inv, lat, delta)
         flags = conv.flags[u]
@@ -489,7 +491,7 @@ class Judge:
         if cells.n > cells.limit // 2:  # the live conversations alone need many groups
             cells.limit *= 2
 
-    def _admit(self, h: np.ndarray, cids: list[str], slots: np.ndarray, turns: Sequence[Any], arm: np.ndarray,
+    def _admit(self, h: np.ndarray, cids: list[str], slots: np.ndarray, turns: Sequence[Any], arms: Sequence[str],
                ts: np.ndarray) -> np.ndarray:
         """Give slots to the batch's conversations missing from the current generation (in place).
 
@@ -521,13 +523,13 @@ class Judge:
         keep = keep[np.argsort(first_pos[keep])]  # segment values are adopted in order of appearance
         fresh = new_slots[keep]
         if len(fresh):
-            self._new_conversations(fresh, first_pos[keep], turns, arm, ts)
+            self._new_conversations(fresh, first_pos[keep], turns, arms, ts)
         return fresh
 
     def _new_conversations(self, slots: np.ndarray, pos: np.ndarray, turns: Sequence[Any],
-                           arm: np.ndarray, ts: np.ndarray) -> None:
+                           arms: Sequence[str], ts: np.ndarray) -> None:
         conv = self.conv
-        conv.arm[slots] = arm[pos]
+        conv.arm[slots] = np.fromiter([arms[i] == "canary" for i in pos.tolist()], np.int8, len(pos))
         first_ts = ts[pos]
         conv.epoch[slots] = self.schedule.epoch_of(first_ts - self.started_ts)
         if self.rho_now is None:
@@ -559,7 +561,7 @@ class Judge:
         out = np.full((len(segs), self.n_keys), -1, np.int16)
         for key, k in keymap.items():
             vals = cols.get(key) or [seg.get(key) for seg in segs]
-            known = self.seg_values[key]
+            known = self.seg_values.setdefault(key, {})  # a restored judge maps configured keys not yet seen
             sl = list(map(known.get, vals))
             if None in sl:  # new values (slices allocated in order of first appearance) or absent key
                 for i, (x, v) in enumerate(zip(sl, vals)):
@@ -653,26 +655,63 @@ class Judge:
         blocks = self._blocks()
         x = np.stack([b[sl] for _, b, _ in blocks])  # (block, slice, stratum, arm, field)
         log_thr = np.stack([base_log_thr + math.log(1 / frac) for _, _, frac in blocks])  # (block, slice)
-        per_arm = x.sum(axis=2)  # (block, slice, arm, field): the arms' estimates
         rhos = np.asarray(self.rhos + [0.5] * (_STRATA - len(self.rhos)))
-        tests = {**self._mean_tests(x, log_thr), **self._rate_tests(x, rhos)}
-        pass_thr = math.log(1 / self.policy.promote.alpha)
-        plan = []
-        for mp in self.metrics:
-            lef, lep, n = tests[mp.name][:3]
-            elig = n.min(axis=-1) >= mp.min_samples  # (block, slice)
-            judge = elig[0] & (not (mp.kind == "tail" and mp.name not in self.tail_q))
-            margin = np.where(elig, lef - log_thr, -np.inf)
-            # Largest margin wins; on a tie the later (more recent) block, as max((margin, k)) would.
-            k = len(blocks) - 1 - np.argmax(margin[::-1], axis=0)
-            fail = judge & (margin[k, np.arange(len(sl))] >= 0)
-            k = np.where(fail, k, 0)
-            plan.append((mp, judge, fail, k, lep[0] >= pass_thr))
-        cs = self._rate_intervals(plan, tests, log_thr, rhos)
+        shape = (len(blocks), len(self.metrics), len(sl))
+        lef, lep, diff, hw = np.zeros(shape), np.zeros(shape), np.full(shape, np.nan), np.full(shape, np.nan)
+        n = np.zeros((*shape, 2))  # units per arm
+        rate_tc: tuple[np.ndarray, np.ndarray] | None = None
+        mean_at = [i for i, m in enumerate(self.metrics) if m.kind == "mean"]
+        rate_at = [i for i, m in enumerate(self.metrics) if m.kind != "mean"]
+        if mean_at:
+            lef[:, mean_at], lep[:, mean_at], n[:, mean_at], diff[:, mean_at], hw[:, mean_at] = self._mean_tests(
+                x, log_thr, [self.metrics[i] for i in mean_at])
+        if rate_at:
+            lef[:, rate_at], lep[:, rate_at], n[:, rate_at], *rate_tc = self._rate_tests(
+                x, rhos, [self.metrics[i] for i in rate_at])
+        # Verdicts of every metric x slice at once. The largest margin over the blocks wins, on a tie
+        # the later (more recent) block, as max((margin, k)) would; PASS is judged on the cumulative block.
+        elig = n.min(axis=-1) >= np.array([m.min_samples for m in self.metrics])[:, None]
+        judge = elig[0] & np.array([not (m.kind == "tail" and m.name not in self.tail_q) for m in self.metrics])[:, None]
+        margin = np.where(elig, lef - log_thr[:, None, :], -np.inf)
+        k = len(blocks) - 1 - np.argmax(margin[::-1], axis=0)  # (metric, slice)
+        mi, si = np.indices(k.shape)
+        fail = judge & (margin[k, mi, si] >= 0)
+        k = np.where(fail, k, 0)
+        verdict = np.where(fail, 0, np.where(lep[0] >= math.log(1 / self.policy.promote.alpha), 1, 2))
+        jm, js = np.nonzero(judge)  # judged rows, metric-major like the output
+        jk = k[jm, js]
+        thr = log_thr[jk, js]
+        per_arm = x.sum(axis=2)  # (block, slice, arm, field): the arms' estimates
+        num = per_arm[jk, js, :, self._est_cols[0][jm]]  # (row, arm)
+        den = per_arm[jk, js, :, self._est_cols[1][jm]]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            est = np.where(den != 0, num / den, np.nan)
+        d, h = diff[jk, jm, js], hw[jk, jm, js]
+        ci = np.stack([d - h, d + h, d], -1)  # mean metrics: the normal-mixture confidence sequence
+        rate_rows = np.flatnonzero(self._is_rate[jm])
+        if len(rate_rows) and rate_tc is not None:
+            r_at = self._rate_pos[jm[rate_rows]]
+            t, c = (a[jk[rate_rows], r_at, js[rate_rows]] for a in rate_tc)
+            ci[rate_rows] = np.stack(rate_confidence_sequence(t, c, rhos[1:], thr[rate_rows]), -1)
+        names = [self.slice_names.get(s, "all") for s in sl.tolist()]
+        labels = [label for label, _, _ in blocks]
         rows: list[MetricEvidence] = []
-        for mp, judge, fail, k, ok in plan:
-            rows.extend(self._metric_rows(mp, sl, judge, fail, k, ok, tests[mp.name], log_thr, per_arm,
-                                          blocks, cs.get(mp.name)))
+        at = 0
+        row_data = list(zip(js.tolist(), verdict[jm, js].tolist(), jk.tolist(), thr.tolist(), lef[jk, jm, js].tolist(),
+                            ci.tolist(), est.tolist(), n[jk, jm, js].astype(np.int64).tolist()))
+        counts = np.bincount(jm, minlength=len(self.metrics)).tolist()
+        for m, mp in enumerate(self.metrics):
+            if not judge[m, 0]:
+                rows.append(self._nodata(mp, n[0, m, 0]))
+            what = f"{mp.name} (> {self.tail_q[mp.name]:.0f} ms)" if mp.kind == "tail" and counts[m] else mp.name
+            relative = mp.tolerance_mode is ToleranceMode.RELATIVE
+            exp_ = relative and mp.kind == "mean"
+            for i, v, kb, lt, le, (lo, hi, eff), (e0, e1), (n0, n1) in row_data[at:at + counts[m]]:
+                if exp_:
+                    lo, hi, eff, e0, e1 = math.exp(lo), math.exp(hi), math.exp(eff), math.exp(e0), math.exp(e1)
+                rows.append(self._row(mp, what, names[i], _VERDICTS[v], labels[kb], lt, le, lo, hi, eff, e0, e1,
+                                      n0, n1, relative))
+            at += counts[m]
         return RolloutEvidence(self.rollout.rollout_id, ts, ts - self.started_ts, tuple(rows),
                                self._sample_ratio(rhos), int(conv_arm[0, 0]), int(conv_arm[0, 1]))
 
@@ -681,10 +720,8 @@ class Judge:
         tol = math.log(mp.tolerance) if mp.tolerance_mode is ToleranceMode.RELATIVE else mp.tolerance
         return tol, max(2 * abs(tol), 0.02), 1.0 if mp.direction.value == "higher_is_worse" else -1.0
 
-    def _mean_tests(self, x: np.ndarray, log_thr: np.ndarray) -> dict[str, tuple[np.ndarray, ...]]:
-        ms = [m for m in self.metrics if m.kind == "mean"]
-        if not ms:
-            return {}
+    def _mean_tests(self, x: np.ndarray, log_thr: np.ndarray, ms: list[MetricPolicy]) -> tuple[np.ndarray, ...]:
+        """(lef, lep, n, difference, half-width), each (block, metric, slice[, arm])."""
         cols = np.array([[self.field[m.name] + j for j in range(MEAN_FIELDS)] for m in ms])
         a = np.moveaxis(x[..., cols], 4, 1)  # (block, metric, slice, stratum, arm, field)
         t, c = a[..., 1, :], a[..., 0, :]
@@ -695,12 +732,10 @@ class Judge:
         n = np.stack([c[..., 5].sum(-1), t[..., 5].sum(-1)], -1)
         with np.errstate(invalid="ignore", divide="ignore"):
             hw = np.where(np.isfinite(var), msprt_half_width(var, tau, log_thr[:, None, :]), np.nan)
-        return {m.name: (lef[:, i], lep[:, i], n[:, i], diff[:, i], hw[:, i]) for i, m in enumerate(ms)}
+        return lef, lep, n, diff, hw
 
-    def _rate_tests(self, x: np.ndarray, rhos: np.ndarray) -> dict[str, tuple[np.ndarray, ...]]:
-        ms = [m for m in self.metrics if m.kind != "mean"]
-        if not ms:
-            return {}
+    def _rate_tests(self, x: np.ndarray, rhos: np.ndarray, ms: list[MetricPolicy]) -> tuple[np.ndarray, ...]:
+        """(lef, lep, n, treatment and control counts by stratum), (block, metric, slice[, ...])."""
         cols = [self.field[m.name] for m in ms]
         t = np.moveaxis(x[:, :, 1:, 1][..., cols], -1, 1)  # (block, metric, slice, stratum)
         c = np.moveaxis(x[:, :, 1:, 0][..., cols], -1, 1)
@@ -710,8 +745,8 @@ class Judge:
         nf = len(FAIL_GRID)
         lef = logsumexp(d[..., :nf]) - math.log(nf)
         lep = logsumexp(d[..., nf:]) - math.log(len(PASS_GRID))
-        n = x[..., 0].sum(axis=2)  # conversations (block, slice, arm)
-        return {m.name: (lef[:, i], lep[:, i], n, t[:, i], c[:, i]) for i, m in enumerate(ms)}
+        n = x[..., 0].sum(axis=2)[:, None]  # conversations (block, 1, slice, arm)
+        return lef, lep, n, t, c
 
     def _rate_grid(self, ms: list[MetricPolicy], rhos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """log theta and log(1 - theta), (metric, stratum, ratio); changes only with the weights."""
@@ -724,65 +759,6 @@ class Judge:
             th = theta(ratios[:, None, :], rhos[1:][None, :, None])
             self._grid, self._grid_key = (np.log(th), np.log1p(-th)), key
         return self._grid
-
-    def _rate_intervals(self, plan: list[Any], tests: dict[str, tuple[np.ndarray, ...]], log_thr: np.ndarray,
-                        rhos: np.ndarray) -> dict[str, list[tuple[float, float, float]]]:
-        """Confidence sequences of every judged rate row, in one vectorised call."""
-        who, ts, cs, thr = [], [], [], []
-        for mp, judge, _, k, _ in plan:
-            if mp.kind == "mean" or not judge.any():
-                continue
-            i = np.flatnonzero(judge)
-            t, c = tests[mp.name][3:5]
-            who.append((mp.name, len(i)))
-            ts.append(t[k[i], i])
-            cs.append(c[k[i], i])
-            thr.append(log_thr[k[i], i])
-        if not who:
-            return {}
-        lo, hi, mle = rate_confidence_sequence(np.concatenate(ts), np.concatenate(cs), rhos[1:], np.concatenate(thr))
-        rows = list(zip(lo.tolist(), hi.tolist(), mle.tolist()))
-        out, at = {}, 0
-        for name, m in who:
-            out[name], at = rows[at:at + m], at + m
-        return out
-
-    def _metric_rows(self, mp: MetricPolicy, sl: np.ndarray, judge: np.ndarray, fail: np.ndarray, k: np.ndarray,
-                     ok: np.ndarray, test: tuple[np.ndarray, ...], log_thr: np.ndarray, per_arm: np.ndarray,
-                     blocks: list[tuple[str, np.ndarray, float]], cs: list[tuple[float, float, float]] | None
-                     ) -> list[MetricEvidence]:
-        if not judge[0]:
-            out = [self._nodata(mp, test[2][0, 0])]
-            if not judge.any():
-                return out
-        else:
-            out = []
-        i = np.flatnonzero(judge)
-        ki = k[i]
-        col = self.field[mp.name]
-        mean = mp.kind == "mean"
-        relative = mp.tolerance_mode is ToleranceMode.RELATIVE
-        pa = per_arm[ki, i]  # (row, arm, field)
-        den = pa[..., col + 1] if mean else pa[..., 0]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            est = np.where(den != 0, pa[..., col] / den, np.nan).tolist()
-        n = test[2][ki, i]  # (row, arm)
-        if mean:
-            diff, hw = test[3][ki, i].tolist(), test[4][ki, i].tolist()
-            ci = [(d - h, d + h, d) for d, h in zip(diff, hw)]
-        else:
-            ci = cs or []
-        verdicts = np.where(fail[i], 0, np.where(ok[i], 1, 2)).tolist()
-        names = [self.slice_names.get(s, "all") for s in sl[i].tolist()]
-        what = f"{mp.name} (> {self.tail_q[mp.name]:.0f} ms)" if mp.kind == "tail" else mp.name
-        for name, v, kb, thr, lef, (lo, hi, eff), (e0, e1), (n0, n1) in zip(
-                names, verdicts, ki.tolist(), log_thr[ki, i].tolist(), test[0][ki, i].tolist(), ci, est,
-                n.astype(np.int64).tolist()):
-            if mean and relative:
-                lo, hi, eff, e0, e1 = math.exp(lo), math.exp(hi), math.exp(eff), math.exp(e0), math.exp(e1)
-            out.append(self._row(mp, what, name, _VERDICTS[v], blocks[kb][0], thr, lef, lo, hi, eff, e0, e1,
-                                 n0, n1, relative))
-        return out
 
     def _row(self, mp: MetricPolicy, what: str, name: str, verdict: Verdict, label: str, log_thr: float,
              lef: float, lo: float, hi: float, eff: float, e0: float, e1: float, n0: int, n1: int,

@@ -1,7 +1,8 @@
 """The durable outbox: every decision, rollout change and drift signal reaches every sink, eventually.
 
 Order of events: the daemon appends a decision to the decision log, then calls ``enqueue_*``, which
-writes one *delivery* row per accepting sink into SQLite (one transaction, no network, ~0.1 ms) and
+writes one *delivery* row per accepting sink into SQLite (one transaction, no network: a median of
+~0.6 ms for one decision to six sinks, mostly JSON encoding; p99 ~10 ms at WAL checkpoints) and
 wakes that sink's worker. Each sink has one worker task that sends its deliveries in enqueue order:
 
 * a delivery renders to one or more requests (``Sink.render``), rendered again before every attempt so
@@ -33,7 +34,7 @@ import logging
 import random
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -329,12 +330,13 @@ class Outbox:
         self._states = {s.name: _SinkState(self._store, s.name, self._clock) for s in self.sinks}
         self._wake = {s.name: asyncio.Event() for s in self.sinks}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
         self._finished = 0
         self._metrics = _Metrics(registry if registry is not None else CollectorRegistry())
         for s in self.sinks:
             # computed at scrape time from the store: true after a restart, no bookkeeping to drift
-            self._metrics.backlog.labels(s.name).set_function(lambda n=s.name: float(self._store.pending_stats(n)[0]))
-            self._metrics.oldest.labels(s.name).set_function(lambda n=s.name: self._oldest_age(n))
+            self._metrics.backlog.labels(s.name).set_function(self._backlog_fn(s.name))
+            self._metrics.oldest.labels(s.name).set_function(self._oldest_fn(s.name))
             for outcome in Outcome:
                 self._metrics.deliveries.labels(s.name, outcome.value)
 
@@ -384,10 +386,12 @@ class Outbox:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then return at once; what is pending stays in the store."""
         self._loop = asyncio.get_running_loop()
+        self._stopping = False
         workers = [asyncio.create_task(self._worker(s), name=f"outbox-{s.name}") for s in self.sinks]
         try:
             await stop.wait()
         finally:
+            self._stopping = True
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -398,7 +402,7 @@ class Outbox:
 
     async def _worker(self, sink: Sink) -> None:
         wake = self._wake[sink.name]
-        while True:
+        while not self._stopping:
             try:
                 row = self._store.head(sink.name)
                 if row is None:
@@ -421,7 +425,7 @@ class Outbox:
         try:
             item = Item.from_json(row.item)
             requests = sink.render(item, self._states[sink.name])
-        except Exception as exc:  # a record the sink cannot render will not render next time either
+        except Exception as exc:  # noqa: BLE001 - a record a sink cannot render will not render next time either
             self._failed(sink, row, f"cannot render: {type(exc).__name__}: {exc}", permanent=True)
             return
         done: list[str] = json.loads(row.done)
@@ -430,14 +434,17 @@ class Outbox:
                 continue
             request = replace(request, idempotency_key=idempotency_key(item.item_id, sink.name, request.kind))
             try:
-                sent = await asyncio.wait_for(sink.send(request), sink.timeout_s)
+                # asyncio.timeout, not wait_for: wait_for can swallow a cancellation that races with the
+                # inner call finishing (Python 3.11), and the worker would outlive ``run``
+                async with asyncio.timeout(sink.timeout_s):
+                    sent = await sink.send(request)
             except SinkError as exc:
                 self._failed(sink, row, str(exc), permanent=exc.permanent, retry_after=exc.retry_after)
                 return
             except TimeoutError:
                 self._failed(sink, row, f"timed out after {sink.timeout_s:g}s ({request.kind})", permanent=False)
                 return
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a sink's own bug or an unwrapped client error: retry
                 self._failed(sink, row, f"{type(exc).__name__}: {exc}", permanent=False)
                 return
             if request.remember and sent.state is not None:
@@ -475,9 +482,15 @@ class Outbox:
         if self._finished % 256 == 0:
             self._store.prune(self._retain)
 
-    def _oldest_age(self, sink: str) -> float:
-        oldest = self._store.pending_stats(sink)[1]
-        return 0.0 if oldest is None else max(0.0, self._clock.now() - oldest)
+    def _backlog_fn(self, sink: str) -> Callable[[], float]:
+        return lambda: float(self._store.pending_stats(sink)[0])
+
+    def _oldest_fn(self, sink: str) -> Callable[[], float]:
+        def age() -> float:
+            oldest = self._store.pending_stats(sink)[1]
+            return 0.0 if oldest is None else max(0.0, self._clock.now() - oldest)
+
+        return age
 
     # -- queries -----------------------------------------------------------------------------------
     def deliveries(self, *, sink: str | None = None, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

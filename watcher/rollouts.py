@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from operator import attrgetter
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Protocol
@@ -37,6 +38,7 @@ _TRANSITIONS = {
     "aborted": RolloutState.ABORTED,
 }
 MAX_MARKERS_PER_ROLLOUT = 200
+_ROUTE_KEY = attrgetter("agent_id", "environment", "version", "arm")
 MAX_ENDED_ROLLOUTS = 200
 
 
@@ -135,7 +137,7 @@ class Rollout:
 class Change:
     """What applying a marker (or observing telemetry) did to the registry."""
 
-    kind: str  # "started" | "updated" | "ended" | "orphan"
+    kind: str  # "started" | "rebased" | "updated" | "ended" | "orphan"
     rollout: Rollout | None
     superseded: Rollout | None = None
 
@@ -155,6 +157,8 @@ class Registry:
         self._active: dict[tuple[str, str], Rollout] = {}
         self._ended: dict[str, Rollout] = {}
         self._baselines: dict[tuple[str, str], str] = {}
+        # the last batch's distinct (agent, environment, version, arm) -> resolved arm
+        self.last_routes: dict[tuple[str, str, str, str | None], str] = {}
         # (agent, env, action, version) -> event time of the last such marker; Grafana draws these
         self.marker_times: dict[tuple[str, str, str, str], float] = {}
 
@@ -167,6 +171,8 @@ class Registry:
         current = self._active.get(key)
         if marker.action == "started":
             if current is not None and current.canary_version == marker.canary_version:
+                if current.source == "auto":
+                    return self._adopt(key, current, record, marker)
                 return self._update(key, current, record, marker)  # a repeated start marker
             superseded = self._end(key, RolloutState.ABORTED, marker.ts, record) if current else None
             strategy = marker.strategy or "canary"
@@ -222,13 +228,10 @@ class Registry:
 
         Work is per distinct (agent, environment, version, arm) of the batch, not per turn.
         """
-        combos: dict[tuple[str, str, str, str | None], float] = {}
-        for t in turns:
-            k = (t.agent_id, t.environment, t.version, t.arm)
-            if k not in combos:
-                combos[k] = t.ts
+        keys = list(map(_ROUTE_KEY, turns))
+        combos = dict.fromkeys(keys)
         changes: list[Change] = []
-        for (agent, env, version, arm), ts in combos.items():
+        for agent, env, version, arm in combos:
             key = (agent, env)
             if arm in ("baseline", "live"):
                 active = self._active.get(key)
@@ -239,9 +242,11 @@ class Registry:
             elif arm == "canary" and self._auto_start and key not in self._active:
                 baseline = self._baselines.get(key)
                 if baseline is not None and baseline != version:
-                    changes.append(self._auto(agent, env, baseline, version, ts))
-        resolved: dict[tuple[str, str, str, str | None], str] = {k: self._arm(*k) for k in combos}
-        return [resolved[(t.agent_id, t.environment, t.version, t.arm)] for t in turns], changes
+                    first = turns[keys.index((agent, env, version, arm))]
+                    changes.append(self._auto(agent, env, baseline, version, first.ts))
+        resolved = {k: self._arm(*k) for k in combos}
+        self.last_routes = resolved
+        return list(map(resolved.__getitem__, keys)), changes
 
     def _arm(self, agent: str, env: str, version: str, arm: str | None) -> str:
         if arm is not None:
@@ -316,6 +321,22 @@ class Registry:
         updated = replace(current, canary_weight=weight, markers=_append(current.markers, record))
         self._active[key] = updated
         return Change("updated", updated)
+
+    def _adopt(self, key: tuple[str, str], current: Rollout, record: dict[str, Any], marker: Marker) -> Change:
+        """The start marker of a rollout telemetry revealed first (markers and telemetry travel in
+        different topics, so their order is not guaranteed): the marker's weight and versions replace
+        the guesses, and the comparison starts again from the marker ("rebased")."""
+        adopted = replace(
+            current,
+            strategy=marker.strategy or current.strategy,
+            baseline_version=marker.baseline_version or current.baseline_version,
+            canary_weight=_weight(marker.canary_weight, current.canary_weight),
+            started_ts=marker.ts,
+            source="marker",
+            markers=_append(current.markers, record),
+        )
+        self._active[key] = adopted
+        return Change("rebased", adopted)
 
     def _end(self, key: tuple[str, str], state: RolloutState, ts: float, record: dict[str, Any]) -> Rollout:
         current = self._active.pop(key)

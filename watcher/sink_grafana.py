@@ -24,7 +24,7 @@ __all__ = ["GrafanaSink"]
 
 
 def _ms(ts: float) -> int:
-    return int(round(ts * 1000))
+    return round(ts * 1000)
 
 
 class GrafanaSink(HttpSink):

@@ -11,7 +11,6 @@ HMAC-SHA256 over ``f"{timestamp}.{body}"``; docs/integrations.md has the headers
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import hashlib
 import hmac
@@ -98,6 +97,9 @@ class HttpSink(FilteredSink):
         out.update(dict(request.headers))
         return out
 
+    def render(self, item: Item, state: SinkState = NULL_STATE) -> list[Request]:
+        raise NotImplementedError
+
     def remembered(self, request: Request, payload: Any) -> Any:
         """The value to store under ``request.remember`` from the decoded response (None: nothing)."""
         return None
@@ -117,7 +119,7 @@ class HttpSink(FilteredSink):
                 raw = await resp.content.read(MAX_RESPONSE_BYTES)
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.now())
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SinkError(f"no response from {self.name} within {self.timeout_s}s") from None
         except aiohttp.ClientError as exc:
             raise SinkError(f"{type(exc).__name__}: {exc}") from None

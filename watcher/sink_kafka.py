@@ -66,7 +66,7 @@ class KafkaSink(FilteredSink):
             producer = self._factory(**self.options())
             try:
                 await producer.start()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - aiokafka raises several families on connect
                 with contextlib.suppress(Exception):
                     await producer.stop()
                 raise SinkError(f"kafka producer not connected: {type(exc).__name__}: {exc}") from None

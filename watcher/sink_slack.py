@@ -89,12 +89,18 @@ def evidence_text(evidence: list[dict[str, Any]], max_rows: int) -> str:
     return "\n".join([title, *shown, *tail])
 
 
+def _evalue(row: dict[str, Any]) -> str:
+    # a null statistic is an e-value that overflowed (JSON has no infinity)
+    stat = row.get("statistic")
+    return f"{'∞' if stat is None else num(stat)} (threshold {num(row.get('threshold'))})"
+
+
 def _trigger_row(record: dict[str, Any]) -> dict[str, Any] | None:
     trigger = record.get("trigger") or {}
     evidence = record.get("evidence") or []
     for e in evidence:
         if e.get("metric") == trigger.get("metric") and e.get("slice") == trigger.get("slice"):
-            return e
+            return dict(e)
     failing = [e for e in evidence if e.get("verdict") == "fail"]
     return failing[0] if failing else None
 
@@ -122,9 +128,7 @@ def render_decision(record: dict[str, Any], link_list: list[tuple[str, str]], ma
             ("Tolerance", num(row.get("tolerance"))),
             ("Canary", f"n={num(row['treatment']['n'])}, estimate {num(row['treatment']['estimate'])}"),
             ("Baseline", f"n={num(row['control']['n'])}, estimate {num(row['control']['estimate'])}"),
-            # a null statistic is an e-value that overflowed (JSON has no infinity)
-            ("E-value", f"{num(row.get('statistic')) if row.get('statistic') is not None else '∞'} "
-                        f"(threshold {num(row.get('threshold'))})"),
+            ("E-value", _evalue(row)),
         ]
     pairs.append(("Decision", f"#{record.get('sequence')} by {esc(str(record.get('actor')))}"))
     blocks.append(_fields(pairs))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from watcher.config import secret
+from watcher.secret import secret
 from watcher.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from watcher.config import KafkaSettings
 
 __all__ = [
-    "ItemKind",
+    "SINK_TYPES",
     "Item",
+    "ItemKind",
     "NullSink",
     "NullSinkState",
     "Request",
@@ -44,7 +45,6 @@ __all__ = [
     "Sink",
     "SinkSettings",
     "SinkState",
-    "SINK_TYPES",
     "build_sinks",
     "check_unique_names",
 ]

@@ -96,29 +96,8 @@ def rate_confidence_sequence(c: np.ndarray, b: np.ndarray, rhos: np.ndarray,
     ll = c @ log_th + b @ log_1m  # (..., G)
     main = slice(_CS_PAD, _CS_PAD + 2 * _CS_HALF + 1)
     ll_main = ll[..., main]
-    # log mean_k L(r0 m_k)/L(r0) as log sum_k E(r0 m_k) - log E(r0) with E = exp(ll - max ll): one exp
-    # per grid point instead of one per (point, offset), and shifted sums as slices, not a gather.
-    mx = ll.max(axis=-1, keepdims=True)
-    e = np.exp(ll - mx)
-    n_main = 2 * _CS_HALF + 1
-    s = sum(e[..., _CS_PAD + o:_CS_PAD + o + n_main] for o in _CS_OFFSETS.tolist())
-    with np.errstate(divide="ignore"):
-        log_e = np.log(s) - (ll_main - mx) - math.log(len(_CS_OFFSETS))
-    thr = np.broadcast_to(np.expand_dims(np.asarray(log_threshold, dtype=float), -1), log_e.shape)
-    tiny = s < 1e-290  # every shifted point far below the maximum: the sum lost precision
-    if tiny.any():
-        idx = np.nonzero(tiny)
-        # log_e >= ll(r0 m) - ll(r0) - log K for any single offset: far from the maximum the widest
-        # offsets towards it decide "outside" at once; the rest get the exact log-sum-exp.
-        far = ll[..., _CS_PAD - 70:_CS_PAD - 70 + n_main][idx], ll[..., _CS_PAD + 70:_CS_PAD + 70 + n_main][idx]
-        bound = np.maximum(*far) - ll_main[idx] - math.log(len(_CS_OFFSETS))
-        log_e[idx] = np.inf
-        exact = bound < thr[idx]
-        if exact.any():
-            sub = tuple(i[exact] for i in idx)
-            shifted = np.stack([ll[..., _CS_PAD + o:_CS_PAD + o + n_main][sub] for o in _CS_OFFSETS.tolist()], -1)
-            log_e[sub] = logsumexp(shifted - ll_main[sub][:, None], axis=-1) - math.log(len(_CS_OFFSETS))
-    inside = log_e < thr
+    thr = np.expand_dims(np.asarray(log_threshold, dtype=float), -1)
+    inside = _cs_inside(ll, ll.max(axis=-1, keepdims=True), thr, 2 * _CS_HALF + 1)
     r_main = _CS_GRID[main]
     any_in = inside.any(axis=-1)
     first = np.argmax(inside, axis=-1)
@@ -129,6 +108,35 @@ def rate_confidence_sequence(c: np.ndarray, b: np.ndarray, rhos: np.ndarray,
     arg = np.argmax(ll_main, axis=-1)
     mle = np.where(events & (arg > 0) & (arg < len(r_main) - 1), r_main[arg], np.nan)
     return lo, hi, mle
+
+
+def _cs_inside(ext: np.ndarray, mx: np.ndarray, thr: np.ndarray, w: int) -> np.ndarray:
+    """log e(r0) < thr for r0 on grid points pad .. pad + w - 1 of ``ext`` (..., grid), as one
+    log-sum-exp per point would decide it."""
+    log_k = math.log(len(_CS_OFFSETS))
+    p = _CS_PAD
+    ll_r0 = ext[..., p:p + w]
+    # log mean_k L(r0 m_k)/L(r0) as log sum_k E(r0 m_k) - log E(r0) with E = exp(ll - max ll): one exp
+    # per grid point instead of one per (point, offset), and shifted sums as slices, not a gather.
+    e = np.exp(ext - mx)
+    s = sum(e[..., p + o:p + o + w] for o in _CS_OFFSETS.tolist())
+    with np.errstate(divide="ignore"):
+        log_e = np.log(s) - (ll_r0 - mx) - log_k
+    thr = np.broadcast_to(thr, log_e.shape)
+    tiny = s < 1e-290  # every shifted point far below the maximum: the sum lost precision
+    if tiny.any():
+        idx = np.nonzero(tiny)
+        # log e >= ll(r0 m) - ll(r0) - log K for any single offset: the widest offsets decide most
+        # such points ("outside") at once; the rest get the exact log-sum-exp.
+        o = int(_CS_OFFSETS.max())
+        far = np.maximum(ext[..., p - o:p - o + w][idx], ext[..., p + o:p + o + w][idx])
+        log_e[idx] = np.inf
+        exact = far - ll_r0[idx] - log_k < thr[idx]
+        if exact.any():
+            sub = tuple(i[exact] for i in idx)
+            shifted = np.stack([ext[..., p + o:p + o + w][sub] for o in _CS_OFFSETS.tolist()], -1)
+            log_e[sub] = logsumexp(shifted - ll_r0[sub][:, None], axis=-1) - log_k
+    return log_e < thr
 
 
 _CS_GRID = np.exp(np.arange(-_CS_HALF - _CS_PAD, _CS_HALF + _CS_PAD + 1) * _CS_STEP)
