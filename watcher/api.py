@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from watcher.decisions import DecisionLog
+from watcher.decisions import DecisionLog, json_safe
 from watcher.engine import Engine
 from watcher.events import Deployment, Rejected, decode_deployment
 from watcher.policy import acknowledge, override
@@ -35,23 +34,12 @@ ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
-        text=json.dumps(_finite(data), separators=(",", ":")), status=status, content_type="application/json"
+        text=json.dumps(json_safe(data), separators=(",", ":")), status=status, content_type="application/json"
     )
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return _json({"error": message, **extra}, status=status)
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN or infinity: say null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 class Api:

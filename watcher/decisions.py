@@ -159,7 +159,50 @@ _DDL = (
 )
 
 
-class SqliteDecisionLog:
+class _Queries:
+    """The read side both logs share; each names its stores "decisions" and "drift_signals"."""
+
+    def list(
+        self,
+        *,
+        rollout_id: str | None = None,
+        agent_id: str | None = None,
+        environment: str | None = None,
+        action: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        ascending: bool = False,
+    ) -> list[dict[str, Any]]:
+        filters = {
+            "rollout_id": rollout_id, "agent_id": agent_id, "environment": environment, "action": action
+        }
+        return self._select("decisions", filters, since, limit, ascending)
+
+    def latest(self, rollout_id: str) -> dict[str, Any] | None:
+        rows = self.list(rollout_id=rollout_id, limit=1)
+        return rows[0] if rows else None
+
+    def list_drift(
+        self,
+        *,
+        agent_id: str | None = None,
+        environment: str | None = None,
+        version: str | None = None,
+        metric: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        ascending: bool = False,
+    ) -> list[dict[str, Any]]:
+        filters = {"agent_id": agent_id, "environment": environment, "version": version, "metric": metric}
+        return self._select("drift_signals", filters, since, limit, ascending)
+
+    def _select(
+        self, store: str, filters: dict[str, str | None], since: float | None, limit: int, ascending: bool
+    ) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+
+class SqliteDecisionLog(_Queries):
     """SQLite-backed decision log (WAL mode).
 
     Called from the asyncio loop: each call is one short transaction (``append_many`` writes a
@@ -226,40 +269,6 @@ class SqliteDecisionLog:
 
     # -- reads --
 
-    def list(
-        self,
-        *,
-        rollout_id: str | None = None,
-        agent_id: str | None = None,
-        environment: str | None = None,
-        action: str | None = None,
-        since: float | None = None,
-        limit: int = 100,
-        ascending: bool = False,
-    ) -> list[dict[str, Any]]:
-        filters = {
-            "rollout_id": rollout_id, "agent_id": agent_id, "environment": environment, "action": action
-        }
-        return self._select("decisions", filters, since, limit, ascending)
-
-    def latest(self, rollout_id: str) -> dict[str, Any] | None:
-        rows = self.list(rollout_id=rollout_id, limit=1)
-        return rows[0] if rows else None
-
-    def list_drift(
-        self,
-        *,
-        agent_id: str | None = None,
-        environment: str | None = None,
-        version: str | None = None,
-        metric: str | None = None,
-        since: float | None = None,
-        limit: int = 100,
-        ascending: bool = False,
-    ) -> list[dict[str, Any]]:
-        filters = {"agent_id": agent_id, "environment": environment, "version": version, "metric": metric}
-        return self._select("drift_signals", filters, since, limit, ascending)
-
     def _select(
         self, table: str, filters: dict[str, str | None], since: float | None, limit: int, ascending: bool
     ) -> list[dict[str, Any]]:
@@ -294,7 +303,7 @@ class SqliteDecisionLog:
 # --- memory -------------------------------------------------------------------------------------
 
 
-class MemoryDecisionLog:
+class MemoryDecisionLog(_Queries):
     """The in-memory log (replay, tests): the same contract and the same returned dicts as SQLite."""
 
     def __init__(self) -> None:
@@ -332,48 +341,10 @@ class MemoryDecisionLog:
             added += 1
         return added
 
-    def list(
-        self,
-        *,
-        rollout_id: str | None = None,
-        agent_id: str | None = None,
-        environment: str | None = None,
-        action: str | None = None,
-        since: float | None = None,
-        limit: int = 100,
-        ascending: bool = False,
-    ) -> list[dict[str, Any]]:
-        filters = {
-            "rollout_id": rollout_id, "agent_id": agent_id, "environment": environment, "action": action
-        }
-        return self._select(self._decisions, filters, since, limit, ascending)
-
-    def latest(self, rollout_id: str) -> dict[str, Any] | None:
-        rows = self.list(rollout_id=rollout_id, limit=1)
-        return rows[0] if rows else None
-
-    def list_drift(
-        self,
-        *,
-        agent_id: str | None = None,
-        environment: str | None = None,
-        version: str | None = None,
-        metric: str | None = None,
-        since: float | None = None,
-        limit: int = 100,
-        ascending: bool = False,
-    ) -> list[dict[str, Any]]:
-        filters = {"agent_id": agent_id, "environment": environment, "version": version, "metric": metric}
-        return self._select(self._drift, filters, since, limit, ascending)
-
-    @staticmethod
     def _select(
-        table: dict[str, tuple[float, int, dict[str, str], str]],
-        filters: dict[str, str | None],
-        since: float | None,
-        limit: int,
-        ascending: bool,
+        self, store: str, filters: dict[str, str | None], since: float | None, limit: int, ascending: bool
     ) -> list[dict[str, Any]]:
+        table = self._decisions if store == "decisions" else self._drift
         wanted = {k: v for k, v in filters.items() if v is not None}
         hits = [
             (ts, seq, record)

@@ -172,7 +172,93 @@ def per_window(s: Stream, mask: np.ndarray, window_s: float, n_windows: int) -> 
     return out
 
 
+# -- shared per-window series (computed once per stream, reused by every setting of a grid) ---------
+
+
+class Prepared:
+    """A stream plus a cache of its per-window series and Mann-Whitney results.
+
+    A calibration grid evaluates dozens of settings of one judge on the same stream; the expensive
+    parts (binning, quantiles, U tests) do not depend on thresholds, so they are computed once.
+    """
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.last_s = (float(stream.t.max()) if len(stream.t) else stream.start_ts) - stream.start_ts
+        self._series: dict[tuple[str, float, int], dict[str, np.ndarray]] = {}
+        self._tests: dict[tuple[str, str, float, int], tuple[float, float, float, int, int]] = {}
+        self._masks: dict[str, np.ndarray] = {}
+
+    def mask(self, arm: str) -> np.ndarray:
+        """``canary``, ``baseline`` (every control turn) or ``baseline_equal``: a fixed random sample
+        of control turns as large as the canary, i.e. Kayenta's recommended baseline cluster of the
+        canary's size (equal-size arms make per-minute series comparable)."""
+        if arm not in self._masks:
+            s = self.stream
+            if arm == "canary":
+                m = s.canary
+            elif arm == "baseline":
+                m = ~s.canary
+            else:
+                n_c, n_b = int(s.canary.sum()), int((~s.canary).sum())
+                u = np.random.default_rng(12345).random(len(s.t))  # fixed: the same sample every run
+                m = ~s.canary & (u < (n_c / n_b if n_b else 0.0))
+            self._masks[arm] = m
+        return self._masks[arm]
+
+    def series(self, arm: str, step_s: float, n: int) -> dict[str, np.ndarray]:
+        key = (arm, step_s, n)
+        if key not in self._series:
+            self._series[key] = per_window(self.stream, self.mask(arm), step_s, n)
+        return self._series[key]
+
+    def test(self, metric: str, baseline: str, step_s: float, n: int) -> tuple[float, float, float, int, int]:
+        """(two-sided Mann-Whitney p, canary mean, baseline mean, points) on the first n windows."""
+        key = (metric, baseline, step_s, n)
+        if key not in self._tests:
+            full = max(n, int(math.ceil(self.last_s / step_s)) + 1)
+            c = self.series("canary", step_s, full)[metric][:n]
+            b = self.series(baseline, step_s, full)[metric][:n]
+            self._tests[key] = mann_whitney(c, b)
+        return self._tests[key]
+
+
+def prepare(s: Stream | Prepared) -> Prepared:
+    return s if isinstance(s, Prepared) else Prepared(s)
+
+
+def mann_whitney(canary: np.ndarray, baseline: np.ndarray) -> tuple[float, float, float, int, int]:
+    c, b = canary[~np.isnan(canary)], baseline[~np.isnan(baseline)]
+    if len(c) < 3 or len(b) < 3:
+        return math.nan, math.nan, math.nan, len(c), len(b)
+    p = float(mannwhitneyu(c, b, alternative="two-sided").pvalue)
+    return p, float(np.mean(c)), float(np.mean(b)), len(c), len(b)
+
+
 # -- Flagger ---------------------------------------------------------------------------------------
+
+# What the healthy service shows on a dashboard (per canary minute, simulator defaults) and the
+# "typical defaults" bounds a team derives from it (README: round numbers with headroom). A
+# calibration grid scales the headroom: bound = healthy + scale * (typical - healthy).
+FLAGGER_HEALTHY: dict[str, float] = {"error": 0.005, "escalation": 0.011, "compliance": 0.002,
+                                     "quality": 0.775, "latency_p95": 970.0, "latency_p99": 1350.0}
+FLAGGER_TYPICAL: dict[str, tuple[float | None, float | None]] = {
+    "error": (None, 0.02),  # request-success-rate >= 98 %
+    "escalation": (None, 0.03),
+    "compliance": (None, 0.015),
+    "quality": (0.74, None),
+    "latency_p95": (None, 1300.0),
+    "latency_p99": (None, 2000.0),
+}
+
+
+def flagger_ranges(scale: float) -> dict[str, tuple[float | None, float | None]]:
+    """The typical bounds with their headroom over the healthy level multiplied by ``scale``."""
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for metric, (lo, hi) in FLAGGER_TYPICAL.items():
+        h = FLAGGER_HEALTHY[metric]
+        out[metric] = (None if lo is None else h + scale * (lo - h), None if hi is None else h + scale * (hi - h))
+    return out
 
 
 @dataclass(frozen=True)
@@ -180,26 +266,26 @@ class FlaggerJudge:
     """Fixed per-interval thresholds on the canary's own metrics, a failed-check counter."""
 
     # thresholdRange per metric: (min, max); None = unbounded. See README for why these values.
-    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=lambda: {
-        "error": (None, 0.02),  # request-success-rate >= 98 %
-        "escalation": (None, 0.03),
-        "compliance": (None, 0.015),
-        "quality": (0.74, None),
-        "latency_p95": (None, 1300.0),
-        "latency_p99": (None, 2000.0),
-    })
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=lambda: dict(FLAGGER_TYPICAL))
     interval_s: float = 60.0
     threshold: int = 5
     consecutive: bool = False
+    # 0: an interval without canary data fails ("no values found", Flagger's behaviour). k >= 1: an
+    # interval with fewer than k canary turns is skipped (neither passes nor fails), as a query
+    # guarded with `and sum(increase(requests[1m])) >= k` would do.
+    min_turns: int = 0
     name: str = "flagger"
 
-    def checks(self, s: Stream) -> list[tuple[float, bool, str]]:
-        """(end of interval, passed, reason) for every complete interval."""
-        n = int(max(0.0, (float(s.t.max()) if len(s.t) else s.start_ts) - s.start_ts) // self.interval_s)
-        series = per_window(s, s.canary, self.interval_s, n)
+    def checks(self, s: Stream | Prepared) -> list[tuple[float, bool, str]]:
+        """(end of interval, passed, reason) for every complete, judged interval."""
+        p = prepare(s)
+        n = int(max(0.0, p.last_s) // self.interval_s)
+        series = p.series("canary", self.interval_s, n)
         out = []
         for i in range(n):
             failed = []
+            if series["n"][i] < self.min_turns:
+                continue  # a guarded query returns nothing and the check is skipped
             if series["n"][i] == 0:
                 failed.append("no canary traffic")  # Flagger: "no values found" fails the check
             for metric, (lo, hi) in self.ranges.items():
@@ -207,11 +293,11 @@ class FlaggerJudge:
                 if math.isnan(v):
                     continue
                 if (lo is not None and v < lo) or (hi is not None and v > hi):
-                    failed.append(f"{metric}={v:.4g} outside [{lo}, {hi}]")
-            out.append((s.start_ts + (i + 1) * self.interval_s, not failed, "; ".join(failed)))
+                    failed.append(f"{metric}={v:.4g} outside [{_g(lo)}, {_g(hi)}]")
+            out.append((p.stream.start_ts + (i + 1) * self.interval_s, not failed, "; ".join(failed)))
         return out
 
-    def rollback(self, s: Stream) -> tuple[float, str] | None:
+    def rollback(self, s: Stream | Prepared) -> tuple[float, str] | None:
         """(event time of the rollback, the failing check's reason), or None."""
         failed = 0
         for end, passed, reason in self.checks(s):
@@ -224,12 +310,19 @@ class FlaggerJudge:
                 return end, f"failed check {failed}/{self.threshold}: {reason}"
         return None
 
-    def rollback_time(self, s: Stream) -> float | None:
+    def rollback_time(self, s: Stream | Prepared) -> float | None:
         r = self.rollback(s)
         return r[0] if r else None
 
 
+def _g(x: float | None) -> str:
+    return "None" if x is None else f"{x:.4g}"
+
+
 # -- Kayenta ---------------------------------------------------------------------------------------
+
+KAYENTA_TOLERANCE: dict[str, float] = {"quality": 0.05, "latency_p95": 0.10, "latency_p99": 0.10,
+                                       "escalation": 0.20, "error": 0.20, "compliance": 0.20}
 
 
 @dataclass(frozen=True)
@@ -240,27 +333,24 @@ class KayentaJudge:
     critical: frozenset[str] = frozenset({"error", "compliance"})
     # Allowed relative change in the harmful direction (Kayenta effectSize allowedIncrease /
     # allowedDecrease): quality may drop 5 %, latency and rates may rise 10 % / 20 %.
-    tolerance: dict[str, float] = field(default_factory=lambda: {
-        "quality": 0.05, "latency_p95": 0.10, "latency_p99": 0.10,
-        "escalation": 0.20, "error": 0.20, "compliance": 0.20,
-    })
+    tolerance: dict[str, float] = field(default_factory=lambda: dict(KAYENTA_TOLERANCE))
     confidence: float = 0.98
     step_s: float = 60.0
     interval_s: float = 600.0
     marginal: float = 75.0
     pass_score: float = 95.0
     lifetime_s: float | None = None  # the canary's planned duration: its last interval uses pass_score
+    # "baseline": every control turn (the stable fleet as baseline, as with a traffic split);
+    # "baseline_equal": a control sample of the canary's size (Kayenta's baseline cluster).
+    baseline: str = "baseline"
     name: str = "kayenta"
 
-    def classify(self, metric: str, canary: np.ndarray, baseline: np.ndarray) -> tuple[str, str]:
-        """("pass" | "high" | "low" | "nodata", reason) for one metric, as Kayenta's MannWhitneyClassifier."""
-        c, b = canary[~np.isnan(canary)], baseline[~np.isnan(baseline)]
-        if len(c) < 3 or len(b) < 3:
-            return "nodata", f"{metric}: too few points ({len(c)}, {len(b)})"
-        p = float(mannwhitneyu(c, b, alternative="two-sided").pvalue)
+    def _verdict(self, metric: str, stats: tuple[float, float, float, int, int]) -> tuple[str, str]:
+        p, mc, mb, nc, nb = stats
+        if math.isnan(p):
+            return "nodata", f"{metric}: too few points ({nc}, {nb})"
         if not (p < 1 - self.confidence):
             return "pass", f"{metric}: p={p:.3g}"
-        mc, mb = float(np.mean(c)), float(np.mean(b))
         effect = mc / mb if mb > 0 else (math.inf if mc > 0 else 1.0)
         tol = self.tolerance.get(metric, 0.0)
         if HIGHER_IS_WORSE[metric] and effect > 1 + tol:
@@ -269,13 +359,16 @@ class KayentaJudge:
             return "low", f"{metric}: {mc:.4g} vs {mb:.4g} (x{effect:.3g}), p={p:.3g}"
         return "pass", f"{metric}: significant but within tolerance (x{effect:.3g})"
 
-    def score(self, s: Stream, end_s: float) -> tuple[float, list[str]]:
+    def classify(self, metric: str, canary: np.ndarray, baseline: np.ndarray) -> tuple[str, str]:
+        """("pass" | "high" | "low" | "nodata", reason) for one metric, as Kayenta's MannWhitneyClassifier."""
+        return self._verdict(metric, mann_whitney(canary, baseline))
+
+    def score(self, s: Stream | Prepared, end_s: float) -> tuple[float, list[str]]:
+        p = prepare(s)
         n = int(end_s // self.step_s)
-        can = per_window(s, s.canary, self.step_s, n)
-        base = per_window(s, ~s.canary, self.step_s, n)
         passed, counted, critical_fail, reasons = 0, 0, False, []
         for metric in self.metrics:
-            verdict, reason = self.classify(metric, can[metric], base[metric])
+            verdict, reason = self._verdict(metric, p.test(metric, self.baseline, self.step_s, n))
             if verdict == "nodata":
                 continue  # Kayenta leaves metrics without data out of the score
             counted += 1
@@ -288,28 +381,31 @@ class KayentaJudge:
             return 0.0, reasons
         return (100.0 * passed / counted if counted else 100.0), reasons
 
-    def rollback_time(self, s: Stream) -> float | None:
+    def rollback_time(self, s: Stream | Prepared) -> float | None:
         r = self.rollback(s)
         return r[0] if r else None
 
-    def rollback(self, s: Stream) -> tuple[float, str] | None:
+    def rollback(self, s: Stream | Prepared) -> tuple[float, str] | None:
         """(event time of the rollback, score and failing metrics), or None."""
-        last = (float(s.t.max()) if len(s.t) else s.start_ts) - s.start_ts
+        p = prepare(s)
+        last = p.last_s
         lifetime = self.lifetime_s if self.lifetime_s is not None else last
         k = 1
         # An interval is judged once the data reach its end (within one step: the last turn of a
         # stream is a fraction of a second before the end of its last minute).
         while k * self.interval_s <= min(last + self.step_s, lifetime) + 1e-9:
             end = k * self.interval_s
-            score, reasons = self.score(s, end)
+            score, reasons = self.score(p, end)
             final = end + self.interval_s > lifetime + 1e-9
             if score < self.marginal or (final and score < self.pass_score):
                 bar = f"marginal {self.marginal:g}"
                 if score >= self.marginal:
                     bar = f"pass {self.pass_score:g} (last interval)"
-                return s.start_ts + end, f"score {score:.0f} < {bar}: " + "; ".join(reasons)
+                return p.stream.start_ts + end, f"score {score:.0f} < {bar}: " + "; ".join(reasons)
             k += 1
         return None
 
 
-__all__ = ["FlaggerJudge", "KayentaJudge", "Stream", "load_jsonl", "load_stream", "parse_ts", "per_window"]
+__all__ = ["FLAGGER_HEALTHY", "FLAGGER_TYPICAL", "KAYENTA_TOLERANCE", "FlaggerJudge", "KayentaJudge",
+           "Prepared", "Stream", "flagger_ranges", "load_jsonl", "load_stream", "mann_whitney", "parse_ts",
+           "per_window", "prepare"]
