@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -54,7 +54,9 @@ class Api:
         on_decisions: DecisionHook | None = None,
         deliveries: Callable[..., list[dict[str, Any]]] | None = None,
         max_body_bytes: int = 65_536,
+        middlewares: Sequence[Any] = (),
     ) -> None:
+        self.middlewares = list(middlewares)
         self.deliveries_query = deliveries
         self.engine = engine
         self.registry = registry
@@ -65,7 +67,7 @@ class Api:
         self.max_body_bytes = max_body_bytes
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body_bytes)
+        app = web.Application(client_max_size=self.max_body_bytes, middlewares=self.middlewares)
         app[ENGINE] = self.engine
         app.add_routes(
             [

@@ -89,8 +89,16 @@ class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 65_536
+    auth_token: str | None = secret()  # mutating endpoints (markers, acknowledge, override)
+    read_token: str | None = secret()  # read endpoints, if set (health, readiness and /metrics stay open)
+    flagger_token: str | None = secret()  # the Flagger hooks, if set
+    argo_token: str | None = secret()  # the verdict endpoints Argo Rollouts polls, if set
 
     def __post_init__(self) -> None:
+        for name in ("auth_token", "read_token", "flagger_token", "argo_token"):
+            value = getattr(self, name)
+            if value is not None and len(value) < 16:
+                raise ConfigError(f"http.{name}", "must be at least 16 characters")
         if not 0 <= self.port <= 65535:
             raise ConfigError("http.port", f"must be 0..65535, got {self.port}")
         _positive("http.max_body_bytes", self.max_body_bytes)

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from watcher import auth
 from watcher.api import Api
 from watcher.config import Settings
 from watcher.deadletter import DeadLetters, KafkaDeadLetters
@@ -160,7 +161,7 @@ class Daemon:
         api = Api(
             self.engine, registry=self.registry, decision_log=self.decision_log, readiness=self.readiness,
             on_marker=self.markers.publish, on_decisions=self._persist_decisions, deliveries=self.outbox.deliveries,
-            max_body_bytes=self.settings.http.max_body_bytes,
+            max_body_bytes=self.settings.http.max_body_bytes, middlewares=[auth.middleware(self.settings.http)],
         )
         self.hooks = FlaggerHooks(
             self.engine, self.settings.hooks.flagger, on_marker=self.markers.publish, readiness=self.readiness,
