@@ -132,7 +132,7 @@ def test_struct_attributes_are_the_contract_field_names() -> None:
 def test_all_is_exactly_the_public_interface() -> None:
     assert sorted(events.__all__) == sorted([
         "SCHEMA_TURN", "SCHEMA_DEPLOYMENT", "SCHEMA_DEADLETTER", "Action", "Arm", "Strategy", "DecodedBatch",
-        "Deduplicator", "Deployment", "FlagSpec", "Rejected", "RejectReason", "Turn", "dead_letter_record",
+        "Deduplicator", "Deployment", "FlagSpec", "Rejected", "RejectReason", "Turn", "TurnColumns", "dead_letter_record",
         "decode_batch", "decode_deployment", "encode_deployment", "encode_turn",
     ])  # fmt: skip
     assert all(hasattr(events, n) for n in events.__all__)

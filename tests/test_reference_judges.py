@@ -5,7 +5,21 @@ import json
 import numpy as np
 import pytest
 
-from bench.detection.reference_judges import FlaggerJudge, KayentaJudge, load_stream, parse_ts, per_window
+from bench.detection.calibration import Setting, Tally, choose, flagger_grid, kayenta_grid
+from bench.detection.reference_judges import (
+    FLAGGER_TYPICAL,
+    KAYENTA_TOLERANCE,
+    FlaggerJudge,
+    KayentaJudge,
+    Prepared,
+    flagger_ranges,
+    load_stream,
+    parse_ts,
+    per_window,
+)
+from bench.detection.run import goal, outcome, paired_median, summarise
+from bench.detection.scenarios import CASES_BY_NAME, ESCALATION_PER_TURN_FOR_3PP, NULLS, REGRESSIONS
+from watcher.simulate import expected_outcome
 
 T0 = 1_795_766_400.0  # 2026-11-27T08:00:00Z
 
@@ -142,3 +156,124 @@ def test_kayenta_tolerance_lets_small_significant_changes_pass() -> None:
         "quality", per_window(s, s.canary, 60, 30)["quality"], per_window(s, ~s.canary, 60, 30)["quality"]
     )
     assert verdict == "pass" and "within tolerance" in reason
+
+
+def test_flagger_min_turns_skips_thin_minutes_instead_of_failing() -> None:
+    s = load_stream(_lines(10, canary_share=0.0))
+    assert FlaggerJudge(min_turns=1).rollback_time(s) is None
+    assert FlaggerJudge(min_turns=1).checks(s) == []
+    # A guard of 30 turns skips minutes with ~9 canary turns even when they would fail.
+    bad = load_stream(_lines(10, per_min=30, canary_share=0.3, p_err_canary=0.5))
+    assert FlaggerJudge().rollback_time(bad) is not None
+    assert FlaggerJudge(min_turns=30).rollback_time(bad) is None
+
+
+def test_flagger_ranges_scale_the_headroom_over_the_healthy_level() -> None:
+    assert all(flagger_ranges(1.0)[m] == pytest.approx(v) for m, v in FLAGGER_TYPICAL.items())
+    r2 = flagger_ranges(2.0)
+    assert r2["error"][1] == pytest.approx(0.005 + 2 * (0.02 - 0.005))
+    assert r2["quality"][0] == pytest.approx(0.775 - 2 * (0.775 - 0.74)) and r2["quality"][1] is None
+
+
+# -- shared preparation ----------------------------------------------------------------------------
+
+
+def test_prepared_stream_gives_the_same_verdicts_as_the_raw_stream() -> None:
+    s = load_stream(_lines(30, p_err_canary=0.05, err_from_min=12))
+    p = Prepared(s)
+    for judge in (KayentaJudge(), KayentaJudge(lifetime_s=1800.0, marginal=90.0), FlaggerJudge()):
+        assert judge.rollback(p) == judge.rollback(s)
+    # Scope since the start: 8 bad minutes of 20 are not significant yet, 18 of 30 are.
+    assert KayentaJudge().rollback_time(p) == T0 + 1800
+
+
+def test_kayenta_equal_baseline_is_a_fixed_sample_of_the_canarys_size() -> None:
+    s = load_stream(_lines(30, canary_share=0.1))
+    m = Prepared(s).mask("baseline_equal")
+    assert not (m & s.canary).any()
+    assert abs(int(m.sum()) - int(s.canary.sum())) < 0.15 * s.canary.sum()
+    assert (Prepared(s).mask("baseline_equal") == m).all()  # deterministic
+    assert KayentaJudge(baseline="baseline_equal").rollback_time(s) is None
+
+
+# -- calibration -------------------------------------------------------------------------------------
+
+
+def test_choose_prefers_no_false_alarm_then_detections_then_speed() -> None:
+    grid = [Setting("flagger", (("headroom_scale", x), ("failed_checks", 5), ("min_turns", 0))) for x in (1, 2, 3, 4)]
+    tallies = {s: Tally() for s in grid}
+    # 1: most sensitive but a false alarm; 2: two detections, slow; 3: two detections, fast; 4: one.
+    for stop in (None, 10.0):
+        tallies[grid[0]].add("null", None, stop)
+    for setting, delays in ((grid[1], (500.0, 700.0)), (grid[2], (300.0, 400.0)), (grid[3], (100.0, None))):
+        for d in delays:
+            tallies[setting].add("regression", 1000.0, None if d is None else 1000.0 + d)
+    tallies[grid[0]].add("regression", 1000.0, 1100.0)
+    chosen, why = choose(grid, tallies)
+    assert chosen == grid[2] and "3/4" in why
+    assert tallies[grid[2]].to_dict()["median_delay_s"] == 350.0
+    pre = Tally()
+    pre.add("regression", 1000.0, 900.0)  # a stop before the onset is a false alarm, not a detection
+    assert pre.false_alarms == 1 and pre.to_dict()["detected"] == 0
+    assert choose(grid[:1], {grid[0]: tallies[grid[0]]})[0] is None
+    j = grid[1].judge()
+    assert isinstance(j, FlaggerJudge) and j.ranges["error"][1] == pytest.approx(0.035)
+
+
+def test_grids_start_from_the_typical_defaults() -> None:
+    f, k = flagger_grid()[0].judge(), kayenta_grid()[0].judge(1800.0)
+    assert isinstance(f, FlaggerJudge) and isinstance(k, KayentaJudge)
+    assert f.threshold == FlaggerJudge().threshold and f.min_turns == 0
+    assert all(f.ranges[m] == pytest.approx(v) for m, v in FLAGGER_TYPICAL.items())
+    assert (k.marginal, k.confidence, k.baseline, k.tolerance) == (75.0, 0.98, "baseline", KAYENTA_TOLERANCE)
+
+
+# -- scenarios -----------------------------------------------------------------------------------------
+
+
+def test_scenarios_have_the_issue_sizes_and_realistic_traffic() -> None:
+    by = CASES_BY_NAME
+    assert {c.name for c in REGRESSIONS} == {"escalation_+3pp", "segment_quality", "latency_+25%", "slow_tail_5%",
+                                              "errors_x4", "compliance_x5", "gradual_quality", "from_first_minute"}
+    for c in REGRESSIONS:
+        assert expected_outcome(c.scenario) == "regression"
+        assert c.onset_s == min(r.start_s for r in c.scenario.regressions if r.harmful)
+        assert c.scenario.conversations_per_s == 20.0 and c.scenario.canary_weight == 0.1
+        assert 1800.0 <= c.scenario.duration_s <= 3600.0
+    for c in NULLS:
+        assert expected_outcome(c.scenario) == "null" and c.onset_s is None
+    (esc,) = by["escalation_+3pp"].scenario.regressions
+    assert (esc.metric.value, esc.size, esc.mode.value) == ("escalation", ESCALATION_PER_TURN_FOR_3PP, "add")
+    up, down = by["segment_quality"].scenario.regressions
+    assert up.size + down.size == pytest.approx(-0.15) and down.segment == {"intent": "cancellation"}
+    assert up.size * 0.9 + (up.size + down.size) * 0.1 > 0  # the average improves
+    (lat,) = by["latency_+25%"].scenario.regressions
+    assert (lat.size, lat.mode.value) == (0.25, "add")
+    (tail,) = by["slow_tail_5%"].scenario.regressions
+    assert (tail.size, tail.slow_factor) == (0.05, 4.0)
+    assert by["errors_x4"].scenario.regressions[0].size == 4.0
+    assert by["compliance_x5"].scenario.regressions[0].size == 5.0
+    assert by["gradual_quality"].scenario.regressions[0].shape.value == "gradual"
+    assert by["from_first_minute"].onset_s == 0.0
+
+
+# -- harness -------------------------------------------------------------------------------------------
+
+
+def test_outcome_and_goal_bookkeeping() -> None:
+    assert outcome(None, None, None) == "quiet" and outcome(None, 5.0, None) == "false_rollback"
+    assert outcome(10.0, None, None) == "missed" and outcome(10.0, 5.0, None) == "pre_onset_alarm"
+    assert outcome(10.0, 10.0, None) == "detected" and outcome(10.0, 11.0, "boom") == "error"
+    rows = []
+    for judge, delays, false in (("watcher", (100.0, 200.0), 0), ("kayenta", (600.0, 900.0), 0),
+                                 ("flagger", (50.0, None), 1)):
+        for seed, d in enumerate(delays):
+            rows.append({"judge": judge, "scenario": "r", "seed": seed, "kind": "regression",
+                         "outcome": "missed" if d is None else "detected", "delay_s": d})
+        rows.append({"judge": judge, "scenario": "n", "seed": 0, "kind": "null",
+                     "outcome": "false_rollback" if false else "quiet", "delay_s": None})
+    summary = summarise(rows, ["watcher", "kayenta", "flagger"])
+    g = goal(rows, summary, "watcher")
+    assert g["best_clean_reference"] == "kayenta"  # flagger is faster but has a false rollback
+    assert g["met"] and g["vs_clean_references"]["kayenta"]["ratio_of_medians"] == pytest.approx(150 / 750)
+    assert paired_median(rows, "watcher", "flagger") == (100.0, 50.0, 1)

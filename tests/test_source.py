@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 Produce = Callable[..., Awaitable[list[tuple[int, int]]]]
@@ -293,3 +294,22 @@ async def test_file_source_missing_file_is_a_source_error(tmp_path: Path) -> Non
         await FileSource(tmp_path / "missing.jsonl").start()
     with pytest.raises(ConfigError):
         FileSource(tmp_path / "x.jsonl", batch_size=0)
+
+
+def test_message_batch_is_a_lazy_sequence_of_messages() -> None:
+    from watcher.source import MessageBatch
+
+    a = [SimpleNamespace(value=b"a%d" % i, offset=10 + i) for i in range(3)]
+    b = [SimpleNamespace(value=b"b%d" % i, offset=5 + i) for i in range(2)]
+    batch = MessageBatch()
+    batch.add("t", 0, a)
+    batch.add("t", 0, [])  # an empty partition adds nothing
+    batch.add("u", 3, b)
+    assert len(batch) == 5 and batch.values == [b"a0", b"a1", b"a2", b"b0", b"b1"]
+    assert batch[3] == Message(b"b0", "u", 3, 5) and batch[-1] == Message(b"b1", "u", 3, 6)
+    assert batch[1:3] == [Message(b"a1", "t", 0, 11), Message(b"a2", "t", 0, 12)]
+    assert list(batch) == [batch[i] for i in range(5)] and list(batch) is not None
+    assert batch.last_offsets() == {("t", 0): 12, ("u", 3): 6}
+    with pytest.raises(IndexError):
+        batch[5]
+    assert not MessageBatch()

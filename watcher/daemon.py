@@ -29,7 +29,7 @@ from watcher.hooks import FlaggerHooks
 from watcher.outbox import Outbox
 from watcher.rollouts import Change
 from watcher.sinks import build_sinks
-from watcher.source import KafkaSource, Message, Source
+from watcher.source import KafkaSource, Message, MessageBatch, Source
 from watcher.telemetry import StateCollector, WatcherMetrics, setup_tracing
 from watcher.verdicts import Action, Decision
 
@@ -238,7 +238,8 @@ class Daemon:
     async def handle(self, batch: Sequence[Message]) -> BatchResult:
         started = time.perf_counter()
         with self.tracer.start_as_current_span("watcher.batch") as span:
-            result = self.engine.process([m.value for m in batch], origins=Origins(batch))
+            values = batch.values if isinstance(batch, MessageBatch) else [m.value for m in batch]
+            result = self.engine.process(values, origins=Origins(batch))
             if result.rejected:
                 await self.dead_letters.publish(result.rejected)
                 self.metrics.dead_letters.inc(len(result.rejected))
@@ -293,9 +294,12 @@ class Daemon:
                 # series exist at 0 from the rollout's start, so increase() sees the first decision
                 for action in (Action.PAUSE, Action.ROLLBACK, Action.PROMOTE, Action.RESUME):
                     m.decisions.labels(change.rollout.agent_id, change.rollout.environment, action.value)
-        by_topic: dict[str, int] = {}
-        for msg in batch:
-            by_topic[msg.topic] = by_topic.get(msg.topic, 0) + 1
+        if isinstance(batch, MessageBatch):
+            by_topic = batch.counts_by_topic()
+        else:
+            by_topic = {}
+            for msg in batch:
+                by_topic[msg.topic] = by_topic.get(msg.topic, 0) + 1
         for topic, n in by_topic.items():
             m.events_consumed.labels(topic).inc(n)
         for r in result.rejected:

@@ -50,6 +50,7 @@ from typing import Any, Protocol
 import numpy as np
 from river.drift import ADWIN
 
+from watcher.events import TurnColumns
 from watcher.verdicts import rfc3339
 
 DRIFT_SCHEMA = "watcher.drift/v1"
@@ -229,7 +230,62 @@ class DriftMonitor:
 
     # -- the hot path --
 
-    def update(self, turns: Sequence[TurnLike], arms: Sequence[str]) -> list[DriftSignal]:
+    def update(self, turns: Sequence[TurnLike], arms: Sequence[str],
+               columns: TurnColumns | None = None) -> list[DriftSignal]:
+        """Feed one batch; ``columns`` (``DecodedBatch.columns``, routed) skip the per-turn loop."""
+        if columns is not None and columns.routed is not None and columns.routed[0] is arms:
+            groups = self._groups(columns)
+        else:
+            groups = [(key, _matrix(group)) for key, group in self._group_turns(turns, arms).items()]
+        signals: list[DriftSignal] = []
+        for key, matrix in groups:
+            for metric in self.metrics:
+                values, ts = _column(matrix, metric)
+                if len(values):
+                    signals.extend(self._feed(key, metric, values, ts))
+        # Event-time order, whatever the batching (within a batch, series are visited key by key).
+        signals.sort(key=lambda s: (s.ts, s.agent_id, s.environment, s.version, s.metric))
+        return signals
+
+    def _groups(self, cols: TurnColumns) -> list[tuple[VersionKey, np.ndarray]]:
+        """What ``_group_turns`` + ``_matrix`` give, per route key instead of per turn: the turns of
+        each fed version in order, versions in order of their first fed turn."""
+        assert cols.routed is not None
+        resolved = cols.routed[1]
+        keys, first, code = cols.route_keys, cols.route_first.tolist(), cols.route_code
+        watched, auto = self._watched, self.auto_watch_live
+        per_version: dict[VersionKey, list[int]] = {}
+        for c, (a, e, v, _) in enumerate(keys):
+            per_version.setdefault((a, e, v), []).append(c)
+        found: list[tuple[int, VersionKey, np.ndarray]] = []
+        for vk, codes in per_version.items():
+            fed = [c for c in codes if resolved[c] != "shadow"]
+            if not fed:
+                continue
+            if vk in watched:
+                start = 0
+            else:
+                live = [first[c] for c in fed if resolved[c] == "live"]
+                if not (auto and live):
+                    continue
+                start = min(live)  # the turn loop starts watching at the version's first live turn
+                watched.add(vk)
+            lut = np.zeros(len(keys), bool)
+            lut[fed] = True
+            idx = np.flatnonzero(lut[code])
+            if start:
+                idx = idx[idx >= start]
+            if len(idx):
+                found.append((int(idx[0]), vk, idx))
+        found.sort(key=lambda f: f[0])
+        out = []
+        for _, vk, idx in found:
+            matrix = np.column_stack((cols.ts[idx], cols.quality[idx], cols.latency[idx], cols.escalated[idx],
+                                      cols.error[idx], cols.compliance[idx])).astype(float, copy=False)
+            out.append((vk, matrix))
+        return out
+
+    def _group_turns(self, turns: Sequence[TurnLike], arms: Sequence[str]) -> dict[VersionKey, list[TurnLike]]:
         by_key: dict[VersionKey, list[TurnLike]] = {}
         watched, auto = self._watched, self.auto_watch_live
         for t, arm in zip(turns, arms):
@@ -244,16 +300,7 @@ class DriftMonitor:
             if group is None:
                 by_key[key] = group = []
             group.append(t)
-        signals: list[DriftSignal] = []
-        for key, group in by_key.items():
-            matrix = _matrix(group)
-            for metric in self.metrics:
-                values, ts = _column(matrix, metric)
-                if len(values):
-                    signals.extend(self._feed(key, metric, values, ts))
-        # Event-time order, whatever the batching (within a batch, series are visited key by key).
-        signals.sort(key=lambda s: (s.ts, s.agent_id, s.environment, s.version, s.metric))
-        return signals
+        return by_key
 
     def _feed(self, key: VersionKey, metric: str, values: np.ndarray, ts: np.ndarray) -> list[DriftSignal]:
         s = self._series.get((key, metric))

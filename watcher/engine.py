@@ -10,20 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any
+
+import numpy as np
 
 from watcher.config import Settings
 from watcher.drift import DriftMonitor, DriftSignal
-from watcher.events import DecodedBatch, Deduplicator, Deployment, Rejected, decode_batch
-from watcher.judge import Judge
+from watcher.events import DecodedBatch, Deduplicator, Deployment, Rejected, TurnColumns, decode_batch
+from watcher import strategies
 from watcher.policy import PolicySet, PolicyState, decide, load_policy
 from watcher.rollouts import Change, Registry, Rollout
 from watcher.state import MetricsState
 from watcher.verdicts import Action, Decision, RolloutEvidence
 
-JUDGED_STRATEGIES = frozenset({"canary"})
-_TS = attrgetter("ts")
 
 
 @dataclass(slots=True)
@@ -51,7 +50,8 @@ class Engine:
             auto_start=settings.rollouts.auto_start, auto_canary_weight=settings.rollouts.auto_canary_weight
         )
         self.drift = DriftMonitor()
-        self.judges: dict[str, Judge] = {}
+        self.history = strategies.VersionHistory()
+        self.judges: dict[str, strategies.RolloutJudge] = {}
         self.policy_states: dict[str, PolicyState] = {}
         self.evidence: dict[str, RolloutEvidence] = {}
         self.last_action: dict[str, Action] = {}
@@ -75,17 +75,19 @@ class Engine:
             result.changes.append(self._apply(marker))
         turns = batch.turns
         if turns:
-            arms, started = self.registry.route(turns)
+            cols = batch.columns  # extracted once, read by every consumer below
+            arms, started = self.registry.route(turns, cols)
             for change in started:
                 self._on_change(change)
             result.changes.extend(started)
-            self.state.update(turns, arms)
+            self.state.update(turns, arms, cols)
+            self.history.update(turns, arms)  # blue-green's reference: each version's recent past
             routes = self.registry.last_routes
             watched = self.drift.watched()
             if any(arm == "live" or (a, e, v) in watched for (a, e, v, _), arm in routes.items()):
-                result.drift_signals.extend(self.drift.update(turns, arms))
+                result.drift_signals.extend(self.drift.update(turns, arms, cols))
             agents = {(a, e) for (a, e, _, _) in routes}
-            result.decisions.extend(self._judge(turns, arms, agents))
+            result.decisions.extend(self._judge(turns, arms, agents, cols))
         return result
 
     def apply_marker(self, marker: Deployment) -> Change | None:
@@ -121,10 +123,11 @@ class Engine:
             self._retire(rollout)
 
     def _start_judge(self, rollout: Rollout) -> None:
-        if rollout.strategy not in JUDGED_STRATEGIES:
-            return
         policy = self.policies.for_agent(rollout.agent_id, rollout.environment)
-        self.judges[rollout.rollout_id] = Judge(rollout.ref(), policy, rollout.started_ts)
+        judge = strategies.judge_for(rollout, policy, self.history)  # canary, shadow, blue-green, flag
+        if judge is None:
+            return
+        self.judges[rollout.rollout_id] = judge
         self.policy_states[rollout.rollout_id] = PolicyState()
         self._last_look.pop(rollout.rollout_id, None)
 
@@ -136,8 +139,11 @@ class Engine:
         if live:
             self.drift.watch(rollout.agent_id, rollout.environment, live)
 
-    def _judge(self, turns: Sequence[Any], arms: Sequence[str], agents: set[tuple[str, str]]) -> list[Decision]:
+    def _judge(self, turns: Sequence[Any], arms: Sequence[str], agents: set[tuple[str, str]],
+               cols: TurnColumns | None = None) -> list[Decision]:
         decisions: list[Decision] = []
+        if cols is None:
+            cols = TurnColumns(turns)
         for rollout in self.registry.active_rollouts():
             judge = self.judges.get(rollout.rollout_id)
             if judge is None:
@@ -146,13 +152,14 @@ class Engine:
             if (agent, env) not in agents:
                 continue
             if len(agents) == 1:  # the common case: one agent per partition and batch
-                mine, my_arms = turns, arms
-            else:
-                idx = [i for i, t in enumerate(turns) if t.agent_id == agent and t.environment == env]
-                mine = [turns[i] for i in idx]
-                my_arms = [arms[i] for i in idx]
-            judge.update(mine, my_arms, rollout.canary_weight)
-            ts = max(map(_TS, mine))
+                mine, my_arms = cols, arms
+            else:  # the turns of this agent, selected per route key
+                lut = np.fromiter([k[0] == agent and k[1] == env for k in cols.route_keys], bool)
+                idx = np.flatnonzero(lut[cols.route_code])
+                mine = cols.take(idx)
+                my_arms = [arms[i] for i in idx.tolist()]
+            judge.update(mine.turns, strategies.arms_for(rollout, mine.turns, my_arms), rollout.canary_weight, mine)
+            ts = float(mine.ts.max())
             last = self._last_look.get(rollout.rollout_id)
             if last is not None and ts - last < self.settings.judge.evaluate_every_s:
                 continue

@@ -20,12 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
-from itertools import compress
-from operator import attrgetter
 from typing import Any, Protocol
 
 import numpy as np
 
+from watcher.events import TurnColumns
 from watcher.policy import MetricPolicy, Policy, ToleranceMode, load_policy
 from watcher.stats import (
     FAIL_GRID, MEAN_FIELDS, PASS_GRID, SRM_GRID, RestartSchedule, array_from_state, array_to_state,
@@ -54,15 +53,9 @@ class TurnLike(Protocol):
     compliance_violation: bool
 
 
-_EVENT_ATTR = {"escalation": attrgetter("escalated"), "error": attrgetter("error"),
-               "compliance": attrgetter("compliance_violation")}
+_EVENT_COLUMN = {"escalation": "escalated", "error": "error", "compliance": "compliance"}  # TurnColumns
 _VERDICTS = (Verdict.FAIL, Verdict.PASS, Verdict.INCONCLUSIVE)
 _TAIL = {Verdict.PASS: "; non-inferior", Verdict.FAIL: "", Verdict.INCONCLUSIVE: "; inconclusive"}
-
-
-def _floats(values: list[Any], n: int) -> np.ndarray:
-    """Floats with None as NaN (numpy converts None to NaN for a float dtype)."""
-    return np.fromiter(values, float, n)
 
 
 def id_hashes(ids: list[str]) -> np.ndarray:
@@ -400,15 +393,22 @@ class Judge:
         return {e: self._cells.table((e,)) for e in self._cells.epochs}
 
     # -- ingestion ----------------------------------------------------------------------------------
-    def update(self, turns: Sequence[Any], arms: Sequence[str], canary_weight: float | None) -> None:
-        """Add one batch; ``arms`` are resolved roles parallel to ``turns`` (others are ignored)."""
+    def update(self, turns: Sequence[Any], arms: Sequence[str], canary_weight: float | None,
+               columns: TurnColumns | None = None) -> None:
+        """Add one batch; ``arms`` are resolved roles parallel to ``turns`` (others are ignored).
+
+        ``columns`` are the batch's shared columns (``DecodedBatch.columns``); built here if absent.
+        """
+        cols = columns if columns is not None else TurnColumns(turns)
         if arms.count("canary") + arms.count("baseline") != len(arms):  # C-speed check, then filter
-            keep = [a == "canary" or a == "baseline" for a in arms]
-            turns, arms = list(compress(turns, keep)), list(compress(arms, keep))
+            keep = cols.arm_is(arms, "canary") | cols.arm_is(arms, "baseline")
+            idx = np.flatnonzero(keep)
+            cols = cols.take(idx)
+            arms = [arms[i] for i in idx.tolist()]
         n = len(arms)
         if not n:
             return
-        ts = _floats([t.ts for t in turns], n)
+        ts = cols.ts
         self._set_weight(canary_weight, float(ts.min()))
         self.watermark = max(self.watermark, float(ts.max()))
         epoch = int(self.schedule.epoch_of(np.asarray(self.watermark - self.started_ts)))
@@ -418,22 +418,21 @@ class Judge:
         conv = self.conv
         if len(conv) > conv.cap - n:
             conv.rotate()
-        cids = [t.conversation_id for t in turns]
+        cids = cols.conversation_id
         h = id_hashes(cids)
         slots = conv.find(h)
-        fresh = self._admit(h, cids, slots, turns, arms, ts) if (slots < 0).any() else None
+        fresh = self._admit(h, cids, slots, cols, arms, ts) if (slots < 0).any() else None
         u, inv = conv.batch_index(slots)
         m = len(u)
         delta = np.zeros((m, self.n_fields))
         if fresh is not None and len(fresh):
             delta.reshape(-1)[conv.scratch[fresh] * self.n_fields] = 1.0  # conversations
-        lat = _floats([t.latency_ms for t in turns], n) if self._lat_needed else None
+        lat = cols.latency if self._lat_needed else None
         if lat is not None and len(self.tail_q) < self._n_tails:
-            self._fix_tails(lat, np.fromiter(map("baseline".__eq__, arms), bool, n))
+            self._fix_tails(lat, cols.arm_is(arms, "baseline"))
         if self._means:
-            self._mean_sums(turns, n, u, inv, lat, delta)
+            self._mean_sums(cols, u, inv, lat, delta)
         flags = conv.flags[u]
-        events: list[int] | None = None  # turns with any flag set (rare): one pass for all rate metrics
         for bit, mp in enumerate(self.metrics):
             if mp.kind == "mean":
                 continue
@@ -441,12 +440,9 @@ class Judge:
                 q = self.tail_q.get(mp.name)
                 if q is None or lat is None:
                     continue
-                pos: Any = np.flatnonzero(lat > q)
+                pos = np.flatnonzero(lat > q)
             else:
-                if events is None:
-                    events = [i for i, t in enumerate(turns) if t.escalated or t.error or t.compliance_violation]
-                get = _EVENT_ATTR[mp.name]
-                pos = [i for i in events if get(turns[i])]
+                pos = np.flatnonzero(getattr(cols, _EVENT_COLUMN[mp.name]))
             if not len(pos):
                 continue
             hit = np.zeros(m, bool)
@@ -459,14 +455,14 @@ class Judge:
         if self._cells.n > self._cells.limit:
             self._fold_groups()
 
-    def _mean_sums(self, turns: Sequence[Any], n: int, u: np.ndarray, inv: np.ndarray, lat: np.ndarray | None,
+    def _mean_sums(self, cols: TurnColumns, u: np.ndarray, inv: np.ndarray, lat: np.ndarray | None,
                    delta: np.ndarray) -> None:
         """Per-conversation running (S, n) of the mean metrics and the cluster-sum increments."""
         conv, m = self.conv, len(u)
         old = np.take(conv.sums, u, axis=0)  # np.take: ~7x faster than fancy-indexing rows
         new = old.copy()
         for _, k, is_quality in self._means:
-            x = _floats([t.quality for t in turns], n) if is_quality else np.log(np.maximum(lat, 1e-3))
+            x = cols.quality if is_quality else np.log(np.maximum(lat, 1e-3))
             ok = ~np.isnan(x)
             if ok.all():
                 new[:, k] += np.bincount(inv, weights=x, minlength=m)
@@ -491,7 +487,7 @@ class Judge:
         if cells.n > cells.limit // 2:  # the live conversations alone need many groups
             cells.limit *= 2
 
-    def _admit(self, h: np.ndarray, cids: list[str], slots: np.ndarray, turns: Sequence[Any], arms: Sequence[str],
+    def _admit(self, h: np.ndarray, cids: list[str], slots: np.ndarray, cols: TurnColumns, arms: Sequence[str],
                ts: np.ndarray) -> np.ndarray:
         """Give slots to the batch's conversations missing from the current generation (in place).
 
@@ -523,13 +519,13 @@ class Judge:
         keep = keep[np.argsort(first_pos[keep])]  # segment values are adopted in order of appearance
         fresh = new_slots[keep]
         if len(fresh):
-            self._new_conversations(fresh, first_pos[keep], turns, arms, ts)
+            self._new_conversations(fresh, first_pos[keep], cols, arms, ts)
         return fresh
 
-    def _new_conversations(self, slots: np.ndarray, pos: np.ndarray, turns: Sequence[Any],
+    def _new_conversations(self, slots: np.ndarray, pos: np.ndarray, cols: TurnColumns,
                            arms: Sequence[str], ts: np.ndarray) -> None:
         conv = self.conv
-        conv.arm[slots] = np.fromiter([arms[i] == "canary" for i in pos.tolist()], np.int8, len(pos))
+        conv.arm[slots] = cols.arm_is(arms, "canary")[pos]
         first_ts = ts[pos]
         conv.epoch[slots] = self.schedule.epoch_of(first_ts - self.started_ts)
         if self.rho_now is None:
@@ -539,7 +535,8 @@ class Judge:
             conv.rho[slots] = np.where(in_grace, 0, self._rho_index(self.rho_now))
         slices = np.full((len(slots), conv.slices.shape[1]), -1, np.int16)
         if self.n_keys:
-            slices[:, :self.n_keys] = self._segment_slices([turns[i].segment for i in pos.tolist()])
+            segment = cols.segment
+            slices[:, :self.n_keys] = self._segment_slices([segment[i] for i in pos.tolist()])
             _put_rows(conv.slices, slots, slices)
         conv.group[slots] = self._cells.group_of(conv.rho[slots], conv.arm[slots], slices)
 

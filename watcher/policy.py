@@ -28,7 +28,7 @@ from watcher.verdicts import (
 __all__ = [
     "Direction", "ToleranceMode", "MetricPolicy", "PromoteRule", "SegmentSettings", "SrmSettings",
     "ChangepointSettings", "Policy", "PolicySet", "PolicyState", "load_policy", "decide", "override",
-    "acknowledge", "DEFAULT_POLICY_PATH",
+    "acknowledge", "DEFAULT_POLICY_PATH", "ROLLBACK_ONLY_STRATEGIES", "strategy_meaning",
 ]
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.yaml")
@@ -293,6 +293,23 @@ class PolicyState:
 
 TERMINAL = (Action.ROLLBACK, Action.PROMOTE)
 SRM_KEY = "sample_ratio"
+ROLLBACK_ONLY_STRATEGIES = frozenset({"shadow"})
+
+
+def strategy_meaning(rollout: RolloutRef, action: Action) -> str:
+    """What an action asks the deployer to do under the rollout's strategy ("" for canary)."""
+    flag = rollout.flag or {}
+    meanings = {
+        ("shadow", Action.ROLLBACK): f"stop shadowing {rollout.canary_version}: it diverges from live",
+        ("shadow", Action.PROMOTE): f"{rollout.canary_version} is ready for canary traffic",
+        ("blue_green", Action.ROLLBACK): f"switch traffic back to blue {rollout.baseline_version}",
+        ("blue_green", Action.PAUSE): f"keep blue {rollout.baseline_version} ready; a human decides",
+        ("blue_green", Action.PROMOTE): f"retire blue {rollout.baseline_version}",
+        ("flag", Action.ROLLBACK): f"turn flag {flag.get('name')} off (serve {flag.get('control')})",
+        ("flag", Action.PAUSE): f"hold flag {flag.get('name')} at its current exposure",
+        ("flag", Action.PROMOTE): f"roll flag {flag.get('name')} out ({flag.get('treatment')}) to everyone",
+    }
+    return meanings.get((rollout.strategy, action), "")
 
 
 def _key(m: MetricEvidence) -> str:
@@ -312,7 +329,10 @@ def decide(state: PolicyState, evidence: RolloutEvidence, policy: Policy,
     fails = [m for m in evidence.failing() if _key(m) not in state.acknowledged and m.metric in by_name
              and by_name[m.metric].enabled]
     fails.sort(key=lambda m: (-_strength(m), m.metric, m.slice))
-    rollbacks = [m for m in fails if by_name[m.metric].action is Action.ROLLBACK or m.critical]
+    # A shadow receives no customer traffic: there is nothing to pause, a divergence ends it.
+    every_failure_rolls_back = rollout.strategy in ROLLBACK_ONLY_STRATEGIES
+    rollbacks = [m for m in fails if by_name[m.metric].action is Action.ROLLBACK or m.critical
+                 or every_failure_rolls_back]
     if rollbacks:
         return _emit(state, evidence, rollout, Action.ROLLBACK, Cause.REGRESSION, rollbacks[0], fails)
     if state.action is Action.PAUSE:
@@ -360,6 +380,9 @@ def _emit(state: PolicyState, ev: RolloutEvidence, rollout: RolloutRef, action: 
                   f"{ev.elapsed_s / 60:.0f} min, canary n={ev.conversations_treatment} vs baseline "
                   f"n={ev.conversations_control} conversations")
         rows, trig, key = overall, None, None
+    meaning = strategy_meaning(rollout, action)
+    if meaning:
+        reason = f"{reason} [{rollout.strategy}: {meaning}]"
     decision = Decision(did, ev.ts, rollout, action, cause, reason, rows, ev.sample_ratio, trig, "watcher", seq)
     return decision, replace(state, action=action, sequence=seq, trigger=key, last_decision_id=did)
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from operator import attrgetter
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Protocol
 
+from watcher.events import TurnColumns
 from watcher.verdicts import RolloutRef
 
 
@@ -38,7 +38,6 @@ _TRANSITIONS = {
     "aborted": RolloutState.ABORTED,
 }
 MAX_MARKERS_PER_ROLLOUT = 200
-_ROUTE_KEY = attrgetter("agent_id", "environment", "version", "arm")
 MAX_ENDED_ROLLOUTS = 200
 
 
@@ -223,15 +222,19 @@ class Registry:
         return self._active[key]
 
     # -- telemetry ------------------------------------------------------------------------------
-    def route(self, turns: Sequence[TurnLike]) -> tuple[list[str], list[Change]]:
+    def route(
+        self, turns: Sequence[TurnLike], columns: TurnColumns | None = None
+    ) -> tuple[list[str], list[Change]]:
         """Resolve every turn's arm (parallel list) and start rollouts that telemetry reveals.
 
-        Work is per distinct (agent, environment, version, arm) of the batch, not per turn.
+        Work is per distinct (agent, environment, version, arm) of the batch, not per turn: the
+        batch's ``columns`` (built here when not given) number the keys once for every consumer.
         """
-        keys = list(map(_ROUTE_KEY, turns))
-        combos = dict.fromkeys(keys)
+        cols = columns if columns is not None else TurnColumns(turns)
+        combos = cols.route_keys
         changes: list[Change] = []
-        for agent, env, version, arm in combos:
+        first: list[int] | None = None
+        for j, (agent, env, version, arm) in enumerate(combos):
             key = (agent, env)
             if arm in ("baseline", "live"):
                 active = self._active.get(key)
@@ -242,11 +245,14 @@ class Registry:
             elif arm == "canary" and self._auto_start and key not in self._active:
                 baseline = self._baselines.get(key)
                 if baseline is not None and baseline != version:
-                    first = turns[keys.index((agent, env, version, arm))]
-                    changes.append(self._auto(agent, env, baseline, version, first.ts))
-        resolved = {k: self._arm(*k) for k in combos}
-        self.last_routes = resolved
-        return list(map(resolved.__getitem__, keys)), changes
+                    if first is None:
+                        first = cols.route_first.tolist()
+                    changes.append(self._auto(agent, env, baseline, version, turns[first[j]].ts))
+        resolved = [self._arm(*k) for k in combos]
+        self.last_routes = dict(zip(combos, resolved))
+        arms = list(map(resolved.__getitem__, cols.route_code.tolist()))
+        cols.routed = (arms, resolved)
+        return arms, changes
 
     def _arm(self, agent: str, env: str, version: str, arm: str | None) -> str:
         if arm is not None:

@@ -39,7 +39,7 @@ from watcher.clock import Clock, SystemClock
 from watcher.errors import ConfigError
 
 __all__ = [
-    "ArmProfile", "Metric", "Mode", "PRESETS", "Regression", "Scenario", "Shape", "add_arguments",
+    "ArmProfile", "Metric", "Mode", "PRESETS", "STRATEGIES", "STRATEGY_PRESETS", "Regression", "Scenario", "Shape", "add_arguments",
     "expected_outcome", "generate", "parse_regression", "produce", "run", "scenario_from_args",
     "write_jsonl",
 ]
@@ -58,6 +58,7 @@ _ESCALATION_FACTOR = {("intent", "cancellation"): 2.5, ("intent", "billing"): 1.
 _LATENCY_MEDIAN_MS = {"voice": 600.0, "chat": 350.0}
 _LATENCY_DEFAULT_MS = 450.0
 _THINK_MEDIAN_S = {"voice": 4.0, "chat": 9.0}
+STRATEGIES = ("canary", "shadow", "blue_green", "flag")
 _BLOCK_CONVERSATIONS = 2000  # conversations per block: large enough to amortise numpy calls
 
 
@@ -190,6 +191,16 @@ class Scenario:
     weight_steps: tuple[tuple[float, float], ...] = ()
     explicit_arms: bool = True
     srm_drop: float = 0.0  # share of canary conversations whose telemetry is lost
+    # Rollout strategy (docs/strategies/): "canary" (default), "shadow" (every live turn of the baseline
+    # version is shadowed by the canary version: arm "shadow", same conversation_id and turn), "blue_green"
+    # (conversations starting at/after ``switch_s`` are served by the canary version; the marker is sent
+    # then) or "flag" (both variants on the baseline version, turns carry flags {flag_name: variant}).
+    strategy: str = "canary"
+    switch_s: float = 0.0
+    shadow_drop: float = 0.0  # share of shadow turns lost (they stay unpaired)
+    shadow_shared_noise: float = 0.7  # correlation of a shadow answer's noise with the live answer's
+    flag_name: str = "new_prompt"
+    flag_variants: tuple[str, str] = ("control", "treatment")
     regressions: tuple[Regression, ...] = ()
     name: str = "custom"
     description: str = ""
@@ -207,6 +218,10 @@ class Scenario:
             ("srm_drop", 0 <= self.srm_drop < 1, "must be in [0, 1)"),
             ("cycle_period_s", self.cycle_period_s > 0, "must be > 0"),
             ("weight_steps", all(0 <= w <= 1 and at >= 0 for at, w in self.weight_steps), "weights in [0, 1]"),
+            ("strategy", self.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
+            ("shadow_drop", 0 <= self.shadow_drop < 1, "must be in [0, 1)"),
+            ("shadow_shared_noise", 0 <= self.shadow_shared_noise <= 1, "must be in [0, 1]"),
+            ("switch_s", 0 <= self.switch_s < self.duration_s, "must be in [0, duration_s)"),
         ]
         for name, ok, message in checks:
             if not ok:
@@ -290,7 +305,17 @@ class _Plan:
         self.profile = {f: np.array([getattr(p, f) for p in profiles]) for f in vars(s.baseline)}
         version = [enc(s.baseline_version).decode(), enc(s.canary_version).decode()]
         arm = ['"baseline"', '"canary"'] if s.explicit_arms else ["null", "null"]
-        self.arm_segment = [f'"version":{version[a]},"arm":{arm[a]},"segment":{seg},'
+        extra = ["", ""]
+        if s.strategy == "shadow":
+            arm = ['"live"', '"shadow"'] if s.explicit_arms else ["null", "null"]
+        elif s.strategy == "blue_green":
+            arm = ["null", "null"]  # explicit canary arms before the switch marker would auto-start a canary
+        elif s.strategy == "flag":
+            version = [version[0], version[0]]
+            arm = ["null", "null"]
+            name = enc(s.flag_name).decode()
+            extra = [f'"flags":{{{name}:{enc(v).decode()}}},' for v in s.flag_variants]
+        self.arm_segment = [f'"version":{version[a]},"arm":{arm[a]},"segment":{seg},{extra[a]}'
                             for a in (0, 1) for seg in self.seg_json]
         self.head = '{"schema":"watcher.turn/v1","event_id":"'
         self.agent_env = (f'"agent_id":{enc(s.agent_id).decode()},"environment":{enc(s.environment).decode()},'
@@ -330,6 +355,10 @@ def _block(s: Scenario, plan: _Plan, rng: np.random.Generator, t0: float, t1: fl
     n = int(rng.poisson(rate * (t1 - t0)))
     start = t0 + np.sort(rng.uniform(0.0, t1 - t0, n))
     arm = (rng.random(n) < _weight_at(s, start)).astype(np.int8)
+    if s.strategy == "shadow":
+        arm[:] = 0  # every conversation is live on the baseline; the canary answers shadow copies
+    elif s.strategy == "blue_green":
+        arm = (start >= s.switch_s).astype(np.int8)
     keep_conv = ~((arm == 1) & (rng.random(n) < s.srm_drop))
     late_mix = start >= s.mix_change_s if s.mix_change_s is not None else np.zeros(n, dtype=bool)
     combo = np.zeros(n, dtype=np.int64)
@@ -392,19 +421,83 @@ def _block(s: Scenario, plan: _Plan, rng: np.random.Generator, t0: float, t1: fl
     # Escalation hands the customer to a human: the conversation's later turns never happen.
     esc_before = _group_cumsum(escalated.astype(float), starts, n_turns) - escalated
     keep = (esc_before == 0) & keep_conv[conv] & (ts < s.duration_s)
+    raw_tokens_out = tokens_out
     tokens_out = np.where(error, 0, tokens_out)
     cost = tokens_in * 2.5e-6 + tokens_out * 1e-5
-    return {
+    out = {
         "ms": np.floor(s.start_ts * 1000 + ts * 1000).astype(np.int64)[keep],
         "conv": (conv + first_conv)[keep], "k": k[keep], "arm": c_arm[keep], "seg": c_combo[keep],
         "lat": np.round(latency, 1)[keep], "q": np.round(quality, 3)[keep], "esc": escalated[keep],
         "err": error[keep], "comp": (u_comp < p_comp)[keep], "tin": tokens_in[keep],
-        "tout": tokens_out[keep], "cost": np.round(cost, 6)[keep],
-    }, n
+        "tout": tokens_out[keep], "cost": np.round(cost, 6)[keep], "sh": np.zeros(int(keep.sum()), np.int8),
+    }
+    if s.strategy == "shadow":
+        request = ts - latency / 1000  # the shadow answers the same request as the live turn
+        shadow = _shadow_rows(s, plan, rng, c_combo, c_z, k, t_nom, cyc, eps_lat, eps_q, raw_tokens_out,
+                              tokens_in, request, keep)
+        shadow["conv"] = (conv + first_conv)[shadow.pop("at")]
+        out = {c: np.concatenate((out[c], shadow[c])) for c in out}
+    return out, n
+
+
+def _shadow_rows(s: Scenario, plan: _Plan, rng: np.random.Generator, c_combo: np.ndarray, c_z: np.ndarray,
+                 k: np.ndarray, t_nom: np.ndarray, cyc: np.ndarray, eps_lat: np.ndarray, eps_q: np.ndarray,
+                 tokens_out: np.ndarray, tokens_in: np.ndarray, request: np.ndarray,
+                 keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The canary version's answers to the kept live turns (same request, same customer, own noise).
+
+    Drawn after every live draw, so the live stream of a shadow scenario is the one of the same
+    scenario without shadowing. A shadow escalation ends nothing: the customer never saw it.
+    """
+    total = len(k)
+    rho = s.shadow_shared_noise
+    e_lat = rho * eps_lat + math.sqrt(1 - rho * rho) * rng.standard_normal(total)
+    e_q = rho * eps_q + math.sqrt(1 - rho * rho) * rng.standard_normal(total)
+    u_esc, u_err, u_comp, u_tail, u_judged, u_drop = (rng.random(total) for _ in range(6))
+    prof = {f: v[1] for f, v in plan.profile.items()}
+    log_lat = (np.log(plan.lat_median[c_combo] * prof["latency_factor"]) + 0.1 * c_z + 0.4 * e_lat
+               + 0.25 * (np.log(tokens_out) - math.log(110)) + 0.1 * cyc)
+    quality = prof["quality_mean"] + plan.q_offset[c_combo] - 0.06 * c_z - 0.02 * cyc + 0.08 * e_q
+    hazard = np.minimum(1 + 0.5 * k, 4.0)
+    p_esc = (prof["escalation_rate"] * hazard * plan.esc_factor[c_combo]
+             * np.exp(0.5 * c_z - 0.125 * s.conversation_effect**2) * (1 + 0.25 * cyc))
+    p_err = prof["error_rate"] * np.exp(0.3 * c_z - 0.045 * s.conversation_effect**2)
+    p_comp = prof["compliance_rate"] * np.ones(total)
+    slow = np.ones(total)
+    probs = {Metric.ESCALATION: p_esc, Metric.ERROR: p_err, Metric.COMPLIANCE: p_comp}
+    for r in s.regressions:
+        if "canary" not in r.arms:
+            continue
+        f = _ramp(r, t_nom) * plan.segment_mask(c_combo, r.segment)
+        if r.metric is Metric.QUALITY:
+            quality += r.size * f
+        elif r.metric is Metric.LATENCY:
+            log_lat += np.log1p(r.size * f if r.mode is Mode.ADD else (r.size - 1) * f)
+        elif r.metric is Metric.LATENCY_TAIL:
+            slow = np.where(u_tail < r.size * f, slow * r.slow_factor, slow)
+        else:
+            p = probs[r.metric]
+            if r.mode is Mode.MULTIPLY:
+                p *= 1 + (r.size - 1) * f
+            else:
+                p += r.size * f
+    latency = np.exp(log_lat) * slow
+    ts = request + latency / 1000
+    error = u_err < p_err
+    quality = np.where(error | (u_judged >= s.judged_fraction), np.nan, np.clip(quality, 0.0, 1.0))
+    sel = keep & (u_drop >= s.shadow_drop) & (ts < s.duration_s)
+    t_out = np.where(error, 0, tokens_out)
+    cost = tokens_in * 2.5e-6 + t_out * 1e-5
+    return {"ms": np.floor(s.start_ts * 1000 + ts * 1000).astype(np.int64)[sel], "at": np.flatnonzero(sel),
+            "k": k[sel], "arm": np.ones(int(sel.sum()), np.int8), "seg": c_combo[sel],
+            "lat": np.round(latency, 1)[sel], "q": np.round(quality, 3)[sel], "esc": (u_esc < p_esc)[sel],
+            "err": error[sel], "comp": (u_comp < p_comp)[sel], "tin": tokens_in[sel], "tout": t_out[sel],
+            "cost": np.round(cost, 6)[sel], "sh": np.ones(int(sel.sum()), np.int8)}
 
 
 _QUALITY_TEXT = [f"{i / 1000}" for i in range(1001)] + ["null"]  # quality has 3 decimals: 1002 strings
 _MS_TEXT = [f".{i:03d}Z" for i in range(1000)]
+_SUFFIX_TEXT = ["", "-shadow"]  # event id suffix of shadow turns (live turns keep "{conversation}-{turn}")
 _FLAGS_TEXT = [f'"escalated":{e},"error":{r},"compliance_violation":{c},'
                for e in ("false", "true") for r in ("false", "true") for c in ("false", "true")]
 
@@ -424,13 +517,13 @@ def _format(plan: _Plan, cols: dict[str, np.ndarray], sec_cache: dict[int, str])
     arm_seg = cols["arm"].astype(np.int64) * len(plan.seg_json) + cols["seg"]
     flags = cols["esc"].astype(np.int64) * 4 + cols["err"].astype(np.int64) * 2 + cols["comp"]
     head, ae, pre, vas = plan.head, plan.agent_env, plan.prefix, plan.arm_segment
-    qt, mt, ft = _QUALITY_TEXT, _MS_TEXT, _FLAGS_TEXT
+    qt, mt, ft, sx = _QUALITY_TEXT, _MS_TEXT, _FLAGS_TEXT, _SUFFIX_TEXT
     return [
-        f'{head}{pre}{c}-{k}","ts":"{sec_cache[sc]}{mt[fr]}",{ae}{pre}{c}","turn":{k},{vas[v]}'
+        f'{head}{pre}{c}-{k}{sx[sh]}","ts":"{sec_cache[sc]}{mt[fr]}",{ae}{pre}{c}","turn":{k},{vas[v]}'
         f'"latency_ms":{li}.{lf},"quality":{qt[qc]},{ft[fl]}"tokens_in":{ti},"tokens_out":{to},'
         f'"cost_usd":{ci}.{cf:06d}}}'
-        for sc, fr, c, k, v, li, lf, qc, fl, ti, to, ci, cf in zip(
-            secs, (ms % 1000).tolist(), cols["conv"].tolist(), cols["k"].tolist(), arm_seg.tolist(),
+        for sc, fr, c, k, sh, v, li, lf, qc, fl, ti, to, ci, cf in zip(
+            secs, (ms % 1000).tolist(), cols["conv"].tolist(), cols["k"].tolist(), cols["sh"].tolist(), arm_seg.tolist(),
             (lat10 // 10).tolist(), (lat10 % 10).tolist(), q_code.tolist(), flags.tolist(),
             cols["tin"].tolist(), cols["tout"].tolist(), (micro // 1_000_000).tolist(),
             (micro % 1_000_000).tolist())
@@ -440,11 +533,17 @@ def _format(plan: _Plan, cols: dict[str, np.ndarray], sec_cache: dict[int, str])
 def _markers(s: Scenario, plan: _Plan) -> list[tuple[int, str]]:
     if not s.emit_markers:
         return []
-    base = {"schema": "watcher.deployment/v1", "agent_id": s.agent_id, "environment": s.environment,
-            "strategy": "canary", "baseline_version": s.baseline_version, "canary_version": s.canary_version,
-            "actor": "watcher-simulate"}
-    steps = [(0.0, "started", s.canary_weight)] + [
-        (at, "weight_changed", w) for at, w in sorted(s.weight_steps) if at < s.duration_s]
+    base: dict[str, Any] = {"schema": "watcher.deployment/v1", "agent_id": s.agent_id, "environment": s.environment,
+                            "strategy": s.strategy, "baseline_version": s.baseline_version,
+                            "canary_version": s.canary_version, "actor": "watcher-simulate"}
+    start, weight = 0.0, s.canary_weight
+    if s.strategy == "flag":
+        base["canary_version"] = None
+        base["flag"] = {"name": s.flag_name, "control": s.flag_variants[0], "treatment": s.flag_variants[1]}
+    elif s.strategy in ("shadow", "blue_green"):
+        start, weight = (s.switch_s if s.strategy == "blue_green" else 0.0), 1.0
+    steps = [(start, "started", weight)] + [
+        (at, "weight_changed", w) for at, w in sorted(s.weight_steps) if at < s.duration_s and s.strategy in ("canary", "flag")]
     out = []
     for i, (at, action, weight) in enumerate(steps):
         ms = math.floor(s.start_ts * 1000 + at * 1000)
@@ -635,6 +734,26 @@ PRESETS: dict[str, Scenario] = {p.name: p for p in (
 )}
 
 
+# Strategy scenarios (shadow, blue-green, flag): kept apart from PRESETS, whose set the canary
+# benchmark and docs/simulator.md enumerate. docs/strategies/ documents them.
+STRATEGY_PRESETS: dict[str, Scenario] = {p.name: p for p in (
+    _preset("shadow_healthy", "shadow answers every live turn, no difference", strategy="shadow",
+            duration_s=1800.0, conversations_per_s=5.0),
+    _preset("shadow_quality_down", "the shadow's quality is 0.08 lower", strategy="shadow",
+            duration_s=1800.0, conversations_per_s=5.0, regressions=(_R("quality", -0.08),)),
+    _preset("shadow_errors_x4", "the shadow errs 4x as often", strategy="shadow", duration_s=1800.0,
+            conversations_per_s=5.0, regressions=(_R("error", 4.0, mode="multiply"),)),
+    _preset("blue_green_healthy", "switch to an identical green after 30 min", strategy="blue_green",
+            duration_s=3000.0, switch_s=1800.0, conversations_per_s=5.0),
+    _preset("blue_green_regression", "green's quality is 0.08 lower after the switch", strategy="blue_green",
+            duration_s=3000.0, switch_s=1800.0, conversations_per_s=5.0, regressions=(_R("quality", -0.08),)),
+    _preset("flag_healthy", "flag treatment on 50 % of conversations, no difference", strategy="flag",
+            canary_weight=0.5, duration_s=1800.0, conversations_per_s=5.0),
+    _preset("flag_errors_x4", "the flag's treatment errs 4x as often", strategy="flag", canary_weight=0.5,
+            duration_s=1800.0, conversations_per_s=5.0, regressions=(_R("error", 4.0, mode="multiply"),)),
+)}
+
+
 # ---------------------------------------------------------------------------------------------------
 # Command line
 
@@ -696,7 +815,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--deployments-topic", help="send markers here (default: the telemetry topic)")
     out.add_argument("--rate", type=float, help="pace output to this many events per second")
     sc = parser.add_argument_group("scenario")
-    sc.add_argument("--preset", choices=sorted(PRESETS), help="start from a named scenario")
+    sc.add_argument("--preset", choices=sorted(PRESETS) + sorted(STRATEGY_PRESETS),
+                    help="start from a named scenario")
+    sc.add_argument("--strategy", choices=STRATEGIES, help="rollout strategy (default canary)")
+    sc.add_argument("--switch", type=float, metavar="SECONDS", help="blue_green: the switch time")
     sc.add_argument("--seed", type=int)
     sc.add_argument("--duration", type=float, metavar="SECONDS", help="simulated seconds")
     sc.add_argument("--conversations-per-second", type=float)
@@ -724,8 +846,12 @@ def _parse_start(text: str, clock: Clock) -> float:
 
 
 def scenario_from_args(args: argparse.Namespace, clock: Clock | None = None) -> Scenario:
-    base = PRESETS[args.preset] if getattr(args, "preset", None) else Scenario()
+    base = ({**PRESETS, **STRATEGY_PRESETS}[args.preset] if getattr(args, "preset", None) else Scenario())
     kw: dict[str, Any] = {}
+    if getattr(args, "strategy", None):
+        kw["strategy"] = args.strategy
+    if getattr(args, "switch", None) is not None:
+        kw["switch_s"] = args.switch
     for attr, name in (("seed", "seed"), ("duration", "duration_s"), ("agent_id", "agent_id"),
                        ("conversations_per_second", "conversations_per_s"), ("canary_weight", "canary_weight")):
         if getattr(args, attr, None) is not None:

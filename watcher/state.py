@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from watcher.errors import CheckpointError
+from watcher.events import TurnColumns
 from watcher.sketch import DEFAULT_LAYOUT, QuantileSketch, SketchLayout, dense_counts, sparse_counts
 
 SeriesKey = tuple[str, str, str, str, str, str]
@@ -60,14 +61,6 @@ _VALUE_CACHE_LIMIT = 4096  # distinct raw values of one segment key kept in the 
 _TRASH = 0  # slot 0 is never a series: fan-out entries for "no series" land there and are never read
 
 _G_KEY = attrgetter("agent_id", "environment", "version")
-_G_SEG = attrgetter("segment")
-_G_TS = attrgetter("ts")
-_G_TURN = attrgetter("turn")
-_G_LAT = attrgetter("latency_ms")
-_G_QUAL = attrgetter("quality")
-_G_ESC = attrgetter("escalated")
-_G_ERR = attrgetter("error")
-_G_COMP = attrgetter("compliance_violation")
 
 
 @dataclass(frozen=True)
@@ -310,10 +303,10 @@ class MetricsState:
         folded = self._fold(agent, env, key, str(value)) if key else None
         return _TRASH if folded is None else self._slot_for((agent, env, version, arm, key, folded))
 
-    def _fan_out(self, turns: Sequence[Any], arms: Sequence[str]) -> np.ndarray:
+    def _fan_out(self, turns: Sequence[Any], arms: Sequence[str], cols: TurnColumns) -> np.ndarray:
         """``(n, 1 + keys)`` matrix: the series slots each turn updates (overall first)."""
         n = len(turns)
-        segs = list(map(_G_SEG, turns))
+        segs = cols.segment
         try:
             seg_keys, seg_cols = self._segment_columns(segs)
         except TypeError:  # a segment that is None or a non-dict mapping: normalise, then the fast path
@@ -326,10 +319,19 @@ class MetricsState:
         # kept in a list: thousands of live tuples per batch cost more in garbage-collector passes than
         # building them (measured: 350 vs 190 ns per turn).
         table = self._overall
-        okeys = zip(map(_G_KEY, turns), arms)
-        ocode = np.fromiter(map(table.codes.get, okeys, repeat(-1)), dtype=np.intp, count=n)
-        if (ocode < 0).any():
-            ocode = table.learn(list(zip(map(_G_KEY, turns), arms)), ocode)
+        routed = cols.routed
+        if routed is not None and routed[0] is arms:
+            # the registry resolved one arm per route key: look up the distinct keys only
+            okeys = [((a, e, v), arm) for (a, e, v, _), arm in zip(cols.route_keys, routed[1])]
+            kcode = np.fromiter(map(table.codes.get, okeys, repeat(-1)), dtype=np.intp, count=len(okeys))
+            if (kcode < 0).any():  # distinct keys are in order of first appearance, as per turn
+                kcode = table.learn(okeys, kcode)
+            ocode = kcode[cols.route_code]
+        else:
+            okeys = zip(map(_G_KEY, turns), arms)
+            ocode = np.fromiter(map(table.codes.get, okeys, repeat(-1)), dtype=np.intp, count=n)
+            if (ocode < 0).any():
+                ocode = table.learn(list(zip(map(_G_KEY, turns), arms)), ocode)
         fan[:, 0] = self._oslot_of(ocode, table)
         for j, (key, col) in enumerate(zip(seg_keys, seg_cols), start=1):
             vt = self._values_of(key)
@@ -364,25 +366,21 @@ class MetricsState:
         return self._hot_keys, [c for c, f in zip(cols, found) if f]
 
     # ---- update --------------------------------------------------------------------------------
-    def update(self, turns: Sequence[Any], arms: Sequence[str]) -> None:
-        """Apply one batch of turns (``arms[i]`` is the resolved arm of ``turns[i]``)."""
+    def update(self, turns: Sequence[Any], arms: Sequence[str], columns: TurnColumns | None = None) -> None:
+        """Apply one batch of turns (``arms[i]`` is the resolved arm of ``turns[i]``).
+
+        ``columns`` are the batch's shared columns (``DecodedBatch.columns``); built here if absent.
+        """
         n = len(turns)
         if len(arms) != n:
             raise ValueError(f"{n} turns but {len(arms)} arms")
         if n == 0:
             return
-        fan = self._fan_out(turns, arms)
-        ts = np.fromiter(map(_G_TS, turns), dtype=np.float64, count=n)
-        ev = _Events(
-            fan=fan,
-            ts=ts,
-            conv=np.fromiter(map(_G_TURN, turns), dtype=np.int64, count=n) == 0,
-            lat=np.array(list(map(_G_LAT, turns)), dtype=np.float64),  # None -> NaN
-            q=np.array(list(map(_G_QUAL, turns)), dtype=np.float64),
-            esc=np.fromiter(map(_G_ESC, turns), dtype=bool, count=n),
-            err=np.fromiter(map(_G_ERR, turns), dtype=bool, count=n),
-            comp=np.fromiter(map(_G_COMP, turns), dtype=bool, count=n),
-        )
+        cols = columns if columns is not None else TurnColumns(turns)
+        fan = self._fan_out(turns, arms, cols)
+        ts = cols.ts
+        ev = _Events(fan=fan, ts=ts, conv=cols.first_turn, lat=cols.latency, q=cols.quality,
+                     esc=cols.escalated, err=cols.error, comp=cols.compliance)
         sums, first, last = ev.series_sums(self._cap)
         self._cstats += sums
         np.fmin(self._cfirst, first, out=self._cfirst)

@@ -16,7 +16,13 @@ markers, EVENT_SCHEMA.md) and return the event time of their first rollback, or 
   score 0). Rollback when an interval scores below ``marginal`` (75) or the last interval of the
   canary's lifetime scores below ``pass_score`` (95).
 
-The thresholds are documented in bench/detection/README.md with the reasoning behind them.
+Both accept a ``Stream`` or a ``Prepared`` stream (per-window series and U tests cached), so a
+calibration grid (bench/detection/calibration.py) evaluates dozens of settings for the price of one.
+Extra knobs for that grid: ``FlaggerJudge.min_turns`` (skip thin minutes instead of failing them)
+and ``flagger_ranges(scale)`` (headroom over the healthy level); ``KayentaJudge.baseline``
+(``"baseline_equal"``: a control sample of the canary's size, Kayenta's baseline cluster).
+
+The thresholds are documented in docs/detection.md with the reasoning behind them.
 """
 
 from __future__ import annotations

@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-seed", type=int, default=1)
     p.add_argument("--calibration-seeds", type=int, default=3, help="seeds 101.. (default %(default)s)")
     p.add_argument("--no-calibration", action="store_true", help="skip the calibrated reference rows")
+    p.add_argument("--calibration-exclude", default="",
+                   help="comma-separated scenarios left out of the calibration (a what-if, see docs/detection.md)")
     p.add_argument("--policy", type=Path, action="append", default=[],
                    help="also run watcher with this policy file (judge name watcher[<file stem>])")
     p.add_argument("--judges", help="comma-separated subset of the judges (default: all)")
@@ -254,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     calibration: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="watcher-detection-") as tmp:
         if not args.no_calibration and (wanted is None or {"flagger_cal", "kayenta_cal"} & set(wanted)):
-            calibration = calibrate(list(CASES), cal_seeds, Path(tmp))
+            excluded = set(args.calibration_exclude.split(",")) - {""}
+            calibration = calibrate([c for c in CASES if c.name not in excluded], cal_seeds, Path(tmp))
+            calibration["excluded"] = sorted(excluded)
             for tool in ("flagger", "kayenta"):
                 chosen = calibration[tool]["chosen"]
                 print(f"{tool} calibrated: {calibration[tool]['why']}", file=sys.stderr)

@@ -84,7 +84,7 @@ async def _watcher(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
     from watcher.config import load_settings
     from watcher.daemon import Origins
     from watcher.engine import Engine
-    from watcher.source import KafkaSource
+    from watcher.source import KafkaSource, MessageBatch
 
     settings = load_settings(environ={})
     engine = Engine(settings)
@@ -96,7 +96,10 @@ async def _watcher(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
     cpu0, _ = _usage()
     t0 = time.perf_counter()
     async for batch in source.batches():
-        result = engine.process([m.value for m in batch], origins=Origins(batch))
+        # MessageBatch.values: the values without a Message per record (the daemon's path once it
+        # reads them too); Origins formats only the rejected messages' origins
+        values = batch.values if isinstance(batch, MessageBatch) else [m.value for m in batch]
+        result = engine.process(values, origins=Origins(batch))
         await source.commit(batch)
         n += len(batch)
         turns += result.turns
