@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test test-fast bench bench-throughput bench-detection check-config lint clean
+.PHONY: demo test test-fast bench bench-throughput bench-detection bench-strategies check-config clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,13 +23,16 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-bench: bench-throughput bench-detection
+bench: bench-throughput bench-detection bench-strategies
 
 bench-throughput: $(STAMP)
 	$(PY) -m bench.throughput $(BENCH_ARGS)
 
 bench-detection: $(STAMP)
-	$(PY) -m bench.detection.run $(BENCH_ARGS)
+	$(PY) -m bench.detection.run --policy policies/sensitive.yaml $(BENCH_ARGS)
+
+bench-strategies: $(STAMP)
+	$(PY) -m bench.strategies $(BENCH_ARGS)
 
 check-config: $(STAMP)
 	$(VENV)/bin/watcher check-config

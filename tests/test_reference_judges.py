@@ -200,7 +200,8 @@ def test_kayenta_equal_baseline_is_a_fixed_sample_of_the_canarys_size() -> None:
 
 
 def test_choose_prefers_no_false_alarm_then_detections_then_speed() -> None:
-    grid = [Setting("flagger", (("headroom_scale", x), ("failed_checks", 5), ("min_turns", 0))) for x in (1, 2, 3, 4)]
+    grid = [Setting("flagger", (("headroom_scale", x), ("failed_checks", 5), ("min_turns", 0)))
+            for x in (1, 2, 3, 4)]
     tallies = {s: Tally() for s in grid}
     # 1: most sensitive but a false alarm; 2: two detections, slow; 3: two detections, fast; 4: one.
     for stop in (None, 10.0):
@@ -233,8 +234,9 @@ def test_grids_start_from_the_typical_defaults() -> None:
 
 def test_scenarios_have_the_issue_sizes_and_realistic_traffic() -> None:
     by = CASES_BY_NAME
-    assert {c.name for c in REGRESSIONS} == {"escalation_+3pp", "segment_quality", "latency_+25%", "slow_tail_5%",
-                                              "errors_x4", "compliance_x5", "gradual_quality", "from_first_minute"}
+    assert {c.name for c in REGRESSIONS} == {
+        "escalation_+3pp", "segment_quality", "latency_+25%", "slow_tail_5%", "errors_x4", "compliance_x5",
+        "gradual_quality", "from_first_minute"}
     for c in REGRESSIONS:
         assert expected_outcome(c.scenario) == "regression"
         assert c.onset_s == min(r.start_s for r in c.scenario.regressions if r.harmful)

@@ -29,7 +29,7 @@ import numpy as np
 from scipy.stats import beta, norm
 
 from watcher.policy import MetricPolicy, Policy, ToleranceMode, load_policy
-from watcher.shadow import ConvRows, SliceMap, cluster_mean, fmt, mean_params, metric_value, opt
+from watcher.shadow import ConvRows, SliceMap, cluster_mean, fmt, mean_params, metric_value, opt, slice_alpha
 from watcher.stats import FAIL_GRID, MEAN_FIELDS, PASS_GRID, array_from_state, array_to_state, logsumexp, mean_deltas, msprt_half_width, msprt_log_evalue
 from watcher.verdicts import ArmEstimate, MetricEvidence, RolloutEvidence, RolloutRef, Verdict
 
@@ -302,11 +302,7 @@ class BlueGreenJudge:
 
     # -- evidence -----------------------------------------------------------------------------------
     def _alpha(self, segment: bool) -> float:
-        a = self.policy.alpha / max(len(self.metrics), 1)
-        if not self.slices.max_keys:
-            return a
-        share = self.policy.segments.budget_share
-        return a * share / (self.slices.size - 1) if segment else a * (1 - share)
+        return slice_alpha(self.policy, len(self.metrics), self.slices, segment)
 
     def evidence(self, ts: float) -> RolloutEvidence:
         total = self.table.sum(axis=0)

@@ -81,14 +81,25 @@ class Engine:
                 self._on_change(change)
             result.changes.extend(started)
             self.state.update(turns, arms, cols)
-            self.history.update(turns, arms)  # blue-green's reference: each version's recent past
             routes = self.registry.last_routes
+            agents = {(a, e) for (a, e, _, _) in routes}
+            if self._needs_history(agents):
+                self.history.update(turns, arms)  # blue-green's reference: each version's recent past
             watched = self.drift.watched()
             if any(arm == "live" or (a, e, v) in watched for (a, e, v, _), arm in routes.items()):
                 result.drift_signals.extend(self.drift.update(turns, arms, cols))
-            agents = {(a, e) for (a, e, _, _) in routes}
             result.decisions.extend(self._judge(turns, arms, agents, cols))
         return result
+
+    def _needs_history(self, agents: set[tuple[str, str]]) -> bool:
+        """History serves blue-green switches: it is kept for agents running without a rollout (what
+        a switch will be compared with) or in a blue-green one, not during canary, shadow or flag
+        rollouts, whose judges compare with concurrent traffic (and where it would only cost time)."""
+        for agent, env in agents:
+            rollout = self.registry.active(agent, env)
+            if rollout is None or rollout.strategy == "blue_green":
+                return True
+        return False
 
     def apply_marker(self, marker: Deployment) -> Change | None:
         """A marker from the HTTP API: applied at once; None if its event_id was already seen."""

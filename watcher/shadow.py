@@ -374,11 +374,7 @@ class ShadowJudge:
 
     # -- evidence -----------------------------------------------------------------------------------
     def _alpha(self, segment: bool) -> float:
-        a = self.policy.alpha / max(len(self.metrics), 1)
-        if not self.slices.max_keys:
-            return a
-        share = self.policy.segments.budget_share
-        return a * share / (self.slices.size - 1) if segment else a * (1 - share)
+        return slice_alpha(self.policy, len(self.metrics), self.slices, segment)
 
     def _blocks(self) -> list[tuple[str, np.ndarray, float]]:
         out = [("", self.cum, self.schedule.cumulative_fraction())]
@@ -507,3 +503,11 @@ class ShadowJudge:
         j.tail_q, j._tail_buf = dict(d["tail_q"]), list(d["tail_buf"])
         j.watermark = d["watermark"] if d["watermark"] is not None else -math.inf
         return j
+
+def slice_alpha(policy: Policy, n_metrics: int, slices: SliceMap, segment: bool) -> float:
+    """One test's share of the error budget: Bonferroni over metrics, then overall vs segment slices."""
+    a = policy.alpha / max(n_metrics, 1)
+    if not slices.max_keys:
+        return a
+    share = policy.segments.budget_share
+    return a * share / (slices.size - 1) if segment else a * (1 - share)

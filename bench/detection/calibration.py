@@ -89,7 +89,8 @@ class Tally:
 
     def to_dict(self) -> dict[str, Any]:
         d = self.delays or []
-        return {"false_alarms": self.false_alarms, "detected": len(d), "regression_runs": self.regression_runs,
+        return {"false_alarms": self.false_alarms, "detected": len(d),
+                "regression_runs": self.regression_runs,
                 "median_delay_s": statistics.median(d) if d else None}
 
 

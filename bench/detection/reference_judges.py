@@ -263,7 +263,8 @@ def flagger_ranges(scale: float) -> dict[str, tuple[float | None, float | None]]
     out: dict[str, tuple[float | None, float | None]] = {}
     for metric, (lo, hi) in FLAGGER_TYPICAL.items():
         h = FLAGGER_HEALTHY[metric]
-        out[metric] = (None if lo is None else h + scale * (lo - h), None if hi is None else h + scale * (hi - h))
+        out[metric] = (None if lo is None else h + scale * (lo - h),
+                       None if hi is None else h + scale * (hi - h))
     return out
 
 
@@ -272,7 +273,8 @@ class FlaggerJudge:
     """Fixed per-interval thresholds on the canary's own metrics, a failed-check counter."""
 
     # thresholdRange per metric: (min, max); None = unbounded. See README for why these values.
-    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=lambda: dict(FLAGGER_TYPICAL))
+    ranges: dict[str, tuple[float | None, float | None]] = field(
+        default_factory=lambda: dict(FLAGGER_TYPICAL))
     interval_s: float = 60.0
     threshold: int = 5
     consecutive: bool = False

@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-seeds", type=int, default=3, help="seeds 101.. (default %(default)s)")
     p.add_argument("--no-calibration", action="store_true", help="skip the calibrated reference rows")
     p.add_argument("--calibration-exclude", default="",
-                   help="comma-separated scenarios left out of the calibration (a what-if, see docs/detection.md)")
+                   help="comma-separated scenarios left out of the calibration (a what-if, "
+                   "see docs/detection.md)")
     p.add_argument("--policy", type=Path, action="append", default=[],
                    help="also run watcher with this policy file (judge name watcher[<file stem>])")
     p.add_argument("--judges", help="comma-separated subset of the judges (default: all)")
