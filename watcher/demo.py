@@ -108,9 +108,10 @@ async def run_demo(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int
         daemon = Daemon(settings)
         daemon_task = asyncio.create_task(daemon.run(stop))
         scenario = dataclasses.replace(PRESETS["demo"], start_ts=time.time())
-        producer_task = asyncio.create_task(
-            produce(scenario, broker.bootstrap_servers, TELEMETRY, rate=args.rate, deployments_topic=DEPLOYMENTS)
-        )
+        # the simulated deployer writes its markers into the telemetry topic, keyed by agent like the
+        # turns: one partition, so the start marker is read before the traffic it announces (markers
+        # posted to the API go to the deployments topic)
+        producer_task = asyncio.create_task(produce(scenario, broker.bootstrap_servers, TELEMETRY, rate=args.rate))
         started = time.monotonic()
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
