@@ -24,7 +24,8 @@ async def test_daemon_over_a_file_decides_dead_letters_and_traces(tmp_path) -> N
     write_jsonl(dataclasses.replace(PRESETS["demo"], duration_s=600.0), path)
     with path.open("ab") as fh:
         fh.write(b"{broken\n" + b'{"schema":"watcher.turn/v2","event_id":"z"}\n')
-    settings = load_settings(environ={}, overrides={"http.port": 0, "outbox.path": str(tmp_path / "outbox.sqlite")})
+    settings = load_settings(environ={}, overrides={"http.port": 0, "outbox.path": str(tmp_path / "outbox.sqlite"),
+                                                         "checkpoint.path": str(tmp_path / "checkpoint.sqlite")})
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 
@@ -117,3 +118,44 @@ def test_turns_of_one_conversation_in_one_batch_count_once_and_keep_the_first_ar
     assert j.cum[0, :, 1, 0].sum() == 1 and j.cum[0, :, 0, 0].sum() == 1
     assert j.cum[0, :, 1, j.field["escalation"]].sum() == 1  # the conversation's first escalation only
     assert j.cum[0, :, 1, j.field["quality"] + 1].sum() == 3  # its three turns, all under its first arm
+
+
+def _margins(policy, **pairs: tuple[float, float | None]):
+    """``policy`` with (tolerance, promote_tolerance) replaced for the named metrics."""
+    import dataclasses
+
+    ms = tuple(dataclasses.replace(m, tolerance=pairs[m.name][0], promote_tolerance=pairs[m.name][1])
+               if m.name in pairs else m for m in policy.metrics)
+    return dataclasses.replace(policy, metrics=ms)
+
+
+def test_promote_tolerance_moves_only_the_pass_test() -> None:
+    # The same healthy traffic judged with (tolerance, promote margin) = (tight, wide), (tight, tight)
+    # and (wide, wide): the FAIL e-value is the tight tolerance's, the PASS verdict the margin's.
+    tight = dict(quality=(-0.004, None), latency=(1.0, None), escalation=(1.05, None))
+    wide = dict(quality=(-0.03, None), latency=(1.10, None), escalation=(1.25, None))
+    split = {k: (tight[k][0], wide[k][0]) for k in tight}
+    batches = list(generate(Scenario(hours=1, conv_per_min=300, weight=lambda t: np.full(np.shape(t), 0.5)), 3, 300.0))
+    out = {}
+    for label, pairs in (("tight", tight), ("wide", wide), ("split", split)):
+        pol = _margins(POLICY, **pairs)
+        j = Judge(REF, pol, T0)
+        for turns, arms, w in batches:
+            j.update(turns, arms, w)
+        out[label] = {m.metric: m for m in j.evidence(batches[-1][0][-1].ts).metrics if m.slice == "all"}
+    for name in tight:
+        s, t, w = out["split"][name], out["tight"][name], out["wide"][name]
+        assert s.statistic == t.statistic and s.tolerance == t.tolerance  # FAIL: the tolerance
+        assert s.promote_tolerance == w.tolerance and t.promote_tolerance == t.tolerance
+        assert (s.verdict, w.verdict, t.verdict) == (Verdict.PASS, Verdict.PASS, Verdict.INCONCLUSIVE), name
+        assert "(margin " in s.reason and "(margin " not in w.reason
+
+
+def test_shadow_and_blue_green_share_the_promote_margin_helper() -> None:
+    from watcher.shadow import mean_params
+
+    lat = POLICY.metric("latency")
+    assert mean_params(lat)[:2] == (math.log(1.05), 2 * math.log(1.05))  # FAIL: tolerance, its tau
+    assert mean_params(lat, promote=True)[:2] == (math.log(1.10), 2 * math.log(1.10))  # PASS: the margin
+    q = POLICY.metric("quality")
+    assert mean_params(q, promote=True) == (-0.03, 0.06, -1.0)

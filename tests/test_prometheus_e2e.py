@@ -140,7 +140,7 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
         "kafka.dead_letter_topic": topics["deadletter"], "kafka.group_id": topics["telemetry"] + "-group",
         "kafka.session_timeout_ms": 2000, "kafka.heartbeat_interval_ms": 200, "kafka.request_timeout_ms": 3000,
         "http.port": 0, "judge.decision_log": str(tmp_path / "decisions.sqlite"), "log_level": "WARNING",
-        "outbox.path": str(tmp_path / "outbox.sqlite"),
+        "outbox.path": str(tmp_path / "outbox.sqlite"), "checkpoint.path": str(tmp_path / "checkpoint.sqlite"),
     })
     daemon = Daemon(settings)
     stop = asyncio.Event()

@@ -358,12 +358,13 @@ class BlueGreenJudge:
                   f"{fmt(e0)} n={ref_n}: {self.ref.description}{tail}")
         return MetricEvidence(m.name, name, verdict, ArmEstimate(ref_n, opt(e0)), ArmEstimate(g, opt(e1)), opt(eff),
                               "ratio" if relative else "difference", opt(lo), opt(hi), stat, thr, m.tolerance,
-                              m.critical, reason)
+                              m.critical, reason, m.pass_tolerance)
 
     def _mean(self, m: MetricPolicy, x: np.ndarray, name: str, a_f: float, a_p: float, widen: bool,
               log_thr: float) -> tuple[float, ...]:
         f = _MEAN_AT[m.name]
         tol, tau, sign = mean_params(m)
+        ptol, ptau, _ = mean_params(m, promote=True)
         allow = (math.log(self.cfg.allowance_latency) if m.name == "latency" else self.cfg.allowance_quality) * widen
         zf, zp = self._z(a_f), self._z(a_p)
         gm, gv, gg = cluster_mean(x[:, f:f + MEAN_FIELDS])  # per bin
@@ -376,7 +377,7 @@ class BlueGreenJudge:
             lenient = [rm + sign * zf * math.sqrt(rv) for rm, rv in refs]
             strict = [rm - sign * zp * math.sqrt(rv) for rm, rv in refs]
             b_fail[h] = (max(lenient) if sign > 0 else min(lenient)) + tol + sign * allow
-            b_pass[h] = (min(strict) if sign > 0 else max(strict)) + tol - sign * allow
+            b_pass[h] = (min(strict) if sign > 0 else max(strict)) + ptol - sign * allow
             ref_pt[h] = float(np.mean([rm for rm, _ in refs]))
         ok = (gg >= 2) & np.isfinite(gm) & np.isfinite(gv) & np.isfinite(b_fail)
         if not ok.any():
@@ -385,7 +386,7 @@ class BlueGreenJudge:
         var = float((w * w * gv[ok]).sum())
         fail_x = float((w * sign * (gm[ok] - b_fail[ok])).sum())
         pass_x = float((w * -sign * (gm[ok] - b_pass[ok])).sum())
-        lef, lep = float(msprt_log_evalue(fail_x, var, tau)), float(msprt_log_evalue(pass_x, var, tau))
+        lef, lep = float(msprt_log_evalue(fail_x, var, tau)), float(msprt_log_evalue(pass_x, var, ptau))
         green, ref = float((w * gm[ok]).sum()), float((w * ref_pt[ok]).sum())
         hw = float(msprt_half_width(var, tau, log_thr))
         return lef, lep, green - ref, green - ref - hw, green - ref + hw, ref, green
@@ -405,7 +406,8 @@ class BlueGreenJudge:
             if not up:  # a rate where lower is worse: mirror the roles of the bounds
                 hi, lo = lo, hi
             p_fail[h] = (max(hi) if up else min(hi)) * (m.tolerance * allow if up else m.tolerance / allow)
-            p_pass[h] = (min(lo) if up else max(lo)) * (m.tolerance / allow if up else m.tolerance * allow)
+            ptol = m.pass_tolerance
+            p_pass[h] = (min(lo) if up else max(lo)) * (ptol / allow if up else ptol * allow)
             p_pt[h] = sum(k for k, _ in xs) / sum(n for _, n in xs)
         k, n = x[:, f], x[:, F_CONV]
         ok = (n > 0) & np.isfinite(p_fail)
@@ -425,7 +427,7 @@ class BlueGreenJudge:
                else f"not enough data yet (green n={g}, need {m.min_samples})")
         return MetricEvidence(m.name, "all", Verdict.NODATA, ArmEstimate(ref_n, None), ArmEstimate(g, None), None,
                               unit, None, None, 1.0, 1 / self._alpha(False), m.tolerance, m.critical,
-                              f"{m.name} in all: {why}")
+                              f"{m.name} in all: {why}", m.pass_tolerance)
 
     # -- state --------------------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:

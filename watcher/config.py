@@ -151,6 +151,23 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True)
+class CheckpointSettings:
+    """The engine's state with the Kafka offsets it covers (docs/guarantees.md)."""
+
+    # a restart, a crash or an upgrade keeps the statistics and the judges' evidence
+    enabled: bool = True
+    path: str = "watcher-checkpoint.sqlite"  # SQLite file, one row per scope ("all" for one instance)
+    # at most this often while consuming; always before offsets are committed and at shutdown
+    interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.interval_s < 0:
+            raise ConfigError("checkpoint.interval_s", f"must be >= 0, got {self.interval_s}")
+        if self.enabled and not self.path.strip():
+            raise ConfigError("checkpoint.path", "must not be empty when checkpoints are enabled")
+
+
+@dataclass(frozen=True)
 class TelemetrySettings:
     service_name: str = "watcher"
     traces_exporter: str = "none"  # none | otlp | console
@@ -173,6 +190,7 @@ class Settings:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     hooks: HooksSettings = field(default_factory=HooksSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     sinks: tuple[SinkSettings, ...] = ()
     log_level: str = "INFO"
 

@@ -2,7 +2,10 @@
 
 One loop: take a batch from the source, run the engine, publish the rejected messages to the
 dead-letter sink, append decisions and drift signals to the log, and only then commit the batch's
-offsets. SIGTERM / SIGINT finish the batch in hand, commit, and exit 0. A lost broker never crashes
+offsets. With checkpoints (``checkpoint.enabled``), offsets are committed only right after a
+checkpoint of the engine's state that covers them, at most every ``checkpoint.interval_s``; on start
+the state is restored and the partitions resume at the checkpoint's offsets (docs/guarantees.md).
+SIGTERM / SIGINT finish the batch in hand, checkpoint, commit, and exit 0. A lost broker never crashes
 the daemon: the source reconnects by itself and ``/readyz`` says not-ready meanwhile.
 """
 
@@ -20,10 +23,12 @@ from prometheus_client import CollectorRegistry
 
 from watcher import auth
 from watcher.api import Api
+from watcher.checkpoint import Checkpointer, CheckpointMetrics, CheckpointStore, SqliteCheckpointStore
 from watcher.config import Settings
 from watcher.deadletter import DeadLetters, KafkaDeadLetters
 from watcher.decisions import DecisionLog, SqliteDecisionLog
 from watcher.engine import BatchResult, Engine
+from watcher.errors import CheckpointError
 from watcher.events import Deployment, encode_deployment
 from watcher.hooks import FlaggerHooks
 from watcher.outbox import Outbox
@@ -115,6 +120,7 @@ class Daemon:
         marker_publisher: MarkerPublisher | NullMarkerPublisher | None = None,
         tracer: Any = None,
         outbox: Outbox | None = None,
+        checkpoint_store: CheckpointStore | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -147,6 +153,18 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self.hooks: FlaggerHooks | None = None
         self._http_up = False
+        # one batch, checkpoint or API-driven checkpoint at a time: a checkpoint must never see the
+        # state of a batch whose offsets are not yet in ``positions``
+        self._lock = asyncio.Lock()
+        self.checkpointer: Checkpointer | None = None
+        cp = settings.checkpoint
+        # only a source that can resume at given offsets can pair state and offsets (not a file)
+        if cp.enabled and hasattr(self.source, "resume_from") and hasattr(self.source, "commit_offsets"):
+            store = checkpoint_store if checkpoint_store is not None else SqliteCheckpointStore(cp.path)
+            self.checkpointer = Checkpointer(store, self.engine, owner=settings.kafka.group_id,
+                                             interval_s=cp.interval_s)
+            self.source.resume_from = self.checkpointer.resume_offset  # type: ignore[attr-defined]
+            self.checkpoint_metrics = CheckpointMetrics(self.registry)
 
     # -- readiness ------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
@@ -160,7 +178,7 @@ class Daemon:
     async def start_http(self) -> None:
         api = Api(
             self.engine, registry=self.registry, decision_log=self.decision_log, readiness=self.readiness,
-            on_marker=self.markers.publish, on_decisions=self._persist_decisions, deliveries=self.outbox.deliveries,
+            on_marker=self.markers.publish, on_decisions=self._persist_api_decisions, deliveries=self.outbox.deliveries,
             max_body_bytes=self.settings.http.max_body_bytes, middlewares=[auth.middleware(self.settings.http)],
         )
         self.hooks = FlaggerHooks(
@@ -179,8 +197,61 @@ class Daemon:
         self._http_up = True
         log.info("HTTP API on http://%s:%s", self.settings.http.host, self.port)
 
+    def restore(self) -> bool:
+        """Restore the engine from the latest checkpoint (before consuming); True if there was one.
+        An unreadable checkpoint is logged and left alone: the daemon starts from a fresh state at
+        the committed offsets, which is what it did before checkpoints existed."""
+        if self.checkpointer is None:
+            return False
+        try:
+            cp = self.checkpointer.restore()
+        except CheckpointError as exc:
+            log.error("checkpoint not restored (%s): starting from a fresh state", exc)
+            return False
+        if cp is None:
+            return False
+        self.checkpoint_metrics.restored(cp)
+        log.info("state restored from the checkpoint of %s: %s", time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(cp.written_at)),
+            ", ".join(f"{t}/{p}@{o}" for (t, p), o in sorted(cp.offsets.items())) or "no offsets")
+        return True
+
+    async def checkpoint(self, *, force: bool = False) -> bool:
+        """Checkpoint (when due, or ``force``d and there is something new) and commit its offsets."""
+        if self.checkpointer is None:
+            return False
+        async with self._lock:
+            return await self._checkpoint(force=force)
+
+    async def _checkpoint(self, *, force: bool = False) -> bool:
+        cp = self.checkpointer
+        assert cp is not None
+        if not (cp.due() or (force and cp.dirty)):
+            return False
+        try:
+            offsets = cp.save()
+        except CheckpointError as exc:  # e.g. disk full: nothing is committed, retried next time
+            self.checkpoint_metrics.failures.inc()
+            log.error("checkpoint failed, offsets not committed: %s", exc)
+            return False
+        self.checkpoint_metrics.saved(cp.last.seconds, cp.last.bytes)
+        await self.source.commit_offsets(offsets)  # type: ignore[attr-defined]
+        return True
+
+    async def _checkpoint_ticker(self) -> None:
+        """Checkpoints also come when no batch does (an idle topic after a burst, an API override)."""
+        assert self.checkpointer is not None
+        period = min(1.0, max(self.checkpointer.interval_s, 0.05))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.checkpoint()
+            except Exception:  # the ticker must outlive any one failure
+                log.exception("periodic checkpoint failed")
+
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code."""
+        self.restore()
         await self.start_http()
         await self.markers.start()
         await self.source.start()
@@ -188,6 +259,8 @@ class Daemon:
         outbox_task = asyncio.create_task(self.outbox.run(outbox_stop))
         try:
             await self._consume(stop)
+            if self.checkpointer is not None:
+                await self.checkpoint(force=True)  # a clean stop leaves nothing to re-read
         finally:
             outbox_stop.set()
             with contextlib.suppress(Exception):
@@ -203,6 +276,8 @@ class Daemon:
             if self._runner is not None:
                 await self._runner.cleanup()
             self.decision_log.close()
+            if self.checkpointer is not None:
+                self.checkpointer.store.close()
         return 0
 
     async def _health_ticker(self) -> None:
@@ -216,6 +291,7 @@ class Daemon:
         batches = self.source.batches().__aiter__()
         stopper = asyncio.ensure_future(stop.wait())
         ticker = asyncio.ensure_future(self._health_ticker())
+        checkpoints = asyncio.ensure_future(self._checkpoint_ticker()) if self.checkpointer is not None else None
         try:
             while not stop.is_set():
                 fetch = asyncio.ensure_future(batches.__anext__())
@@ -234,8 +310,16 @@ class Daemon:
         finally:
             stopper.cancel()
             ticker.cancel()
+            if checkpoints is not None:
+                checkpoints.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await checkpoints
 
     async def handle(self, batch: Sequence[Message]) -> BatchResult:
+        async with self._lock:
+            return await self._handle(batch)
+
+    async def _handle(self, batch: Sequence[Message]) -> BatchResult:
         started = time.perf_counter()
         with self.tracer.start_as_current_span("watcher.batch") as span:
             values = batch.values if isinstance(batch, MessageBatch) else [m.value for m in batch]
@@ -251,7 +335,12 @@ class Daemon:
                     self.metrics.drift_signals.labels(
                         signal.agent_id, signal.environment, signal.version, signal.metric
                     ).inc()
-            await self.source.commit(batch)
+            if self.checkpointer is None:
+                await self.source.commit(batch)
+            else:
+                # the state now covers the batch; its offsets are committed with the next checkpoint
+                self.checkpointer.advance(_next_offsets(batch))
+                await self._checkpoint()
             span.set_attribute("watcher.events", len(batch))
             span.set_attribute("watcher.turns", result.turns)
             span.set_attribute("watcher.rejected", len(result.rejected))
@@ -267,6 +356,13 @@ class Daemon:
         for d in decisions:
             self.metrics.decisions.labels(d.rollout.agent_id, d.rollout.environment, d.action.value).inc()
             log.warning("decision %s %s: %s", d.action.value, d.rollout.rollout_id, d.reason)
+
+    async def _persist_api_decisions(self, decisions: list[Decision]) -> None:
+        """An override or acknowledgement changed the policy state outside any batch: checkpoint it
+        soon (the ticker picks it up within a second) rather than at the next interval."""
+        await self._persist_decisions(decisions)
+        if self.checkpointer is not None and decisions:
+            self.checkpointer.mark_dirty()
 
     def _queue_change(self, change: Change) -> None:
         """Rollout starts, updates and ends go to the sinks (markers, Grafana regions, PagerDuty)."""
@@ -313,3 +409,15 @@ class Daemon:
             m.consumer_lag.labels(topic, str(partition)).set(lag)
         self.batches_processed += 1
         self.events_consumed += len(batch)
+
+
+def _next_offsets(batch: Sequence[Message]) -> dict[tuple[str, int], int]:
+    """Per partition of ``batch``, the offset of the first message after it."""
+    if isinstance(batch, MessageBatch):
+        return {key: o + 1 for key, o in batch.last_offsets().items()}
+    out: dict[tuple[str, int], int] = {}
+    for m in batch:
+        key = (m.topic, m.partition)
+        if out.get(key, -1) <= m.offset:
+            out[key] = m.offset + 1
+    return out

@@ -103,6 +103,7 @@ async def run_demo(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int
             "http.port": args.http_port,
             "judge.decision_log": str(workdir / "decisions.sqlite"),
             "outbox.path": str(workdir / "outbox.sqlite"),
+            "checkpoint.path": str(workdir / "checkpoint.sqlite"),
             "log_level": "ERROR",
         })
         daemon = Daemon(settings)

@@ -8,6 +8,7 @@ Time is event time throughout: windows and decisions are stamped with the events
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 
 from watcher.config import Settings
 from watcher.drift import DriftMonitor, DriftSignal
+from watcher.errors import CheckpointError
 from watcher.events import DecodedBatch, Deduplicator, Deployment, Rejected, TurnColumns, decode_batch
 from watcher import strategies
 from watcher.policy import PolicySet, PolicyState, decide, load_policy
@@ -23,6 +25,9 @@ from watcher.rollouts import Change, Registry, Rollout
 from watcher.state import MetricsState
 from watcher.verdicts import Action, Decision, RolloutEvidence
 
+ENGINE_STATE_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -188,3 +193,59 @@ class Engine:
     def record_override(self, rollout_id: str, decision: Decision, state: PolicyState) -> None:
         self.policy_states[rollout_id] = state
         self.last_action[rollout_id] = decision.action
+
+    # -- checkpoint -----------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """Everything the engine accumulated, as a JSON-safe dict (``watcher.checkpoint`` stores it
+        with the offsets it covers). The evidence is not stored: it is recomputed from the judges."""
+        return {
+            "v": ENGINE_STATE_VERSION,
+            "dedup": self.dedup.to_state(),
+            "state": self.state.to_state(),
+            "registry": self.registry.to_state(),
+            "history": self.history.to_state(),
+            "drift": self.drift.to_state(),
+            "judges": {rid: judge.to_state() for rid, judge in self.judges.items()},
+            "policy_states": {rid: ps.to_state() for rid, ps in self.policy_states.items()},
+            "last_action": {rid: action.value for rid, action in self.last_action.items()},
+            "last_look": dict(self._last_look),
+        }
+
+    def load_state(self, d: dict[str, Any]) -> None:
+        """Replace the engine's state by a ``to_state()`` dict; raises ``CheckpointError`` (and leaves
+        the engine as it was) when the dict is of another version or malformed. Judges are restored
+        with the policy their agent has *now* (a changed policy file applies to running rollouts)."""
+        if not isinstance(d, dict) or d.get("v") != ENGINE_STATE_VERSION:
+            version = d.get("v") if isinstance(d, dict) else type(d).__name__
+            raise CheckpointError(f"engine state: unsupported version {version!r}")
+        try:
+            dedup = Deduplicator.from_state(d["dedup"])
+            state = MetricsState.from_state(d["state"])
+            rollouts = self.settings.rollouts
+            registry = Registry(auto_start=rollouts.auto_start, auto_canary_weight=rollouts.auto_canary_weight)
+            registry.load_state(d["registry"])
+            history = strategies.VersionHistory.from_state(d["history"])
+            drift = DriftMonitor.from_state(d["drift"])
+            judges: dict[str, strategies.RolloutJudge] = {}
+            for rid, js in d["judges"].items():
+                ref = js["rollout"]
+                policy = self.policies.for_agent(ref["agent_id"], ref["environment"])
+                judges[rid] = strategies.judge_from_state(js, policy)
+            policy_states = {rid: PolicyState.from_state(ps) for rid, ps in d["policy_states"].items()}
+            last_action = {rid: Action(a) for rid, a in d["last_action"].items()}
+            last_look = {rid: float(ts) for rid, ts in d["last_look"].items()}
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise CheckpointError(f"invalid engine state: {exc!r}") from exc
+        self.dedup, self.state, self.registry, self.history, self.drift = dedup, state, registry, history, drift
+        self.judges, self.policy_states, self.last_action, self._last_look = judges, policy_states, last_action, last_look
+        # the evidence of the last look, as the API showed it before the restart (evidence() only reads);
+        # recomputable, so a judge that cannot produce it now simply shows none until its next look
+        self.evidence = {}
+        for rid, judge in judges.items():
+            if rid in last_look:
+                try:
+                    self.evidence[rid] = judge.evidence(last_look[rid])
+                except Exception:  # noqa: BLE001 -- never fail a restore over a derived value
+                    log.warning("evidence of %s not recomputed after the restore", rid, exc_info=True)

@@ -712,9 +712,12 @@ class Judge:
         return RolloutEvidence(self.rollout.rollout_id, ts, ts - self.started_ts, tuple(rows),
                                self._sample_ratio(rhos), int(conv_arm[0, 0]), int(conv_arm[0, 1]))
 
-    def _mean_params(self, mp: MetricPolicy) -> tuple[float, float, float]:
-        """(tolerance on the tested scale, mixing scale tau, sign: +1 when higher is worse)."""
-        tol = math.log(mp.tolerance) if mp.tolerance_mode is ToleranceMode.RELATIVE else mp.tolerance
+    @staticmethod
+    def _mean_params(mp: MetricPolicy, promote: bool = False) -> tuple[float, float, float]:
+        """(tolerance on the tested scale, mixing scale tau, sign: +1 when higher is worse); of the
+        FAIL test, or with ``promote`` of the PASS test (its own margin and mixing scale)."""
+        raw = mp.pass_tolerance if promote else mp.tolerance
+        tol = math.log(raw) if mp.tolerance_mode is ToleranceMode.RELATIVE else raw
         return tol, max(2 * abs(tol), 0.02), 1.0 if mp.direction.value == "higher_is_worse" else -1.0
 
     def _mean_tests(self, x: np.ndarray, log_thr: np.ndarray, ms: list[MetricPolicy]) -> tuple[np.ndarray, ...]:
@@ -724,8 +727,10 @@ class Judge:
         t, c = a[..., 1, :], a[..., 0, :]
         diff, var = stratified_difference(t, c)  # (block, metric, slice)
         tol, tau, sign = (np.array(p)[None, :, None] for p in zip(*map(self._mean_params, ms)))
-        excess = sign * (diff - tol)
-        lef, lep = msprt_log_evalue(excess, var, tau), msprt_log_evalue(-excess, var, tau)
+        ptol, ptau, _ = (np.array(p)[None, :, None] for p in zip(*(self._mean_params(m, True) for m in ms)))
+        # FAIL: against "harm <= tolerance"; PASS, a separate e-process: against "harm >= promote margin".
+        lef = msprt_log_evalue(sign * (diff - tol), var, tau)
+        lep = msprt_log_evalue(-sign * (diff - ptol), var, ptau)
         n = np.stack([c[..., 5].sum(-1), t[..., 5].sum(-1)], -1)
         with np.errstate(invalid="ignore", divide="ignore"):
             hw = np.where(np.isfinite(var), msprt_half_width(var, tau, log_thr[:, None, :]), np.nan)
@@ -737,11 +742,10 @@ class Judge:
         t = np.moveaxis(x[:, :, 1:, 1][..., cols], -1, 1)  # (block, metric, slice, stratum)
         c = np.moveaxis(x[:, :, 1:, 0][..., cols], -1, 1)
         log_th, log_1m = self._rate_grid(ms, rhos)
-        ll = t @ log_th + c @ log_1m  # (block, metric, slice, null + fail + pass ratios)
-        d = ll[..., 1:] - ll[..., :1]
+        ll = t @ log_th + c @ log_1m  # (block, metric, slice, [fail null, fail ratios, pass null, pass ratios])
         nf = len(FAIL_GRID)
-        lef = logsumexp(d[..., :nf]) - math.log(nf)
-        lep = logsumexp(d[..., nf:]) - math.log(len(PASS_GRID))
+        lef = logsumexp(ll[..., 1:1 + nf] - ll[..., :1]) - math.log(nf)
+        lep = logsumexp(ll[..., nf + 2:] - ll[..., nf + 1:nf + 2]) - math.log(len(PASS_GRID))
         n = x[..., 0].sum(axis=2)[:, None]  # conversations (block, 1, slice, arm)
         return lef, lep, n, t, c
 
@@ -750,8 +754,10 @@ class Judge:
         key = tuple(rhos.tolist())
         if self._grid_key != key:
             fail, ok = np.asarray(FAIL_GRID), np.asarray(PASS_GRID)
+            # Each test has its own null: the FAIL mixture is against "r <= tolerance", the PASS one
+            # against "r >= promote margin" (the same value unless promote_tolerance is set).
             ratios = np.array([np.concatenate([[m.tolerance], m.tolerance * (fail if up else 1 / fail),
-                                               m.tolerance * (1 / ok if up else ok)])
+                                               [m.pass_tolerance], m.pass_tolerance * (1 / ok if up else ok)])
                                for m in ms for up in [m.direction.value == "higher_is_worse"]])
             th = theta(ratios[:, None, :], rhos[1:][None, :, None])
             self._grid, self._grid_key = (np.log(th), np.log1p(-th)), key
@@ -765,10 +771,10 @@ class Judge:
         mag = f"x{eff:.3g}" if relative else f"{abs(eff):.3g}"
         cmp = ">=" if verdict is Verdict.FAIL else "<"
         reason = (f"{what} in {name} {verb} {mag} ({_fmt(lo)}..{_fmt(hi)}, e={stat:.3g} {cmp} {thr:.3g}) "
-                  f"canary {_fmt(e1)} n={n1} vs baseline {_fmt(e0)} n={n0}{_TAIL[verdict]}{label}")
+                  f"canary {_fmt(e1)} n={n1} vs baseline {_fmt(e0)} n={n0}{_TAIL[verdict]}{_margin(mp, verdict)}{label}")
         return MetricEvidence(mp.name, name, verdict, ArmEstimate(n0, _opt(e0)), ArmEstimate(n1, _opt(e1)), _opt(eff),
                               "ratio" if relative else "difference", _opt(lo), _opt(hi), stat, thr, mp.tolerance,
-                              mp.critical, reason)
+                              mp.critical, reason, mp.pass_tolerance)
 
     def _nodata(self, mp: MetricPolicy, n: np.ndarray) -> MetricEvidence:
         unit = "ratio" if mp.tolerance_mode is ToleranceMode.RELATIVE else "difference"
@@ -776,7 +782,7 @@ class Judge:
                   f"need {mp.min_samples} per arm)")
         return MetricEvidence(mp.name, "all", Verdict.NODATA, ArmEstimate(int(n[0]), None),
                               ArmEstimate(int(n[1]), None), None, unit, None, None, 1.0,
-                              1 / self._alpha(False), mp.tolerance, mp.critical, reason)
+                              1 / self._alpha(False), mp.tolerance, mp.critical, reason, mp.pass_tolerance)
 
     def _sample_ratio(self, rhos: np.ndarray) -> SampleRatioEvidence | None:
         cfg = self.policy.srm
@@ -825,6 +831,14 @@ class Judge:
         j.conv = _Conversations.from_state(d["conv"])
         j.watermark = d["watermark"]
         return j
+
+
+def _margin(mp: MetricPolicy, verdict: Verdict) -> str:
+    """The promote margin a PASS was shown against, when it is not the tolerance the e-value refers to."""
+    if verdict is not Verdict.PASS or mp.pass_tolerance == mp.tolerance:
+        return ""
+    ptol = mp.pass_tolerance
+    return f" (margin x{ptol:.3g})" if mp.tolerance_mode is ToleranceMode.RELATIVE else f" (margin {ptol:+.3g})"
 
 
 def _fmt(x: float | None) -> str:

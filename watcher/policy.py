@@ -57,6 +57,15 @@ class MetricPolicy:
     on_regression: Action = Action.PAUSE  # pause | rollback
     enabled: bool = True
     promote_gate: bool = True  # must pass non-inferiority (overall) before promotion
+    # The non-inferiority margin of promotion (None: ``tolerance``). Kept apart from ``tolerance``
+    # because a margin tight enough to act on small regressions is too tight to prove in a
+    # reasonable time that a healthy canary is no worse than it (docs/statistics.md).
+    promote_tolerance: float | None = None
+
+    @property
+    def pass_tolerance(self) -> float:
+        """The margin the PASS (non-inferiority) test uses: ``promote_tolerance`` or ``tolerance``."""
+        return self.tolerance if self.promote_tolerance is None else self.promote_tolerance
 
     @property
     def kind(self) -> str:
@@ -89,7 +98,7 @@ class SegmentSettings:
     keys: tuple[str, ...] = ()  # empty: the first `max_keys` keys seen
     max_keys: int = 4
     max_values_per_key: int = 12  # more values fold into "__other__"
-    min_conversations: int = 200  # per arm before a slice is judged
+    min_conversations: int = 100  # per arm before a slice is judged
     budget_share: float = 0.3  # share of alpha spread over the segment slices
 
 
@@ -146,13 +155,13 @@ def load_policy(path: str | Path | None = None) -> PolicySet:
         _only(doc, {"version", "defaults", "agents"}, "")
         if doc.get("version", 1) != 1:
             raise ConfigError("version", "only policy version 1 is known")
-        base = _merge(base, _mapping(doc.get("defaults", {}), "defaults"))
+        base = _layer(base, _mapping(doc.get("defaults", {}), "defaults"))
     default = _policy(base, "defaults")
     overrides: dict[tuple[str, str], Policy] = {}
     for agent, envs in _mapping(doc.get("agents", {}), "agents").items():
         for env, over in _mapping(envs, f"agents.{agent}").items():
             prefix = f"agents.{agent}.{env}"
-            overrides[(str(agent), str(env))] = _policy(_merge(base, _mapping(over, prefix)), prefix)
+            overrides[(str(agent), str(env))] = _policy(_layer(base, _mapping(over, prefix)), prefix)
     return PolicySet(default, overrides)
 
 
@@ -180,6 +189,20 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _layer(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged on top of ``base``; a metric whose ``tolerance`` the layer sets without a
+    ``promote_tolerance`` uses that tolerance for both (as before the field existed), so a file
+    written for one margin keeps its meaning instead of inheriting the bundled promote margin."""
+    out = _merge(base, over)
+    metrics = over.get("metrics")
+    if isinstance(metrics, dict) and isinstance(out.get("metrics"), dict):
+        for name, m in metrics.items():
+            merged = out["metrics"].get(name)
+            if isinstance(m, dict) and "tolerance" in m and "promote_tolerance" not in m and isinstance(merged, dict):
+                out["metrics"][name] = {k: v for k, v in merged.items() if k != "promote_tolerance"}
     return out
 
 
@@ -229,7 +252,7 @@ def _policy(d: dict[str, Any], where: str) -> Policy:
     max_keys = _num(s, "max_keys", w, 4, 1, 16, integer=True)
     segments = SegmentSettings(_bool(s, "enabled", w, True), tuple(keys), max(max_keys, len(keys)),
                                _num(s, "max_values_per_key", w, 12, 1, 200, integer=True),
-                               _num(s, "min_conversations", w, 200, 1, 1e9, integer=True),
+                               _num(s, "min_conversations", w, 100, 1, 1e9, integer=True),
                                _num(s, "budget_share", w, 0.3, 0.0, 0.9))
     r = _mapping(d.get("srm", {}), f"{where}.srm")
     w = f"{where}.srm"
@@ -245,8 +268,8 @@ def _policy(d: dict[str, Any], where: str) -> Policy:
 
 
 def _metric(name: str, d: dict[str, Any], where: str) -> MetricPolicy:
-    _only(d, {"direction", "tolerance", "tolerance_mode", "critical", "min_samples", "on_regression",
-              "enabled", "promote_gate"}, where)
+    _only(d, {"direction", "tolerance", "promote_tolerance", "tolerance_mode", "critical", "min_samples",
+              "on_regression", "enabled", "promote_gate"}, where)
     if name not in ("quality", "latency", *RATE_METRICS) and not _TAIL.match(name):
         raise ConfigError(where, "unknown metric (quality, latency, latency_pNN, escalation, error, compliance)")
     kind_default = Direction.LOWER_IS_WORSE if name == "quality" else Direction.HIGHER_IS_WORSE
@@ -258,17 +281,27 @@ def _metric(name: str, d: dict[str, Any], where: str) -> MetricPolicy:
         raise ConfigError(f"{where}.tolerance_mode", f"{name} supports only {mode_default.value} tolerances")
     if "tolerance" not in d:
         raise ConfigError(f"{where}.tolerance", "required")
-    tol = _num(d, "tolerance", where, 0.0, -1e6, 1e6)
-    neutral = 0.0 if mode is ToleranceMode.ABSOLUTE else 1.0
-    if mode is ToleranceMode.RELATIVE and tol <= 0:
-        raise ConfigError(f"{where}.tolerance", "a relative tolerance is a ratio > 0 (e.g. 1.25)")
-    if (tol - neutral) * (1 if direction is Direction.HIGHER_IS_WORSE else -1) < 0:
-        side = "above" if direction is Direction.HIGHER_IS_WORSE else "below"
-        raise ConfigError(f"{where}.tolerance", f"must be on the harmful side ({side} {neutral:g}) for {direction.value}")
+    tol = _tolerance(d, "tolerance", where, mode, direction)
+    # Either margin may be the wider one: a wider promote margin promotes sooner (a canary between
+    # the two may be promoted or stopped, whichever is shown first); a narrower one promotes only
+    # canaries shown to be closer to the control than the rollback margin.
+    ptol = None if d.get("promote_tolerance") is None else _tolerance(d, "promote_tolerance", where, mode, direction)
     on_reg = _enum(d, "on_regression", where, Action.PAUSE, (Action.PAUSE, Action.ROLLBACK))
     return MetricPolicy(name, direction, tol, mode, _bool(d, "critical", where, False),
                         _num(d, "min_samples", where, 30, 1, 1e9, integer=True), on_reg,
-                        _bool(d, "enabled", where, True), _bool(d, "promote_gate", where, True))
+                        _bool(d, "enabled", where, True), _bool(d, "promote_gate", where, True), ptol)
+
+
+def _tolerance(d: dict[str, Any], key: str, where: str, mode: ToleranceMode, direction: Direction) -> float:
+    """A margin on the harmful side of "no difference" (0 for differences, 1 for ratios)."""
+    tol = _num(d, key, where, 0.0, -1e6, 1e6)
+    neutral = 0.0 if mode is ToleranceMode.ABSOLUTE else 1.0
+    if mode is ToleranceMode.RELATIVE and tol <= 0:
+        raise ConfigError(f"{where}.{key}", "a relative tolerance is a ratio > 0 (e.g. 1.25)")
+    if (tol - neutral) * (1 if direction is Direction.HIGHER_IS_WORSE else -1) < 0:
+        side = "above" if direction is Direction.HIGHER_IS_WORSE else "below"
+        raise ConfigError(f"{where}.{key}", f"must be on the harmful side ({side} {neutral:g}) for {direction.value}")
+    return tol
 
 
 # -- the pure decision ------------------------------------------------------------------------------

@@ -196,9 +196,11 @@ def metric_value(t: Any, name: str) -> float:
     return math.nan if t.latency_ms is None else math.log(max(float(t.latency_ms), 1e-3))
 
 
-def mean_params(mp: MetricPolicy) -> tuple[float, float, float]:
-    """(tolerance on the tested scale, mixing scale tau, sign: +1 when higher is worse)."""
-    tol = math.log(mp.tolerance) if mp.tolerance_mode is ToleranceMode.RELATIVE else mp.tolerance
+def mean_params(mp: MetricPolicy, promote: bool = False) -> tuple[float, float, float]:
+    """(tolerance on the tested scale, mixing scale tau, sign: +1 when higher is worse); of the FAIL
+    test, or with ``promote`` of the PASS test (``promote_tolerance``, its own mixing scale)."""
+    raw = mp.pass_tolerance if promote else mp.tolerance
+    tol = math.log(raw) if mp.tolerance_mode is ToleranceMode.RELATIVE else raw
     return tol, max(2 * abs(tol), 0.02), 1.0 if mp.direction.value == "higher_is_worse" else -1.0
 
 
@@ -420,8 +422,8 @@ class ShadowJudge:
         if m.kind == "mean":
             mean, var, _ = cluster_mean(x[:, f:f + MEAN_FIELDS])
             tol, tau, sign = mean_params(m)
-            excess = sign * (mean - tol)
-            lef, lep = msprt_log_evalue(excess, var, tau), msprt_log_evalue(-excess, var, tau)
+            ptol, ptau, _ = mean_params(m, promote=True)
+            lef, lep = msprt_log_evalue(sign * (mean - tol), var, tau), msprt_log_evalue(-sign * (mean - ptol), var, ptau)
             with np.errstate(invalid="ignore"):
                 hw = msprt_half_width(var, tau, log_thr)
             return lef, lep, mean, mean - hw, mean + hw
@@ -429,7 +431,8 @@ class ShadowJudge:
         up = m.direction.value == "higher_is_worse"
         fail, ok = np.asarray(FAIL_GRID), np.asarray(PASS_GRID)
         lef = rate_log_evalue(c, b, _HALF, m.tolerance, m.tolerance * (fail if up else 1 / fail))
-        lep = rate_log_evalue(c, b, _HALF, m.tolerance, m.tolerance * (1 / ok if up else ok))
+        ptol = m.pass_tolerance
+        lep = rate_log_evalue(c, b, _HALF, ptol, ptol * (1 / ok if up else ok))
         lo, hi, mle = rate_confidence_sequence(c, b, _HALF, log_thr)
         return lef, lep, mle, lo, hi
 
@@ -462,14 +465,15 @@ class ShadowJudge:
                   f"shadow {fmt(e1)} vs live {fmt(e0)} over n={g} paired conversations{counts}{tail}{label}")
         return MetricEvidence(m.name, name, verdict, ArmEstimate(g, opt(e0)), ArmEstimate(g, opt(e1)), opt(eff),
                               "ratio" if relative else "difference", opt(lo), opt(hi), stat, thr, m.tolerance,
-                              m.critical, reason)
+                              m.critical, reason, m.pass_tolerance)
 
     def _nodata(self, m: MetricPolicy, g: int) -> MetricEvidence:
         unit = "ratio" if m.tolerance_mode is ToleranceMode.RELATIVE else "difference"
         reason = (f"{m.name} in all: not enough paired data yet (n={g} paired conversations, need "
                   f"{m.min_samples}; {self.counts['paired']} paired turns)")
         return MetricEvidence(m.name, "all", Verdict.NODATA, ArmEstimate(g, None), ArmEstimate(g, None), None, unit,
-                              None, None, 1.0, 1 / self._alpha(False), m.tolerance, m.critical, reason)
+                              None, None, 1.0, 1 / self._alpha(False), m.tolerance, m.critical, reason,
+                              m.pass_tolerance)
 
     def pairing(self) -> dict[str, int]:
         """Paired / unpaired turn counts (unpaired: the counterpart never came within the window)."""

@@ -201,6 +201,7 @@ class KafkaSource:
         backoff_max: float = 30.0,
         clock: Clock | None = None,
         consumer_factory: Callable[..., AIOKafkaConsumer] | None = None,
+        resume_from: Callable[[str, int], int | None] | None = None,
     ) -> None:
         if not topics:
             raise ConfigError("kafka.telemetry_topics", "needs at least one topic")
@@ -226,6 +227,9 @@ class KafkaSource:
         self._wake = asyncio.Event()
         self._last_data_ms: dict[TopicPartition, float] = {}
         self._lag: dict[tuple[str, int], int] = {}
+        # Where a partition resumes when it is assigned (the checkpoint's offset, or the offset after
+        # the last batch in the in-memory state); None for a partition: Kafka's committed offset.
+        self.resume_from = resume_from
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -290,13 +294,6 @@ class KafkaSource:
         """
         if not batch:
             return True
-        consumer = self._consumer
-        if consumer is None:
-            log.warning("commit of %d messages skipped: not connected to Kafka", len(batch))
-            return False
-        from aiokafka import TopicPartition
-        from aiokafka.errors import KafkaError
-
         highest: dict[tuple[str, int], int]
         if isinstance(batch, MessageBatch):
             highest = batch.last_offsets()
@@ -307,9 +304,25 @@ class KafkaSource:
                 key = (m.topic, m.partition)
                 if get(key, -1) < m.offset:
                     highest[key] = m.offset
-        offsets = {TopicPartition(t, p): o + 1 for (t, p), o in highest.items()}
+        return await self.commit_offsets({key: o + 1 for key, o in highest.items()})
+
+    async def commit_offsets(self, offsets: Mapping[tuple[str, int], int]) -> bool:
+        """Commit these *next* offsets (topic, partition) -> offset; False (and logged) if not made.
+
+        With checkpoints the daemon commits the offsets of the checkpoint it has just written, which
+        may cover several batches."""
+        if not offsets:
+            return True
+        consumer = self._consumer
+        if consumer is None:
+            log.warning("commit of %d partitions skipped: not connected to Kafka", len(offsets))
+            return False
+        from aiokafka import TopicPartition
+        from aiokafka.errors import KafkaError
+
+        commit = {TopicPartition(t, p): o for (t, p), o in offsets.items()}
         try:
-            await consumer.commit(offsets)
+            await consumer.commit(commit)
         except KafkaError as exc:
             log.warning("offset commit failed (%s): these messages may be read again", exc)
             return False
@@ -354,6 +367,8 @@ class KafkaSource:
             auto_offset_reset=self.auto_offset_reset,
             **self._options,
         )
+        if self.resume_from is not None:
+            consumer.subscribe(list(self.topics), listener=_resume_listener(consumer, self.resume_from))
         try:
             await consumer.start()
         except asyncio.CancelledError:
@@ -409,6 +424,29 @@ class KafkaSource:
             await asyncio.wait_for(self._wake.wait(), seconds)
         except TimeoutError:
             pass
+
+
+def _resume_listener(consumer: AIOKafkaConsumer, resume_from: Callable[[str, int], int | None]) -> Any:
+    """A rebalance listener that seeks each newly assigned partition to ``resume_from``'s offset.
+
+    aiokafka calls it after an assignment and before the first fetch; a partition that has a position
+    then is not reset to its committed offset. On revocation nothing needs doing for one instance:
+    offsets are committed only with a checkpoint, so the next owner resumes from a consistent pair.
+    """
+    from aiokafka.abc import ConsumerRebalanceListener
+
+    class Resume(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            return None
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            for tp in sorted(assigned):
+                offset = resume_from(tp.topic, tp.partition)
+                if offset is not None:
+                    consumer.seek(tp, offset)
+                    log.info("resuming %s/%d at offset %d (checkpointed state)", tp.topic, tp.partition, offset)
+
+    return Resume()
 
 
 class FileSource:

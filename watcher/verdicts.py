@@ -69,6 +69,8 @@ class MetricEvidence:
     tolerance: float  # the smallest regression worth acting on, in `effect_unit`
     critical: bool
     reason: str  # one line, human, with the numbers
+    # the non-inferiority margin of the PASS (promotion) test, in `effect_unit`; None: `tolerance`
+    promote_tolerance: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
