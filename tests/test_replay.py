@@ -67,3 +67,15 @@ def test_replay_with_a_policy_file(tmp_path) -> None:
     write_jsonl(dataclasses.replace(PRESETS["demo"], duration_s=600.0), path)
     decisions = replay_decisions(path, policy_path=policy)
     assert all(d["trigger"] is None or d["trigger"]["metric"] != "quality" for d in decisions)
+
+
+def test_auto_started_rollout_uses_the_observed_share_not_a_guess(tmp_path) -> None:
+    """No marker: telemetry reveals the canary. A guessed 10 % against a real 30 % split would be a
+    false sample-ratio pause (and bias every rate test); the observed share stands in instead."""
+    path = tmp_path / "auto.jsonl"
+    write_jsonl(dataclasses.replace(PRESETS["healthy"], emit_markers=False, canary_weight=0.3,
+                                    duration_s=900.0), path)
+    report, engine = replay(path)
+    (rollout,) = engine.registry.all()
+    assert rollout.source == "auto"
+    assert not [d for d in report.decisions if d["action"] in ("pause", "rollback")], report.decisions

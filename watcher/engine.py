@@ -174,7 +174,8 @@ class Engine:
                 idx = np.flatnonzero(lut[cols.route_code])
                 mine = cols.take(idx)
                 my_arms = [arms[i] for i in idx.tolist()]
-            judge.update(mine.turns, strategies.arms_for(rollout, mine.turns, my_arms), rollout.canary_weight, mine)
+            weight = rollout.canary_weight if rollout.source == "marker" else self._observed_weight(rollout)
+            judge.update(mine.turns, strategies.arms_for(rollout, mine.turns, my_arms), weight, mine)
             ts = float(mine.ts.max())
             last = self._last_look.get(rollout.rollout_id)
             if last is not None and ts - last < self.settings.judge.evaluate_every_s:
@@ -189,6 +190,22 @@ class Engine:
                 self.last_action[rollout.rollout_id] = decision.action
                 decisions.append(decision)
         return decisions
+
+    def _observed_weight(self, rollout: Rollout) -> float:
+        """A rollout telemetry started has no announced weight: the treatment's share of the
+        conversations seen since its start stands in (the configured guess until there are any).
+        The sample-ratio check then has nothing to test, which is right: nobody said what to expect."""
+        counts = {"canary": 0, "baseline": 0}
+        for key in self.state.keys():
+            agent, env, version, arm, seg_key, _ = key
+            if seg_key or agent != rollout.agent_id or env != rollout.environment or arm not in counts:
+                continue
+            if version in (rollout.canary_version, rollout.baseline_version):
+                counts[arm] += self.state.snapshot(key, "cumulative").conversations
+        total = counts["canary"] + counts["baseline"]
+        if total < 20:
+            return rollout.canary_weight
+        return min(max(counts["canary"] / total, 0.001), 0.999)
 
     def record_override(self, rollout_id: str, decision: Decision, state: PolicyState) -> None:
         self.policy_states[rollout_id] = state
