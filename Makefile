@@ -29,7 +29,7 @@ bench-throughput: $(STAMP)
 	$(PY) -m bench.throughput $(BENCH_ARGS)
 
 bench-detection: $(STAMP)
-	$(PY) -m bench.detection.run --policy policies/sensitive.yaml $(BENCH_ARGS)
+	$(PY) -m bench.detection.run $(BENCH_ARGS)
 
 bench-strategies: $(STAMP)
 	$(PY) -m bench.strategies $(BENCH_ARGS)

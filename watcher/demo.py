@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -72,6 +73,16 @@ def render(engine: Engine, *, elapsed: float, port: int | None, consumed: int, d
     return "\n".join(lines)
 
 
+def _port_or_any(port: int) -> int:
+    """The asked port if it is free, else any free one (the table shows which)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -100,7 +111,7 @@ async def run_demo(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int
             "kafka.telemetry_topics": [TELEMETRY],
             "kafka.deployments_topics": [DEPLOYMENTS],
             "kafka.dead_letter_topic": DEAD_LETTERS,
-            "http.port": args.http_port,
+            "http.port": _port_or_any(args.http_port),
             "judge.decision_log": str(workdir / "decisions.sqlite"),
             "outbox.path": str(workdir / "outbox.sqlite"),
             "checkpoint.path": str(workdir / "checkpoint.sqlite"),
