@@ -473,6 +473,47 @@ def health() -> dict[str, Any]:
                    targets((f"sum(rate(watcher_events_duplicate_total{{{I}}}[$__rate_interval]))", "duplicates"),
                            (f"sum(rate(watcher_dead_letters_published_total{{{I}}}[$__rate_interval]))", "dead letters")),
                    unit="reqps"),
+        row("Checkpoints"),
+        timeseries("Since last checkpoint", "Wall time since the last checkpoint was written (or restored). Checkpoints "
+                   "come at most every checkpoint.interval_s while events flow and at shutdown; an idle watcher writes "
+                   "none, so this grows while nothing is consumed — stale only while events are consumed "
+                   "(WatcherCheckpointStale). No line before the first checkpoint of a fresh start.",
+                   targets((f"time() - (watcher_checkpoint_last_timestamp_seconds{{{I}}} > 0)", "{{instance}}")),
+                   unit="s", w=6),
+        timeseries("Checkpoint time", "Time to serialise the engine state and write it (p50/p99 of "
+                   "watcher_checkpoint_duration_seconds); batches wait meanwhile.",
+                   targets(*((f"histogram_quantile({q}, sum by (le) (rate(watcher_checkpoint_duration_seconds_bucket{{{I}}}[$__rate_interval])))",
+                              f"p{int(float(q) * 100)}") for q in ("0.5", "0.99"))), unit="s", w=6),
+        timeseries("Checkpoint size", "Size of the last checkpoint written (watcher_checkpoint_bytes): it grows with "
+                   "rollouts, versions and segment values held in the state.",
+                   targets((f"watcher_checkpoint_bytes{{{I}}}", "{{instance}}")), unit="bytes", w=6),
+        timeseries("Checkpoint failures", "Checkpoints that could not be written in each interval (offsets are then "
+                   "not committed; the next batch retries). Anything above 0 is WatcherCheckpointFailing.",
+                   targets((f"sum by (instance) (increase(watcher_checkpoint_failures_total{{{I}}}[$__rate_interval]))",
+                            "{{instance}}")), unit="short", w=6,
+                   defaults={"thresholds": thresholds((None, "green"), (1, "red")), "min": 0}),
+        row("Outbox: deliveries to the push sinks"),
+        timeseries("Backlog per sink", "Deliveries waiting per sink (watcher_outbox_backlog, read from the outbox "
+                   "store at scrape time). Grows while a receiver is down; sinks are independent.",
+                   targets((f"sum by (instance, sink) (watcher_outbox_backlog{{{I}}})", "{{sink}} ({{instance}})")),
+                   unit="short", w=8),
+        timeseries("Oldest pending delivery", "Age of the oldest waiting delivery per sink (0 when none). A sink "
+                   "gets its deliveries in order, so everything after it waits too; over 15 min is WatcherOutboxStuck.",
+                   targets((f"max by (instance, sink) (watcher_outbox_oldest_pending_age_seconds{{{I}}})",
+                            "{{sink}} ({{instance}})")), unit="s", w=8,
+                   defaults={"thresholds": thresholds((None, "green"), (900, "red")),
+                             "custom": {"thresholdsStyle": {"mode": "line"}}}),
+        timeseries("Deliveries per second by outcome", "Per sink: delivered, retried (transient error: timeout, "
+                   "408/425/429, 5xx) and failed_permanent (refused, or out of attempts; WatcherDeliveriesFailing).",
+                   targets((f"sum by (sink, outcome) (rate(watcher_outbox_deliveries_total{{{I}}}[$__rate_interval]))",
+                            "{{sink}} {{outcome}}")), unit="ops", w=8,
+                   overrides=[{"matcher": {"id": "byRegexp", "options": ".*failed_permanent"},
+                               "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]}]),
+        timeseries("Delivery latency", "Queued → delivered per sink, retries included "
+                   "(watcher_outbox_delivery_latency_seconds, p50/p95/p99).",
+                   targets(*((f"histogram_quantile({q}, sum by (sink, le) (rate(watcher_outbox_delivery_latency_seconds_bucket{{{I}}}[$__rate_interval])))",
+                              f"{{{{sink}}}} p{int(float(q) * 100)}") for q in ("0.5", "0.95", "0.99"))),
+                   unit="s", w=24),
         row("Decisions and drift"),
         timeseries("Decisions taken", "Cumulative decisions per agent and action since watcher started "
                    "(watcher_decisions_total; a step is a decision).",
@@ -494,8 +535,8 @@ def health() -> dict[str, Any]:
         query_var("environment", 'label_values(watcher_turns_total{agent=~"$agent"}, environment)', label="Environment"),
     ]
     return dashboard("watcher-health", "watcher / Health",
-                     "watcher's own health: throughput, lag, rejected events, batch time, readiness, decisions "
-                     "and drift.", variables,
+                     "watcher's own health: throughput, lag, rejected events, batch time, readiness, checkpoints, "
+                     "deliveries to the push sinks, decisions and drift.", variables,
                      [annotation("Decisions", 'watcher_rollout_verdict{agent=~"$agent", environment=~"$environment", '
                                  'decision=~"pause|rollback|promote|resume"} == 1', "decision: {{decision}} {{canary_version}}",
                                  "rollout {{rollout_id}}", "red", value_is_time=False)], panels)

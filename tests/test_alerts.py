@@ -36,7 +36,8 @@ def test_every_rule_has_severity_annotations_and_a_runbook_section() -> None:
     assert len(names) == len(set(names))
     assert {"WatcherRolloutRollback", "WatcherRolloutPaused", "WatcherDriftSignal", "WatcherDown", "WatcherMissing",
             "WatcherNotReady", "WatcherConsumerLagGrowing", "WatcherEventsRejected", "WatcherDeadLetters",
-            "WatcherStuck"} <= set(names)
+            "WatcherStuck", "WatcherCheckpointStale", "WatcherCheckpointFailing", "WatcherOutboxStuck",
+            "WatcherDeliveriesFailing"} <= set(names)
     anchors = _anchors(RUNBOOK.read_text(encoding="utf-8"))
     for r in found:
         assert r["labels"]["severity"] in ("critical", "warning", "info"), r["alert"]
@@ -46,6 +47,24 @@ def test_every_rule_has_severity_annotations_and_a_runbook_section() -> None:
         assert (ROOT / path) == RUNBOOK and anchor == r["alert"].lower() and anchor in anchors, r["alert"]
     severity = {r["alert"]: r["labels"]["severity"] for r in found}
     assert severity["WatcherRolloutRollback"] == "critical" and severity["WatcherRolloutPaused"] == "warning"
+    # the outbox alerts name the sink; every health alert names the instance
+    for name in ("WatcherOutboxStuck", "WatcherDeliveriesFailing"):
+        rule = next(r for r in found if r["alert"] == name)
+        assert "$labels.sink" in rule["annotations"]["summary"], name
+        assert "$labels.sink" in rule["annotations"]["description"], name
+    for rule in found:
+        if rule["alert"] not in ROLLOUT_ALERTS | {"WatcherDriftSignal", "WatcherMissing"}:
+            assert "$labels.instance" in rule["annotations"]["summary"], rule["alert"]
+
+
+def test_checkpoint_stale_is_guarded_by_consumption_within_its_age_threshold() -> None:
+    """An idle watcher writes no checkpoint: the rule must require events consumed, over a window no longer
+    than the age threshold (else the last burst before a quiet spell would fire it)."""
+    rule = next(r for r in rules() if r["alert"] == "WatcherCheckpointStale")
+    age = re.search(r"time\(\) - watcher_checkpoint_last_timestamp_seconds > (\d+)", rule["expr"])
+    window = re.search(r"increase\(watcher_events_consumed_total\[(\d+)m\]\)\) > 0", rule["expr"])
+    assert age and window, rule["expr"]
+    assert int(window.group(1)) * 60 <= int(age.group(1))
 
 
 def test_rollout_alerts_carry_rollout_agent_and_version_labels() -> None:
@@ -88,18 +107,27 @@ def test_promtool_unit_tests_pass() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_promtool_unit_tests_would_catch_a_broken_rule(tmp_path: Path) -> None:
-    """The unit tests are not vacuous: a rollback rule that ignores the rollout's state fails them."""
+@pytest.mark.parametrize(("alert", "old", "new"), [
+    ("WatcherRolloutRollback", 'state=~"running|paused"', 'state=~".+"'),
+    # the checkpoint age alone: an idle watcher (no checkpoint is due) would fire
+    ("WatcherCheckpointStale", "increase(watcher_events_consumed_total[2m])) > 0",
+     "increase(watcher_events_consumed_total[2m])) >= 0"),
+    # retries are not failures
+    ("WatcherDeliveriesFailing", 'outcome="failed_permanent"', 'outcome=~"failed_permanent|retried"'),
+])
+def test_promtool_unit_tests_would_catch_a_broken_rule(
+        tmp_path: Path, alert: str, old: str, new: str) -> None:
+    """The unit tests are not vacuous: a rule loosened in a way that matters fails them."""
     promtool = require_tool("promtool")
     (tmp_path / "tests").mkdir()
-    broken = RULE_FILES[0].read_text().replace('state=~"running|paused"', 'state=~".+"', 1)
+    broken = RULE_FILES[0].read_text().replace(old, new, 1)
     assert broken != RULE_FILES[0].read_text()
     (tmp_path / RULE_FILES[0].name).write_text(broken)
     for path in RULE_TESTS:
         (tmp_path / "tests" / path.name).write_text(path.read_text())
     result = _run(promtool, "test", "rules", *(str(tmp_path / "tests" / p.name) for p in RULE_TESTS))
     assert result.returncode != 0
-    assert "WatcherRolloutRollback" in result.stderr + result.stdout
+    assert alert in result.stderr + result.stdout
 
 
 # --- Alertmanager ---------------------------------------------------------------------------------------
@@ -122,6 +150,9 @@ def test_alertmanager_config_is_valid() -> None:
     ({"alertname": "WatcherDriftSignal", "severity": "info", "agent": "faq-bot"}, "slack"),
     ({"alertname": "WatcherDown", "severity": "critical", "instance": "w:8080"}, "pagerduty"),
     ({"alertname": "WatcherNotReady", "severity": "warning", "instance": "w:8080"}, "slack"),
+    ({"alertname": "WatcherCheckpointStale", "severity": "warning", "instance": "w:8080"}, "slack"),
+    ({"alertname": "WatcherDeliveriesFailing", "severity": "warning", "instance": "w:8080",
+      "sink": "deployer"}, "slack"),
 ])
 def test_alertmanager_routes(labels: dict[str, str], receiver: str) -> None:
     amtool = require_tool("amtool")

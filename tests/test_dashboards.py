@@ -252,8 +252,17 @@ def test_rollout_dashboards_cover_the_required_views() -> None:
     health = " ".join(e for _, e, _ in dashboard_queries(boards["watcher-health.json"]))
     for metric in ("watcher_events_consumed_total", "watcher_consumer_lag_messages", "watcher_events_rejected_total",
                    "watcher_batch_duration_seconds_bucket", "watcher_ready", "watcher_decisions_total",
-                   "watcher_drift_signals_total"):
-        assert metric in health, metric
+                   "watcher_drift_signals_total", "watcher_checkpoint_last_timestamp_seconds",
+                   "watcher_checkpoint_duration_seconds_bucket", "watcher_checkpoint_bytes",
+                   "watcher_checkpoint_failures_total", "watcher_outbox_backlog",
+                   "watcher_outbox_oldest_pending_age_seconds", "watcher_outbox_deliveries_total",
+                   "watcher_outbox_delivery_latency_seconds_bucket"):
+        assert re.search(rf"\b{metric}\b", health), metric
+    # delivery outcomes and latency quantiles are per sink
+    assert re.search(r"sum by \(sink, outcome\) \(rate\(watcher_outbox_deliveries_total", health)
+    for q in ("0.5", "0.95", "0.99"):
+        quantile = f"histogram_quantile({q}, sum by (sink, le) (rate(watcher_outbox_delivery_latency_seconds_"
+        assert quantile + "bucket" in health, q
 
 
 def test_every_metric_used_is_documented_in_metrics_md() -> None:
@@ -264,25 +273,34 @@ def test_every_metric_used_is_documented_in_metrics_md() -> None:
     assert not missing, f"used in dashboards/alerts but not in docs/metrics.md: {missing}"
 
 
-def test_every_metric_used_is_exposed_by_watcher() -> None:
+def test_every_metric_used_is_exposed_by_watcher(tmp_path: Path) -> None:
     """Without Prometheus: the same scenario as the e2e test through the engine, exposed by watcher's own
-    collectors (the e2e test checks the same against a real scrape, with series)."""
+    collectors — the daemon's, the checkpoint's and the outbox's (the e2e test checks the same against a
+    real scrape, with series)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
+    from watcher.checkpoint import CheckpointMetrics
     from watcher.config import load_settings
     from watcher.engine import Engine
+    from watcher.outbox import Outbox
     from watcher.simulate import generate
+    from watcher.sinks import NullSink
     from watcher.telemetry import StateCollector, WatcherMetrics
 
     engine = Engine(load_settings(environ={}, overrides={}))
     registry = CollectorRegistry()
     WatcherMetrics(registry)
     registry.register(StateCollector(engine))
+    CheckpointMetrics(registry)
+    outbox = Outbox(tmp_path / "outbox.sqlite", [NullSink("deployer")], registry=registry)
     lines = [raw for s in e2e_scenarios() for raw in generate(s)]
     lines += ended_rollout_markers(e2e_scenarios()[0].start_ts)
     for i in range(0, len(lines), 2000):
         engine.process(lines[i:i + 2000])
-    exposed = exposition_names(generate_latest(registry).decode())
+    try:
+        exposed = exposition_names(generate_latest(registry).decode())
+    finally:
+        outbox.close()
     missing = {m: sorted(w) for m, w in all_watcher_metric_names().items() if m not in exposed}
     assert not missing, f"used in dashboards/alerts but not exposed by watcher: {missing}"
 

@@ -2,9 +2,12 @@
 
 The embedded broker carries 300 s of event time of three agents (a rollback, a pause, a drift; see
 ``test_dashboards.e2e_scenarios``), a rollout that ends, and two malformed messages. A watcher
-``Daemon`` consumes it in-process; a real ``prometheus`` process (1 s scrape and rule evaluation,
-``alerts/*.yml`` loaded) scrapes it. Then every dashboard query — template variables resolved from
-Prometheus as Grafana does — must return series, and every alert expression must be valid, with
+``Daemon`` consumes it in-process, checkpointing (1 s interval) and pushing its decisions to two
+webhook sinks on a local receiver: ``deployer`` (delivered, signature verified) and ``misconfigured``
+(a wrong HMAC secret: refused with 401, a permanent failure), so every outbox series exists. A real
+``prometheus`` process (1 s scrape and rule evaluation, ``alerts/*.yml`` loaded) scrapes it. Then
+every dashboard query — template variables resolved from Prometheus as Grafana does — must return
+series, and every alert expression must be valid, with
 the alerts this traffic should raise firing and the metrics under the quiet ones present with the
 labels the rules use. A metric renamed in watcher fails here.
 
@@ -26,6 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
+from receivers import WebhookReceiver
 from test_dashboards import (
     METRIC_RE,
     ROOT,
@@ -50,7 +54,9 @@ from watcher.simulate import produce as simulate_produce
 PREFERRED = {"agent": "support-bot", "environment": "prod", "slice": "all", "metric": "quality",
              "segment_key": "intent"}
 # The traffic raises these alerts; the others are quiet by design (a healthy watcher).
-EXPECTED_FIRING = {"WatcherRolloutRollback", "WatcherRolloutPaused", "WatcherDriftSignal", "WatcherDeadLetters"}
+EXPECTED_FIRING = {"WatcherRolloutRollback", "WatcherRolloutPaused", "WatcherDriftSignal",
+                   "WatcherDeadLetters", "WatcherDeliveriesFailing"}
+HOOK_SECRET = "e2e-hook-secret"
 BAD_MESSAGES = [b"not json", b'{"schema":"watcher.turn/v1","event_id":"bad-1"}']
 
 
@@ -134,6 +140,7 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
     await create_topics(broker.bootstrap_servers, [
         TopicSpec(topics["telemetry"], partitions=3), TopicSpec(topics["deployments"]),
         TopicSpec(topics["deadletter"])])
+    receiver = await WebhookReceiver(HOOK_SECRET.encode()).start()
     settings = load_settings(environ={}, overrides={
         "kafka.bootstrap_servers": broker.bootstrap_servers,
         "kafka.telemetry_topics": [topics["telemetry"]], "kafka.deployments_topics": [topics["deployments"]],
@@ -141,6 +148,11 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
         "kafka.session_timeout_ms": 2000, "kafka.heartbeat_interval_ms": 200, "kafka.request_timeout_ms": 3000,
         "http.port": 0, "judge.decision_log": str(tmp_path / "decisions.sqlite"), "log_level": "WARNING",
         "outbox.path": str(tmp_path / "outbox.sqlite"), "checkpoint.path": str(tmp_path / "checkpoint.sqlite"),
+        "checkpoint.interval_s": 1.0,
+        "sinks": [{"name": "deployer", "type": "webhook", "url": receiver.url + "/deploy",
+                   "hmac_secret": HOOK_SECRET},
+                  {"name": "misconfigured", "type": "webhook", "url": receiver.url + "/deploy",
+                   "hmac_secret": "not-the-secret"}],
     })
     daemon = Daemon(settings)
     stop = asyncio.Event()
@@ -194,6 +206,12 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
 
         await _until("the consumed total in Prometheus",
                      lambda: scraped(f"sum(watcher_events_consumed_total) == {expected}"), 20)
+        # checkpoints and deliveries happen after the batches: wait until Prometheus has seen them
+        await _until("a checkpoint in Prometheus",
+                     lambda: scraped("watcher_checkpoint_last_timestamp_seconds > 0"), 20)
+        await _until("deliveries in Prometheus", lambda: scraped(
+            'watcher_outbox_delivery_latency_seconds_count{sink="deployer"} > 0') and scraped(
+            'watcher_outbox_deliveries_total{sink="misconfigured", outcome="failed_permanent"} > 0'), 20)
         await _until("the alerts to fire", lambda: {
             a["labels"]["alertname"] for a in prom.get("/api/v1/alerts")["data"]["alerts"]
             if a["state"] == "firing"} >= EXPECTED_FIRING, 20)
@@ -253,8 +271,25 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
             ("support-bot", "v42", "v41", "critical")]
         assert [a["agent"] for a in by_name["WatcherRolloutPaused"]] == ["sales-bot"]
         assert {(a["agent"], a["metric"]) for a in by_name["WatcherDriftSignal"]} >= {("faq-bot", "quality")}
+        assert [a["sink"] for a in by_name["WatcherDeliveriesFailing"]] == ["misconfigured"]
+
+        # the deliveries behind the outbox series: the deployer got the decisions, signed; the
+        # misconfigured sink's requests were refused and not retried
+        # the two sinks' workers are independent: wait until both have handled every decision
+        await _until("both sinks done", lambda: receiver.unsigned == len(receiver.bodies("/deploy")), 10)
+        await _until("an empty backlog", lambda: not scraped("watcher_outbox_backlog > 0"), 10)
+        delivered = receiver.bodies("/deploy")
+        actions_delivered = {(d["rollout"]["agent_id"], d["action"]) for d in delivered}
+        assert {("support-bot", "rollback"), ("sales-bot", "pause")} <= actions_delivered, actions_delivered
+        assert receiver.accepted_once()
+        assert receiver.unsigned == len(delivered)
+        assert receiver.errors == ["signature did not verify"] * receiver.unsigned
+        assert not prom.query('watcher_outbox_deliveries_total{outcome="retried"} > 0')
+        empty = {s["metric"]["sink"] for s in prom.query("watcher_outbox_backlog == 0")}
+        assert empty == {"deployer", "misconfigured"}
     finally:
         stop.set()
+        await receiver.stop()
         if prom_proc is not None:
             prom_proc.terminate()
             try:
