@@ -56,6 +56,9 @@ PREFERRED = {"agent": "support-bot", "environment": "prod", "slice": "all", "met
 # The traffic raises these alerts; the others are quiet by design (a healthy watcher).
 EXPECTED_FIRING = {"WatcherRolloutRollback", "WatcherRolloutPaused", "WatcherDriftSignal",
                    "WatcherDeadLetters", "WatcherDeliveriesFailing"}
+# The traffic holds two malformed messages: whether their share of a few seconds of rate() crosses
+# 1 % depends on when Prometheus scraped, so this one may or may not hold (checked for validity only).
+MAY_FIRE = {"WatcherEventsRejected"}
 HOOK_SECRET = "e2e-hook-secret"
 BAD_MESSAGES = [b"not json", b'{"schema":"watcher.turn/v1","event_id":"bad-1"}']
 
@@ -253,7 +256,8 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
                 for label in re.findall(r"\$labels\.(\w+)", " ".join(rule["annotations"].values())):
                     assert all(label in a for a in by_name[name]), (name, label, by_name[name])
                 continue
-            assert not result, f"{name} fires on a healthy watcher: {result}"
+            if name not in MAY_FIRE:
+                assert not result, f"{name} fires on a healthy watcher: {result}"
             selectors = {m.group(0) for m in
                          re.finditer(r"\b(?:watcher_[a-z0-9_]+|up)\b(\{[^}]*\})?(?!\s*\()", rule["expr"])}
             assert selectors and all(METRIC_RE.match(s) for s in selectors), name
