@@ -230,8 +230,14 @@ def test_sqlite_batch_is_atomic(tmp_path: Path) -> None:
 
 
 def test_sqlite_unopenable_path_raises_checkpoint_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
     with pytest.raises(CheckpointError):
-        SqliteDecisionLog(tmp_path / "missing-dir" / "d.db")
+        SqliteDecisionLog(tmp_path / "a-file" / "d.db")
+
+
+def test_sqlite_creates_missing_directories(tmp_path: Path) -> None:
+    with SqliteDecisionLog(tmp_path / "new" / "dir" / "d.db") as lg:
+        assert lg.list() == []
 
 
 def test_sqlite_threads_share_one_log(tmp_path: Path) -> None:

@@ -32,7 +32,6 @@ import yaml
 from receivers import WebhookReceiver
 from test_dashboards import (
     METRIC_RE,
-    ROOT,
     RULE_FILES,
     dashboard_queries,
     dashboards,

@@ -31,13 +31,13 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from watcher.clock import Clock, SystemClock
 from watcher.errors import CheckpointError
+from watcher.sqlite_store import open_store
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -173,22 +173,8 @@ class SqliteCheckpointStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
-        try:
-            parent = Path(self.path).parent
-            parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            for stmt in _DDL:
-                self._db.execute(stmt)
-            row = self._db.execute("SELECT value FROM checkpoint_meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO checkpoint_meta VALUES ('schema_version', ?)", (str(_STORE_SCHEMA),))
-            elif int(row[0]) > _STORE_SCHEMA:
-                raise CheckpointError(f"checkpoint file {self.path} has schema {row[0]}, newer than {_STORE_SCHEMA}")
-        except (sqlite3.Error, OSError) as exc:
-            raise CheckpointError(f"cannot open checkpoint file {self.path}: {exc}") from exc
+        self._db = open_store(self.path, _DDL, meta_table="checkpoint_meta", schema_version=_STORE_SCHEMA,
+                              what="checkpoint file", synchronous="FULL")
 
     def load(self, scope: str = SCOPE_ALL) -> Checkpoint | None:
         with self._lock:

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from watcher.errors import CheckpointError
+from watcher.sqlite_store import open_store
 from watcher.verdicts import Decision
 
 _LOG_SCHEMA_VERSION = 1
@@ -212,26 +213,8 @@ class SqliteDecisionLog(_Queries):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._lock = threading.Lock()
-        try:
-            # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE per batch).
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: durable across process crashes, one fsync per checkpoint not per commit.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            for stmt in _DDL:
-                self._db.execute(stmt)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self._db.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(_LOG_SCHEMA_VERSION),)
-                )
-            elif int(row[0]) > _LOG_SCHEMA_VERSION:
-                raise CheckpointError(
-                    f"decision log {self.path} has schema {row[0]}, newer than {_LOG_SCHEMA_VERSION}"
-                )
-        except sqlite3.Error as exc:
-            raise CheckpointError(f"cannot open decision log {self.path}: {exc}") from exc
+        self._db = open_store(self.path, _DDL, meta_table="meta", schema_version=_LOG_SCHEMA_VERSION,
+                              what="decision log")
 
     # -- writes --
 

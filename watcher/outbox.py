@@ -46,6 +46,7 @@ from watcher.clock import Clock, SystemClock
 from watcher.decisions import json_safe
 from watcher.errors import CheckpointError, SinkError
 from watcher.sinks import Item, ItemKind, Severity, Sink
+from watcher.sqlite_store import open_store
 from watcher.verdicts import Action, Decision, rfc3339
 
 if TYPE_CHECKING:
@@ -189,20 +190,7 @@ class _Store:
         self.path = path
         self._lock = threading.Lock()
         self.closed = False
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            for stmt in _DDL:
-                self._db.execute(stmt)
-            row = self._db.execute("SELECT value FROM outbox_meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO outbox_meta VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),))
-            elif int(row[0]) > _SCHEMA_VERSION:
-                raise CheckpointError(f"outbox {path} has schema {row[0]}, newer than {_SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise CheckpointError(f"cannot open outbox {path}: {exc}") from exc
+        self._db = open_store(path, _DDL, meta_table="outbox_meta", schema_version=_SCHEMA_VERSION, what="outbox")
 
     def _tx(self, fn: Any) -> Any:
         with self._lock:

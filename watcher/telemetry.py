@@ -221,7 +221,6 @@ class StateCollector(Collector):
 
 def setup_tracing(settings: TelemetrySettings) -> Any:
     """An OpenTelemetry tracer for watcher's batches; a no-op tracer unless an exporter is set."""
-    from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
