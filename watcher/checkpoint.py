@@ -16,9 +16,9 @@ Safe by construction: the document is JSON (``allow_nan=False``: a component tha
 non-finite float fails loudly at save time, not silently at restore), versioned, and decoded with
 ``json.loads`` only; nothing from the file is ever unpickled or evaluated.
 
-Rows are keyed by a ``scope``: ``"all"`` for today's single instance. Per-partition checkpoints
-(for scale-out with state hand-over) will use one row per ``"topic/partition"`` scope in a store
-the instances share; the document format does not change (docs/guarantees.md, "Scale-out").
+Rows are keyed by a ``scope``: ``"all"`` when one instance keeps one state (``checkpoint.scope:
+instance``), ``"partition-<p>"`` per partition task when several instances share a consumer group
+(``checkpoint.scope: partition``, ``watcher.tasks``) and a store (docs/guarantees.md, "Scale-out").
 """
 
 from __future__ import annotations
@@ -231,9 +231,10 @@ class Checkpointer:
     """
 
     def __init__(self, store: CheckpointStore, target: Stateful, *, owner: str = "", interval_s: float = 5.0,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, scope: str = SCOPE_ALL) -> None:
         self.store = store
         self.owner = owner
+        self.scope = scope
         self.target = target
         self.interval_s = interval_s
         self._clock = clock or SystemClock()
@@ -247,7 +248,7 @@ class Checkpointer:
     def restore(self) -> Checkpoint | None:
         """Load the latest checkpoint into the target; None (and a fresh state) when there is none
         or it belongs to another consumer group (its offsets would mean nothing to this one)."""
-        cp = self.store.load()
+        cp = self.store.load(self.scope)
         if cp is None:
             return None
         if cp.owner != self.owner:
@@ -284,7 +285,7 @@ class Checkpointer:
         """Write a checkpoint of the target at ``positions``; returns the offsets it covers."""
         started = time.perf_counter()
         offsets = dict(self.positions)
-        size = self.store.save(Checkpoint(self.target.to_state(), offsets, self._clock.now(), self.owner))
+        size = self.store.save(Checkpoint(self.target.to_state(), offsets, self._clock.now(), self.owner), self.scope)
         self.checkpointed = offsets
         self._urgent = False
         self._last_save = self._clock.now()

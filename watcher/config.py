@@ -159,12 +159,20 @@ class CheckpointSettings:
     path: str = "watcher-checkpoint.sqlite"  # SQLite file, one row per scope ("all" for one instance)
     # at most this often while consuming; always before offsets are committed and at shutdown
     interval_s: float = 5.0
+    # "instance": one state for everything this instance consumes (one instance per consumer group);
+    # "partition": one state per partition, handed over on rebalance, so several instances can share
+    # a group: needs topics keyed by agent_id, co-partitioned, and a store all instances reach
+    scope: str = "instance"
 
     def __post_init__(self) -> None:
         if self.interval_s < 0:
             raise ConfigError("checkpoint.interval_s", f"must be >= 0, got {self.interval_s}")
         if self.enabled and not self.path.strip():
             raise ConfigError("checkpoint.path", "must not be empty when checkpoints are enabled")
+        if self.scope not in ("instance", "partition"):
+            raise ConfigError("checkpoint.scope", f"must be 'instance' or 'partition', got {self.scope!r}")
+        if self.scope == "partition" and not self.enabled:
+            raise ConfigError("checkpoint.scope", "'partition' hands state over through checkpoints: enable them")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@ checkpoint of the engine's state that covers them, at most every ``checkpoint.in
 the state is restored and the partitions resume at the checkpoint's offsets (docs/guarantees.md).
 SIGTERM / SIGINT finish the batch in hand, checkpoint, commit, and exit 0. A lost broker never crashes
 the daemon: the source reconnects by itself and ``/readyz`` says not-ready meanwhile.
+
+With ``checkpoint.scope: partition`` (several instances in one consumer group), the state is split
+into one engine per partition (``watcher.tasks``): each is checkpointed on its own row of a shared
+store, handed over when the group rebalances, and restored by the partition's next owner.
 """
 
 from __future__ import annotations
@@ -23,18 +27,22 @@ from prometheus_client import CollectorRegistry
 
 from watcher import auth
 from watcher.api import Api
-from watcher.checkpoint import Checkpointer, CheckpointMetrics, CheckpointStore, SqliteCheckpointStore
+from watcher.checkpoint import (
+    SCOPE_ALL, Checkpointer, CheckpointMetrics, CheckpointStore, Offsets, SqliteCheckpointStore,
+)
 from watcher.config import Settings
 from watcher.deadletter import DeadLetters, KafkaDeadLetters
 from watcher.decisions import DecisionLog, SqliteDecisionLog
 from watcher.engine import BatchResult, Engine
-from watcher.errors import CheckpointError
+from watcher.errors import CheckpointError, ConfigError
 from watcher.events import Deployment, encode_deployment
 from watcher.hooks import FlaggerHooks
 from watcher.outbox import Outbox
+from watcher.policy import load_policy
 from watcher.rollouts import Change
 from watcher.sinks import build_sinks
 from watcher.source import KafkaSource, Message, MessageBatch, Source
+from watcher.tasks import Tasks, scope_of
 from watcher.telemetry import StateCollector, WatcherMetrics, setup_tracing
 from watcher.verdicts import Action, Decision
 
@@ -124,9 +132,25 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.engine = engine if engine is not None else Engine(settings)
+        cp = settings.checkpoint
+        # one engine per owned partition (scale-out), or one for the whole instance
+        self.tasks: Tasks | None = None
+        self.engine: Engine | Tasks
+        if cp.enabled and cp.scope == "partition":
+            self._policies = engine.policies if engine is not None else load_policy(settings.judge.policy_file)
+            self.tasks = Tasks(self._new_task_engine)
+            self.engine = self.tasks
+        else:
+            self.engine = engine if engine is not None else Engine(settings)
+            self.engine.change_listeners.append(self._queue_change)
         topics = [*settings.kafka.telemetry_topics, *settings.kafka.deployments_topics]
         kafka = settings.kafka
+        assignment = {}
+        if self.tasks is not None:
+            # partition p of every topic to the same member (the topics are co-partitioned by agent)
+            from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+            assignment = {"partition_assignment_strategy": (RangePartitionAssignor,)}
         self.source: Source = source if source is not None else KafkaSource(
             kafka.bootstrap_servers, list(dict.fromkeys(topics)), kafka.group_id,
             auto_offset_reset=kafka.auto_offset_reset, max_records=kafka.max_batch_records,
@@ -134,7 +158,8 @@ class Daemon:
             client_options={"client_id": kafka.client_id, "request_timeout_ms": kafka.request_timeout_ms,
                             "session_timeout_ms": kafka.session_timeout_ms,
                             "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
-                            "max_partition_fetch_bytes": kafka.max_partition_fetch_bytes, **kafka.client_options()},
+                            "max_partition_fetch_bytes": kafka.max_partition_fetch_bytes, **assignment,
+                            **kafka.client_options()},
         )
         self.dead_letters = dead_letters if dead_letters is not None else KafkaDeadLetters(settings.kafka)
         self.decision_log = decision_log if decision_log is not None else SqliteDecisionLog(settings.judge.decision_log)
@@ -143,8 +168,7 @@ class Daemon:
         self.outbox = outbox if outbox is not None else Outbox(
             settings.outbox.path, build_sinks(settings.sinks, kafka=settings.kafka), registry=self.registry
         )
-        self.engine.change_listeners.append(self._queue_change)
-        self.registry.register(StateCollector(self.engine))
+        self.registry.register(StateCollector(self.engine))  # type: ignore[arg-type]
         self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
         self.tracer = tracer if tracer is not None else setup_tracing(settings.telemetry)
         self.port: int | None = None
@@ -156,15 +180,23 @@ class Daemon:
         # one batch, checkpoint or API-driven checkpoint at a time: a checkpoint must never see the
         # state of a batch whose offsets are not yet in ``positions``
         self._lock = asyncio.Lock()
-        self.checkpointer: Checkpointer | None = None
-        cp = settings.checkpoint
+        self.checkpointer: Checkpointer | None = None  # the instance's one, or None per partition
+        self.task_checkpointers: dict[int, Checkpointer] = {}  # partition -> its task's
+        self.checkpoint_store: CheckpointStore | None = None
         # only a source that can resume at given offsets can pair state and offsets (not a file)
         if cp.enabled and hasattr(self.source, "resume_from") and hasattr(self.source, "commit_offsets"):
-            store = checkpoint_store if checkpoint_store is not None else SqliteCheckpointStore(cp.path)
-            self.checkpointer = Checkpointer(store, self.engine, owner=settings.kafka.group_id,
-                                             interval_s=cp.interval_s)
-            self.source.resume_from = self.checkpointer.resume_offset  # type: ignore[attr-defined]
+            self.checkpoint_store = checkpoint_store if checkpoint_store is not None else SqliteCheckpointStore(cp.path)
+            if self.tasks is None:
+                assert isinstance(self.engine, Engine)
+                self.checkpointer = Checkpointer(self.checkpoint_store, self.engine, owner=settings.kafka.group_id,
+                                                 interval_s=cp.interval_s, scope=SCOPE_ALL)
+            else:
+                self.source.on_assigned = self._assigned  # type: ignore[attr-defined]
+                self.source.on_revoked = self._revoked  # type: ignore[attr-defined]
+            self.source.resume_from = self._resume_offset  # type: ignore[attr-defined]
             self.checkpoint_metrics = CheckpointMetrics(self.registry)
+        elif self.tasks is not None:
+            raise ConfigError("checkpoint.scope", "'partition' needs a Kafka source (the partitions are the tasks)")
 
     # -- readiness ------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
@@ -216,32 +248,106 @@ class Daemon:
             ", ".join(f"{t}/{p}@{o}" for (t, p), o in sorted(cp.offsets.items())) or "no offsets")
         return True
 
+    @property
+    def checkpointing(self) -> bool:
+        return self.checkpoint_store is not None
+
+    def _checkpointers(self) -> list[Checkpointer]:
+        if self.checkpointer is not None:
+            return [self.checkpointer]
+        return list(self.task_checkpointers.values())
+
+    def _resume_offset(self, topic: str, partition: int) -> int | None:
+        """Where an assigned partition resumes: the offset its state covers (None: the committed one)."""
+        cp = self.checkpointer if self.checkpointer is not None else self.task_checkpointers.get(partition)
+        return cp.resume_offset(topic, partition) if cp is not None else None
+
     async def checkpoint(self, *, force: bool = False) -> bool:
         """Checkpoint (when due, or ``force``d and there is something new) and commit its offsets."""
-        if self.checkpointer is None:
+        if not self.checkpointing:
             return False
         async with self._lock:
             return await self._checkpoint(force=force)
 
-    async def _checkpoint(self, *, force: bool = False) -> bool:
-        cp = self.checkpointer
-        assert cp is not None
-        if not (cp.due() or (force and cp.dirty)):
+    async def _checkpoint(self, *, force: bool = False, only: Sequence[Checkpointer] | None = None) -> bool:
+        """Save every checkpoint that is due (or dirty, when ``force``d), then commit exactly the
+        offsets the saved ones cover: a checkpoint that failed leaves its partitions uncommitted."""
+        saved: Offsets = {}
+        for cp in (self._checkpointers() if only is None else only):
+            if not (cp.due() or (force and cp.dirty)):
+                continue
+            try:
+                saved.update(cp.save())
+            except CheckpointError as exc:  # e.g. disk full: nothing is committed, retried next time
+                self.checkpoint_metrics.failures.inc()
+                log.error("checkpoint %s failed, its offsets are not committed: %s", cp.scope, exc)
+                continue
+            self.checkpoint_metrics.saved(cp.last.seconds, cp.last.bytes)
+        if not saved:
             return False
-        try:
-            offsets = cp.save()
-        except CheckpointError as exc:  # e.g. disk full: nothing is committed, retried next time
-            self.checkpoint_metrics.failures.inc()
-            log.error("checkpoint failed, offsets not committed: %s", exc)
-            return False
-        self.checkpoint_metrics.saved(cp.last.seconds, cp.last.bytes)
-        await self.source.commit_offsets(offsets)  # type: ignore[attr-defined]
+        await self.source.commit_offsets(saved)  # type: ignore[attr-defined]
         return True
+
+    # -- partition hand-over (checkpoint.scope: partition) ---------------------------------------
+    def _new_task_engine(self) -> Engine:
+        engine = Engine(self.settings, policies=self._policies)
+        engine.change_listeners.append(self._queue_change)
+        return engine
+
+    async def _assigned(self, assigned: set[tuple[str, int]]) -> None:
+        """The group gave us these partitions: rebuild each new partition's task from its checkpoint
+        (the source then seeks each partition to the offset that checkpoint covers)."""
+        assert self.tasks is not None and self.checkpoint_store is not None
+        async with self._lock:
+            self._check_copartitioning()
+            for partition in sorted({p for _, p in assigned}):
+                if self.tasks.get(partition) is not None:
+                    continue
+                engine = self.tasks.create(partition)
+                cp = Checkpointer(self.checkpoint_store, engine, owner=self.settings.kafka.group_id,
+                                  interval_s=self.settings.checkpoint.interval_s, scope=scope_of(partition))
+                try:
+                    restored = cp.restore()
+                except CheckpointError as exc:
+                    log.error("partition %d: checkpoint not restored (%s): starting it from a fresh state",
+                              partition, exc)
+                    restored = None
+                if restored is not None:
+                    self.checkpoint_metrics.restored(restored)
+                self.task_checkpointers[partition] = cp
+                log.info("partition %d taken over %s", partition, "with its checkpointed state at " + ", ".join(
+                    f"{t}/{p}@{o}" for (t, p), o in sorted(restored.offsets.items())) if restored else "with no state")
+
+    async def _revoked(self, revoked: set[tuple[str, int]]) -> None:
+        """The group takes these partitions away: checkpoint their tasks and commit the offsets they
+        cover while we still own them, then drop them (the next owner restores the checkpoints)."""
+        assert self.tasks is not None
+        async with self._lock:
+            partitions = sorted({p for _, p in revoked} & set(self.task_checkpointers))
+            leaving = [self.task_checkpointers[p] for p in partitions]
+            await self._checkpoint(force=True, only=leaving)
+            for partition in partitions:
+                self.task_checkpointers.pop(partition, None)
+                self.tasks.drop(partition)
+            if partitions:
+                log.info("partitions %s handed over", ",".join(map(str, partitions)))
+
+    def _check_copartitioning(self) -> None:
+        """Markers must reach the task of their agent's telemetry: same partition count everywhere."""
+        assert self.tasks is not None
+        counts = {t: self.source.partition_count(t)  # type: ignore[attr-defined]
+                  for t in (*self.settings.kafka.telemetry_topics, *self.settings.kafka.deployments_topics)}
+        known = {t: n for t, n in counts.items() if n}
+        if known:
+            self.tasks.partition_count = known.get(self.settings.kafka.telemetry_topics[0]) or max(known.values())
+        if len(set(known.values())) > 1:
+            log.error("checkpoint.scope=partition needs co-partitioned topics (one partition count, keyed by "
+                      "agent_id); found %s: markers may reach an instance that does not own their agent",
+                      ", ".join(f"{t}={n}" for t, n in sorted(known.items())))
 
     async def _checkpoint_ticker(self) -> None:
         """Checkpoints also come when no batch does (an idle topic after a burst, an API override)."""
-        assert self.checkpointer is not None
-        period = min(1.0, max(self.checkpointer.interval_s, 0.05))
+        period = min(1.0, max(self.settings.checkpoint.interval_s, 0.05))
         while True:
             await asyncio.sleep(period)
             try:
@@ -259,7 +365,7 @@ class Daemon:
         outbox_task = asyncio.create_task(self.outbox.run(outbox_stop))
         try:
             await self._consume(stop)
-            if self.checkpointer is not None:
+            if self.checkpointing:
                 await self.checkpoint(force=True)  # a clean stop leaves nothing to re-read
         finally:
             outbox_stop.set()
@@ -276,8 +382,8 @@ class Daemon:
             if self._runner is not None:
                 await self._runner.cleanup()
             self.decision_log.close()
-            if self.checkpointer is not None:
-                self.checkpointer.store.close()
+            if self.checkpoint_store is not None:
+                self.checkpoint_store.close()
         return 0
 
     async def _health_ticker(self) -> None:
@@ -291,7 +397,7 @@ class Daemon:
         batches = self.source.batches().__aiter__()
         stopper = asyncio.ensure_future(stop.wait())
         ticker = asyncio.ensure_future(self._health_ticker())
-        checkpoints = asyncio.ensure_future(self._checkpoint_ticker()) if self.checkpointer is not None else None
+        checkpoints = asyncio.ensure_future(self._checkpoint_ticker()) if self.checkpointing else None
         try:
             while not stop.is_set():
                 fetch = asyncio.ensure_future(batches.__anext__())
@@ -322,8 +428,13 @@ class Daemon:
     async def _handle(self, batch: Sequence[Message]) -> BatchResult:
         started = time.perf_counter()
         with self.tracer.start_as_current_span("watcher.batch") as span:
-            values = batch.values if isinstance(batch, MessageBatch) else [m.value for m in batch]
-            result = self.engine.process(values, origins=Origins(batch))
+            if self.tasks is None:
+                assert isinstance(self.engine, Engine)
+                values = batch.values if isinstance(batch, MessageBatch) else [m.value for m in batch]
+                result = self.engine.process(values, origins=Origins(batch))
+                covered: dict[int, Offsets] = {}
+            else:
+                result, covered = self._process_tasks(batch)
             if result.rejected:
                 await self.dead_letters.publish(result.rejected)
                 self.metrics.dead_letters.inc(len(result.rejected))
@@ -335,11 +446,15 @@ class Daemon:
                     self.metrics.drift_signals.labels(
                         signal.agent_id, signal.environment, signal.version, signal.metric
                     ).inc()
-            if self.checkpointer is None:
+            if not self.checkpointing:
                 await self.source.commit(batch)
-            else:
+            elif self.checkpointer is not None:
                 # the state now covers the batch; its offsets are committed with the next checkpoint
                 self.checkpointer.advance(_next_offsets(batch))
+                await self._checkpoint()
+            else:
+                for partition, offsets in covered.items():
+                    self.task_checkpointers[partition].advance(offsets)
                 await self._checkpoint()
             span.set_attribute("watcher.events", len(batch))
             span.set_attribute("watcher.turns", result.turns)
@@ -347,6 +462,37 @@ class Daemon:
             span.set_attribute("watcher.decisions", len(result.decisions))
         self._observe(batch, result, time.perf_counter() - started)
         return result
+
+    def _process_tasks(self, batch: Sequence[Message]) -> tuple[BatchResult, dict[int, Offsets]]:
+        """Each partition's messages through its own task; returns the merged result and, per task,
+        the offsets its state now covers. Messages of a partition with no task (revoked while the
+        batch was in flight) and messages below a task's position (fetched before a hand-over and
+        already in the restored state) are skipped: the partition's owner counts them, once."""
+        assert self.tasks is not None
+        groups: dict[int, list[Message]] = {}
+        for m in batch:
+            groups.setdefault(m.partition, []).append(m)
+        merged = BatchResult()
+        covered: dict[int, Offsets] = {}
+        for partition, messages in sorted(groups.items()):
+            engine = self.tasks.get(partition)
+            cp = self.task_checkpointers.get(partition)
+            if engine is None or cp is None:
+                log.debug("%d messages of unowned partition %d skipped", len(messages), partition)
+                continue
+            fresh = [m for m in messages if m.offset >= (cp.resume_offset(m.topic, m.partition) or 0)]
+            if not fresh:
+                continue
+            r = engine.process([m.value for m in fresh], origins=Origins(fresh))
+            merged.turns += r.turns
+            merged.deployments += r.deployments
+            merged.duplicates += r.duplicates
+            merged.rejected.extend(r.rejected)
+            merged.decisions.extend(r.decisions)
+            merged.drift_signals.extend(r.drift_signals)
+            merged.changes.extend(r.changes)
+            covered[partition] = _next_offsets(fresh)
+        return merged, covered
 
     async def _persist_decisions(self, decisions: list[Decision]) -> None:
         if not decisions:
@@ -363,6 +509,11 @@ class Daemon:
         await self._persist_decisions(decisions)
         if self.checkpointer is not None and decisions:
             self.checkpointer.mark_dirty()
+        elif self.tasks is not None:
+            for d in decisions:
+                for partition, engine in self.tasks.engines.items():
+                    if engine.registry.get(d.rollout.rollout_id) is not None:
+                        self.task_checkpointers[partition].mark_dirty()
 
     def _queue_change(self, change: Change) -> None:
         """Rollout starts, updates and ends go to the sinks (markers, Grafana regions, PagerDuty)."""

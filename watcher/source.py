@@ -15,7 +15,7 @@ import bisect
 import logging
 import operator
 import random
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -176,6 +176,9 @@ class Source(Protocol):
 _FORCED = {"enable_auto_commit", "group_id", "auto_offset_reset", "bootstrap_servers"}
 
 
+PartitionsHook = Callable[[set[tuple[str, int]]], Awaitable[None]]
+
+
 class KafkaSource:
     """A consumer-group member over ``topics``; offsets are committed only by ``commit(batch)``.
 
@@ -230,6 +233,11 @@ class KafkaSource:
         # Where a partition resumes when it is assigned (the checkpoint's offset, or the offset after
         # the last batch in the in-memory state); None for a partition: Kafka's committed offset.
         self.resume_from = resume_from
+        # Rebalance hooks (per-partition state hand-over): awaited with the (topic, partition)s
+        # revoked before the group rebalances, and with those assigned before the first fetch
+        # (and before ``resume_from`` is asked, so a hook can restore the state it answers from).
+        self.on_revoked: PartitionsHook | None = None
+        self.on_assigned: PartitionsHook | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -348,6 +356,12 @@ class KafkaSource:
                 return False
         return True
 
+    def partition_count(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has, from the cluster metadata (None while unknown)."""
+        consumer = self._consumer
+        parts = consumer.partitions_for_topic(topic) if consumer is not None else None
+        return len(parts) if parts else None
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Messages per assigned partition between the high watermark and the position (what has
         not been handed out yet), as of the last poll. The high watermark comes from fetch
@@ -367,8 +381,8 @@ class KafkaSource:
             auto_offset_reset=self.auto_offset_reset,
             **self._options,
         )
-        if self.resume_from is not None:
-            consumer.subscribe(list(self.topics), listener=_resume_listener(consumer, self.resume_from))
+        if self.resume_from is not None or self.on_assigned is not None or self.on_revoked is not None:
+            consumer.subscribe(list(self.topics), listener=_RebalanceListener(consumer, self))
         try:
             await consumer.start()
         except asyncio.CancelledError:
@@ -426,27 +440,41 @@ class KafkaSource:
             pass
 
 
-def _resume_listener(consumer: AIOKafkaConsumer, resume_from: Callable[[str, int], int | None]) -> Any:
-    """A rebalance listener that seeks each newly assigned partition to ``resume_from``'s offset.
+class _RebalanceListener:
+    """Hands partitions over when the group rebalances.
 
-    aiokafka calls it after an assignment and before the first fetch; a partition that has a position
-    then is not reset to its committed offset. On revocation nothing needs doing for one instance:
-    offsets are committed only with a checkpoint, so the next owner resumes from a consistent pair.
+    Revoked: the source's ``on_revoked`` hook runs first (the daemon checkpoints the revoked
+    partitions' state and commits its offsets while this member still owns them). Assigned: the
+    ``on_assigned`` hook (the daemon restores the partitions' state), then each partition is sought
+    to ``resume_from``'s offset; aiokafka calls this before the first fetch, so a partition with a
+    position is not reset to its committed offset. A failing hook is logged and the rebalance goes
+    on: the partitions then resume from their committed offsets, which a checkpoint always covers.
     """
-    from aiokafka.abc import ConsumerRebalanceListener
 
-    class Resume(ConsumerRebalanceListener):  # type: ignore[misc]
-        async def on_partitions_revoked(self, revoked: Any) -> None:
-            return None
+    def __init__(self, consumer: AIOKafkaConsumer, source: KafkaSource) -> None:
+        from aiokafka.abc import ConsumerRebalanceListener
 
-        async def on_partitions_assigned(self, assigned: Any) -> None:
-            for tp in sorted(assigned):
-                offset = resume_from(tp.topic, tp.partition)
-                if offset is not None:
-                    consumer.seek(tp, offset)
-                    log.info("resuming %s/%d at offset %d (checkpointed state)", tp.topic, tp.partition, offset)
+        ConsumerRebalanceListener.register(type(self))
+        self._consumer = consumer
+        self._source = source
 
-    return Resume()
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        hook = self._source.on_revoked
+        if hook is not None and revoked:
+            await hook({(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        hook = self._source.on_assigned
+        if hook is not None and assigned:
+            await hook({(tp.topic, tp.partition) for tp in assigned})
+        resume_from = self._source.resume_from
+        if resume_from is None:
+            return
+        for tp in sorted(assigned):
+            offset = resume_from(tp.topic, tp.partition)
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+                log.info("resuming %s/%d at offset %d (checkpointed state)", tp.topic, tp.partition, offset)
 
 
 class FileSource:
