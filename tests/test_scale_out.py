@@ -2,7 +2,8 @@
 
 Real processes against the real broker. Four agents (two with a regression that must be rolled
 back, two healthy) are produced, keyed by agent, to a four-partition topic while two instances share
-the group (``checkpoint.scope: partition``, one checkpoint store). During the stream one instance is
+the group (``checkpoint.scope: partition``, one checkpoint store: a shared SQLite file, or the
+compacted Kafka topic instances on several hosts use). During the stream one instance is
 SIGKILLed and restarted (its partitions move to the survivor and back, with their state), then both
 are restarted one after the other with SIGTERM (watcher's own rolling upgrade). At the end the union
 of the instances' /metrics and decision logs must equal one uninterrupted replay: every series owned
@@ -70,8 +71,9 @@ async def _wait_for(predicate: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.parametrize("store", ["sqlite", "kafka"])
 async def test_instances_share_partitions_hand_state_over_and_survive_a_rolling_restart(
-    broker, unique_topic, tmp_path
+    broker, unique_topic, tmp_path, store
 ) -> None:
     agents = _agents()
     lines = _lines(agents)
@@ -89,7 +91,8 @@ async def test_instances_share_partitions_hand_state_over_and_survive_a_rolling_
         TopicSpec(topic, PARTITIONS), TopicSpec(topic + "-deployments", PARTITIONS), TopicSpec(topic + "-deadletter"),
     ])
     base = _env(broker, tmp_path, topic)
-    envs = {name: {**base, "WATCHER_CHECKPOINT__SCOPE": "partition",
+    envs = {name: {**base, "WATCHER_CHECKPOINT__SCOPE": "partition", "WATCHER_CHECKPOINT__STORE": store,
+                   "WATCHER_CHECKPOINT__TOPIC": topic + "-checkpoints",
                    "WATCHER_JUDGE__DECISION_LOG": str(tmp_path / f"decisions-{name}.sqlite"),
                    "WATCHER_OUTBOX__PATH": str(tmp_path / f"outbox-{name}.sqlite")} for name in ("a", "b")}
 
@@ -210,7 +213,7 @@ async def test_instances_share_partitions_hand_state_over_and_survive_a_rolling_
             log.close()
     assert logged == ref_decisions
 
-    print(f"\nscale-out test: 2 instances, {PARTITIONS} partitions, {len(agents)} agents; {'; '.join(events)}; "
+    print(f"\nscale-out test ({store} store): 2 instances, {PARTITIONS} partitions, {len(agents)} agents; {'; '.join(events)}; "
           f"{len(lines)} events, {expected_turns} turns in {len(expected)} series checked; "
           f"{len(ref_decisions)} decisions equal; {elapsed:.1f} s")
 

@@ -163,6 +163,10 @@ class CheckpointSettings:
     # "partition": one state per partition, handed over on rebalance, so several instances can share
     # a group: needs topics keyed by agent_id, co-partitioned, and a store all instances reach
     scope: str = "instance"
+    # where checkpoints live: "sqlite" (``path``; instances on one host or one volume) or "kafka" (a
+    # compacted topic on the cluster every instance reaches: several hosts)
+    store: str = "sqlite"
+    topic: str = "watcher.checkpoints"
 
     def __post_init__(self) -> None:
         if self.interval_s < 0:
@@ -171,6 +175,10 @@ class CheckpointSettings:
             raise ConfigError("checkpoint.path", "must not be empty when checkpoints are enabled")
         if self.scope not in ("instance", "partition"):
             raise ConfigError("checkpoint.scope", f"must be 'instance' or 'partition', got {self.scope!r}")
+        if self.store not in ("sqlite", "kafka"):
+            raise ConfigError("checkpoint.store", f"must be 'sqlite' or 'kafka', got {self.store!r}")
+        if self.store == "kafka" and not self.topic.strip():
+            raise ConfigError("checkpoint.topic", "must not be empty when checkpoints are stored in Kafka")
         if self.scope == "partition" and not self.enabled:
             raise ConfigError("checkpoint.scope", "'partition' hands state over through checkpoints: enable them")
 

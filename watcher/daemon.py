@@ -185,7 +185,7 @@ class Daemon:
         self.checkpoint_store: CheckpointStore | None = None
         # only a source that can resume at given offsets can pair state and offsets (not a file)
         if cp.enabled and hasattr(self.source, "resume_from") and hasattr(self.source, "commit_offsets"):
-            self.checkpoint_store = checkpoint_store if checkpoint_store is not None else SqliteCheckpointStore(cp.path)
+            self.checkpoint_store = checkpoint_store if checkpoint_store is not None else _checkpoint_store(settings)
             if self.tasks is None:
                 assert isinstance(self.engine, Engine)
                 self.checkpointer = Checkpointer(self.checkpoint_store, self.engine, owner=settings.kafka.group_id,
@@ -560,6 +560,16 @@ class Daemon:
             m.consumer_lag.labels(topic, str(partition)).set(lag)
         self.batches_processed += 1
         self.events_consumed += len(batch)
+
+
+def _checkpoint_store(settings: Settings) -> CheckpointStore:
+    cp = settings.checkpoint
+    if cp.store == "kafka":
+        from watcher.checkpoint_kafka import KafkaCheckpointStore
+
+        return KafkaCheckpointStore(settings.kafka.bootstrap_servers, cp.topic,
+                                    client_options=settings.kafka.client_options())
+    return SqliteCheckpointStore(cp.path)
 
 
 def _next_offsets(batch: Sequence[Message]) -> dict[tuple[str, int], int]:
