@@ -313,3 +313,50 @@ def test_message_batch_is_a_lazy_sequence_of_messages() -> None:
     with pytest.raises(IndexError):
         batch[5]
     assert not MessageBatch()
+
+
+def _fetched(tp: Any, values: list[bytes], first_offset: int) -> Any:
+    """A fetched, buffered partition as aiokafka's fetcher keeps it (real record batch bytes)."""
+    from aiokafka.consumer.fetcher import FetchResult, PartitionRecords
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    for i, v in enumerate(values):
+        builder.append(i, timestamp=None, key=None, value=v, headers=[])
+    raw = bytearray(builder.build())
+    raw[0:8] = first_offset.to_bytes(8, "big")  # the batch's base offset, as the broker assigns it
+    records = PartitionRecords(tp, MemoryRecords(bytes(raw)), [], first_offset, None, None, True, 0)
+    assignment = SimpleNamespace(active=True, state_value=lambda _tp: SimpleNamespace(
+        paused=False, position=records.next_fetch_offset, consumed_to=lambda o: None))
+    return FetchResult(tp, assignment=assignment, partition_records=records, backoff=0)
+
+
+def test_buffered_records_reach_the_batch_without_a_consumer_record_each() -> None:
+    import collections
+
+    from aiokafka import TopicPartition
+
+    from watcher.source import MessageBatch, _bare_records
+
+    t0, t1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    fetcher = SimpleNamespace(_records=collections.OrderedDict([(t0, _fetched(t0, [b"a", b"b"], 40))]),
+                              _key_deserializer=None, _value_deserializer=None)
+    _bare_records(SimpleNamespace(_fetcher=fetcher))
+    fetcher._records[t1] = _fetched(t1, [b"c"], 7)  # a buffer arriving later (while getmany waits)
+    batch = MessageBatch()
+    for tp in (t0, t1):
+        records = fetcher._records[tp].getall(100)
+        assert records and not any(isinstance(r, ConsumerRecord) for r in records)
+        batch.add(tp.topic, tp.partition, records)
+    assert batch.values == [b"a", b"b", b"c"]
+    assert batch.last_offsets() == {("t", 0): 41, ("t", 1): 7}
+    assert list(batch) == [Message(b"a", "t", 0, 40), Message(b"b", "t", 0, 41), Message(b"c", "t", 1, 7)]
+
+    # with a value deserializer the client's own records are kept (they carry the deserialised value)
+    fetcher = SimpleNamespace(_records=collections.OrderedDict([(t0, _fetched(t0, [b"a"], 0))]),
+                              _key_deserializer=None, _value_deserializer=bytes.upper)
+    _bare_records(SimpleNamespace(_fetcher=fetcher))
+    assert isinstance(fetcher._records[t0].getall(10)[0], ConsumerRecord)
+    _bare_records(SimpleNamespace())  # another client layout: nothing to do, no error
