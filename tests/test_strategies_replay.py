@@ -24,7 +24,7 @@ def _replay(name: str, tmp_path: Path, seed: int = 1, **kw: Any) -> tuple[list[d
     return report.decisions, engine
 
 
-@pytest.mark.parametrize("name", ["shadow_healthy", "blue_green_healthy", "flag_healthy"])
+@pytest.mark.parametrize("name", ["shadow_healthy", "blue_green_healthy", "blue_green_healthy_daily", "flag_healthy"])
 def test_null_scenarios_give_no_stop(name: str, tmp_path: Path) -> None:
     decisions, engine = _replay(name, tmp_path)
     assert not [d for d in decisions if d["action"] in STOP], [d["reason"] for d in decisions]
@@ -33,7 +33,8 @@ def test_null_scenarios_give_no_stop(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "metric"), [("shadow_quality_down", "quality"), ("shadow_errors_x4", "error"),
-                                              ("blue_green_regression", "quality"), ("flag_errors_x4", "error")])
+                                              ("blue_green_regression", "quality"), ("blue_green_errors_x4", "error"),
+                                              ("flag_errors_x4", "error")])
 def test_regressions_are_rolled_back_with_the_strategy_in_the_record(name: str, metric: str, tmp_path: Path) -> None:
     decisions, _ = _replay(name, tmp_path)
     stops = [d for d in decisions if d["action"] in STOP]

@@ -89,7 +89,7 @@ class Engine:
             routes = self.registry.last_routes
             agents = {(a, e) for (a, e, _, _) in routes}
             if self._needs_history(agents):
-                self.history.update(turns, arms)  # blue-green's reference: each version's recent past
+                self.history.update(turns, arms, cols)  # blue-green's reference: each version's recent past
             watched = self.drift.watched()
             if any(arm == "live" or (a, e, v) in watched for (a, e, v, _), arm in routes.items()):
                 result.drift_signals.extend(self.drift.update(turns, arms, cols))

@@ -747,6 +747,12 @@ STRATEGY_PRESETS: dict[str, Scenario] = {p.name: p for p in (
             duration_s=3000.0, switch_s=1800.0, conversations_per_s=5.0),
     _preset("blue_green_regression", "green's quality is 0.08 lower after the switch", strategy="blue_green",
             duration_s=3000.0, switch_s=1800.0, conversations_per_s=5.0, regressions=(_R("quality", -0.08),)),
+    _preset("blue_green_healthy_daily", "switch to an identical green after 30 min, daily cycle on (time-of-day "
+            "drift across the switch)", strategy="blue_green", duration_s=3000.0, switch_s=1800.0,
+            conversations_per_s=5.0, daily_cycle=True),
+    _preset("blue_green_errors_x4", "green errs 4x as often after the switch, daily cycle on", strategy="blue_green",
+            duration_s=3000.0, switch_s=1800.0, conversations_per_s=5.0, daily_cycle=True,
+            regressions=(_R("error", 4.0, start_s=1800.0, mode="multiply"),)),
     _preset("flag_healthy", "flag treatment on 50 % of conversations, no difference", strategy="flag",
             canary_weight=0.5, duration_s=1800.0, conversations_per_s=5.0),
     _preset("flag_errors_x4", "the flag's treatment errs 4x as often", strategy="flag", canary_weight=0.5,

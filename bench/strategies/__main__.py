@@ -2,7 +2,9 @@
 
 Per strategy: null runs (no false rollback or pause allowed) and the delay to the first stop for each
 regression type (median over seeds; minutes after the onset, which is the rollout start or the
-switch). Then the sample-size advantage of pairing: conversations a shadow (paired) and a 50/50
+switch). Blue-green twice: ``blue_green`` with 3 previous days of blue (the same-hours reference, the
+usual case) and ``blue_green_recent`` with only the hour before the switch (the widened fallback);
+each with a time-of-day null and a late regression (starting 90 min after the switch). Then the sample-size advantage of pairing: conversations a shadow (paired) and a 50/50
 canary (unpaired) need before the same quality regression fails. Writes bench/strategies/results.json.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 from bench.strategies import traffic as tf
 from watcher import strategies
 from watcher.bluegreen import BlueGreenJudge, VersionHistory
+from watcher.events import TurnColumns
 from watcher.judge import Judge
 from watcher.policy import Action, PolicyState, decide, load_policy
 from watcher.rollouts import Rollout, RolloutState
@@ -52,19 +55,26 @@ def shadow_run(tr: tf.Traffic, seed: int) -> Stop:
 
 
 def blue_green_run(tr: tf.Traffic, seed: int, history_days: int = 0) -> Stop:
+    """Minutes after the onset (the switch + ``tr.onset_min``) of the first stop; blue's history is fed
+    to ``VersionHistory`` as the engine does (with the batch's columns)."""
     ref = RolloutRef("ro-bg", "bot", "prod", "blue_green", "v1", "v2", 1.0)
     history = VersionHistory()
     judge: BlueGreenJudge | None = None
     state = PolicyState()
-    for turns, arms, after in tf.blue_green(tr, seed, switch=SWITCH, history_days=history_days):
-        history.update(turns, arms)
+    # blue's history covers the judged hours of the previous days (the reference window of each hour
+    # reaches 30 min beyond it on both sides)
+    hist_min = max(240.0, tr.minutes + 120.0)
+    for turns, arms, after in tf.blue_green(tr, seed, switch=SWITCH, history_days=history_days, history_min=hist_min):
+        cols = TurnColumns(turns)
+        history.update(turns, arms, cols)
         if after:
             judge = judge or BlueGreenJudge(ref, POLICY, SWITCH, history)
-            judge.update(turns, arms, 1.0)
+            judge.update(turns, arms, 1.0, cols)
             ev = judge.evidence(turns[-1].ts)
             d, state = decide(state, ev, POLICY, ref)
             if d is not None and d.action in STOPS:
-                return (ev.ts - SWITCH) / 60, d.action.value, d.trigger["metric"] if d.trigger else "?"
+                onset = SWITCH + 60 * tr.onset_min
+                return (ev.ts - onset) / 60, d.action.value, d.trigger["metric"] if d.trigger else "?"
     return None
 
 
@@ -78,13 +88,19 @@ def flag_run(tr: tf.Traffic, seed: int) -> Stop:
                   lambda t, a: strategies.arms_for(FLAG, t, a), every=2)
 
 
+_BG = tf.Traffic(minutes=45, conv_per_min=30, daily_amp=1.0, p_error=0.01, p_escalation=0.02, p_compliance=0.005)
 BASE = {"shadow": tf.Traffic(minutes=60, conv_per_min=20, p_error=0.01, p_escalation=0.02),
-        "blue_green": tf.Traffic(minutes=45, conv_per_min=30, daily_amp=1.0, p_error=0.01, p_escalation=0.02),
+        "blue_green": _BG, "blue_green_recent": _BG,
         "flag": tf.Traffic(minutes=60, conv_per_min=30, p_error=0.01, p_escalation=0.02)}
 REGRESSIONS = {
     "quality -0.08": {"quality_shift": -0.08}, "latency x1.3": {"latency_factor": 1.3},
     "errors x4": {"error_factor": 4.0}, "escalation x3": {"escalation_factor": 3.0}}
-RUNNERS: dict[str, Callable[..., Stop]] = {"shadow": shadow_run, "blue_green": blue_green_run, "flag": flag_run}
+# blue-green only: every customer is exposed, so the rare-event and late regressions are measured too
+BG_REGRESSIONS = {"compliance x5": {"compliance_factor": 5.0},
+                  "errors x4 from +90 min": {"error_factor": 4.0, "onset_min": 90.0, "minutes": 150.0}}
+RUNNERS: dict[str, Callable[..., Stop]] = {
+    "shadow": shadow_run, "blue_green": lambda tr, seed: blue_green_run(tr, seed, 3),
+    "blue_green_recent": lambda tr, seed: blue_green_run(tr, seed, 0), "flag": flag_run}
 
 
 def conversations_to_detect(paired: bool, seed: int, shift: float = -0.05) -> int | None:
@@ -105,36 +121,44 @@ def conversations_to_detect(paired: bool, seed: int, shift: float = -0.05) -> in
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.strategies")
     ap.add_argument("--quick", action="store_true", help="few seeds (a smoke run)")
+    ap.add_argument("--only", choices=sorted(RUNNERS), action="append", help="these sections only (repeatable; "
+                    "results.json is written only for a full run)")
     args = ap.parse_args(argv)
     n_null, n_seeds = (10, 1) if args.quick else (60, 3)
     started = time.monotonic()
     results: dict[str, Any] = {}
     for name, run in RUNNERS.items():
+        if args.only and name not in args.only:
+            continue
         base = BASE[name]
+        blue_green = name.startswith("blue_green")
+        seeds = 2 * n_seeds + 1 if blue_green else n_seeds  # blue-green: medians over 7 seeds
         null = [run(base, 1000 + s) for s in range(n_null)]
         section: dict[str, Any] = {"null_runs": n_null, "false_stops": sum(x is not None for x in null)}
-        if name == "blue_green":
-            same = [run(tf.Traffic(**{**base.__dict__, "daily_amp": 4.0}), 2000 + s, 2) for s in range(n_null // 6 or 1)]
-            section["null_runs_same_hours_amp4"] = len(same)
-            section["false_stops_same_hours_amp4"] = sum(x is not None for x in same)
-        for reg, eff in REGRESSIONS.items():
+        if blue_green:  # time-of-day null: a 4x stronger daily cycle (same-hours) / a 1.25x one (recent)
+            amp = 4.0 if name == "blue_green" else 1.25
+            day = [run(tf.Traffic(**{**base.__dict__, "daily_amp": amp}), 2000 + s) for s in range(n_null // 2 or 1)]
+            section[f"null_runs_daily_amp{amp:g}"] = len(day)
+            section[f"false_stops_daily_amp{amp:g}"] = sum(x is not None for x in day)
+        for reg, eff in {**REGRESSIONS, **(BG_REGRESSIONS if blue_green else {})}.items():
             tr = tf.Traffic(**{**base.__dict__, **eff})
-            stops = [run(tr, s) for s in range(1, n_seeds + 1)]
+            stops = [run(tr, s) for s in range(1, seeds + 1)]
             delays = [x[0] for x in stops if x is not None]
-            section[reg] = {"detected": f"{len(delays)}/{n_seeds}",
+            section[reg] = {"detected": f"{len(delays)}/{seeds}",
                             "median_delay_min": round(statistics.median(delays), 1) if delays else None,
                             "actions": sorted({f"{x[1]}:{x[2]}" for x in stops if x is not None})}
         results[name] = section
-    pairs = [conversations_to_detect(True, s) for s in range(1, 6)]
-    unpaired = [conversations_to_detect(False, s) for s in range(1, 6)]
-    results["paired_vs_unpaired"] = {
-        "regression": "quality -0.05 (tolerance -0.03), traffic-mix sd 0.08, conversation latent sd 1",
-        "paired_conversations": pairs, "unpaired_conversations": unpaired,
-        "median_ratio": round(statistics.median([u / p for p, u in zip(pairs, unpaired) if p and u]), 1)
-        if any(p and u for p, u in zip(pairs, unpaired)) else None}
+    if not args.only:
+        pairs = [conversations_to_detect(True, s) for s in range(1, 6)]
+        unpaired = [conversations_to_detect(False, s) for s in range(1, 6)]
+        results["paired_vs_unpaired"] = {
+            "regression": "quality -0.05 (tolerance -0.03), traffic-mix sd 0.08, conversation latent sd 1",
+            "paired_conversations": pairs, "unpaired_conversations": unpaired,
+            "median_ratio": round(statistics.median([u / p for p, u in zip(pairs, unpaired) if p and u]), 1)
+            if any(p and u for p, u in zip(pairs, unpaired)) else None}
     results["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(results, indent=2))
-    if not args.quick:
+    if not args.quick and not args.only:
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 

@@ -43,12 +43,14 @@ class Traffic:
     p_escalation: float = 0.004
     p_error: float = 0.005
     p_compliance: float = 0.002
-    daily_amp: float = 0.0  # time-of-day amplitude (quality -0.03*amp, latency +15 %*amp at peak)
+    daily_amp: float = 0.0  # time-of-day amplitude (quality -0.03*amp, latency +15 %*amp, event rates x(1+25 %*amp) at peak)
     # treatment effects (shadow answers, green after the switch, the flag's treatment)
     quality_shift: float = 0.0
     latency_factor: float = 1.0
     error_factor: float = 1.0
     escalation_factor: float = 1.0
+    compliance_factor: float = 1.0
+    onset_min: float = 0.0  # blue-green: the effects start this long after the switch (a late regression)
     shared_noise: float = 0.7  # shadow: correlation of a turn's noise with the live answer's
 
 
@@ -72,10 +74,10 @@ def _answers(tr: Traffic, rng: np.random.Generator, c: dict[str, np.ndarray], tr
     e_q, e_l = (rng.standard_normal(m), rng.standard_normal(m)) if eps is None else eps
     q = 0.8 + offset - 0.05 * z - 0.03 * tr.daily_amp * day + 0.08 * e_q + np.where(treated, tr.quality_shift, 0.0)
     lat = np.exp(np.log(450) + 0.15 * z + 0.4 * e_l + 0.15 * tr.daily_amp * day) * np.where(treated, tr.latency_factor, 1)
-    risk = np.exp(0.4 * z - 0.08)
+    risk = np.exp(0.4 * z - 0.08) * (1 + 0.25 * tr.daily_amp * day).clip(0.1)  # busier hours, more trouble
     esc = rng.random(m) < tr.p_escalation * risk * np.where(treated, tr.escalation_factor, 1.0)
     err = rng.random(m) < tr.p_error * risk * np.where(treated, tr.error_factor, 1.0)
-    comp = rng.random(m) < tr.p_compliance * np.ones(m)
+    comp = rng.random(m) < tr.p_compliance * np.where(treated, tr.compliance_factor, 1.0)
     return np.clip(q, 0, 1), lat, esc, err, comp, e_q, e_l
 
 
@@ -159,7 +161,7 @@ def blue_green(tr: Traffic, seed: int, *, history_days: int = 0, before_min: flo
     for b, a in _batches(turns, ["live"] * len(turns), batch_s):
         yield b, a, False
     c = _conversations(tr, rng, switch, tr.minutes)
-    outs = _answers(tr, rng, c, np.ones(len(c["conv"]), bool))
+    outs = _answers(tr, rng, c, c["ts"] >= switch + 60 * tr.onset_min)
     turns = _turns(c, np.arange(len(c["conv"])), f"{p}post-", ["v2"] * len(c["conv"]), outs, c["ts"])
     for b, a in _batches(turns, ["canary"] * len(turns), batch_s):
         yield b, a, True
