@@ -93,6 +93,9 @@ class HttpSettings:
     read_token: str | None = secret()  # read endpoints, if set (health, readiness and /metrics stay open)
     flagger_token: str | None = secret()  # the Flagger hooks, if set
     argo_token: str | None = secret()  # the verdict endpoints Argo Rollouts polls, if set
+    # how the other instances reach this one (checkpoint.scope: partition forwards requests about an
+    # agent to its owner); default http://<host or hostname>:<bound port>
+    advertised_url: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("auth_token", "read_token", "flagger_token", "argo_token"):
@@ -102,6 +105,8 @@ class HttpSettings:
         if not 0 <= self.port <= 65535:
             raise ConfigError("http.port", f"must be 0..65535, got {self.port}")
         _positive("http.max_body_bytes", self.max_body_bytes)
+        if self.advertised_url is not None and not self.advertised_url.startswith(("http://", "https://")):
+            raise ConfigError("http.advertised_url", f"must be an http(s) URL, got {self.advertised_url!r}")
 
 
 @dataclass(frozen=True)

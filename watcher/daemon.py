@@ -42,6 +42,8 @@ from watcher.policy import load_policy
 from watcher.rollouts import Change
 from watcher.sinks import build_sinks
 from watcher.source import KafkaSource, Message, MessageBatch, Source
+from watcher.peers import Peers, advertising_assignor
+from watcher.peers import middleware as route_to_owner
 from watcher.tasks import Tasks, scope_of
 from watcher.telemetry import StateCollector, WatcherMetrics, setup_tracing
 from watcher.verdicts import Action, Decision
@@ -146,11 +148,16 @@ class Daemon:
         topics = [*settings.kafka.telemetry_topics, *settings.kafka.deployments_topics]
         kafka = settings.kafka
         assignment = {}
+        self.peers: Peers | None = None
         if self.tasks is not None:
-            # partition p of every topic to the same member (the topics are co-partitioned by agent)
-            from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-
-            assignment = {"partition_assignment_strategy": (RangePartitionAssignor,)}
+            tasks = self.tasks
+            self.peers = Peers(partition_count=lambda: tasks.partition_count,
+                               is_local=lambda p: tasks.get(p) is not None,
+                               holds_rollout=lambda rid: tasks.registry.get(rid) is not None)
+            # partition p of every topic to the same member (the topics are co-partitioned by agent),
+            # and every member learns every partition's owner address
+            assignor = advertising_assignor(lambda: self.peers.address if self.peers else "", self.peers.set_owners)
+            assignment = {"partition_assignment_strategy": (assignor,)}
         self.source: Source = source if source is not None else KafkaSource(
             kafka.bootstrap_servers, list(dict.fromkeys(topics)), kafka.group_id,
             auto_offset_reset=kafka.auto_offset_reset, max_records=kafka.max_batch_records,
@@ -211,11 +218,12 @@ class Daemon:
         api = Api(
             self.engine, registry=self.registry, decision_log=self.decision_log, readiness=self.readiness,
             on_marker=self.markers.publish, on_decisions=self._persist_api_decisions, deliveries=self.outbox.deliveries,
-            max_body_bytes=self.settings.http.max_body_bytes, middlewares=[auth.middleware(self.settings.http)],
+            max_body_bytes=self.settings.http.max_body_bytes,
+            middlewares=[auth.middleware(self.settings.http), *([route_to_owner(self.peers)] if self.peers else [])],
         )
         self.hooks = FlaggerHooks(
             self.engine, self.settings.hooks.flagger, on_marker=self.markers.publish, readiness=self.readiness,
-            decision_log=self.decision_log, max_body_bytes=self.settings.http.max_body_bytes,
+            decision_log=self.decision_log, max_body_bytes=self.settings.http.max_body_bytes, peers=self.peers,
         )
         app = api.app()
         app.add_routes(self.hooks.routes())
@@ -226,6 +234,8 @@ class Daemon:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.http.port
+        if self.peers is not None:
+            self.peers.address = self.settings.http.advertised_url or _own_url(self.settings.http.host, self.port)
         self._http_up = True
         log.info("HTTP API on http://%s:%s", self.settings.http.host, self.port)
 
@@ -376,6 +386,8 @@ class Daemon:
             await self.source.stop()
             if self.hooks is not None:
                 await self.hooks.close()
+            if self.peers is not None:
+                await self.peers.close()
             await self.markers.stop()
             with contextlib.suppress(Exception):
                 await self.dead_letters.stop()  # type: ignore[attr-defined]
@@ -560,6 +572,15 @@ class Daemon:
             m.consumer_lag.labels(topic, str(partition)).set(lag)
         self.batches_processed += 1
         self.events_consumed += len(batch)
+
+
+def _own_url(host: str, port: int) -> str:
+    """How other instances reach this one when ``http.advertised_url`` does not say."""
+    if host in ("", "0.0.0.0", "::"):
+        import socket
+
+        host = socket.getfqdn()
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 def _checkpoint_store(settings: Settings) -> CheckpointStore:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
     from watcher.decisions import DecisionLog
     from watcher.engine import Engine
+    from watcher.peers import Peers
 
 __all__ = [
     "FLAGGER_PREFIX", "FlaggerHooks", "FlaggerPayload", "FlaggerTarget", "HookAnswer", "HookContext",
@@ -364,6 +365,7 @@ class FlaggerHooks:
         clock: Clock | None = None,
         max_body_bytes: int = 65_536,
         marker_timeout_s: float = 0.5,
+        peers: Peers | None = None,
     ) -> None:
         validate_targets(targets, "flagger")
         self.engine = engine
@@ -373,6 +375,7 @@ class FlaggerHooks:
         self.decision_log = decision_log
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.max_body_bytes = max_body_bytes
+        self.peers = peers  # several instances: a hook about an agent another one owns goes there
         # Flagger gives up after 10 s; a slow broker must not make a hook answer late. The marker
         # is applied before the publish, and a publish that takes longer goes on in the background.
         self.marker_timeout_s = marker_timeout_s
@@ -402,6 +405,10 @@ class FlaggerHooks:
             log.warning("flagger %s hook for unknown canary %s", hook.value, payload.canary)
             return _json({"error": f"unknown canary {payload.canary}", "hook": hook.value,
                           "hint": "map it in hooks.flagger (namespace, name, agent_id, environment)"}, 404)
+        if self.peers is not None and not self.peers.forwarded(request):
+            owner = self.peers.owner_of_agent(target.agent_id)
+            if owner is not None:  # another instance holds this agent's rollouts: it answers
+                return await self.peers.forward(request, owner, raw)
         ctx = self.context(target, payload)
         result = answer(hook, ctx)
         body: dict[str, Any] = {

@@ -268,6 +268,7 @@ class KafkaSource:
         self._clock = clock or SystemClock()
         self._factory = consumer_factory
         self._consumer: AIOKafkaConsumer | None = None
+        self._joining: AIOKafkaConsumer | None = None  # the consumer being started
         self._stopping = False
         self._wake = asyncio.Event()
         self._last_data_ms: dict[TopicPartition, float] = {}
@@ -401,7 +402,8 @@ class KafkaSource:
 
     def partition_count(self, topic: str) -> int | None:
         """How many partitions ``topic`` has, from the cluster metadata (None while unknown)."""
-        consumer = self._consumer
+        # during the first assignment (inside ``consumer.start()``) only the joining consumer knows
+        consumer = self._consumer or self._joining
         parts = consumer.partitions_for_topic(topic) if consumer is not None else None
         return len(parts) if parts else None
 
@@ -426,6 +428,7 @@ class KafkaSource:
         )
         if self.resume_from is not None or self.on_assigned is not None or self.on_revoked is not None:
             consumer.subscribe(list(self.topics), listener=_RebalanceListener(consumer, self))
+        self._joining = consumer
         try:
             await consumer.start()
         except asyncio.CancelledError:
@@ -435,6 +438,8 @@ class KafkaSource:
             log.warning("cannot connect to Kafka at %s (%s); retrying", self.bootstrap_servers, exc)
             await self._close(consumer)
             return None
+        finally:
+            self._joining = None
         if self._stopping:  # stop() ran while we were connecting
             await self._close(consumer)
             return None
