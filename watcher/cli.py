@@ -17,8 +17,9 @@ import yaml
 from watcher.errors import ConfigError, WatcherError
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from watcher.config import load_settings
+def _config_source(args: argparse.Namespace) -> Any:
+    """The config file and the command-line overrides: read at start-up, and again on SIGHUP."""
+    from watcher.reload import ConfigSource
 
     overrides: dict[str, Any] = {}
     if getattr(args, "bootstrap_servers", None):
@@ -27,8 +28,14 @@ def _settings(args: argparse.Namespace) -> Any:
         overrides["http.port"] = args.http_port
     if getattr(args, "policy", None):
         overrides["judge.policy_file"] = args.policy
-    path = args.config or os.environ.get("WATCHER_CONFIG")
-    return load_settings(path, overrides=overrides)
+    return ConfigSource(args.config or os.environ.get("WATCHER_CONFIG"), overrides)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from watcher.config import load_settings
+
+    source = _config_source(args)
+    return load_settings(source.path, overrides=source.overrides)
 
 
 def _logging(level: str) -> None:
@@ -45,6 +52,29 @@ def install_stop_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
+def install_reload_signal(reload: Any) -> None:
+    """SIGHUP: ``reload()`` (a coroutine function) runs as a task; a failure is logged, never fatal."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()  # a reference until done: the loop keeps only weak ones
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        tasks.add(task)
+        task.add_done_callback(_reload_done(tasks))
+
+    with contextlib.suppress(NotImplementedError, AttributeError):  # no SIGHUP on Windows
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+
+def _reload_done(tasks: set[asyncio.Task[Any]]) -> Any:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logging.getLogger("watcher.reload").error("configuration reload failed", exc_info=task.exception())
+
+    return done
+
+
 def tune_gc() -> None:
     """Fewer young-generation collections: the fetch buffers and per-batch objects are short-lived,
     and the default threshold (700) makes the collector rescan them many times per batch (~20 % of
@@ -53,14 +83,18 @@ def tune_gc() -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from watcher.config import load_settings
     from watcher.daemon import Daemon
 
     tune_gc()
-    settings = _settings(args)
+    source = _config_source(args)
+    settings = load_settings(source.path, overrides=source.overrides)
     _logging(settings.log_level)
     stop = asyncio.Event()
     install_stop_signals(stop)
-    return await Daemon(settings).run(stop)
+    daemon = Daemon(settings, config_source=source)
+    install_reload_signal(daemon.reload)  # SIGHUP: policy and sinks again, without a restart
+    return await daemon.run(stop)
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -116,9 +116,17 @@ class StateSettings:
     max_segment_values: int = 50
     dedup_capacity: int = 200_000
     max_event_bytes: int = 65_536
+    # Turns older than their agent's event-time watermark minus this are dead-lettered as too_late
+    # (watcher.lateness); None accepts any lateness. One hour covers buffered clients, quality scores
+    # computed after the conversation and producer outages, and stops a replayed spool or a wrong
+    # clock from being counted against rollouts that were not running at the time (docs/guarantees.md).
+    allowed_lateness_s: float | None = 3600.0
 
     def __post_init__(self) -> None:
         _positive("state.window_seconds", self.window_seconds)
+        if self.allowed_lateness_s is not None and not 0 <= self.allowed_lateness_s < float("inf"):
+            raise ConfigError("state.allowed_lateness_s",
+                              f"must be >= 0 (or null: no limit), got {self.allowed_lateness_s}")
         _positive("state.window_buckets", self.window_buckets)
         _positive("state.max_segment_values", self.max_segment_values)
         _positive("state.dedup_capacity", self.dedup_capacity)

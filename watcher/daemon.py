@@ -39,6 +39,7 @@ from watcher.events import Deployment, encode_deployment
 from watcher.hooks import FlaggerHooks
 from watcher.outbox import Outbox
 from watcher.policy import load_policy
+from watcher.reload import ConfigSource, ReloadMetrics, ReloadResult, plan_reload
 from watcher.rollouts import Change
 from watcher.sinks import build_sinks
 from watcher.source import KafkaSource, Message, MessageBatch, Source
@@ -131,16 +132,20 @@ class Daemon:
         tracer: Any = None,
         outbox: Outbox | None = None,
         checkpoint_store: CheckpointStore | None = None,
+        config_source: ConfigSource | None = None,
     ) -> None:
         self.settings = settings
+        # where ``settings`` came from, for reload(); None: built in code, nothing to reload from
+        self.config_source = config_source
+        self._reloading = asyncio.Lock()
         self.registry = registry if registry is not None else CollectorRegistry()
         cp = settings.checkpoint
         # one engine per owned partition (scale-out), or one for the whole instance
         self.tasks: Tasks | None = None
         self.engine: Engine | Tasks
         if cp.enabled and cp.scope == "partition":
-            self._policies = engine.policies if engine is not None else load_policy(settings.judge.policy_file)
-            self.tasks = Tasks(self._new_task_engine)
+            policies = engine.policies if engine is not None else load_policy(settings.judge.policy_file)
+            self.tasks = Tasks(self._new_task_engine, policies)
             self.engine = self.tasks
         else:
             self.engine = engine if engine is not None else Engine(settings)
@@ -172,6 +177,7 @@ class Daemon:
         self.decision_log = decision_log if decision_log is not None else SqliteDecisionLog(settings.judge.decision_log)
         self.markers: MarkerPublisher | NullMarkerPublisher = marker_publisher if marker_publisher is not None else MarkerPublisher(settings)
         self.metrics = WatcherMetrics(self.registry)
+        self.reload_metrics = ReloadMetrics(self.registry)
         self.outbox = outbox if outbox is not None else Outbox(
             settings.outbox.path, build_sinks(settings.sinks, kafka=settings.kafka), registry=self.registry
         )
@@ -300,7 +306,8 @@ class Daemon:
 
     # -- partition hand-over (checkpoint.scope: partition) ---------------------------------------
     def _new_task_engine(self) -> Engine:
-        engine = Engine(self.settings, policies=self._policies)
+        assert self.tasks is not None
+        engine = Engine(self.settings, policies=self.tasks.policies)
         engine.change_listeners.append(self._queue_change)
         return engine
 
@@ -397,6 +404,53 @@ class Daemon:
             if self.checkpoint_store is not None:
                 self.checkpoint_store.close()
         return 0
+
+    # -- configuration reload (SIGHUP) -----------------------------------------------------------
+    async def reload(self) -> ReloadResult:
+        """Read the configuration and the policy file again and apply the policy and the sinks
+        without a restart, keeping every judge's statistics and every pending delivery
+        (``watcher.reload``; docs/configuration.md#reloading). Applied between two batches, under the
+        batch lock, so no batch, checkpoint or API override sees half of it. An invalid configuration
+        is rejected whole: logged naming the field, counted, and the configuration in force stays."""
+        async with self._reloading:  # SIGHUPs in quick succession apply one after the other
+            source = self.config_source
+            if source is None:
+                return self._reload_rejected("reload", "this daemon's settings were not loaded from a "
+                                             "configuration (built in code): nothing to reload from")
+            try:
+                plan = plan_reload(self.settings, source.path, source.environ, overrides=source.overrides,
+                                   current_policies=self.engine.policies)
+                running = {s.name: s for s in self.outbox.sinks}
+                fresh = [s for s in plan.settings.sinks if plan.sinks_differ and (
+                    s.name in plan.sinks_added + plan.sinks_changed or s.name not in running)]
+                built = {s.name: s for s in build_sinks(fresh, kafka=self.settings.kafka)}
+            except ConfigError as exc:
+                return self._reload_rejected(exc.field, str(exc))
+            sinks = [built.get(s.name) or running[s.name] for s in plan.settings.sinks]
+            async with self._lock:
+                try:
+                    kept = self.engine.replace_policies(plan.policies) if plan.policy_changed else {}
+                except Exception as exc:  # a judge that cannot be rebuilt: nothing was replaced
+                    log.exception("configuration reload: the policy could not be applied")
+                    return self._reload_rejected("judge.policy_file", f"the policy could not be applied: {exc}")
+                swap = await self.outbox.replace_sinks(sinks) if plan.sinks_differ else None
+                self.settings = plan.settings
+                if plan.policy_changed:
+                    for cp in self._checkpointers():
+                        cp.mark_dirty()  # the judges' policies are part of the checkpoint
+            self.reload_metrics.applied()
+            log.info("configuration reloaded: %s", plan.summary())
+            for rid, why in kept.items():
+                log.warning("rollout %s keeps the policy it started with until it ends: %s", rid, why)
+            if plan.restart_needed:
+                log.warning("configuration reload: %s changed but take effect only after a restart",
+                            ", ".join(plan.restart_needed))
+            return ReloadResult(True, plan=plan, policies_kept=kept, sinks=swap)
+
+    def _reload_rejected(self, field: str, message: str) -> ReloadResult:
+        self.reload_metrics.rejected()
+        log.error("configuration reload rejected, the configuration in force stays: %s", message)
+        return ReloadResult(False, error=message, field=field)
 
     async def _health_ticker(self) -> None:
         """Lag moves while no batch arrives too (an idle or unreachable broker)."""

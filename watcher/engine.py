@@ -17,11 +17,15 @@ import numpy as np
 
 from watcher.config import Settings
 from watcher.drift import DriftMonitor, DriftSignal
-from watcher.errors import CheckpointError
+from watcher.errors import CheckpointError, ConfigError
 from watcher.events import DecodedBatch, Deduplicator, Deployment, Rejected, TurnColumns, decode_batch
 from watcher import strategies
-from watcher.policy import PolicySet, PolicyState, decide, load_policy
+from watcher.lateness import LatenessFilter
+from watcher.policy import (
+    Policy, PolicySet, PolicyState, decide, layout_change, load_policy, policy_from_doc, policy_to_doc,
+)
 from watcher.rollouts import Change, Registry, Rollout
+from watcher.shadow import ShadowJudge
 from watcher.state import MetricsState
 from watcher.verdicts import Action, Decision, RolloutEvidence
 
@@ -55,6 +59,7 @@ class Engine:
             auto_start=settings.rollouts.auto_start, auto_canary_weight=settings.rollouts.auto_canary_weight
         )
         self.drift = DriftMonitor()
+        self.lateness = LatenessFilter(settings.state.allowed_lateness_s)  # per-agent event-time watermarks
         self.history = strategies.VersionHistory()
         self.judges: dict[str, strategies.RolloutJudge] = {}
         self.policy_states: dict[str, PolicyState] = {}
@@ -70,6 +75,7 @@ class Engine:
         batch: DecodedBatch = decode_batch(
             raws, self.dedup, origins=origins, max_bytes=self.settings.state.max_event_bytes
         )
+        self.lateness.apply(batch, raws, origins)  # too-late turns leave the batch, as rejected (lateness.py)
         result = BatchResult(
             turns=len(batch.turns),
             deployments=len(batch.deployments),
@@ -183,7 +189,8 @@ class Engine:
             self._last_look[rollout.rollout_id] = ts
             evidence = judge.evidence(ts)
             self.evidence[rollout.rollout_id] = evidence
-            policy = self.policies.for_agent(agent, env)
+            # the policy the judge runs with: after a reload, a rollout may keep the one it started with
+            policy = getattr(judge, "policy", None) or self.policies.for_agent(agent, env)
             decision, new_state = decide(self.policy_states[rollout.rollout_id], evidence, policy, rollout.ref())
             self.policy_states[rollout.rollout_id] = new_state
             if decision is not None:
@@ -207,6 +214,46 @@ class Engine:
             return rollout.canary_weight
         return min(max(counts["canary"] / total, 0.001), 0.999)
 
+    def replace_policies(self, policies: PolicySet) -> dict[str, str]:
+        """Swap the policy set (a configuration reload, ``watcher.reload``) without losing any state.
+
+        Rollouts that start from now on use ``policies``. A running judge whose agent's policy changed
+        is rebuilt from its own ``to_state()`` with the new policy (as a restore does): its counts,
+        sums and e-values are unchanged, its thresholds, tolerances, alpha, actions and promotion rule
+        are the new ones from its next look on (the evidence of its last look is recomputed now, so
+        the API shows them at once). A judge the new policy would *measure* differently (other enabled
+        metrics, segment layout or change-point schedule: ``policy.layout_change``) cannot keep its
+        state under it: it keeps the policy it runs with until its rollout ends. Returns those rollout
+        ids with the reason. Nothing is replaced if rebuilding any judge fails.
+        """
+        rebuilt: dict[str, strategies.RolloutJudge] = {}
+        kept: dict[str, str] = {}
+        for rid, judge in self.judges.items():
+            current: Policy | None = getattr(judge, "policy", None)
+            ref = judge.rollout  # type: ignore[attr-defined]  # every strategy's judge keeps its RolloutRef
+            new = policies.for_agent(ref.agent_id, ref.environment)
+            if current == new:
+                continue
+            why = layout_change(current, new) if current is not None else None
+            if why is not None:
+                kept[rid] = why
+                continue
+            fresh = strategies.judge_from_state(judge.to_state(), new)
+            if isinstance(judge, ShadowJudge) and isinstance(fresh, ShadowJudge):
+                # turns waiting for their pair are not in a shadow judge's state (a restart counts them
+                # unpaired): a reload is no restart, they keep waiting
+                fresh.pending, fresh.counts = judge.pending, judge.counts
+            rebuilt[rid] = fresh
+        self.policies = policies
+        self.judges.update(rebuilt)
+        for rid, judge in rebuilt.items():
+            if rid in self._last_look:
+                try:
+                    self.evidence[rid] = judge.evidence(self._last_look[rid])
+                except Exception:  # noqa: BLE001 -- derived; the next look recomputes it
+                    log.warning("evidence of %s not recomputed after the policy change", rid, exc_info=True)
+        return kept
+
     def record_override(self, rollout_id: str, decision: Decision, state: PolicyState) -> None:
         self.policy_states[rollout_id] = state
         self.last_action[rollout_id] = decision.action
@@ -226,12 +273,17 @@ class Engine:
             "policy_states": {rid: ps.to_state() for rid, ps in self.policy_states.items()},
             "last_action": {rid: action.value for rid, action in self.last_action.items()},
             "last_look": dict(self._last_look),
+            "lateness": self.lateness.to_state(),
+            # the policy each judge runs with: a restart with a policy that measures differently keeps it
+            "judge_policies": {rid: policy_to_doc(p) for rid, j in self.judges.items()
+                               if (p := getattr(j, "policy", None)) is not None},
         }
 
     def load_state(self, d: dict[str, Any]) -> None:
         """Replace the engine's state by a ``to_state()`` dict; raises ``CheckpointError`` (and leaves
         the engine as it was) when the dict is of another version or malformed. Judges are restored
-        with the policy their agent has *now* (a changed policy file applies to running rollouts)."""
+        with the policy their agent has *now* (a changed policy file applies to running rollouts),
+        unless it measures differently from the one the judge ran with (``replace_policies``)."""
         if not isinstance(d, dict) or d.get("v") != ENGINE_STATE_VERSION:
             version = d.get("v") if isinstance(d, dict) else type(d).__name__
             raise CheckpointError(f"engine state: unsupported version {version!r}")
@@ -243,19 +295,28 @@ class Engine:
             registry.load_state(d["registry"])
             history = strategies.VersionHistory.from_state(d["history"])
             drift = DriftMonitor.from_state(d["drift"])
+            lateness = LatenessFilter(self.settings.state.allowed_lateness_s)
+            if "lateness" in d:  # absent from checkpoints written before allowed lateness existed
+                lateness.load_state(d["lateness"])
+            ran_with = {rid: policy_from_doc(p) for rid, p in d.get("judge_policies", {}).items()}
             judges: dict[str, strategies.RolloutJudge] = {}
             for rid, js in d["judges"].items():
                 ref = js["rollout"]
                 policy = self.policies.for_agent(ref["agent_id"], ref["environment"])
+                old = ran_with.get(rid)
+                if old is not None and (why := layout_change(old, policy)) is not None:
+                    log.warning("rollout %s keeps the policy it started with: %s", rid, why)
+                    policy = old
                 judges[rid] = strategies.judge_from_state(js, policy)
             policy_states = {rid: PolicyState.from_state(ps) for rid, ps in d["policy_states"].items()}
             last_action = {rid: Action(a) for rid, a in d["last_action"].items()}
             last_look = {rid: float(ts) for rid, ts in d["last_look"].items()}
         except CheckpointError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, ConfigError) as exc:
             raise CheckpointError(f"invalid engine state: {exc!r}") from exc
         self.dedup, self.state, self.registry, self.history, self.drift = dedup, state, registry, history, drift
+        self.lateness = lateness
         self.judges, self.policy_states, self.last_action, self._last_look = judges, policy_states, last_action, last_look
         # the evidence of the last look, as the API showed it before the restart (evidence() only reads);
         # recomputable, so a judge that cannot produce it now simply shows none until its next look

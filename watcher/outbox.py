@@ -22,6 +22,8 @@ triggered before it is resolved. A delivery that keeps failing holds its sink ba
 
 Deliveries still pending when ``run`` stops stay in the file and are sent by the next ``Outbox`` on
 it. Finished rows are pruned beyond ``retain_finished``. One ``Outbox`` per file at a time.
+``replace_sinks`` swaps the sinks of a running outbox (a configuration reload) keeping every pending
+delivery; those of a removed sink stay in the file, unsent, until a sink of that name returns.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import random
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +60,7 @@ __all__ = [
     "Outbox",
     "Outcome",
     "RetryPolicy",
+    "SinkSwap",
     "change_item",
     "decision_item",
     "drift_item",
@@ -243,6 +246,10 @@ class _Store:
             "DELETE FROM outbox_deliveries WHERE status != 'pending' AND seq <= (SELECT seq FROM "
             "outbox_deliveries WHERE status != 'pending' ORDER BY seq DESC LIMIT 1 OFFSET ?)", (retain,)))
 
+    def pending_by_sink(self) -> dict[str, int]:
+        rows = self.read("SELECT sink, COUNT(*) FROM outbox_deliveries WHERE status='pending' GROUP BY sink")
+        return {str(name): int(n) for name, n in rows}
+
     def pending_stats(self, sink: str) -> tuple[int, float | None]:
         rows = self.read("SELECT COUNT(*), MIN(enqueued_at) FROM outbox_deliveries WHERE sink=? AND status='pending'",
                           (sink,))
@@ -287,6 +294,18 @@ class _Metrics:
                                  ["sink"], buckets=LATENCY_BUCKETS, registry=registry)
         self.oldest = Gauge("watcher_outbox_oldest_pending_age_seconds",
                             "Age of the oldest pending delivery per sink (0 when none)", ["sink"], registry=registry)
+        self.orphaned = Gauge("watcher_outbox_orphaned_deliveries",
+                              "Pending deliveries of sinks no longer configured (kept, not sent)", registry=registry)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSwap:
+    """What ``Outbox.replace_sinks`` did, by sink name."""
+
+    added: tuple[str, ...] = ()  # new sinks: they get what is enqueued from now on
+    replaced: tuple[str, ...] = ()  # same name, new settings: their pending deliveries go to the new one
+    kept: tuple[str, ...] = ()  # the same sink object: its worker was not touched
+    removed: dict[str, int] = field(default_factory=dict)  # name -> pending deliveries left in the store
 
 
 # --- the outbox -----------------------------------------------------------------------------------
@@ -318,15 +337,83 @@ class Outbox:
         self._states = {s.name: _SinkState(self._store, s.name, self._clock) for s in self.sinks}
         self._wake = {s.name: asyncio.Event() for s in self.sinks}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         self._finished = 0
         self._metrics = _Metrics(registry if registry is not None else CollectorRegistry())
         for s in self.sinks:
-            # computed at scrape time from the store: true after a restart, no bookkeeping to drift
-            self._metrics.backlog.labels(s.name).set_function(self._backlog_fn(s.name))
-            self._metrics.oldest.labels(s.name).set_function(self._oldest_fn(s.name))
-            for outcome in Outcome:
-                self._metrics.deliveries.labels(s.name, outcome.value)
+            self._register(s.name)
+        self._metrics.orphaned.set_function(self._orphaned)
+
+    def _register(self, name: str) -> None:
+        # computed at scrape time from the store: true after a restart, no bookkeeping to drift
+        self._metrics.backlog.labels(name).set_function(self._backlog_fn(name))
+        self._metrics.oldest.labels(name).set_function(self._oldest_fn(name))
+        for outcome in Outcome:
+            self._metrics.deliveries.labels(name, outcome.value)
+
+    def _orphaned(self) -> float:
+        names = {s.name for s in self.sinks}
+        return float(sum(n for sink, n in self._store.pending_by_sink().items() if sink not in names))
+
+    # -- reconfiguration (a configuration reload) -------------------------------------------------
+    async def replace_sinks(self, sinks: Sequence[Sink]) -> SinkSwap:
+        """Deliver to ``sinks`` from now on, keeping every pending delivery.
+
+        Matched by name. A sink passed as the very object already in use keeps its worker. A new
+        object under a known name (its settings changed) takes over that name's pending deliveries,
+        in order, and its stored state (Grafana region ids, open incidents): the old worker is
+        cancelled (a request it had in flight is sent again by the new one, with the same idempotency
+        key, as after a restart) and the old sink closed. A new name gets only what is enqueued from
+        now on. A name that disappears keeps its pending deliveries in the store, unsent and counted in
+        ``watcher_outbox_orphaned_deliveries`` (and listed by ``deliveries(sink=...)``): bringing the
+        sink back under the same name delivers them. Raises ValueError (and changes nothing) on
+        duplicate names.
+        """
+        names = [s.name for s in sinks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sink names must be unique, got {names}")
+        old = {s.name: s for s in self.sinks}
+        new = {s.name: s for s in sinks}
+        kept = tuple(n for n in names if n in old and old[n] is new[n])
+        replaced = tuple(n for n in names if n in old and old[n] is not new[n])
+        added = tuple(n for n in names if n not in old)
+        gone = [n for n in old if n not in new]
+        pending = self._store.pending_by_sink()
+        # the new set in one step (no await in between): an enqueue sees the old set or the new one
+        for n in (*replaced, *added):
+            self._wake[n] = asyncio.Event()
+            self._wake[n].set()  # a replaced sink's backlog is picked up at once
+            self._states.setdefault(n, _SinkState(self._store, n, self._clock))
+        self.sinks = list(sinks)
+        retired = [old[n] for n in (*replaced, *gone)]
+        stopping = [t for n in (*replaced, *gone) if (t := self._workers.pop(n, None)) is not None]
+        for n in gone:
+            self._wake.pop(n, None)
+            self._states.pop(n, None)
+            for gauge in (self._metrics.backlog, self._metrics.oldest):  # orphaned_deliveries counts them now
+                with contextlib.suppress(KeyError):
+                    gauge.remove(n)
+        for n in added:
+            self._register(n)
+        if self._loop is not None and not self._stopping:
+            for n in (*replaced, *added):
+                self._start_worker(new[n])
+        for t in stopping:
+            t.cancel()
+        await asyncio.gather(*stopping, return_exceptions=True)
+        for s in retired:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(s.aclose(), 2.0)
+        removed = {n: pending.get(n, 0) for n in gone}
+        for n, count in removed.items():
+            if count:
+                log.warning("outbox: sink %s was removed with %d pending deliveries; they stay in %s, unsent "
+                            "(configure a sink named %s again to deliver them)", n, count, self.path, n)
+        return SinkSwap(added, replaced, kept, removed)
+
+    def _start_worker(self, sink: Sink) -> None:
+        self._workers[sink.name] = asyncio.create_task(self._worker(sink), name=f"outbox-{sink.name}")
 
     # -- enqueue (synchronous, no network) -------------------------------------------------------
     def enqueue_decisions(self, decisions: Sequence[Decision]) -> int:
@@ -375,11 +462,14 @@ class Outbox:
         """Deliver until ``stop`` is set, then return at once; what is pending stays in the store."""
         self._loop = asyncio.get_running_loop()
         self._stopping = False
-        workers = [asyncio.create_task(self._worker(s), name=f"outbox-{s.name}") for s in self.sinks]
+        for s in self.sinks:
+            self._start_worker(s)
         try:
             await stop.wait()
         finally:
             self._stopping = True
+            workers = list(self._workers.values())
+            self._workers.clear()
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -390,7 +480,7 @@ class Outbox:
 
     async def _worker(self, sink: Sink) -> None:
         wake = self._wake[sink.name]
-        while not self._stopping:
+        while not self._stopping and self._workers.get(sink.name) is asyncio.current_task():
             try:
                 row = self._store.head(sink.name)
                 if row is None:

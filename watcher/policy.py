@@ -28,7 +28,8 @@ from watcher.verdicts import (
 __all__ = [
     "Direction", "ToleranceMode", "MetricPolicy", "PromoteRule", "SegmentSettings", "SrmSettings",
     "ChangepointSettings", "Policy", "PolicySet", "PolicyState", "load_policy", "decide", "override",
-    "acknowledge", "DEFAULT_POLICY_PATH", "ROLLBACK_ONLY_STRATEGIES", "strategy_meaning",
+    "acknowledge", "DEFAULT_POLICY_PATH", "ROLLBACK_ONLY_STRATEGIES", "strategy_meaning", "layout_change",
+    "policy_to_doc", "policy_from_doc",
 ]
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.yaml")
@@ -163,6 +164,57 @@ def load_policy(path: str | Path | None = None) -> PolicySet:
             prefix = f"agents.{agent}.{env}"
             overrides[(str(agent), str(env))] = _policy(_layer(base, _mapping(over, prefix)), prefix)
     return PolicySet(default, overrides)
+
+
+def policy_to_doc(p: Policy) -> dict[str, Any]:
+    """The policy in its YAML form (JSON-safe): ``policy_from_doc`` reads it back to an equal Policy.
+    Checkpoints keep the policy each judge runs with this way (``Engine.to_state``)."""
+    metrics = {m.name: {"direction": m.direction.value, "tolerance": m.tolerance,
+                        "promote_tolerance": m.promote_tolerance, "tolerance_mode": m.tolerance_mode.value,
+                        "critical": m.critical, "min_samples": m.min_samples, "on_regression": m.on_regression.value,
+                        "enabled": m.enabled, "promote_gate": m.promote_gate} for m in p.metrics}
+    s = p.segments
+    return {"alpha": p.alpha, "metrics": metrics,
+            "promote": {"enabled": p.promote.enabled, "min_duration_s": p.promote.min_duration_s,
+                        "min_conversations": p.promote.min_conversations, "alpha": p.promote.alpha},
+            "segments": {"enabled": s.enabled, "keys": list(s.keys), "max_keys": s.max_keys,
+                         "max_values_per_key": s.max_values_per_key, "min_conversations": s.min_conversations,
+                         "budget_share": s.budget_share},
+            "srm": {"enabled": p.srm.enabled, "alpha": p.srm.alpha, "min_conversations": p.srm.min_conversations,
+                    "grace_s": p.srm.grace_s},
+            "changepoint": {"enabled": p.changepoint.enabled, "epoch_s": p.changepoint.epoch_s,
+                            "restart_share": p.changepoint.restart_share, "span_epochs": p.changepoint.span_epochs}}
+
+
+def policy_from_doc(doc: dict[str, Any]) -> Policy:
+    """A ``policy_to_doc`` dict back to a Policy, validated as a file would be (``ConfigError``)."""
+    return _policy(_mapping(doc, "policy"), "policy")
+
+
+def layout_change(old: Policy, new: Policy) -> str | None:
+    """What ``new`` would measure differently from ``old`` (None: nothing, only thresholds differ).
+
+    A judge's statistics are laid out by its enabled metrics (fields and per-conversation bits, in
+    order), its segment slices and its change-point epochs; thresholds, tolerances, alpha, actions,
+    minimum samples and the promotion and sample-ratio rules are read at each look. So a judge can
+    take a new policy in its stride only when this returns None (``Engine.replace_policies``).
+    """
+    diffs = []
+    before, after = [m.name for m in old.enabled_metrics()], [m.name for m in new.enabled_metrics()]
+    if before != after:
+        diffs.append(f"enabled metrics {', '.join(before) or 'none'} -> {', '.join(after) or 'none'}")
+    seg = ("enabled", "keys", "max_keys", "max_values_per_key")
+    for name in seg:
+        a, b = getattr(old.segments, name), getattr(new.segments, name)
+        if a != b:
+            diffs.append(f"segments.{name} {a!r} -> {b!r}")
+    for name in ("enabled", "epoch_s", "restart_share", "span_epochs"):
+        a, b = getattr(old.changepoint, name), getattr(new.changepoint, name)
+        if a != b:
+            diffs.append(f"changepoint.{name} {a!r} -> {b!r}")
+    if not diffs:
+        return None
+    return "the new policy changes what its judge measures (" + "; ".join(diffs) + ")"
 
 
 def _read(path: Path) -> dict[str, Any]:

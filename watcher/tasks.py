@@ -27,7 +27,7 @@ import pandas as pd
 
 from watcher.engine import Engine
 from watcher.events import Deployment
-from watcher.policy import PolicyState
+from watcher.policy import PolicySet, PolicyState
 from watcher.rollouts import Change, Rollout
 from watcher.state import SeriesKey, SeriesSnapshot, Window
 from watcher.verdicts import Decision
@@ -53,8 +53,9 @@ def partition_for(key: str, partitions: int) -> int:
 class Tasks:
     """The engines of the partitions this instance owns, and one read view across them."""
 
-    def __init__(self, new_engine: Callable[[], Engine]) -> None:
+    def __init__(self, new_engine: Callable[[], Engine], policies: PolicySet | None = None) -> None:
         self._new_engine = new_engine
+        self.policies = policies  # what new tasks start with (a reload replaces it)
         self.engines: dict[int, Engine] = {}
         # partitions of the telemetry topic, from the cluster metadata: where an agent's markers
         # posted over HTTP belong (None until known)
@@ -103,10 +104,14 @@ class Tasks:
         if engine is not None:
             engine.record_override(rollout_id, decision, state)
 
-    def replace_policies(self, policies: Any) -> None:
-        """A reloaded policy set, for every task (running judges keep their statistics)."""
+    def replace_policies(self, policies: PolicySet) -> dict[str, str]:
+        """A reloaded policy set for every task and the tasks to come (running judges keep their
+        statistics); returns the rollouts that keep their old policy, with the reason."""
+        kept: dict[str, str] = {}
         for engine in self.engines.values():
-            engine.replace_policies(policies)  # type: ignore[attr-defined]
+            kept.update(engine.replace_policies(policies))
+        self.policies = policies
+        return kept
 
     # -- the read view: answers like one Engine ------------------------------------------------
     @property
