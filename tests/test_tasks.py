@@ -86,3 +86,40 @@ def test_a_marker_goes_to_its_agents_task_or_is_forwarded() -> None:
     forwarded = tasks.apply_marker(marker("agent-3", "m-2"))
     assert forwarded is not None and forwarded.kind == "forwarded" and forwarded.rollout is None
     assert tasks.registry.active("agent-3", "prod") is None  # the owner applies it from the topic
+
+
+def test_hand_over_skips_what_the_state_holds_and_restores_on_the_next_owner() -> None:
+    from watcher.checkpoint import MemoryCheckpointStore
+    from watcher.handover import Handover
+    from watcher.source import Message
+
+    settings = load_settings(environ={})
+    lines = _scenario("agent-1", 1)
+    store = MemoryCheckpointStore()
+
+    def owner() -> Handover:
+        return Handover(Tasks(lambda: Engine(settings)), store, owner="group", interval_s=0.0)
+
+    first = owner()
+    first.take_over([0])
+    batch = [Message(v, "telemetry", 0, i) for i, v in enumerate(lines[:600])]
+    batch += [Message(v, "telemetry", 1, i) for i, v in enumerate(lines[:50])]  # partition 1 is not ours
+    result, covered = first.process(batch)
+    assert covered == {0: {("telemetry", 0): 600}}
+    turns = result.turns
+    assert turns > 0
+    first.advance(covered)
+    again, covered = first.process(batch[:600])  # re-delivered after a hand-over: already in the state
+    assert again.turns == 0 and covered == {}
+
+    # revocation: checkpoint, release; the next owner restores and resumes where the state ends
+    for cp in first.leaving([0, 1]):
+        cp.save()
+    assert first.release([0, 1]) == [0] and first.tasks.get(0) is None
+    second = owner()
+    second.take_over([0])
+    assert second.resume_offset("telemetry", 0) == 600
+    key = next(k for k in second.tasks.get(0).state.keys() if not k[4])
+    assert second.tasks.state.snapshot(key).turns > 0
+    rest, covered = second.process([Message(v, "telemetry", 0, 600 + i) for i, v in enumerate(lines[600:900])])
+    assert covered == {0: {("telemetry", 0): 900}} and rest.turns > 0

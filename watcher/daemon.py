@@ -42,30 +42,15 @@ from watcher.policy import load_policy
 from watcher.reload import ConfigSource, ReloadMetrics, ReloadResult, plan_reload
 from watcher.rollouts import Change
 from watcher.sinks import build_sinks
-from watcher.source import KafkaSource, Message, MessageBatch, Source
+from watcher.handover import Handover
+from watcher.source import KafkaSource, Message, MessageBatch, Origins, Source, next_offsets
 from watcher.peers import Peers, advertising_assignor
 from watcher.peers import middleware as route_to_owner
-from watcher.tasks import Tasks, scope_of
+from watcher.tasks import Tasks
 from watcher.telemetry import StateCollector, WatcherMetrics, setup_tracing
 from watcher.verdicts import Action, Decision
 
 log = logging.getLogger(__name__)
-
-
-class Origins(Sequence[str]):
-    """Where each message of a batch came from, formatted only for the few that are rejected."""
-
-    __slots__ = ("_batch",)
-
-    def __init__(self, batch: Sequence[Message]) -> None:
-        self._batch = batch
-
-    def __len__(self) -> int:
-        return len(self._batch)
-
-    def __getitem__(self, i: Any) -> Any:
-        m = self._batch[i]
-        return f"{m.topic}/{m.partition}@{m.offset}"
 
 
 class MarkerPublisher:
@@ -194,7 +179,7 @@ class Daemon:
         # state of a batch whose offsets are not yet in ``positions``
         self._lock = asyncio.Lock()
         self.checkpointer: Checkpointer | None = None  # the instance's one, or None per partition
-        self.task_checkpointers: dict[int, Checkpointer] = {}  # partition -> its task's
+        self.handover: Handover | None = None  # per partition, when the state is
         self.checkpoint_store: CheckpointStore | None = None
         # only a source that can resume at given offsets can pair state and offsets (not a file)
         if cp.enabled and hasattr(self.source, "resume_from") and hasattr(self.source, "commit_offsets"):
@@ -203,11 +188,14 @@ class Daemon:
                 assert isinstance(self.engine, Engine)
                 self.checkpointer = Checkpointer(self.checkpoint_store, self.engine, owner=settings.kafka.group_id,
                                                  interval_s=cp.interval_s, scope=SCOPE_ALL)
-            else:
+                self.source.resume_from = self.checkpointer.resume_offset  # type: ignore[attr-defined]
+            self.checkpoint_metrics = CheckpointMetrics(self.registry)
+            if self.tasks is not None:
+                self.handover = Handover(self.tasks, self.checkpoint_store, owner=settings.kafka.group_id,
+                                         interval_s=cp.interval_s, metrics=self.checkpoint_metrics)
+                self.source.resume_from = self.handover.resume_offset  # type: ignore[attr-defined]
                 self.source.on_assigned = self._assigned  # type: ignore[attr-defined]
                 self.source.on_revoked = self._revoked  # type: ignore[attr-defined]
-            self.source.resume_from = self._resume_offset  # type: ignore[attr-defined]
-            self.checkpoint_metrics = CheckpointMetrics(self.registry)
         elif self.tasks is not None:
             raise ConfigError("checkpoint.scope", "'partition' needs a Kafka source (the partitions are the tasks)")
 
@@ -271,12 +259,7 @@ class Daemon:
     def _checkpointers(self) -> list[Checkpointer]:
         if self.checkpointer is not None:
             return [self.checkpointer]
-        return list(self.task_checkpointers.values())
-
-    def _resume_offset(self, topic: str, partition: int) -> int | None:
-        """Where an assigned partition resumes: the offset its state covers (None: the committed one)."""
-        cp = self.checkpointer if self.checkpointer is not None else self.task_checkpointers.get(partition)
-        return cp.resume_offset(topic, partition) if cp is not None else None
+        return list(self.handover.checkpointers.values()) if self.handover is not None else []
 
     async def checkpoint(self, *, force: bool = False) -> bool:
         """Checkpoint (when due, or ``force``d and there is something new) and commit its offsets."""
@@ -314,53 +297,22 @@ class Daemon:
     async def _assigned(self, assigned: set[tuple[str, int]]) -> None:
         """The group gave us these partitions: rebuild each new partition's task from its checkpoint
         (the source then seeks each partition to the offset that checkpoint covers)."""
-        assert self.tasks is not None and self.checkpoint_store is not None
+        assert self.handover is not None
         async with self._lock:
-            self._check_copartitioning()
-            for partition in sorted({p for _, p in assigned}):
-                if self.tasks.get(partition) is not None:
-                    continue
-                engine = self.tasks.create(partition)
-                cp = Checkpointer(self.checkpoint_store, engine, owner=self.settings.kafka.group_id,
-                                  interval_s=self.settings.checkpoint.interval_s, scope=scope_of(partition))
-                try:
-                    restored = cp.restore()
-                except CheckpointError as exc:
-                    log.error("partition %d: checkpoint not restored (%s): starting it from a fresh state",
-                              partition, exc)
-                    restored = None
-                if restored is not None:
-                    self.checkpoint_metrics.restored(restored)
-                self.task_checkpointers[partition] = cp
-                log.info("partition %d taken over %s", partition, "with its checkpointed state at " + ", ".join(
-                    f"{t}/{p}@{o}" for (t, p), o in sorted(restored.offsets.items())) if restored else "with no state")
+            kafka = self.settings.kafka
+            self.handover.set_partition_counts(
+                {t: self.source.partition_count(t)  # type: ignore[attr-defined]
+                 for t in (*kafka.telemetry_topics, *kafka.deployments_topics)}, kafka.telemetry_topics[0])
+            self.handover.take_over(p for _, p in assigned)
 
     async def _revoked(self, revoked: set[tuple[str, int]]) -> None:
         """The group takes these partitions away: checkpoint their tasks and commit the offsets they
         cover while we still own them, then drop them (the next owner restores the checkpoints)."""
-        assert self.tasks is not None
+        assert self.handover is not None
+        partitions = {p for _, p in revoked}
         async with self._lock:
-            partitions = sorted({p for _, p in revoked} & set(self.task_checkpointers))
-            leaving = [self.task_checkpointers[p] for p in partitions]
-            await self._checkpoint(force=True, only=leaving)
-            for partition in partitions:
-                self.task_checkpointers.pop(partition, None)
-                self.tasks.drop(partition)
-            if partitions:
-                log.info("partitions %s handed over", ",".join(map(str, partitions)))
-
-    def _check_copartitioning(self) -> None:
-        """Markers must reach the task of their agent's telemetry: same partition count everywhere."""
-        assert self.tasks is not None
-        counts = {t: self.source.partition_count(t)  # type: ignore[attr-defined]
-                  for t in (*self.settings.kafka.telemetry_topics, *self.settings.kafka.deployments_topics)}
-        known = {t: n for t, n in counts.items() if n}
-        if known:
-            self.tasks.partition_count = known.get(self.settings.kafka.telemetry_topics[0]) or max(known.values())
-        if len(set(known.values())) > 1:
-            log.error("checkpoint.scope=partition needs co-partitioned topics (one partition count, keyed by "
-                      "agent_id); found %s: markers may reach an instance that does not own their agent",
-                      ", ".join(f"{t}={n}" for t, n in sorted(known.items())))
+            await self._checkpoint(force=True, only=self.handover.leaving(partitions))
+            self.handover.release(partitions)
 
     async def _checkpoint_ticker(self) -> None:
         """Checkpoints also come when no batch does (an idle topic after a burst, an API override)."""
@@ -500,7 +452,8 @@ class Daemon:
                 result = self.engine.process(values, origins=Origins(batch))
                 covered: dict[int, Offsets] = {}
             else:
-                result, covered = self._process_tasks(batch)
+                assert self.handover is not None
+                result, covered = self.handover.process(batch)
             if result.rejected:
                 await self.dead_letters.publish(result.rejected)
                 self.metrics.dead_letters.inc(len(result.rejected))
@@ -516,11 +469,10 @@ class Daemon:
                 await self.source.commit(batch)
             elif self.checkpointer is not None:
                 # the state now covers the batch; its offsets are committed with the next checkpoint
-                self.checkpointer.advance(_next_offsets(batch))
+                self.checkpointer.advance(next_offsets(batch))
                 await self._checkpoint()
-            else:
-                for partition, offsets in covered.items():
-                    self.task_checkpointers[partition].advance(offsets)
+            elif self.handover is not None:
+                self.handover.advance(covered)
                 await self._checkpoint()
             span.set_attribute("watcher.events", len(batch))
             span.set_attribute("watcher.turns", result.turns)
@@ -528,37 +480,6 @@ class Daemon:
             span.set_attribute("watcher.decisions", len(result.decisions))
         self._observe(batch, result, time.perf_counter() - started)
         return result
-
-    def _process_tasks(self, batch: Sequence[Message]) -> tuple[BatchResult, dict[int, Offsets]]:
-        """Each partition's messages through its own task; returns the merged result and, per task,
-        the offsets its state now covers. Messages of a partition with no task (revoked while the
-        batch was in flight) and messages below a task's position (fetched before a hand-over and
-        already in the restored state) are skipped: the partition's owner counts them, once."""
-        assert self.tasks is not None
-        groups: dict[int, list[Message]] = {}
-        for m in batch:
-            groups.setdefault(m.partition, []).append(m)
-        merged = BatchResult()
-        covered: dict[int, Offsets] = {}
-        for partition, messages in sorted(groups.items()):
-            engine = self.tasks.get(partition)
-            cp = self.task_checkpointers.get(partition)
-            if engine is None or cp is None:
-                log.debug("%d messages of unowned partition %d skipped", len(messages), partition)
-                continue
-            fresh = [m for m in messages if m.offset >= (cp.resume_offset(m.topic, m.partition) or 0)]
-            if not fresh:
-                continue
-            r = engine.process([m.value for m in fresh], origins=Origins(fresh))
-            merged.turns += r.turns
-            merged.deployments += r.deployments
-            merged.duplicates += r.duplicates
-            merged.rejected.extend(r.rejected)
-            merged.decisions.extend(r.decisions)
-            merged.drift_signals.extend(r.drift_signals)
-            merged.changes.extend(r.changes)
-            covered[partition] = _next_offsets(fresh)
-        return merged, covered
 
     async def _persist_decisions(self, decisions: list[Decision]) -> None:
         if not decisions:
@@ -575,11 +496,8 @@ class Daemon:
         await self._persist_decisions(decisions)
         if self.checkpointer is not None and decisions:
             self.checkpointer.mark_dirty()
-        elif self.tasks is not None:
-            for d in decisions:
-                for partition, engine in self.tasks.engines.items():
-                    if engine.registry.get(d.rollout.rollout_id) is not None:
-                        self.task_checkpointers[partition].mark_dirty()
+        elif self.handover is not None:
+            self.handover.mark_dirty(d.rollout.rollout_id for d in decisions)
 
     def _queue_change(self, change: Change) -> None:
         """Rollout starts, updates and ends go to the sinks (markers, Grafana regions, PagerDuty)."""
@@ -645,15 +563,3 @@ def _checkpoint_store(settings: Settings) -> CheckpointStore:
         return KafkaCheckpointStore(settings.kafka.bootstrap_servers, cp.topic,
                                     client_options=settings.kafka.client_options())
     return SqliteCheckpointStore(cp.path)
-
-
-def _next_offsets(batch: Sequence[Message]) -> dict[tuple[str, int], int]:
-    """Per partition of ``batch``, the offset of the first message after it."""
-    if isinstance(batch, MessageBatch):
-        return {key: o + 1 for key, o in batch.last_offsets().items()}
-    out: dict[tuple[str, int], int] = {}
-    for m in batch:
-        key = (m.topic, m.partition)
-        if out.get(key, -1) <= m.offset:
-            out[key] = m.offset + 1
-    return out

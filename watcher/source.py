@@ -27,7 +27,8 @@ from watcher.errors import ConfigError, SourceError
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-__all__ = ["Backoff", "FileSource", "KafkaSource", "Message", "MessageBatch", "Source", "messages_from_records"]
+__all__ = ["Backoff", "FileSource", "KafkaSource", "Message", "MessageBatch", "Origins", "Source", "messages_from_records",
+           "next_offsets"]
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,34 @@ class Source(Protocol):
 
 
 _FORCED = {"enable_auto_commit", "group_id", "auto_offset_reset", "bootstrap_servers"}
+
+
+class Origins(Sequence[str]):
+    """Where each message of a batch came from, formatted only for the few that are rejected."""
+
+    __slots__ = ("_batch",)
+
+    def __init__(self, batch: Sequence[Message]) -> None:
+        self._batch = batch
+
+    def __len__(self) -> int:
+        return len(self._batch)
+
+    def __getitem__(self, i: Any) -> Any:
+        m = self._batch[i]
+        return f"{m.topic}/{m.partition}@{m.offset}"
+
+
+def next_offsets(batch: Sequence[Message]) -> dict[tuple[str, int], int]:
+    """Per partition of ``batch``, the offset of the first message after it."""
+    if isinstance(batch, MessageBatch):
+        return {key: o + 1 for key, o in batch.last_offsets().items()}
+    out: dict[tuple[str, int], int] = {}
+    for m in batch:
+        key = (m.topic, m.partition)
+        if out.get(key, -1) <= m.offset:
+            out[key] = m.offset + 1
+    return out
 
 
 PartitionsHook = Callable[[set[tuple[str, int]]], Awaitable[None]]

@@ -1,0 +1,133 @@
+"""Partition hand-over (``checkpoint.scope: partition``): each owned partition's task with its own
+checkpointer, taken over from its checkpoint when the group assigns the partition, checkpointed and
+released when it is revoked, and fed only its own partition's messages.
+
+The daemon calls these under its batch lock and does the committing: ``leaving`` names the
+checkpointers to save before a revocation, and the daemon commits exactly the offsets they cover
+(``Daemon._checkpoint``). See ``watcher.tasks`` for the model and docs/guarantees.md, "Scale-out".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+from watcher.checkpoint import Checkpoint, CheckpointMetrics, Checkpointer, CheckpointStore, Offsets
+from watcher.engine import BatchResult
+from watcher.errors import CheckpointError
+from watcher.source import Message, Origins, next_offsets
+from watcher.tasks import Tasks, scope_of
+
+__all__ = ["Handover"]
+
+log = logging.getLogger(__name__)
+
+
+class Handover:
+    """The checkpointers of the tasks this instance owns, keyed by partition."""
+
+    def __init__(self, tasks: Tasks, store: CheckpointStore, *, owner: str, interval_s: float,
+                 metrics: CheckpointMetrics | None = None) -> None:
+        self.tasks = tasks
+        self.store = store
+        self.owner = owner
+        self.interval_s = interval_s
+        self.metrics = metrics
+        self.checkpointers: dict[int, Checkpointer] = {}
+
+    # -- ownership --------------------------------------------------------------------------------
+    def take_over(self, partitions: Iterable[int]) -> None:
+        """Rebuild each newly assigned partition's task from its checkpoint (a fresh one without)."""
+        for partition in sorted(set(partitions)):
+            if partition in self.checkpointers:
+                continue
+            engine = self.tasks.create(partition)
+            cp = Checkpointer(self.store, engine, owner=self.owner, interval_s=self.interval_s,
+                              scope=scope_of(partition))
+            restored: Checkpoint | None
+            try:
+                restored = cp.restore()
+            except CheckpointError as exc:
+                log.error("partition %d: checkpoint not restored (%s): starting it from a fresh state",
+                          partition, exc)
+                restored = None
+            if restored is not None and self.metrics is not None:
+                self.metrics.restored(restored)
+            self.checkpointers[partition] = cp
+            where = ", ".join(f"{t}/{p}@{o}" for (t, p), o in sorted(restored.offsets.items())) if restored else ""
+            log.info("partition %d taken over %s", partition,
+                     f"with its checkpointed state at {where}" if restored else "with no state")
+
+    def leaving(self, partitions: Iterable[int]) -> list[Checkpointer]:
+        """The checkpointers of the owned ones among ``partitions``: to save before releasing them."""
+        return [self.checkpointers[p] for p in sorted(set(partitions)) if p in self.checkpointers]
+
+    def release(self, partitions: Iterable[int]) -> list[int]:
+        """Drop the tasks of ``partitions`` (after their checkpoint); returns those dropped."""
+        dropped = []
+        for partition in sorted(set(partitions)):
+            if self.checkpointers.pop(partition, None) is not None:
+                self.tasks.drop(partition)
+                dropped.append(partition)
+        if dropped:
+            log.info("partitions %s handed over", ",".join(map(str, dropped)))
+        return dropped
+
+    def set_partition_counts(self, counts: Mapping[str, int | None], telemetry_topic: str) -> None:
+        """Markers must reach the task of their agent's telemetry: one partition count everywhere."""
+        known = {t: n for t, n in counts.items() if n}
+        if known:
+            self.tasks.partition_count = known.get(telemetry_topic) or max(known.values())
+        if len(set(known.values())) > 1:
+            log.error("checkpoint.scope=partition needs co-partitioned topics (one partition count, keyed by "
+                      "agent_id); found %s: markers may reach an instance that does not own their agent",
+                      ", ".join(f"{t}={n}" for t, n in sorted(known.items())))
+
+    # -- the stream -------------------------------------------------------------------------------
+    def resume_offset(self, topic: str, partition: int) -> int | None:
+        cp = self.checkpointers.get(partition)
+        return cp.resume_offset(topic, partition) if cp is not None else None
+
+    def process(self, batch: Sequence[Message]) -> tuple[BatchResult, dict[int, Offsets]]:
+        """Each partition's messages through its own task; returns the merged result and, per task,
+        the offsets its state now covers (``advance`` them once the batch's effects are safe).
+        Messages of a partition with no task (revoked while the batch was in flight) and messages
+        below a task's position (fetched before a hand-over, already in the restored state) are
+        skipped: the partition's owner counts them, once."""
+        groups: dict[int, list[Message]] = {}
+        for m in batch:
+            groups.setdefault(m.partition, []).append(m)
+        merged = BatchResult()
+        covered: dict[int, Offsets] = {}
+        for partition, messages in sorted(groups.items()):
+            engine = self.tasks.get(partition)
+            cp = self.checkpointers.get(partition)
+            if engine is None or cp is None:
+                log.debug("%d messages of unowned partition %d skipped", len(messages), partition)
+                continue
+            fresh = [m for m in messages if m.offset >= (cp.resume_offset(m.topic, m.partition) or 0)]
+            if not fresh:
+                continue
+            r = engine.process([m.value for m in fresh], origins=Origins(fresh))
+            merged.turns += r.turns
+            merged.deployments += r.deployments
+            merged.duplicates += r.duplicates
+            merged.rejected.extend(r.rejected)
+            merged.decisions.extend(r.decisions)
+            merged.drift_signals.extend(r.drift_signals)
+            merged.changes.extend(r.changes)
+            covered[partition] = next_offsets(fresh)
+        return merged, covered
+
+    def advance(self, covered: Mapping[int, Offsets]) -> None:
+        for partition, offsets in covered.items():
+            cp = self.checkpointers.get(partition)
+            if cp is not None:
+                cp.advance(offsets)
+
+    def mark_dirty(self, rollout_ids: Iterable[str]) -> None:
+        """An override changed these rollouts' policy state outside any batch: checkpoint them soon."""
+        wanted = set(rollout_ids)
+        for partition, engine in self.tasks.engines.items():
+            if any(engine.registry.get(rid) is not None for rid in wanted) and partition in self.checkpointers:
+                self.checkpointers[partition].mark_dirty()
