@@ -492,6 +492,17 @@ def health() -> dict[str, Any]:
                    targets((f"sum by (instance) (increase(watcher_checkpoint_failures_total{{{I}}}[$__rate_interval]))",
                             "{{instance}}")), unit="short", w=6,
                    defaults={"thresholds": thresholds((None, "green"), (1, "red")), "min": 0}),
+        row("Scale-out: partitions per instance (checkpoint.scope: partition)"),
+        timeseries("Partitions owned", "Partitions whose state each instance holds (watcher_partitions_owned). "
+                   "Summed over instances it is the partition count; a dip is a rebalance in progress. Empty "
+                   "when one instance keeps one state (checkpoint.scope: instance).",
+                   targets((f"watcher_partitions_owned{{{I}}}", "{{instance}}")), unit="short", w=12),
+        timeseries("Partition hand-overs", "Partitions taken over from their checkpoint, taken over fresh (no "
+                   "checkpoint: a new partition or a lost store) and released, per interval "
+                   "(watcher_partition_handovers_total). Steady hand-overs without deploys mean instances "
+                   "are flapping.",
+                   targets((f"sum by (kind) (increase(watcher_partition_handovers_total{{{I}}}[$__rate_interval]))",
+                            "{{kind}}")), unit="short", w=12),
         row("Outbox: deliveries to the push sinks"),
         timeseries("Backlog per sink", "Deliveries waiting per sink (watcher_outbox_backlog, read from the outbox "
                    "store at scrape time). Grows while a receiver is down; sinks are independent.",

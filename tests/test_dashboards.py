@@ -282,6 +282,7 @@ def test_every_metric_used_is_exposed_by_watcher(tmp_path: Path) -> None:
     from watcher.checkpoint import CheckpointMetrics
     from watcher.config import load_settings
     from watcher.engine import Engine
+    from watcher.handover import HandoverMetrics
     from watcher.outbox import Outbox
     from watcher.simulate import generate
     from watcher.sinks import NullSink
@@ -292,6 +293,7 @@ def test_every_metric_used_is_exposed_by_watcher(tmp_path: Path) -> None:
     WatcherMetrics(registry)
     registry.register(StateCollector(engine))
     CheckpointMetrics(registry)
+    HandoverMetrics(registry)  # the scale-out panels (checkpoint.scope: partition)
     outbox = Outbox(tmp_path / "outbox.sqlite", [NullSink("deployer")], registry=registry)
     lines = [raw for s in e2e_scenarios() for raw in generate(s)]
     lines += ended_rollout_markers(e2e_scenarios()[0].start_ts)

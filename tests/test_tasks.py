@@ -90,15 +90,24 @@ def test_a_marker_goes_to_its_agents_task_or_is_forwarded() -> None:
 
 def test_hand_over_skips_what_the_state_holds_and_restores_on_the_next_owner() -> None:
     from watcher.checkpoint import MemoryCheckpointStore
-    from watcher.handover import Handover
+    from prometheus_client import CollectorRegistry
+
+    from watcher.handover import Handover, HandoverMetrics
     from watcher.source import Message
 
     settings = load_settings(environ={})
     lines = _scenario("agent-1", 1)
     store = MemoryCheckpointStore()
 
+    registry = CollectorRegistry()
+    metrics = HandoverMetrics(registry)
+
     def owner() -> Handover:
-        return Handover(Tasks(lambda: Engine(settings)), store, owner="group", interval_s=0.0)
+        return Handover(Tasks(lambda: Engine(settings)), store, owner="group", interval_s=0.0,
+                        handover_metrics=metrics)
+
+    def count(kind: str) -> float:
+        return registry.get_sample_value("watcher_partition_handovers_total", {"kind": kind}) or 0.0
 
     first = owner()
     first.take_over([0])
@@ -116,8 +125,11 @@ def test_hand_over_skips_what_the_state_holds_and_restores_on_the_next_owner() -
     for cp in first.leaving([0, 1]):
         cp.save()
     assert first.release([0, 1]) == [0] and first.tasks.get(0) is None
+    assert registry.get_sample_value("watcher_partitions_owned") == 0
     second = owner()
     second.take_over([0])
+    assert (count("taken_over_fresh"), count("released"), count("taken_over")) == (1, 1, 1)
+    assert registry.get_sample_value("watcher_partitions_owned") == 1
     assert second.resume_offset("telemetry", 0) == 600
     key = next(k for k in second.tasks.get(0).state.keys() if not k[4])
     assert second.tasks.state.snapshot(key).turns > 0

@@ -42,7 +42,7 @@ from watcher.policy import load_policy
 from watcher.reload import ConfigSource, ReloadMetrics, ReloadResult, plan_reload
 from watcher.rollouts import Change
 from watcher.sinks import build_sinks
-from watcher.handover import Handover
+from watcher.handover import Handover, HandoverMetrics
 from watcher.source import KafkaSource, Message, MessageBatch, Origins, Source, next_offsets
 from watcher.peers import Peers, advertising_assignor
 from watcher.peers import middleware as route_to_owner
@@ -180,6 +180,10 @@ class Daemon:
         self._lock = asyncio.Lock()
         self.checkpointer: Checkpointer | None = None  # the instance's one, or None per partition
         self.handover: Handover | None = None  # per partition, when the state is
+        self.handover_metrics = HandoverMetrics(self.registry)
+        if self.tasks is None and hasattr(self.source, "on_assigned"):  # one state: count partitions only
+            self.source.on_assigned = self._count_assigned  # type: ignore[attr-defined]
+            self.source.on_revoked = self._count_revoked  # type: ignore[attr-defined]
         self.checkpoint_store: CheckpointStore | None = None
         # only a source that can resume at given offsets can pair state and offsets (not a file)
         if cp.enabled and hasattr(self.source, "resume_from") and hasattr(self.source, "commit_offsets"):
@@ -192,7 +196,8 @@ class Daemon:
             self.checkpoint_metrics = CheckpointMetrics(self.registry)
             if self.tasks is not None:
                 self.handover = Handover(self.tasks, self.checkpoint_store, owner=settings.kafka.group_id,
-                                         interval_s=cp.interval_s, metrics=self.checkpoint_metrics)
+                                         interval_s=cp.interval_s, metrics=self.checkpoint_metrics,
+                                         handover_metrics=self.handover_metrics)
                 self.source.resume_from = self.handover.resume_offset  # type: ignore[attr-defined]
                 self.source.on_assigned = self._assigned  # type: ignore[attr-defined]
                 self.source.on_revoked = self._revoked  # type: ignore[attr-defined]
@@ -304,6 +309,15 @@ class Daemon:
                 {t: self.source.partition_count(t)  # type: ignore[attr-defined]
                  for t in (*kafka.telemetry_topics, *kafka.deployments_topics)}, kafka.telemetry_topics[0])
             self.handover.take_over(p for _, p in assigned)
+
+    async def _count_assigned(self, assigned: set[tuple[str, int]]) -> None:
+        partitions = {p for _, p in assigned}
+        self.handover_metrics.handovers.labels("taken_over").inc(len(partitions))
+        self.handover_metrics.owned.set(len(partitions))
+
+    async def _count_revoked(self, revoked: set[tuple[str, int]]) -> None:
+        self.handover_metrics.handovers.labels("released").inc(len({p for _, p in revoked}))
+        self.handover_metrics.owned.set(0)
 
     async def _revoked(self, revoked: set[tuple[str, int]]) -> None:
         """The group takes these partitions away: checkpoint their tasks and commit the offsets they

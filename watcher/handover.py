@@ -12,23 +12,38 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
 from watcher.checkpoint import Checkpoint, CheckpointMetrics, Checkpointer, CheckpointStore, Offsets
 from watcher.engine import BatchResult
 from watcher.errors import CheckpointError
 from watcher.source import Message, Origins, next_offsets
 from watcher.tasks import Tasks, scope_of
 
-__all__ = ["Handover"]
+__all__ = ["Handover", "HandoverMetrics"]
 
 log = logging.getLogger(__name__)
+
+
+class HandoverMetrics:
+    """``watcher_partitions_owned`` and ``watcher_partition_handovers_total{kind}``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.owned = Gauge("watcher_partitions_owned", "Partitions whose state this instance holds "
+                           "(checkpoint.scope: partition)", registry=registry)
+        self.handovers = Counter("watcher_partition_handovers", "Partitions taken over (with or without a "
+                                 "checkpoint) or released to another instance", ["kind"], registry=registry)
+        for kind in ("taken_over", "taken_over_fresh", "released"):
+            self.handovers.labels(kind)
 
 
 class Handover:
     """The checkpointers of the tasks this instance owns, keyed by partition."""
 
     def __init__(self, tasks: Tasks, store: CheckpointStore, *, owner: str, interval_s: float,
-                 metrics: CheckpointMetrics | None = None) -> None:
+                 metrics: CheckpointMetrics | None = None, handover_metrics: HandoverMetrics | None = None) -> None:
         self.tasks = tasks
+        self.handover_metrics = handover_metrics or HandoverMetrics(None)
         self.store = store
         self.owner = owner
         self.interval_s = interval_s
@@ -54,6 +69,8 @@ class Handover:
             if restored is not None and self.metrics is not None:
                 self.metrics.restored(restored)
             self.checkpointers[partition] = cp
+            self.handover_metrics.handovers.labels("taken_over" if restored else "taken_over_fresh").inc()
+            self.handover_metrics.owned.set(len(self.checkpointers))
             where = ", ".join(f"{t}/{p}@{o}" for (t, p), o in sorted(restored.offsets.items())) if restored else ""
             log.info("partition %d taken over %s", partition,
                      f"with its checkpointed state at {where}" if restored else "with no state")
@@ -69,6 +86,8 @@ class Handover:
             if self.checkpointers.pop(partition, None) is not None:
                 self.tasks.drop(partition)
                 dropped.append(partition)
+                self.handover_metrics.handovers.labels("released").inc()
+        self.handover_metrics.owned.set(len(self.checkpointers))
         if dropped:
             log.info("partitions %s handed over", ",".join(map(str, dropped)))
         return dropped
