@@ -104,6 +104,15 @@ async def _port(log_path: Path, proc: asyncio.subprocess.Process, timeout: float
     raise AssertionError(f"the daemon never announced its port:\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
+def series_labels(key: tuple[str, ...]) -> tuple[str, frozenset[tuple[str, str]]]:
+    """The metric-name prefix and the label set /metrics shows a state series (``SeriesKey``) under."""
+    agent, env, version, arm, seg_key, seg_value = key
+    labels = {"agent": agent, "environment": env, "version": version, "arm": arm}
+    if seg_key:
+        labels |= {"segment_key": seg_key, "segment_value": seg_value}
+    return ("watcher_segment_" if seg_key else "watcher_"), frozenset(labels.items())
+
+
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     out = {}
     for family in text_string_to_metric_families(text):
@@ -188,12 +197,10 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(broker, uni
 
     # per-series state equals the uninterrupted run's: every event counted exactly once
     checked = 0
-    for (agent, env_, version, arm, seg_key, seg_value), snap in expected.items():
-        labels = {"agent": agent, "environment": env_, "version": version, "arm": arm}
-        prefix = "watcher_segment_" if seg_key else "watcher_"
-        if seg_key:
-            labels |= {"segment_key": seg_key, "segment_value": seg_value}
-        key = frozenset(labels.items())
+    for series, snap in expected.items():
+        prefix, key = series_labels(series)
+        labels = dict(key)
+        seg_key = series[4]
         assert samples[(prefix + "turns_total", key)] == snap.turns, labels
         assert samples[(prefix + "conversations_total", key)] == snap.conversations, labels
         mean = samples[(prefix + "quality_mean", key | {("window", "cumulative")})]

@@ -18,13 +18,12 @@ import heapq
 import json
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from test_crash import _env, _port, _samples, _start
+from test_crash import _env, _port, _samples, _start, series_labels
 from watcher.decisions import SqliteDecisionLog
 from watcher.embedded import TopicSpec, create_topics
 from watcher.replay import replay
@@ -189,18 +188,15 @@ async def test_instances_share_partitions_hand_state_over_and_survive_a_rolling_
 
     # every series is exported by exactly one instance, with the uninterrupted run's values
     checked = 0
-    for (agent, env_, version, arm, seg_key, seg_value), snap in expected.items():
-        labels = {"agent": agent, "environment": env_, "version": version, "arm": arm}
-        prefix = "watcher_segment_" if seg_key else "watcher_"
-        if seg_key:
-            labels |= {"segment_key": seg_key, "segment_value": seg_value}
-        key = (prefix + "turns_total", frozenset(labels.items()))
+    for series, snap in expected.items():
+        prefix, labels = series_labels(series)
+        key = (prefix + "turns_total", labels)
         holders = [n for n in ("a", "b") if key in samples[n]]
         assert len(holders) == 1, (labels, holders)
         got = samples[holders[0]]
         assert got[key] == snap.turns, labels
-        assert got[(prefix + "conversations_total", frozenset(labels.items()))] == snap.conversations, labels
-        checked += snap.turns if not seg_key else 0
+        assert got[(prefix + "conversations_total", labels)] == snap.conversations, labels
+        checked += snap.turns if not series[4] else 0
     assert checked == expected_turns
 
     # the decisions: the union of both audit trails equals the uninterrupted run's, by id
