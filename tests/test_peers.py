@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
