@@ -135,3 +135,23 @@ def test_hand_over_skips_what_the_state_holds_and_restores_on_the_next_owner() -
     assert second.tasks.state.snapshot(key).turns > 0
     rest, covered = second.process([Message(v, "telemetry", 0, 600 + i) for i, v in enumerate(lines[600:900])])
     assert covered == {0: {("telemetry", 0): 900}} and rest.turns > 0
+
+
+def test_a_reloaded_policy_reaches_every_task_and_the_tasks_to_come(tmp_path) -> None:
+    from watcher.policy import load_policy
+
+    loose = tmp_path / "loose.yaml"
+    loose.write_text("version: 1\ndefaults:\n  alpha: 0.0001\n")
+    tight = tmp_path / "tight.yaml"
+    tight.write_text("version: 1\ndefaults:\n  alpha: 0.05\n")
+    settings = load_settings(environ={})
+    tasks = Tasks(lambda: Engine(settings, policies=tasks.policies), load_policy(loose))
+    tasks.partition_count = 8
+    engine = tasks.create(partition_for("agent-1", 8))
+    engine.process(_scenario("agent-1", 1))
+    (rid,) = engine.judges
+    before = engine.judges[rid].to_state()
+    new = load_policy(tight)
+    assert tasks.replace_policies(new) == {}
+    assert engine.judges[rid].policy == new.default and engine.judges[rid].to_state() == before
+    assert tasks.policies is new and tasks.create(3).policies is new
