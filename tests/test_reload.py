@@ -280,6 +280,32 @@ async def test_daemon_reload_applies_or_rejects_whole(tmp_path: Path) -> None:
     daemon.outbox.close()
 
 
+async def test_a_changed_file_is_reloaded_once_when_watched(tmp_path: Path) -> None:
+    policy = _write(tmp_path / "policy.yaml", LOOSE)
+    config = _config(tmp_path, policy=policy, extra="config_watch_s: 0.05\n")
+    registry = CollectorRegistry()
+    daemon = _daemon(tmp_path, config, registry)
+
+    def reloads(result: str) -> float:
+        return registry.get_sample_value("watcher_config_reloads_total", {"result": result}) or 0.0
+
+    watching = asyncio.create_task(daemon._watch_config())
+    try:
+        await asyncio.sleep(0.2)
+        assert reloads("applied") == reloads("rejected") == 0  # nothing changed, nothing reloaded
+        _write(policy, TIGHT)  # what a ConfigMap update does, without a SIGHUP
+        await eventually(lambda: reloads("applied") == 1)
+        assert daemon.engine.policies.default.alpha == 0.01
+        _write(policy, "version: 1\ndefaults:\n  alpha: 7\n")
+        await eventually(lambda: reloads("rejected") == 1)
+        await asyncio.sleep(0.3)
+        assert reloads("rejected") == 1  # a broken file is not retried until it changes again
+        assert daemon.engine.policies.default.alpha == 0.01  # the policy in force stays
+    finally:
+        watching.cancel()
+        daemon.outbox.close()
+
+
 async def test_a_daemon_built_in_code_has_nothing_to_reload(tmp_path: Path) -> None:
     registry = CollectorRegistry()
     settings = load_settings(environ={}, overrides={"outbox.path": str(tmp_path / "o.sqlite")})

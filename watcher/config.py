@@ -222,9 +222,14 @@ class Settings:
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     sinks: tuple[SinkSettings, ...] = ()
     log_level: str = "INFO"
+    # check the configuration and policy files this often and reload when their content changed
+    # (a Kubernetes ConfigMap update sends no SIGHUP); 0: reload on SIGHUP only
+    config_watch_s: float = 0.0
 
     def __post_init__(self) -> None:
         _one_of("log_level", self.log_level, ("DEBUG", "INFO", "WARNING", "ERROR"))
+        if not 0.0 <= self.config_watch_s < float("inf"):
+            raise ConfigError("config_watch_s", f"must be >= 0 (0 = SIGHUP only), got {self.config_watch_s}")
         check_unique_names(self.sinks)
 
     def masked(self) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from watcher.events import Deployment, encode_deployment
 from watcher.hooks import FlaggerHooks
 from watcher.outbox import Outbox
 from watcher.policy import load_policy
-from watcher.reload import ConfigSource, ReloadMetrics, ReloadResult, plan_reload
+from watcher.reload import ConfigSource, ReloadMetrics, ReloadResult, fingerprint, plan_reload
 from watcher.rollouts import Change
 from watcher.sinks import build_sinks
 from watcher.handover import Handover, HandoverMetrics
@@ -346,11 +346,14 @@ class Daemon:
         await self.source.start()
         outbox_stop = asyncio.Event()
         outbox_task = asyncio.create_task(self.outbox.run(outbox_stop))
+        watcher_task = asyncio.create_task(self._watch_config()) if self.settings.config_watch_s > 0 else None
         try:
             await self._consume(stop)
             if self.checkpointing:
                 await self.checkpoint(force=True)  # a clean stop leaves nothing to re-read
         finally:
+            if watcher_task is not None:
+                watcher_task.cancel()
             outbox_stop.set()
             with contextlib.suppress(Exception):
                 await outbox_task
@@ -412,6 +415,30 @@ class Daemon:
                 log.warning("configuration reload: %s changed but take effect only after a restart",
                             ", ".join(plan.restart_needed))
             return ReloadResult(True, plan=plan, policies_kept=kept, sinks=swap)
+
+    async def _watch_config(self) -> None:
+        """``config_watch_s``: reload when the configuration or the policy file changed (once per
+        change: a rejected file is not retried until it changes again)."""
+        source = self.config_source
+        if source is None or source.path is None:
+            log.warning("config_watch_s is set but the settings were not loaded from a file: nothing to watch")
+            return
+
+        def files() -> str:
+            return fingerprint(source.path, self.settings.judge.policy_file)
+
+        seen = files()
+        while True:
+            await asyncio.sleep(self.settings.config_watch_s)
+            try:
+                now = files()
+                if now != seen:
+                    seen = now
+                    log.info("configuration files changed: reloading")
+                    await self.reload()
+                    seen = files()  # the policy file may be another one now
+            except Exception:  # the watcher must outlive any one failure
+                log.exception("watching the configuration files failed")
 
     def _reload_rejected(self, field: str, message: str) -> ReloadResult:
         self.reload_metrics.rejected()

@@ -15,6 +15,7 @@ in force stays in force.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from collections.abc import Mapping
@@ -44,6 +45,21 @@ class ConfigSource:
     path: str | Path | None = None
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     environ: Mapping[str, str] | None = None
+
+
+def fingerprint(*paths: str | Path | None) -> str:
+    """What the files hold now (content, not mtime: a ConfigMap swaps a symlink; a missing file is
+    a value too). Equal fingerprints, nothing to reload."""
+    digest = hashlib.sha256()
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError as exc:
+            digest.update(f"unreadable {path}: {type(exc).__name__}".encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
