@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from watcher.errors import ConfigError
-from watcher.hooks import HooksSettings
+from watcher.hooks_settings import HooksSettings
 from watcher.secret import MASK, secret
 from watcher.sinks import SinkSettings, check_unique_names
 

@@ -18,30 +18,33 @@ which Flagger copies into its events for the check hooks.
 
 Which watcher rollout a canary is about is configuration: ``hooks.flagger`` maps a Canary's
 namespace/name to an agent and environment. See docs/deployers.md for the full tables.
+
+This module is the HTTP side; the pure parts are ``watcher.hooks_protocol`` (hook types, ``answer``,
+payload, markers) and ``watcher.hooks_settings`` (targets), re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import math
-import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from watcher.clock import Clock, SystemClock
-from watcher.errors import ConfigError
-from watcher.events import Deployment, Rejected, decode_deployment, encode_deployment
+from watcher.events import Deployment
+from watcher.hooks_protocol import (
+    FLAGGER_PREFIX, MARKING_HOOKS, FlaggerPayload, HookAnswer, HookContext, HookType, Outcome, answer,
+    lifecycle, marker_for, parse_payload,
+)
+from watcher.hooks_settings import FlaggerTarget, HooksSettings, validate_targets
 from watcher.rollouts import Rollout, RolloutState
 from watcher.verdicts import Action
 
 if TYPE_CHECKING:
-    # config imports this module for its settings: importing the engine would be circular, and
-    # aiohttp (imported where a request is served) would make every settings load ~0.2 s slower
+    # config may import this module for its settings (re-exported here; watcher.config itself uses
+    # watcher.hooks_settings): importing the engine would be circular, and aiohttp (imported where a
+    # request is served) would make every settings load ~0.2 s slower
     from aiohttp import web
 
     from watcher.decisions import DecisionLog
@@ -55,299 +58,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FLAGGER_PREFIX = "/v1/flagger/"
 MarkerHook = Callable[[Deployment], Awaitable[None]]
 Readiness = Callable[[], tuple[bool, str]]
-
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # RFC 1123 label: a namespace
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")  # RFC 1123 subdomain: an object name
-_WEIGHT = re.compile(r"\bcanary weight (\d+(?:\.\d+)?)\b")
-_MAX_NAME = 253
-_MAX_NOTES = 512
-
-
-# -- settings ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FlaggerTarget:
-    """One Flagger Canary (namespace/name) and the watcher rollouts it drives (agent/environment)."""
-
-    namespace: str
-    name: str
-    agent_id: str
-    environment: str = "prod"
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(field, message) for every invalid value; validated with its index by ``HooksSettings``."""
-        out: list[tuple[str, str]] = []
-        ns, name = self.namespace, self.name
-        if not isinstance(ns, str) or len(ns) > 63 or not _DNS_LABEL.match(ns):
-            out.append(("namespace", f"must be a Kubernetes namespace (RFC 1123 label), got {ns!r}"))
-        if not isinstance(name, str) or len(name) > _MAX_NAME or not _DNS_SUBDOMAIN.match(name):
-            out.append(("name", f"must be a Kubernetes object name (RFC 1123 subdomain), got {name!r}"))
-        for name, value in (("agent_id", self.agent_id), ("environment", self.environment)):
-            if not isinstance(value, str) or not 0 < len(value) <= 128:
-                out.append((name, f"must be a string of 1-128 characters, got {value!r}"))
-        return out
-
-
-@dataclass(frozen=True)
-class HooksSettings:
-    """The ``hooks`` section: which deployer objects map to which agent/environment."""
-
-    flagger: tuple[FlaggerTarget, ...] = ()
-
-    def __post_init__(self) -> None:
-        validate_targets(self.flagger, "hooks.flagger")
-
-
-def validate_targets(targets: Sequence[FlaggerTarget], where: str) -> None:
-    seen: dict[tuple[str, str], int] = {}
-    for i, target in enumerate(targets):
-        problems = target.problems()
-        if problems:
-            raise ConfigError(f"{where}[{i}].{problems[0][0]}", problems[0][1])
-        key = (target.namespace, target.name)
-        if key in seen:
-            first = f"{where}[{seen[key]}]"
-            raise ConfigError(f"{where}[{i}]", f"canary {'/'.join(key)} is already mapped by {first}")
-        seen[key] = i
-
-
-# -- the vocabulary ---------------------------------------------------------------------------------
-class HookType(str, Enum):
-    """Flagger's webhook types; the value is the last segment of watcher's URL."""
-
-    CONFIRM_ROLLOUT = "confirm-rollout"
-    CONFIRM_TRAFFIC_INCREASE = "confirm-traffic-increase"
-    CONFIRM_PROMOTION = "confirm-promotion"
-    ROLLBACK = "rollback"
-    PRE_ROLLOUT = "pre-rollout"
-    ROLLOUT = "rollout"
-    POST_ROLLOUT = "post-rollout"
-    EVENT = "event"
-
-    @property
-    def path(self) -> str:
-        return FLAGGER_PREFIX + self.value
-
-
-class Outcome(str, Enum):
-    """What an answer means to Flagger (closed vocabulary, in every response body)."""
-
-    PROCEED = "proceed"  # a gate lets Flagger go on
-    HOLD = "hold"  # a gate holds Flagger where it is
-    PASS = "pass"  # a check passed
-    FAIL = "fail"  # a check failed: Flagger counts a failed check
-    ROLLBACK = "rollback"  # Flagger rolls back
-    NO_ROLLBACK = "no_rollback"
-    ACCEPTED = "accepted"  # event / post-rollout: received
-
-
-@dataclass(frozen=True, slots=True)
-class HookContext:
-    """What an answer depends on: watcher's readiness and the target's active rollout."""
-
-    ready: bool
-    ready_reason: str
-    rollout: Rollout | None
-    action: Action = Action.CONTINUE  # latched: continue, pause, rollback or promote
-    reason: str = ""  # why (the last decision's reason), "" if watcher decided nothing yet
-
-
-@dataclass(frozen=True, slots=True)
-class HookAnswer:
-    status: int
-    outcome: Outcome
-    reason: str
-
-
-_GATES = (HookType.CONFIRM_ROLLOUT, HookType.CONFIRM_TRAFFIC_INCREASE, HookType.CONFIRM_PROMOTION)
-_MARKING = (HookType.EVENT, HookType.POST_ROLLOUT)  # only logged by Flagger: markers, nothing else
-
-
-def answer(hook: HookType, ctx: HookContext) -> HookAnswer:
-    """The status Flagger gets for ``hook`` given what watcher knows. Pure.
-
-    Latched decisions come first: they stand without fresh data, so readiness matters only where
-    watcher would otherwise answer from evidence it may not have caught up with.
-    """
-    why = f": {ctx.reason}" if ctx.reason else ""
-    if hook in _MARKING:
-        return HookAnswer(200, Outcome.ACCEPTED, "received")
-    if hook is HookType.ROLLBACK:
-        if ctx.action is Action.ROLLBACK:
-            return HookAnswer(200, Outcome.ROLLBACK, f"watcher decided rollback{why}")
-        state = "no active rollout" if ctx.rollout is None else f"decision is {ctx.action.value}"
-        return HookAnswer(409, Outcome.NO_ROLLBACK, f"no rollback: {state}")
-    if hook in (HookType.PRE_ROLLOUT, HookType.ROLLOUT):
-        if ctx.action is Action.ROLLBACK:
-            return HookAnswer(409, Outcome.FAIL, f"watcher decided rollback{why}")
-        if not ctx.ready:
-            if hook is HookType.PRE_ROLLOUT:  # nobody would be watching the canary's first traffic
-                return HookAnswer(503, Outcome.FAIL, f"watcher is not ready: {ctx.ready_reason}")
-            # not having caught up is not evidence of harm: never a failed check (and a rollback) for it
-            return HookAnswer(200, Outcome.PASS, f"watcher is not ready ({ctx.ready_reason}): not a failure")
-        if ctx.rollout is None:
-            return HookAnswer(200, Outcome.PASS, "no active rollout yet: nothing against the canary")
-        return HookAnswer(200, Outcome.PASS, f"no harm established (decision {ctx.action.value})")
-    assert hook in _GATES
-    if hook is HookType.CONFIRM_PROMOTION and ctx.action is Action.PROMOTE:
-        return HookAnswer(200, Outcome.PROCEED, f"watcher decided promote{why}")
-    if ctx.action is Action.ROLLBACK:
-        return HookAnswer(409, Outcome.HOLD, f"watcher decided rollback{why}")
-    if ctx.action is Action.PAUSE:
-        return HookAnswer(409, Outcome.HOLD, f"watcher paused the rollout{why}; acknowledge or override it")
-    if not ctx.ready:
-        return HookAnswer(503, Outcome.HOLD, f"watcher is not ready: {ctx.ready_reason}")
-    if hook is HookType.CONFIRM_PROMOTION:
-        if ctx.rollout is None:
-            return HookAnswer(409, Outcome.HOLD, "no active rollout: watcher has not seen this canary yet")
-        return HookAnswer(409, Outcome.HOLD, "evidence is accumulating: watcher has not decided promote yet")
-    return HookAnswer(200, Outcome.PROCEED, "nothing holds the rollout")
-
-
-# -- the request body -------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class FlaggerPayload:
-    name: str
-    namespace: str
-    phase: str = ""
-    checksum: str = ""
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def canary(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-def parse_payload(raw: bytes) -> FlaggerPayload | str:
-    """Flagger's body, validated; a string is the reason for a 400."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return "body is not valid JSON"
-    if not isinstance(body, dict):
-        return "body must be a JSON object"
-    values: dict[str, str] = {}
-    for name, required in (("name", True), ("namespace", True), ("phase", False), ("checksum", False)):
-        value = body.get(name)
-        if value is None and not required:
-            continue
-        if not isinstance(value, str) or (required and not 0 < len(value) <= _MAX_NAME):
-            rule = f"a non-empty string of at most {_MAX_NAME} characters" if required else "a string"
-            return f"field {name!r} must be {rule}"
-        values[name] = value
-    metadata = body.get("metadata")
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict):
-        return "field 'metadata' must be an object of strings"
-    for key, value in metadata.items():
-        if not isinstance(value, str):  # Flagger sends map[string]string
-            return f"metadata.{key} must be a string"
-    for key in ("canary_version", "baseline_version"):  # they become marker versions (1-128 chars)
-        if key in metadata and not 0 < len(metadata[key]) <= 128:
-            return f"metadata.{key} must be a string of 1-128 characters"
-    return FlaggerPayload(metadata=metadata, **values)
-
-
-# -- lifecycle: Flagger calls -> deployment markers -------------------------------------------------
-def lifecycle(hook: HookType, p: FlaggerPayload) -> tuple[str, float | None] | None:
-    """What a Flagger call says about the rollout: (marker action, canary weight 0..1) or None.
-
-    Events are recognised by phase and, where a phase is shared by unrelated events (Flagger reports
-    the canary's current phase with every event, e.g. "Confirm-rollout check passed" while still
-    ``Succeeded``), by the start of Flagger's message. post-rollout is called exactly once at the end
-    (phase Succeeded or Failed), so it is the reliable end signal.
-    """
-    phase = p.phase
-    if hook is HookType.POST_ROLLOUT:
-        return {"Succeeded": ("promoted", None), "Failed": ("rolled_back", None)}.get(phase)
-    if hook is HookType.PRE_ROLLOUT:
-        return ("started", None) if phase in ("", "Progressing") else None
-    if hook is not HookType.EVENT:
-        return None
-    message = p.metadata.get("eventMessage", "")
-    if message.startswith("Rolling back"):
-        return "rolled_back", None
-    if phase == "Progressing":
-        if message.startswith("Starting canary analysis"):
-            return "started", None
-        m = _WEIGHT.search(message) if message.startswith("Advance") else None
-        if m is not None:  # Flagger's weights are percent of its default total weight (100)
-            return "weight_changed", min(float(m.group(1)) / 100.0, 1.0)
-        return None
-    if phase in ("Promoting", "Finalising"):
-        return "promoted", None
-    if phase == "Succeeded" and message.startswith("Promotion completed"):
-        return "promoted", None
-    if phase == "Failed" and message.startswith("Canary failed"):
-        return "rolled_back", None
-    if phase in ("Terminating", "Terminated"):
-        return "aborted", None
-    return None  # Initializing, Initialized, Waiting, WaitingPromotion, checks passed...: no change
-
-
-def marker_for(target: FlaggerTarget, hook: HookType, p: FlaggerPayload, *, active: Rollout | None,
-               now: float) -> tuple[Deployment | None, str]:
-    """The marker a call means, given the target's active rollout; (None, why not) if none. Pure.
-
-    The version is ``metadata.canary_version`` when the Canary's webhook sets it (it should: it is
-    the version the agent's telemetry carries), else Flagger's ``checksum``. A call that the active
-    rollout already reflects makes no marker (Flagger repeats itself every analysis interval).
-    """
-    change = lifecycle(hook, p)
-    if change is None:
-        return None, "no lifecycle change"
-    action, weight = change
-    explicit = p.metadata.get("canary_version") or None
-    if explicit is not None and active is not None and active.canary_version not in (None, explicit):
-        active = None  # the active rollout is another revision: it is not what this call is about
-    if action == "weight_changed" and active is None:
-        action = "started"  # watcher missed the start (restart, events not configured): start here
-    if action == "started":
-        if active is not None and (explicit is None or active.canary_version == explicit):
-            if weight is None or math.isclose(active.canary_weight, weight):
-                return None, f"rollout {active.rollout_id} is already active"
-            action = "weight_changed"
-    elif action == "weight_changed":
-        assert active is not None and weight is not None
-        if math.isclose(active.canary_weight, weight):
-            return None, "the canary weight is unchanged"
-    elif active is None:
-        return None, f"no active rollout to mark {action}"
-    version = explicit or (active.canary_version if active is not None else None) or p.checksum or None
-    ts = _event_ts(p.metadata.get("timestamp"), now)
-    key = f"{p.namespace}|{p.name}|{hook.value}|{action}|{version}|{weight}|{ts:.3f}"
-    notes = p.metadata.get("eventMessage") or f"flagger {hook.value} (phase {p.phase or 'unknown'})"
-    marker = Deployment(
-        event_id="flagger-" + hashlib.sha256(key.encode()).hexdigest()[:24],
-        ts=ts,
-        agent_id=target.agent_id,
-        environment=target.environment,
-        action=action,  # type: ignore[arg-type]  # one of the contract's actions by construction
-        strategy="canary" if action == "started" else None,
-        baseline_version=p.metadata.get("baseline_version") or None,
-        canary_version=version,
-        canary_weight=weight,
-        actor="flagger",
-        notes=notes[:_MAX_NOTES],
-    )
-    # The same contract as a marker from Kafka: what is applied here must also be valid when the
-    # daemon reads it back from the deployments topic (e.g. a 300-character version is not).
-    checked = decode_deployment(encode_deployment(marker))
-    if isinstance(checked, Rejected):
-        return None, f"invalid marker: {checked.detail}"
-    return checked, f"marker {action}"
-
-
-def _event_ts(value: str | None, now: float) -> float:
-    """Flagger's event ``timestamp`` (Unix milliseconds) if usable, else now."""
-    try:
-        ts = int(value) / 1000.0 if value else now
-    except ValueError:
-        return now
-    return ts if 0 < ts < 253402300800 else now  # up to year 9999, like every ts watcher accepts
 
 
 # -- the HTTP side ----------------------------------------------------------------------------------
@@ -418,7 +130,7 @@ class FlaggerHooks:
             "marker": None,
         }
         status = result.status
-        if hook in _MARKING or (hook is HookType.PRE_ROLLOUT and status == 200):
+        if hook in MARKING_HOOKS or (hook is HookType.PRE_ROLLOUT and status == 200):
             marker, why = marker_for(target, hook, payload, active=self._active(target), now=self.clock.now())
             body["marker"] = await self._apply(marker, why)
             if hook is not HookType.PRE_ROLLOUT and body["marker"]["status"] not in ("duplicate", "skipped"):
