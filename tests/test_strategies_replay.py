@@ -53,6 +53,18 @@ def test_regressions_are_rolled_back_with_the_strategy_in_the_record(name: str, 
         assert "paired" in d["reason"]
 
 
+def test_blue_green_slow_tail_pauses_on_the_tail_row(tmp_path: Path) -> None:
+    """The simulator's latency_tail (5 % of green's turns 4x slower from the switch): blue-green's tail
+    row, against blue's slowest-turn p95 before the switch, pauses within minutes."""
+    slow = sim.Regression("latency_tail", 0.05, start_s=1800.0, slow_factor=4.0)
+    decisions, engine = _replay("blue_green_healthy", tmp_path, regressions=(slow,))
+    stops = [d for d in decisions if d["action"] in STOP]
+    assert stops and stops[0]["action"] == "pause", [d["reason"] for d in decisions]
+    assert stops[0]["trigger"]["metric"] == "latency_p95" and "ms) in all rose" in stops[0]["reason"]
+    assert "keep blue v41 ready" in stops[0]["reason"]
+    assert stops[0]["ts_unix"] - sim.STRATEGY_PRESETS["blue_green_healthy"].start_ts - 1800 < 600
+
+
 def test_shadow_pairing_counts_unpaired_turns(tmp_path: Path) -> None:
     decisions, engine = _replay("shadow_healthy", tmp_path, shadow_drop=0.2, duration_s=600.0)
     (judge,) = engine.judges.values()

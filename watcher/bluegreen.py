@@ -16,9 +16,20 @@ Validity (docs/strategies/blue_green.md): each reference end is a fixed-sample b
 blue-green must decide, gets the most); green is tested against those constants with anytime-valid
 one-sample e-processes at ``(1 - ref_share) * alpha_row``: the mixture SPRT on the cluster-robust mean
 (quality, log latency) and an exact binomial mixture e-process on the share of conversations with an
-event (escalation, error, compliance). A cumulative test runs from the switch and restarted tests from
-every later hour (``restart_share`` of the green budget, ``stats.restart_alpha``), so a regression
-starting hours after the switch is not diluted. Union bound: P(false rollback) <= alpha.
+event (escalation, error, compliance; latency tail: a turn above blue's threshold, below). A cumulative
+test runs from the switch and restarted tests from every later hour (``restart_share`` of the green
+budget, ``stats.restart_alpha``), so a regression starting hours after the switch is not diluted.
+Union bound: P(false rollback) <= alpha.
+
+Latency tail (``latency_pNN``, overall only): the history keeps per bucket a histogram of each
+conversation's slowest turn (``watcher.latency_bins``). Per hour, of blue's n reference conversations
+m = floor((1 - NN%) n) have their slowest turn above the order statistic X_(n-m), and blue's true
+exceedance of X_(n-m) is exactly Beta(m + 1, n - m) distributed (conversations i.i.d., any continuous
+distribution), so its Clopper-Pearson bounds are exact although the threshold is fitted on the same
+conversations. The threshold is the bin edge just above X_(n-m) (fail test; blue's exceedance there
+is smaller) or just below it (pass test). Green's share of conversations with a turn above it is
+then tested like a rate; in ``recent`` mode green's threshold is raised by the latency drift
+allowance (whole bins).
 """
 
 from __future__ import annotations
@@ -32,16 +43,18 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta, norm
 
+from watcher import latency_bins as lb
 from watcher.events import TurnColumns
 from watcher.policy import MetricPolicy, Policy, ToleranceMode, load_policy
 from watcher.shadow import ConvRows, SliceMap, cluster_mean, fmt, mean_params, opt, slice_alpha
 from watcher.stats import FAIL_GRID, MEAN_FIELDS, PASS_GRID, array_from_state, array_to_state, logsumexp, msprt_half_width, msprt_log_evalue, restart_alpha
 from watcher.verdicts import ArmEstimate, MetricEvidence, RolloutEvidence, RolloutRef, Verdict
-from watcher.version_history import DAY, F_CONV, F_RATE, MEAN_AT, N_FIELDS, NullHistory, Tracker, VersionHistory
+from watcher.version_history import (DAY, F_CONV, F_RATE, LATENCY_MAX, MEAN_AT, N_FIELDS, NullHistory, Tracker,
+                                     VersionHistory, pad_conv_cols)
 
 __all__ = ["VersionHistory", "NullHistory", "BlueGreenJudge", "BlueGreenSettings", "Reference", "build_reference"]
 
-_STATE_V = 2
+_STATE_V = 3  # v3: green's per-hour histograms of slowest turns
 _VERSION = operator.attrgetter("version")
 
 
@@ -125,6 +138,7 @@ class BlueGreenJudge:
         self.slices = SliceMap(seg.keys, seg.max_keys, seg.max_values_per_key, seg.enabled)
         self.tracker = Tracker(self.cfg.conversations, self.slices)
         self.table = np.zeros((max(len(self.ref.bins), 1), self.slices.size, N_FIELDS))
+        self.hist = np.zeros((max(len(self.ref.bins), 1), lb.N_BINS), np.int64)  # green's slowest turns per hour
         self.watermark = started_ts
         self._z_cache: dict[float, float] = {}
         self._bounds: dict[tuple[str, str], tuple[np.ndarray, ...]] = {}  # the reference is frozen: cache
@@ -145,7 +159,8 @@ class BlueGreenJudge:
         self.watermark = max(self.watermark, float(ts.max()))
         bins = ((ts - self.started_ts) // self.cfg.bin_s).astype(np.int64)
         nb = len(self.ref.bins)
-        self.tracker.add(mine, np.zeros(mine.n, np.int64), bins, lambda g, b: self.table[b] if b < nb else None)
+        self.tracker.add(mine, np.zeros(mine.n, np.int64), bins,
+                         lambda g, b: (self.table[b], self.hist[b]) if b < nb else None)
 
     # -- evidence -----------------------------------------------------------------------------------
     def _alpha(self, segment: bool) -> float:
@@ -169,12 +184,15 @@ class BlueGreenJudge:
         ref_all = self._ref_conversations("all")
         blocks = self._blocks()
         for m in self.metrics:
+            tail = m.kind == "tail"
             for s, name in sorted(self.slices.names.items()):
+                if tail and s:
+                    continue  # the history keeps the latency distribution overall only
                 g = int(total[s, F_CONV])
                 ref_n = self._ref_conversations(name)
                 if s and (g < self.policy.segments.min_conversations or ref_n < self.policy.segments.min_conversations):
                     continue
-                if m.kind == "tail" or self.ref.mode == "none" or g < m.min_samples or not ref_n:
+                if self.ref.mode == "none" or g < m.min_samples or not ref_n or (tail and not self._tail_ready(m)):
                     if s == 0:
                         rows.append(self._nodata(m, g, ref_all))
                     continue
@@ -184,6 +202,19 @@ class BlueGreenJudge:
 
     def _ref_conversations(self, name: str) -> int:
         return int(self.ref.bins[0][name][F_CONV]) if self.ref.bins and name in self.ref.bins[0] else 0
+
+    def _tail_ready(self, m: MetricPolicy) -> bool:
+        """Whether blue's history has a latency distribution for some judged hour (tail rows: overall only)."""
+        return bool(np.isfinite(self._get_bounds(m, "all", self._alpha(False))[0]).any())
+
+    def _get_bounds(self, m: MetricPolicy, name: str, alpha_row: float) -> tuple[np.ndarray, ...]:
+        """The metric's per-hour constants (cached: the reference is frozen)."""
+        bounds = self._bounds.get((m.name, name))
+        if bounds is None:
+            bounds = self._bounds[(m.name, name)] = (
+                self._mean_bounds(m, name, alpha_row) if m.kind == "mean"
+                else self._tail_bounds(m, alpha_row) if m.kind == "tail" else self._rate_bounds(m, name, alpha_row))
+        return bounds
 
     def _z(self, a: float) -> float:
         if a not in self._z_cache:
@@ -207,10 +238,7 @@ class BlueGreenJudge:
         log_pthr = math.log(1 / ((1 - cfg.ref_share) * self.policy.promote.alpha))
         relative = m.tolerance_mode is ToleranceMode.RELATIVE
         x = self.table[:, s]
-        bounds = self._bounds.get((m.name, name))
-        if bounds is None:
-            bounds = self._bounds[(m.name, name)] = (
-                self._mean_bounds(m, name, alpha_row) if m.kind == "mean" else self._rate_bounds(m, name, alpha_row))
+        bounds = self._get_bounds(m, name, alpha_row)
         best: tuple[float, int] | None = None
         for k, (_, hours, frac) in enumerate(blocks):
             lef = self._fail_e(m, x, bounds, hours)
@@ -229,10 +257,15 @@ class BlueGreenJudge:
         verdict = Verdict.FAIL if lef >= log_thr else Verdict.PASS if lep >= log_pthr else Verdict.INCONCLUSIVE
         stat, thr = math.exp(min(lef, 700.0)), math.exp(log_thr)
         g, ref_n = int(x[hours, F_CONV].sum()), self._ref_conversations(name)
+        what = m.name
+        if m.kind == "tail":  # units: conversations with a latency; the threshold of the first judged hour
+            g, ref_n = int(self.hist[hours].sum()), int(self.ref.bins[0].get(LATENCY_MAX, np.zeros(1)).sum())
+            thr_ms = bounds[5][hours][np.isfinite(bounds[5][hours])]
+            what = f"{m.name} (> {thr_ms[0]:.0f} ms)" if len(thr_ms) else m.name
         verb = "rose" if eff > (1.0 if relative else 0.0) else "fell"
         mag = f"x{fmt(eff)}" if relative else fmt(abs(eff))
         tail = {Verdict.PASS: "; non-inferior", Verdict.FAIL: "", Verdict.INCONCLUSIVE: "; inconclusive"}[verdict]
-        reason = (f"{m.name} in {name} {verb} {mag} after the switch ({fmt(lo)}..{fmt(hi)}, e={stat:.3g} "
+        reason = (f"{what} in {name} {verb} {mag} after the switch ({fmt(lo)}..{fmt(hi)}, e={stat:.3g} "
                   f"{'>=' if verdict is Verdict.FAIL else '<'} {thr:.3g}) green {fmt(e1)} n={g} vs reference "
                   f"{fmt(e0)} n={ref_n}: {self.ref.description}{tail}{label}")
         return MetricEvidence(m.name, name, verdict, ArmEstimate(ref_n, opt(e0)), ArmEstimate(g, opt(e1)), opt(eff),
@@ -288,16 +321,46 @@ class BlueGreenJudge:
             p_pt[h] = k / n
         return p_fail, p_pass, p_pt
 
+    def _tail_bounds(self, m: MetricPolicy, alpha_row: float) -> tuple[np.ndarray, ...]:
+        """(fail rate, pass rate, reference share, green's fail bin, green's pass bin, threshold ms) per
+        hour (``tail_reference``); recent mode: green's thresholds move by the latency drift allowance
+        in whole bins (up for the fail test, down for the pass test)."""
+        a_f = self._ref_alpha(self.cfg.ref_share * alpha_row)
+        a_p = self._ref_alpha(self.cfg.ref_share * self.policy.promote.alpha)
+        out = np.full((6, len(self.ref.bins)), np.nan)
+        for h, ref in enumerate(self.ref.bins):
+            tr = lb.tail_reference(ref[LATENCY_MAX], m.quantile or 0.95, float(a_f[h]), float(a_p[h])) \
+                if LATENCY_MAX in ref else None
+            if tr is None:
+                continue
+            d = lb.shift(self.cfg.drift_latency ** self.ref.distance_h[h]) if self.ref.mode == "recent" else 0
+            out[:, h] = (tr.upper * m.tolerance, tr.lower * m.pass_tolerance, tr.share,
+                         min(tr.bin + d, lb.N_BINS - 1), max(tr.bin - 1 - d, 0), lb.upper_edge_ms(tr.bin))
+        return tuple(out)
+
     def _fail_e(self, m: MetricPolicy, x: np.ndarray, bounds: tuple[np.ndarray, ...], hours: np.ndarray) -> float:
-        return self._e(m, x, bounds[0], hours, fail=True)
+        return self._e(m, x, bounds, hours, fail=True)
 
     def _pass_e(self, m: MetricPolicy, x: np.ndarray, bounds: tuple[np.ndarray, ...], hours: np.ndarray) -> float:
-        return self._e(m, x, bounds[1], hours, fail=False)
+        return self._e(m, x, bounds, hours, fail=False)
 
-    def _e(self, m: MetricPolicy, x: np.ndarray, boundary: np.ndarray, hours: np.ndarray, fail: bool) -> float:
-        """log e-value of green in ``hours`` against "no worse than ``boundary``" (fail) or "worse than
-        it" (pass), pooled over the hours."""
-        xs, b = x[hours], boundary[hours]
+    def _counts(self, m: MetricPolicy, x: np.ndarray, bounds: tuple[np.ndarray, ...], hours: np.ndarray,
+                fail: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Green's (conversations with the event, conversations) per hour; the tail's event: the slowest
+        turn above the hour's threshold of the fail (or pass) test."""
+        if m.kind != "tail":
+            return x[hours, F_RATE[m.name]], x[hours, F_CONV]
+        idx = bounds[3 if fail else 4][hours]
+        ok = np.isfinite(idx)
+        k = np.zeros(len(hours))
+        k[ok] = lb.above(self.hist[hours[ok]], idx[ok].astype(np.int64))
+        return k, self.hist[hours].sum(axis=1).astype(float)
+
+    def _e(self, m: MetricPolicy, x: np.ndarray, bounds: tuple[np.ndarray, ...], hours: np.ndarray,
+           fail: bool) -> float:
+        """log e-value of green in ``hours`` against "no worse than the fail boundary" (fail) or "worse
+        than the pass boundary" (pass), pooled over the hours."""
+        xs, b = x[hours], bounds[0 if fail else 1][hours]
         if m.kind == "mean":
             f = MEAN_AT[m.name]
             _, tau, sign = mean_params(m, promote=not fail)
@@ -309,11 +372,11 @@ class BlueGreenJudge:
             var = float((w * w * gv[ok]).sum())
             excess = float((w * sign * (gm[ok] - b[ok])).sum())
             return float(msprt_log_evalue(excess if fail else -excess, var, tau))
-        k, n = xs[:, F_RATE[m.name]], xs[:, F_CONV]
+        k, n = self._counts(m, x, bounds, hours, fail)
         ok = (n > 0) & np.isfinite(b)
         if not ok.any():
             return 0.0
-        up = m.direction.value == "higher_is_worse"
+        up = m.direction.value == "higher_is_worse" or m.kind == "tail"
         grid = np.asarray(FAIL_GRID if fail else PASS_GRID)
         mult = grid if up == fail else 1 / grid
         return _binomial_log_e(k[ok], n[ok], np.minimum(b[ok], 0.999), mult)
@@ -333,7 +396,7 @@ class BlueGreenJudge:
             green, ref = float((w * gm[ok]).sum()), float((w * ref_pt[ok]).sum())
             hw = float(msprt_half_width(float((w * w * gv[ok]).sum()), tau, log_thr))
             return green - ref, green - ref - hw, green - ref + hw, ref, green
-        k, n = xs[:, F_RATE[m.name]], xs[:, F_CONV]
+        k, n = self._counts(m, x, bounds, hours, True)
         ok = (n > 0) & np.isfinite(ref_pt)
         if not ok.any() or n[ok].sum() <= 0:
             return (math.nan,) * 5
@@ -343,8 +406,9 @@ class BlueGreenJudge:
 
     def _nodata(self, m: MetricPolicy, g: int, ref_n: int) -> MetricEvidence:
         unit = "ratio" if m.tolerance_mode is ToleranceMode.RELATIVE else "difference"
-        why = ("not judged for blue_green (no concurrent baseline quantile)" if m.kind == "tail"
-               else self.ref.description if self.ref.mode == "none"
+        why = (self.ref.description if self.ref.mode == "none"
+               else "blue's history has no latency distribution for the judged hours" if m.kind == "tail"
+               and not self._tail_ready(m)
                else f"not enough data yet (green n={g}, need {m.min_samples})")
         return MetricEvidence(m.name, "all", Verdict.NODATA, ArmEstimate(ref_n, None), ArmEstimate(g, None), None,
                               unit, None, None, 1.0, 1 / self._alpha(False), m.tolerance, m.critical,
@@ -355,13 +419,14 @@ class BlueGreenJudge:
         return {"v": _STATE_V, "kind": "blue_green", "rollout": asdict(self.rollout), "started_ts": self.started_ts,
                 "settings": asdict(self.cfg), "slices": self.slices.to_state(), "table": array_to_state(self.table),
                 "conv": self.tracker.conv.to_state(), "watermark": self.watermark,
+                "hist": array_to_state(self.hist),
                 "reference": {"mode": self.ref.mode, "days": self.ref.days, "description": self.ref.description,
                               "distance_h": list(self.ref.distance_h),
                               "bins": [{k: v.tolist() for k, v in b.items()} for b in self.ref.bins]}}
 
     @classmethod
     def from_state(cls, d: dict[str, Any], policy: Policy | None = None) -> BlueGreenJudge:
-        if d.get("v") not in (1, _STATE_V) or d.get("kind") != "blue_green":
+        if d.get("v") not in (1, 2, _STATE_V) or d.get("kind") != "blue_green":
             raise ValueError(f"unknown blue-green judge state {d.get('kind')!r} v{d.get('v')!r}")
         policy = policy if policy is not None else load_policy(None).default
         r = d["reference"]
@@ -379,7 +444,10 @@ class BlueGreenJudge:
         j.slices = SliceMap.from_state(d["slices"])
         j.tracker = Tracker(j.cfg.conversations, j.slices)
         j.tracker.conv = ConvRows.from_state(d["conv"])
+        pad_conv_cols(j.tracker.conv, j.slices)  # v1, v2: no max-latency column (and no histograms below)
         j.table = array_from_state(d["table"])
+        if "hist" in d:
+            j.hist = array_from_state(d["hist"])
         j.watermark = d.get("watermark", j.started_ts)
         return j
 

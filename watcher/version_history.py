@@ -4,9 +4,11 @@ The engine feeds every batch (``VersionHistory.update(turns, arms, cols)``); a b
 at the switch, what the old (blue) version did in given time windows (``reference``). Per
 (agent, environment, version) and time bucket, per segment slice, the fields are: conversations; the
 six cluster sums of quality and of log latency (``stats.MEAN_FIELDS``); conversations with a first
-escalation / error / compliance event. A conversation counts in the bucket and version of its first
-turn. Aggregation is vectorised over the batch's ``TurnColumns`` (one C-level pass per column; Python
-runs per distinct conversation and per distinct (version, bucket) only).
+escalation / error / compliance event. Per bucket, overall only, also a histogram of each
+conversation's slowest turn (``watcher.latency_bins``; blue-green's latency-tail reference). A
+conversation counts in the bucket and version of its first turn. Aggregation is vectorised over the
+batch's ``TurnColumns`` (one C-level pass per column; Python runs per distinct conversation and per
+distinct (version, bucket) only).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from watcher import latency_bins as lb
 from watcher.events import TurnColumns
 from watcher.shadow import ConvRows, SliceMap
 from watcher.stats import MEAN_FIELDS, array_from_state, array_to_state, mean_deltas
 
 __all__ = ["VersionHistory", "NullHistory", "Tracker", "F_CONV", "F_Q", "F_L", "F_RATE", "N_FIELDS",
-           "MEAN_AT", "RATES", "DAY"]
+           "MEAN_AT", "RATES", "DAY", "LATENCY_MAX", "pad_conv_cols"]
 
 DAY = 86400.0
 MEANS = ("quality", "latency")
@@ -37,22 +40,42 @@ F_RATE = {name: 1 + 2 * MEAN_FIELDS + i for i, name in enumerate(RATES)}
 N_FIELDS = 1 + 2 * MEAN_FIELDS + len(RATES)
 MEAN_AT = {"quality": F_Q, "latency": F_L}
 _AEV = operator.attrgetter("agent_id", "environment", "version")
-_STATE_V = 2
+_STATE_V = 3  # v3: latency histograms per bucket, a conversation-max column in the conversation table
+# the reserved key of ``reference()``'s answer holding the histogram of conversations' slowest turn
+# (not a slice name: those are "all" or "key=value")
+LATENCY_MAX = "~latency_max"
 
-Table = Callable[[int, int], "np.ndarray | None"]
+# (group, bucket) -> (fields per slice (slices, N_FIELDS), histogram of conversation maxima (N_BINS,)),
+# or None when that group and bucket are not kept
+Table = Callable[[int, int], "tuple[np.ndarray, np.ndarray] | None"]
+
+
+def _conv_cols(slices: SliceMap) -> int:
+    return 4 + max(slices.max_keys, 1)  # group, bucket, bits, slices..., max latency bin + 1
+
+
+def pad_conv_cols(conv: ConvRows, slices: SliceMap) -> None:
+    """Conversation tables of state v2 lack the max-latency column: add it (0 = none seen yet; such a
+    conversation enters the histogram at its next turn with a latency)."""
+    width = _conv_cols(slices)
+    if conv.cols.shape[1] < width:
+        conv.cols = np.concatenate([conv.cols, np.zeros((len(conv.cols), width - conv.cols.shape[1]), np.int64)], 1)
 
 
 class Tracker:
     """Conversation-level sufficient statistics of one (agent, environment) stream.
 
     Rows are keyed by conversation id; ``add`` adds a batch's increments into ``table(group, bucket)``
-    -> (slices, N_FIELDS) arrays (None: not kept), each conversation in the group and bucket of its
-    first turn.
+    -> ((slices, N_FIELDS) fields, (N_BINS,) histogram) (None: not kept), each conversation in the
+    group and bucket of its first turn. The histogram counts each conversation once, in the bin of its
+    slowest turn so far: when a later turn is slower, the conversation moves up (-1 old bin, +1 new).
     """
 
     def __init__(self, cap: int, slices: SliceMap) -> None:
         self.slices = slices
-        self.conv = ConvRows(cap, 4, 3 + max(slices.max_keys, 1))  # sums: q S,n, loglat S,n; cols: group, bucket, bits, slices
+        # sums: q S,n, loglat S,n; cols: group, bucket, bits, slices..., max latency bin + 1 (0: none)
+        self.conv = ConvRows(cap, 4, _conv_cols(slices))
+        self.mx = _conv_cols(slices) - 1
 
     def add(self, cols: TurnColumns, groups: np.ndarray, buckets: np.ndarray, table: Table) -> None:
         n = cols.n
@@ -73,8 +96,8 @@ class Tracker:
         delta[:, F_CONV] = np.bincount(inv, weights=new, minlength=m)
         old = conv.sums[u]
         new_sums = old.copy()
-        lat = cols.latency
-        for j, x in enumerate((cols.quality, np.log(np.maximum(lat, 1e-3)))):
+        loglat = np.log(np.maximum(cols.latency, 1e-3))
+        for j, x in enumerate((cols.quality, loglat)):
             ok = ~np.isnan(x)
             new_sums[:, 2 * j] += np.bincount(inv[ok], weights=x[ok], minlength=m)
             new_sums[:, 2 * j + 1] += np.bincount(inv[ok], minlength=m)
@@ -92,25 +115,38 @@ class Tracker:
                 bits[first] |= 1 << b
                 delta[:, F_RATE[name]] = first
         conv.cols[u, 2] = bits
+        # slowest turn so far (bin + 1; 0 = no latency yet): conversations whose maximum rose move bins
+        old_mx = conv.cols[u, self.mx]
+        new_mx = old_mx.copy()
+        np.maximum.at(new_mx, inv, lb.bins_of_log(loglat) + 1)
+        moved = new_mx > old_mx
+        conv.cols[u, self.mx] = new_mx
         c = conv.cols[u]
         sl = np.concatenate([np.zeros((m, 1), np.int64), c[:, 3:3 + self.slices.max_keys]], axis=1)
         key = c[:, 0] * (1 << 32) + c[:, 1]  # (group, bucket) of each conversation; few distinct
         uk, kinv = np.unique(key, return_inverse=True)
         for i, k in enumerate(uk.tolist()):
-            t = table(k >> 32, k & 0xFFFFFFFF)
-            if t is None:
+            tables = table(k >> 32, k & 0xFFFFFFFF)
+            if tables is None:
                 continue
+            t, hist = tables
             at = kinv == i
             s, d = sl[at], delta[at]
             ok = s >= 0
             np.add.at(t, s[ok], np.broadcast_to(d[:, None, :], (*s.shape, N_FIELDS))[ok])
+            mv = at & moved
+            if mv.any():
+                np.add.at(hist, new_mx[mv] - 1, 1)
+                was = mv & (old_mx > 0)
+                np.add.at(hist, old_mx[was] - 1, -1)
 
 
 class VersionHistory:
     """Per (agent, environment, version) time buckets of conversation-level sufficient statistics.
 
     Bounded: ``days`` of ``bucket_s`` buckets per version, ``max_versions`` versions per (agent,
-    environment) (the least recently seen is forgotten), a bounded conversation table. A conversation
+    environment) (the least recently seen is forgotten), a bounded conversation table; per bucket one
+    int32 histogram of conversation maxima (``latency_bins.N_BINS`` bins, 2.7 KB). A conversation
     counts in the bucket and version of its first turn. Shadow turns are skipped (never seen by customers).
     """
 
@@ -121,6 +157,7 @@ class VersionHistory:
         self.maps: dict[tuple[str, str], SliceMap] = {}
         self.trackers: dict[tuple[str, str], Tracker] = {}
         self.buckets: dict[tuple[str, str, str], dict[int, np.ndarray]] = {}
+        self.hists: dict[tuple[str, str, str], dict[int, np.ndarray]] = {}  # same keys: slowest-turn histograms
         self.seen: dict[tuple[str, str, str], float] = {}
         self.watermark = -math.inf
         self._cap = conversations
@@ -164,7 +201,7 @@ class VersionHistory:
             self._rev[self._ids[key]] = key
         return self._ids[key]
 
-    def _table(self, ae: tuple[str, str], g: int, b: int) -> np.ndarray | None:
+    def _table(self, ae: tuple[str, str], g: int, b: int) -> tuple[np.ndarray, np.ndarray] | None:
         key = self._rev.get(g)
         if key is None or key not in self.seen or b * self.bucket_s < self.watermark - self.days * DAY - self.bucket_s:
             return None
@@ -172,30 +209,41 @@ class VersionHistory:
         t = tables.get(b)
         if t is None:
             t = tables[b] = np.zeros((self.maps[ae].size, N_FIELDS))
-        return t
+        hists = self.hists.setdefault(key, {})
+        h = hists.get(b)
+        if h is None:
+            h = hists[b] = np.zeros(lb.N_BINS, np.int32)
+        return t, h
 
     def _evict(self, ae: tuple[str, str]) -> None:
         mine = sorted((ts, k) for k, ts in self.seen.items() if k[:2] == ae)
         for _, k in mine[:max(len(mine) - self.max_versions, 0)]:
             del self.seen[k]
             self.buckets.pop(k, None)
+            self.hists.pop(k, None)
 
     def _prune(self) -> None:
         oldest = math.floor((self.watermark - self.days * DAY) / self.bucket_s) - 1
-        for tables in self.buckets.values():
+        for tables in (*self.buckets.values(), *self.hists.values()):
             for b in [b for b in tables if b < oldest]:
                 del tables[b]
 
     def reference(self, agent: str, env: str, version: str | None, t0: float, t1: float) -> dict[str, np.ndarray]:
-        """Slice name -> summed fields of ``version``'s conversations that started in [t0, t1) (bucket grid)."""
-        tables = self.buckets.get((agent, env, version or ""), {})
+        """Slice name -> summed fields of ``version``'s conversations that started in [t0, t1) (bucket grid);
+        ``LATENCY_MAX`` -> their histogram of slowest turns (absent when a bucket has none: state v2)."""
+        key = (agent, env, version or "")
+        tables = self.buckets.get(key, {})
         lo, hi = math.floor(t0 / self.bucket_s), math.ceil(t1 / self.bucket_s)
         parts = [t for b, t in tables.items() if lo <= b < hi]
         if not parts:
             return {}
         total = sum(parts)
         names = self.maps[(agent, env)].names
-        return {name: total[s] for s, name in names.items()}
+        out = {name: total[s] for s, name in names.items()}
+        hists = self.hists.get(key, {})
+        if all(b in hists for b in tables if lo <= b < hi):
+            out[LATENCY_MAX] = np.sum([hists[b] for b in tables if lo <= b < hi], axis=0, dtype=np.int64)
+        return out
 
     def to_state(self) -> dict[str, Any]:
         return {"v": _STATE_V, "bucket_s": self.bucket_s, "days": self.days, "max_versions": self.max_versions,
@@ -206,11 +254,13 @@ class VersionHistory:
                 "ids": [[*k, i] for k, i in self._ids.items()],
                 "seen": [[*k, ts] for k, ts in self.seen.items()],
                 "buckets": [[*k, {str(b): array_to_state(t) for b, t in tables.items()}]
-                            for k, tables in self.buckets.items()]}
+                            for k, tables in self.buckets.items()],
+                "hists": [[*k, {str(b): array_to_state(h) for b, h in hists.items()}]
+                          for k, hists in self.hists.items()]}
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> VersionHistory:
-        if d.get("v") not in (1, _STATE_V):
+        if d.get("v") not in (1, 2, _STATE_V):
             raise ValueError(f"unknown version history state v{d.get('v')!r}")
         h = cls(bucket_s=d["bucket_s"], days=d["days"], max_versions=d["max_versions"], conversations=d["cap"],
                 max_keys=d["max_keys"], max_values=d["max_values"])
@@ -222,11 +272,15 @@ class VersionHistory:
             if d["v"] == 1:  # v1 keyed rows by (agent, environment, conversation id); v2 by the id
                 t.conv.cur = {k[2] if isinstance(k, tuple) else k: r for k, r in t.conv.cur.items()}
                 t.conv.old = {k[2] if isinstance(k, tuple) else k: r for k, r in t.conv.old.items()}
+            pad_conv_cols(t.conv, h.maps[(a, e)])  # v1, v2: no max-latency column
         h._ids = {(a, e, v): i for a, e, v, i in d["ids"]}
         h._rev = {i: k for k, i in h._ids.items()}
         h.seen = {(a, e, v): ts for a, e, v, ts in d["seen"]}
         h.buckets = {(a, e, v): {int(b): array_from_state(t) for b, t in tables.items()}
                      for a, e, v, tables in d["buckets"]}
+        # v1, v2 kept no histograms: the tail reference of those buckets is missing until they age out
+        h.hists = {(a, e, v): {int(b): array_from_state(t) for b, t in hists.items()}
+                   for a, e, v, hists in d.get("hists", [])}
         return h
 
 

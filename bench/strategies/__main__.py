@@ -4,7 +4,8 @@ Per strategy: null runs (no false rollback or pause allowed) and the delay to th
 regression type (median over seeds; minutes after the onset, which is the rollout start or the
 switch). Blue-green twice: ``blue_green`` with 3 previous days of blue (the same-hours reference, the
 usual case) and ``blue_green_recent`` with only the hour before the switch (the widened fallback);
-each with a time-of-day null and a late regression (starting 90 min after the switch). Then the sample-size advantage of pairing: conversations a shadow (paired) and a 50/50
+each with a time-of-day null, a late regression (starting 90 min after the switch) and a slow tail (5 %
+of turns 4x slower: the latency-tail test). Then the sample-size advantage of pairing: conversations a shadow (paired) and a 50/50
 canary (unpaired) need before the same quality regression fails. Writes bench/strategies/results.json.
 """
 
@@ -97,7 +98,9 @@ REGRESSIONS = {
     "errors x4": {"error_factor": 4.0}, "escalation x3": {"escalation_factor": 3.0}}
 # blue-green only: every customer is exposed, so the rare-event and late regressions are measured too
 BG_REGRESSIONS = {"compliance x5": {"compliance_factor": 5.0},
-                  "errors x4 from +90 min": {"error_factor": 4.0, "onset_min": 90.0, "minutes": 150.0}}
+                  "errors x4 from +90 min": {"error_factor": 4.0, "onset_min": 90.0, "minutes": 150.0},
+                  # the simulator's latency_tail (preset slow_tail): p95/p99 move, the geometric mean x1.07 only
+                  "slow tail (5 % of turns x4)": {"tail_share": 0.05, "tail_factor": 4.0}}
 RUNNERS: dict[str, Callable[..., Stop]] = {
     "shadow": shadow_run, "blue_green": lambda tr, seed: blue_green_run(tr, seed, 3),
     "blue_green_recent": lambda tr, seed: blue_green_run(tr, seed, 0), "flag": flag_run}

@@ -50,6 +50,8 @@ class Traffic:
     error_factor: float = 1.0
     escalation_factor: float = 1.0
     compliance_factor: float = 1.0
+    tail_share: float = 0.0  # this share of treated turns is ``tail_factor`` x slower (the simulator's latency_tail)
+    tail_factor: float = 4.0
     onset_min: float = 0.0  # blue-green: the effects start this long after the switch (a late regression)
     shared_noise: float = 0.7  # shadow: correlation of a turn's noise with the live answer's
 
@@ -74,6 +76,8 @@ def _answers(tr: Traffic, rng: np.random.Generator, c: dict[str, np.ndarray], tr
     e_q, e_l = (rng.standard_normal(m), rng.standard_normal(m)) if eps is None else eps
     q = 0.8 + offset - 0.05 * z - 0.03 * tr.daily_amp * day + 0.08 * e_q + np.where(treated, tr.quality_shift, 0.0)
     lat = np.exp(np.log(450) + 0.15 * z + 0.4 * e_l + 0.15 * tr.daily_amp * day) * np.where(treated, tr.latency_factor, 1)
+    if tr.tail_share > 0:  # drawn only then: the other scenarios keep their random streams
+        lat = lat * np.where(treated & (rng.random(m) < tr.tail_share), tr.tail_factor, 1.0)
     risk = np.exp(0.4 * z - 0.08) * (1 + 0.25 * tr.daily_amp * day).clip(0.1)  # busier hours, more trouble
     esc = rng.random(m) < tr.p_escalation * risk * np.where(treated, tr.escalation_factor, 1.0)
     err = rng.random(m) < tr.p_error * risk * np.where(treated, tr.error_factor, 1.0)
