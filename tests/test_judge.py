@@ -93,11 +93,11 @@ def test_late_tail_threshold_comes_from_the_baseline_only() -> None:
 def test_small_tables_rotate_and_fold_without_changing_the_numbers(monkeypatch) -> None:
     # A conversation table that rotates (conversations migrate between generations) and a group table
     # folded into materialised bases many times must give the same tables as roomy ones.
-    import watcher.judge as judge_mod
+    import watcher.judge_tables as judge_tables
 
     batches = list(generate(Scenario(hours=1, conv_per_min=40, turns_mean=4), 5, 60.0))
     roomy = Judge(REF, POLICY, T0)
-    monkeypatch.setattr(judge_mod, "_GROUPS", 4)
+    monkeypatch.setattr(judge_tables, "_GROUPS", 4)
     small = Judge(REF, POLICY, T0, capacity=300)
     for turns, arms, w in batches:
         roomy.update(turns, arms, w)
