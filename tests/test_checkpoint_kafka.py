@@ -1,4 +1,5 @@
-"""The Kafka checkpoint store, against the real broker: chunked, slotted, shared between instances."""
+"""The Kafka checkpoint store, against the real broker: chunked, one write id per checkpoint, shared
+between instances, safe against a second (zombie) writer."""
 
 from __future__ import annotations
 
@@ -45,24 +46,72 @@ async def test_a_checkpoint_round_trips_in_chunks_and_another_instance_reads_it(
     assert await asyncio.to_thread(a.load, "partition-3") == newer
 
 
-async def test_a_writer_dying_half_way_leaves_the_previous_checkpoint_intact(stores, broker) -> None:
-    a, b = stores
-    cp = _checkpoint(3000, "kept")
-    await asyncio.to_thread(a.save, cp, "partition-0")
-    # a crash after some chunks of the next checkpoint and before its manifest: the chunks land in
-    # the other slot, the manifest still points at the intact one
+async def _send(broker, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
     await producer.start()
     try:
-        manifest = json.loads(await asyncio.to_thread(lambda: a._view["partition-0"]))
-        free = 1 - manifest["slot"]
-        for i in range(3):
-            await producer.send_and_wait(a.topic, b"garbage", key=f"partition-0#{free}#{i}".encode())
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key, partition=0)
     finally:
         await producer.stop()
+
+
+async def test_a_writer_dying_half_way_leaves_the_previous_checkpoint_intact(stores, broker) -> None:
+    a, b = stores
+    cp = _checkpoint(3000, "kept")
+    await asyncio.to_thread(a.save, cp, "partition-0")
+    # a crash after some chunks of the next checkpoint and before its manifest: they sit under a
+    # write id of their own, the manifest still points at the intact chunks
+    await _send(broker, a.topic, [(f"partition-0#deadbeef#{i}".encode(), b"garbage") for i in range(3)])
     assert await asyncio.to_thread(b.load, "partition-0") == cp
+
+
+async def test_a_zombie_writer_cannot_corrupt_the_owners_checkpoint(stores, broker) -> None:
+    owner, zombie = stores
+    await asyncio.to_thread(owner.save, _checkpoint(2000, "first"), "partition-5")
+    assert await asyncio.to_thread(zombie.load, "partition-5") is not None  # the zombie's view: "first"
+    second = _checkpoint(2500, "second")
+    await asyncio.to_thread(owner.save, second, "partition-5")  # the partition moved on
+    stale = _checkpoint(2200, "zombie")  # the paused instance wakes up and checkpoints once more
+    await asyncio.to_thread(zombie.save, stale, "partition-5")
+    reader = KafkaCheckpointStore(broker.bootstrap_servers, owner.topic, chunk_bytes=owner.chunk_bytes)
+    try:
+        # whichever manifest landed last is whole: here the zombie's, a consistent checkpoint
+        assert await asyncio.to_thread(reader.load, "partition-5") == stale
+        third = _checkpoint(2600, "third")
+        await asyncio.to_thread(owner.save, third, "partition-5")
+        assert await asyncio.to_thread(reader.load, "partition-5") == third
+        # replaced checkpoints' chunks are tombstoned by their replacer; the zombie's one write is
+        # replaced by a writer that never knew it, so its chunks stay (one write's worth, bounded)
+        def chunks(store: KafkaCheckpointStore) -> set[str]:
+            m = json.loads(store._view["partition-5"])
+            return {f"partition-5#{m['write']}#{i}" for i in range(m["chunks"])}
+
+        live = {k for k in reader._view if k.startswith("partition-5#")}
+        assert live == chunks(reader) | chunks(zombie)
+    finally:
+        reader.close()
+
+
+async def test_a_version_1_checkpoint_is_still_read(stores, broker) -> None:
+    import hashlib
+    import zlib
+
+    from watcher.checkpoint import encode
+
+    a, b = stores
+    assert await asyncio.to_thread(a.load, "partition-7") is None  # the topic exists, as the store made it
+    cp = _checkpoint(100, "old")
+    document = encode(cp)
+    manifest = {"v": 1, "slot": 1, "chunks": 1, "bytes": len(document),
+                "sha256": hashlib.sha256(document).hexdigest(), "written_at": cp.written_at}
+    await _send(broker, a.topic, [(b"partition-7#1#0", zlib.compress(document)),
+                                  (b"partition-7", json.dumps(manifest).encode())])
+    assert await asyncio.to_thread(b.load, "partition-7") == cp
+    await asyncio.to_thread(b.save, _checkpoint(120, "new"), "partition-7")  # replaces it in the new format
+    assert await asyncio.to_thread(a.load, "partition-7") == _checkpoint(120, "new")
 
 
 async def test_a_manifest_that_does_not_match_its_chunks_is_an_error_not_a_wrong_state(stores, broker) -> None:
@@ -74,7 +123,7 @@ async def test_a_manifest_that_does_not_match_its_chunks_is_an_error_not_a_wrong
     await producer.start()
     try:
         manifest = json.loads(a._view["partition-2"])
-        await producer.send_and_wait(a.topic, b"tampered", key=f"partition-2#{manifest['slot']}#0".encode())
+        await producer.send_and_wait(a.topic, b"tampered", key=f"partition-2#{manifest['write']}#0".encode())
         await producer.send_and_wait(a.topic, b'{"v": 9}', key=b"partition-9")
     finally:
         await producer.stop()

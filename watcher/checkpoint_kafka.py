@@ -5,15 +5,19 @@ of each scope (``partition-<p>``), and the next owner of a partition reads it ba
 document is several MB (mostly JSON that compresses ~10x) while a Kafka record is limited to about
 1 MB, so a checkpoint is written as records under fixed keys:
 
-* ``<scope>#<slot>#<i>``: the zlib-compressed document, cut into chunks of ``chunk_bytes``;
-* ``<scope>``: a manifest ``{"v": 1, "slot", "chunks", "bytes", "sha256", "written_at"}``, written
-  last, after every chunk is acknowledged by the broker (``acks=all``).
+* ``<scope>#<write>#<i>``: the zlib-compressed document, cut into chunks of ``chunk_bytes``, under
+  a write id of its own (random);
+* ``<scope>``: a manifest ``{"v": 2, "write", "chunks", "bytes", "sha256", "written_at"}``, written
+  last, after every chunk is acknowledged by the broker (``acks=all``);
+* then tombstones for the chunks of the manifest it replaced (compaction removes them).
 
-Two slots alternate, so writing the next checkpoint never overwrites a chunk of the current one: a
-writer that dies half-way leaves the previous manifest pointing at an intact slot. Compaction keeps
-the latest record per key, which is all a reader needs. The reader keeps a view of the latest record
-per key and only reads what was appended since its last look, up to the high watermark of a fetch
-(some Kafka-compatible brokers report ``end_offsets`` wrongly). The SHA-256 of the document guards
+A write never touches the chunks of any other write: a writer that dies half-way leaves the
+previous manifest pointing at intact chunks, and two writers of one scope (an instance paused past
+its session timeout that wakes up and checkpoints a partition that has moved on: a "zombie") cannot
+corrupt each other's checkpoint; whichever manifest lands last is a whole, consistent checkpoint of
+that partition's stream. (Version 1 manifests, with two alternating slots, are still read.)
+Compaction keeps the latest record per key, which is all a reader needs. The reader keeps a view of the latest record
+per key and only reads what was appended since its last look, up to a sync record it appends first. The SHA-256 of the document guards
 against a manifest from a newer writer meeting chunks from an older one.
 
 aiokafka is asynchronous and ``CheckpointStore`` is not (the SQLite store writes synchronously as
@@ -27,6 +31,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import threading
 import zlib
 from collections.abc import Coroutine, Mapping
@@ -39,14 +44,16 @@ __all__ = ["KafkaCheckpointStore", "MANIFEST_VERSION"]
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 DEFAULT_CHUNK_BYTES = 512 * 1024  # well under Kafka's default 1 MB record limit
+_SYNC_KEY = b"__sync__"  # a reader's "read up to here" mark (compaction keeps only the last one)
 
 T = TypeVar("T")
 
 
 class KafkaCheckpointStore:
-    """``CheckpointStore`` over a compacted topic (one partition; created if missing)."""
+    """``CheckpointStore`` over a compacted topic (created with one partition if missing; only its
+    partition 0 is used, so a topic created otherwise still works)."""
 
     def __init__(
         self,
@@ -139,60 +146,72 @@ class KafkaCheckpointStore:
 
     async def _write(self, scope: str, document: bytes, written_at: float) -> None:
         await self._ensure()
-        # The slot the current manifest does not use is free. The view is current for a scope this
-        # instance owns: it loaded the scope when the partition was assigned and has written it since.
-        current = self._manifest(scope, self._view.get(scope)) if scope in self._view else None
-        slot = 1 - int(current["slot"]) if current is not None else 0
+        # The manifest this write replaces, as this instance knows it (it loaded the scope when the
+        # partition was assigned and has written it since): its chunks are tombstoned afterwards.
+        try:
+            previous = self._manifest(scope, self._view[scope]) if self._view.get(scope) else None
+        except CheckpointError:
+            previous = None
+        write = os.urandom(8).hex()
         packed = zlib.compress(document, 1)
         chunks = [packed[i:i + self.chunk_bytes] for i in range(0, len(packed), self.chunk_bytes)] or [b""]
-        sends = [await self._producer.send(self.topic, chunk, key=f"{scope}#{slot}#{i}".encode())
+        sends = [await self._producer.send(self.topic, chunk, partition=0, key=f"{scope}#{write}#{i}".encode())
                  for i, chunk in enumerate(chunks)]
         await asyncio.gather(*sends)  # every chunk acknowledged before the manifest points at them
-        manifest = {"v": MANIFEST_VERSION, "slot": slot, "chunks": len(chunks), "bytes": len(document),
+        manifest = {"v": MANIFEST_VERSION, "write": write, "chunks": len(chunks), "bytes": len(document),
                     "sha256": hashlib.sha256(document).hexdigest(), "written_at": written_at}
         raw = json.dumps(manifest).encode()
-        await self._producer.send_and_wait(self.topic, raw, key=scope.encode())
-        self._view.update({f"{scope}#{slot}#{i}": chunk for i, chunk in enumerate(chunks)})
+        await self._producer.send_and_wait(self.topic, raw, partition=0, key=scope.encode())
+        self._view.update({f"{scope}#{write}#{i}": chunk for i, chunk in enumerate(chunks)})
         self._view[scope] = raw
+        if previous is not None:  # the replaced checkpoint's chunks: compaction drops them
+            old = _chunk_prefix(scope, previous)
+            tombstones = [await self._producer.send(self.topic, None, partition=0, key=f"{old}{i}".encode())
+                          for i in range(int(previous["chunks"]))]
+            await asyncio.gather(*tombstones)
+            for i in range(int(previous["chunks"])):
+                self._view.pop(f"{old}{i}", None)
 
     async def _catch_up(self) -> None:
-        """Read what was appended since the last look into the view, up to the high watermark."""
+        """Read what was appended since the last look into the view, up to now.
+
+        "Now" is a sync record this reader appends first: once the view has read past it, it has
+        every record any writer had appended before. (A fetch's high watermark can be stale by one
+        long-poll, and some Kafka-compatible brokers report ``end_offsets`` wrongly.)"""
         await self._ensure()
         from aiokafka import TopicPartition
 
         tp = TopicPartition(self.topic, 0)
+        sync = await self._producer.send_and_wait(self.topic, b"", partition=0, key=_SYNC_KEY)
         consumer = self._consumer
         consumer.seek(tp, self._position)
-        empty_polls = 0
-        while True:
-            data = await consumer.getmany(tp, timeout_ms=200, max_records=1000)
+        while self._position <= sync.offset:
+            data = await consumer.getmany(tp, timeout_ms=500, max_records=1000)
             for record in data.get(tp, []):
-                if record.key is not None:
-                    self._view[record.key.decode()] = record.value if record.value is not None else b""
+                if record.key is not None and record.key != _SYNC_KEY:
+                    key = record.key.decode()
+                    if record.value is None:  # a tombstone
+                        self._view.pop(key, None)
+                    else:
+                        self._view[key] = record.value
                 self._position = record.offset + 1
-            high = consumer.highwater(tp)
-            if high is not None and self._position >= high:
-                return
-            empty_polls = 0 if data else empty_polls + 1
-            if high is None and empty_polls >= 3:  # nothing was ever written
-                return
 
     def _manifest(self, scope: str, raw: bytes | None) -> dict[str, Any]:
         try:
             manifest = json.loads(raw or b"")
-            if not isinstance(manifest, dict) or manifest.get("v") != MANIFEST_VERSION:
+            if not isinstance(manifest, dict) or manifest.get("v") not in (1, MANIFEST_VERSION):
                 raise ValueError(f"unsupported manifest {manifest!r:.80}")
-            int(manifest["slot"]), int(manifest["chunks"]), str(manifest["sha256"])
+            _chunk_prefix(scope, manifest), int(manifest["chunks"]), str(manifest["sha256"])
         except (ValueError, TypeError, KeyError) as exc:
             raise CheckpointError(f"checkpoint manifest of {scope!r} is malformed: {exc}") from exc
         return manifest
 
     def _assemble(self, scope: str, raw: bytes) -> bytes:
         manifest = self._manifest(scope, raw)
-        slot, count = int(manifest["slot"]), int(manifest["chunks"])
+        prefix, count = _chunk_prefix(scope, manifest), int(manifest["chunks"])
         parts = []
         for i in range(count):
-            chunk = self._view.get(f"{scope}#{slot}#{i}")
+            chunk = self._view.get(f"{prefix}{i}")
             if chunk is None:
                 raise CheckpointError(f"checkpoint of {scope!r}: chunk {i} of {count} is missing")
             parts.append(chunk)
@@ -203,3 +222,13 @@ class KafkaCheckpointStore:
         if hashlib.sha256(document).hexdigest() != manifest["sha256"]:
             raise CheckpointError(f"checkpoint of {scope!r}: its chunks do not match its manifest")
         return document
+
+
+def _chunk_prefix(scope: str, manifest: Mapping[str, Any]) -> str:
+    """The keys of a manifest's chunks, up to the chunk number: its write id (v2) or slot (v1)."""
+    if manifest.get("v") == 1:
+        return f"{scope}#{int(manifest['slot'])}#"
+    write = manifest["write"]
+    if not isinstance(write, str) or not write or "#" in write:
+        raise ValueError(f"bad write id {write!r:.40}")
+    return f"{scope}#{write}#"
