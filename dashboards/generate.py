@@ -494,9 +494,12 @@ def health() -> dict[str, Any]:
                    defaults={"thresholds": thresholds((None, "green"), (1, "red")), "min": 0}),
         row("Scale-out: partitions per instance (checkpoint.scope: partition)"),
         timeseries("Partitions owned", "Partitions whose state each instance holds (watcher_partitions_owned). "
-                   "Summed over instances it is the partition count; a dip is a rebalance in progress. Empty "
-                   "when one instance keeps one state (checkpoint.scope: instance).",
-                   targets((f"watcher_partitions_owned{{{I}}}", "{{instance}}")), unit="short", w=12),
+                   "Summed over instances it should equal the topics' partition count; a dip is a rebalance in "
+                   "progress, a lasting gap is WatcherPartitionsUnowned.",
+                   targets((f"watcher_partitions_owned{{{I}}}", "{{instance}}"),
+                           (f"sum(watcher_partitions_owned{{{I}}})", "all instances"),
+                           (f"max(watcher_partitions{{{I}}})", "partitions of the topics")),
+                   unit="short", w=12),
         timeseries("Partition hand-overs", "Partitions taken over from their checkpoint, taken over fresh (no "
                    "checkpoint: a new partition or a lost store) and released, per interval "
                    "(watcher_partition_handovers_total). Steady hand-overs without deploys mean instances "

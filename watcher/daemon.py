@@ -305,12 +305,20 @@ class Daemon:
         assert self.handover is not None
         async with self._lock:
             kafka = self.settings.kafka
-            self.handover.set_partition_counts(
-                {t: self.source.partition_count(t)  # type: ignore[attr-defined]
-                 for t in (*kafka.telemetry_topics, *kafka.deployments_topics)}, kafka.telemetry_topics[0])
+            self.handover.set_partition_counts(self._partition_counts(), kafka.telemetry_topics[0])
             self.handover.take_over(p for _, p in assigned)
 
+    def _partition_counts(self) -> dict[str, int | None]:
+        kafka = self.settings.kafka
+        counts = {t: self.source.partition_count(t)  # type: ignore[attr-defined]
+                  for t in (*kafka.telemetry_topics, *kafka.deployments_topics)}
+        known = [n for n in counts.values() if n]
+        if known:  # what the instances of the group hold between them (WatcherPartitionsUnowned)
+            self.handover_metrics.partitions.set(max(known))
+        return counts
+
     async def _count_assigned(self, assigned: set[tuple[str, int]]) -> None:
+        self._partition_counts()
         partitions = {p for _, p in assigned}
         self.handover_metrics.handovers.labels("taken_over").inc(len(partitions))
         self.handover_metrics.owned.set(len(partitions))

@@ -29,8 +29,10 @@ class HandoverMetrics:
     """``watcher_partitions_owned`` and ``watcher_partition_handovers_total{kind}``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.owned = Gauge("watcher_partitions_owned", "Partitions whose state this instance holds "
-                           "(checkpoint.scope: partition)", registry=registry)
+        self.owned = Gauge("watcher_partitions_owned", "Partition numbers this instance holds",
+                           registry=registry)
+        self.partitions = Gauge("watcher_partitions", "Partition numbers of the consumed topics (the most "
+                                "any of them has), from the cluster metadata", registry=registry)
         self.handovers = Counter("watcher_partition_handovers", "Partitions taken over (with or without a "
                                  "checkpoint) or released to another instance", ["kind"], registry=registry)
         for kind in ("taken_over", "taken_over_fresh", "released"):
