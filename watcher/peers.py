@@ -15,7 +15,6 @@ hook treats as "not ready": gates hold, checks never fail a canary over it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -126,7 +125,7 @@ class Peers:
                                    content_type=resp.content_type or "application/json")
                 out.headers["X-Watcher-Owner"] = url
                 return out
-        except (OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 -- any failure: 503
+        except Exception as exc:  # noqa: BLE001 -- refused, timed out, reset: the owner did not answer
             log.warning("forwarding %s %s to %s failed: %r", request.method, request.path, url, exc)
             return _unavailable(f"the instance that owns this agent ({url}) did not answer")
 
