@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from watcher.clock import Clock, SystemClock
-from watcher.errors import CheckpointError
+from watcher.errors import CheckpointError, CheckpointUnavailable
 from watcher.sqlite_store import open_store
 
 __all__ = [
@@ -181,6 +181,8 @@ class SqliteCheckpointStore:
             try:
                 row = self._db.execute("SELECT document FROM checkpoints WHERE scope=?", (scope,)).fetchone()
             except sqlite3.Error as exc:
+                if isinstance(exc, sqlite3.OperationalError):  # locked, I/O: the file may be fine
+                    raise CheckpointUnavailable(f"cannot read checkpoint file {self.path}: {exc}") from exc
                 raise CheckpointError(f"cannot read checkpoint file {self.path}: {exc}") from exc
         return decode(bytes(row[0])) if row is not None else None
 

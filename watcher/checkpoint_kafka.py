@@ -38,7 +38,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from watcher.checkpoint import SCOPE_ALL, Checkpoint, decode, encode
-from watcher.errors import CheckpointError
+from watcher.errors import CheckpointError, CheckpointUnavailable
 
 __all__ = ["KafkaCheckpointStore", "MANIFEST_VERSION"]
 
@@ -118,7 +118,7 @@ class KafkaCheckpointStore:
             raise
         except Exception as exc:  # the broker is down, a timeout, a rejected record...
             future.cancel()
-            raise CheckpointError(f"checkpoint topic {self.topic!r}: {exc!r}") from exc
+            raise CheckpointUnavailable(f"checkpoint topic {self.topic!r}: {exc!r}") from exc
 
     async def _ensure(self) -> None:
         if self._ready:

@@ -180,6 +180,7 @@ class Daemon:
         self._lock = asyncio.Lock()
         self.checkpointer: Checkpointer | None = None  # the instance's one, or None per partition
         self.handover: Handover | None = None  # per partition, when the state is
+        self._retry_at, self._retry_wait = 0.0, 1.0  # partitions waiting for an unreachable store
         self.handover_metrics = HandoverMetrics(self.registry)
         if self.tasks is None and hasattr(self.source, "on_assigned"):  # one state: count partitions only
             self.source.on_assigned = self._count_assigned  # type: ignore[attr-defined]
@@ -307,6 +308,22 @@ class Daemon:
             kafka = self.settings.kafka
             self.handover.set_partition_counts(self._partition_counts(), kafka.telemetry_topics[0])
             self.handover.take_over(p for _, p in assigned)
+            if self.handover.waiting:  # no state to apply their events to yet: not fetched meanwhile
+                self.source.pause_partitions(self.handover.waiting)  # type: ignore[attr-defined]
+                self._retry_at, self._retry_wait = time.monotonic() + 1.0, 1.0
+
+    async def _retry_waiting(self) -> None:
+        """Partitions whose checkpoint store was unreachable at take-over: read it again (backing off
+        up to 30 s); once a partition's state is restored, it is fetched again from its offsets."""
+        assert self.handover is not None
+        if not self.handover.waiting or time.monotonic() < self._retry_at:
+            return
+        async with self._lock:
+            taken = self.handover.take_over(set(self.handover.waiting))
+            if taken:
+                self.source.resume_partitions(taken, self.handover.resume_offset)  # type: ignore[attr-defined]
+        self._retry_wait = min(self._retry_wait * 2, 30.0)
+        self._retry_at = time.monotonic() + self._retry_wait
 
     def _partition_counts(self) -> dict[str, int | None]:
         kafka = self.settings.kafka
@@ -343,6 +360,8 @@ class Daemon:
             await asyncio.sleep(period)
             try:
                 await self.checkpoint()
+                if self.handover is not None:
+                    await self._retry_waiting()
             except Exception:  # the ticker must outlive any one failure
                 log.exception("periodic checkpoint failed")
 

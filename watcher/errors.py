@@ -5,6 +5,7 @@
     ├── SourceError          the telemetry source cannot be read (broker down, file unreadable)
     ├── SinkError            a signal could not be delivered (carries ``retry_after``, ``permanent``)
     ├── CheckpointError      state could not be saved or restored
+    │   └── CheckpointUnavailable  the store could not be reached (worth retrying)
     └── EmbeddedBrokerError  the embedded broker could not be started
 
 Malformed input events are *not* exceptions: they are values (``events.Rejected``) that are counted
@@ -46,6 +47,11 @@ class SinkError(WatcherError):
 
 class CheckpointError(WatcherError):
     """State could not be saved or restored."""
+
+
+class CheckpointUnavailable(CheckpointError):
+    """The checkpoint store could not be reached (locked, I/O, broker down): the checkpoint may be
+    fine, so a restore is worth retrying rather than starting from a fresh state."""
 
 
 class EmbeddedBrokerError(WatcherError):

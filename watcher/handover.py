@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from watcher.checkpoint import Checkpoint, CheckpointMetrics, Checkpointer, CheckpointStore, Offsets
 from watcher.engine import BatchResult
-from watcher.errors import CheckpointError
+from watcher.errors import CheckpointError, CheckpointUnavailable
 from watcher.source import Message, Origins, next_offsets
 from watcher.tasks import Tasks, scope_of
 
@@ -51,10 +51,16 @@ class Handover:
         self.interval_s = interval_s
         self.metrics = metrics
         self.checkpointers: dict[int, Checkpointer] = {}
+        # assigned partitions whose checkpoint could not be read because the store was unreachable:
+        # no task yet (the daemon pauses them); ``take_over`` is tried again until the store answers
+        self.waiting: set[int] = set()
 
     # -- ownership --------------------------------------------------------------------------------
-    def take_over(self, partitions: Iterable[int]) -> None:
-        """Rebuild each newly assigned partition's task from its checkpoint (a fresh one without)."""
+    def take_over(self, partitions: Iterable[int]) -> list[int]:
+        """Rebuild each newly assigned partition's task from its checkpoint (a fresh one without, or
+        when the checkpoint is unreadable). Returns the partitions taken over; those whose store
+        could not be reached stay ``waiting``, without a task, to be tried again."""
+        taken: list[int] = []
         for partition in sorted(set(partitions)):
             if partition in self.checkpointers:
                 continue
@@ -64,6 +70,13 @@ class Handover:
             restored: Checkpoint | None
             try:
                 restored = cp.restore()
+            except CheckpointUnavailable as exc:
+                self.tasks.drop(partition)
+                if partition not in self.waiting:
+                    log.error("partition %d: checkpoint store unreachable (%s): the partition waits, paused, "
+                              "and its checkpoint is read again", partition, exc)
+                self.waiting.add(partition)
+                continue
             except CheckpointError as exc:
                 log.error("partition %d: checkpoint not restored (%s): starting it from a fresh state",
                           partition, exc)
@@ -71,11 +84,14 @@ class Handover:
             if restored is not None and self.metrics is not None:
                 self.metrics.restored(restored)
             self.checkpointers[partition] = cp
+            self.waiting.discard(partition)
+            taken.append(partition)
             self.handover_metrics.handovers.labels("taken_over" if restored else "taken_over_fresh").inc()
             self.handover_metrics.owned.set(len(self.checkpointers))
             where = ", ".join(f"{t}/{p}@{o}" for (t, p), o in sorted(restored.offsets.items())) if restored else ""
             log.info("partition %d taken over %s", partition,
                      f"with its checkpointed state at {where}" if restored else "with no state")
+        return taken
 
     def leaving(self, partitions: Iterable[int]) -> list[Checkpointer]:
         """The checkpointers of the owned ones among ``partitions``: to save before releasing them."""
@@ -84,6 +100,7 @@ class Handover:
     def release(self, partitions: Iterable[int]) -> list[int]:
         """Drop the tasks of ``partitions`` (after their checkpoint); returns those dropped."""
         dropped = []
+        self.waiting -= set(partitions)
         for partition in sorted(set(partitions)):
             if self.checkpointers.pop(partition, None) is not None:
                 self.tasks.drop(partition)

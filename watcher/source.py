@@ -16,7 +16,7 @@ import collections
 import logging
 import operator
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -428,6 +428,24 @@ class KafkaSource:
             if now_ms - seen > self._stale_after_ms:
                 return False
         return True
+
+    def pause_partitions(self, partitions: Collection[int]) -> None:
+        """Stop fetching the assigned partitions with these numbers (their state is not ready)."""
+        consumer = self._consumer or self._joining
+        if consumer is not None:
+            consumer.pause(*[tp for tp in consumer.assignment() if tp.partition in partitions])
+
+    def resume_partitions(self, partitions: Collection[int], resume_from: Callable[[str, int], int | None]) -> None:
+        """Fetch them again, each from ``resume_from``'s offset (None: its committed offset)."""
+        consumer = self._consumer or self._joining
+        if consumer is None:
+            return
+        tps = [tp for tp in consumer.assignment() if tp.partition in partitions]
+        for tp in tps:
+            offset = resume_from(tp.topic, tp.partition)
+            if offset is not None:
+                consumer.seek(tp, offset)
+        consumer.resume(*tps)
 
     def partition_count(self, topic: str) -> int | None:
         """How many partitions ``topic`` has, from the cluster metadata (None while unknown)."""
