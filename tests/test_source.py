@@ -360,3 +360,22 @@ def test_buffered_records_reach_the_batch_without_a_consumer_record_each() -> No
     _bare_records(SimpleNamespace(_fetcher=fetcher))
     assert isinstance(fetcher._records[t0].getall(10)[0], ConsumerRecord)
     _bare_records(SimpleNamespace())  # another client layout: nothing to do, no error
+
+
+def test_a_batch_splits_per_partition_number_without_what_the_state_holds() -> None:
+    from watcher.source import Message, MessageBatch
+
+    msgs = [Message(b"t0-%d" % i, "telemetry", 0, 10 + i) for i in range(5)]
+    msgs += [Message(b"t1-%d" % i, "telemetry", 1, i) for i in range(3)]
+    msgs += [Message(b"d0-%d" % i, "deployments", 0, 7 + i) for i in range(2)]
+    batch = MessageBatch.of(msgs)
+    assert batch.values == [m.value for m in msgs] and batch.last_offsets()[("telemetry", 0)] == 14
+
+    since = {("telemetry", 0): 12, ("telemetry", 1): 3, ("deployments", 0): None}
+    parts = batch.by_partition(lambda t, p: since[(t, p)])
+    assert set(parts) == {0}  # partition 1 is wholly below its position
+    assert parts[0].values == [b"t0-2", b"t0-3", b"t0-4", b"d0-0", b"d0-1"]
+    assert [(m.topic, m.offset) for m in parts[0]] == [("telemetry", 12), ("telemetry", 13), ("telemetry", 14),
+                                                      ("deployments", 7), ("deployments", 8)]
+    assert {p: part.values for p, part in batch.by_partition().items()} == {
+        0: [m.value for m in msgs if m.partition == 0], 1: [b"t1-0", b"t1-1", b"t1-2"]}

@@ -306,7 +306,7 @@ class Daemon:
         assert self.handover is not None
         async with self._lock:
             kafka = self.settings.kafka
-            self.handover.set_partition_counts(self._partition_counts(), kafka.telemetry_topics[0])
+            self.handover.set_partition_counts(self._refresh_partition_counts(), kafka.telemetry_topics[0])
             self.handover.take_over(p for _, p in assigned)
             if self.handover.waiting:  # no state to apply their events to yet: not fetched meanwhile
                 self.source.pause_partitions(self.handover.waiting)  # type: ignore[attr-defined]
@@ -325,7 +325,7 @@ class Daemon:
         self._retry_wait = min(self._retry_wait * 2, 30.0)
         self._retry_at = time.monotonic() + self._retry_wait
 
-    def _partition_counts(self) -> dict[str, int | None]:
+    def _refresh_partition_counts(self) -> dict[str, int | None]:
         kafka = self.settings.kafka
         counts = {t: self.source.partition_count(t)  # type: ignore[attr-defined]
                   for t in (*kafka.telemetry_topics, *kafka.deployments_topics)}
@@ -335,7 +335,7 @@ class Daemon:
         return counts
 
     async def _count_assigned(self, assigned: set[tuple[str, int]]) -> None:
-        self._partition_counts()
+        self._refresh_partition_counts()
         partitions = {p for _, p in assigned}
         self.handover_metrics.handovers.labels("taken_over").inc(len(partitions))
         self.handover_metrics.owned.set(len(partitions))

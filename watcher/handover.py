@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from watcher.checkpoint import Checkpoint, CheckpointMetrics, Checkpointer, CheckpointStore, Offsets
 from watcher.engine import BatchResult
 from watcher.errors import CheckpointError, CheckpointUnavailable
-from watcher.source import Message, Origins, next_offsets
+from watcher.source import Message, MessageBatch, Origins, next_offsets
 from watcher.tasks import Tasks, scope_of
 
 __all__ = ["Handover", "HandoverMetrics"]
@@ -132,21 +132,15 @@ class Handover:
         Messages of a partition with no task (revoked while the batch was in flight) and messages
         below a task's position (fetched before a hand-over, already in the restored state) are
         skipped: the partition's owner counts them, once."""
-        groups: dict[int, list[Message]] = {}
-        for m in batch:
-            groups.setdefault(m.partition, []).append(m)
+        whole = batch if isinstance(batch, MessageBatch) else MessageBatch.of(batch)
         merged = BatchResult()
         covered: dict[int, Offsets] = {}
-        for partition, messages in sorted(groups.items()):
+        for partition, fresh in sorted(whole.by_partition(self.resume_offset).items()):
             engine = self.tasks.get(partition)
-            cp = self.checkpointers.get(partition)
-            if engine is None or cp is None:
-                log.debug("%d messages of unowned partition %d skipped", len(messages), partition)
+            if engine is None or partition not in self.checkpointers:
+                log.debug("%d messages of unowned partition %d skipped", len(fresh), partition)
                 continue
-            fresh = [m for m in messages if m.offset >= (cp.resume_offset(m.topic, m.partition) or 0)]
-            if not fresh:
-                continue
-            r = engine.process([m.value for m in fresh], origins=Origins(fresh))
+            r = engine.process(fresh.values, origins=Origins(fresh))
             merged.turns += r.turns
             merged.deployments += r.deployments
             merged.duplicates += r.duplicates

@@ -16,7 +16,7 @@ import collections
 import logging
 import operator
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -71,6 +71,7 @@ def messages_from_records(
 
 
 _VALUE = operator.attrgetter("value")
+_OFFSET = operator.attrgetter("offset")
 
 
 class MessageBatch(Sequence[Message]):
@@ -89,6 +90,32 @@ class MessageBatch(Sequence[Message]):
         self._parts: list[tuple[str, int, Sequence[Any]]] = []  # (topic, partition, records)
         self._starts: list[int] = []  # index in ``values`` of each part's first record
         self._messages: list[Message] | None = None
+
+    @classmethod
+    def of(cls, messages: Iterable[Message]) -> MessageBatch:
+        """A batch of these messages (consecutive ones of one partition form one part)."""
+        batch = cls()
+        run: list[Message] = []
+        for m in messages:
+            if run and (run[-1].topic, run[-1].partition) != (m.topic, m.partition):
+                batch.add(run[0].topic, run[0].partition, run)
+                run = []
+            run.append(m)
+        if run:
+            batch.add(run[0].topic, run[0].partition, run)
+        return batch
+
+    def by_partition(self, since: Callable[[str, int], int | None] = lambda _t, _p: None) -> dict[int, MessageBatch]:
+        """The batch split per partition *number* (partition p of every topic together), each part
+        without its records below ``since(topic, partition)``: per part, not per message (a part's
+        records are in offset order)."""
+        out: dict[int, MessageBatch] = {}
+        for topic, partition, records in self._parts:
+            start = since(topic, partition)
+            if start is not None and records[0].offset < start:
+                records = records[bisect.bisect_left(records, start, key=_OFFSET):]
+            out.setdefault(partition, MessageBatch()).add(topic, partition, records)
+        return {p: part for p, part in out.items() if part}
 
     def add(self, topic: str, partition: int, records: Sequence[Any]) -> None:
         if records:

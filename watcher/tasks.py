@@ -29,7 +29,7 @@ from watcher.engine import Engine
 from watcher.events import Deployment
 from watcher.policy import PolicySet, PolicyState
 from watcher.rollouts import Change, Rollout
-from watcher.state import SeriesKey, SeriesSnapshot, Window
+from watcher.state import MetricsState, SeriesKey, SeriesSnapshot, Window
 from watcher.verdicts import Decision
 
 __all__ = ["SCOPE_PREFIX", "Tasks", "partition_for", "scope_of"]
@@ -213,7 +213,7 @@ class _States:
 
     def summary_frame(self, window: Window = "cumulative") -> pd.DataFrame:
         frames = [e.state.summary_frame(window) for e in self._tasks.engines.values()]
-        frames = [f for f in frames if not f.empty]
-        if not frames:
-            return self._tasks._new_engine().state.summary_frame(window)
-        return pd.concat(frames)
+        filled = [f for f in frames if not f.empty]
+        if not filled:  # an empty frame with the columns (no task yet: an empty state's)
+            return frames[0] if frames else MetricsState().summary_frame(window)
+        return pd.concat(filled)
