@@ -23,12 +23,17 @@ Kafka (an embedded, Kafka-compatible Tansu broker from the optional ``calfkit-me
 Tansu's other differences from Apache Kafka (see ``watcher/embedded.py``): no idempotent or
 transactional producers, ``end_offsets()`` is unreliable (use ``consumer.highwater``), memory
 storage only (outage tests pause a broker of their own with ``pause()``/``resume()``).
+
+``PYTEST_SCANNER=reference`` runs the suite's in-process decoding through the columnar path with
+the Python reference scanner (``decode_columnar.reference_scan``) in place of the C one; ``=none``
+through the object path only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
@@ -112,3 +117,18 @@ def produce(broker: Any) -> Callable[..., Awaitable[list[tuple[int, int]]]]:
         return [(m.partition, m.offset) for m in sent]
 
     return send
+
+
+def _choose_scanner() -> None:
+    import types
+
+    from watcher import decode_columnar
+
+    choice = os.environ.get("PYTEST_SCANNER", "")
+    if choice == "reference":
+        decode_columnar._native = types.SimpleNamespace(scan=decode_columnar.reference_scan)
+    elif choice == "none":
+        decode_columnar._native = None
+
+
+_choose_scanner()

@@ -35,7 +35,6 @@ allowance (whole bins).
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -55,7 +54,6 @@ from watcher.version_history import (DAY, F_CONV, F_RATE, LATENCY_MAX, MEAN_AT, 
 __all__ = ["VersionHistory", "NullHistory", "BlueGreenJudge", "BlueGreenSettings", "Reference", "build_reference"]
 
 _STATE_V = 3  # v3: green's per-hour histograms of slowest turns
-_VERSION = operator.attrgetter("version")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +149,7 @@ class BlueGreenJudge:
             return
         keep = cols.arm_is(arms, "canary") & (cols.ts >= self.started_ts)
         if green is not None:
-            keep &= np.fromiter(map(green.__eq__, map(_VERSION, cols.turns)), bool, cols.n)
+            keep &= cols.version_is(green)
         if not keep.any():
             return
         mine = cols if keep.all() else cols.take(np.flatnonzero(keep))

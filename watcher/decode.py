@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from watcher.decode_columnar import decode_columnar
 from watcher.dedup import Deduplicator
 from watcher.event_schema import SCHEMA_DEPLOYMENT, SCHEMA_TURN, Deployment, Rejected, RejectReason, Turn
 from watcher.turn_columns import TurnColumns
@@ -33,7 +34,7 @@ __all__ = ["DecodedBatch", "decode_batch", "decode_deployment"]
 
 @dataclass(slots=True)
 class DecodedBatch:
-    turns: list[Turn]
+    turns: Sequence[Turn]  # a list, or LazyTurns on the columnar path
     deployments: list[Deployment]
     rejected: list[Rejected]
     duplicates: int
@@ -69,18 +70,29 @@ def decode_batch(
     *,
     origins: Sequence[str] | None = None,
     max_bytes: int = 65_536,
+    columnar: bool = True,
 ) -> DecodedBatch:
     """Decode and validate a batch of messages; never raises for any input.
 
     Every input ends up exactly once in ``turns``, ``deployments``, ``rejected`` or ``duplicates``.
-    ``origins`` (parallel to ``raws``) label the rejections.
+    ``origins`` (parallel to ``raws``) label the rejections. With ``columnar`` (and the C scanner
+    built), the turns are decoded straight into the batch's columns (``watcher.decode_columnar``) and
+    ``turns`` builds ``Turn`` objects only when read; the outcome is the same either way.
     """
+    if not isinstance(raws, list):
+        raws = list(raws)  # it is read twice below (sizes, then contents) and indexed
+    if columnar and raws:
+        fast = decode_columnar(
+            raws, dedup, functools.partial(_decode_slow, max_bytes=max_bytes, turn_by_default=True),
+            lambda problem, i: Rejected(problem[0], problem[1], _as_bytes(raws[i]), _origin(origins, i)),
+            max_bytes=max_bytes, deployment_key=_DEPLOYMENT_KEY,
+        )
+        if fast is not None:
+            return fast
     turns: list[Turn] = []
     deployments: list[Deployment] = []
     rejected: list[Rejected] = []
     duplicates = 0
-    if not isinstance(raws, (list, tuple)):
-        raws = list(raws)  # it is read twice below (sizes, then contents) and indexed
     try:
         fits = max(map(len, raws), default=0) <= max_bytes
     except Exception:  # a value without a length (e.g. a tombstone's None): checked one by one

@@ -73,7 +73,8 @@ class Engine:
     # -- the hot path ---------------------------------------------------------------------------
     def process(self, raws: Sequence[bytes], origins: Sequence[str] | None = None) -> BatchResult:
         batch: DecodedBatch = decode_batch(
-            raws, self.dedup, origins=origins, max_bytes=self.settings.state.max_event_bytes
+            raws, self.dedup, origins=origins, max_bytes=self.settings.state.max_event_bytes,
+            columnar=not self._reads_whole_turns(),
         )
         self.lateness.apply(batch, raws, origins)  # too-late turns leave the batch, as rejected (lateness.py)
         result = BatchResult(
@@ -101,6 +102,11 @@ class Engine:
                 result.drift_signals.extend(self.drift.update(turns, arms, cols))
             result.decisions.extend(self._judge(turns, arms, agents, cols))
         return result
+
+    def _reads_whole_turns(self) -> bool:
+        """The shadow judge pairs whole ``Turn`` objects: while one runs, the batch is decoded into
+        objects at once rather than into columns and then again into objects."""
+        return any(r.strategy == "shadow" and r.rollout_id in self.judges for r in self.registry.active_rollouts())
 
     def _needs_history(self, agents: set[tuple[str, str]]) -> bool:
         """History serves blue-green switches: it is kept for agents running without a rollout (what
@@ -181,7 +187,7 @@ class Engine:
                 mine = cols.take(idx)
                 my_arms = [arms[i] for i in idx.tolist()]
             weight = rollout.canary_weight if rollout.source == "marker" else self._observed_weight(rollout)
-            judge.update(mine.turns, strategies.arms_for(rollout, mine.turns, my_arms), weight, mine)
+            judge.update(mine.turns, strategies.arms_for(rollout, mine.turns, my_arms, mine), weight, mine)
             ts = float(mine.ts.max())
             last = self._last_look.get(rollout.rollout_id)
             if last is not None and ts - last < self.settings.judge.evaluate_every_s:

@@ -306,7 +306,10 @@ class MetricsState:
     def _fan_out(self, turns: Sequence[Any], arms: Sequence[str], cols: TurnColumns) -> np.ndarray:
         """``(n, 1 + keys)`` matrix: the series slots each turn updates (overall first)."""
         n = len(turns)
-        segs = cols.segment
+        # Decoded as columns, the batch numbers its distinct segments (``segment_code``): each key's
+        # values are then looked up once per distinct segment and gathered per turn.
+        distinct = cols.__dict__.get("segment_table")
+        segs = distinct if distinct is not None else cols.segment
         try:
             seg_keys, seg_cols = self._segment_columns(segs)
         except TypeError:  # a segment that is None or a non-dict mapping: normalise, then the fast path
@@ -335,9 +338,11 @@ class MetricsState:
         fan[:, 0] = self._oslot_of(ocode, table)
         for j, (key, col) in enumerate(zip(seg_keys, seg_cols), start=1):
             vt = self._values_of(key)
-            vcode = np.fromiter(map(vt.codes.get, col, repeat(-1)), dtype=np.intp, count=n)
+            vcode = np.fromiter(map(vt.codes.get, col, repeat(-1)), dtype=np.intp, count=len(col))
             if (vcode < 0).any():
                 vcode = vt.learn(col, vcode)
+            if distinct is not None:
+                vcode = vcode[cols.segment_code]
             vt.ensure_lut(len(table.values))
             slots = vt.lut[ocode, vcode]
             if (slots < 0).any():  # (version, value) pairs never seen: resolve their series once

@@ -18,6 +18,7 @@ from watcher.judge import Judge
 from watcher.policy import Policy
 from watcher.rollouts import Rollout
 from watcher.shadow import ShadowJudge
+from watcher.turn_columns import TurnColumns
 from watcher.verdicts import RolloutEvidence
 
 __all__ = ["RolloutJudge", "VersionHistory", "NullHistory", "judge_for", "arms_for", "judge_from_state", "STRATEGIES"]
@@ -61,14 +62,18 @@ def _flag_ok(flag: dict[str, str] | None) -> bool:
                 and flag["control"] != flag["treatment"])
 
 
-def arms_for(rollout: Rollout, turns: Sequence[Any], arms: Sequence[str]) -> list[str]:
-    """The arms the rollout's judge sees (parallel to ``turns``)."""
+def arms_for(rollout: Rollout, turns: Sequence[Any], arms: Sequence[str],
+             columns: TurnColumns | None = None) -> list[str]:
+    """The arms the rollout's judge sees (parallel to ``turns``; ``columns`` are theirs, if built)."""
     if rollout.strategy != "flag" or not _flag_ok(rollout.flag):
         return list(arms)
     assert rollout.flag is not None
+    cols = columns if columns is not None else TurnColumns(turns)
     name, control, treatment = rollout.flag["name"], rollout.flag["control"], rollout.flag["treatment"]
     version = rollout.baseline_version
     role = {treatment: "canary", control: "baseline"}
     # both variants run on one version; turns of other versions (or without the flag) are not compared
-    return [role.get(t.flags.get(name, ""), "other") if version is None or t.version == version else "other"
-            for t in turns]
+    variant = [role.get(f.get(name, ""), "other") for f in cols.flags]
+    if version is None:
+        return variant
+    return [v if same else "other" for v, same in zip(variant, cols.version_is(version).tolist())]

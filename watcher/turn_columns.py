@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TurnColumns"]
+__all__ = ["TurnColumns", "expand", "renumber"]
 
 _COL_TS = operator.attrgetter("ts")
 _COL_LAT = operator.attrgetter("latency_ms")
@@ -22,6 +22,10 @@ _COL_COMP = operator.attrgetter("compliance_violation")
 _COL_TURN = operator.attrgetter("turn")
 _COL_CID = operator.attrgetter("conversation_id")
 _COL_SEG = operator.attrgetter("segment")
+_COL_FLAGS = operator.attrgetter("flags")
+_COL_VERSION = operator.attrgetter("version")
+_COLUMNS = ("ts", "latency", "quality", "escalated", "error", "compliance", "first_turn", "conversation_id",
+            "segment_code", "segment_table", "flags", "route_code", "route_keys")
 _COL_ROUTE = operator.attrgetter("agent_id", "environment", "version", "arm")
 
 
@@ -43,6 +47,17 @@ class TurnColumns:
         self.routed: tuple[list[str], list[str]] | None = None  # (arms per turn, arm per route key)
         if ts is not None:
             self.__dict__["ts"] = ts
+
+    @classmethod
+    def from_arrays(cls, turns: Sequence[Any], **columns: Any) -> TurnColumns:
+        """Columns decoded without a ``Turn`` per event (``watcher.decode_columnar``): every column
+        given, ``turns`` a sequence that builds the objects only if a consumer asks for them."""
+        unknown = set(columns) - set(_COLUMNS)
+        if unknown:
+            raise TypeError(f"unknown columns {sorted(unknown)}")
+        cols = cls(turns)
+        cols.__dict__.update(columns)
+        return cols
 
     @cached_property
     def ts(self) -> np.ndarray:
@@ -79,7 +94,14 @@ class TurnColumns:
 
     @cached_property
     def segment(self) -> list[dict[str, str]]:
+        table = self.__dict__.get("segment_table")
+        if table is not None:  # one shared dict per distinct segment, gathered in C
+            return expand(table, self.__dict__["segment_code"])
         return list(map(_COL_SEG, self.turns))
+
+    @cached_property
+    def flags(self) -> list[dict[str, str]]:
+        return list(map(_COL_FLAGS, self.turns))
 
     @cached_property
     def route_code(self) -> np.ndarray:
@@ -112,18 +134,52 @@ class TurnColumns:
             return np.fromiter(map(arm.__eq__, routed[1]), bool, len(routed[1]))[self.route_code]
         return np.fromiter(map(arm.__eq__, arms), bool, len(arms))
 
+    def version_is(self, version: str) -> np.ndarray:
+        """Boolean mask of the turns of ``version`` (per route key once the keys are known)."""
+        if "route_code" not in self.__dict__:
+            return np.fromiter(map(version.__eq__, map(_COL_VERSION, self.turns)), bool, self.n)
+        keys = self.route_keys
+        lut = np.fromiter((k[2] == version for k in keys), bool, len(keys))
+        return lut[self.route_code]
+
     def take(self, idx: np.ndarray) -> TurnColumns:
         """The columns of the turns at ``idx`` (columns already built are sliced, not re-read)."""
         pos = idx.tolist()
         turns = self.turns
-        sub = TurnColumns([turns[i] for i in pos])
+        take = getattr(turns, "take", None)  # LazyTurns: no Turn decoded for the selection
+        sub = TurnColumns(take(idx) if take is not None else [turns[i] for i in pos])
         d = self.__dict__
         for name in ("ts", "latency", "quality", "escalated", "error", "compliance", "first_turn"):
             if name in d:
                 sub.__dict__[name] = d[name][idx]
-        for name in ("conversation_id", "segment"):
+        for name in ("conversation_id", "segment", "flags"):
             if name in d:
                 col = d[name]
                 sub.__dict__[name] = [col[i] for i in pos]
+        if "segment_code" in d:
+            sub.__dict__["segment_code"], sub.__dict__["segment_table"] = renumber(
+                d["segment_code"][idx], d["segment_table"])
+        if "route_code" in d:  # renumbered: codes stay in order of first appearance
+            sub.__dict__["route_code"], sub.__dict__["route_keys"] = renumber(d["route_code"][idx], d["route_keys"])
         return sub
 
+
+def renumber(code: np.ndarray, keys: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+    """Codes and keys renumbered in order of first appearance in ``code`` (unused keys dropped), the
+    invariant ``TurnColumns.route_first`` relies on, after rows were removed from a batch."""
+    if not len(code):
+        return code, []
+    seen, first = np.unique(code, return_index=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.full(len(keys), -1, np.intp)
+    rank[seen[order]] = np.arange(len(order))
+    return rank[code], [keys[int(k)] for k in seen[order]]
+
+
+def expand(table: Sequence[Any], code: np.ndarray) -> list[Any]:
+    """``[table[c] for c in code]``, as one C-level gather (the items are shared, not copied)."""
+    if len(table) == 1:
+        return [table[0]] * len(code)
+    arr = np.empty(len(table), object)
+    arr[:] = table
+    return arr[code].tolist()  # type: ignore[no-any-return]

@@ -39,7 +39,8 @@ F_CONV, F_Q, F_L = 0, 1, 1 + MEAN_FIELDS
 F_RATE = {name: 1 + 2 * MEAN_FIELDS + i for i, name in enumerate(RATES)}
 N_FIELDS = 1 + 2 * MEAN_FIELDS + len(RATES)
 MEAN_AT = {"quality": F_Q, "latency": F_L}
-_AEV = operator.attrgetter("agent_id", "environment", "version")
+_AEV = operator.itemgetter(0, 1, 2)  # (agent, environment, version) of a route key
+_TURN_AEV = operator.attrgetter("agent_id", "environment", "version")
 _STATE_V = 3  # v3: latency histograms per bucket, a conversation-max column in the conversation table
 # the reserved key of ``reference()``'s answer holding the histogram of conversations' slowest turn
 # (not a slice name: those are "all" or "key=value")
@@ -178,7 +179,11 @@ class VersionHistory:
         bucket = np.floor(ts / self.bucket_s).astype(np.int64)
         # (agent, environment, version) per turn, numbered by first appearance in one C-level pass
         codes: defaultdict[tuple[str, str, str], int] = defaultdict(itertools.count().__next__)
-        code = np.fromiter(map(codes.__getitem__, map(_AEV, cols.turns)), np.int64, cols.n)
+        if "route_keys" in cols.__dict__:  # routed: one lookup per route key (numbered the same way)
+            keys_of = cols.route_keys
+            code = np.fromiter(map(codes.__getitem__, map(_AEV, keys_of)), np.int64, len(keys_of))[cols.route_code]
+        else:
+            code = np.fromiter(map(codes.__getitem__, map(_TURN_AEV, cols.turns)), np.int64, cols.n)
         keys = list(codes)
         for key in keys:
             self.seen[key] = self.watermark

@@ -1,0 +1,245 @@
+"""The columnar fast path of ``decode_batch``: a batch of turn messages straight into ``TurnColumns``.
+
+msgspec decodes a turn into a ``Turn`` object of ~16 Python objects, which every consumer then reads
+back column by column; per event, building, reading and freeing them costs more than the rest of the
+engine. The optional C scanner ``watcher._turnscan`` reads the messages of the common, canonical form
+(the contract's fields only, no escapes, plain numbers; docs/performance.md) and writes their values
+straight into columns, interning the repeated strings (route keys, segments, flags) once per batch.
+
+Its one rule is soundness: a message it accepts is one ``msgspec.json.Decoder(Turn)`` accepts, with the
+same values (tests/test_turnscan.py checks it differentially, over realistic, generated and mutated
+messages). Everything else it lists as *slow*, and those messages take the per-message path that names
+the reject reason. If a slow message turns out to be a valid turn (say, with a field outside the
+contract), the whole batch takes the object path: the fast path is an optimisation of the usual case,
+never a second definition of the contract.
+
+``Turn`` objects are still available (``DecodedBatch.turns``): a ``LazyTurns`` decodes them from their
+bytes on first access, for the consumers that read whole events (the shadow judge, a late turn's
+dead letter, an auto-started rollout's first timestamp).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, overload
+
+import msgspec
+import numpy as np
+
+from watcher.dedup import Deduplicator
+from watcher.event_schema import Deployment, Rejected, Turn
+from watcher.turn_columns import TurnColumns, expand, renumber
+
+if TYPE_CHECKING:
+    from watcher.decode import DecodedBatch
+
+try:  # optional: built from watcher/_turnscan.c when a compiler is present (pyproject.toml)
+    from watcher import _turnscan as _native
+except ImportError:  # pragma: no cover - depends on the install
+    _native = None
+
+__all__ = ["LazyTurns", "ScanResult", "available", "decode_columnar", "reference_scan"]
+
+_TURN_DECODER = msgspec.json.Decoder(Turn)
+
+# (fast_index, slow, ts, latency, quality, bits, turn, event_id, conversation_id,
+#  route_code, route_keys, segment_code, segments, flag_code, flag_dicts); see watcher/_turnscan.c
+ScanResult = tuple[bytes, list[int], bytes, bytes, bytes, bytes, bytes, list[str], list[str],
+                   bytes, list[tuple[str, str, str, "str | None"]], bytes, list[dict[str, str]],
+                   bytes, list[dict[str, str]]]
+Scanner = Callable[[list[Any], int], ScanResult]
+
+
+def available() -> bool:
+    """True when the C scanner is built (``pip install`` with a C compiler)."""
+    return _native is not None
+
+
+def default_scanner() -> Scanner | None:
+    return _native.scan if _native is not None else None
+
+
+class LazyTurns(Sequence[Turn]):
+    """The batch's turns as ``Turn`` objects, decoded from their bytes only when asked for.
+
+    ``index[i]`` is the position in ``raws`` of turn ``i``; ``ts`` its float timestamp (the scanner's,
+    equal to what the object path sets). A whole-list access decodes every turn once and keeps them.
+    """
+
+    __slots__ = ("_raws", "_index", "_ts", "_items")
+
+    def __init__(self, raws: Sequence[Any], index: np.ndarray, ts: np.ndarray) -> None:
+        self._raws = raws
+        self._index = index
+        self._ts = ts
+        self._items: list[Turn] | None = None
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @overload
+    def __getitem__(self, i: int) -> Turn: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> LazyTurns: ...
+
+    def __getitem__(self, i: int | slice) -> Turn | LazyTurns:
+        if isinstance(i, slice):
+            return LazyTurns(self._raws, self._index[i], self._ts[i])
+        if self._items is not None:
+            return self._items[i]
+        n = len(self._index)
+        if not -n <= i < n:
+            raise IndexError("turn index out of range")
+        return self._decode(int(self._index[i]), float(self._ts[i]))
+
+    def __iter__(self) -> Iterator[Turn]:
+        return iter(self.materialize())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (LazyTurns, list, tuple)):
+            return self.materialize() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # a mutable-view sequence, like list
+
+    def __repr__(self) -> str:
+        return f"LazyTurns({len(self)} turns)"
+
+    def take(self, pos: np.ndarray) -> LazyTurns:
+        """The turns at positions ``pos`` (decoded objects are shared, not decoded again)."""
+        sub = LazyTurns(self._raws, self._index[pos], self._ts[pos])
+        if self._items is not None:
+            sub._items = [self._items[i] for i in pos.tolist()]
+        return sub
+
+    def materialize(self) -> list[Turn]:
+        if self._items is None:
+            self._items = list(map(self._decode, self._index.tolist(), self._ts.tolist()))
+        return self._items
+
+    def _decode(self, j: int, ts: float) -> Turn:
+        turn = _TURN_DECODER.decode(self._raws[j])
+        turn.ts = ts  # the contract's float (an RFC 3339 ts decodes as a datetime)
+        return turn
+
+
+def decode_columnar(
+    raws: list[Any],
+    dedup: Deduplicator,
+    classify: Callable[[Any], Turn | Deployment | tuple[Any, str]],
+    reject: Callable[[tuple[Any, str], int], Rejected],
+    *,
+    max_bytes: int,
+    deployment_key: str,
+    scanner: Scanner | None = None,
+) -> DecodedBatch | None:
+    """The batch through the scanner, or None when it must take the object path.
+
+    ``classify`` is decode's per-message path (Turn, Deployment or a (reason, detail) problem) and
+    ``reject`` turns a problem at index ``i`` into a ``Rejected``; both come from ``watcher.decode``.
+    Nothing is recorded in ``dedup`` before the batch is known to stay on this path.
+    """
+    from watcher.decode import DecodedBatch
+
+    scan = scanner if scanner is not None else default_scanner()
+    if scan is None:
+        return None
+    (fast_index, slow, ts_b, lat_b, q_b, bits_b, turn_b, event_ids, conv_ids,
+     rcode_b, route_keys, scode_b, segments, fcode_b, flag_dicts) = scan(raws, max_bytes)
+    slow_events = [(i, classify(raws[i])) for i in slow]
+    if any(isinstance(ev, Turn) for _, ev in slow_events):
+        return None  # a valid turn the scanner does not read: the object path keeps message order
+    deployments: list[Deployment] = []
+    rejected: list[Rejected] = []
+    duplicates = 0
+    for i, ev in slow_events:
+        if isinstance(ev, Deployment):
+            if dedup.seen(deployment_key + ev.event_id):
+                duplicates += 1
+            else:
+                deployments.append(ev)
+        else:
+            assert isinstance(ev, tuple)
+            rejected.append(reject(ev, i))
+    index = np.frombuffer(fast_index, np.int64)
+    if not len(index):
+        return DecodedBatch([], deployments, rejected, duplicates)
+    ts = np.frombuffer(ts_b, np.float64)
+    latency = np.frombuffer(lat_b, np.float64)
+    quality = np.frombuffer(q_b, np.float64)
+    bits = np.frombuffer(bits_b, np.uint8)
+    turn_no = np.frombuffer(turn_b, np.int64)
+    rcode = np.frombuffer(rcode_b, np.int64).astype(np.intp, copy=False)
+    scode = np.frombuffer(scode_b, np.int64)
+    fcode = np.frombuffer(fcode_b, np.int64)
+    unique = dedup._add_batch(event_ids)
+    if unique is not None:  # duplicates leave the batch: keep the first of each, in order
+        keep = np.flatnonzero(np.fromiter(unique, bool, len(unique)))
+        duplicates += len(unique) - len(keep)
+        if not len(keep):
+            return DecodedBatch([], deployments, rejected, duplicates)
+        index, ts, latency, quality, bits, turn_no, rcode, scode, fcode = (
+            a[keep] for a in (index, ts, latency, quality, bits, turn_no, rcode, scode, fcode))
+        conv_ids = [conv_ids[i] for i in keep.tolist()]
+        rcode, route_keys = renumber(rcode, route_keys)
+        scode, segments = renumber(scode, segments)  # only the segments still in the batch
+    turns = LazyTurns(raws, index, ts)
+    cols = TurnColumns.from_arrays(
+        turns,
+        ts=ts, latency=latency, quality=quality,
+        escalated=(bits & 1).astype(bool), error=(bits & 2).astype(bool), compliance=(bits & 4).astype(bool),
+        first_turn=turn_no == 0,
+        conversation_id=conv_ids,
+        segment_code=scode, segment_table=segments, flags=expand(flag_dicts, fcode),
+        route_code=rcode, route_keys=route_keys,
+    )
+    return DecodedBatch(turns, deployments, rejected, duplicates, cols)  # type: ignore[arg-type]
+
+
+# ---- the reference scanner: the contract of watcher._turnscan, in Python ---------------------------
+
+
+def reference_scan(values: list[Any], max_bytes: int) -> ScanResult:
+    """What ``watcher._turnscan.scan`` returns, built with msgspec: every message msgspec decodes as a
+    ``Turn`` is fast. Slow (it decodes every turn), sound by construction: the tests run the
+    integration with it where the C scanner is absent, and compare the C scanner's rows with it."""
+    fast: list[int] = []
+    slow: list[int] = []
+    rows: list[Turn] = []
+    for i, raw in enumerate(values):
+        try:
+            if not isinstance(raw, bytes) or len(raw) > max_bytes:
+                raise ValueError
+            t = _TURN_DECODER.decode(raw)
+        except Exception:
+            slow.append(i)
+            continue
+        if t.ts.__class__ is not float:
+            t.ts = t.ts.timestamp()  # type: ignore[attr-defined]
+        fast.append(i)
+        rows.append(t)
+
+    def interned(items: Iterator[Any]) -> tuple[bytes, list[Any]]:
+        codes: dict[Any, int] = {}
+        out: list[int] = []
+        table: list[Any] = []
+        for key, value in items:
+            c = codes.get(key)
+            if c is None:
+                c = codes[key] = len(table)
+                table.append(value)
+            out.append(c)
+        return np.array(out, np.int64).tobytes(), table
+
+    route_b, route_keys = interned(((k, k) for k in ((t.agent_id, t.environment, t.version, t.arm) for t in rows)))
+    seg_b, segs = interned(((tuple(t.segment.items()), t.segment) for t in rows))
+    flag_b, flags = interned(((tuple(t.flags.items()), t.flags) for t in rows))
+    f64 = lambda xs: np.array([math.nan if x is None else x for x in xs], np.float64).tobytes()  # noqa: E731
+    bits = np.array([int(t.escalated) | int(t.error) << 1 | int(t.compliance_violation) << 2 for t in rows], np.uint8)
+    return (np.array(fast, np.int64).tobytes(), slow, f64(t.ts for t in rows),
+            f64(t.latency_ms for t in rows), f64(t.quality for t in rows), bits.tobytes(),
+            np.array([t.turn for t in rows], np.int64).tobytes(), [t.event_id for t in rows],
+            [t.conversation_id for t in rows], route_b, route_keys, seg_b, segs, flag_b, flags)
+
