@@ -29,7 +29,7 @@ import numpy as np
 
 from watcher.dedup import Deduplicator
 from watcher.event_schema import Deployment, Rejected, Turn
-from watcher.turn_columns import TurnColumns, expand, renumber
+from watcher.turn_columns import TurnColumns, renumber
 
 if TYPE_CHECKING:
     from watcher.decode import DecodedBatch
@@ -185,6 +185,7 @@ def decode_columnar(
         conv_ids = [conv_ids[i] for i in keep.tolist()]
         rcode, route_keys = renumber(rcode, route_keys)
         scode, segments = renumber(scode, segments)  # only the segments still in the batch
+        fcode, flag_dicts = renumber(fcode, flag_dicts)
     turns = LazyTurns(raws, index, ts)
     cols = TurnColumns.from_arrays(
         turns,
@@ -192,7 +193,7 @@ def decode_columnar(
         escalated=(bits & 1).astype(bool), error=(bits & 2).astype(bool), compliance=(bits & 4).astype(bool),
         first_turn=turn_no == 0,
         conversation_id=conv_ids,
-        segment_code=scode, segment_table=segments, flags=expand(flag_dicts, fcode),
+        segment_code=scode, segment_table=segments, flag_code=fcode, flag_table=flag_dicts,
         route_code=rcode, route_keys=route_keys,
     )
     return DecodedBatch(turns, deployments, rejected, duplicates, cols)  # type: ignore[arg-type]

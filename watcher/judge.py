@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from watcher.events import TurnColumns
+from watcher.turn_columns import renumber
 from watcher.judge_tables import _STRATA, _CellSums, _Conversations, _put_rows, id_hashes
 from watcher.policy import MetricPolicy, Policy, ToleranceMode, load_policy
 from watcher.stats import (
@@ -256,8 +257,13 @@ class Judge:
             conv.rho[slots] = np.where(in_grace, 0, self._rho_index(self.rho_now))
         slices = np.full((len(slots), conv.slices.shape[1]), -1, np.int16)
         if self.n_keys:
-            segment = cols.segment
-            slices[:, :self.n_keys] = self._segment_slices([segment[i] for i in pos.tolist()])
+            table = cols.__dict__.get("segment_table")
+            if table is not None:  # per distinct segment (in order of first appearance: same slices)
+                code, distinct = renumber(cols.segment_code[pos], table)
+                slices[:, :self.n_keys] = self._segment_slices(distinct)[code]
+            else:
+                segment = cols.segment
+                slices[:, :self.n_keys] = self._segment_slices([segment[i] for i in pos.tolist()])
             _put_rows(conv.slices, slots, slices)
         conv.group[slots] = self._cells.group_of(conv.rho[slots], conv.arm[slots], slices)
 

@@ -25,7 +25,7 @@ _COL_SEG = operator.attrgetter("segment")
 _COL_FLAGS = operator.attrgetter("flags")
 _COL_VERSION = operator.attrgetter("version")
 _COLUMNS = ("ts", "latency", "quality", "escalated", "error", "compliance", "first_turn", "conversation_id",
-            "segment_code", "segment_table", "flags", "route_code", "route_keys")
+            "segment_code", "segment_table", "flag_code", "flag_table", "route_code", "route_keys")
 _COL_ROUTE = operator.attrgetter("agent_id", "environment", "version", "arm")
 
 
@@ -39,7 +39,16 @@ class TurnColumns:
     in order of first appearance (``route_keys[code]``; ``route_first[code]``: its first turn), so
     per-key work (routing, series lookup, per-agent selection) runs per distinct key, not per turn.
     After routing, ``routed`` holds the arms list the registry returned and the resolved arm per key.
+
+    Decoded as columns (``from_arrays``), a batch also numbers its distinct segments and flag sets:
+    ``segment_code[i]`` indexes ``segment_table`` (``flag_code``/``flag_table`` likewise), so consumers
+    can work per distinct segment; ``segment`` and ``flags`` are then gathered from them on first use.
     """
+
+    segment_code: np.ndarray  # present only when decoded as columns (check ``__dict__``)
+    segment_table: list[dict[str, str]]
+    flag_code: np.ndarray
+    flag_table: list[dict[str, str]]
 
     def __init__(self, turns: Sequence[Any], *, ts: np.ndarray | None = None) -> None:
         self.turns = turns
@@ -101,6 +110,9 @@ class TurnColumns:
 
     @cached_property
     def flags(self) -> list[dict[str, str]]:
+        table = self.__dict__.get("flag_table")
+        if table is not None:
+            return expand(table, self.__dict__["flag_code"])
         return list(map(_COL_FLAGS, self.turns))
 
     @cached_property
@@ -152,13 +164,13 @@ class TurnColumns:
         for name in ("ts", "latency", "quality", "escalated", "error", "compliance", "first_turn"):
             if name in d:
                 sub.__dict__[name] = d[name][idx]
-        for name in ("conversation_id", "segment", "flags"):
-            if name in d:
+        for name, coded in (("conversation_id", None), ("segment", "segment"), ("flags", "flag")):
+            if coded is not None and f"{coded}_code" in d:  # distinct values and a code per turn
+                sub.__dict__[f"{coded}_code"], sub.__dict__[f"{coded}_table"] = renumber(
+                    d[f"{coded}_code"][idx], d[f"{coded}_table"])
+            elif name in d:
                 col = d[name]
                 sub.__dict__[name] = [col[i] for i in pos]
-        if "segment_code" in d:
-            sub.__dict__["segment_code"], sub.__dict__["segment_table"] = renumber(
-                d["segment_code"][idx], d["segment_table"])
         if "route_code" in d:  # renumbered: codes stay in order of first appearance
             sub.__dict__["route_code"], sub.__dict__["route_keys"] = renumber(d["route_code"][idx], d["route_keys"])
         return sub
