@@ -3,11 +3,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# reinstalled when the package definition or the C scanner (built by pip, watcher/_turnscan.c) changes
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml watcher/_turnscan.c | cksum | cut -d' ' -f1)
 
 .PHONY: demo test test-fast bench bench-throughput bench-detection bench-strategies check-config clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml watcher/_turnscan.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,otlp]'
@@ -38,4 +39,4 @@ check-config: $(STAMP)
 	$(VENV)/bin/watcher check-config
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info watcher/_turnscan*.so
