@@ -194,3 +194,26 @@ def test_the_engine_ends_in_the_same_state_on_both_paths(scanner: str, preset: s
     assert msgspec.json.encode(state) == msgspec.json.encode(state_o)
     if preset == "demo":
         assert decisions, "the demo's regression is found (otherwise this compares two idle engines)"
+
+
+def test_a_batch_of_turns_with_fields_outside_the_contract_is_decoded_once_per_message(
+        scanner: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unknown fields are part of the contract (ignored): when the scanner declines such turns, each
+    is decoded by msgspec once on the object path, plus one cheap check, not classified twice first."""
+    raws = [msgspec.json.encode(_turn(i, trace_id=f"t{i}")) for i in range(50)]
+    calls = []
+    real = decode_columnar.reference_scan
+
+    def declining(values: list[Any], max_bytes: int) -> Any:
+        calls.append(len(values))
+        return real([None] * len(values), max_bytes)  # everything slow
+
+    monkeypatch.setattr(decode_columnar, "_native", types.SimpleNamespace(scan=declining))
+    classified = []
+    import watcher.decode as decode_module
+
+    real_slow = decode_module._decode_slow
+    monkeypatch.setattr(decode_module, "_decode_slow", lambda *a, **k: classified.append(1) or real_slow(*a, **k))
+    batch = decode_batch(raws, Deduplicator())
+    assert calls == [50] and not classified
+    assert [t.event_id for t in batch.turns] == [f"e{i}" for i in range(50)]

@@ -148,9 +148,15 @@ def decode_columnar(
         return None
     (fast_index, slow, ts_b, lat_b, q_b, bits_b, turn_b, event_ids, conv_ids,
      rcode_b, route_keys, scode_b, segments, fcode_b, flag_dicts) = scan(raws, max_bytes)
+    for i in slow:  # a valid turn the scanner does not read: the object path keeps message order
+        try:
+            _TURN_DECODER.decode(raws[i])  # (the common slow case is a valid turn: checked first, cheaply)
+            return None
+        except Exception:
+            pass
     slow_events = [(i, classify(raws[i])) for i in slow]
     if any(isinstance(ev, Turn) for _, ev in slow_events):
-        return None  # a valid turn the scanner does not read: the object path keeps message order
+        return None  # (not expected after the check above: the same decoder decides both)
     deployments: list[Deployment] = []
     rejected: list[Rejected] = []
     duplicates = 0
