@@ -782,6 +782,381 @@ def test_mutations_are_sound(realistic: list[bytes]) -> None:
     assert fast > 1_000  # digit changes and harmless edits stay fast: the check had rows to compare
 
 
+# ---- unknown keys: skipped values, validated as msgspec validates them -------------------------------
+#
+# msgspec's Decoder(Turn) ignores a key that is no field (forward compatibility) but still parses its
+# value with its skipping parser: grammar only (no number range, duplicate keys fine), \u escapes must
+# not leave a lone surrogate, raw control bytes are refused; invalid UTF-8 is NOT checked there. The
+# scanner takes such messages fast, except where it is deliberately stricter (invalid UTF-8, nesting
+# deeper than 32, an escape in the unknown key). Every generated part carries what it must do:
+#   OK: fast;  BAD: msgspec rejects (so slow);  STRICT: msgspec accepts, the scanner declines;
+#   SLOW: the scanner declines, msgspec may do either.
+
+OK, STRICT, SLOW, BAD = 0, 1, 2, 3  # a message is as bad as its worst part
+SKIP_DEPTH = 32
+
+_UNK_STR_OK = [
+    b"",
+    b"abc",
+    b"trace-0af7651916cd43dd8448eb211c80319c",
+    "é日本\U0001f600".encode(),
+    b"\x7f",
+    b"'",
+    b"\\\"",
+    b"\\\\",
+    b"\\/",
+    b"\\b\\f\\n\\r\\t",
+    b"\\u0000",
+    b"\\u00e9",
+    b"\\uABCD",
+    b"\\uffff",
+    b"\\uD7FF",
+    b"\\uE000",
+    b"\\ud83d\\ude00",
+    b"\\uDBFF\\uDFFF",
+    b"x" * 300,
+    b"\xef\xbf\xbf",
+    b"\xf4\x8f\xbf\xbf",
+]
+_UNK_STR_BAD = [
+    b"\\ud800 ",  # (pieces are bad whatever follows them: a lone surrogate at the end is below)
+    b"\\ud800x123456",
+    b"\\udc00",
+    b"\\uDFFF",
+    b"\\ud800\\ud800",
+    b"\\ud800\\u0041",
+    b"\\ud800\\n",
+    b"\\u12 ",
+    b"\\u12G4",
+    b"\\uzzzz",
+    b"\\a",
+    b"\\'",
+    b"\\x41",
+    b"\\U0041",
+    b"\x00",
+    b"\x01",
+    b"\t",
+    b"\n",
+    b"\x1f",
+]
+_UNK_STR_STRICT = [  # invalid UTF-8: msgspec does not check it in a skipped string, the scanner does
+    b"\xff",
+    b"\xc3 ",
+    b"\xc3x",
+    b"\xed\xa0\x80",
+    b"\xc0\xaf",
+    b"\xe0\x80\xaf",
+    b"\xf4\x90\x80\x80",
+    b"\xf0\x9f\x98 ",
+    b"x\x80",
+]
+_UNK_NUM_OK = [
+    b"0",
+    b"-0",
+    b"1",
+    b"-1",
+    b"12.5",
+    b"-0.0",
+    b"0.000001",
+    b"1e5",
+    b"1E+5",
+    b"1e-5",
+    b"-0.0e-0",
+    b"2.5E05",
+    b"1e999",
+    b"-1e999",
+    b"1e-999",
+    b"1.5e400",
+    b"9" * 400,
+    b"-" + b"9" * 400,
+    b"1e" + b"9" * 50,
+    b"123456789012345678901234567890.123456789012345678901234567890",
+    b"9223372036854775808",
+    b"18446744073709551616",
+]
+_UNK_NUM_BAD = [
+    b"01",
+    b"-01",
+    b"00",
+    b"-",
+    b"1.",
+    b".5",
+    b"1e",
+    b"1e+",
+    b"1E-",
+    b"+1",
+    b"1.e5",
+    b"1e5.5",
+    b"0x10",
+    b"NaN",
+    b"Infinity",
+    b"-Infinity",
+    b"1 2",
+    b"--1",
+    b"1_000",
+]
+_UNK_LIT_OK = [b"true", b"false", b"null"]
+_UNK_LIT_BAD = [b"nul", b"nulll", b"True", b"tru", b"falsee", b"NULL", b"t", b"undefined", b"'x'"]
+_UNK_KEYS_OK = [
+    b"trace_id",
+    b"tenant",
+    b"meta",
+    b"x",
+    b"",
+    b"Ts",
+    b"ts ",
+    b" ts",
+    b"event_idx",
+    b"EVENT_ID",
+    b"schema_version",
+    b"latency-ms",
+    b"_",
+    b"a" * 200,
+    "日本".encode(),
+    "é".encode(),
+    b"\x7f",
+    b"\xf0\x9f\x98\x80",
+]
+_UNK_KEYS_STRICT = [b"\\u0078", b"tr\\nace", b"\\/", b"\xff", b"\xc3", b"\xed\xa0\x80"]
+_UNK_KEYS_SLOW = [b"\\u0074s", b"ev\\u0065nt_id", b"\\u0073chema"]  # escaped field names
+_UNK_KEYS_BAD = [b"\x00", b"a\x01", b"\\ud800", b"\\q"]
+
+
+def _unk_ws(rnd: random.Random) -> tuple[bytes, int]:
+    if rnd.random() < 0.004:
+        return rnd.choice([b"\x0b", b"\x0c", b"\xc2\xa0", b"\x00"]), BAD
+    return rnd.choice([b"", b"", b"", b" ", b"\n", b"\t", b"\r\n  "]), OK
+
+
+def _unk_str(rnd: random.Random, pieces: int = 3) -> tuple[bytes, int]:
+    parts, kind = [], OK
+    for _ in range(rnd.randrange(pieces + 1)):
+        r = rnd.random()
+        pool, k = (
+            (_UNK_STR_OK, OK)
+            if r < 0.94
+            else (_UNK_STR_BAD, BAD)
+            if r < 0.97
+            else (_UNK_STR_STRICT, STRICT)
+        )
+        parts.append(rnd.choice(pool))
+        kind = max(kind, k)
+    return b'"' + b"".join(parts) + b'"', kind
+
+
+def _unk_key(rnd: random.Random) -> tuple[bytes, int]:
+    r = rnd.random()
+    if r < 0.9:
+        return _js_bytes(rnd.choice(_UNK_KEYS_OK)), OK
+    if r < 0.94:
+        return _js_bytes(rnd.choice(_UNK_KEYS_STRICT)), STRICT
+    if r < 0.97:
+        return _js_bytes(rnd.choice(_UNK_KEYS_SLOW)), SLOW
+    return _js_bytes(rnd.choice(_UNK_KEYS_BAD)), BAD
+
+
+def _js_bytes(content: bytes) -> bytes:
+    return b'"' + content + b'"'
+
+
+def _nested(depth: int, kind: str) -> bytes:
+    """``depth`` containers around a number, all arrays, all objects or alternating."""
+    opens, closes = [], []
+    for i in range(depth):
+        arr = kind == "array" or (kind == "mixed" and i % 2 == 0)
+        opens.append(b"[" if arr else b'{"k":')
+        closes.append(b"]" if arr else b"}")
+    return b"".join(opens) + b"1" + b"".join(reversed(closes))
+
+
+def _unk_value(rnd: random.Random, depth: int = 0) -> tuple[bytes, int]:
+    """A JSON value of any kind (mostly valid) and what the scanner must do with it."""
+    r = rnd.random()
+    if r < 0.25:
+        return _unk_str(rnd)
+    if r < 0.4:
+        return (rnd.choice(_UNK_NUM_OK), OK) if rnd.random() < 0.95 else (rnd.choice(_UNK_NUM_BAD), BAD)
+    if r < 0.5:
+        return (rnd.choice(_UNK_LIT_OK), OK) if rnd.random() < 0.95 else (rnd.choice(_UNK_LIT_BAD), BAD)
+    if r < 0.53 and depth == 0:  # deep nesting around the limit
+        d = rnd.choice([SKIP_DEPTH - 1, SKIP_DEPTH, SKIP_DEPTH + 1, SKIP_DEPTH + 2, 200])
+        return _nested(d, rnd.choice(["array", "object", "mixed"])), OK if d <= SKIP_DEPTH else STRICT
+    if depth >= 4:
+        return b"null", OK
+    is_obj = r >= 0.76
+    items, kind = [], OK
+    for _ in range(rnd.choice([0, 0, 1, 2, 3, 5])):
+        w1, k1 = _unk_ws(rnd)
+        v, kv = _unk_value(rnd, depth + 1)
+        w2, k2 = _unk_ws(rnd)
+        if is_obj:
+            key, kk = _unk_key(rnd)
+            # inside a skipped object every key is skipped: escapes are fine there
+            kk = OK if kk in (STRICT, SLOW) and b"\\" in key else kk
+            items.append(w1 + key + w2 + b":" + v)
+            kind = max(kind, k1, k2, kk, kv)
+        else:
+            items.append(w1 + v + w2)
+            kind = max(kind, k1, k2, kv)
+    body = b",".join(items)
+    if rnd.random() < 0.02:  # a broken container
+        broken = rnd.choice(
+            [b"[1,]", b"[,1]", b"[1 2]", b"[1:2]", b"[", b'{"a":1,}', b"{1:2}", b'{"a" 1}', b'{"a":}',
+             b"{'a':1}", b'{"a":1', b'{"a"}', b"[}", b"{]", b'{,"a":1}']
+        )
+        return broken, BAD
+    ws, kw = _unk_ws(rnd)
+    return ((b"{" + ws + body + b"}") if is_obj else (b"[" + ws + body + b"]")), max(kind, kw)
+
+
+def message_with_unknown(rnd: random.Random) -> tuple[bytes, int]:
+    """A clean turn with 1-6 unknown fields placed first, last or between known fields."""
+    fields = _REQUIRED + [f for f in _OPTIONAL if rnd.random() < 0.5]
+    rnd.shuffle(fields)
+    pairs: list[tuple[bytes, bytes]] = [(_js(f).encode(), _clean(rnd, f)) for f in fields]
+    kind = OK
+    for _ in range(rnd.choice([1, 1, 2, 3, 6])):
+        key, kk = _unk_key(rnd)
+        value, kv = _unk_value(rnd)
+        where = rnd.choice(["first", "last", "between"])
+        pos = 0 if where == "first" else len(pairs) if where == "last" else rnd.randrange(1, len(pairs))
+        pairs.insert(pos, (key, value))
+        kind = max(kind, kk, kv)
+        if rnd.random() < 0.1:  # the same unknown key again (msgspec skips both)
+            value, kv = _unk_value(rnd)
+            pairs.insert(rnd.randrange(len(pairs) + 1), (key, value))
+            kind = max(kind, kv)
+    spaced = rnd.random() < 0.5
+    ws = (lambda: rnd.choice(_WS).encode()) if spaced else (lambda: b"")
+    out = ws() + b"{" + b",".join(ws() + k + ws() + b":" + ws() + v + ws() for k, v in pairs) + b"}" + ws()
+    return out, kind
+
+
+def _msgspec_accepts(raw: bytes) -> bool:
+    try:
+        DECODER.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):  # the latter: e.g. bad UTF-8 in an escaped "schema"
+        return False
+    return True
+
+
+def test_unknown_fields_generated() -> None:
+    rnd = random.Random(4242)
+    made = [message_with_unknown(rnd) for _ in range(12_000)]
+    values = [raw for raw, _ in made]
+    fast: set[int] = set()
+    for k in range(0, len(values), 1_000):
+        fast.update(k + i for i in check(values[k : k + 1_000]).fast)
+    counts = {OK: 0, STRICT: 0, SLOW: 0, BAD: 0}
+    for i, (raw, kind) in enumerate(made):
+        counts[kind] += 1
+        if kind == OK:
+            assert i in fast, f"slow but every unknown field is plain JSON msgspec skips: {raw!r}"
+        else:
+            assert i not in fast, raw
+        if kind == BAD:
+            assert not _msgspec_accepts(raw), f"msgspec accepts a part labelled BAD: {raw!r}"
+        elif kind == STRICT:
+            assert _msgspec_accepts(raw), f"msgspec rejects a part labelled STRICT: {raw!r}"
+    assert min(counts.values()) > 100 and counts[OK] > 0.4 * len(made), counts
+
+
+def test_unknown_fields_mutated() -> None:
+    rnd = random.Random(99)
+    made = (message_with_unknown(rnd) for _ in range(4_000))
+    seeds = [raw for raw, kind in made if kind == OK]  # fast before the mutation
+    values = [mutate(rnd, rnd.choice(seeds)) for _ in range(10_000)]
+    fast = 0
+    for k in range(0, len(values), 2_000):
+        fast += len(check(values[k : k + 2_000]).fast)
+    assert fast > 1_000
+
+
+def test_unknown_fields_in_mixed_batches() -> None:
+    # mixed batches: the key-order guess carried from message to message meets unknown keys anywhere
+    rnd = random.Random(7)
+    for _ in range(200):
+        batch = [message_with_unknown(rnd)[0] if rnd.random() < 0.5 else message(rnd) for _ in range(30)]
+        check(batch)
+
+
+_META = b'"meta":{"a":[1,2.5,{"b":null}],"c":"x\\"y"}'
+
+
+def test_realistic_events_with_unknown_fields_are_fast(realistic: list[bytes]) -> None:
+    rnd = random.Random(12)
+    turns = [raw for raw in realistic if b'"watcher.turn/v1"' in raw]
+    values = []
+    for i, raw in enumerate(turns):
+        assert raw[:1] == b"{" and raw.rstrip()[-1:] == b"}"
+        trace = b'"trace_id":"%032x",' % rnd.getrandbits(128)
+        body = raw.rstrip()[1:-1]
+        if i % 3 == 0:  # trace_id first, meta last
+            values.append(b"{" + trace + body + b"," + _META + b"}")
+        elif i % 3 == 1:  # both first
+            values.append(b"{" + trace + _META + b"," + body + b"}")
+        else:  # both in the middle, after the second field
+            a, b = body.split(b',"ts":', 1)
+            values.append(b"{" + a + b"," + trace + _META + b',"ts":' + b + b"}")
+    fast = 0
+    for k in range(0, len(values), 2_000):
+        fast += len(check(values[k : k + 2_000]).fast)
+    assert fast >= 0.99 * len(values), f"only {fast} of {len(values)} turns with unknown fields were fast"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b'"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"',
+        _META,
+        b'"x":1e999,"y":-1e-999,"z":' + b"9" * 400,
+        b'"x":"\\ud83d\\ude00\\u0000\\/\\b"',
+        b'"x":1,"x":"again","x":{"x":[]}',  # a repeated unknown key: msgspec skips each
+        b'"x":{"a":1,"a":2}',
+        b'"":null',
+        b'"x":[]',
+        b'"x":{}',
+        b'"x" : [ 1 , { "a" : null } , [ ] ]',
+        b'"x":' + _nested(SKIP_DEPTH, "array"),
+        b'"x":' + _nested(SKIP_DEPTH, "object"),
+        b'"Event_id":"x","ts ":1,"schema_version":2',
+        '"日本":"é","\x7f":true'.encode(),
+    ],
+)
+def test_unknown_fields_taken(extra: bytes) -> None:
+    for raw in (b"{" + extra + b"," + BASE + b',"ts":0}', b"{" + BASE + b',"ts":0,' + extra + b"}"):
+        s = check([raw])
+        assert s.fast == [0], raw
+        assert s.event_id == ["e"] and s.route_keys == [("a", "prod", "v", None)]
+
+
+@pytest.mark.parametrize(
+    "extra, msgspec_accepts",
+    [
+        (b'"x":"\\ud800"', False),  # lone surrogates
+        (b'"x":"\\udc00"', False),
+        (b'"x":"\\ud800\\u0041"', False),
+        (b'"x":"\\q"', False),
+        (b'"x":"a\x01"', False),
+        (b'"x":01', False),
+        (b'"x":1.', False),
+        (b'"x":NaN', False),
+        (b'"x":[1,]', False),
+        (b'"x":{"a":1,}', False),
+        (b'"x":nul', False),
+        (b'"x":' + _nested(SKIP_DEPTH + 1, "array"), True),  # deliberately stricter: depth
+        (b'"x":"\xff"', True),  # invalid UTF-8: msgspec does not check it in a skipped value
+        (b'"\xff":1', True),
+        (b'"\\u0078":1', True),  # an escaped key
+        (b'"\\u0074s":1', True),  # ... which may spell a field name (here ts again: last wins)
+    ],
+)
+def test_unknown_fields_left_to_msgspec(extra: bytes, msgspec_accepts: bool) -> None:
+    raw = b"{" + BASE + b',"ts":0,' + extra + b"}"
+    assert not check([raw]).fast
+    assert _msgspec_accepts(raw) is msgspec_accepts
+
+
 def test_enough_messages_were_checked() -> None:
     # runs after the tests above (file order): the soundness claim rests on >= 20,000 messages
     assert EXERCISED["messages"] >= 20_000, EXERCISED
@@ -847,7 +1222,7 @@ def test_timestamps_left_to_msgspec(ts: bytes) -> None:
 @pytest.mark.parametrize(
     "extra",
     [
-        b'"ts":0,"unknown":1',
+        b'"ts":0,"\\u0078":1',  # an escaped key (it could spell a field name)
         b'"ts":0,"ts":1',
         b'"ts":0,"turn":1.0',
         b'"ts":0,"turn":-0',

@@ -7,8 +7,10 @@
  *
  * The rule is soundness, not completeness: a message is fast only when
  * msgspec.json.Decoder(watcher.event_schema.Turn).decode(raw) certainly succeeds and yields exactly
- * the values returned here. Anything unusual (escapes, unknown or duplicate keys, numbers that need
- * more than the exact fast path of decimal conversion, odd timestamp spellings, ...) is slow.
+ * the values returned here. Anything unusual (escapes in the fields read, duplicate keys, numbers that
+ * need more than the exact fast path of decimal conversion, odd timestamp spellings, ...) is slow.
+ * Unknown keys (forward compatibility: msgspec ignores them) are fast: their values are skipped and
+ * validated as msgspec validates a skipped value (skip_value), never more leniently.
  *
  * Memory safety: a bytes object always has a NUL after its last byte, and NUL is invalid in every
  * JSON context (a control byte inside a string, not whitespace, not a digit, not a literal's
@@ -55,8 +57,10 @@ typedef struct {
 enum {
     F_EVENT_ID, F_TS, F_AGENT_ID, F_ENVIRONMENT, F_VERSION, F_ARM, F_CONVERSATION_ID, F_TURN,
     F_SEGMENT, F_LATENCY, F_QUALITY, F_ESCALATED, F_ERROR, F_COMPLIANCE, F_FLAGS, F_TOKENS_IN,
-    F_TOKENS_OUT, F_COST, F_SCHEMA
+    F_TOKENS_OUT, F_COST, F_SCHEMA,
+    F_UNKNOWN /* a key that is neither a Turn field nor "schema": its value is skipped */
 };
+#define KNOWN_BITS ((1u << F_UNKNOWN) - 1) /* duplicate check: known fields only */
 #define REQUIRED ((1u << F_EVENT_ID) | (1u << F_TS) | (1u << F_AGENT_ID) | (1u << F_VERSION) | \
                   (1u << F_CONVERSATION_ID))
 
@@ -310,6 +314,171 @@ static inline const unsigned char *scan_bool(const unsigned char *p, int *out)
         return p + 5;
     }
     return NULL;
+}
+
+/* ---- skipped values (unknown keys) ------------------------------------------------------------ */
+
+/* msgspec's Decoder(Turn) ignores an unknown key but still parses its value with json_skip, which
+   checks the JSON grammar and nothing else: no number range (1e999, 400-digit integers pass), no
+   limit on duplicate unknown keys. The functions below accept a subset of what it accepts, measured
+   in tests/test_turnscan.py against msgspec 0.22:
+   - strings: the escapes \" \\ \/ \b \f \n \r \t \uXXXX; a \u escape of a low surrogate
+     (DC00..DFFF) alone, or of a high surrogate (D800..DBFF) not followed by \u and a low one, is
+     refused by msgspec, and here too; raw control bytes < 0x20 are refused by both;
+   - invalid UTF-8 inside a skipped string or key: msgspec does not check it, we do (slow): the
+     contract is UTF-8, so such a producer is broken, and a fast message stays valid UTF-8 throughout
+     (the rows and the raw bytes may go on to consumers that assume it);
+   - containers nested deeper than SKIP_DEPTH: slow. msgspec recurses through
+     Py_EnterRecursiveCall (a RecursionError past the interpreter's limit of ~1000 frames, not a
+     DecodeError); 32 levels stay far below it. */
+#define SKIP_DEPTH 32
+
+static inline int hex4(const unsigned char *p, unsigned *out)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) { /* one byte at a time: a NUL stops it */
+        unsigned char c = p[i];
+        unsigned d;
+        if (IS_DIGIT(c))
+            d = (unsigned)(c - '0');
+        else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+            d = (unsigned)((c | 0x20) - 'a' + 10);
+        else
+            return 0;
+        v = v << 4 | d;
+    }
+    *out = v;
+    return 1;
+}
+
+/* p at a backslash inside a string: the cursor after the escape, or NULL where msgspec refuses it. */
+static const unsigned char *skip_escape(const unsigned char *p)
+{
+    unsigned cp, lo;
+    switch (p[1]) {
+    case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't': return p + 2;
+    case 'u':
+        if (!hex4(p + 2, &cp) || (cp >= 0xDC00 && cp <= 0xDFFF))
+            return NULL;
+        if (cp < 0xD800 || cp > 0xDBFF)
+            return p + 6;
+        /* a high surrogate: msgspec requires the low half right after it */
+        if (p[6] != '\\' || p[7] != 'u' || !hex4(p + 8, &lo) || lo < 0xDC00 || lo > 0xDFFF)
+            return NULL;
+        return p + 12;
+    default: return NULL;
+    }
+}
+
+/* p at the opening quote of a string whose content is not needed: the cursor after the closing
+   quote, or NULL (slow) for a control byte, invalid UTF-8 or an escape msgspec refuses. */
+static const unsigned char *skip_str(const unsigned char *p, const unsigned char *end)
+{
+    p++;
+    for (;;) {
+        uint64_t w, stop;
+        while (end - p >= 8) {
+            memcpy(&w, p, 8);
+            if ((stop = str_stop8(w))) {
+#if LE_WORDS
+                p += __builtin_ctzll(stop) >> 3;
+#endif
+                break;
+            }
+            p += 8;
+        }
+        while (!STR_STOP[*p])
+            p++;
+        if (*p == '"')
+            return p + 1;
+        if (*p == '\\') {
+            if (!(p = skip_escape(p)))
+                return NULL;
+        } else if (*p < 0x80) {
+            return NULL; /* control byte (or the NUL after the message) */
+        } else {
+            int len = utf8_len(p);
+            if (!len)
+                return NULL;
+            p += len;
+        }
+    }
+}
+
+/* JSON number grammar only, as msgspec checks a skipped number (no range: it is not converted). */
+static const unsigned char *skip_number(const unsigned char *p)
+{
+    if (*p == '-')
+        p++;
+    if (*p == '0') {
+        p++; /* a digit after a leading zero is refused by the caller's ',' / '}' / ']' test */
+    } else if (*p >= '1' && *p <= '9') {
+        while (IS_DIGIT(*p))
+            p++;
+    } else {
+        return NULL;
+    }
+    if (*p == '.') {
+        p++;
+        if (!IS_DIGIT(*p))
+            return NULL;
+        while (IS_DIGIT(*p))
+            p++;
+    }
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-')
+            p++;
+        if (!IS_DIGIT(*p))
+            return NULL;
+        while (IS_DIGIT(*p))
+            p++;
+    }
+    return p;
+}
+
+/* p at the first byte of any JSON value (whitespace skipped); depth: containers around it inside
+   the unknown field. The cursor after the value, or NULL (slow). */
+static const unsigned char *skip_value(const unsigned char *p, const unsigned char *end, int depth)
+{
+    int b;
+    switch (*p) {
+    case '"': return skip_str(p, end);
+    case 'n': return scan_null(p);
+    case 't':
+    case 'f': return scan_bool(p, &b);
+    case '[':
+    case '{': {
+        unsigned char close = *p == '[' ? ']' : '}';
+        if (depth >= SKIP_DEPTH)
+            return NULL;
+        p++;
+        SKIP_WS(p);
+        if (*p == close)
+            return p + 1;
+        for (;;) {
+            if (close == '}') { /* a key (duplicates are fine: msgspec skips them one by one) */
+                if (*p != '"' || !(p = skip_str(p, end)))
+                    return NULL;
+                SKIP_WS(p);
+                if (*p != ':')
+                    return NULL;
+                p++;
+                SKIP_WS(p);
+            }
+            if (!(p = skip_value(p, end, depth + 1)))
+                return NULL;
+            SKIP_WS(p);
+            if (*p == ',') {
+                p++;
+                SKIP_WS(p); /* then a value (or key): a trailing comma fails there, as in msgspec */
+                continue;
+            }
+            return *p == close ? p + 1 : NULL;
+        }
+    }
+    default: return skip_number(p);
+    }
 }
 
 /* ---- timestamps ------------------------------------------------------------------------------- */
@@ -657,15 +826,24 @@ static int parse_turn(const unsigned char *s, Py_ssize_t n, Row *r, Ctx *ctx)
         if (f != NO_FIELD && is_key(k, end, f)) {
             p = k + FIELD_LENS[f];
         } else {
-            /* field names are [a-z_]: anything else is an unknown key (slow) */
+            /* field names are [a-z_]: a key with any other byte is unknown, unless it has an escape
+               (it could spell a field name: slow) */
             while ((*p >= 'a' && *p <= 'z') || *p == '_')
                 p++;
-            if (*p != '"' || (f = field_id(k, p - k)) < 0)
-                return 0;
-            if (j < ORDER_LEN)
-                order[j] = (uint8_t)f;
+            if (*p == '"' && (f = field_id(k, p - k)) >= 0) {
+                if (j < ORDER_LEN)
+                    order[j] = (uint8_t)f;
+            } else {
+                if (!(p = scan_str(k - 1, end, &tmp, &chars)))
+                    return 0;
+                p--; /* at the closing quote, as for a known key */
+                f = F_UNKNOWN;
+                if (j < ORDER_LEN)
+                    order[j] = NO_FIELD;
+            }
         }
-        if (seen & (1u << f))
+        /* a repeated known key goes slow (msgspec keeps the last value); unknown keys may repeat */
+        if (seen & (1u << f) & KNOWN_BITS)
             return 0;
         seen |= 1u << f;
         p++;
@@ -749,6 +927,7 @@ static int parse_turn(const unsigned char *s, Py_ssize_t n, Row *r, Ctx *ctx)
             p = *p == '{' ? scan_strmap(p, end, &r->flags_raw, r->flag_k, r->flag_v, &r->flag_n, FLAGS_MAX, -1, NULL, NULL)
                           : NULL;
             break;
+        case F_UNKNOWN: p = skip_value(p, end, 0); break;
         default: return 0;
         }
         if (!p)
