@@ -338,12 +338,13 @@ def test_buffered_records_reach_the_batch_without_a_consumer_record_each() -> No
 
     from aiokafka import TopicPartition
 
-    from watcher.source import MessageBatch, _bare_records
+    from watcher.fast_fetch import FetchPath, tune_fetcher
+    from watcher.source import MessageBatch
 
     t0, t1 = TopicPartition("t", 0), TopicPartition("t", 1)
     fetcher = SimpleNamespace(_records=collections.OrderedDict([(t0, _fetched(t0, [b"a", b"b"], 40))]),
-                              _key_deserializer=None, _value_deserializer=None)
-    _bare_records(SimpleNamespace(_fetcher=fetcher))
+                              _key_deserializer=None, _value_deserializer=None, _isolation_level=0)
+    assert tune_fetcher(SimpleNamespace(_fetcher=fetcher)).path is FetchPath.BULK
     fetcher._records[t1] = _fetched(t1, [b"c"], 7)  # a buffer arriving later (while getmany waits)
     batch = MessageBatch()
     for tp in (t0, t1):
@@ -356,10 +357,10 @@ def test_buffered_records_reach_the_batch_without_a_consumer_record_each() -> No
 
     # with a value deserializer the client's own records are kept (they carry the deserialised value)
     fetcher = SimpleNamespace(_records=collections.OrderedDict([(t0, _fetched(t0, [b"a"], 0))]),
-                              _key_deserializer=None, _value_deserializer=bytes.upper)
-    _bare_records(SimpleNamespace(_fetcher=fetcher))
+                              _key_deserializer=None, _value_deserializer=bytes.upper, _isolation_level=0)
+    assert tune_fetcher(SimpleNamespace(_fetcher=fetcher)).path is FetchPath.STOCK
     assert isinstance(fetcher._records[t0].getall(10)[0], ConsumerRecord)
-    _bare_records(SimpleNamespace())  # another client layout: nothing to do, no error
+    assert tune_fetcher(SimpleNamespace()).path is FetchPath.STOCK  # another client layout: no error
 
 
 def test_a_batch_splits_per_partition_number_without_what_the_state_holds() -> None:

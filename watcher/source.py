@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import collections
 import logging
 import operator
 import random
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from watcher.clock import Clock, SystemClock
 from watcher.errors import ConfigError, SourceError
+from watcher.fast_fetch import FetchPath, tune_fetcher
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -166,47 +166,6 @@ class MessageBatch(Sequence[Message]):
         return out
 
 
-def _bare_records(consumer: Any) -> None:
-    """Have ``consumer.getmany`` hand out the fetched records as the client decoded them.
-
-    aiokafka wraps every record in a ``ConsumerRecord`` (11 fields, ~1.1 µs per message, half of
-    what plain consumption costs per message); ``MessageBatch`` only reads ``value`` and ``offset``,
-    which the record objects of a fetched batch (``DefaultRecord``, C) carry themselves. Each
-    buffered ``PartitionRecords`` builds its records through ``self._consumer_record(tp, record)``,
-    so an instance attribute on the buffers of *this* consumer replaces that step for it alone (no
-    class is patched). The fetcher's buffer table is swapped (once) for one that sets it on every
-    buffer it receives, including those arriving while ``getmany`` waits.
-
-    Pin-safe: with another aiokafka layout nothing is found or the attribute is never called, and the
-    records stay ``ConsumerRecord``s (which have ``value`` and ``offset`` too), as they do for a
-    consumer with (de)serialisers.
-    """
-    fetcher = getattr(consumer, "_fetcher", None)
-    buffered = getattr(fetcher, "_records", None)
-    if type(buffered) is not collections.OrderedDict:  # already swapped, or an unknown layout
-        return
-    if getattr(fetcher, "_key_deserializer", True) or getattr(fetcher, "_value_deserializer", True):
-        return
-    for result in buffered.values():
-        _bare(result)
-    fetcher._records = _BareBuffers(buffered)
-
-
-class _BareBuffers(collections.OrderedDict):  # type: ignore[type-arg]
-    def __setitem__(self, tp: Any, result: Any) -> None:
-        _bare(result)
-        super().__setitem__(tp, result)
-
-
-def _bare(result: Any) -> None:
-    state = getattr(getattr(result, "_partition_records", None), "__dict__", None)
-    if state is not None and "_records_iterator" in state:
-        state["_consumer_record"] = _AS_IS
-
-
-_AS_IS: Callable[[Any, Any], Any] = {}.get  # (tp, record) -> record, from C: a lookup in an empty dict
-
-
 class Backoff:
     """Exponential backoff with ±20 % jitter (instances restarting together do not reconnect in step)."""
 
@@ -337,6 +296,9 @@ class KafkaSource:
         # (and before ``resume_from`` is asked, so a hook can restore the state it answers from).
         self.on_revoked: PartitionsHook | None = None
         self.on_assigned: PartitionsHook | None = None
+        # How the current consumer's fetched records reach the batches (watcher.fast_fetch): BULK
+        # unless the client is not the aiokafka this was written against, or is set up otherwise.
+        self.fetch_path: FetchPath | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -365,7 +327,6 @@ class KafkaSource:
                     await self._sleep(self._backoff.next())
                     continue
                 try:
-                    _bare_records(consumer)
                     data = await consumer.getmany(
                         timeout_ms=self.poll_timeout_ms, max_records=self.max_records
                     )
@@ -518,6 +479,9 @@ class KafkaSource:
             await self._close(consumer)
             return None
         self._backoff.reset()
+        tuning = tune_fetcher(consumer)
+        self.fetch_path = tuning.path
+        log.debug("fetched records: %s path (%s)", tuning.path.value, tuning.reason)
         log.info("consuming %s as group %r from %s", ",".join(self.topics), self.group_id,
                  self.bootstrap_servers)
         self._consumer = consumer
