@@ -124,6 +124,27 @@ static inline uint64_t str_stop8(uint64_t w)
     return (((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones * 0x20) & ~w) | w) & high;
 }
 
+/* p inside a string: the first byte at or after p that ends its plain run (STR_STOP), read a word at
+   a time while whole words remain inside the message. */
+static inline const unsigned char *plain_run(const unsigned char *p, const unsigned char *end)
+{
+    uint64_t w, stop;
+    while (end - p >= 8) {
+        memcpy(&w, p, 8);
+        if ((stop = str_stop8(w))) {
+#if LE_WORDS
+            /* the lowest flagged byte is exact (borrows only flag bytes above a real one) */
+            p += __builtin_ctzll(stop) >> 3;
+#endif
+            break;
+        }
+        p += 8;
+    }
+    while (!STR_STOP[*p])
+        p++;
+    return p;
+}
+
 /* p at the opening quote; end: the message's end (p < end). Fills the content span and its length
    in code points; returns the cursor after the closing quote, or NULL (slow) for an escape, a
    control byte or bad UTF-8. */
@@ -133,20 +154,7 @@ static inline const unsigned char *scan_str(const unsigned char *p, const unsign
     const unsigned char *start = ++p;
     Py_ssize_t extra = 0; /* bytes beyond the first of each multi-byte sequence */
     for (;;) {
-        uint64_t w, stop;
-        while (end - p >= 8) { /* whole words inside the message only */
-            memcpy(&w, p, 8);
-            if ((stop = str_stop8(w))) {
-#if LE_WORDS
-                /* the lowest flagged byte is exact (borrows only flag bytes above a real one) */
-                p += __builtin_ctzll(stop) >> 3;
-#endif
-                break;
-            }
-            p += 8;
-        }
-        while (!STR_STOP[*p])
-            p++;
+        p = plain_run(p, end);
         if (*p == '"')
             break;
         if (*p < 0x80)
@@ -376,19 +384,7 @@ static const unsigned char *skip_str(const unsigned char *p, const unsigned char
 {
     p++;
     for (;;) {
-        uint64_t w, stop;
-        while (end - p >= 8) {
-            memcpy(&w, p, 8);
-            if ((stop = str_stop8(w))) {
-#if LE_WORDS
-                p += __builtin_ctzll(stop) >> 3;
-#endif
-                break;
-            }
-            p += 8;
-        }
-        while (!STR_STOP[*p])
-            p++;
+        p = plain_run(p, end);
         if (*p == '"')
             return p + 1;
         if (*p == '\\') {
