@@ -1103,6 +1103,26 @@ static PyObject *make_dict(const Span *ks, const Span *vs, int n)
     return d;
 }
 
+/* The code of a str -> str object's raw text in t; the dict of a text seen for the first time is
+   appended to out. -1 on error (an exception is set). */
+static Py_ssize_t intern_map(Table *t, const Span *raw, const Span *ks, const Span *vs, int n, PyObject *out)
+{
+    Key k;
+    int is_new;
+    memset(&k, 0, sizeof k);
+    k.a = *raw;
+    Py_ssize_t code = table_code(t, &k, &is_new);
+    if (code < 0 || !is_new)
+        return code;
+    PyObject *d = make_dict(ks, vs, n);
+    if (!d || PyList_Append(out, d) < 0) {
+        Py_XDECREF(d);
+        return -1;
+    }
+    Py_DECREF(d);
+    return code;
+}
+
 static PyObject *make_route(const Row *r)
 {
     PyObject *env;
@@ -1238,30 +1258,9 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         rcode[nfast] = code;
 
-        k.a = r->segment_raw;
-        k.arm = 0;
-        if ((code = table_code(&st, &k, &is_new)) < 0)
+        if ((scode[nfast] = intern_map(&st, &r->segment_raw, r->seg_k, r->seg_v, r->seg_n, segs)) < 0 ||
+            (fcode[nfast] = intern_map(&ft, &r->flags_raw, r->flag_k, r->flag_v, r->flag_n, flags)) < 0)
             goto fail;
-        if (is_new) {
-            if (!(o = make_dict(r->seg_k, r->seg_v, r->seg_n)) || PyList_Append(segs, o) < 0) {
-                Py_XDECREF(o);
-                goto fail;
-            }
-            Py_DECREF(o);
-        }
-        scode[nfast] = code;
-
-        k.a = r->flags_raw;
-        if ((code = table_code(&ft, &k, &is_new)) < 0)
-            goto fail;
-        if (is_new) {
-            if (!(o = make_dict(r->flag_k, r->flag_v, r->flag_n)) || PyList_Append(flags, o) < 0) {
-                Py_XDECREF(o);
-                goto fail;
-            }
-            Py_DECREF(o);
-        }
-        fcode[nfast] = code;
 
         if (!(eids[nfast] = make_str(&r->event_id)) || !(cids[nfast] = make_str(&r->conversation_id)))
             goto fail_row;
