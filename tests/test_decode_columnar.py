@@ -226,3 +226,9 @@ def test_fields_outside_the_contract_stay_on_the_columnar_path(scanner: str) -> 
     batch = decode_batch(raws, Deduplicator())
     assert isinstance(batch.turns, LazyTurns)
     assert [t.event_id for t in batch.turns] == [f"e{i}" for i in range(20)]
+
+
+def test_columns_are_writable_arrays_as_on_the_object_path(scanner: str) -> None:
+    cols = decode_batch([msgspec.json.encode(_turn(i)) for i in range(8)], Deduplicator()).columns
+    for name in ("ts", "latency", "quality", "escalated", "error", "compliance", "first_turn", "route_code"):
+        assert getattr(cols, name).flags.writeable, name

@@ -172,14 +172,15 @@ def decode_columnar(
     index = np.frombuffer(fast_index, np.int64)
     if not len(index):
         return DecodedBatch([], deployments, rejected, duplicates)
-    ts = np.frombuffer(ts_b, np.float64)
-    latency = np.frombuffer(lat_b, np.float64)
-    quality = np.frombuffer(q_b, np.float64)
+    # copies: views of the scanner's bytes would be read-only, unlike the object path's columns
+    ts = np.frombuffer(ts_b, np.float64).copy()
+    latency = np.frombuffer(lat_b, np.float64).copy()
+    quality = np.frombuffer(q_b, np.float64).copy()
     bits = np.frombuffer(bits_b, np.uint8)
     turn_no = np.frombuffer(turn_b, np.int64)
-    rcode = np.frombuffer(rcode_b, np.int64).astype(np.intp, copy=False)
-    scode = np.frombuffer(scode_b, np.int64)
-    fcode = np.frombuffer(fcode_b, np.int64)
+    rcode = np.frombuffer(rcode_b, np.int64).astype(np.intp)
+    scode = np.frombuffer(scode_b, np.int64).copy()
+    fcode = np.frombuffer(fcode_b, np.int64).copy()
     unique = dedup._add_batch(event_ids)
     if unique is not None:  # duplicates leave the batch: keep the first of each, in order
         keep = np.flatnonzero(np.fromiter(unique, bool, len(unique)))
