@@ -2,6 +2,7 @@
 
     python -m bench.throughput                 # 1,000,000 events, 3 rounds (make bench-throughput)
     python -m bench.throughput --events 200000 --rounds 1
+    python -m bench.throughput --no-scanner    # watcher on msgspec alone (installed without a compiler)
 
 1. Start the embedded broker and produce N realistic telemetry events (~400 bytes of JSON each,
    from the simulator: several turns per conversation, 3 segment keys, a canary rollout running).
@@ -119,10 +120,10 @@ async def _watcher(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
             "series": series, "rollouts": len(engine.registry.all())}
 
 
-def _child(role: str, bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
+def _child(role: str, bootstrap: str, topic: str, expected: int, no_scanner: bool = False) -> dict[str, Any]:
     env = {**os.environ}
     cmd = [sys.executable, "-m", "bench.throughput", "--role", role, "--bootstrap", bootstrap, "--topic", topic,
-           "--events", str(expected)]
+           "--events", str(expected), *(["--no-scanner"] if no_scanner else [])]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=900)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--no-scanner", action="store_true",
+                        help="watcher without its C scanner (msgspec alone), as installed without a compiler")
     args = parser.parse_args(argv)
 
     if args.role:
@@ -162,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         from watcher.cli import tune_gc
 
         tune_gc()
+        if args.no_scanner:
+            from watcher import decode_columnar
+
+            decode_columnar._native = None
         run = _plain if args.role == "plain" else _watcher
         print(json.dumps(asyncio.run(run(args.bootstrap, args.topic, args.events))))
         return 0
@@ -183,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, list[dict[str, Any]]] = {"plain": [], "watcher": []}
         for i in range(args.rounds):
             for role in ("plain", "watcher"):
-                r = _child(role, broker.bootstrap_servers, "bench", sent)
+                r = _child(role, broker.bootstrap_servers, "bench", sent, args.no_scanner)
                 results[role].append(r)
                 print(f"round {i + 1} {role:8s} {r['events'] / r['wall_s']:>10,.0f} ev/s wall "
                       f"{r['events'] / r['cpu_s']:>10,.0f} ev/CPU-s  rss {r['peak_rss'] / 2**20:,.0f} MiB",
