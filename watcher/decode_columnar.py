@@ -2,16 +2,17 @@
 
 msgspec decodes a turn into a ``Turn`` object of ~16 Python objects, which every consumer then reads
 back column by column; per event, building, reading and freeing them costs more than the rest of the
-engine. The optional C scanner ``watcher._turnscan`` reads the messages of the common, canonical form
-(the contract's fields only, no escapes, plain numbers; docs/performance.md) and writes their values
-straight into columns, interning the repeated strings (route keys, segments, flags) once per batch.
+engine. The optional C scanner ``watcher._turnscan`` reads the messages of the usual form (no escapes
+in the contract's strings, plain numbers; fields outside the contract are skipped; docs/performance.md)
+and writes their values straight into columns, interning the repeated strings (route keys, segments,
+flags) once per batch.
 
 Its one rule is soundness: a message it accepts is one ``msgspec.json.Decoder(Turn)`` accepts, with the
 same values (tests/test_turnscan.py checks it differentially, over realistic, generated and mutated
 messages). Everything else it lists as *slow*, and those messages take the per-message path that names
-the reject reason. If a slow message turns out to be a valid turn (say, with a field outside the
-contract), the whole batch takes the object path: the fast path is an optimisation of the usual case,
-never a second definition of the contract.
+the reject reason. If a slow message turns out to be a valid turn (say, an id spelt with an escape),
+the whole batch takes the object path: the fast path is an optimisation of the usual case, never a
+second definition of the contract.
 
 ``Turn`` objects are still available (``DecodedBatch.turns``): a ``LazyTurns`` decodes them from their
 bytes on first access, for the consumers that read whole events (the shadow judge, a late turn's
