@@ -217,6 +217,12 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
         await _until("the alerts to fire", lambda: {
             a["labels"]["alertname"] for a in prom.get("/api/v1/alerts")["data"]["alerts"]
             if a["state"] == "firing"} >= EXPECTED_FIRING, 20)
+        # a rate() needs two samples of a series in its window: the whole traffic can be consumed,
+        # checkpointed and delivered between two scrapes (1 s), so wait for a second sample of each
+        await _until("two scrapes of the traffic's series", lambda: all(scraped(
+            f"min(count_over_time({m}[1m])) >= 2") for m in (
+                "watcher_events_consumed_total", "watcher_turns_total", "watcher_conversations_total",
+                "watcher_outbox_delivery_latency_seconds_bucket")), 20)
 
         # --- every dashboard query returns series ---
         failures: list[str] = []
