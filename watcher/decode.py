@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from watcher.decode_columnar import decode_columnar
+from watcher.decode_columnar import scan_turns, turn_columns
 from watcher.dedup import Deduplicator
 from watcher.event_schema import SCHEMA_DEPLOYMENT, SCHEMA_TURN, Deployment, Rejected, RejectReason, Turn
 from watcher.turn_columns import TurnColumns
@@ -81,17 +81,17 @@ def decode_batch(
     """
     if not isinstance(raws, list):
         raws = list(raws)  # it is read twice below (sizes, then contents) and indexed
-    if columnar and raws:
-        fast = decode_columnar(
-            raws, dedup, functools.partial(_decode_slow, max_bytes=max_bytes, turn_by_default=True),
-            lambda problem, i: Rejected(problem[0], problem[1], _as_bytes(raws[i]), _origin(origins, i)),
-            max_bytes=max_bytes, deployment_key=_DEPLOYMENT_KEY,
-        )
-        if fast is not None:
-            return fast
-    turns: list[Turn] = []
     deployments: list[Deployment] = []
     rejected: list[Rejected] = []
+    scanned = scan_turns(raws, max_bytes) if columnar and raws else None
+    if scanned is not None:  # none of the messages it left is a turn: markers and rejects
+        duplicates = 0
+        for i in scanned.slow:
+            ev = _decode_slow(raws[i], max_bytes, turn_by_default=True)
+            duplicates += _settle(ev, i, raws, origins, dedup, deployments, rejected)
+        turns, cols, dropped = turn_columns(scanned, raws, dedup)
+        return DecodedBatch(turns, deployments, rejected, duplicates + dropped, cols)
+    turns: list[Turn] = []
     duplicates = 0
     try:
         fits = max(map(len, raws), default=0) <= max_bytes
@@ -112,17 +112,11 @@ def decode_batch(
             break
         except Exception:  # every failure is classified precisely on the slow path below
             i += len(turns) - before
-        raw = raws[i]
-        ev = _decode_slow(raw, max_bytes, turn_by_default=True)
+        ev = _decode_slow(raws[i], max_bytes, turn_by_default=True)
         if isinstance(ev, Turn):
             turns.append(ev)
-        elif isinstance(ev, Deployment):
-            if dedup.seen(_DEPLOYMENT_KEY + ev.event_id):
-                duplicates += 1
-            else:
-                deployments.append(ev)
         else:
-            rejected.append(Rejected(ev[0], ev[1], _as_bytes(raw), _origin(origins, i)))
+            duplicates += _settle(ev, i, raws, origins, dedup, deployments, rejected)
         i += 1
     columns: TurnColumns | None = None
     if turns:
@@ -133,6 +127,18 @@ def decode_batch(
         # after dedup (fewer to convert); the float column is kept for the batch's consumers
         columns = TurnColumns(turns, ts=np.array(_timestamps_to_float(turns), np.float64))
     return DecodedBatch(turns, deployments, rejected, duplicates, columns)
+
+
+def _settle(ev: Deployment | _Problem, i: int, raws: Sequence[Any], origins: Sequence[str] | None,
+            dedup: Deduplicator, deployments: list[Deployment], rejected: list[Rejected]) -> int:
+    """A message that is not a turn goes to ``deployments`` (1 returned if a duplicate) or ``rejected``."""
+    if isinstance(ev, Deployment):
+        if dedup.seen(_DEPLOYMENT_KEY + ev.event_id):
+            return 1
+        deployments.append(ev)
+    else:
+        rejected.append(Rejected(ev[0], ev[1], _as_bytes(raws[i]), _origin(origins, i)))
+    return 0
 
 
 def _decode_turn_limited(raw: bytes, max_bytes: int) -> Turn:

@@ -23,24 +23,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from dataclasses import dataclass
+from typing import Any, overload
 
 import msgspec
 import numpy as np
 
 from watcher.dedup import Deduplicator
-from watcher.event_schema import Deployment, Rejected, Turn
+from watcher.event_schema import Turn
 from watcher.turn_columns import TurnColumns, renumber
-
-if TYPE_CHECKING:
-    from watcher.decode import DecodedBatch
 
 try:  # optional: built from watcher/_turnscan.c when a compiler is present (pyproject.toml)
     from watcher import _turnscan as _native
 except ImportError:  # pragma: no cover - depends on the install
     _native = None
 
-__all__ = ["LazyTurns", "ScanResult", "available", "decode_columnar", "reference_scan"]
+__all__ = ["LazyTurns", "ScanResult", "Scanned", "available", "reference_scan", "scan_turns", "turn_columns"]
 
 _TURN_DECODER = msgspec.json.Decoder(Turn)
 
@@ -126,53 +124,40 @@ class LazyTurns(Sequence[Turn]):
         return turn
 
 
-def decode_columnar(
-    raws: list[Any],
-    dedup: Deduplicator,
-    classify: Callable[[Any], Turn | Deployment | tuple[Any, str]],
-    reject: Callable[[tuple[Any, str], int], Rejected],
-    *,
-    max_bytes: int,
-    deployment_key: str,
-    scanner: Scanner | None = None,
-) -> DecodedBatch | None:
-    """The batch through the scanner, or None when it must take the object path.
+@dataclass(frozen=True, slots=True)
+class Scanned:
+    """A batch the scanner read: its turn columns (``ScanResult``) and the messages it left (``slow``),
+    none of which is a valid turn."""
 
-    ``classify`` is decode's per-message path (Turn, Deployment or a (reason, detail) problem) and
-    ``reject`` turns a problem at index ``i`` into a ``Rejected``; both come from ``watcher.decode``.
-    Nothing is recorded in ``dedup`` before the batch is known to stay on this path.
-    """
-    from watcher.decode import DecodedBatch
+    result: ScanResult
 
+    @property
+    def slow(self) -> list[int]:
+        return self.result[1]
+
+
+def scan_turns(raws: list[Any], max_bytes: int, scanner: Scanner | None = None) -> Scanned | None:
+    """The batch through the scanner, or None when it must take the object path: no scanner, or a
+    message it left is a valid turn (the object path keeps message order)."""
     scan = scanner if scanner is not None else default_scanner()
     if scan is None:
         return None
-    (fast_index, slow, ts_b, lat_b, q_b, bits_b, turn_b, event_ids, conv_ids,
-     rcode_b, route_keys, scode_b, segments, fcode_b, flag_dicts) = scan(raws, max_bytes)
-    for i in slow:  # a valid turn the scanner does not read: the object path keeps message order
+    result = scan(raws, max_bytes)
+    for i in result[1]:  # the common slow case is a valid turn: checked first, cheaply
         try:
-            _TURN_DECODER.decode(raws[i])  # (the common slow case is a valid turn: checked first, cheaply)
+            _TURN_DECODER.decode(raws[i])
             return None
         except Exception:
             pass
-    slow_events = [(i, classify(raws[i])) for i in slow]
-    if any(isinstance(ev, Turn) for _, ev in slow_events):
-        return None  # (not expected after the check above: the same decoder decides both)
-    deployments: list[Deployment] = []
-    rejected: list[Rejected] = []
-    duplicates = 0
-    for i, ev in slow_events:
-        if isinstance(ev, Deployment):
-            if dedup.seen(deployment_key + ev.event_id):
-                duplicates += 1
-            else:
-                deployments.append(ev)
-        else:
-            assert isinstance(ev, tuple)
-            rejected.append(reject(ev, i))
+    return Scanned(result)
+
+
+def turn_columns(scanned: Scanned, raws: list[Any], dedup: Deduplicator) -> tuple[LazyTurns, TurnColumns, int]:
+    """The scanned turns without duplicates (recorded in ``dedup``): lazy ``Turn``s, their columns and
+    how many duplicates left."""
+    (fast_index, _, ts_b, lat_b, q_b, bits_b, turn_b, event_ids, conv_ids,
+     rcode_b, route_keys, scode_b, segments, fcode_b, flag_dicts) = scanned.result
     index = np.frombuffer(fast_index, np.int64)
-    if not len(index):
-        return DecodedBatch([], deployments, rejected, duplicates)
     # copies: views of the scanner's bytes would be read-only, unlike the object path's columns
     ts = np.frombuffer(ts_b, np.float64).copy()
     latency = np.frombuffer(lat_b, np.float64).copy()
@@ -182,12 +167,11 @@ def decode_columnar(
     rcode = np.frombuffer(rcode_b, np.int64).astype(np.intp)
     scode = np.frombuffer(scode_b, np.int64).copy()
     fcode = np.frombuffer(fcode_b, np.int64).copy()
-    unique = dedup._add_batch(event_ids)
+    duplicates = 0
+    unique = dedup._add_batch(event_ids) if event_ids else None
     if unique is not None:  # duplicates leave the batch: keep the first of each, in order
         keep = np.flatnonzero(np.fromiter(unique, bool, len(unique)))
-        duplicates += len(unique) - len(keep)
-        if not len(keep):
-            return DecodedBatch([], deployments, rejected, duplicates)
+        duplicates = len(unique) - len(keep)
         index, ts, latency, quality, bits, turn_no, rcode, scode, fcode = (
             a[keep] for a in (index, ts, latency, quality, bits, turn_no, rcode, scode, fcode))
         conv_ids = [conv_ids[i] for i in keep.tolist()]
@@ -204,7 +188,7 @@ def decode_columnar(
         segment_code=scode, segment_table=segments, flag_code=fcode, flag_table=flag_dicts,
         route_code=rcode, route_keys=route_keys,
     )
-    return DecodedBatch(turns, deployments, rejected, duplicates, cols)  # type: ignore[arg-type]
+    return turns, cols, duplicates
 
 
 # ---- the reference scanner: the contract of watcher._turnscan, in Python ---------------------------

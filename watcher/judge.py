@@ -257,9 +257,9 @@ class Judge:
             conv.rho[slots] = np.where(in_grace, 0, self._rho_index(self.rho_now))
         slices = np.full((len(slots), conv.slices.shape[1]), -1, np.int16)
         if self.n_keys:
-            table = cols.__dict__.get("segment_table")
-            if table is not None:  # per distinct segment (in order of first appearance: same slices)
-                code, distinct = renumber(cols.segment_code[pos], table)
+            coded = cols.coded("segment")
+            if coded is not None:  # per distinct segment (in order of first appearance: same slices)
+                code, distinct = renumber(coded[1][pos], coded[0])
                 slices[:, :self.n_keys] = self._segment_slices(distinct)[code]
             else:
                 segment = cols.segment

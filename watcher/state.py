@@ -308,8 +308,8 @@ class MetricsState:
         n = len(turns)
         # Decoded as columns, the batch numbers its distinct segments (``segment_code``): each key's
         # values are then looked up once per distinct segment and gathered per turn.
-        distinct = cols.__dict__.get("segment_table")
-        segs = distinct if distinct is not None else cols.segment
+        coded = cols.coded("segment")
+        segs = coded[0] if coded is not None else cols.segment
         try:
             seg_keys, seg_cols = self._segment_columns(segs)
         except TypeError:  # a segment that is None or a non-dict mapping: normalise, then the fast path
@@ -341,8 +341,8 @@ class MetricsState:
             vcode = np.fromiter(map(vt.codes.get, col, repeat(-1)), dtype=np.intp, count=len(col))
             if (vcode < 0).any():
                 vcode = vt.learn(col, vcode)
-            if distinct is not None:
-                vcode = vcode[cols.segment_code]
+            if coded is not None:
+                vcode = vcode[coded[1]]
             vt.ensure_lut(len(table.values))
             slots = vt.lut[ocode, vcode]
             if (slots < 0).any():  # (version, value) pairs never seen: resolve their series once

@@ -45,17 +45,22 @@ class TurnColumns:
     can work per distinct segment; ``segment`` and ``flags`` are then gathered from them on first use.
     """
 
-    segment_code: np.ndarray  # present only when decoded as columns (check ``__dict__``)
-    segment_table: list[dict[str, str]]
-    flag_code: np.ndarray
-    flag_table: list[dict[str, str]]
-
     def __init__(self, turns: Sequence[Any], *, ts: np.ndarray | None = None) -> None:
         self.turns = turns
         self.n = len(turns)
         self.routed: tuple[list[str], list[str]] | None = None  # (arms per turn, arm per route key)
         if ts is not None:
             self.__dict__["ts"] = ts
+
+    def coded(self, name: str) -> tuple[list[Any], np.ndarray] | None:
+        """``(table, code)`` of ``"segment"`` or ``"flag"`` when decoded as columns, else None."""
+        d = self.__dict__
+        table = d.get(f"{name}_table")
+        return None if table is None else (table, d[f"{name}_code"])
+
+    def built(self, name: str) -> bool:
+        """Whether column ``name`` is already there (given or computed), so reading it costs nothing."""
+        return name in self.__dict__
 
     @classmethod
     def from_arrays(cls, turns: Sequence[Any], **columns: Any) -> TurnColumns:
@@ -103,16 +108,16 @@ class TurnColumns:
 
     @cached_property
     def segment(self) -> list[dict[str, str]]:
-        table = self.__dict__.get("segment_table")
-        if table is not None:  # one shared dict per distinct segment, gathered in C
-            return expand(table, self.__dict__["segment_code"])
+        coded = self.coded("segment")
+        if coded is not None:  # one shared dict per distinct segment, gathered in C
+            return expand(*coded)
         return list(map(_COL_SEG, self.turns))
 
     @cached_property
     def flags(self) -> list[dict[str, str]]:
-        table = self.__dict__.get("flag_table")
-        if table is not None:
-            return expand(table, self.__dict__["flag_code"])
+        coded = self.coded("flag")
+        if coded is not None:
+            return expand(*coded)
         return list(map(_COL_FLAGS, self.turns))
 
     @cached_property
@@ -148,7 +153,7 @@ class TurnColumns:
 
     def version_is(self, version: str) -> np.ndarray:
         """Boolean mask of the turns of ``version`` (per route key once the keys are known)."""
-        if "route_code" not in self.__dict__:
+        if not self.built("route_code"):
             return np.fromiter(map(version.__eq__, map(_COL_VERSION, self.turns)), bool, self.n)
         keys = self.route_keys
         lut = np.fromiter((k[2] == version for k in keys), bool, len(keys))

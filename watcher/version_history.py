@@ -179,7 +179,7 @@ class VersionHistory:
         bucket = np.floor(ts / self.bucket_s).astype(np.int64)
         # (agent, environment, version) per turn, numbered by first appearance in one C-level pass
         codes: defaultdict[tuple[str, str, str], int] = defaultdict(itertools.count().__next__)
-        if "route_keys" in cols.__dict__:  # routed: one lookup per route key (numbered the same way)
+        if cols.built("route_keys"):  # routed: one lookup per route key (numbered the same way)
             keys_of = cols.route_keys
             code = np.fromiter(map(codes.__getitem__, map(_AEV, keys_of)), np.int64, len(keys_of))[cols.route_code]
         else:
