@@ -3,15 +3,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# reinstalled when the package definition or the C scanner (built by pip, watcher/_turnscan.c) changes
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml watcher/_turnscan.c | cksum | cut -d' ' -f1)
+# reinstalled when the package definition or the C scanner (built by pip, watcher/contract/_turnscan.c) changes
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml watcher/contract/_turnscan.c | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast bench bench-throughput bench-detection bench-strategies check-config clean
+.PHONY: demo test test-fast lint bench bench-throughput bench-detection bench-strategies check-config clean
 
-$(STAMP): pyproject.toml watcher/_turnscan.c
+$(STAMP): pyproject.toml watcher/contract/_turnscan.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,otlp]'
+	$(PY) -m pip install --quiet -e '.[test,otlp,lint]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -21,8 +21,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+# ruff (lint and format), the import contracts between packages (import-linter)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check watcher tests bench dashboards
+	$(VENV)/bin/ruff format --check watcher tests bench dashboards
+	$(VENV)/bin/lint-imports
+
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not slow and not e2e" $(PYTEST_ARGS)
 
 bench: bench-throughput bench-detection bench-strategies
 
@@ -39,4 +45,4 @@ check-config: $(STAMP)
 	$(VENV)/bin/watcher check-config
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info watcher/_turnscan*.so
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info watcher/contract/_turnscan*.so

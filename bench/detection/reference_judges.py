@@ -70,8 +70,18 @@ def parse_ts(ts: str | float) -> float:
     head = ts[:19]
     base = _SECONDS.get(head)
     if base is None:
-        base = _SECONDS[head] = float(calendar.timegm((int(head[0:4]), int(head[5:7]), int(head[8:10]),
-                                                       int(head[11:13]), int(head[14:16]), int(head[17:19]))))
+        base = _SECONDS[head] = float(
+            calendar.timegm(
+                (
+                    int(head[0:4]),
+                    int(head[5:7]),
+                    int(head[8:10]),
+                    int(head[11:13]),
+                    int(head[14:16]),
+                    int(head[17:19]),
+                )
+            )
+        )
     rest = ts[19:]
     frac = 0.0
     if rest.startswith("."):
@@ -133,8 +143,13 @@ def load_stream(lines: Iterable[bytes]) -> Stream:
     t = m[:, 0]
     return Stream(
         start_ts=start if start is not None else (float(t.min()) if len(t) else 0.0),
-        t=t, canary=canary, latency=m[:, 1], quality=m[:, 2],
-        escalated=m[:, 4] > 0, error=m[:, 5] > 0, compliance=m[:, 6] > 0,
+        t=t,
+        canary=canary,
+        latency=m[:, 1],
+        quality=m[:, 2],
+        escalated=m[:, 4] > 0,
+        error=m[:, 5] > 0,
+        compliance=m[:, 6] > 0,
     )
 
 
@@ -146,8 +161,14 @@ def load_jsonl(path: str | Path) -> Stream:
 # -- per-minute series -----------------------------------------------------------------------------
 
 METRICS = ("quality", "latency_p95", "latency_p99", "escalation", "error", "compliance")
-HIGHER_IS_WORSE = {"quality": False, "latency_p95": True, "latency_p99": True, "escalation": True,
-                   "error": True, "compliance": True}
+HIGHER_IS_WORSE = {
+    "quality": False,
+    "latency_p95": True,
+    "latency_p99": True,
+    "escalation": True,
+    "error": True,
+    "compliance": True,
+}
 
 
 def per_window(s: Stream, mask: np.ndarray, window_s: float, n_windows: int) -> dict[str, np.ndarray]:
@@ -155,9 +176,13 @@ def per_window(s: Stream, mask: np.ndarray, window_s: float, n_windows: int) -> 
     w = np.floor((s.t[mask] - s.start_ts) / window_s).astype(np.int64)
     keep = (w >= 0) & (w < n_windows)
     w = w[keep]
-    cols = {"latency": s.latency[mask][keep], "quality": s.quality[mask][keep],
-            "escalation": s.escalated[mask][keep], "error": s.error[mask][keep],
-            "compliance": s.compliance[mask][keep]}
+    cols = {
+        "latency": s.latency[mask][keep],
+        "quality": s.quality[mask][keep],
+        "escalation": s.escalated[mask][keep],
+        "error": s.error[mask][keep],
+        "compliance": s.compliance[mask][keep],
+    }
     out = {m: np.full(n_windows, np.nan) for m in METRICS}
     out["n"] = np.bincount(w, minlength=n_windows).astype(float)
     n = out["n"]
@@ -171,7 +196,7 @@ def per_window(s: Stream, mask: np.ndarray, window_s: float, n_windows: int) -> 
     ws, lat = w[order], cols["latency"][order]
     bounds = np.searchsorted(ws, np.arange(n_windows + 1))
     for i in range(n_windows):
-        x = lat[bounds[i]:bounds[i + 1]]
+        x = lat[bounds[i] : bounds[i + 1]]
         x = x[~np.isnan(x)]
         if len(x):
             out["latency_p95"][i], out["latency_p99"][i] = np.quantile(x, [0.95, 0.99])
@@ -246,8 +271,14 @@ def mann_whitney(canary: np.ndarray, baseline: np.ndarray) -> tuple[float, float
 # What the healthy service shows on a dashboard (per canary minute, simulator defaults) and the
 # "typical defaults" bounds a team derives from it (README: round numbers with headroom). A
 # calibration grid scales the headroom: bound = healthy + scale * (typical - healthy).
-FLAGGER_HEALTHY: dict[str, float] = {"error": 0.005, "escalation": 0.011, "compliance": 0.002,
-                                     "quality": 0.775, "latency_p95": 970.0, "latency_p99": 1350.0}
+FLAGGER_HEALTHY: dict[str, float] = {
+    "error": 0.005,
+    "escalation": 0.011,
+    "compliance": 0.002,
+    "quality": 0.775,
+    "latency_p95": 970.0,
+    "latency_p99": 1350.0,
+}
 FLAGGER_TYPICAL: dict[str, tuple[float | None, float | None]] = {
     "error": (None, 0.02),  # request-success-rate >= 98 %
     "escalation": (None, 0.03),
@@ -263,8 +294,10 @@ def flagger_ranges(scale: float) -> dict[str, tuple[float | None, float | None]]
     out: dict[str, tuple[float | None, float | None]] = {}
     for metric, (lo, hi) in FLAGGER_TYPICAL.items():
         h = FLAGGER_HEALTHY[metric]
-        out[metric] = (None if lo is None else h + scale * (lo - h),
-                       None if hi is None else h + scale * (hi - h))
+        out[metric] = (
+            None if lo is None else h + scale * (lo - h),
+            None if hi is None else h + scale * (hi - h),
+        )
     return out
 
 
@@ -274,7 +307,8 @@ class FlaggerJudge:
 
     # thresholdRange per metric: (min, max); None = unbounded. See README for why these values.
     ranges: dict[str, tuple[float | None, float | None]] = field(
-        default_factory=lambda: dict(FLAGGER_TYPICAL))
+        default_factory=lambda: dict(FLAGGER_TYPICAL)
+    )
     interval_s: float = 60.0
     threshold: int = 5
     consecutive: bool = False
@@ -329,8 +363,14 @@ def _g(x: float | None) -> str:
 
 # -- Kayenta ---------------------------------------------------------------------------------------
 
-KAYENTA_TOLERANCE: dict[str, float] = {"quality": 0.05, "latency_p95": 0.10, "latency_p99": 0.10,
-                                       "escalation": 0.20, "error": 0.20, "compliance": 0.20}
+KAYENTA_TOLERANCE: dict[str, float] = {
+    "quality": 0.05,
+    "latency_p95": 0.10,
+    "latency_p99": 0.10,
+    "escalation": 0.20,
+    "error": 0.20,
+    "compliance": 0.20,
+}
 
 
 @dataclass(frozen=True)
@@ -414,6 +454,19 @@ class KayentaJudge:
         return None
 
 
-__all__ = ["FLAGGER_HEALTHY", "FLAGGER_TYPICAL", "KAYENTA_TOLERANCE", "FlaggerJudge", "KayentaJudge",
-           "Prepared", "Stream", "flagger_ranges", "load_jsonl", "load_stream", "mann_whitney", "parse_ts",
-           "per_window", "prepare"]
+__all__ = [
+    "FLAGGER_HEALTHY",
+    "FLAGGER_TYPICAL",
+    "KAYENTA_TOLERANCE",
+    "FlaggerJudge",
+    "KayentaJudge",
+    "Prepared",
+    "Stream",
+    "flagger_ranges",
+    "load_jsonl",
+    "load_stream",
+    "mann_whitney",
+    "parse_ts",
+    "per_window",
+    "prepare",
+]

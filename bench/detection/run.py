@@ -6,7 +6,7 @@
 
 For every scenario × seed the simulator writes a JSONL stream to a temporary directory; every judge
 reads it and reports the event time at which it first stops the canary (watcher: its first
-``pause`` or ``rollback`` decision from ``watcher.replay.replay_decisions``, the daemon's engine;
+``pause`` or ``rollback`` decision from ``watcher.service.replay.replay_decisions``, the daemon's engine;
 the references: their rollback). Delay = stop − onset (scenario start + the regression's start).
 A stop in a null scenario is a false rollback; a stop before the onset of a regression is a
 pre-onset alarm (false as well), not a detection.
@@ -34,7 +34,7 @@ from typing import Any
 from bench.detection import calibration as cal
 from bench.detection.reference_judges import FlaggerJudge, KayentaJudge, Prepared, load_jsonl
 from bench.detection.scenarios import CASES, Case
-from watcher.simulate import write_jsonl
+from watcher.sim.simulate import write_jsonl
 
 RESULTS = Path(__file__).with_name("results.json")
 STOP_ACTIONS = frozenset({"pause", "rollback"})
@@ -42,20 +42,25 @@ CALIBRATION_FIRST_SEED = 101  # disjoint from the evaluation seeds (1, 2, ...)
 
 Stop = tuple[float, str]  # (event time of the first pause/rollback, its reason)
 JudgeFn = Callable[[Path, Prepared, Case], "Stop | None"]
-LABELS = {"watcher": "watcher (bundled policy)", "flagger": "flagger, typical defaults",
-          "flagger_cal": "flagger, calibrated", "kayenta": "kayenta, typical defaults",
-          "kayenta_cal": "kayenta, calibrated"}
+LABELS = {
+    "watcher": "watcher (bundled policy)",
+    "flagger": "flagger, typical defaults",
+    "flagger_cal": "flagger, calibrated",
+    "kayenta": "kayenta, typical defaults",
+    "kayenta_cal": "kayenta, calibrated",
+}
 
 
 def watcher_judge(policy: Path | None = None) -> JudgeFn:
     def judge(path: Path, prepared: Prepared, case: Case) -> Stop | None:
-        from watcher.replay import replay_decisions  # late: the references run without watcher
+        from watcher.service.replay import replay_decisions  # late: the references run without watcher
 
         stops = [d for d in replay_decisions(path, policy_path=policy) if d["action"] in STOP_ACTIONS]
         if not stops:
             return None
         first = min(stops, key=lambda d: d["ts_unix"])
         return first["ts_unix"], first["reason"]
+
     return judge
 
 
@@ -72,6 +77,7 @@ def kayenta_judge(path: Path, prepared: Prepared, case: Case) -> Stop | None:
 def setting_judge(setting: cal.Setting) -> JudgeFn:
     def judge(path: Path, prepared: Prepared, case: Case) -> Stop | None:
         return setting.judge(case.scenario.duration_s).rollback(prepared)
+
     return judge
 
 
@@ -129,13 +135,24 @@ def run_case(case: Case, seed: int, judges: dict[str, JudgeFn], workdir: Path) -
             error = f"{type(exc).__name__}: {exc}"
             traceback.print_exc(file=sys.stderr)
         result = outcome(onset, stop, error)
-        rows.append({
-            "scenario": case.name, "kind": case.kind, "seed": seed, "judge": name, "events": events,
-            "start_ts": prepared.stream.start_ts, "onset_ts": onset, "stop_ts": stop,
-            "delay_s": (stop - onset) if result == "detected" else None,  # type: ignore[operator]
-            "outcome": result, "reason": reason, "error": error,
-            "judge_seconds": round(time.perf_counter() - t1, 3), "prepare_seconds": round(gen_s, 3),
-        })
+        rows.append(
+            {
+                "scenario": case.name,
+                "kind": case.kind,
+                "seed": seed,
+                "judge": name,
+                "events": events,
+                "start_ts": prepared.stream.start_ts,
+                "onset_ts": onset,
+                "stop_ts": stop,
+                "delay_s": (stop - onset) if result == "detected" else None,  # type: ignore[operator]
+                "outcome": result,
+                "reason": reason,
+                "error": error,
+                "judge_seconds": round(time.perf_counter() - t1, 3),
+                "prepare_seconds": round(gen_s, 3),
+            }
+        )
     path.unlink(missing_ok=True)
     return rows
 
@@ -148,10 +165,12 @@ def summarise(rows: list[dict[str, Any]], judges: list[str]) -> dict[str, dict[s
         null = [r for r in mine if r["kind"] == "null"]
         delays = [r["delay_s"] for r in reg if r["outcome"] == "detected"]
         out[j] = {
-            "regression_runs": len(reg), "detected": len(delays),
+            "regression_runs": len(reg),
+            "detected": len(delays),
             "detection_rate": len(delays) / len(reg) if reg else None,
             "median_delay_s": statistics.median(delays) if delays else None,
-            "null_runs": len(null), "false_rollbacks": sum(r["outcome"] == "false_rollback" for r in null),
+            "null_runs": len(null),
+            "false_rollbacks": sum(r["outcome"] == "false_rollback" for r in null),
             "pre_onset_alarms": sum(r["outcome"] == "pre_onset_alarm" for r in reg),
             "errors": sum(r["outcome"] == "error" for r in mine),
         }
@@ -161,8 +180,11 @@ def summarise(rows: list[dict[str, Any]], judges: list[str]) -> dict[str, dict[s
 def paired_median(rows: list[dict[str, Any]], a: str, b: str) -> tuple[float | None, float | None, int]:
     """Median delays of judges a and b over the regression runs both detected."""
     key = {(r["judge"], r["scenario"], r["seed"]): r for r in rows}
-    pairs = [(key[(a, s, k)]["delay_s"], r["delay_s"]) for (j, s, k), r in key.items()
-             if j == b and r["outcome"] == "detected" and key.get((a, s, k), {}).get("outcome") == "detected"]
+    pairs = [
+        (key[(a, s, k)]["delay_s"], r["delay_s"])
+        for (j, s, k), r in key.items()
+        if j == b and r["outcome"] == "detected" and key.get((a, s, k), {}).get("outcome") == "detected"
+    ]
     if not pairs:
         return None, None, 0
     return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs), len(pairs)
@@ -172,20 +194,31 @@ def goal(rows: list[dict[str, Any]], summary: dict[str, dict[str, Any]], subject
     """The issue's goal for one watcher row: no false alarm, every regression caught, median delay
     below half of the best reference without false alarms (best: most detections, then fastest)."""
     s = summary[subject]
-    clean = [j for j, v in summary.items() if not j.startswith("watcher") and v["false_rollbacks"] == 0
-             and v["pre_onset_alarms"] == 0 and v["errors"] == 0 and v["detected"] > 0]
+    clean = [
+        j
+        for j, v in summary.items()
+        if not j.startswith("watcher")
+        and v["false_rollbacks"] == 0
+        and v["pre_onset_alarms"] == 0
+        and v["errors"] == 0
+        and v["detected"] > 0
+    ]
     best = min(clean, key=lambda j: (-summary[j]["detected"], summary[j]["median_delay_s"]), default=None)
     out: dict[str, Any] = {
         "no_false_alarm": s["false_rollbacks"] == 0 and s["pre_onset_alarms"] == 0,
-        "all_caught": s["detected"] == s["regression_runs"], "best_clean_reference": best,
+        "all_caught": s["detected"] == s["regression_runs"],
+        "best_clean_reference": best,
         "vs_clean_references": {},
     }
     for j in clean:
         mine, theirs, n = paired_median(rows, subject, j)
         out["vs_clean_references"][j] = {
             "ratio_of_medians": (s["median_delay_s"] / summary[j]["median_delay_s"])
-            if s["median_delay_s"] is not None else None,
-            "paired_runs": n, "paired_median_subject_s": mine, "paired_median_reference_s": theirs,
+            if s["median_delay_s"] is not None
+            else None,
+            "paired_runs": n,
+            "paired_median_subject_s": mine,
+            "paired_median_reference_s": theirs,
         }
     ratio = out["vs_clean_references"].get(best, {}).get("ratio_of_medians") if best else None
     out["under_half_of_best"] = ratio is not None and ratio < 0.5
@@ -197,17 +230,26 @@ def _fmt_delay(x: float | None) -> str:
     return "–" if x is None else f"{x:.0f} s"
 
 
-def markdown(rows: list[dict[str, Any]], summary: dict[str, dict[str, Any]], judges: list[str],
-             cases: list[Case]) -> str:
-    lines = ["| judge | detection rate | median delay after onset | false rollbacks (null runs) | "
-             "pre-onset alarms |", "|---|---|---|---|---|"]
+def markdown(
+    rows: list[dict[str, Any]], summary: dict[str, dict[str, Any]], judges: list[str], cases: list[Case]
+) -> str:
+    lines = [
+        "| judge | detection rate | median delay after onset | false rollbacks (null runs) | "
+        "pre-onset alarms |",
+        "|---|---|---|---|---|",
+    ]
     for j in judges:
         s = summary[j]
-        rate = "–" if s["detection_rate"] is None else \
-            f"{s['detected']}/{s['regression_runs']} ({s['detection_rate']:.0%})"
+        rate = (
+            "–"
+            if s["detection_rate"] is None
+            else f"{s['detected']}/{s['regression_runs']} ({s['detection_rate']:.0%})"
+        )
         err = f" ({s['errors']} errors)" if s["errors"] else ""
-        lines.append(f"| {LABELS.get(j, j)}{err} | {rate} | {_fmt_delay(s['median_delay_s'])} | "
-                     f"{s['false_rollbacks']}/{s['null_runs']} | {s['pre_onset_alarms']} |")
+        lines.append(
+            f"| {LABELS.get(j, j)}{err} | {rate} | {_fmt_delay(s['median_delay_s'])} | "
+            f"{s['false_rollbacks']}/{s['null_runs']} | {s['pre_onset_alarms']} |"
+        )
     lines += ["", "| scenario | " + " | ".join(judges) + " |", "|---|" + "---|" * len(judges)]
     for case in cases:
         cells = []
@@ -235,19 +277,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-seed", type=int, default=1)
     p.add_argument("--calibration-seeds", type=int, default=3, help="seeds 101.. (default %(default)s)")
     p.add_argument("--no-calibration", action="store_true", help="skip the calibrated reference rows")
-    p.add_argument("--calibration-exclude", default="",
-                   help="comma-separated scenarios left out of the calibration (a what-if, "
-                   "see docs/detection.md)")
-    p.add_argument("--policy", type=Path, action="append", default=[],
-                   help="also run watcher with this policy file (judge name watcher[<file stem>])")
+    p.add_argument(
+        "--calibration-exclude",
+        default="",
+        help="comma-separated scenarios left out of the calibration (a what-if, see docs/detection.md)",
+    )
+    p.add_argument(
+        "--policy",
+        type=Path,
+        action="append",
+        default=[],
+        help="also run watcher with this policy file (judge name watcher[<file stem>])",
+    )
     p.add_argument("--judges", help="comma-separated subset of the judges (default: all)")
     p.add_argument("--scenarios", help="comma-separated subset of scenario names (calibration uses all)")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON results (default %(default)s)")
     args = p.parse_args(argv)
     started = time.perf_counter()
     seeds = list(range(args.first_seed, args.first_seed + (1 if args.quick else args.seeds)))
-    cal_seeds = list(range(CALIBRATION_FIRST_SEED, CALIBRATION_FIRST_SEED
-                           + (1 if args.quick else args.calibration_seeds)))
+    cal_seeds = list(
+        range(CALIBRATION_FIRST_SEED, CALIBRATION_FIRST_SEED + (1 if args.quick else args.calibration_seeds))
+    )
     cases = [c for c in CASES if not args.scenarios or c.name in args.scenarios.split(",")]
     judges: dict[str, JudgeFn] = {"watcher": watcher_judge()}
     for policy in args.policy:
@@ -281,16 +331,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ngoal for {j}: {'met' if g['met'] else 'NOT met'} — {json.dumps(g)}")
     for tool in ("flagger", "kayenta"):
         if tool in calibration:
-            calibration[tool]["chosen"] = (dict(calibration[tool]["chosen"].knobs)
-                                           if calibration[tool]["chosen"] is not None else None)
+            calibration[tool]["chosen"] = (
+                dict(calibration[tool]["chosen"].knobs) if calibration[tool]["chosen"] is not None else None
+            )
     elapsed = round(time.perf_counter() - started, 1)
-    args.out.write_text(json.dumps({
-        "seeds": seeds, "elapsed_s": elapsed, "policies": [str(x) for x in args.policy],
-        "summary": summary, "goal": goals, "calibration": calibration,
-        "scenarios": {c.name: {"description": c.description, "onset_s": c.onset_s, "kind": c.kind,
-                               "duration_s": c.scenario.duration_s} for c in cases},
-        "runs": rows,
-    }, indent=1, default=str) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "seeds": seeds,
+                "elapsed_s": elapsed,
+                "policies": [str(x) for x in args.policy],
+                "summary": summary,
+                "goal": goals,
+                "calibration": calibration,
+                "scenarios": {
+                    c.name: {
+                        "description": c.description,
+                        "onset_s": c.onset_s,
+                        "kind": c.kind,
+                        "duration_s": c.scenario.duration_s,
+                    }
+                    for c in cases
+                },
+                "runs": rows,
+            },
+            indent=1,
+            default=str,
+        )
+        + "\n"
+    )
     print(f"\n{len(rows)} runs in {elapsed:.0f} s; results in {args.out}", file=sys.stderr)
     return 0
 

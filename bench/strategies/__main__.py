@@ -5,7 +5,8 @@ regression type (median over seeds; minutes after the onset, which is the rollou
 switch). Blue-green twice: ``blue_green`` with 3 previous days of blue (the same-hours reference, the
 usual case) and ``blue_green_recent`` with only the hour before the switch (the widened fallback);
 each with a time-of-day null, a late regression (starting 90 min after the switch) and a slow tail (5 %
-of turns 4x slower: the latency-tail test). Then the sample-size advantage of pairing: conversations a shadow (paired) and a 50/50
+of turns 4x slower: the latency-tail test). Then the sample-size advantage of pairing: conversations a
+shadow (paired) and a 50/50
 canary (unpaired) need before the same quality regression fails. Writes bench/strategies/results.json.
 """
 
@@ -19,15 +20,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.strategies import traffic as tf
-from watcher import strategies
-from watcher.bluegreen import BlueGreenJudge, VersionHistory
-from watcher.events import TurnColumns
-from watcher.judge import Judge
-from watcher.policy import Action, PolicyState, decide, load_policy
-from watcher.rollouts import Rollout, RolloutState
-from watcher.shadow import ShadowJudge
-from watcher.verdicts import RolloutRef, Verdict
+from watcher.contract.columns import TurnColumns
+from watcher.contract.verdicts import Action, RolloutRef, Verdict
+from watcher.judges import strategies
+from watcher.judges.bluegreen import BlueGreenJudge
+from watcher.judges.canary import Judge
+from watcher.judges.policy import PolicyState, decide, load_policy
+from watcher.judges.shadow import ShadowJudge
+from watcher.sim import strategy_traffic as tf
+from watcher.state.history import VersionHistory
+from watcher.state.rollouts import Rollout, RolloutState
 
 RESULTS = Path(__file__).with_name("results.json")
 POLICY = load_policy(None).default
@@ -36,8 +38,14 @@ STOPS = (Action.ROLLBACK, Action.PAUSE)
 Stop = tuple[float, str, str] | None  # (minutes after onset, action, failing metric)
 
 
-def _drive(judge: Any, ref: RolloutRef, batches: Iterator[tuple[list[Any], list[str]]], onset: float,
-           arms_of: Callable[[list[Any], list[str]], list[str]] | None = None, every: int = 1) -> Stop:
+def _drive(
+    judge: Any,
+    ref: RolloutRef,
+    batches: Iterator[tuple[list[Any], list[str]]],
+    onset: float,
+    arms_of: Callable[[list[Any], list[str]], list[str]] | None = None,
+    every: int = 1,
+) -> Stop:
     state = PolicyState()
     for i, (turns, arms) in enumerate(batches):
         judge.update(turns, arms_of(turns, arms) if arms_of else arms, ref.canary_weight)
@@ -65,7 +73,9 @@ def blue_green_run(tr: tf.Traffic, seed: int, history_days: int = 0) -> Stop:
     # blue's history covers the judged hours of the previous days (the reference window of each hour
     # reaches 30 min beyond it on both sides)
     hist_min = max(240.0, tr.minutes + 120.0)
-    for turns, arms, after in tf.blue_green(tr, seed, switch=SWITCH, history_days=history_days, history_min=hist_min):
+    for turns, arms, after in tf.blue_green(
+        tr, seed, switch=SWITCH, history_days=history_days, history_min=hist_min
+    ):
         cols = TurnColumns(turns)
         history.update(turns, arms, cols)
         if after:
@@ -79,31 +89,55 @@ def blue_green_run(tr: tf.Traffic, seed: int, history_days: int = 0) -> Stop:
     return None
 
 
-FLAG = Rollout("ro-f", "bot", "prod", "flag", "v1", None, 0.5, RolloutState.RUNNING, tf.T0,
-               flag={"name": "new_prompt", "control": "off", "treatment": "on"})
+FLAG = Rollout(
+    "ro-f",
+    "bot",
+    "prod",
+    "flag",
+    "v1",
+    None,
+    0.5,
+    RolloutState.RUNNING,
+    tf.T0,
+    flag={"name": "new_prompt", "control": "off", "treatment": "on"},
+)
 
 
 def flag_run(tr: tf.Traffic, seed: int) -> Stop:
     judge = strategies.judge_for(FLAG, POLICY, strategies.NullHistory())
-    return _drive(judge, FLAG.ref(), tf.flag(tr, seed), tf.T0,
-                  lambda t, a: strategies.arms_for(FLAG, t, a), every=2)
+    return _drive(
+        judge, FLAG.ref(), tf.flag(tr, seed), tf.T0, lambda t, a: strategies.arms_for(FLAG, t, a), every=2
+    )
 
 
-_BG = tf.Traffic(minutes=45, conv_per_min=30, daily_amp=1.0, p_error=0.01, p_escalation=0.02, p_compliance=0.005)
-BASE = {"shadow": tf.Traffic(minutes=60, conv_per_min=20, p_error=0.01, p_escalation=0.02),
-        "blue_green": _BG, "blue_green_recent": _BG,
-        "flag": tf.Traffic(minutes=60, conv_per_min=30, p_error=0.01, p_escalation=0.02)}
+_BG = tf.Traffic(
+    minutes=45, conv_per_min=30, daily_amp=1.0, p_error=0.01, p_escalation=0.02, p_compliance=0.005
+)
+BASE = {
+    "shadow": tf.Traffic(minutes=60, conv_per_min=20, p_error=0.01, p_escalation=0.02),
+    "blue_green": _BG,
+    "blue_green_recent": _BG,
+    "flag": tf.Traffic(minutes=60, conv_per_min=30, p_error=0.01, p_escalation=0.02),
+}
 REGRESSIONS = {
-    "quality -0.08": {"quality_shift": -0.08}, "latency x1.3": {"latency_factor": 1.3},
-    "errors x4": {"error_factor": 4.0}, "escalation x3": {"escalation_factor": 3.0}}
+    "quality -0.08": {"quality_shift": -0.08},
+    "latency x1.3": {"latency_factor": 1.3},
+    "errors x4": {"error_factor": 4.0},
+    "escalation x3": {"escalation_factor": 3.0},
+}
 # blue-green only: every customer is exposed, so the rare-event and late regressions are measured too
-BG_REGRESSIONS = {"compliance x5": {"compliance_factor": 5.0},
-                  "errors x4 from +90 min": {"error_factor": 4.0, "onset_min": 90.0, "minutes": 150.0},
-                  # the simulator's latency_tail (preset slow_tail): p95/p99 move, the geometric mean x1.07 only
-                  "slow tail (5 % of turns x4)": {"tail_share": 0.05, "tail_factor": 4.0}}
+BG_REGRESSIONS = {
+    "compliance x5": {"compliance_factor": 5.0},
+    "errors x4 from +90 min": {"error_factor": 4.0, "onset_min": 90.0, "minutes": 150.0},
+    # the simulator's latency_tail (preset slow_tail): p95/p99 move, the geometric mean x1.07 only
+    "slow tail (5 % of turns x4)": {"tail_share": 0.05, "tail_factor": 4.0},
+}
 RUNNERS: dict[str, Callable[..., Stop]] = {
-    "shadow": shadow_run, "blue_green": lambda tr, seed: blue_green_run(tr, seed, 3),
-    "blue_green_recent": lambda tr, seed: blue_green_run(tr, seed, 0), "flag": flag_run}
+    "shadow": shadow_run,
+    "blue_green": lambda tr, seed: blue_green_run(tr, seed, 3),
+    "blue_green_recent": lambda tr, seed: blue_green_run(tr, seed, 0),
+    "flag": flag_run,
+}
 
 
 def conversations_to_detect(paired: bool, seed: int, shift: float = -0.05) -> int | None:
@@ -117,15 +151,23 @@ def conversations_to_detect(paired: bool, seed: int, shift: float = -0.05) -> in
         q = next(m for m in ev.metrics if m.metric == "quality" and m.slice == "all")
         if q.verdict is Verdict.FAIL:
             # a pair costs two answers of one conversation; the unpaired design, one answer each
-            return ev.conversations_treatment if paired else ev.conversations_control + ev.conversations_treatment
+            return (
+                ev.conversations_treatment
+                if paired
+                else ev.conversations_control + ev.conversations_treatment
+            )
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.strategies")
     ap.add_argument("--quick", action="store_true", help="few seeds (a smoke run)")
-    ap.add_argument("--only", choices=sorted(RUNNERS), action="append", help="these sections only (repeatable; "
-                    "results.json is written only for a full run)")
+    ap.add_argument(
+        "--only",
+        choices=sorted(RUNNERS),
+        action="append",
+        help="these sections only (repeatable; results.json is written only for a full run)",
+    )
     args = ap.parse_args(argv)
     n_null, n_seeds = (10, 1) if args.quick else (60, 3)
     started = time.monotonic()
@@ -140,25 +182,33 @@ def main(argv: list[str] | None = None) -> int:
         section: dict[str, Any] = {"null_runs": n_null, "false_stops": sum(x is not None for x in null)}
         if blue_green:  # time-of-day null: a 4x stronger daily cycle (same-hours) / a 1.25x one (recent)
             amp = 4.0 if name == "blue_green" else 1.25
-            day = [run(tf.Traffic(**{**base.__dict__, "daily_amp": amp}), 2000 + s) for s in range(n_null // 2 or 1)]
+            day = [
+                run(tf.Traffic(**{**base.__dict__, "daily_amp": amp}), 2000 + s)
+                for s in range(n_null // 2 or 1)
+            ]
             section[f"null_runs_daily_amp{amp:g}"] = len(day)
             section[f"false_stops_daily_amp{amp:g}"] = sum(x is not None for x in day)
         for reg, eff in {**REGRESSIONS, **(BG_REGRESSIONS if blue_green else {})}.items():
             tr = tf.Traffic(**{**base.__dict__, **eff})
             stops = [run(tr, s) for s in range(1, seeds + 1)]
             delays = [x[0] for x in stops if x is not None]
-            section[reg] = {"detected": f"{len(delays)}/{seeds}",
-                            "median_delay_min": round(statistics.median(delays), 1) if delays else None,
-                            "actions": sorted({f"{x[1]}:{x[2]}" for x in stops if x is not None})}
+            section[reg] = {
+                "detected": f"{len(delays)}/{seeds}",
+                "median_delay_min": round(statistics.median(delays), 1) if delays else None,
+                "actions": sorted({f"{x[1]}:{x[2]}" for x in stops if x is not None}),
+            }
         results[name] = section
     if not args.only:
         pairs = [conversations_to_detect(True, s) for s in range(1, 6)]
         unpaired = [conversations_to_detect(False, s) for s in range(1, 6)]
         results["paired_vs_unpaired"] = {
             "regression": "quality -0.05 (tolerance -0.03), traffic-mix sd 0.08, conversation latent sd 1",
-            "paired_conversations": pairs, "unpaired_conversations": unpaired,
+            "paired_conversations": pairs,
+            "unpaired_conversations": unpaired,
             "median_ratio": round(statistics.median([u / p for p, u in zip(pairs, unpaired) if p and u]), 1)
-            if any(p and u for p, u in zip(pairs, unpaired)) else None}
+            if any(p and u for p, u in zip(pairs, unpaired))
+            else None,
+        }
     results["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(results, indent=2))
     if not args.quick and not args.only:

@@ -36,18 +36,23 @@ FETCH_BYTES = 8 * 1024 * 1024  # watcher's default kafka.max_partition_fetch_byt
 
 
 def _scenario(events: int) -> Any:
-    from watcher.simulate import PRESETS
+    from watcher.sim.presets import PRESETS
 
     # ~3.7 turns per conversation; 200 conversations/s is a busy contact center (~740 turns/s)
     conversations_per_s = 200.0
     duration = events / (conversations_per_s * 3.7) * 0.97  # ~3.85 turns per conversation here
-    return dataclasses.replace(PRESETS["healthy"], seed=7, duration_s=duration,
-                               conversations_per_s=conversations_per_s, daily_cycle=False)
+    return dataclasses.replace(
+        PRESETS["healthy"],
+        seed=7,
+        duration_s=duration,
+        conversations_per_s=conversations_per_s,
+        daily_cycle=False,
+    )
 
 
 async def _produce(bootstrap: str, topic: str, events: int) -> tuple[int, float]:
-    from watcher.embedded import TopicSpec, create_topics
-    from watcher.simulate import produce
+    from watcher.kafka.embedded import TopicSpec, create_topics
+    from watcher.sim.simulate import produce
 
     await create_topics(bootstrap, [TopicSpec(topic, PARTITIONS)])
     sent = await produce(_scenario(events), bootstrap, topic)
@@ -62,9 +67,14 @@ def _usage() -> tuple[float, int]:
 async def _plain(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"plain-{uuid.uuid4().hex[:8]}",
-                                auto_offset_reset="earliest", enable_auto_commit=False,
-                                max_partition_fetch_bytes=FETCH_BYTES)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"plain-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=FETCH_BYTES,
+    )
     await consumer.start()
     n = 0
     size = 0
@@ -82,19 +92,29 @@ async def _plain(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     cpu1, rss = _usage()
     await consumer.stop()
-    return {"events": n, "wall_s": wall, "cpu_s": cpu1 - cpu0, "peak_rss": rss, "mean_bytes": size / max(n, 1)}
+    return {
+        "events": n,
+        "wall_s": wall,
+        "cpu_s": cpu1 - cpu0,
+        "peak_rss": rss,
+        "mean_bytes": size / max(n, 1),
+    }
 
 
 async def _watcher(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
-    from watcher.config import load_settings
-    from watcher.daemon import Origins
-    from watcher.engine import Engine
-    from watcher.source import KafkaSource, MessageBatch
+    from watcher.config.settings import load_settings
+    from watcher.engine.engine import Engine
+    from watcher.kafka.source import KafkaSource, MessageBatch, Origins
 
     settings = load_settings(environ={})
     engine = Engine(settings)
-    source = KafkaSource(bootstrap, [topic], f"watcher-{uuid.uuid4().hex[:8]}", max_records=2000,
-                         client_options={"max_partition_fetch_bytes": FETCH_BYTES})
+    source = KafkaSource(
+        bootstrap,
+        [topic],
+        f"watcher-{uuid.uuid4().hex[:8]}",
+        max_records=2000,
+        client_options={"max_partition_fetch_bytes": FETCH_BYTES},
+    )
     await source.start()
     n = 0
     turns = 0
@@ -116,14 +136,33 @@ async def _watcher(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
     cpu1, rss = _usage()
     await source.stop()
     series = len(engine.state.keys())
-    return {"events": n, "turns": turns, "wall_s": wall, "cpu_s": cpu1 - cpu0, "peak_rss": rss,
-            "series": series, "rollouts": len(engine.registry.all())}
+    return {
+        "events": n,
+        "turns": turns,
+        "wall_s": wall,
+        "cpu_s": cpu1 - cpu0,
+        "peak_rss": rss,
+        "series": series,
+        "rollouts": len(engine.registry.all()),
+    }
 
 
 def _child(role: str, bootstrap: str, topic: str, expected: int, no_scanner: bool = False) -> dict[str, Any]:
     env = {**os.environ}
-    cmd = [sys.executable, "-m", "bench.throughput", "--role", role, "--bootstrap", bootstrap, "--topic", topic,
-           "--events", str(expected), *(["--no-scanner"] if no_scanner else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.throughput",
+        "--role",
+        role,
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--events",
+        str(expected),
+        *(["--no-scanner"] if no_scanner else []),
+    ]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=900)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -135,45 +174,57 @@ def _table(results: dict[str, list[dict[str, Any]]]) -> str:
     rows = []
     base_wall = med("plain", "events") / med("plain", "wall_s")
     base_cpu = med("plain", "events") / med("plain", "cpu_s")
-    for role, label in (("plain", "plain aiokafka getmany (bytes only)"),
-                        ("watcher", "watcher: source + decode + state + segments + sketches + judge")):
+    for role, label in (
+        ("plain", "plain aiokafka getmany (bytes only)"),
+        ("watcher", "watcher: source + decode + state + segments + sketches + judge"),
+    ):
         wall = statistics.median(r["events"] / r["wall_s"] for r in results[role])
         cpu = statistics.median(r["events"] / r["cpu_s"] for r in results[role])
         rss = med(role, "peak_rss") / 2**20
-        rows.append(f"| {label} | {wall:,.0f} | {cpu:,.0f} | {wall / base_wall:.2f} | {cpu / base_cpu:.2f} | "
-                    f"{rss:,.0f} MiB |")
-    head = ("| pipeline | events/s (wall) | events per CPU-s | ratio (wall) | ratio (CPU) | peak RSS |\n"
-            "|---|---|---|---|---|---|")
+        rows.append(
+            f"| {label} | {wall:,.0f} | {cpu:,.0f} | {wall / base_wall:.2f} | {cpu / base_cpu:.2f} | "
+            f"{rss:,.0f} MiB |"
+        )
+    head = (
+        "| pipeline | events/s (wall) | events per CPU-s | ratio (wall) | ratio (CPU) | peak RSS |\n"
+        "|---|---|---|---|---|---|"
+    )
     return head + "\n" + "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.throughput",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--role", choices=("plain", "watcher"), help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the raw results here")
-    parser.add_argument("--no-scanner", action="store_true",
-                        help="watcher without its C scanner (msgspec alone), as installed without a compiler")
+    parser.add_argument(
+        "--no-scanner",
+        action="store_true",
+        help="watcher without its C scanner (msgspec alone), as installed without a compiler",
+    )
     args = parser.parse_args(argv)
 
     if args.role:
-        # both consumers run with the collector threshold the daemon sets (watcher.cli.tune_gc)
-        from watcher.cli import tune_gc
+        # both consumers run with the collector threshold the daemon sets (watcher.cli.process.tune_gc)
+        from watcher.cli.main import tune_gc
 
         tune_gc()
         if args.no_scanner:
-            from watcher import decode_columnar
+            from watcher.contract import columnar as decode_columnar
 
             decode_columnar._native = None
         run = _plain if args.role == "plain" else _watcher
         print(json.dumps(asyncio.run(run(args.bootstrap, args.topic, args.events))))
         return 0
 
-    from watcher.embedded import EmbeddedBroker
+    from watcher.kafka.embedded import EmbeddedBroker
 
     async def setup(broker: EmbeddedBroker) -> int:
         await broker.start()
@@ -185,23 +236,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         sent = loop.run_until_complete(setup(broker))
-        print(f"produced {sent:,} events in {time.perf_counter() - t0:.1f} s to {broker.bootstrap_servers}",
-              file=sys.stderr)
+        print(
+            f"produced {sent:,} events in {time.perf_counter() - t0:.1f} s to {broker.bootstrap_servers}",
+            file=sys.stderr,
+        )
         results: dict[str, list[dict[str, Any]]] = {"plain": [], "watcher": []}
         for i in range(args.rounds):
             for role in ("plain", "watcher"):
                 r = _child(role, broker.bootstrap_servers, "bench", sent, args.no_scanner)
                 results[role].append(r)
-                print(f"round {i + 1} {role:8s} {r['events'] / r['wall_s']:>10,.0f} ev/s wall "
-                      f"{r['events'] / r['cpu_s']:>10,.0f} ev/CPU-s  rss {r['peak_rss'] / 2**20:,.0f} MiB",
-                      file=sys.stderr)
+                print(
+                    f"round {i + 1} {role:8s} {r['events'] / r['wall_s']:>10,.0f} ev/s wall "
+                    f"{r['events'] / r['cpu_s']:>10,.0f} ev/CPU-s  rss {r['peak_rss'] / 2**20:,.0f} MiB",
+                    file=sys.stderr,
+                )
     finally:
         loop.run_until_complete(broker.stop())
         loop.close()
     print(_table(results))
     w = results["watcher"][0]
-    print(f"\n{sent:,} events of ~{results['plain'][0]['mean_bytes']:.0f} bytes; {w['series']} series; "
-          f"{args.rounds} rounds, medians; Python {sys.version.split()[0]}")
+    print(
+        f"\n{sent:,} events of ~{results['plain'][0]['mean_bytes']:.0f} bytes; {w['series']} series; "
+        f"{args.rounds} rounds, medians; Python {sys.version.split()[0]}"
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -8,7 +8,7 @@ scenario: a canary rollout, three segment keys, ~3.7 turns per conversation), in
 daemon gets them, from a fresh ``Engine`` each round:
 
 * object: ``decode_batch`` builds a msgspec ``Turn`` per event and the columns from them;
-* columnar: the C scanner (``watcher._turnscan``) writes the columns, ``Turn``s are never built.
+* columnar: the C scanner (``watcher.contract._turnscan``) writes the columns, ``Turn``s are never built.
 
 Rounds alternate the two sides in one process; the figure per side is its best round (the VM's speed
 varies by +-20 % from minute to minute). Needs the C scanner (``pip install`` with a C compiler).
@@ -20,15 +20,15 @@ import argparse
 import gc
 import time
 
-from watcher import decode_columnar
-from watcher.cli import tune_gc
-from watcher.config import load_settings
-from watcher.engine import Engine
+from watcher.cli.main import tune_gc
+from watcher.config.settings import load_settings
+from watcher.contract import columnar as decode_columnar
+from watcher.engine.engine import Engine
 
 
 def _events(n: int) -> list[bytes]:
     from bench.throughput.__main__ import _scenario
-    from watcher.traffic import generate
+    from watcher.sim.traffic import generate
 
     out: list[bytes] = []
     for raw in generate(_scenario(n)):
@@ -54,17 +54,20 @@ def _round(batches: list[list[bytes]], columnar: bool) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.throughput.engine", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.throughput.engine",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--batch", type=int, default=2_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     if not decode_columnar.available():
-        parser.error("the C scanner watcher._turnscan is not built (pip install with a C compiler)")
+        parser.error("the C scanner watcher.contract._turnscan is not built (pip install with a C compiler)")
     tune_gc()
     events = _events(args.events)
-    batches = [events[i:i + args.batch] for i in range(0, len(events), args.batch)]
+    batches = [events[i : i + args.batch] for i in range(0, len(events), args.batch)]
     best = {"object": float("inf"), "columnar": float("inf")}
     for _ in range(args.rounds):
         for side in ("object", "columnar"):
@@ -74,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|")
     for side, seconds in best.items():
         print(f"| {side} | {seconds / n * 1e6:.2f} | {n / seconds:,.0f} |")
-    print(f"\n{n:,} events in batches of {args.batch:,}; best of {args.rounds} alternating rounds; "
-          f"columnar is {best['object'] / best['columnar']:.2f}x the object path")
+    print(
+        f"\n{n:,} events in batches of {args.batch:,}; best of {args.rounds} alternating rounds; "
+        f"columnar is {best['object'] / best['columnar']:.2f}x the object path"
+    )
     return 0
 
 

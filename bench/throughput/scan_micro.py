@@ -1,4 +1,4 @@
-"""Micro-benchmark of the C scanner (``watcher._turnscan``) against msgspec + column extraction.
+"""Micro-benchmark of the C scanner (``watcher.contract._turnscan``) against msgspec + column extraction.
 
     python -m bench.throughput.scan_micro                      # 200,000 events, 2,000 per batch
     python -m bench.throughput.scan_micro --events 50000 --rounds 3
@@ -31,13 +31,14 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from watcher.event_schema import Turn
+from watcher.contract.schema import Turn
 
 _ROUTE = operator.attrgetter("agent_id", "environment", "version", "arm")
 
 
 def _events(n: int) -> list[bytes]:
-    from watcher.simulate import PRESETS, generate
+    from watcher.sim.presets import PRESETS
+    from watcher.sim.traffic import generate
 
     s = dataclasses.replace(
         PRESETS["healthy"],
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=2_000)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
-    from watcher import _turnscan  # this benchmark needs the extension (pip install -e . with a compiler)
+    from watcher.contract import _turnscan
 
     events = _events(args.events)
     extra = _with_unknown_fields(events)

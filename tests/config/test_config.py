@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import pytest
+
+from watcher.config import Settings, load_settings
+from watcher.config.secret import MASK
+from watcher.errors import ConfigError
+
+
+def test_defaults_need_nothing() -> None:
+    s = load_settings(environ={})
+    assert s == Settings()
+    assert s.kafka.bootstrap_servers == "localhost:9092"
+    assert s.kafka.telemetry_topics == ("watcher.telemetry",)
+
+
+def test_yaml_then_environment_then_overrides(tmp_path) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text("kafka:\n  bootstrap_servers: a:1\n  group_id: g1\nhttp:\n  port: 9000\n")
+    s = load_settings(
+        path,
+        environ={
+            "WATCHER_KAFKA__GROUP_ID": "g2",
+            "WATCHER_HTTP__PORT": "9100",
+            "WATCHER_KAFKA__TELEMETRY_TOPICS": "t1, t2",
+        },
+        overrides={"http.port": 9200},
+    )
+    assert s.kafka.bootstrap_servers == "a:1"
+    assert s.kafka.group_id == "g2"
+    assert s.kafka.telemetry_topics == ("t1", "t2")
+    assert s.http.port == 9200
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("kafka:\n  bootstrap_server: x\n", "kafka.bootstrap_server"),  # a typo is an error, not a default
+        ("http:\n  port: 70000\n", "http.port"),
+        ("http:\n  port: eighty\n", "http.port"),
+        ("state:\n  window_seconds: -1\n", "state.window_seconds"),
+        ("kafka:\n  auto_offset_reset: middle\n", "kafka.auto_offset_reset"),
+        ("kafka:\n  security_protocol: SSL_PLAIN\n", "kafka.security_protocol"),
+        ("rollouts:\n  auto_start: maybe\n", "rollouts.auto_start"),
+        ("rollouts:\n  auto_canary_weight: 1.5\n", "rollouts.auto_canary_weight"),
+        ("kafka: 3\n", "kafka"),
+        ("telemetry:\n  traces_exporter: otlp\n", "telemetry.otlp_endpoint"),
+        ("judge:\n  policy_file: /nonexistent/policy.yaml\n", "judge.policy_file"),
+        ("log_level: LOUD\n", "log_level"),
+    ],
+)
+def test_bad_values_fail_naming_the_field(tmp_path, text: str, field: str) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+def test_bad_environment_value_names_the_field() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"WATCHER_STATE__WINDOW_BUCKETS": "ten"})
+    assert info.value.field == "state.window_buckets"
+
+
+def test_not_yaml_and_missing_file(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad, environ={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.yaml", environ={})
+
+
+def test_secrets_are_masked() -> None:
+    s = load_settings(
+        environ={
+            "WATCHER_KAFKA__SASL_PLAIN_PASSWORD": "hunter2",
+            "WATCHER_KAFKA__SASL_MECHANISM": "PLAIN",
+            "WATCHER_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        }
+    )
+    plain = s.masked()
+    assert plain["kafka"]["sasl_plain_password"] == MASK
+    assert "hunter2" not in repr(plain)
+    assert s.kafka.client_options()["sasl_plain_password"] == "hunter2"  # passed through to aiokafka
+    assert plain["telemetry"]["otlp_headers"] is None  # an unset secret is shown as unset
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings()
+    with pytest.raises(AttributeError):
+        s.http.port = 1  # type: ignore[misc]

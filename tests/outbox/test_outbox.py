@@ -1,0 +1,298 @@
+"""The outbox on its own: durability, ordering, retries, idempotency keys, state, queries, metrics.
+
+Sinks here are in-process fakes (no network), so every assertion is about the outbox's contract;
+tests/test_sinks*.py drive the real sinks against HTTP receivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.support.outbox import FAST, FakeSink
+from tests.support.receivers import Running, eventually, make_decision, make_rollout, marker
+from watcher.contract.signals import Item, ItemKind
+from watcher.errors import SinkError
+from watcher.outbox import Outbox
+from watcher.outbox.delivery import RetryPolicy, idempotency_key
+from watcher.outbox.outbox import change_item, decision_item
+from watcher.sinks.base import NULL_STATE, NullSink, Request, SinkState
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "outbox.sqlite"
+
+
+async def test_delivers_in_order_with_stable_idempotency_keys(db: Path) -> None:
+    sink = FakeSink()
+    outbox = Outbox(db, [sink], retry=FAST)
+    decisions = [make_decision(i) for i in range(1, 6)]
+    assert outbox.enqueue_decisions(decisions) == 5
+    assert sink.calls == 0  # enqueue never sends
+    async with Running(outbox):
+        await eventually(lambda: len(sink.sent) == 5)
+    assert [r.body["id"] for r in sink.sent] == [d.decision_id for d in decisions]
+    assert [r.idempotency_key for r in sink.sent] == [
+        idempotency_key(d.decision_id, "fake", "step0") for d in decisions
+    ]
+    assert all(d["status"] == "delivered" and d["attempts"] == 1 for d in outbox.deliveries())
+    outbox.close()
+
+
+async def test_enqueueing_the_same_item_again_is_a_no_op(db: Path) -> None:
+    sink = FakeSink()
+    outbox = Outbox(db, [sink], retry=FAST)
+    d = make_decision(1)
+    assert outbox.enqueue_decisions([d]) == 1
+    assert outbox.enqueue_decisions([d]) == 0  # a replay re-emits the same decision_id
+    async with Running(outbox):
+        await eventually(lambda: len(sink.sent) == 1)
+        assert outbox.enqueue_decisions([d]) == 0  # ...also once delivered
+        await asyncio.sleep(0.05)
+    assert len(sink.sent) == 1
+    outbox.close()
+
+
+async def test_filters_decide_which_sinks_get_a_delivery(db: Path) -> None:
+    rollbacks = FakeSink(
+        "rollbacks", accepts=lambda i: i.kind is ItemKind.DECISION and i.severity.value == "critical"
+    )
+    everything = FakeSink("everything")
+    outbox = Outbox(db, [rollbacks, everything, NullSink()], retry=FAST)
+    n = outbox.enqueue_decisions([make_decision(1, action="pause"), make_decision(2, action="rollback")])
+    n += outbox.enqueue_rollout_change(
+        "started", make_rollout(), 1795767000.0, marker("started", 1795767000.0)
+    )
+    assert n == 1 + 3
+    assert {d["sink"] for d in outbox.deliveries()} == {"rollbacks", "everything"}
+    assert [d["kind"] for d in outbox.deliveries(sink="rollbacks")] == ["decision"]
+    outbox.close()
+
+
+async def test_transient_errors_are_retried_with_retry_after_honoured(db: Path) -> None:
+    sink = FakeSink()
+    sink.script = [SinkError("HTTP 503"), SinkError("HTTP 429", retry_after=0.3), None]
+    registry = CollectorRegistry()
+    outbox = Outbox(db, [sink], retry=FAST, registry=registry)
+    outbox.enqueue_decisions([make_decision(1)])
+    started = time.monotonic()
+    async with Running(outbox):
+        await eventually(lambda: len(sink.sent) == 1)
+    elapsed = time.monotonic() - started
+    assert 0.3 <= elapsed < 1.5  # the 0.3 s Retry-After, not the 10 ms backoff
+    assert sink.calls == 3
+    (row,) = outbox.deliveries()
+    assert row["status"] == "delivered" and row["attempts"] == 3
+    assert sample(registry, "watcher_outbox_deliveries_total", sink="fake", outcome="retried") == 2
+    assert sample(registry, "watcher_outbox_deliveries_total", sink="fake", outcome="delivered") == 1
+    outbox.close()
+
+
+async def test_permanent_errors_are_not_retried_and_are_reported(db: Path) -> None:
+    sink = FakeSink()
+    sink.script = [SinkError("HTTP 400: invalid_payload", permanent=True)]
+    registry = CollectorRegistry()
+    outbox = Outbox(db, [sink], retry=FAST, registry=registry)
+    outbox.enqueue_decisions([make_decision(1), make_decision(2)])
+    async with Running(outbox):
+        await eventually(lambda: len(sink.sent) == 1)
+        await asyncio.sleep(0.05)
+    assert sink.calls == 2  # the failed one once, the next one once: nothing retried
+    failed = outbox.deliveries(status="failed")
+    assert len(failed) == 1 and failed[0]["item_id"] == make_decision(1).decision_id
+    assert failed[0]["last_error"] == "HTTP 400: invalid_payload" and failed[0]["attempts"] == 1
+    assert sample(registry, "watcher_outbox_deliveries_total", sink="fake", outcome="failed_permanent") == 1
+    assert sample(registry, "watcher_outbox_backlog", sink="fake") == 0
+    outbox.close()
+
+
+async def test_gives_up_after_max_attempts(db: Path) -> None:
+    sink = FakeSink(max_attempts=50)
+    sink.script = [SinkError("HTTP 500")] * 10
+    outbox = Outbox(db, [sink], retry=FAST, max_attempts=3)  # the outbox's limit overrides the sink's
+    outbox.enqueue_decisions([make_decision(1)])
+    async with Running(outbox):
+        await eventually(lambda: bool(outbox.deliveries(status="failed")))
+    (row,) = outbox.deliveries()
+    assert row["attempts"] == 3 and row["last_error"].startswith("gave up after 3 attempts: HTTP 500")
+    assert sink.calls == 3
+    outbox.close()
+
+
+async def test_timeout_and_unexpected_exceptions_are_transient(db: Path) -> None:
+    sink = FakeSink(timeout_s=0.1)
+    sink.script = [5.0, ConnectionResetError("reset by peer"), None]
+    outbox = Outbox(db, [sink], retry=FAST)
+    outbox.enqueue_decisions([make_decision(1)])
+    async with Running(outbox):
+        await eventually(lambda: len(sink.sent) == 1)
+    (row,) = outbox.deliveries()
+    assert row["attempts"] == 3 and row["status"] == "delivered"
+    outbox.close()
+
+
+async def test_a_retry_does_not_repeat_requests_that_succeeded(db: Path) -> None:
+    sink = FakeSink(requests_per_item=3)
+    sink.script = [None, SinkError("HTTP 502"), None, None]  # step0 ok, step1 fails, then step1, step2
+    outbox = Outbox(db, [sink], retry=FAST)
+    outbox.enqueue_decisions([make_decision(1)])
+    async with Running(outbox):
+        await eventually(lambda: len(sink.sent) == 3)
+    assert [r.kind for r in sink.sent] == ["step0", "step1", "step2"]
+    assert outbox.deliveries()[0]["requests_done"] == ["step0", "step1", "step2"]
+    outbox.close()
+
+
+async def test_render_failure_is_permanent(db: Path) -> None:
+    class Broken(FakeSink):
+        def render(self, item: Item, state: SinkState = NULL_STATE) -> list[Request]:
+            raise KeyError("rollout")
+
+    sink = Broken()
+    outbox = Outbox(db, [sink], retry=FAST)
+    outbox.enqueue_decisions([make_decision(1)])
+    async with Running(outbox):
+        await eventually(lambda: bool(outbox.deliveries(status="failed")))
+    assert "cannot render: KeyError" in outbox.deliveries()[0]["last_error"]
+    outbox.close()
+
+
+async def test_pending_deliveries_and_sink_state_survive_a_restart(db: Path) -> None:
+    sink = FakeSink()
+    sink.script = [None] + [SinkError("HTTP 503")] * 1000  # the first delivery succeeds, then the sink dies
+    first = Outbox(db, [sink], retry=RetryPolicy(base_s=10.0, jitter=0.0))
+    first.enqueue_decisions([make_decision(1), make_decision(2)])
+    async with Running(first):
+        await eventually(lambda: sink.calls >= 2)
+    first.close()
+    assert [r.body["id"] for r in sink.sent] == [make_decision(1).decision_id]
+
+    again = FakeSink()
+    second = Outbox(db, [again], retry=FAST, clock=_Shifted(20.0))  # past the 10 s backoff
+    assert [d["status"] for d in second.deliveries()] == ["pending", "delivered"]
+    async with Running(second):
+        await eventually(lambda: len(again.sent) == 1)
+        await asyncio.sleep(0.05)
+    assert [r.body["id"] for r in again.sent] == [make_decision(2).decision_id]  # nothing delivered twice
+    # the state the first process stored (``remember``) is what the second one renders with
+    assert again.rendered_with == [make_decision(1).decision_id]
+    # and the key is the one the first process used for its attempts
+    assert again.sent[0].idempotency_key == idempotency_key(make_decision(2).decision_id, "fake", "step0")
+    second.close()
+
+
+class _Shifted:
+    def __init__(self, offset: float) -> None:
+        self.offset = offset
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+async def test_run_returns_promptly_while_a_send_hangs(db: Path) -> None:
+    sink = FakeSink(timeout_s=30.0)
+    sink.script = [30.0]
+    outbox = Outbox(db, [sink], retry=FAST)
+    outbox.enqueue_decisions([make_decision(1)])
+    runner = Running(outbox)
+    await runner.__aenter__()
+    await eventually(lambda: sink.calls == 1)
+    started = time.monotonic()
+    await runner.__aexit__()
+    assert time.monotonic() - started < 0.5
+    assert outbox.deliveries()[0]["status"] == "pending"  # sent again after the restart
+    outbox.close()
+
+
+async def test_metrics_backlog_oldest_age_and_latency(db: Path) -> None:
+    registry = CollectorRegistry()
+    sink = FakeSink()
+    outbox = Outbox(db, [sink], registry=registry, retry=FAST)
+    outbox.enqueue_decisions([make_decision(1), make_decision(2)])
+    assert sample(registry, "watcher_outbox_backlog", sink="fake") == 2
+    await asyncio.sleep(0.05)
+    assert sample(registry, "watcher_outbox_oldest_pending_age_seconds", sink="fake") >= 0.05
+    async with Running(outbox):
+        await eventually(lambda: len(sink.sent) == 2)
+    assert sample(registry, "watcher_outbox_backlog", sink="fake") == 0
+    assert sample(registry, "watcher_outbox_oldest_pending_age_seconds", sink="fake") == 0
+    assert sample(registry, "watcher_outbox_delivery_latency_seconds_count", sink="fake") == 2
+    assert sample(registry, "watcher_outbox_delivery_latency_seconds_sum", sink="fake") >= 0.1
+    outbox.close()
+
+
+def test_deliveries_query_filters_and_validates(db: Path) -> None:
+    a, b = FakeSink("a"), FakeSink("b")
+    outbox = Outbox(db, [a, b])
+    outbox.enqueue_decisions([make_decision(i) for i in range(1, 4)])
+    assert len(outbox.deliveries()) == 6
+    assert len(outbox.deliveries(sink="a")) == 3
+    assert len(outbox.deliveries(sink="a", status="pending", limit=2)) == 2
+    assert outbox.deliveries(status="delivered") == []
+    newest = outbox.deliveries(limit=1)[0]
+    assert newest["item_id"] == make_decision(3).decision_id and newest["agent_id"] == "support-bot"
+    with pytest.raises(ValueError):
+        outbox.deliveries(status="lost")
+    outbox.close()
+
+
+def test_enqueue_is_one_fast_local_transaction(db: Path) -> None:
+    sinks = [FakeSink(f"s{i}") for i in range(6)]
+    outbox = Outbox(db, sinks)
+    timings = []
+    for i in range(1, 201):
+        started = time.perf_counter()
+        outbox.enqueue_decisions([make_decision(i)])
+        timings.append(time.perf_counter() - started)
+    timings.sort()
+    assert timings[len(timings) // 2] < 0.005, f"median enqueue {timings[len(timings) // 2] * 1e3:.2f} ms"
+    assert all(s.calls == 0 for s in sinks)
+    outbox.close()
+
+
+def test_retry_policy_backoff_jitter_and_retry_after() -> None:
+    policy = RetryPolicy(base_s=1.0, factor=2.0, max_s=10.0, jitter=0.2, max_retry_after_s=60.0)
+    rng = random.Random(7)
+    delays = [policy.delay(n, rng) for n in range(1, 7)]
+    for n, d in zip(range(1, 7), delays, strict=True):
+        nominal = min(10.0, 2.0 ** (n - 1))
+        assert 0.8 * nominal <= d <= nominal
+    assert policy.delay(3, rng, retry_after=7.5) == 7.5
+    assert policy.delay(3, rng, retry_after=86400) == 60.0
+    assert policy.delay(3, rng, retry_after=-3) == 0.0
+
+
+def test_item_ids_and_keys_are_stable() -> None:
+    d = make_decision(4)
+    assert decision_item(d).item_id == d.decision_id
+    # inf e-values are not JSON: the record holds null, as in the decision log
+    assert decision_item(d).record["evidence"][0]["statistic"] is None
+    a = change_item("ended", make_rollout("rolled_back", ended=5.0), 5.0, marker("rolled_back", 5.0, "ev-9"))
+    b = change_item("ended", make_rollout("rolled_back", ended=5.0), 5.0, marker("rolled_back", 5.0, "ev-9"))
+    c = change_item("started", make_rollout(), 5.0, marker("started", 5.0, "ev-9"))
+    assert a.item_id == b.item_id != c.item_id
+    assert "markers" not in a.record["rollout"] and a.record["schema"] == "watcher.rollout_change/v1"
+    assert a.severity.value == "warning" and c.severity.value == "info"
+    assert Item.from_json(a.to_json()) == a
+    assert idempotency_key("x", "s", "k") == idempotency_key("x", "s", "k") != idempotency_key("x", "s2", "k")
+    with pytest.raises(ValueError):
+        change_item("orphan", make_rollout(), 5.0)
+
+
+def test_sink_names_must_be_unique(db: Path) -> None:
+    with pytest.raises(ValueError):
+        Outbox(db, [FakeSink("x"), FakeSink("x")])

@@ -1,0 +1,103 @@
+"""The event contract (docs EVENT_SCHEMA.md): decoding, validation, deduplication, dead letters.
+
+The package's public face; each concept lives in its own module:
+
+- ``schema``: the typed events (``Turn``, ``Deployment``, ``FlagSpec``), the closed
+  vocabulary of ``RejectReason``, ``Rejected``, the encoders and ``dead_letter_record``;
+- ``decode``: ``decode_batch`` / ``decode_deployment`` (a fast path validated in C, a slow
+  path naming the precise reason) and their result, ``DecodedBatch``;
+- ``dedup``: the ``Deduplicator`` window of recently seen event ids;
+- ``columns``: ``TurnColumns``, a batch's columns extracted once for every consumer;
+- ``columnar``: the columnar batch path (and the optional C scanner ``_turnscan``);
+- ``verdicts``: what comes out: verdicts, actions, evidence and decision records (``watcher.decision/v1``).
+
+Malformed input is a value (:class:`Rejected`), never an exception.
+
+>>> dedup = Deduplicator()
+>>> raw = (b'{"event_id":"e1","ts":"2026-11-27T08:00:00Z","agent_id":"bot","version":"v2",'
+...        b'"conversation_id":"c1"}')
+>>> batch = decode_batch([raw, raw, b'{"event_id":"e2"}'], dedup)
+>>> batch.turns[0].ts, batch.turns[0].environment, batch.duplicates
+(1795766400.0, 'prod', 1)
+>>> batch.rejected[0].reason, batch.rejected[0].detail
+(<RejectReason.MISSING_FIELD: 'missing_field'>, 'ts: object missing required field `ts`')
+"""
+
+from __future__ import annotations
+
+from watcher.contract.columns import TurnColumns, renumber
+from watcher.contract.decode import DecodedBatch, decode_batch, decode_deployment
+from watcher.contract.dedup import Deduplicator
+from watcher.contract.schema import (
+    SCHEMA_DEADLETTER,
+    SCHEMA_DEPLOYMENT,
+    SCHEMA_TURN,
+    Arm,
+    Deployment,
+    FlagSpec,
+    MarkerAction,
+    Rejected,
+    RejectReason,
+    Strategy,
+    Turn,
+    dead_letter_record,
+    encode_deployment,
+    encode_turn,
+)
+from watcher.contract.signals import Item, ItemKind, Severity
+from watcher.contract.verdicts import (
+    Action,
+    ArmEstimate,
+    Cause,
+    Decision,
+    MetricEvidence,
+    RolloutEvidence,
+    RolloutRef,
+    SampleRatioEvidence,
+    Verdict,
+    decision_id,
+    rfc3339,
+)
+
+# keep: Action Arm ArmEstimate Cause Decision DecodedBatch Deduplicator Deployment FlagSpec Item
+# keep: ItemKind MarkerAction MetricEvidence RejectReason Rejected RolloutEvidence RolloutRef
+# keep: SCHEMA_DEADLETTER SCHEMA_DEPLOYMENT SCHEMA_TURN SampleRatioEvidence Severity Strategy Turn
+# keep: TurnColumns Verdict dead_letter_record decision_id decode_batch decode_deployment
+# keep: encode_deployment encode_turn renumber
+
+__all__ = [
+    "Action",
+    "Arm",
+    "ArmEstimate",
+    "Cause",
+    "Decision",
+    "DecodedBatch",
+    "Deduplicator",
+    "Deployment",
+    "FlagSpec",
+    "Item",
+    "ItemKind",
+    "MarkerAction",
+    "MetricEvidence",
+    "RejectReason",
+    "Rejected",
+    "RolloutEvidence",
+    "RolloutRef",
+    "SCHEMA_DEADLETTER",
+    "SCHEMA_DEPLOYMENT",
+    "SCHEMA_TURN",
+    "SampleRatioEvidence",
+    "Severity",
+    "Strategy",
+    "Turn",
+    "TurnColumns",
+    "Verdict",
+    "dead_letter_record",
+    "decision_id",
+    "decode_batch",
+    "decode_deployment",
+    "encode_deployment",
+    "encode_turn",
+    "renumber",
+    "rfc3339",
+]

@@ -1,0 +1,378 @@
+"""The engine: one batch of raw messages in, updated state and decisions out.
+
+The same engine runs in the daemon (batches from Kafka) and in ``watcher replay`` (batches from a
+JSONL file), so a backtest makes exactly the decisions the daemon would. It does no I/O: the caller
+publishes the rejected messages, appends the decisions to the log, and only then commits offsets.
+Time is event time throughout: windows and decisions are stamped with the events' own ``ts``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from watcher.config import Settings
+from watcher.contract import (
+    Action,
+    Decision,
+    DecodedBatch,
+    Deduplicator,
+    Deployment,
+    Rejected,
+    RolloutEvidence,
+    TurnColumns,
+    decode_batch,
+)
+from watcher.errors import CheckpointError, ConfigError
+from watcher.judges import (
+    DriftMonitor,
+    DriftSignal,
+    Policy,
+    PolicySet,
+    PolicyState,
+    ShadowJudge,
+    decide,
+    layout_change,
+    load_policy,
+    policy_from_doc,
+    policy_to_doc,
+    strategies,
+)
+from watcher.state import Change, LatenessFilter, MetricsState, Registry, Rollout
+
+ENGINE_STATE_VERSION = 1
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    turns: int = 0
+    deployments: int = 0
+    duplicates: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    drift_signals: list[DriftSignal] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, settings: Settings, *, policies: PolicySet | None = None) -> None:
+        self.settings = settings
+        self.policies = policies if policies is not None else load_policy(settings.judge.policy_file)
+        self.dedup = Deduplicator(settings.state.dedup_capacity)
+        self.state = MetricsState(
+            window_seconds=settings.state.window_seconds,
+            window_buckets=settings.state.window_buckets,
+            max_segment_values=settings.state.max_segment_values,
+        )
+        self.registry = Registry(
+            auto_start=settings.rollouts.auto_start, auto_canary_weight=settings.rollouts.auto_canary_weight
+        )
+        self.drift = DriftMonitor()
+        self.lateness = LatenessFilter(settings.state.allowed_lateness_s)  # per-agent event-time watermarks
+        self.history = strategies.VersionHistory()
+        self.judges: dict[str, strategies.RolloutJudge] = {}
+        self.policy_states: dict[str, PolicyState] = {}
+        self.evidence: dict[str, RolloutEvidence] = {}
+        self.last_action: dict[str, Action] = {}
+        self._last_look: dict[str, float] = {}  # rollout id -> event time of the last evaluation
+        # observers of every rollout change, whether from a batch, the HTTP API or a deployer hook
+        # (the daemon queues signals for them); called synchronously, before the batch is committed
+        self.change_listeners: list[Callable[[Change], None]] = []
+
+    # -- the hot path ---------------------------------------------------------------------------
+    def process(self, raws: Sequence[bytes], origins: Sequence[str] | None = None) -> BatchResult:
+        batch: DecodedBatch = decode_batch(
+            raws,
+            self.dedup,
+            origins=origins,
+            max_bytes=self.settings.state.max_event_bytes,
+            columnar=not self._reads_whole_turns(),
+        )
+        self.lateness.apply(batch, raws, origins)  # too-late turns leave the batch, as rejected (lateness.py)
+        result = BatchResult(
+            turns=len(batch.turns),
+            deployments=len(batch.deployments),
+            duplicates=batch.duplicates,
+            rejected=batch.rejected,
+        )
+        for marker in sorted(batch.deployments, key=lambda d: d.ts):
+            result.changes.append(self._apply(marker))
+        turns = batch.turns
+        if turns:
+            cols = batch.columns  # extracted once, read by every consumer below
+            arms, started = self.registry.route(turns, cols)
+            for change in started:
+                self._on_change(change)
+            result.changes.extend(started)
+            self.state.update(turns, arms, cols)
+            routes = self.registry.last_routes
+            agents = {(a, e) for (a, e, _, _) in routes}
+            if self._needs_history(agents):
+                self.history.update(turns, arms, cols)  # blue-green's reference: each version's recent past
+            watched = self.drift.watched()
+            if any(arm == "live" or (a, e, v) in watched for (a, e, v, _), arm in routes.items()):
+                result.drift_signals.extend(self.drift.update(turns, arms, cols))
+            result.decisions.extend(self._judge(turns, arms, agents, cols))
+        return result
+
+    def _reads_whole_turns(self) -> bool:
+        """The shadow judge pairs whole ``Turn`` objects: while one runs, the batch is decoded into
+        objects at once rather than into columns and then again into objects."""
+        return any(
+            r.strategy == "shadow" and r.rollout_id in self.judges for r in self.registry.active_rollouts()
+        )
+
+    def _needs_history(self, agents: set[tuple[str, str]]) -> bool:
+        """History serves blue-green switches: it is kept for agents running without a rollout (what
+        a switch will be compared with) or in a blue-green one, not during canary, shadow or flag
+        rollouts, whose judges compare with concurrent traffic (and where it would only cost time)."""
+        for agent, env in agents:
+            rollout = self.registry.active(agent, env)
+            if rollout is None or rollout.strategy == "blue_green":
+                return True
+        return False
+
+    def apply_marker(self, marker: Deployment) -> Change | None:
+        """A marker from the HTTP API: applied at once; None if its event_id was already seen."""
+        if self.dedup.seen(marker.event_id):
+            return None
+        return self._apply(marker)
+
+    # -- rollouts and the judge -----------------------------------------------------------------
+    def _apply(self, marker: Deployment) -> Change:
+        change = self.registry.apply(marker)
+        self._on_change(change)
+        return change
+
+    def _on_change(self, change: Change) -> None:
+        for listener in self.change_listeners:
+            listener(change)
+        if change.superseded is not None:
+            self._retire(change.superseded)
+        rollout = change.rollout
+        if rollout is None:
+            return
+        if change.kind == "rebased" and rollout.rollout_id not in self.last_action:
+            # the auto-started comparison ran on a guessed weight: start it again on the marker's
+            self._start_judge(rollout)
+        elif change.kind == "started":
+            self.state.reset_cumulative(rollout.agent_id, rollout.environment)
+            for version in (rollout.baseline_version, rollout.canary_version):
+                if version:
+                    self.drift.unwatch(rollout.agent_id, rollout.environment, version)
+            self._start_judge(rollout)
+        elif change.kind == "ended":
+            self._retire(rollout)
+
+    def _start_judge(self, rollout: Rollout) -> None:
+        policy = self.policies.for_agent(rollout.agent_id, rollout.environment)
+        judge = strategies.judge_for(rollout, policy, self.history)  # canary, shadow, blue-green, flag
+        if judge is None:
+            return
+        self.judges[rollout.rollout_id] = judge
+        self.policy_states[rollout.rollout_id] = PolicyState()
+        self._last_look.pop(rollout.rollout_id, None)
+
+    def _retire(self, rollout: Rollout) -> None:
+        self.judges.pop(rollout.rollout_id, None)
+        self._last_look.pop(rollout.rollout_id, None)
+        self.policy_states.pop(rollout.rollout_id, None)
+        live = rollout.canary_version if rollout.state.value == "promoted" else rollout.baseline_version
+        if live:
+            self.drift.watch(rollout.agent_id, rollout.environment, live)
+
+    def _judge(
+        self,
+        turns: Sequence[Any],
+        arms: Sequence[str],
+        agents: set[tuple[str, str]],
+        cols: TurnColumns | None = None,
+    ) -> list[Decision]:
+        decisions: list[Decision] = []
+        if cols is None:
+            cols = TurnColumns(turns)
+        for rollout in self.registry.active_rollouts():
+            judge = self.judges.get(rollout.rollout_id)
+            if judge is None:
+                continue
+            agent, env = rollout.agent_id, rollout.environment
+            if (agent, env) not in agents:
+                continue
+            if len(agents) == 1:  # the common case: one agent per partition and batch
+                mine, my_arms = cols, arms
+            else:  # the turns of this agent, selected per route key
+                lut = np.fromiter([k[0] == agent and k[1] == env for k in cols.route_keys], bool)
+                idx = np.flatnonzero(lut[cols.route_code])
+                mine = cols.take(idx)
+                my_arms = [arms[i] for i in idx.tolist()]
+            weight = rollout.canary_weight if rollout.source == "marker" else self._observed_weight(rollout)
+            judge.update(mine.turns, strategies.arms_for(rollout, mine.turns, my_arms, mine), weight, mine)
+            ts = float(mine.ts.max())
+            last = self._last_look.get(rollout.rollout_id)
+            if last is not None and ts - last < self.settings.judge.evaluate_every_s:
+                continue
+            self._last_look[rollout.rollout_id] = ts
+            evidence = judge.evidence(ts)
+            self.evidence[rollout.rollout_id] = evidence
+            # the policy the judge runs with: after a reload, a rollout may keep the one it started with
+            policy = getattr(judge, "policy", None) or self.policies.for_agent(agent, env)
+            decision, new_state = decide(
+                self.policy_states[rollout.rollout_id], evidence, policy, rollout.ref()
+            )
+            self.policy_states[rollout.rollout_id] = new_state
+            if decision is not None:
+                self.last_action[rollout.rollout_id] = decision.action
+                decisions.append(decision)
+        return decisions
+
+    def _observed_weight(self, rollout: Rollout) -> float:
+        """A rollout telemetry started has no announced weight: the treatment's share of the
+        conversations seen since its start stands in (the configured guess until there are any).
+        The sample-ratio check then has nothing to test, which is right: nobody said what to expect."""
+        counts = {"canary": 0, "baseline": 0}
+        for key in self.state.keys():
+            agent, env, version, arm, seg_key, _ = key
+            if seg_key or agent != rollout.agent_id or env != rollout.environment or arm not in counts:
+                continue
+            if version in (rollout.canary_version, rollout.baseline_version):
+                counts[arm] += self.state.snapshot(key, "cumulative").conversations
+        total = counts["canary"] + counts["baseline"]
+        if total < 20:
+            return rollout.canary_weight
+        return min(max(counts["canary"] / total, 0.001), 0.999)
+
+    def replace_policies(self, policies: PolicySet) -> dict[str, str]:
+        """Swap the policy set (a configuration reload, ``watcher.service.reload``) without losing any state.
+
+        Rollouts that start from now on use ``policies``. A running judge whose agent's policy changed
+        is rebuilt from its own ``to_state()`` with the new policy (as a restore does): its counts,
+        sums and e-values are unchanged, its thresholds, tolerances, alpha, actions and promotion rule
+        are the new ones from its next look on (the evidence of its last look is recomputed now, so
+        the API shows them at once). A judge the new policy would *measure* differently (other enabled
+        metrics, segment layout or change-point schedule: ``policy.layout_change``) cannot keep its
+        state under it: it keeps the policy it runs with until its rollout ends. Returns those rollout
+        ids with the reason. Nothing is replaced if rebuilding any judge fails.
+        """
+        rebuilt: dict[str, strategies.RolloutJudge] = {}
+        kept: dict[str, str] = {}
+        for rid, judge in self.judges.items():
+            current: Policy | None = getattr(judge, "policy", None)
+            ref = judge.rollout  # type: ignore[attr-defined]  # every strategy's judge keeps its RolloutRef
+            new = policies.for_agent(ref.agent_id, ref.environment)
+            if current == new:
+                continue
+            why = layout_change(current, new) if current is not None else None
+            if why is not None:
+                kept[rid] = why
+                continue
+            fresh = strategies.judge_from_state(judge.to_state(), new)
+            if isinstance(judge, ShadowJudge) and isinstance(fresh, ShadowJudge):
+                # turns waiting for their pair are not in a shadow judge's state (a restart counts them
+                # unpaired): a reload is no restart, they keep waiting
+                fresh.pending, fresh.counts = judge.pending, judge.counts
+            rebuilt[rid] = fresh
+        self.policies = policies
+        self.judges.update(rebuilt)
+        for rid, judge in rebuilt.items():
+            if rid in self._last_look:
+                try:
+                    self.evidence[rid] = judge.evidence(self._last_look[rid])
+                except Exception:
+                    log.warning("evidence of %s not recomputed after the policy change", rid, exc_info=True)
+        return kept
+
+    def record_override(self, rollout_id: str, decision: Decision, state: PolicyState) -> None:
+        self.policy_states[rollout_id] = state
+        self.last_action[rollout_id] = decision.action
+
+    # -- checkpoint -----------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """Everything the engine accumulated, as a JSON-safe dict (``watcher.storage.checkpoint`` stores it
+        with the offsets it covers). The evidence is not stored: it is recomputed from the judges."""
+        return {
+            "v": ENGINE_STATE_VERSION,
+            "dedup": self.dedup.to_state(),
+            "state": self.state.to_state(),
+            "registry": self.registry.to_state(),
+            "history": self.history.to_state(),
+            "drift": self.drift.to_state(),
+            "judges": {rid: judge.to_state() for rid, judge in self.judges.items()},
+            "policy_states": {rid: ps.to_state() for rid, ps in self.policy_states.items()},
+            "last_action": {rid: action.value for rid, action in self.last_action.items()},
+            "last_look": dict(self._last_look),
+            "lateness": self.lateness.to_state(),
+            # the policy each judge runs with: a restart with a policy that measures differently keeps it
+            "judge_policies": {
+                rid: policy_to_doc(p)
+                for rid, j in self.judges.items()
+                if (p := getattr(j, "policy", None)) is not None
+            },
+        }
+
+    def load_state(self, d: dict[str, Any]) -> None:
+        """Replace the engine's state by a ``to_state()`` dict; raises ``CheckpointError`` (and leaves
+        the engine as it was) when the dict is of another version or malformed. Judges are restored
+        with the policy their agent has *now* (a changed policy file applies to running rollouts),
+        unless it measures differently from the one the judge ran with (``replace_policies``)."""
+        if not isinstance(d, dict) or d.get("v") != ENGINE_STATE_VERSION:
+            version = d.get("v") if isinstance(d, dict) else type(d).__name__
+            raise CheckpointError(f"engine state: unsupported version {version!r}")
+        try:
+            dedup = Deduplicator.from_state(d["dedup"])
+            state = MetricsState.from_state(d["state"])
+            rollouts = self.settings.rollouts
+            registry = Registry(
+                auto_start=rollouts.auto_start, auto_canary_weight=rollouts.auto_canary_weight
+            )
+            registry.load_state(d["registry"])
+            history = strategies.VersionHistory.from_state(d["history"])
+            drift = DriftMonitor.from_state(d["drift"])
+            lateness = LatenessFilter(self.settings.state.allowed_lateness_s)
+            if "lateness" in d:  # absent from checkpoints written before allowed lateness existed
+                lateness.load_state(d["lateness"])
+            ran_with = {rid: policy_from_doc(p) for rid, p in d.get("judge_policies", {}).items()}
+            judges: dict[str, strategies.RolloutJudge] = {}
+            for rid, js in d["judges"].items():
+                ref = js["rollout"]
+                policy = self.policies.for_agent(ref["agent_id"], ref["environment"])
+                old = ran_with.get(rid)
+                if old is not None and (why := layout_change(old, policy)) is not None:
+                    log.warning("rollout %s keeps the policy it started with: %s", rid, why)
+                    policy = old
+                judges[rid] = strategies.judge_from_state(js, policy)
+            policy_states = {rid: PolicyState.from_state(ps) for rid, ps in d["policy_states"].items()}
+            last_action = {rid: Action(a) for rid, a in d["last_action"].items()}
+            last_look = {rid: float(ts) for rid, ts in d["last_look"].items()}
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, ConfigError) as exc:
+            raise CheckpointError(f"invalid engine state: {exc!r}") from exc
+        self.dedup, self.state, self.registry, self.history, self.drift = (
+            dedup,
+            state,
+            registry,
+            history,
+            drift,
+        )
+        self.lateness = lateness
+        self.judges, self.policy_states, self.last_action, self._last_look = (
+            judges,
+            policy_states,
+            last_action,
+            last_look,
+        )
+        # the evidence of the last look, as the API showed it before the restart (evidence() only reads);
+        # recomputable, so a judge that cannot produce it now simply shows none until its next look
+        self.evidence = {}
+        for rid, judge in judges.items():
+            if rid in last_look:
+                try:
+                    self.evidence[rid] = judge.evidence(last_look[rid])
+                except Exception:
+                    log.warning("evidence of %s not recomputed after the restore", rid, exc_info=True)

@@ -1,0 +1,87 @@
+"""Who may call what: bearer tokens on the HTTP API, compared in constant time.
+
+* ``/healthz``, ``/readyz``, ``/metrics``: open (probes and scrapers).
+* Mutating endpoints (``POST /v1/deployments``, acknowledge, override): ``http.auth_token``. With no
+  token configured they answer only clients on loopback, so a fresh install is not an open door.
+* Flagger hooks (``/v1/flagger/*``, some of which create markers): ``http.flagger_token`` if set,
+  else the mutating rule above.
+* Argo's verdict endpoints: ``http.argo_token`` or ``http.read_token`` if either is set, else open.
+* Every other read endpoint: ``http.read_token`` if set, else open.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from watcher.config import HttpSettings
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+MUTATING_SUFFIXES = ("/acknowledge", "/override")
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _matches(provided: str | None, *tokens: str | None) -> bool:
+    if provided is None:
+        return False
+    given = provided.encode()
+    # every configured token is compared, so the time taken does not say which one nearly matched
+    results = [hmac.compare_digest(given, t.encode()) for t in tokens if t]
+    return any(results)
+
+
+def _loopback(request: web.Request) -> bool:
+    try:
+        return ipaddress.ip_address((request.remote or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _denied(status: int, message: str) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="watcher"'} if status == 401 else None
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def required(request: web.Request, http: HttpSettings) -> tuple[tuple[str | None, ...], bool]:
+    """The tokens that open this request (empty: open) and whether loopback suffices without one."""
+    path = request.path
+    if path in OPEN_PATHS:
+        return (), False
+    if path.startswith("/v1/flagger/"):
+        if http.flagger_token:
+            return (http.flagger_token,), False
+        return (http.auth_token,), True
+    if request.method != "GET" or path.endswith(MUTATING_SUFFIXES):
+        return (http.auth_token,), True
+    if path == "/v1/verdict" or path.endswith("/verdict"):
+        return (http.argo_token, http.read_token), False
+    return (http.read_token,), False
+
+
+def middleware(http: HttpSettings) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+        tokens, loopback_ok = required(request, http)
+        configured = [t for t in tokens if t]
+        if not configured:
+            if not loopback_ok or _loopback(request):
+                return await handler(request)
+            return _denied(
+                403,
+                "this endpoint changes rollouts: set http.auth_token and send it as a "
+                "bearer token (without a token only loopback clients may call it)",
+            )
+        if _matches(_bearer(request), *configured):
+            return await handler(request)
+        return _denied(401, "missing or wrong bearer token")
+
+    return authorize

@@ -1,0 +1,655 @@
+"""Policy: what counts as a regression, and the pure decision function.
+
+``load_policy`` reads the YAML policy (bundled ``default_policy.yaml`` when no file is given) into
+frozen settings; ``decide`` maps (previous state, evidence) to (decision or None, new state) with no
+side effects, so replaying the same evidence gives the same decisions and the same ids.
+
+Latching: ``rollback`` and ``promote`` are terminal (only a human override follows them); ``pause``
+holds until a human acknowledges or overrides it, and may still escalate to ``rollback``. A cause a
+human acknowledged does not pause the rollout again (an e-value that crossed its threshold stays
+above it, so it would otherwise re-pause at once).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from watcher.contract import (
+    Action,
+    Cause,
+    Decision,
+    MetricEvidence,
+    RolloutEvidence,
+    RolloutRef,
+    Verdict,
+    decision_id,
+)
+from watcher.errors import ConfigError
+
+__all__ = [
+    "Direction",
+    "ToleranceMode",
+    "MetricPolicy",
+    "PromoteRule",
+    "SegmentSettings",
+    "SrmSettings",
+    "ChangepointSettings",
+    "Policy",
+    "PolicySet",
+    "PolicyState",
+    "load_policy",
+    "decide",
+    "override",
+    "acknowledge",
+    "DEFAULT_POLICY_PATH",
+    "ROLLBACK_ONLY_STRATEGIES",
+    "strategy_meaning",
+    "layout_change",
+    "policy_to_doc",
+    "policy_from_doc",
+]
+
+DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.yaml")
+_TAIL = re.compile(r"^latency_p(\d{2,3})$")
+RATE_METRICS = ("escalation", "error", "compliance")
+
+
+class Direction(str, Enum):
+    LOWER_IS_WORSE = "lower_is_worse"
+    HIGHER_IS_WORSE = "higher_is_worse"
+
+
+class ToleranceMode(str, Enum):
+    ABSOLUTE = "absolute"  # effect = treatment - control
+    RELATIVE = "relative"  # effect = treatment / control
+
+
+@dataclass(frozen=True, slots=True)
+class MetricPolicy:
+    name: str  # quality | latency | latency_pNN | escalation | error | compliance
+    direction: Direction
+    tolerance: float  # the worst acceptable effect, signed, in effect units (-0.03, 1.10, 1.25 ...)
+    tolerance_mode: ToleranceMode
+    critical: bool = False  # a failure always rolls back
+    min_samples: int = 30  # conversations per arm before the metric is judged at all
+    on_regression: Action = Action.PAUSE  # pause | rollback
+    enabled: bool = True
+    promote_gate: bool = True  # must pass non-inferiority (overall) before promotion
+    # The non-inferiority margin of promotion (None: ``tolerance``). Kept apart from ``tolerance``
+    # because a margin tight enough to act on small regressions is too tight to prove in a
+    # reasonable time that a healthy canary is no worse than it (docs/statistics.md).
+    promote_tolerance: float | None = None
+
+    @property
+    def pass_tolerance(self) -> float:
+        """The margin the PASS (non-inferiority) test uses: ``promote_tolerance`` or ``tolerance``."""
+        return self.tolerance if self.promote_tolerance is None else self.promote_tolerance
+
+    @property
+    def kind(self) -> str:
+        """mean (quality, log-latency), rate, or tail (exceedance of a baseline quantile)."""
+        if self.name in ("quality", "latency"):
+            return "mean"
+        return "tail" if _TAIL.match(self.name) else "rate"
+
+    @property
+    def quantile(self) -> float | None:
+        m = _TAIL.match(self.name)
+        return int(m.group(1)) / 10 ** len(m.group(1)) if m else None
+
+    @property
+    def action(self) -> Action:
+        return Action.ROLLBACK if self.critical else self.on_regression
+
+
+@dataclass(frozen=True, slots=True)
+class PromoteRule:
+    enabled: bool = True
+    min_duration_s: float = 1800.0
+    min_conversations: int = 1000  # per arm
+    alpha: float = 0.05  # non-inferiority; all guardrails must pass (intersection-union: no split)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentSettings:
+    enabled: bool = True
+    keys: tuple[str, ...] = ()  # empty: the first `max_keys` keys seen
+    max_keys: int = 4
+    max_values_per_key: int = 12  # more values fold into "__other__"
+    min_conversations: int = 100  # per arm before a slice is judged
+    budget_share: float = 0.3  # share of alpha spread over the segment slices
+
+
+@dataclass(frozen=True, slots=True)
+class SrmSettings:
+    enabled: bool = True
+    alpha: float = 0.001
+    min_conversations: int = 100  # in total before a mismatch may be declared
+    grace_s: float = 60.0  # conversations starting this soon after a weight change are not counted
+
+
+@dataclass(frozen=True, slots=True)
+class ChangepointSettings:
+    enabled: bool = True
+    epoch_s: float = 1800.0
+    restart_share: float = 0.5  # share of each test's alpha spent on restarted tests
+    span_epochs: int = 4  # a restarted test sees the conversations of this many epochs
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    alpha: float = 0.01
+    metrics: tuple[MetricPolicy, ...] = ()
+    promote: PromoteRule = field(default_factory=PromoteRule)
+    segments: SegmentSettings = field(default_factory=SegmentSettings)
+    srm: SrmSettings = field(default_factory=SrmSettings)
+    changepoint: ChangepointSettings = field(default_factory=ChangepointSettings)
+
+    def enabled_metrics(self) -> tuple[MetricPolicy, ...]:
+        return tuple(m for m in self.metrics if m.enabled)
+
+    def metric(self, name: str) -> MetricPolicy | None:
+        return next((m for m in self.metrics if m.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    default: Policy
+    overrides: dict[tuple[str, str], Policy] = field(default_factory=dict)  # (agent, env or "*")
+
+    def for_agent(self, agent_id: str, environment: str) -> Policy:
+        return (
+            self.overrides.get((agent_id, environment)) or self.overrides.get((agent_id, "*")) or self.default
+        )
+
+
+# -- loading ----------------------------------------------------------------------------------------
+def load_policy(path: str | Path | None = None) -> PolicySet:
+    """Bundled defaults, with the file's ``defaults`` and per-agent ``agents`` merged on top."""
+    bundled = _read(DEFAULT_POLICY_PATH)
+    base = bundled.get("defaults", {})
+    doc: dict[str, Any] = {}
+    if path is not None:
+        doc = _read(Path(path))
+        _only(doc, {"version", "defaults", "agents"}, "")
+        if doc.get("version", 1) != 1:
+            raise ConfigError("version", "only policy version 1 is known")
+        base = _layer(base, _mapping(doc.get("defaults", {}), "defaults"))
+    default = _policy(base, "defaults")
+    overrides: dict[tuple[str, str], Policy] = {}
+    for agent, envs in _mapping(doc.get("agents", {}), "agents").items():
+        for env, over in _mapping(envs, f"agents.{agent}").items():
+            prefix = f"agents.{agent}.{env}"
+            overrides[(str(agent), str(env))] = _policy(_layer(base, _mapping(over, prefix)), prefix)
+    return PolicySet(default, overrides)
+
+
+def policy_to_doc(p: Policy) -> dict[str, Any]:
+    """The policy in its YAML form (JSON-safe): ``policy_from_doc`` reads it back to an equal Policy.
+    Checkpoints keep the policy each judge runs with this way (``Engine.to_state``)."""
+    metrics = {
+        m.name: {
+            "direction": m.direction.value,
+            "tolerance": m.tolerance,
+            "promote_tolerance": m.promote_tolerance,
+            "tolerance_mode": m.tolerance_mode.value,
+            "critical": m.critical,
+            "min_samples": m.min_samples,
+            "on_regression": m.on_regression.value,
+            "enabled": m.enabled,
+            "promote_gate": m.promote_gate,
+        }
+        for m in p.metrics
+    }
+    s = p.segments
+    return {
+        "alpha": p.alpha,
+        "metrics": metrics,
+        "promote": {
+            "enabled": p.promote.enabled,
+            "min_duration_s": p.promote.min_duration_s,
+            "min_conversations": p.promote.min_conversations,
+            "alpha": p.promote.alpha,
+        },
+        "segments": {
+            "enabled": s.enabled,
+            "keys": list(s.keys),
+            "max_keys": s.max_keys,
+            "max_values_per_key": s.max_values_per_key,
+            "min_conversations": s.min_conversations,
+            "budget_share": s.budget_share,
+        },
+        "srm": {
+            "enabled": p.srm.enabled,
+            "alpha": p.srm.alpha,
+            "min_conversations": p.srm.min_conversations,
+            "grace_s": p.srm.grace_s,
+        },
+        "changepoint": {
+            "enabled": p.changepoint.enabled,
+            "epoch_s": p.changepoint.epoch_s,
+            "restart_share": p.changepoint.restart_share,
+            "span_epochs": p.changepoint.span_epochs,
+        },
+    }
+
+
+def policy_from_doc(doc: dict[str, Any]) -> Policy:
+    """A ``policy_to_doc`` dict back to a Policy, validated as a file would be (``ConfigError``)."""
+    return _policy(_mapping(doc, "policy"), "policy")
+
+
+def layout_change(old: Policy, new: Policy) -> str | None:
+    """What ``new`` would measure differently from ``old`` (None: nothing, only thresholds differ).
+
+    A judge's statistics are laid out by its enabled metrics (fields and per-conversation bits, in
+    order), its segment slices and its change-point epochs; thresholds, tolerances, alpha, actions,
+    minimum samples and the promotion and sample-ratio rules are read at each look. So a judge can
+    take a new policy in its stride only when this returns None (``Engine.replace_policies``).
+    """
+    diffs = []
+    before, after = [m.name for m in old.enabled_metrics()], [m.name for m in new.enabled_metrics()]
+    if before != after:
+        diffs.append(f"enabled metrics {', '.join(before) or 'none'} -> {', '.join(after) or 'none'}")
+    seg = ("enabled", "keys", "max_keys", "max_values_per_key")
+    for name in seg:
+        a, b = getattr(old.segments, name), getattr(new.segments, name)
+        if a != b:
+            diffs.append(f"segments.{name} {a!r} -> {b!r}")
+    for name in ("enabled", "epoch_s", "restart_share", "span_epochs"):
+        a, b = getattr(old.changepoint, name), getattr(new.changepoint, name)
+        if a != b:
+            diffs.append(f"changepoint.{name} {a!r} -> {b!r}")
+    if not diffs:
+        return None
+    return "the new policy changes what its judge measures (" + "; ".join(diffs) + ")"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError("policy", f"cannot read {path}: {e}") from e
+    return _mapping(doc, "policy")
+
+
+def _mapping(v: Any, where: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ConfigError(where or "policy", "expected a mapping")
+    return v
+
+
+def _only(d: dict[str, Any], allowed: set[str], where: str) -> None:
+    for k in d:
+        if k not in allowed:
+            raise ConfigError(
+                f"{where}.{k}" if where else str(k), f"unknown field (known: {', '.join(sorted(allowed))})"
+            )
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _layer(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged on top of ``base``; a metric whose ``tolerance`` the layer sets without a
+    ``promote_tolerance`` uses that tolerance for both (as before the field existed), so a file
+    written for one margin keeps its meaning instead of inheriting the bundled promote margin."""
+    out = _merge(base, over)
+    metrics = over.get("metrics")
+    if isinstance(metrics, dict) and isinstance(out.get("metrics"), dict):
+        for name, m in metrics.items():
+            merged = out["metrics"].get(name)
+            if (
+                isinstance(m, dict)
+                and "tolerance" in m
+                and "promote_tolerance" not in m
+                and isinstance(merged, dict)
+            ):
+                out["metrics"][name] = {k: v for k, v in merged.items() if k != "promote_tolerance"}
+    return out
+
+
+def _num(
+    d: dict[str, Any],
+    key: str,
+    where: str,
+    default: float,
+    lo: float,
+    hi: float,
+    *,
+    integer: bool = False,
+    open_lo: bool = False,
+) -> Any:
+    v = d.get(key, default)
+    f = f"{where}.{key}"
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not float(v).is_integer()):
+        raise ConfigError(f, f"expected {'an integer' if integer else 'a number'}, got {v!r}")
+    if not (lo < v if open_lo else lo <= v) or v > hi:
+        raise ConfigError(f, f"must be in {'(' if open_lo else '['}{lo}, {hi}], got {v}")
+    return int(v) if integer else float(v)
+
+
+def _bool(d: dict[str, Any], key: str, where: str, default: bool) -> bool:
+    v = d.get(key, default)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where}.{key}", f"expected true or false, got {v!r}")
+    return v
+
+
+def _enum(d: dict[str, Any], key: str, where: str, default: Any, allowed: tuple[Any, ...]) -> Any:
+    v = d.get(key, default.value if isinstance(default, Enum) else default)
+    for a in allowed:
+        if v == a.value:
+            return a
+    raise ConfigError(f"{where}.{key}", f"expected one of {', '.join(a.value for a in allowed)}, got {v!r}")
+
+
+def _policy(d: dict[str, Any], where: str) -> Policy:
+    _only(d, {"alpha", "metrics", "promote", "segments", "srm", "changepoint"}, where)
+    alpha = _num(d, "alpha", where, 0.01, 0.0, 0.5, open_lo=True)
+    metrics = tuple(
+        _metric(str(name), _mapping(m, f"{where}.metrics.{name}"), f"{where}.metrics.{name}")
+        for name, m in _mapping(d.get("metrics", {}), f"{where}.metrics").items()
+    )
+    p = _mapping(d.get("promote", {}), f"{where}.promote")
+    w = f"{where}.promote"
+    _only(p, {"enabled", "min_duration_s", "min_conversations", "alpha"}, w)
+    promote = PromoteRule(
+        _bool(p, "enabled", w, True),
+        _num(p, "min_duration_s", w, 1800, 0, 1e8),
+        _num(p, "min_conversations", w, 1000, 0, 1e9, integer=True),
+        _num(p, "alpha", w, 0.05, 0.0, 0.5, open_lo=True),
+    )
+    s = _mapping(d.get("segments", {}), f"{where}.segments")
+    w = f"{where}.segments"
+    _only(s, {"enabled", "keys", "max_keys", "max_values_per_key", "min_conversations", "budget_share"}, w)
+    keys = s.get("keys", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise ConfigError(f"{w}.keys", "expected a list of segment key names")
+    max_keys = _num(s, "max_keys", w, 4, 1, 16, integer=True)
+    segments = SegmentSettings(
+        _bool(s, "enabled", w, True),
+        tuple(keys),
+        max(max_keys, len(keys)),
+        _num(s, "max_values_per_key", w, 12, 1, 200, integer=True),
+        _num(s, "min_conversations", w, 100, 1, 1e9, integer=True),
+        _num(s, "budget_share", w, 0.3, 0.0, 0.9),
+    )
+    r = _mapping(d.get("srm", {}), f"{where}.srm")
+    w = f"{where}.srm"
+    _only(r, {"enabled", "alpha", "min_conversations", "grace_s"}, w)
+    srm = SrmSettings(
+        _bool(r, "enabled", w, True),
+        _num(r, "alpha", w, 0.001, 0.0, 0.5, open_lo=True),
+        _num(r, "min_conversations", w, 100, 0, 1e9, integer=True),
+        _num(r, "grace_s", w, 60, 0, 1e6),
+    )
+    c = _mapping(d.get("changepoint", {}), f"{where}.changepoint")
+    w = f"{where}.changepoint"
+    _only(c, {"enabled", "epoch_s", "restart_share", "span_epochs"}, w)
+    cp = ChangepointSettings(
+        _bool(c, "enabled", w, True),
+        _num(c, "epoch_s", w, 1800, 1, 1e8, open_lo=True),
+        _num(c, "restart_share", w, 0.5, 0.0, 0.9),
+        _num(c, "span_epochs", w, 4, 1, 48, integer=True),
+    )
+    return Policy(alpha, metrics, promote, segments, srm, cp)
+
+
+def _metric(name: str, d: dict[str, Any], where: str) -> MetricPolicy:
+    _only(
+        d,
+        {
+            "direction",
+            "tolerance",
+            "promote_tolerance",
+            "tolerance_mode",
+            "critical",
+            "min_samples",
+            "on_regression",
+            "enabled",
+            "promote_gate",
+        },
+        where,
+    )
+    if name not in ("quality", "latency", *RATE_METRICS) and not _TAIL.match(name):
+        raise ConfigError(
+            where, "unknown metric (quality, latency, latency_pNN, escalation, error, compliance)"
+        )
+    kind_default = Direction.LOWER_IS_WORSE if name == "quality" else Direction.HIGHER_IS_WORSE
+    direction = _enum(d, "direction", where, kind_default, tuple(Direction))
+    mode_default = ToleranceMode.ABSOLUTE if name == "quality" else ToleranceMode.RELATIVE
+    mode = _enum(d, "tolerance_mode", where, mode_default, tuple(ToleranceMode))
+    # The quality test works on the raw scale, every other test on ratios (log-latency, rate ratios).
+    if mode is not mode_default:
+        raise ConfigError(f"{where}.tolerance_mode", f"{name} supports only {mode_default.value} tolerances")
+    if "tolerance" not in d:
+        raise ConfigError(f"{where}.tolerance", "required")
+    tol = _tolerance(d, "tolerance", where, mode, direction)
+    # Either margin may be the wider one: a wider promote margin promotes sooner (a canary between
+    # the two may be promoted or stopped, whichever is shown first); a narrower one promotes only
+    # canaries shown to be closer to the control than the rollback margin.
+    ptol = (
+        None
+        if d.get("promote_tolerance") is None
+        else _tolerance(d, "promote_tolerance", where, mode, direction)
+    )
+    on_reg = _enum(d, "on_regression", where, Action.PAUSE, (Action.PAUSE, Action.ROLLBACK))
+    return MetricPolicy(
+        name,
+        direction,
+        tol,
+        mode,
+        _bool(d, "critical", where, False),
+        _num(d, "min_samples", where, 30, 1, 1e9, integer=True),
+        on_reg,
+        _bool(d, "enabled", where, True),
+        _bool(d, "promote_gate", where, True),
+        ptol,
+    )
+
+
+def _tolerance(d: dict[str, Any], key: str, where: str, mode: ToleranceMode, direction: Direction) -> float:
+    """A margin on the harmful side of "no difference" (0 for differences, 1 for ratios)."""
+    tol = _num(d, key, where, 0.0, -1e6, 1e6)
+    neutral = 0.0 if mode is ToleranceMode.ABSOLUTE else 1.0
+    if mode is ToleranceMode.RELATIVE and tol <= 0:
+        raise ConfigError(f"{where}.{key}", "a relative tolerance is a ratio > 0 (e.g. 1.25)")
+    if (tol - neutral) * (1 if direction is Direction.HIGHER_IS_WORSE else -1) < 0:
+        side = "above" if direction is Direction.HIGHER_IS_WORSE else "below"
+        raise ConfigError(
+            f"{where}.{key}", f"must be on the harmful side ({side} {neutral:g}) for {direction.value}"
+        )
+    return tol
+
+
+# -- the pure decision ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    action: Action = Action.CONTINUE  # latched: continue, pause, rollback, promote
+    sequence: int = 0  # decisions emitted so far
+    acknowledged: tuple[str, ...] = ()  # trigger keys a human let go ("metric@slice", "sample_ratio")
+    trigger: str | None = None  # key of what latched the current action
+    last_decision_id: str | None = None
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "action": self.action.value,
+            "sequence": self.sequence,
+            "acknowledged": list(self.acknowledged),
+            "trigger": self.trigger,
+            "last_decision_id": self.last_decision_id,
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> PolicyState:
+        return cls(
+            Action(d["action"]),
+            int(d["sequence"]),
+            tuple(d["acknowledged"]),
+            d.get("trigger"),
+            d.get("last_decision_id"),
+        )
+
+
+TERMINAL = (Action.ROLLBACK, Action.PROMOTE)
+SRM_KEY = "sample_ratio"
+ROLLBACK_ONLY_STRATEGIES = frozenset({"shadow"})
+
+
+def strategy_meaning(rollout: RolloutRef, action: Action) -> str:
+    """What an action asks the deployer to do under the rollout's strategy ("" for canary)."""
+    flag = rollout.flag or {}
+    meanings = {
+        ("shadow", Action.ROLLBACK): f"stop shadowing {rollout.canary_version}: it diverges from live",
+        ("shadow", Action.PROMOTE): f"{rollout.canary_version} is ready for canary traffic",
+        ("blue_green", Action.ROLLBACK): f"switch traffic back to blue {rollout.baseline_version}",
+        ("blue_green", Action.PAUSE): f"keep blue {rollout.baseline_version} ready; a human decides",
+        ("blue_green", Action.PROMOTE): f"retire blue {rollout.baseline_version}",
+        ("flag", Action.ROLLBACK): f"turn flag {flag.get('name')} off (serve {flag.get('control')})",
+        ("flag", Action.PAUSE): f"hold flag {flag.get('name')} at its current exposure",
+        ("flag", Action.PROMOTE): f"roll flag {flag.get('name')} out ({flag.get('treatment')}) to everyone",
+    }
+    return meanings.get((rollout.strategy, action), "")
+
+
+def _key(m: MetricEvidence) -> str:
+    return f"{m.metric}@{m.slice}"
+
+
+def _strength(m: MetricEvidence) -> float:
+    return m.statistic / m.threshold if m.threshold > 0 else m.statistic
+
+
+def decide(
+    state: PolicyState, evidence: RolloutEvidence, policy: Policy, rollout: RolloutRef
+) -> tuple[Decision | None, PolicyState]:
+    """Evidence in, decision out; a Decision only when the latched action changes."""
+    if state.action in TERMINAL:
+        return None, state
+    by_name = {m.name: m for m in policy.metrics}
+    fails = [
+        m
+        for m in evidence.failing()
+        if _key(m) not in state.acknowledged and m.metric in by_name and by_name[m.metric].enabled
+    ]
+    fails.sort(key=lambda m: (-_strength(m), m.metric, m.slice))
+    # A shadow receives no customer traffic: there is nothing to pause, a divergence ends it.
+    every_failure_rolls_back = rollout.strategy in ROLLBACK_ONLY_STRATEGIES
+    rollbacks = [
+        m
+        for m in fails
+        if by_name[m.metric].action is Action.ROLLBACK or m.critical or every_failure_rolls_back
+    ]
+    if rollbacks:
+        return _emit(state, evidence, rollout, Action.ROLLBACK, Cause.REGRESSION, rollbacks[0], fails)
+    if state.action is Action.PAUSE:
+        return None, state
+    if fails:
+        return _emit(state, evidence, rollout, Action.PAUSE, Cause.REGRESSION, fails[0], fails)
+    srm = evidence.sample_ratio
+    if srm is not None and srm.mismatch and SRM_KEY not in state.acknowledged:
+        return _emit(state, evidence, rollout, Action.PAUSE, Cause.SAMPLE_RATIO_MISMATCH, None, [])
+    if _promotable(evidence, policy):
+        return _emit(state, evidence, rollout, Action.PROMOTE, Cause.NON_INFERIOR, None, [])
+    return None, state
+
+
+def _promotable(ev: RolloutEvidence, policy: Policy) -> bool:
+    rule = policy.promote
+    if not rule.enabled or ev.elapsed_s < rule.min_duration_s:
+        return False
+    if min(ev.conversations_control, ev.conversations_treatment) < rule.min_conversations:
+        return False
+    if ev.sample_ratio is not None and ev.sample_ratio.mismatch:
+        return False
+    overall = {m.metric: m for m in ev.metrics if m.slice == "all"}
+    gates = [m for m in policy.enabled_metrics() if m.promote_gate]
+    return bool(gates) and all(g.name in overall and overall[g.name].verdict is Verdict.PASS for g in gates)
+
+
+def _emit(
+    state: PolicyState,
+    ev: RolloutEvidence,
+    rollout: RolloutRef,
+    action: Action,
+    cause: Cause,
+    trigger: MetricEvidence | None,
+    fails: list[MetricEvidence],
+) -> tuple[Decision, PolicyState]:
+    seq = state.sequence + 1
+    did = decision_id(rollout.rollout_id, seq, action)
+    if trigger is not None:
+        more = f"; {len(fails) - 1} more failing" if len(fails) > 1 else ""
+        reason = f"{action.value}: {trigger.reason}{more}"
+        rows = tuple([trigger] + [m for m in fails if m is not trigger])
+        trig: dict[str, str] | None = {"metric": trigger.metric, "slice": trigger.slice}
+        key: str | None = _key(trigger)
+    elif cause is Cause.SAMPLE_RATIO_MISMATCH:
+        assert ev.sample_ratio is not None
+        reason = f"pause: {ev.sample_ratio.reason}"
+        rows, trig, key = (), {"metric": "sample_ratio", "slice": "all"}, SRM_KEY
+    else:
+        overall = tuple(m for m in ev.metrics if m.slice == "all")
+        reason = (
+            f"promote: all {sum(m.verdict is Verdict.PASS for m in overall)} guardrails non-inferior after "
+            f"{ev.elapsed_s / 60:.0f} min, canary n={ev.conversations_treatment} vs baseline "
+            f"n={ev.conversations_control} conversations"
+        )
+        rows, trig, key = overall, None, None
+    meaning = strategy_meaning(rollout, action)
+    if meaning:
+        reason = f"{reason} [{rollout.strategy}: {meaning}]"
+    decision = Decision(
+        did, ev.ts, rollout, action, cause, reason, rows, ev.sample_ratio, trig, "watcher", seq
+    )
+    return decision, replace(state, action=action, sequence=seq, trigger=key, last_decision_id=did)
+
+
+def override(
+    state: PolicyState, action: Action, actor: str, reason: str, ts: float, rollout: RolloutRef
+) -> tuple[Decision, PolicyState]:
+    """A human decides; allowed in any state (also after rollback or promote)."""
+    if action is Action.CONTINUE:
+        action = Action.RESUME
+    seq = state.sequence + 1
+    did = decision_id(rollout.rollout_id, seq, action)
+    text = f"{action.value} by {actor} (override)" + (f": {reason}" if reason else "")
+    latched = Action.CONTINUE if action is Action.RESUME else action
+    acked = state.acknowledged
+    if action is Action.RESUME and state.trigger and state.trigger not in acked:
+        acked = (*acked, state.trigger)
+    decision = Decision(did, ts, rollout, action, Cause.OVERRIDE, text, actor=actor, sequence=seq)
+    return decision, PolicyState(
+        latched, seq, acked, "override" if latched is not Action.CONTINUE else None, did
+    )
+
+
+def acknowledge(
+    state: PolicyState, actor: str, reason: str, ts: float, rollout: RolloutRef
+) -> tuple[Decision | None, PolicyState]:
+    """Resume after a pause; the cause that paused it will not pause this rollout again."""
+    if state.action is not Action.PAUSE:
+        return None, state
+    seq = state.sequence + 1
+    did = decision_id(rollout.rollout_id, seq, Action.RESUME)
+    what = state.trigger or "pause"
+    text = f"resume: {actor} acknowledged {what}" + (f": {reason}" if reason else "")
+    acked = (
+        state.acknowledged
+        if state.trigger in (None, *state.acknowledged)
+        else (*state.acknowledged, state.trigger)
+    )
+    decision = Decision(did, ts, rollout, Action.RESUME, Cause.ACKNOWLEDGED, text, actor=actor, sequence=seq)
+    return decision, PolicyState(Action.CONTINUE, seq, tuple(a for a in acked if a), None, did)

@@ -1,0 +1,494 @@
+"""The shadow judge: paired comparison of a shadow version with the live version, by conversation.
+
+A shadow version answers copies of live turns; its answers never reach customers. Each shadow turn
+is paired with the live turn of the same ``(conversation_id, turn)`` (a bounded pending table: by
+count and by event time; unpaired turns are counted, never an error) and the judge tests the paired
+differences, with the conversation as the unit (docs/strategies/shadow.md):
+
+* quality and latency (log scale): the mean of the paired differences, cluster-robust variance over
+  conversations, the one-sided normal-mixture SPRT of ``watcher.stats`` against the tolerance;
+* escalation, error, compliance and the latency tail: *discordance*. At a conversation's first paired
+  turn where either side had the event, the conversation is "shadow-only", "live-only" or
+  concordant. Given discordance, "shadow-only" is Bernoulli(theta) with theta = r / (1 + r) and
+  r = P(shadow-only) / P(live-only): the conditional e-test of ``watcher.stats`` at rho = 1/2 (exact,
+  McNemar's test made sequential). The rate tolerance applies to r (at least as strict as the rate
+  ratio: concordant conversations, which a difficult customer causes on both sides, drop out).
+
+Pairing removes the traffic-mix noise between conversations (both sides answer the same customer),
+which is why it needs far fewer conversations than an unpaired comparison (bench/strategies).
+``cluster_mean`` is also used by the blue-green judge; ``SliceMap`` and ``ConvRows`` live in
+``watcher.state``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from watcher.contract import ArmEstimate, MetricEvidence, RolloutEvidence, RolloutRef, Verdict
+from watcher.judges.policy import MetricPolicy, Policy, ToleranceMode, load_policy
+from watcher.state import ConvRows, SliceMap
+from watcher.stats import (
+    FAIL_GRID,
+    MEAN_FIELDS,
+    PASS_GRID,
+    RestartSchedule,
+    array_from_state,
+    array_to_state,
+    mean_deltas,
+    msprt_half_width,
+    msprt_log_evalue,
+    rate_confidence_sequence,
+    rate_log_evalue,
+)
+
+__all__ = ["ShadowJudge", "ShadowSettings", "cluster_mean", "LIVE_ARMS"]
+
+LIVE_ARMS = frozenset({"live", "baseline"})
+_TAIL_LIVE_TURNS = 3000  # live latencies that fix the tail threshold (control data only)
+_STATE_V = 1
+_HALF = np.array([0.5])
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSettings:
+    pair_window_s: float = 300.0  # a turn waits this long (event time) for its counterpart
+    max_pending: int = 200_000  # turns waiting for a counterpart, at most
+    conversations: int = 50_000  # per generation of the conversation table
+
+
+def cluster_mean(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, cluster-robust variance, clusters) of the MEAN_FIELDS sums in the last axis of ``a``."""
+    s, n, s2, sn, n2, g = (a[..., i] for i in range(MEAN_FIELDS))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(n > 0, s / n, np.nan)
+        mm = np.nan_to_num(m)
+        resid = np.maximum(s2 - 2 * mm * sn + mm * mm * n2, 0.0)
+        var = np.where((n > 0) & (g > 1), resid / (n * n) * g / np.maximum(g - 1, 1), np.nan)
+    return m, np.where(np.isfinite(var), np.maximum(var, 1e-12), np.nan), g
+
+
+def metric_value(t: Any, name: str) -> float:
+    if name == "quality":
+        return math.nan if t.quality is None else float(t.quality)
+    return math.nan if t.latency_ms is None else math.log(max(float(t.latency_ms), 1e-3))
+
+
+def mean_params(mp: MetricPolicy, promote: bool = False) -> tuple[float, float, float]:
+    """(tolerance on the tested scale, mixing scale tau, sign: +1 when higher is worse); of the FAIL
+    test, or with ``promote`` of the PASS test (``promote_tolerance``, its own mixing scale)."""
+    raw = mp.pass_tolerance if promote else mp.tolerance
+    tol = math.log(raw) if mp.tolerance_mode is ToleranceMode.RELATIVE else raw
+    return tol, max(2 * abs(tol), 0.02), 1.0 if mp.direction.value == "higher_is_worse" else -1.0
+
+
+def fmt(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "?"
+    return f"{x:.3g}" if abs(x) >= 0.01 or x == 0 else f"{x:.2e}"
+
+
+def opt(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+_EVENT = {"escalation": "escalated", "error": "error", "compliance": "compliance_violation"}
+_RATE_F = 3  # shadow-only, live-only, both
+_MEAN_F = (
+    MEAN_FIELDS + 2
+)  # the six cluster sums of the paired differences, sum of live values, of shadow values
+
+
+class ShadowJudge:
+    """Paired shadow-vs-live judge of one rollout; same interface as ``watcher.judges.canary.Judge``."""
+
+    def __init__(
+        self, rollout: RolloutRef, policy: Policy, started_ts: float, settings: ShadowSettings | None = None
+    ) -> None:
+        self.rollout, self.policy, self.started_ts = rollout, policy, started_ts
+        self.settings = settings or ShadowSettings()
+        self.metrics = policy.enabled_metrics()
+        seg = policy.segments
+        self.slices = SliceMap(seg.keys, seg.max_keys, seg.max_values_per_key, seg.enabled)
+        self.field: dict[str, int] = {}
+        f = 1  # field 0: paired conversations
+        for m in self.metrics:
+            self.field[m.name] = f
+            f += _MEAN_F if m.kind == "mean" else _RATE_F
+        self.n_fields = f
+        self.means = [m for m in self.metrics if m.kind == "mean"]
+        self.rates = [m for m in self.metrics if m.kind != "mean"]
+        cp = policy.changepoint
+        self.schedule = RestartSchedule(cp.epoch_s, cp.restart_share, enabled=cp.enabled, span=cp.span_epochs)
+        self.cum = np.zeros((self.slices.size, self.n_fields))
+        self.epochs: dict[int, np.ndarray] = {}
+        # per conversation: (S, n) of each mean metric's differences; cols: epoch, decided bits, slices
+        self.conv = ConvRows(
+            self.settings.conversations, 2 * len(self.means), 2 + max(self.slices.max_keys, 1)
+        )
+        self.pending: OrderedDict[tuple[str, int], tuple[float, bool, Any]] = OrderedDict()
+        self.counts = {"paired": 0, "unpaired_live": 0, "unpaired_shadow": 0, "duplicates": 0}
+        self.tail_q: dict[str, float] = {}
+        self._tail_buf: list[float] = []
+        self.watermark = -math.inf
+
+    # -- ingestion ----------------------------------------------------------------------------------
+    def update(
+        self,
+        turns: Sequence[Any],
+        arms: Sequence[str],
+        canary_weight: float | None = None,
+        columns: Any = None,
+    ) -> None:
+        """Pair the batch's shadow and live turns and add the completed pairs; other arms are ignored."""
+        pairs: list[tuple[Any, Any]] = []
+        pending, counts = self.pending, self.counts
+        live_lat: list[float] = []
+        need_tail = len(self.tail_q) < sum(m.kind == "tail" for m in self.rates)
+        for t, arm in zip(turns, arms):
+            shadow = arm == "shadow"
+            if not shadow and arm not in LIVE_ARMS:
+                continue
+            if t.ts > self.watermark:
+                self.watermark = t.ts
+            if need_tail and not shadow and t.latency_ms is not None:
+                live_lat.append(t.latency_ms)
+            key = (t.conversation_id, t.turn)
+            other = pending.get(key)
+            if other is None:
+                pending[key] = (t.ts, shadow, t)
+            elif other[1] == shadow:
+                counts["duplicates"] += 1
+            else:
+                del pending[key]
+                pairs.append((t, other[2]) if not shadow else (other[2], t))  # (live, shadow)
+        self._expire()
+        if live_lat:
+            self._fix_tails(live_lat)
+        if pairs:
+            counts["paired"] += len(pairs)
+            self._add_pairs(pairs)
+
+    def _expire(self) -> None:
+        limit = self.watermark - self.settings.pair_window_s
+        pending, counts = self.pending, self.counts
+        while pending:
+            key = next(iter(pending))
+            ts, shadow, _ = pending[key]
+            if ts >= limit and len(pending) <= self.settings.max_pending:
+                break
+            del pending[key]
+            counts["unpaired_shadow" if shadow else "unpaired_live"] += 1
+
+    def _fix_tails(self, lat: list[float]) -> None:
+        self._tail_buf.extend(lat)
+        if len(self._tail_buf) >= _TAIL_LIVE_TURNS:  # fixed once, from live data only
+            x = np.asarray(self._tail_buf)
+            for m in self.rates:
+                if m.kind == "tail":
+                    self.tail_q[m.name] = float(np.quantile(x, m.quantile or 0.95))
+            self._tail_buf = []
+
+    def _add_pairs(self, pairs: list[tuple[Any, Any]]) -> None:
+        live = [p[0] for p in pairs]
+        shadow = [p[1] for p in pairs]
+        n = len(pairs)
+        rows, new = self.conv.rows([t.conversation_id for t in live])
+        conv = self.conv
+        if new.any():
+            at = np.flatnonzero(new)
+            ts = np.fromiter((max(live[i].ts, shadow[i].ts) for i in at.tolist()), float, len(at))
+            conv.cols[rows[at], 0] = self.schedule.epoch_of(ts - self.started_ts)
+            conv.cols[rows[at], 1] = 0
+            if self.slices.max_keys:
+                conv.cols[rows[at], 2 : 2 + self.slices.max_keys] = self.slices.slices(
+                    [live[i].segment for i in at.tolist()]
+                )
+        epoch = int(self.schedule.epoch_of(np.asarray(self.watermark - self.started_ts)))
+        if epoch > self.schedule.current:
+            self.schedule.current = epoch
+            for e in [e for e in self.epochs if e <= epoch - self.schedule.span]:
+                del self.epochs[e]
+        u, inv = np.unique(rows, return_inverse=True)
+        delta = np.zeros((len(u), self.n_fields))
+        delta[:, 0] = np.bincount(inv, weights=new, minlength=len(u))
+        for j, m in enumerate(self.means):
+            lv = np.fromiter((metric_value(t, m.name) for t in live), float, n)
+            sv = np.fromiter((metric_value(t, m.name) for t in shadow), float, n)
+            d = sv - lv
+            ok = ~np.isnan(d)
+            old = conv.sums[u][:, 2 * j : 2 * j + 2]
+            s_new = old[:, 0] + np.bincount(inv[ok], weights=d[ok], minlength=len(u))
+            n_new = old[:, 1] + np.bincount(inv[ok], minlength=len(u))
+            conv.sums[u, 2 * j], conv.sums[u, 2 * j + 1] = s_new, n_new
+            f = self.field[m.name]
+            delta[:, f : f + MEAN_FIELDS] = mean_deltas(old[:, 0], old[:, 1], s_new, n_new)
+            delta[:, f + MEAN_FIELDS] = np.bincount(inv[ok], weights=lv[ok], minlength=len(u))
+            delta[:, f + MEAN_FIELDS + 1] = np.bincount(inv[ok], weights=sv[ok], minlength=len(u))
+        bits = conv.cols[u, 1]
+        for b, m in enumerate(self.rates):
+            if m.kind == "tail":
+                q = self.tail_q.get(m.name)
+                if q is None:
+                    continue
+                le = np.fromiter((t.latency_ms is not None and t.latency_ms > q for t in live), bool, n)
+                se = np.fromiter((t.latency_ms is not None and t.latency_ms > q for t in shadow), bool, n)
+            else:
+                attr = _EVENT[m.name]
+                le = np.fromiter((getattr(t, attr) for t in live), bool, n)
+                se = np.fromiter((getattr(t, attr) for t in shadow), bool, n)
+            cand = np.flatnonzero((le | se) & (((bits[inv] >> b) & 1) == 0))
+            if not len(cand):
+                continue
+            # the conversation's first paired turn with the event on either side decides it, once
+            cu, first = np.unique(inv[cand], return_index=True)
+            at = cand[first]
+            f = self.field[m.name]
+            delta[cu, f] = se[at] & ~le[at]
+            delta[cu, f + 1] = le[at] & ~se[at]
+            delta[cu, f + 2] = le[at] & se[at]
+            bits[cu] |= 1 << b
+        conv.cols[u, 1] = bits
+        self._scatter(conv.cols[u], delta)
+
+    def _scatter(self, cols: np.ndarray, delta: np.ndarray) -> None:
+        sl = np.concatenate(
+            [np.zeros((len(cols), 1), np.int64), cols[:, 2 : 2 + self.slices.max_keys]], axis=1
+        )
+        for e in np.unique(cols[:, 0]).tolist():
+            at = cols[:, 0] == e
+            targets = [self.cum]
+            if e >= 1 and self.schedule.enabled and e > self.schedule.current - self.schedule.span:
+                targets.append(self.epochs.setdefault(e, np.zeros_like(self.cum)))
+            for k in range(sl.shape[1]):
+                ok = at & (sl[:, k] >= 0)
+                if ok.any():
+                    for table in targets:
+                        np.add.at(table, sl[ok, k], delta[ok])
+
+    # -- evidence -----------------------------------------------------------------------------------
+    def _alpha(self, segment: bool) -> float:
+        return slice_alpha(self.policy, len(self.metrics), self.slices, segment)
+
+    def _blocks(self) -> list[tuple[str, np.ndarray, float]]:
+        out = [("", self.cum, self.schedule.cumulative_fraction())]
+        for j, frac in self.schedule.live_windows():
+            parts = [t for e, t in self.epochs.items() if j <= e < j + self.schedule.span]
+            if parts:
+                out.append((f" [restarted at +{j * self.schedule.epoch_s / 3600:.1f}h]", sum(parts), frac))
+        return out
+
+    def evidence(self, ts: float) -> RolloutEvidence:
+        g_all = self.cum[:, 0]
+        judged = [
+            s
+            for s in sorted(self.slices.names)
+            if s == 0 or g_all[s] >= self.policy.segments.min_conversations
+        ]
+        sl = np.asarray(judged, np.int64)
+        base = np.where(sl > 0, math.log(1 / self._alpha(True)), math.log(1 / self._alpha(False)))
+        blocks = self._blocks()
+        rows: list[MetricEvidence] = []
+        pass_thr = math.log(1 / self.policy.promote.alpha)
+        for m in self.metrics:
+            per_block = [self._test(m, b[sl], base + math.log(1 / frac)) for _, b, frac in blocks]
+            lep0 = per_block[0][1]
+            for i, s in enumerate(sl.tolist()):
+                g = int(self.cum[s, 0])
+                unit_ok = g >= m.min_samples and not (m.kind == "tail" and m.name not in self.tail_q)
+                if not unit_ok:
+                    if s == 0:
+                        rows.append(self._nodata(m, g))
+                    continue
+                margins = [
+                    (pb[0][i] - (base[i] + math.log(1 / frac)), k)
+                    for k, (pb, (_, _, frac)) in enumerate(zip(per_block, blocks))
+                    if blocks[k][1][s, 0] >= m.min_samples
+                ]
+                best, k = max(margins)
+                fail = best >= 0
+                k = k if fail else 0
+                verdict = (
+                    Verdict.FAIL if fail else Verdict.PASS if lep0[i] >= pass_thr else Verdict.INCONCLUSIVE
+                )
+                rows.append(
+                    self._row(
+                        m,
+                        self.slices.names[s],
+                        verdict,
+                        blocks[k][0],
+                        blocks[k][1][s],
+                        per_block[k],
+                        i,
+                        base[i] + math.log(1 / blocks[k][2]),
+                    )
+                )
+        g = int(self.cum[0, 0])
+        return RolloutEvidence(self.rollout.rollout_id, ts, ts - self.started_ts, tuple(rows), None, g, g)
+
+    def _test(self, m: MetricPolicy, x: np.ndarray, log_thr: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(log e fail, log e pass, effect, lower, upper) per slice row of ``x``."""
+        f = self.field[m.name]
+        if m.kind == "mean":
+            mean, var, _ = cluster_mean(x[:, f : f + MEAN_FIELDS])
+            tol, tau, sign = mean_params(m)
+            ptol, ptau, _ = mean_params(m, promote=True)
+            lef, lep = (
+                msprt_log_evalue(sign * (mean - tol), var, tau),
+                msprt_log_evalue(-sign * (mean - ptol), var, ptau),
+            )
+            with np.errstate(invalid="ignore"):
+                hw = msprt_half_width(var, tau, log_thr)
+            return lef, lep, mean, mean - hw, mean + hw
+        c, b = x[:, f : f + 1], x[:, f + 1 : f + 2]
+        up = m.direction.value == "higher_is_worse"
+        fail, ok = np.asarray(FAIL_GRID), np.asarray(PASS_GRID)
+        lef = rate_log_evalue(c, b, _HALF, m.tolerance, m.tolerance * (fail if up else 1 / fail))
+        ptol = m.pass_tolerance
+        lep = rate_log_evalue(c, b, _HALF, ptol, ptol * (1 / ok if up else ok))
+        lo, hi, mle = rate_confidence_sequence(c, b, _HALF, log_thr)
+        return lef, lep, mle, lo, hi
+
+    def _row(
+        self,
+        m: MetricPolicy,
+        name: str,
+        verdict: Verdict,
+        label: str,
+        x: np.ndarray,
+        t: tuple[np.ndarray, ...],
+        i: int,
+        log_thr: float,
+    ) -> MetricEvidence:
+        lef, _, eff, lo, hi = (float(a[i]) for a in t)
+        f, g = self.field[m.name], int(x[0])
+        relative = m.tolerance_mode is ToleranceMode.RELATIVE
+        if m.kind == "mean":
+            n = x[f + 1]
+            e0 = x[f + MEAN_FIELDS] / n if n else math.nan
+            e1 = x[f + MEAN_FIELDS + 1] / n if n else math.nan
+            if relative:
+                eff, lo, hi, e0, e1 = (
+                    math.exp(v) if math.isfinite(v) else math.nan for v in (eff, lo, hi, e0, e1)
+                )
+            what = f"paired {m.name} difference"
+            counts = ""
+        else:
+            so, lo_only, both = x[f], x[f + 1], x[f + 2]
+            e0, e1 = (lo_only + both) / g, (so + both) / g
+            what = f"{m.name} discordance (shadow-only / live-only)"
+            if m.kind == "tail":
+                what = f"{m.name} (> {self.tail_q[m.name]:.0f} ms) discordance (shadow-only / live-only)"
+            counts = f", shadow-only {int(so)} vs live-only {int(lo_only)}, both {int(both)}"
+        stat, thr = math.exp(min(lef, 700.0)), math.exp(log_thr)
+        verb = "rose" if eff > (1.0 if relative else 0.0) else "fell"
+        mag = f"x{fmt(eff)}" if relative else fmt(abs(eff))
+        cmp = ">=" if verdict is Verdict.FAIL else "<"
+        tail = {Verdict.PASS: "; non-inferior", Verdict.FAIL: "", Verdict.INCONCLUSIVE: "; inconclusive"}[
+            verdict
+        ]
+        reason = (
+            f"{what} in {name} {verb} {mag} ({fmt(lo)}..{fmt(hi)}, e={stat:.3g} {cmp} {thr:.3g}) "
+            f"shadow {fmt(e1)} vs live {fmt(e0)} over n={g} paired conversations{counts}{tail}{label}"
+        )
+        return MetricEvidence(
+            m.name,
+            name,
+            verdict,
+            ArmEstimate(g, opt(e0)),
+            ArmEstimate(g, opt(e1)),
+            opt(eff),
+            "ratio" if relative else "difference",
+            opt(lo),
+            opt(hi),
+            stat,
+            thr,
+            m.tolerance,
+            m.critical,
+            reason,
+            m.pass_tolerance,
+        )
+
+    def _nodata(self, m: MetricPolicy, g: int) -> MetricEvidence:
+        unit = "ratio" if m.tolerance_mode is ToleranceMode.RELATIVE else "difference"
+        reason = (
+            f"{m.name} in all: not enough paired data yet (n={g} paired conversations, need "
+            f"{m.min_samples}; {self.counts['paired']} paired turns)"
+        )
+        return MetricEvidence(
+            m.name,
+            "all",
+            Verdict.NODATA,
+            ArmEstimate(g, None),
+            ArmEstimate(g, None),
+            None,
+            unit,
+            None,
+            None,
+            1.0,
+            1 / self._alpha(False),
+            m.tolerance,
+            m.critical,
+            reason,
+            m.pass_tolerance,
+        )
+
+    def pairing(self) -> dict[str, int]:
+        """Paired / unpaired turn counts (unpaired: the counterpart never came within the window)."""
+        return {**self.counts, "pending": len(self.pending)}
+
+    # -- state --------------------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        # pending turns are not kept: after a restart they count as unpaired (bounded loss, documented)
+        return {
+            "v": _STATE_V,
+            "kind": "shadow",
+            "rollout": asdict(self.rollout),
+            "started_ts": self.started_ts,
+            "settings": asdict(self.settings),
+            "slices": self.slices.to_state(),
+            "cum": array_to_state(self.cum),
+            "epochs": {str(e): array_to_state(t) for e, t in self.epochs.items()},
+            "schedule": self.schedule.to_state(),
+            "conv": self.conv.to_state(),
+            "counts": {
+                **self.counts,
+                "unpaired_live": self.counts["unpaired_live"]
+                + sum(not s for _, s, _ in self.pending.values()),
+                "unpaired_shadow": self.counts["unpaired_shadow"]
+                + sum(s for _, s, _ in self.pending.values()),
+            },
+            "tail_q": self.tail_q,
+            "tail_buf": self._tail_buf,
+            "watermark": self.watermark if math.isfinite(self.watermark) else None,
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any], policy: Policy | None = None) -> ShadowJudge:
+        if d.get("v") != _STATE_V or d.get("kind") != "shadow":
+            raise ValueError(f"unknown shadow judge state {d.get('kind')!r} v{d.get('v')!r}")
+        policy = policy if policy is not None else load_policy(None).default
+        j = cls(RolloutRef(**d["rollout"]), policy, d["started_ts"], ShadowSettings(**d["settings"]))
+        j.slices = SliceMap.from_state(d["slices"])
+        j.cum = array_from_state(d["cum"])
+        j.epochs = {int(e): array_from_state(t) for e, t in d["epochs"].items()}
+        j.schedule = RestartSchedule.from_state(d["schedule"])
+        j.conv = ConvRows.from_state(d["conv"])
+        j.counts = dict(d["counts"])
+        j.tail_q, j._tail_buf = dict(d["tail_q"]), list(d["tail_buf"])
+        j.watermark = d["watermark"] if d["watermark"] is not None else -math.inf
+        return j
+
+
+def slice_alpha(policy: Policy, n_metrics: int, slices: SliceMap, segment: bool) -> float:
+    """One test's share of the error budget: Bonferroni over metrics, then overall vs segment slices."""
+    a = policy.alpha / max(n_metrics, 1)
+    if not slices.max_keys:
+        return a
+    share = policy.segments.budget_share
+    return a * share / (slices.size - 1) if segment else a * (1 - share)

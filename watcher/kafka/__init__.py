@@ -1,0 +1,24 @@
+"""Kafka (layer: I/O). ``source``: the consumer group in batches (``KafkaSource``, ``MessageBatch``) and
+``FileSource``; ``fast_fetch``: aiokafka's record batches taken whole; ``deadletter``: the
+dead-letter topic (and file / null variants); ``embedded``: the embedded broker and topic creation.
+"""
+
+from __future__ import annotations
+
+from watcher.kafka.deadletter import DeadLetters, KafkaDeadLetters
+from watcher.kafka.embedded import EmbeddedBroker, TopicSpec, create_topics
+from watcher.kafka.source import KafkaSource, Message, MessageBatch, Origins, Source, next_offsets
+
+__all__ = [
+    "DeadLetters",
+    "EmbeddedBroker",
+    "KafkaDeadLetters",
+    "KafkaSource",
+    "Message",
+    "MessageBatch",
+    "Origins",
+    "Source",
+    "TopicSpec",
+    "create_topics",
+    "next_offsets",
+]

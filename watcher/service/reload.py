@@ -1,0 +1,186 @@
+"""Configuration reload without a restart (SIGHUP to ``watcher run``; ``Daemon.reload``).
+
+What reloads: the policy (``judge.policy_file`` and the file's content) and the sinks (``sinks``).
+Both are swapped between two batches without losing state: running judges keep their statistics
+(``Engine.replace_policies``), the outbox keeps every pending delivery (``Outbox.replace_sinks``).
+Every other setting is read once at start-up (consumer group, ports, files, windows...): a reload
+that changes one of them reports its name and leaves it as it is, until a restart.
+
+``plan_reload`` is the pure-ish half: it reads the new configuration and the new policy exactly as
+start-up would (YAML < environment < command-line overrides), validates both, and says what changed.
+Any invalid value raises ``ConfigError`` naming the field, and nothing is applied: the configuration
+in force stays in force.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from watcher.config import Settings, load_settings
+from watcher.errors import ConfigError
+from watcher.judges import PolicySet, load_policy
+from watcher.outbox import SinkSwap
+
+__all__ = ["ConfigSource", "ReloadPlan", "ReloadResult", "ReloadMetrics", "plan_reload", "RELOADABLE"]
+
+# dotted settings a reload applies; everything else needs a restart
+RELOADABLE = ("judge.policy_file", "sinks")
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where the running settings came from, so a reload reads them the same way.
+
+    ``environ`` None: the process environment at the time of the reload."""
+
+    path: str | Path | None = None
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    environ: Mapping[str, str] | None = None
+
+
+def fingerprint(*paths: str | Path | None) -> str:
+    """What the files hold now (content, not mtime: a ConfigMap swaps a symlink; a missing file is
+    a value too). Equal fingerprints, nothing to reload."""
+    digest = hashlib.sha256()
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError as exc:
+            digest.update(f"unreadable {path}: {type(exc).__name__}".encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    settings: Settings  # the settings in force after the reload: the old ones with the reloadable parts new
+    policies: PolicySet  # the new policy set (validated)
+    policy_changed: bool
+    sinks_added: tuple[str, ...] = ()
+    sinks_removed: tuple[str, ...] = ()
+    sinks_changed: tuple[str, ...] = ()  # same name, other settings
+    restart_needed: tuple[str, ...] = ()  # dotted names of changed settings that are not applied
+
+    @property
+    def sinks_differ(self) -> bool:
+        return bool(self.sinks_added or self.sinks_removed or self.sinks_changed)
+
+    def summary(self) -> str:
+        parts = ["policy changed" if self.policy_changed else "policy unchanged"]
+        if self.sinks_differ:
+            for what, names in (
+                ("added", self.sinks_added),
+                ("changed", self.sinks_changed),
+                ("removed", self.sinks_removed),
+            ):
+                if names:
+                    parts.append(f"sinks {what}: {', '.join(names)}")
+        else:
+            parts.append("sinks unchanged")
+        if self.restart_needed:
+            parts.append(f"not applied until a restart: {', '.join(self.restart_needed)}")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What ``Daemon.reload`` did. ``applied`` False: nothing changed, ``error`` says why."""
+
+    applied: bool
+    error: str | None = None
+    field: str | None = None  # the invalid setting (ConfigError.field) when rejected
+    plan: ReloadPlan | None = None
+    # rollout id -> why its judge keeps the policy it started with (Engine.replace_policies)
+    policies_kept: dict[str, str] = dataclasses.field(default_factory=dict)
+    sinks: SinkSwap | None = None
+
+
+def plan_reload(
+    old: Settings,
+    config_path: str | Path | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    current_policies: PolicySet | None = None,
+) -> ReloadPlan:
+    """Load and validate the configuration and the policy file again; say what changed.
+
+    ``env`` None: ``os.environ``. ``overrides``: the command-line overrides the process started with
+    (``--policy``, ``--http-port``...), applied again so they neither get lost nor look changed.
+    ``current_policies``: the policy set in force (None: reported as changed, which is harmless:
+    judges whose policy is equal are left alone). Raises ``ConfigError`` naming the field.
+    """
+    new = load_settings(config_path, environ=os.environ if env is None else env, overrides=overrides)
+    try:
+        policies = load_policy(new.judge.policy_file)
+    except ConfigError as exc:  # its field is the policy file's own ("defaults.alpha"): say which file
+        where = new.judge.policy_file or "the bundled policy"
+        raise ConfigError(exc.field, f"{exc.message} (policy file {where})") from None
+    old_sinks = {s.name: s for s in old.sinks}
+    new_sinks = {s.name: s for s in new.sinks}
+    applied = dataclasses.replace(
+        old, sinks=new.sinks, judge=dataclasses.replace(old.judge, policy_file=new.judge.policy_file)
+    )
+    return ReloadPlan(
+        settings=applied,
+        policies=policies,
+        policy_changed=current_policies is None or policies != current_policies,
+        sinks_added=tuple(n for n in new_sinks if n not in old_sinks),
+        sinks_removed=tuple(n for n in old_sinks if n not in new_sinks),
+        sinks_changed=tuple(n for n in new_sinks if n in old_sinks and new_sinks[n] != old_sinks[n]),
+        restart_needed=tuple(_changed(old, new, "")),
+    )
+
+
+def _changed(old: Any, new: Any, prefix: str) -> list[str]:
+    """Dotted names of the settings that differ, except the reloadable ones (names only: no values,
+    so a changed secret is reported without being shown)."""
+    out: list[str] = []
+    for f in dataclasses.fields(old):
+        name = prefix + f.name
+        if name in RELOADABLE:
+            continue
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+            out.extend(_changed(a, b, name + "."))
+        elif a != b:
+            out.append(name)
+    return out
+
+
+class ReloadMetrics:
+    """``watcher_config_reloads_total{result}`` and the time of the last successful load."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.reloads = Counter(
+            "watcher_config_reloads",
+            "Configuration reloads by result (applied, rejected)",
+            ["result"],
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "watcher_config_last_reload_success_timestamp_seconds",
+            "When the configuration in force was loaded (start-up or the last applied reload; Unix time)",
+            registry=registry,
+        )
+        for result in ("applied", "rejected"):
+            self.reloads.labels(result)
+        self.last_success.set(time.time())  # start-up loaded it
+
+    def applied(self) -> None:
+        self.reloads.labels("applied").inc()
+        self.last_success.set(time.time())
+
+    def rejected(self) -> None:
+        self.reloads.labels("rejected").inc()

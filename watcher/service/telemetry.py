@@ -1,0 +1,291 @@
+"""watcher's own observability: Prometheus metrics and OpenTelemetry traces.
+
+Per-series metrics are never updated per event: ``StateCollector`` computes their exposition at
+scrape time from the engine's state (prometheus-client's custom-collector contract), so the hot path
+pays nothing for them. watcher's own health counters are updated once per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+import watcher
+from watcher.config import TelemetrySettings
+from watcher.contract import Action, RejectReason
+
+if TYPE_CHECKING:
+    from watcher.engine import Engine
+
+log = logging.getLogger(__name__)
+
+VERSION_LABELS = ["agent", "environment", "version", "arm"]
+SEGMENT_LABELS = [*VERSION_LABELS, "segment_key", "segment_value"]
+ROLLOUT_LABELS = ["rollout_id", "agent", "environment", "strategy", "baseline_version", "canary_version"]
+WINDOWS = ("cumulative", "recent")
+QUANTILES = (("0.5", "latency_p50_ms"), ("0.95", "latency_p95_ms"), ("0.99", "latency_p99_ms"))
+RATES = (
+    ("escalation_ratio", "escalation_rate", "share of turns handed to a human"),
+    ("error_ratio", "error_rate", "share of turns where the agent failed to answer"),
+    ("compliance_violation_ratio", "compliance_rate", "share of turns flagged by a compliance check"),
+)
+COUNTS = (
+    ("turns", "turns", "agent turns"),
+    ("conversations", "conversations", "conversations (counted at their first turn)"),
+    ("turn_escalations", "escalations", "turns handed to a human"),
+    ("turn_errors", "errors", "turns where the agent failed to answer"),
+    ("turn_compliance_violations", "compliance_violations", "turns flagged by a compliance check"),
+)
+
+
+class WatcherMetrics:
+    """watcher's own health, registered on an injected registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events_consumed = Counter(
+            "watcher_events_consumed", "Messages consumed, by topic", ["topic"], registry=registry
+        )
+        self.events_rejected = Counter(
+            "watcher_events_rejected",
+            "Messages rejected by validation, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in RejectReason:
+            self.events_rejected.labels(reason.value)
+        self.events_duplicate = Counter(
+            "watcher_events_duplicate", "Messages ignored as duplicate event ids", registry=registry
+        )
+        self.dead_letters = Counter(
+            "watcher_dead_letters_published",
+            "Rejected messages published to the dead-letter sink",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "watcher_consumer_lag_messages",
+            "Messages behind the high watermark",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.batch_duration = Histogram(
+            "watcher_batch_duration_seconds",
+            "Time to process one batch (decode, state, judge)",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
+        self.batch_events = Histogram(
+            "watcher_batch_events",
+            "Messages per batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+            registry=registry,
+        )
+        self.last_batch = Gauge(
+            "watcher_last_batch_timestamp_seconds", "Wall time of the last processed batch", registry=registry
+        )
+        self.ready = Gauge("watcher_ready", "1 while watcher consumes telemetry", registry=registry)
+        self.decisions = Counter(
+            "watcher_decisions",
+            "Decisions taken, by action",
+            ["agent", "environment", "action"],
+            registry=registry,
+        )
+        self.drift_signals = Counter(
+            "watcher_drift_signals",
+            "Drift signals raised",
+            ["agent", "environment", "version", "metric"],
+            registry=registry,
+        )
+        build = Gauge("watcher_build_info", "watcher's version", ["version"], registry=registry)
+        build.labels(watcher.__version__).set(1)
+
+
+class StateCollector(Collector):
+    """Exposes the engine's per-series state, rollouts and verdicts, computed at scrape time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            yield from self._series()
+            yield from self._rollouts()
+            yield from self._verdicts()
+        except Exception:  # a scrape must never take the daemon down; the log says why
+            log.exception("collecting state metrics failed")
+
+    def _series(self) -> Iterator[Metric]:
+        state = self._engine.state
+        families: dict[str, Metric] = {}
+
+        def family(kind: type, name: str, doc: str, labels: list[str]) -> Any:
+            if name not in families:
+                families[name] = kind(name, doc, labels=labels)
+            return families[name]
+
+        shares: dict[tuple[str, str, str], dict[tuple[str, str], float]] = {}
+        for key in state.keys():
+            agent, env, version, arm, seg_key, seg_value = key
+            segmented = bool(seg_key)
+            prefix = "watcher_segment_" if segmented else "watcher_"
+            labels = SEGMENT_LABELS if segmented else VERSION_LABELS
+            values = [agent, env, version, arm, *([seg_key, seg_value] if segmented else [])]
+            cumulative = state.snapshot(key, "cumulative")
+            for name, attr, doc in COUNTS:
+                family(CounterMetricFamily, prefix + name, doc, labels).add_metric(
+                    values, float(getattr(cumulative, attr) or 0)
+                )
+            for window in WINDOWS:
+                snap = cumulative if window == "cumulative" else state.snapshot(key, window)
+                wl = [*values, window]
+                wlabels = [*labels, "window"]
+                if snap.quality_mean is not None:
+                    family(
+                        GaugeMetricFamily, prefix + "quality_mean", "mean LLM-judge quality score", wlabels
+                    ).add_metric(wl, snap.quality_mean)
+                    family(
+                        GaugeMetricFamily, prefix + "quality_stddev", "std deviation of quality", wlabels
+                    ).add_metric(wl, snap.quality_std or 0.0)
+                for q, attr in QUANTILES:
+                    value = getattr(snap, attr)
+                    if value is not None:
+                        family(
+                            GaugeMetricFamily,
+                            prefix + "latency_seconds",
+                            "turn latency quantile",
+                            [*wlabels, "quantile"],
+                        ).add_metric([*wl, q], value / 1000.0)
+                for name, attr, doc in RATES:
+                    value = getattr(snap, attr)
+                    if value is not None:
+                        family(GaugeMetricFamily, prefix + name, doc, wlabels).add_metric(wl, value)
+                if not segmented:
+                    if (agent, env, window) not in shares:
+                        shares[(agent, env, window)] = state.traffic_share(agent, env, window)
+                    share = shares[(agent, env, window)].get((version, arm))
+                    if share is not None:
+                        family(
+                            GaugeMetricFamily,
+                            "watcher_traffic_share_ratio",
+                            "share of the agent's turns",
+                            wlabels,
+                        ).add_metric(wl, share)
+        yield from families.values()
+
+    def _rollouts(self) -> Iterator[Metric]:
+        registry = self._engine.registry
+        info = GaugeMetricFamily(
+            "watcher_rollout_info", "rollouts and their state", labels=[*ROLLOUT_LABELS, "state"]
+        )
+        started = GaugeMetricFamily(
+            "watcher_rollout_started_timestamp_seconds",
+            "event time the rollout started",
+            labels=ROLLOUT_LABELS,
+        )
+        ended = GaugeMetricFamily(
+            "watcher_rollout_ended_timestamp_seconds",
+            "event time the rollout ended",
+            labels=[*ROLLOUT_LABELS, "outcome"],
+        )
+        weight = GaugeMetricFamily(
+            "watcher_rollout_canary_weight_ratio", "expected treatment share", labels=ROLLOUT_LABELS
+        )
+        for r in registry.all():
+            values = [
+                r.rollout_id,
+                r.agent_id,
+                r.environment,
+                r.strategy,
+                r.baseline_version or "",
+                r.canary_version or "",
+            ]
+            info.add_metric([*values, r.state.value], 1.0)
+            started.add_metric(values, r.started_ts)
+            if r.ended_ts is not None:
+                ended.add_metric([*values, r.state.value], r.ended_ts)
+            if r.active:
+                weight.add_metric(values, r.canary_weight)
+        markers = GaugeMetricFamily(
+            "watcher_deployment_marker_timestamp_seconds",
+            "event time of the last marker of each action",
+            labels=["agent", "environment", "action", "version"],
+        )
+        for (agent, env, action, version), ts in registry.marker_times.items():
+            markers.add_metric([agent, env, action, version], ts)
+        yield from (info, started, ended, weight, markers)
+
+    def _verdicts(self) -> Iterator[Metric]:
+        engine = self._engine
+        verdict = GaugeMetricFamily(
+            "watcher_rollout_verdict",
+            "1 for the rollout's current decision",
+            labels=["rollout_id", "agent", "environment", "canary_version", "decision"],
+        )
+        metric_labels = ["rollout_id", "agent", "environment", "metric", "slice"]
+        effect = GaugeMetricFamily(
+            "watcher_metric_effect", "treatment vs control effect", labels=metric_labels
+        )
+        lower = GaugeMetricFamily(
+            "watcher_metric_effect_lower", "anytime-valid lower bound", labels=metric_labels
+        )
+        upper = GaugeMetricFamily(
+            "watcher_metric_effect_upper", "anytime-valid upper bound", labels=metric_labels
+        )
+        evalue = GaugeMetricFamily("watcher_metric_evalue", "e-value against no harm", labels=metric_labels)
+        threshold = GaugeMetricFamily(
+            "watcher_metric_evalue_threshold", "e-value that rejects", labels=metric_labels
+        )
+        mverdict = GaugeMetricFamily(
+            "watcher_metric_verdict", "1 for the metric's current verdict", labels=[*metric_labels, "verdict"]
+        )
+        for r in engine.registry.all():
+            if r.rollout_id not in engine.judges and r.rollout_id not in engine.last_action:
+                continue
+            action = engine.last_action.get(r.rollout_id, Action.CONTINUE)
+            verdict.add_metric(
+                [r.rollout_id, r.agent_id, r.environment, r.canary_version or "", action.value], 1.0
+            )
+            evidence = engine.evidence.get(r.rollout_id)
+            if evidence is None:
+                continue
+            for m in evidence.metrics:
+                values = [r.rollout_id, r.agent_id, r.environment, m.metric, m.slice]
+                mverdict.add_metric([*values, m.verdict.value], 1.0)
+                evalue.add_metric(values, m.statistic)
+                threshold.add_metric(values, m.threshold)
+                if m.effect is not None:
+                    effect.add_metric(values, m.effect)
+                if m.lower is not None:
+                    lower.add_metric(values, m.lower)
+                if m.upper is not None:
+                    upper.add_metric(values, m.upper)
+        yield from (verdict, effect, lower, upper, evalue, threshold, mverdict)
+
+
+def setup_tracing(settings: TelemetrySettings) -> Any:
+    """An OpenTelemetry tracer for watcher's batches; a no-op tracer unless an exporter is set."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+    if settings.traces_exporter == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    elif settings.traces_exporter == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:  # pragma: no cover - depends on the optional extra
+            from watcher.errors import ConfigError
+
+            raise ConfigError(
+                "telemetry.traces_exporter", "otlp needs: pip install 'watcher[otlp]'"
+            ) from None
+        headers = dict(item.split("=", 1) for item in (settings.otlp_headers or "").split(",") if "=" in item)
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint, headers=headers or None))
+        )
+    return provider.get_tracer("watcher")

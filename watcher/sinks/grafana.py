@@ -1,0 +1,149 @@
+"""Grafana annotations: a region per rollout, a point per decision.
+
+* rollout ``started``: ``POST /api/annotations`` with ``time`` = the start (ms). The id Grafana answers is
+  kept in the outbox store (``region:<rollout_id>``), so the region can be closed after a restart.
+* rollout ``ended``: ``PATCH /api/annotations/<id>`` with ``timeEnd`` (and the outcome in the text and
+  tags). If the start was never annotated (the sink was added mid-rollout, or the start failed
+  permanently) the whole region is posted at once instead.
+* rollout ``updated`` (paused, resumed, weight changed) and decisions, drift: point annotations whose
+  text is the reason.
+
+Tags: ``watcher``, ``agent:<id>``, ``env:<env>``, ``version:<canary>``, ``rollout:<id>`` and the kind
+(``decision:<action>``, ``marker:<action>``, ``drift:<metric>``), plus the configured ``tags``; a
+dashboard finds organisation annotations by these tags. Auth: ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from watcher.contract import Item, ItemKind
+from watcher.sinks.base import NULL_STATE, Request, SinkState
+from watcher.sinks.webhook import HttpSink
+
+__all__ = ["GrafanaSink"]
+
+
+def _ms(ts: float) -> int:
+    return round(ts * 1000)
+
+
+class GrafanaSink(HttpSink):
+    def headers(self, request: Request, body: bytes) -> dict[str, str]:
+        out = super().headers(request, body)
+        out["Authorization"] = f"Bearer {self.settings.token}"
+        return out
+
+    def remembered(self, request: Request, payload: Any) -> Any:
+        if isinstance(payload, dict) and isinstance(payload.get("id"), int):
+            return payload["id"]
+        return None
+
+    def _api(self, path: str) -> str:
+        return (self.settings.url or "").rstrip("/") + path
+
+    def _tags(
+        self, agent: str, env: str, version: str | None, rollout_id: str | None, kind: str
+    ) -> list[str]:
+        tags = ["watcher", f"agent:{agent}", f"env:{env}"]
+        if version:
+            tags.append(f"version:{version}")
+        if rollout_id:
+            tags.append(f"rollout:{rollout_id}")
+        return [*tags, kind, *self.settings.tags]
+
+    def _scope(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.settings.dashboard_uid:
+            out["dashboardUID"] = self.settings.dashboard_uid
+        if self.settings.panel_id is not None:
+            out["panelId"] = self.settings.panel_id
+        return out
+
+    def render(self, item: Item, state: SinkState = NULL_STATE) -> list[Request]:
+        r = item.record
+        if item.kind is ItemKind.DECISION:
+            ro = r["rollout"]
+            body = {
+                **self._scope(),
+                "time": _ms(r["ts_unix"]),
+                "text": r["reason"],
+                "tags": self._tags(
+                    ro["agent_id"],
+                    ro["environment"],
+                    ro["canary_version"],
+                    ro["rollout_id"],
+                    f"decision:{r['action']}",
+                ),
+            }
+            return [Request(kind="point", url=self._api("/api/annotations"), body=body)]
+        if item.kind is ItemKind.DRIFT:
+            body = {
+                **self._scope(),
+                "time": _ms(r["ts_unix"]),
+                "text": r["reason"],
+                "tags": self._tags(
+                    r["agent_id"], r["environment"], r["version"], None, f"drift:{r['metric']}"
+                ),
+            }
+            return [Request(kind="point", url=self._api("/api/annotations"), body=body)]
+        return self._rollout(r, state)
+
+    def _rollout(self, r: dict[str, Any], state: SinkState) -> list[Request]:
+        ro = r["rollout"]
+        rid = ro["rollout_id"]
+        marker = r.get("marker") or {}
+        title = (
+            f"Rollout {ro['agent_id']}/{ro['environment']}: canary {ro['canary_version']} vs baseline "
+            f"{ro['baseline_version']} ({ro['strategy']}, weight {ro['canary_weight']})"
+        )
+        if r["kind"] == "started":
+            body = {
+                **self._scope(),
+                "time": _ms(ro["started_ts"]),
+                "text": title,
+                "tags": self._tags(
+                    ro["agent_id"], ro["environment"], ro["canary_version"], rid, "marker:started"
+                ),
+            }
+            return [
+                Request(
+                    kind="region_open", url=self._api("/api/annotations"), body=body, remember=f"region:{rid}"
+                )
+            ]
+        if r["kind"] == "ended":
+            end_ms = _ms(ro["ended_ts"] if ro.get("ended_ts") is not None else r["ts_unix"])
+            outcome = ro["state"]
+            tags = self._tags(
+                ro["agent_id"], ro["environment"], ro["canary_version"], rid, f"outcome:{outcome}"
+            )
+            region_id = state.get(f"region:{rid}")
+            text = f"{title}: {outcome}"
+            if region_id is not None:
+                body = {"timeEnd": end_ms, "text": text, "tags": tags}
+                return [
+                    Request(
+                        kind="region_close",
+                        method="PATCH",
+                        url=self._api(f"/api/annotations/{region_id}"),
+                        body=body,
+                    )
+                ]
+            body = {
+                **self._scope(),
+                "time": _ms(ro["started_ts"]),
+                "timeEnd": end_ms,
+                "text": text,
+                "tags": tags,
+            }
+            return [Request(kind="region_close", url=self._api("/api/annotations"), body=body)]
+        action = marker.get("action") or ro["state"]
+        body = {
+            **self._scope(),
+            "time": _ms(r["ts_unix"]),
+            "text": f"{ro['agent_id']}/{ro['environment']} {action} (weight {ro['canary_weight']})",
+            "tags": self._tags(
+                ro["agent_id"], ro["environment"], ro["canary_version"], rid, f"marker:{action}"
+            ),
+        }
+        return [Request(kind="point", url=self._api("/api/annotations"), body=body)]

@@ -1,0 +1,484 @@
+"""Anytime-valid building blocks of the canary judge (pure numerics, no I/O).
+
+Everything here is valid under continuous monitoring: an e-process E_n is a nonnegative
+(super)martingale under its null, so by Ville's inequality P(ever E_n >= 1/alpha) <= alpha and the
+judge may look after every batch. docs/statistics.md derives each piece and cites the sources.
+
+* Rates (escalation, error, compliance, latency-tail exceedance): the *conditional e-test*. A
+  conversation is the unit and is counted once, at its first event of a kind; under "treatment
+  event probability <= r_tol x control event probability" the arm of such a conversation is
+  Bernoulli(theta_{r_tol}(rho)) with rho the canary weight when the conversation started. It needs no
+  variance estimate (exact for rare events) and is robust to base rates drifting in both arms.
+* Means (quality, log-latency): a one-sided mixture SPRT (Johari et al. 2022) on a stratified
+  difference of turn-weighted means with a cluster-robust (per-conversation) variance.
+* Sample ratio: the conditional e-test again, on every conversation's arm, two-sided, tolerance 1.
+* Late regressions: ``RestartSchedule`` restarts every test at epoch boundaries and spends
+  alpha_j = share * alpha / (j (j + 1)) on the test restarted at epoch j (sum <= share * alpha).
+
+Functions accept leading "slice" dimensions so the judge evaluates all segments in one numpy call;
+the small classes are the scalar, checkpointable faces of the same functions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from scipy.special import log_ndtr
+
+__all__ = [
+    "FAIL_GRID",
+    "PASS_GRID",
+    "SRM_GRID",
+    "MEAN_FIELDS",
+    "RateTest",
+    "MeanTest",
+    "SampleRatioTest",
+    "RestartSchedule",
+    "MeanResult",
+    "theta",
+    "rate_log_evalue",
+    "rate_confidence_sequence",
+    "stratified_difference",
+    "msprt_log_evalue",
+    "msprt_half_width",
+    "restart_alpha",
+    "array_to_state",
+    "array_from_state",
+]
+
+# Multipliers of the null ratio mixed over (uniform weights). Large ratios let a broken canary trip
+# after a handful of events; the small ones keep power near the tolerance.
+FAIL_GRID: tuple[float, ...] = (1.1, 1.2, 1.35, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0, 30.0)
+PASS_GRID: tuple[float, ...] = (1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
+SRM_GRID: tuple[float, ...] = tuple(
+    sorted([1 / m for m in (1.1, 1.25, 1.5, 2.0, 4.0, 10.0, 30.0)] + [1.1, 1.25, 1.5, 2.0, 4.0, 10.0, 30.0])
+)
+# Per-arm sufficient statistics of a cluster-robust mean: sum of per-conversation sums S_i, of turn
+# counts n_i, of S_i^2, S_i*n_i, n_i^2, and the number of conversations with n_i > 0.
+MEAN_FIELDS = 6
+_CS_STEP = math.log(1.05)
+_CS_HALF = 95  # main grid: ratios 1.05^-95 .. 1.05^95 (about 1/100 .. 100)
+_CS_OFFSETS = np.array([2, 4, 8, 15, 23, 47, 70])  # ~x1.1, 1.2, 1.5, 2.1, 3.1, 9.9, 30
+_CS_OFFSETS = np.concatenate([-_CS_OFFSETS[::-1], _CS_OFFSETS])
+_CS_PAD = 70
+
+
+def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """numpy log-sum-exp (scipy's has ~100 us of overhead per call, too much per batch)."""
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return np.squeeze(m, axis) + np.log(np.sum(np.exp(x - m), axis=axis))
+
+
+def theta(r: np.ndarray | float, rho: np.ndarray | float) -> np.ndarray:
+    """P(an event's conversation is in the treatment) when p_t = r * p_c and P(treatment) = rho."""
+    r = np.asarray(r, dtype=float)
+    rho = np.asarray(rho, dtype=float)
+    return rho * r / (rho * r + 1.0 - rho)
+
+
+def _loglik(c: np.ndarray, b: np.ndarray, rhos: np.ndarray, ratios: np.ndarray) -> np.ndarray:
+    """Conditional log-likelihood, up to a constant: (..., R) counts -> (..., K) over ``ratios``."""
+    th = theta(ratios[:, None], rhos[None, :])  # (K, R)
+    return c @ np.log(th).T + b @ np.log1p(-th).T
+
+
+def rate_log_evalue(
+    c: np.ndarray, b: np.ndarray, rhos: np.ndarray, r_null: float, alternatives: np.ndarray
+) -> np.ndarray:
+    """log of mean_k L(r_k) / L(r_null): an e-process against "ratio on the far side of r_null".
+
+    ``c``/``b``: treatment / control event counts by assignment probability, shape (..., R).
+    Alternatives above r_null test "ratio <= r_null" (the likelihood ratio is a supermartingale for
+    every true ratio below it), alternatives below test "ratio >= r_null".
+    """
+    alts = np.asarray(alternatives, dtype=float)
+    ll = _loglik(c, b, rhos, np.concatenate([[r_null], alts]))
+    return logsumexp(ll[..., 1:] - ll[..., :1], axis=-1) - math.log(len(alts))
+
+
+def rate_confidence_sequence(
+    c: np.ndarray, b: np.ndarray, rhos: np.ndarray, log_threshold: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Anytime-valid interval for the ratio and its conditional MLE, per leading index.
+
+    The interval is {r0 : mixture over r0 * m (m two-sided) of L(r0 m)/L(r0) < threshold}, computed on
+    a log grid (step 5 %). NaN marks an unbounded side (or no estimate).
+    """
+    log_th, log_1m = _cs_grid(tuple(np.asarray(rhos, dtype=float).tolist()))
+    ll = c @ log_th + b @ log_1m  # (..., G)
+    main = slice(_CS_PAD, _CS_PAD + 2 * _CS_HALF + 1)
+    ll_main = ll[..., main]
+    thr = np.expand_dims(np.asarray(log_threshold, dtype=float), -1)
+    inside = _cs_inside(ll, ll.max(axis=-1, keepdims=True), thr, 2 * _CS_HALF + 1)
+    r_main = _CS_GRID[main]
+    any_in = inside.any(axis=-1)
+    first = np.argmax(inside, axis=-1)
+    last = inside.shape[-1] - 1 - np.argmax(inside[..., ::-1], axis=-1)
+    lo = np.where(any_in & (first > 0), r_main[first], np.nan)
+    hi = np.where(any_in & (last < len(r_main) - 1), r_main[last], np.nan)
+    events = (c.sum(axis=-1) + b.sum(axis=-1)) > 0
+    arg = np.argmax(ll_main, axis=-1)
+    mle = np.where(events & (arg > 0) & (arg < len(r_main) - 1), r_main[arg], np.nan)
+    return lo, hi, mle
+
+
+def _cs_inside(ext: np.ndarray, mx: np.ndarray, thr: np.ndarray, w: int) -> np.ndarray:
+    """log e(r0) < thr for r0 on grid points pad .. pad + w - 1 of ``ext`` (..., grid), as one
+    log-sum-exp per point would decide it."""
+    log_k = math.log(len(_CS_OFFSETS))
+    p = _CS_PAD
+    ll_r0 = ext[..., p : p + w]
+    # log mean_k L(r0 m_k)/L(r0) as log sum_k E(r0 m_k) - log E(r0) with E = exp(ll - max ll): one exp
+    # per grid point instead of one per (point, offset), and shifted sums as slices, not a gather.
+    e = np.exp(ext - mx)
+    s = sum(e[..., p + o : p + o + w] for o in _CS_OFFSETS.tolist())
+    with np.errstate(divide="ignore"):
+        log_e = np.log(s) - (ll_r0 - mx) - log_k
+    thr = np.broadcast_to(thr, log_e.shape)
+    tiny = s < 1e-290  # every shifted point far below the maximum: the sum lost precision
+    if tiny.any():
+        idx = np.nonzero(tiny)
+        # log e >= ll(r0 m) - ll(r0) - log K for any single offset: the widest offsets decide most
+        # such points ("outside") at once; the rest get the exact log-sum-exp.
+        o = int(_CS_OFFSETS.max())
+        far = np.maximum(ext[..., p - o : p - o + w][idx], ext[..., p + o : p + o + w][idx])
+        log_e[idx] = np.inf
+        exact = far - ll_r0[idx] - log_k < thr[idx]
+        if exact.any():
+            sub = tuple(i[exact] for i in idx)
+            shifted = np.stack([ext[..., p + o : p + o + w][sub] for o in _CS_OFFSETS.tolist()], -1)
+            log_e[sub] = logsumexp(shifted - ll_r0[sub][:, None], axis=-1) - log_k
+    return log_e < thr
+
+
+_CS_GRID = np.exp(np.arange(-_CS_HALF - _CS_PAD, _CS_HALF + _CS_PAD + 1) * _CS_STEP)
+
+
+@lru_cache(maxsize=16)
+def _cs_grid(rhos: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """log theta, log(1 - theta) on the confidence-sequence grid: (R, G); depends on the weights only."""
+    th = theta(_CS_GRID[:, None], np.asarray(rhos)[None, :])  # (G, R)
+    return np.log(th).T.copy(), np.log1p(-th).T.copy()
+
+
+def stratified_difference(treat: np.ndarray, ctrl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Treatment - control mean difference and its cluster-robust variance, pooled over strata.
+
+    ``treat``/``ctrl``: (..., R, MEAN_FIELDS). A stratum is a period of constant canary weight: within
+    it both arms see the same hours, so time-of-day drift cancels even while the weight ramps.
+    Strata are pooled with weights n_t n_c / (n_t + n_c) (outcome-free, like Mantel-Haenszel).
+    Returns (difference, variance); NaN where no stratum has >= 2 conversations in both arms.
+    """
+    mean_t, var_t, g_t = _cluster_mean(treat)
+    mean_c, var_c, g_c = _cluster_mean(ctrl)
+    ok = (g_t >= 2) & (g_c >= 2)
+    w = np.where(ok, g_t * g_c / np.maximum(g_t + g_c, 1), 0.0)
+    sw = w.sum(axis=-1)
+    d = np.where(ok, mean_t - mean_c, 0.0)
+    v = np.where(ok, var_t + var_c, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = (w * d).sum(axis=-1) / sw
+        var = (w * w * v).sum(axis=-1) / (sw * sw)
+    return np.where(sw > 0, diff, np.nan), np.where(sw > 0, np.maximum(var, 1e-12), np.nan)
+
+
+def _cluster_mean(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    s, n, s2, sn, n2, g = (a[..., i] for i in range(MEAN_FIELDS))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(n > 0, s / n, 0.0)
+        # Sandwich variance of the ratio estimator sum(S_i)/sum(n_i) with the conversation as the
+        # cluster: sum_i (S_i - m n_i)^2 / (sum n_i)^2, times G/(G-1).
+        resid = np.maximum(s2 - 2 * m * sn + m * m * n2, 0.0)
+        var = np.where((n > 0) & (g > 1), resid / (n * n) * g / np.maximum(g - 1, 1), np.inf)
+    return m, var, g
+
+
+def msprt_log_evalue(x: np.ndarray | float, var: np.ndarray | float, tau: float) -> np.ndarray:
+    """log of the one-sided normal-mixture SPRT against "mean <= 0" (half-normal mixture, scale tau).
+
+    Lambda = 2 sqrt(V/(V+tau^2)) exp(tau^2 x^2 / (2V(V+tau^2))) Phi(x tau / sqrt(V(V+tau^2))).
+    """
+    x = np.asarray(x, dtype=float)
+    v = np.asarray(var, dtype=float)
+    t2 = tau * tau
+    with np.errstate(invalid="ignore"):
+        out = (
+            math.log(2.0)
+            + 0.5 * np.log(v / (v + t2))
+            + t2 * x * x / (2 * v * (v + t2))
+            + log_ndtr(x * tau / np.sqrt(v * (v + t2)))
+        )
+    return np.where(np.isfinite(x) & np.isfinite(v), out, 0.0)
+
+
+def msprt_half_width(var: np.ndarray | float, tau: float, log_threshold: np.ndarray | float) -> np.ndarray:
+    """Half-width of the two-sided normal-mixture confidence sequence at threshold exp(log_threshold)."""
+    v = np.asarray(var, dtype=float)
+    t2 = tau * tau
+    return np.sqrt(v * (v + t2) / t2 * (2 * np.asarray(log_threshold) + np.log((v + t2) / v)))
+
+
+def restart_alpha(j: int, share: float) -> float:
+    """Alpha spent on the test restarted at epoch j >= 1: share / (j (j+1)); the sum over j is share."""
+    return share / (j * (j + 1))
+
+
+def array_to_state(a: np.ndarray) -> dict[str, Any]:
+    """Sparse JSON-safe form of a numeric array (most cells of a judge's tables are zero)."""
+    flat = a.ravel()
+    nz = np.flatnonzero(flat)
+    return {"shape": list(a.shape), "dtype": str(a.dtype), "idx": nz.tolist(), "val": flat[nz].tolist()}
+
+
+def array_from_state(d: dict[str, Any]) -> np.ndarray:
+    a = np.zeros(int(np.prod(d["shape"])), dtype=d["dtype"])
+    a[np.asarray(d["idx"], dtype=np.int64)] = np.asarray(d["val"], dtype=d["dtype"])
+    return a.reshape(d["shape"])
+
+
+class _RhoTable:
+    """Distinct assignment probabilities seen, bounded (a ramp has a handful of steps)."""
+
+    def __init__(self, rhos: list[float] | None = None, capacity: int = 32) -> None:
+        self.rhos: list[float] = list(rhos or [])
+        self.capacity = capacity
+
+    def index(self, rho: float) -> int:
+        rho = round(float(rho), 6)
+        if rho in self.rhos:
+            return self.rhos.index(rho)
+        if len(self.rhos) < self.capacity:
+            self.rhos.append(rho)
+            return len(self.rhos) - 1
+        return int(np.argmin([abs(r - rho) for r in self.rhos]))
+
+
+class RateTest:
+    """Conditional e-test of a rate ratio against a tolerance, with its confidence sequence.
+
+    ``update(treatment_events, control_events, rho)`` takes counts of conversations having their
+    first event, under assignment probability ``rho``. ``direction`` "higher_is_worse" fails when
+    the ratio exceeds ``r_tol``.
+    """
+
+    def __init__(self, r_tol: float = 1.0, *, direction: str = "higher_is_worse", capacity: int = 32) -> None:
+        self.r_tol = r_tol
+        self.direction = direction
+        self._rho = _RhoTable(capacity=capacity)
+        self.counts = np.zeros((capacity, 2))  # [:, 0] control, [:, 1] treatment
+
+    def update(self, treatment_events: float, control_events: float, rho: float) -> None:
+        if not 0.0 < rho < 1.0:
+            return
+        i = self._rho.index(rho)
+        self.counts[i, 1] += treatment_events
+        self.counts[i, 0] += control_events
+
+    def _cbr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        k = len(self._rho.rhos)
+        return self.counts[:k, 1], self.counts[:k, 0], np.asarray(self._rho.rhos)
+
+    def log_evalue_fail(self) -> float:
+        c, b, rhos = self._cbr()
+        if not len(rhos):
+            return 0.0
+        up = self.direction == "higher_is_worse"
+        alts = self.r_tol * np.asarray(FAIL_GRID) if up else self.r_tol / np.asarray(FAIL_GRID)
+        return float(rate_log_evalue(c, b, rhos, self.r_tol, alts))
+
+    def log_evalue_pass(self) -> float:
+        c, b, rhos = self._cbr()
+        if not len(rhos):
+            return 0.0
+        up = self.direction == "higher_is_worse"
+        alts = self.r_tol / np.asarray(PASS_GRID) if up else self.r_tol * np.asarray(PASS_GRID)
+        return float(rate_log_evalue(c, b, rhos, self.r_tol, alts))
+
+    def confidence_sequence(self, alpha: float) -> tuple[float, float, float]:
+        """(lower, upper, mle) of the ratio; NaN for an unbounded side."""
+        c, b, rhos = self._cbr()
+        if not len(rhos):
+            return math.nan, math.nan, math.nan
+        lo, hi, mle = rate_confidence_sequence(c, b, rhos, math.log(1 / alpha))
+        return float(lo), float(hi), float(mle)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "r_tol": self.r_tol,
+            "direction": self.direction,
+            "rhos": self._rho.rhos,
+            "capacity": self._rho.capacity,
+            "counts": array_to_state(self.counts),
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> RateTest:
+        t = cls(d["r_tol"], direction=d["direction"], capacity=d["capacity"])
+        t._rho = _RhoTable(d["rhos"], d["capacity"])
+        t.counts = array_from_state(d["counts"])
+        return t
+
+
+class SampleRatioTest(RateTest):
+    """e-process against "each conversation is treatment with probability rho" (two-sided).
+
+    Fed with conversation counts per arm; rho may change (each conversation keeps the weight it was
+    assigned under). Mismatch = broken routing, missing telemetry from an arm, mislabelled arms.
+    """
+
+    def __init__(self, capacity: int = 32) -> None:
+        super().__init__(1.0, capacity=capacity)
+
+    def log_evalue(self) -> float:
+        c, b, rhos = self._cbr()
+        if not len(rhos):
+            return 0.0
+        return float(rate_log_evalue(c, b, rhos, 1.0, np.asarray(SRM_GRID)))
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> SampleRatioTest:
+        t = cls(capacity=d["capacity"])
+        t._rho = _RhoTable(d["rhos"], d["capacity"])
+        t.counts = array_from_state(d["counts"])
+        return t
+
+
+@dataclass(frozen=True, slots=True)
+class MeanResult:
+    difference: float  # treatment - control (NaN when not estimable)
+    variance: float
+    log_e_fail: float  # against "harm <= tolerance"
+    log_e_pass: float  # against "harm >= tolerance" (non-inferiority)
+
+
+class MeanTest:
+    """Mixture SPRT on a difference of means with the conversation as the cluster.
+
+    Per arm and stratum it keeps sum S_i, sum n_i, sum S_i^2, sum S_i n_i, sum n_i^2 and the number of
+    conversations, updated exactly and online from each conversation's old and new (S_i, n_i).
+    ``tolerance`` is the largest acceptable treatment - control change on the harmful side
+    (negative for lower_is_worse), ``tau`` the mixing scale.
+    """
+
+    def __init__(
+        self, tolerance: float, tau: float, *, direction: str = "lower_is_worse", strata: int = 8
+    ) -> None:
+        self.tolerance = tolerance
+        self.tau = tau
+        self.direction = direction
+        self.agg = np.zeros((2, strata, MEAN_FIELDS))
+
+    def update(
+        self,
+        arm: np.ndarray,
+        stratum: np.ndarray,
+        s_old: np.ndarray,
+        n_old: np.ndarray,
+        s_new: np.ndarray,
+        n_new: np.ndarray,
+    ) -> None:
+        delta = mean_deltas(s_old, n_old, s_new, n_new)
+        np.add.at(self.agg, (np.asarray(arm), np.asarray(stratum)), delta)
+
+    def result(self) -> MeanResult:
+        diff, var = stratified_difference(self.agg[1], self.agg[0])
+        return mean_result(float(diff), float(var), self.tolerance, self.tau, self.direction)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "tolerance": self.tolerance,
+            "tau": self.tau,
+            "direction": self.direction,
+            "agg": array_to_state(self.agg),
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> MeanTest:
+        t = cls(d["tolerance"], d["tau"], direction=d["direction"])
+        t.agg = array_from_state(d["agg"])
+        return t
+
+
+def mean_deltas(s_old: np.ndarray, n_old: np.ndarray, s_new: np.ndarray, n_new: np.ndarray) -> np.ndarray:
+    """Rows of MEAN_FIELDS increments when conversations go from (S, n)_old to (S, n)_new."""
+    return np.stack(
+        [
+            s_new - s_old,
+            n_new - n_old,
+            s_new * s_new - s_old * s_old,
+            s_new * n_new - s_old * n_old,
+            n_new * n_new - n_old * n_old,
+            ((n_old == 0) & (n_new > 0)).astype(float),
+        ],
+        axis=-1,
+    )
+
+
+def mean_result(diff: Any, var: Any, tolerance: float, tau: float, direction: str) -> Any:
+    """Fail/pass e-values of a (vector of) difference(s); works on floats and arrays alike."""
+    sign = 1.0 if direction == "higher_is_worse" else -1.0
+    excess = sign * (np.asarray(diff) - tolerance)  # > 0: worse than tolerated
+    fail = msprt_log_evalue(excess, var, tau)
+    ok = msprt_log_evalue(-excess, var, tau)
+    if np.ndim(fail) == 0:
+        return MeanResult(float(diff), float(var), float(fail), float(ok))
+    return fail, ok
+
+
+class RestartSchedule:
+    """Epoch bookkeeping of the change-point wrapper: which tests are live and their alpha.
+
+    The cumulative test runs from the start at ``(1 - share) * alpha``. At the start of every epoch
+    j >= 1 a fresh copy of each test starts on the conversations that begin in epochs j .. j + span - 1
+    and stays live for those ``span`` epochs, at ``alpha * share / (j (j + 1))``. By the union bound the whole
+    family stays within alpha, for any rollout length, and a regression starting at any time is seen
+    by a test whose data start at most one epoch before it: no dilution by earlier healthy hours.
+    """
+
+    def __init__(self, epoch_s: float, share: float, *, enabled: bool = True, span: int = 4) -> None:
+        self.epoch_s = epoch_s
+        self.span = span
+        self.share = share if enabled else 0.0
+        self.enabled = enabled
+        self.current = 0
+
+    def epoch_of(self, elapsed_s: np.ndarray) -> np.ndarray:
+        if not self.enabled:
+            return np.zeros(np.shape(elapsed_s), dtype=np.int64)
+        return np.maximum(np.floor(np.asarray(elapsed_s) / self.epoch_s), 0).astype(np.int64)
+
+    def cumulative_fraction(self) -> float:
+        return 1.0 - self.share
+
+    def live_windows(self) -> list[tuple[int, float]]:
+        """(first epoch j, alpha fraction) of the live restarted tests."""
+        if not self.enabled:
+            return []
+        return [
+            (j, restart_alpha(j, self.share))
+            for j in range(max(self.current - self.span + 1, 1), self.current + 1)
+        ]
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "epoch_s": self.epoch_s,
+            "share": self.share,
+            "enabled": self.enabled,
+            "current": self.current,
+            "span": self.span,
+        }
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> RestartSchedule:
+        s = cls(d["epoch_s"], d["share"], enabled=d["enabled"], span=d.get("span", 4))
+        s.share = d["share"]
+        s.current = d["current"]
+        return s

@@ -1,0 +1,34 @@
+"""Storage (layer: I/O). ``checkpoint``: the engine's state with the offsets it covers, and the
+checkpointer (SQLite store); ``kafka_checkpoints``: the same store in a compacted Kafka topic;
+``decisions``: the append-only decision log; ``sqlite``: opening watcher's SQLite files one way.
+"""
+
+from __future__ import annotations
+
+from watcher.storage.checkpoint import (
+    SCOPE_ALL,
+    Checkpoint,
+    Checkpointer,
+    CheckpointMetrics,
+    CheckpointStore,
+    Offsets,
+    SqliteCheckpointStore,
+)
+from watcher.storage.decisions import DecisionLog, SqliteDecisionLog, json_safe
+from watcher.storage.kafka_checkpoints import KafkaCheckpointStore
+from watcher.storage.sqlite import open_store
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointMetrics",
+    "CheckpointStore",
+    "Checkpointer",
+    "DecisionLog",
+    "KafkaCheckpointStore",
+    "Offsets",
+    "SCOPE_ALL",
+    "SqliteCheckpointStore",
+    "SqliteDecisionLog",
+    "json_safe",
+    "open_store",
+]
