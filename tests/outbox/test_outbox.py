@@ -7,7 +7,6 @@ tests/test_sinks*.py drive the real sinks against HTTP receivers.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,11 @@ from prometheus_client import CollectorRegistry
 
 from tests.support.outbox import FAST, FakeSink
 from tests.support.receivers import Running, eventually, make_decision, make_rollout, marker
+from watcher.backoff import Backoff
 from watcher.contract.signals import Item, ItemKind
 from watcher.errors import SinkError
 from watcher.outbox import Outbox
-from watcher.outbox.delivery import RetryPolicy, idempotency_key
+from watcher.outbox.delivery import idempotency_key
 from watcher.outbox.outbox import change_item, decision_item
 from watcher.sinks.base import NULL_STATE, NullSink, Request, Sent, SinkState
 
@@ -155,7 +155,7 @@ async def test_retry_after_answers_do_not_raise_the_backoff_of_the_next_error(db
     # failure 2 of issue #15: 429s counted as attempts grew the exponent of the next plain error
     sink = FakeSink()
     sink.script = [SinkError("HTTP 429", retry_after=0.001)] * 6 + [SinkError("HTTP 500"), None]
-    outbox = Outbox(db, [sink], retry=RetryPolicy(base_s=0.05, factor=4.0, max_s=600.0, jitter=0.0))
+    outbox = Outbox(db, [sink], retry=Backoff(initial_s=0.05, factor=4.0, max_s=600.0, jitter=0.0))
     outbox.enqueue_decisions([make_decision(1)])
     async with Running(outbox):
         await eventually(lambda: len(sink.sent) == 1, timeout=3.0)  # 0.05 s after the 500, not 0.05*4**6
@@ -180,7 +180,7 @@ class _Refuses(FakeSink):
 async def test_a_delivery_that_keeps_failing_does_not_hold_back_other_rollouts(db: Path) -> None:
     poisoned = make_decision(1, action="pause", rollout_id="ro-a")
     sink = _Refuses({poisoned.decision_id})
-    outbox = Outbox(db, [sink], retry=RetryPolicy(base_s=0.05, max_s=5.0, jitter=0.0))
+    outbox = Outbox(db, [sink], retry=Backoff(initial_s=0.05, max_s=5.0, jitter=0.0))
     outbox.enqueue_decisions([poisoned])
     async with Running(outbox):
         await eventually(lambda: sink.calls >= 2)
@@ -204,7 +204,7 @@ async def test_a_delivery_that_keeps_failing_does_not_hold_back_other_rollouts(d
 async def test_after_an_outage_rollbacks_go_first_and_everything_goes_at_once(db: Path) -> None:
     sink = _Refuses()
     sink.down = True
-    policy = RetryPolicy(base_s=0.02, factor=2.0, max_s=0.4, jitter=0.0)
+    policy = Backoff(initial_s=0.02, factor=2.0, max_s=0.4, jitter=0.0)
     outbox = Outbox(db, [sink], retry=policy)
     info = [make_decision(i, action="promote", rollout_id=f"ro-p{i}") for i in range(1, 6)]
     rollbacks = [make_decision(1, action="rollback", rollout_id=f"ro-r{i}") for i in range(2)]
@@ -288,7 +288,7 @@ async def test_render_failure_is_permanent(db: Path) -> None:
 async def test_pending_deliveries_and_sink_state_survive_a_restart(db: Path) -> None:
     sink = FakeSink()
     sink.script = [None] + [SinkError("HTTP 503")] * 1000  # the first delivery succeeds, then the sink dies
-    first = Outbox(db, [sink], retry=RetryPolicy(base_s=10.0, jitter=0.0))
+    first = Outbox(db, [sink], retry=Backoff(initial_s=10.0, max_s=300.0, jitter=0.0))
     first.enqueue_decisions([make_decision(1), make_decision(2)])
     async with Running(first):
         await eventually(lambda: sink.calls >= 2)
@@ -393,18 +393,6 @@ def test_enqueue_is_one_fast_local_transaction(db: Path) -> None:
     assert timings[len(timings) // 2] < 0.005, f"median enqueue {timings[len(timings) // 2] * 1e3:.2f} ms"
     assert all(s.calls == 0 for s in sinks)
     outbox.close()
-
-
-def test_retry_policy_backoff_jitter_and_retry_after() -> None:
-    policy = RetryPolicy(base_s=1.0, factor=2.0, max_s=10.0, jitter=0.2, max_retry_after_s=60.0)
-    rng = random.Random(7)
-    delays = [policy.delay(n, rng) for n in range(1, 7)]
-    for n, d in zip(range(1, 7), delays, strict=True):
-        nominal = min(10.0, 2.0 ** (n - 1))
-        assert 0.8 * nominal <= d <= nominal
-    assert policy.delay(3, rng, retry_after=7.5) == 7.5
-    assert policy.delay(3, rng, retry_after=86400) == 60.0
-    assert policy.delay(3, rng, retry_after=-3) == 0.0
 
 
 def test_item_ids_and_keys_are_stable() -> None:

@@ -7,9 +7,9 @@
   before it is resolved), lanes are independent. Among the lanes' first deliveries that are due, the
   one of highest priority goes first (a rollback, then a pause, then the rest), then the oldest.
 * **Two clocks of backoff.** The *receiver* is paced as a whole: after a transient failure no request
-  goes to the sink before ``RetryPolicy.delay(consecutive failures)`` (capped at ``max_s``, 60 s by
-  default), or before the receiver's ``Retry-After``: a dead receiver is probed, not hammered, however
-  many lanes wait. The *delivery* that failed also waits its own backoff, so one delivery the receiver
+  goes to the sink before ``Backoff.delay(consecutive failures)`` (``REDELIVERY``: capped at 60 s),
+  or before the receiver's ``Retry-After``: a dead receiver is probed, not hammered, however many
+  lanes wait. The *delivery* that failed also waits its own backoff, so one delivery the receiver
   keeps refusing (a 500 for that payload only) does not hold the other lanes back. The first success
   after failures makes every pending delivery of the sink due at once: when a receiver comes back,
   what waited is sent at once, rollbacks first, instead of each delivery sleeping out its own backoff.
@@ -33,6 +33,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+from watcher.backoff import Backoff
 from watcher.clock import Clock
 from watcher.contract import Item
 from watcher.errors import SinkError
@@ -40,7 +41,7 @@ from watcher.outbox.metrics import OutboxMetrics, Outcome
 from watcher.outbox.store import DeliveryRow, DeliveryStatus, OutboxStore, StoredSinkState
 from watcher.sinks import Sink
 
-__all__ = ["Deliverer", "RetryPolicy", "idempotency_key", "pick"]
+__all__ = ["REDELIVERY", "Deliverer", "idempotency_key", "pick"]
 
 # the outbox's logger, as before the outbox was split in modules: log filters keep working
 log = logging.getLogger("watcher.outbox")
@@ -48,24 +49,9 @@ log = logging.getLogger("watcher.outbox")
 _SLICE_S = 5.0  # sleeps in slices: a wall-clock step (NTP) must not strand a retry for hours
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Backoff between attempts: ``base_s * factor**(n-1)`` capped at ``max_s``, minus up to
-    ``jitter`` of it at random (instances recovering together do not retry in step). A receiver's
-    ``Retry-After`` wins over the backoff, capped at ``max_retry_after_s``. ``max_s`` is also the
-    longest a receiver that came back waits for its first request."""
-
-    base_s: float = 1.0
-    factor: float = 2.0
-    max_s: float = 60.0
-    jitter: float = 0.2
-    max_retry_after_s: float = 3600.0
-
-    def delay(self, failures: int, rng: random.Random, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            return min(max(0.0, retry_after), self.max_retry_after_s)
-        d = min(self.max_s, self.base_s * self.factor ** max(0, failures - 1))
-        return d * (1.0 - self.jitter * rng.random())
+# a receiver that failed is tried again after 1 s, then less and less often, up to every minute (the
+# longest a receiver that came back waits for its backlog); its own Retry-After wins, up to an hour
+REDELIVERY = Backoff(initial_s=1.0, factor=2.0, max_s=60.0, jitter=0.2, max_hint_s=3600.0)
 
 
 def idempotency_key(item_id: str, sink: str, request_kind: str) -> str:
@@ -109,7 +95,7 @@ class Deliverer:
         metrics: OutboxMetrics,
         clock: Clock,
         rng: random.Random,
-        retry: RetryPolicy,
+        retry: Backoff,
         retry_for_s: float | None,
         retain_finished: int,
     ) -> None:
@@ -240,7 +226,7 @@ class Deliverer:
             return
         if retry_after is not None:
             # the receiver asked for a pause: honoured for the whole receiver, not a failure
-            delay = self._retry.delay(0, self._rng, retry_after)
+            delay = self._retry.delay(0, self._rng, hint=retry_after)
             receiver.until = max(receiver.until, now + delay)
             receiver.down = True
             self._store.update(

@@ -47,9 +47,10 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
+from watcher.backoff import Backoff
 from watcher.clock import Clock, SystemClock
 from watcher.contract import Action, Decision, Item, ItemKind, Severity, rfc3339
-from watcher.outbox.delivery import Deliverer, RetryPolicy, idempotency_key
+from watcher.outbox.delivery import REDELIVERY, Deliverer, idempotency_key
 from watcher.outbox.metrics import OutboxMetrics, Outcome
 from watcher.outbox.store import DeliveryRow, DeliveryStatus, OutboxStore, StoredSinkState
 from watcher.sinks import Sink
@@ -63,7 +64,6 @@ __all__ = [
     "DeliveryStatus",
     "Outbox",
     "Outcome",
-    "RetryPolicy",
     "SinkSwap",
     "change_item",
     "decision_item",
@@ -167,7 +167,7 @@ class Outbox:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         retry_for_s: float | None = None,
-        retry: RetryPolicy | None = None,
+        retry: Backoff = REDELIVERY,
         retain_finished: int = 10_000,
     ) -> None:
         names = [s.name for s in sinks]
@@ -197,7 +197,7 @@ class Outbox:
             self._metrics,
             self._clock,
             self._rng,
-            retry or RetryPolicy(),
+            retry,
             retry_for_s,
             retain_finished,
         )
