@@ -1,4 +1,4 @@
-"""Command line: ``watcher run | check-config | simulate | replay | demo``."""
+"""Command line: ``watcher run | check-config | simulate | replay | gate | demo``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from watcher.cli import gate as gate_cli
 from watcher.cli.process import install_reload_signal, install_stop_signals, tune_gc
 from watcher.errors import ConfigError, WatcherError
 
@@ -127,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--batch-size", type=int, default=1000)
     rep.add_argument("--no-segments", action="store_true", help="only the per-version rows")
 
+    gate = sub.add_parser(
+        "gate",
+        help="pre-production gate: candidate vs baseline on a data set; exit 0 pass, 1 fail, 2 inconclusive",
+        description="Compare a candidate version with a baseline on pre-production telemetry, with the "
+        "live judge's metrics, segments and policy (docs/gate.md).",
+    )
+    gate_cli.add_arguments(gate)
+
     sim = sub.add_parser("simulate", help="produce realistic telemetry to Kafka or a JSONL file")
     simulate.add_arguments(sim)
 
@@ -152,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check_config(args)
         if args.command == "replay":
             return _replay(args)
+        if args.command == "gate":
+            return gate_cli.run(args)
         if args.command == "simulate":
             from watcher.sim import simulate
 
