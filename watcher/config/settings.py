@@ -23,7 +23,7 @@ import yaml
 
 from watcher.config.hooks import HooksSettings
 from watcher.config.secret import MASK, secret
-from watcher.config.sinks import SinkSettings, check_unique_names
+from watcher.config.sinks import SinkSettings, check_topic, check_unique_names
 from watcher.errors import ConfigError
 
 ENV_PREFIX = "WATCHER_"
@@ -37,6 +37,10 @@ class KafkaSettings:
     telemetry_topics: tuple[str, ...] = ("watcher.telemetry",)
     deployments_topics: tuple[str, ...] = ("watcher.deployments",)
     dead_letter_topic: str = "watcher.deadletter"
+    # a batch waits at most this long for the dead-letter topic; then its dead letters go to the spool
+    # (spool.path) and are forwarded when the topic takes them, so a topic that refuses writes never
+    # holds consumption
+    dead_letter_timeout_s: float = 5.0
     auto_offset_reset: str = "earliest"
     max_batch_records: int = 2000
     poll_timeout_ms: int = 500
@@ -64,6 +68,12 @@ class KafkaSettings:
         if self.sasl_mechanism is not None:
             _one_of("kafka.sasl_mechanism", self.sasl_mechanism, ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
         _positive("kafka.max_batch_records", self.max_batch_records)
+        _positive("kafka.dead_letter_timeout_s", self.dead_letter_timeout_s)
+        for name in ("dead_letter_topic",):
+            check_topic(f"kafka.{name}", getattr(self, name))
+        for name in ("telemetry_topics", "deployments_topics"):
+            for i, topic in enumerate(getattr(self, name)):
+                check_topic(f"kafka.{name}[{i}]", topic)
         _positive("kafka.poll_timeout_ms", self.poll_timeout_ms)
         if not self.bootstrap_servers.strip():
             raise ConfigError("kafka.bootstrap_servers", "must not be empty")
@@ -167,6 +177,22 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True)
+class SpoolSettings:
+    """Records Kafka would not take yet (dead letters, markers posted over HTTP), kept on local disk
+    until it does (docs/guarantees.md)."""
+
+    path: str = "watcher-spool.sqlite"
+    # the most dead-letter bytes the spool holds; when it is full the consumer waits (nothing is lost,
+    # /readyz says why) until the dead-letter topic takes records again
+    max_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not self.path.strip():
+            raise ConfigError("spool.path", "must not be empty")
+        _positive("spool.max_bytes", self.max_bytes)
+
+
+@dataclass(frozen=True)
 class CheckpointSettings:
     """The engine's state with the Kafka offsets it covers (docs/guarantees.md)."""
 
@@ -193,8 +219,8 @@ class CheckpointSettings:
             raise ConfigError("checkpoint.scope", f"must be 'instance' or 'partition', got {self.scope!r}")
         if self.store not in ("sqlite", "kafka"):
             raise ConfigError("checkpoint.store", f"must be 'sqlite' or 'kafka', got {self.store!r}")
-        if self.store == "kafka" and not self.topic.strip():
-            raise ConfigError("checkpoint.topic", "must not be empty when checkpoints are stored in Kafka")
+        if self.store == "kafka":
+            check_topic("checkpoint.topic", self.topic)
         if self.scope == "partition" and not self.enabled:
             raise ConfigError(
                 "checkpoint.scope", "'partition' hands state over through checkpoints: enable them"
@@ -224,15 +250,22 @@ class Settings:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     hooks: HooksSettings = field(default_factory=HooksSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     sinks: tuple[SinkSettings, ...] = ()
     log_level: str = "INFO"
     # check the configuration and policy files this often and reload when their content changed
     # (a Kubernetes ConfigMap update sends no SIGHUP); 0: reload on SIGHUP only
     config_watch_s: float = 0.0
+    # SIGTERM/SIGINT: the batch in hand, a last checkpoint and the commit get this long; then the
+    # process exits anyway (what was not committed is read again at the next start). Below
+    # Kubernetes' terminationGracePeriodSeconds (30 s by default), so watcher ends before the SIGKILL.
+    shutdown_grace_s: float = 25.0
 
     def __post_init__(self) -> None:
         _one_of("log_level", self.log_level, ("DEBUG", "INFO", "WARNING", "ERROR"))
+        if not 1.0 <= self.shutdown_grace_s < float("inf"):
+            raise ConfigError("shutdown_grace_s", f"must be >= 1 second, got {self.shutdown_grace_s}")
         if not 0.0 <= self.config_watch_s < float("inf"):
             raise ConfigError("config_watch_s", f"must be >= 0 (0 = SIGHUP only), got {self.config_watch_s}")
         check_unique_names(self.sinks)

@@ -10,7 +10,7 @@ from watcher.config.secret import secret
 from watcher.contract import ItemKind, Severity
 from watcher.errors import ConfigError
 
-__all__ = ["DEFAULT_KINDS", "SINK_TYPES", "SinkSettings", "check_unique_names"]
+__all__ = ["DEFAULT_KINDS", "SINK_TYPES", "SinkSettings", "check_topic", "check_unique_names"]
 
 
 SINK_TYPES: tuple[str, ...] = ("kafka", "webhook", "slack", "pagerduty", "grafana", "otel")
@@ -81,8 +81,11 @@ class SinkSettings:
         required = {"webhook": "hmac_secret", "pagerduty": "routing_key", "grafana": "token"}.get(self.type)
         if required and not getattr(self, required):
             raise ConfigError(f"{where}.{required}", f"is required for a {self.type} sink")
-        if self.type == "kafka" and not self.topic:
-            raise ConfigError(f"{where}.topic", "is required for a kafka sink")
+        if self.type == "kafka":
+            for name in ("topic", "markers_topic", "drift_topic"):
+                value = getattr(self, name)
+                if value is not None or name == "topic":
+                    check_topic(f"{where}.{name}", value or "")
         if self.min_severity not in [s.value for s in Severity]:
             raise ConfigError(
                 f"{where}.min_severity",
@@ -112,6 +115,18 @@ class SinkSettings:
     @property
     def effective_kinds(self) -> frozenset[ItemKind]:
         return frozenset(ItemKind(k) for k in (self.kinds or DEFAULT_KINDS[self.type]))
+
+
+_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def check_topic(field: str, value: str) -> None:
+    """Kafka's own rule for topic names, checked at start-up rather than at the first write (a broker
+    refuses an invalid name only when a record is sent to it)."""
+    if not value or len(value) > 249 or value in (".", "..") or not set(value) <= _TOPIC_CHARS:
+        raise ConfigError(
+            field, f"{value!r} is not a Kafka topic name (1-249 of letters, digits, '.', '_', '-')"
+        )
 
 
 def check_unique_names(sinks: Sequence[SinkSettings]) -> None:
