@@ -132,7 +132,7 @@ def build_daemon(
             "checkpoint.scope", "'partition' needs a Kafka source (the partitions are the tasks)"
         )
 
-    registry.register(StateCollector(view))  # type: ignore[arg-type]
+    registry.register(StateCollector(view))
     # what Kafka will not take yet waits on disk (the file is made only when something must wait)
     spool = SqliteSpool(settings.spool.path)
     registry.register(SpoolCollector(spool, {"deadletter": settings.spool.max_bytes}, time.time))

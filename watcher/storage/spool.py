@@ -84,7 +84,8 @@ class SqliteSpool:
                 seqs.append(int(cur.lastrowid or 0))
             return seqs
 
-        return self._run(run, write=True)  # type: ignore[no-any-return]
+        out: list[int] = self._run(run, write=True)
+        return out
 
     def head(self, stream: str, limit: int) -> list[Spooled]:
         rows = self._run(
