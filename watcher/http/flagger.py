@@ -110,7 +110,7 @@ class FlaggerHooks:
         # Flagger gives up after 10 s; a slow broker must not make a hook answer late. The marker
         # is applied before the publish, and a publish that takes longer goes on in the background.
         self.marker_timeout_s = marker_timeout_s
-        self._publishing: set[asyncio.Task[None]] = set()
+        self._publishing: set[asyncio.Task[bool]] = set()
 
     def routes(self) -> list[web.RouteDef]:
         from aiohttp import web
@@ -248,7 +248,7 @@ class FlaggerHooks:
             return None
         return bool(task.result())
 
-    def _published_late(self, task: asyncio.Task[None]) -> None:
+    def _published_late(self, task: asyncio.Task[bool]) -> None:
         self._publishing.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("marker not published: %s", task.exception())
