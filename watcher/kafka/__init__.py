@@ -1,12 +1,14 @@
 """Kafka (layer: I/O). ``source``: the consumer group in batches (``KafkaSource``, ``MessageBatch``) and
 ``FileSource``; ``fast_fetch``: aiokafka's record batches taken whole; ``deadletter``: the
-dead-letter topic (and file / null variants); ``embedded``: the embedded broker and topic creation.
+dead-letter topic (and file / null variants); ``embedded``: the embedded broker and topic creation;
+``range``: a time range of a topic read once (``watcher gate``).
 """
 
 from __future__ import annotations
 
 from watcher.kafka.deadletter import DeadLetters, KafkaDeadLetters
 from watcher.kafka.embedded import EmbeddedBroker, TopicSpec, create_topics
+from watcher.kafka.range import read_range
 from watcher.kafka.source import KafkaSource, Message, MessageBatch, Origins, Source, next_offsets
 
 __all__ = [
@@ -21,4 +23,5 @@ __all__ = [
     "TopicSpec",
     "create_topics",
     "next_offsets",
+    "read_range",
 ]

@@ -15,8 +15,10 @@ without a decoder here is an error naming it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,8 +47,9 @@ from watcher.judges import (
     gate_decision,
     gate_id,
 )
+from watcher.kafka import read_range
 
-__all__ = ["EXIT_CODES", "GateInput", "GateRequest", "GateRun", "files", "load", "run_gate"]
+__all__ = ["EXIT_CODES", "GateInput", "GateRequest", "GateRun", "files", "kafka_range", "load", "run_gate"]
 
 # The command's exit status per verdict; 3: the gate could not run (bad input or options).
 EXIT_CODES = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 2}
@@ -79,6 +82,7 @@ class GateInput:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     rejections: list[Rejected] = field(default_factory=list)  # kept for --dead-letters-out
+    outside: int = 0  # valid events whose ts is outside the requested time range (not compared)
     digest: str = ""  # sha256 of every message, in order: the run's identity
 
 
@@ -132,8 +136,25 @@ def _otlp(line: bytes) -> bool:
     return b'"resourceSpans"' in head or b'"resource_spans"' in head
 
 
-def load(batches: Iterable[Batch], *, max_bytes: int = 65_536) -> GateInput:
-    """Decode every batch with the event contract (as the daemon does) into one ``GateInput``."""
+def kafka_range(
+    bootstrap_servers: str, topic: str, since: float, *, client_options: dict[str, Any] | None = None
+) -> Iterator[Batch]:
+    """The records of ``topic`` from about ``since`` to its end now, as batches (``kafka.read_range``);
+    ``load(..., since=, until=)`` keeps the events of the range by their own ``ts``."""
+    values, origins = asyncio.run(read_range(bootstrap_servers, topic, since, client_options=client_options))
+    for i in range(0, len(values), _BATCH):
+        yield values[i : i + _BATCH], origins[i : i + _BATCH]
+
+
+def load(
+    batches: Iterable[Batch],
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    max_bytes: int = 65_536,
+) -> GateInput:
+    """Decode every batch with the event contract (as the daemon does) into one ``GateInput``;
+    events outside ``[since, until)`` (event time) are counted in ``outside`` and left out."""
     out = GateInput()
     dedup = Deduplicator(1 << 30)  # the whole input is one window: every repeated id is a duplicate
     h = hashlib.sha256()
@@ -143,8 +164,15 @@ def load(batches: Iterable[Batch], *, max_bytes: int = 65_536) -> GateInput:
             h.update(b"\n")
         batch = decode_batch(raws, dedup, origins=origins, max_bytes=max_bytes, columnar=False)
         out.lines += len(raws)
-        out.turns.extend(batch.turns)
-        out.markers.extend(batch.deployments)
+        turns, markers = list(batch.turns), batch.deployments
+        if since is not None or until is not None:
+            lo, hi = since if since is not None else -math.inf, until if until is not None else math.inf
+            n = len(turns) + len(markers)
+            turns = [t for t in turns if lo <= t.ts < hi]
+            markers = [m for m in markers if lo <= m.ts < hi]
+            out.outside += n - len(turns) - len(markers)
+        out.turns.extend(turns)
+        out.markers.extend(markers)
         out.duplicates += batch.duplicates
         for r in batch.rejected:
             out.rejected[r.reason.value] += 1
@@ -158,7 +186,8 @@ def run_gate(data: GateInput, request: GateRequest, policies: PolicySet) -> Gate
     gate's environment (per-agent overrides apply as in the daemon); raises ``ConfigError`` naming
     the option when the data cannot answer the request (a version or agent that is not there)."""
     if not data.turns:
-        raise ConfigError("FILE", f"no turns in the input ({data.lines} lines, {_rejects(data)})")
+        outside = f", {data.outside} outside the time range" if data.outside else ""
+        raise ConfigError("FILE", f"no turns in the input ({data.lines} lines, {_rejects(data)}{outside})")
     agent = _agent(data, request)
     baseline, candidate, strategy = _versions(data, request, agent)
     turns = [t for t in data.turns if t.agent_id == agent]
