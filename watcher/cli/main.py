@@ -93,7 +93,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     from watcher.config import load_settings
-    from watcher.service import Daemon
+    from watcher.service import build_daemon
 
     tune_gc()
     source = _config_source(args)
@@ -101,7 +101,7 @@ async def _run(args: argparse.Namespace) -> int:
     _logging(settings.log_level)
     stop = asyncio.Event()
     install_stop_signals(stop)
-    daemon = Daemon(settings, config_source=source)
+    daemon = build_daemon(settings, config_source=source)
     install_reload_signal(daemon.reload)  # SIGHUP: policy and sinks again, without a restart
     return await daemon.run(stop)
 
