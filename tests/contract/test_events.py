@@ -122,7 +122,7 @@ def test_struct_attributes_are_the_contract_field_names() -> None:
     )  # fmt: skip
     assert Deployment.__struct_fields__ == (
         "event_id", "ts", "agent_id", "environment", "action", "strategy", "baseline_version",
-        "canary_version", "canary_weight", "flag", "actor", "notes",
+        "canary_version", "canary_weight", "flag", "gate", "actor", "notes",
     )  # fmt: skip
     assert FlagSpec.__struct_fields__ == ("name", "control", "treatment")
 
