@@ -131,9 +131,9 @@ def test_all_is_exactly_the_public_interface() -> None:
     assert sorted(events.__all__) == sorted(
         [
             "SCHEMA_TURN", "SCHEMA_DEPLOYMENT", "SCHEMA_DEADLETTER", "MarkerAction", "Arm", "Strategy",
-            "DecodedBatch", "Deduplicator", "Deployment", "FlagSpec", "Rejected", "RejectReason", "Turn",
-            "TurnColumns", "dead_letter_record", "decode_batch", "decode_deployment", "encode_deployment",
-            "encode_turn", "renumber",
+            "DecodedBatch", "Deduplicator", "Deployment", "FlagSpec", "GateOutcome", "Rejected",
+            "RejectReason", "Turn", "TurnColumns", "dead_letter_record", "decode_batch", "decode_deployment",
+            "encode_deployment", "encode_turn", "renumber",
             # what comes out: verdicts, decision records and the items sinks receive
             "Action", "ArmEstimate", "Cause", "Decision", "MetricEvidence", "RolloutEvidence", "RolloutRef",
             "SampleRatioEvidence", "Verdict", "decision_id", "rfc3339", "Item", "ItemKind", "Severity",
