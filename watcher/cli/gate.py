@@ -135,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
         if since is None:
             raise ConfigError("--since", "required with --topic (the start of the range to read)")
         sources.append(kafka_range(_bootstrap(args), args.topic, since))
-    data = load(itertools.chain.from_iterable(sources), since=since, until=until)
+    data = load(itertools.chain.from_iterable(sources), since=since, until=until, request=request)
     gate = run_gate(data, request, policies)
     record = gate.result.decision.to_dict()
     if args.decision_out == "-":
@@ -219,7 +219,7 @@ def _print(gate: Any, *, quiet: bool, out: Any) -> None:
     rejected = sum(data.rejected.values())
     print(
         f"input: {data.lines} lines, {len(data.turns)} turns, {data.duplicates} duplicates, "
-        f"{rejected} rejected, {data.outside} outside the time range"
+        f"{rejected} rejected, {data.outside} outside the time range, {data.other} of other versions"
         + (f" {dict(sorted(data.rejected.items()))}" if rejected else ""),
         file=out,
     )

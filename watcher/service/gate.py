@@ -83,6 +83,7 @@ class GateInput:
     rejected: Counter[str] = field(default_factory=Counter)
     rejections: list[Rejected] = field(default_factory=list)  # kept for --dead-letters-out
     outside: int = 0  # valid events whose ts is outside the requested time range (not compared)
+    other: int = 0  # turns of versions (or agents) the request leaves out, dropped while loading
     digest: str = ""  # sha256 of every message, in order: the run's identity
 
 
@@ -151,20 +152,26 @@ def load(
     *,
     since: float | None = None,
     until: float | None = None,
+    request: GateRequest | None = None,
     max_bytes: int = 65_536,
 ) -> GateInput:
     """Decode every batch with the event contract (as the daemon does) into one ``GateInput``;
-    events outside ``[since, until)`` (event time) are counted in ``outside`` and left out."""
+    events outside ``[since, until)`` (event time) are counted in ``outside`` and left out, and so
+    are, in ``other``, turns of versions or agents a ``request`` naming both versions leaves out (a
+    busy topic need not be held in memory)."""
     out = GateInput()
     dedup = Deduplicator(1 << 30)  # the whole input is one window: every repeated id is a duplicate
     h = hashlib.sha256()
+    wanted = _wanted(request)
     for raws, origins in batches:
-        for raw in raws:
-            h.update(raw)
-            h.update(b"\n")
+        h.update(b"\n".join(raws) + b"\n")
         batch = decode_batch(raws, dedup, origins=origins, max_bytes=max_bytes, columnar=False)
         out.lines += len(raws)
         turns, markers = list(batch.turns), batch.deployments
+        if wanted is not None:
+            n = len(turns)
+            turns = [t for t in turns if wanted(t)]
+            out.other += n - len(turns)
         if since is not None or until is not None:
             lo, hi = since if since is not None else -math.inf, until if until is not None else math.inf
             n = len(turns) + len(markers)
@@ -181,12 +188,20 @@ def load(
     return out
 
 
+def _wanted(request: GateRequest | None) -> Any:
+    if request is None or request.baseline is None or request.candidate is None:
+        return None
+    versions, agent = {request.baseline, request.candidate}, request.agent
+    return lambda t: t.version in versions and (agent is None or t.agent_id == agent)
+
+
 def run_gate(data: GateInput, request: GateRequest, policies: PolicySet) -> GateRun:
     """Select the two versions' turns, reduce them and judge them with the agent's policy in the
     gate's environment (per-agent overrides apply as in the daemon); raises ``ConfigError`` naming
     the option when the data cannot answer the request (a version or agent that is not there)."""
     if not data.turns:
         outside = f", {data.outside} outside the time range" if data.outside else ""
+        outside += f", {data.other} of other versions or agents" if data.other else ""
         raise ConfigError("FILE", f"no turns in the input ({data.lines} lines, {_rejects(data)}{outside})")
     agent = _agent(data, request)
     baseline, candidate, strategy = _versions(data, request, agent)

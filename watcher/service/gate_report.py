@@ -110,7 +110,8 @@ def markdown(run: GateRun) -> str:
     lines += [
         "",
         f"Input: {data.lines} lines, {len(data.turns)} turns, {data.duplicates} duplicates, "
-        f"{rejected} rejected{f' ({reasons})' if rejected else ''}; baseline from "
+        f"{rejected} rejected{f' ({reasons})' if rejected else ''}, {data.outside} outside the time "
+        f"range, {data.other} of other versions; baseline from "
         f"{run.baseline_environment}, candidate from {run.environment}; {design}. "
         f"Decision `{d.decision_id}` at {rfc3339(d.ts)} (`watcher.decision/v1`).",
         "",
