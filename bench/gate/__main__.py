@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from watcher.judges import PolicySet, load_policy
-from watcher.service.gate import GateInput, GateRequest, load, run_gate
+from watcher.service import GateInput, GateRequest, load_gate_input, run_gate
 from watcher.sim.scenario import Regression, Scenario
 from watcher.sim.traffic import generate
 
@@ -93,7 +93,7 @@ def scenario(paired: bool, per_arm: int, seed: int, regressions: tuple[Regressio
 
 def data(sc: Scenario) -> GateInput:
     raws = list(generate(sc))
-    return load([(raws, [f"sim:{i}" for i in range(len(raws))])])
+    return load_gate_input([(raws, [f"sim:{i}" for i in range(len(raws))])])
 
 
 def verdict(d: GateInput, rule: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from watcher.contract import Verdict
 from watcher.judges import PolicySet, load_policy
-from watcher.service.gate import GateRequest, load, run_gate
+from watcher.service import GateRequest, load_gate_input, run_gate
 from watcher.sim.scenario import Regression, Scenario
 from watcher.sim.traffic import generate
 
@@ -33,7 +33,7 @@ def quality_only(policies: PolicySet, delta: float) -> PolicySet:
 
 def _verdict(sc: Scenario, *, strict: bool = False, policies: PolicySet = BUNDLED) -> Verdict:
     raws = list(generate(sc))
-    data = load([(raws, [str(i) for i in range(len(raws))])])
+    data = load_gate_input([(raws, [str(i) for i in range(len(raws))])])
     return run_gate(data, GateRequest(segments_must_pass=strict), policies).result.verdict
 
 

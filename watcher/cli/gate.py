@@ -111,9 +111,17 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from watcher.contract import dead_letter_record
     from watcher.judges import load_policy
-    from watcher.service.gate import GateRequest, files, kafka_range, load, run_gate
-    from watcher.service.gate_marker import gate_marker, record_marker
-    from watcher.service.gate_report import junit, markdown
+    from watcher.service import (
+        GateRequest,
+        gate_files,
+        gate_junit,
+        gate_kafka_range,
+        gate_markdown,
+        gate_marker,
+        load_gate_input,
+        record_marker,
+        run_gate,
+    )
 
     if not args.files and not args.topic:
         raise ConfigError("FILE", "give at least one input file, or --topic and --since")
@@ -130,12 +138,12 @@ def _run(args: argparse.Namespace) -> int:
         pairing=args.pairing,
         segments_must_pass=args.segments == "pass",
     )
-    sources: list[Iterable[Any]] = [files(args.files)]
+    sources: list[Iterable[Any]] = [gate_files(args.files)]
     if args.topic:
         if since is None:
             raise ConfigError("--since", "required with --topic (the start of the range to read)")
-        sources.append(kafka_range(_bootstrap(args), args.topic, since))
-    data = load(itertools.chain.from_iterable(sources), since=since, until=until, request=request)
+        sources.append(gate_kafka_range(_bootstrap(args), args.topic, since))
+    data = load_gate_input(itertools.chain.from_iterable(sources), since=since, until=until, request=request)
     gate = run_gate(data, request, policies)
     record = gate.result.decision.to_dict()
     if args.decision_out == "-":
@@ -143,9 +151,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args.decision_out:
         _write(args.decision_out, json.dumps(record, indent=2, default=_json_default) + "\n")
     if args.summary:
-        _write(args.summary, markdown(gate), append=_is_step_summary(args.summary))
+        _write(args.summary, gate_markdown(gate), append=_is_step_summary(args.summary))
     if args.junit:
-        Path(args.junit).write_bytes(junit(gate))
+        Path(args.junit).write_bytes(gate_junit(gate))
     if args.dead_letters_out:
         with open(args.dead_letters_out, "wb") as fh:
             for r in data.rejections:

@@ -49,7 +49,16 @@ from watcher.judges import (
 )
 from watcher.kafka import read_range
 
-__all__ = ["EXIT_CODES", "GateInput", "GateRequest", "GateRun", "files", "kafka_range", "load", "run_gate"]
+__all__ = [
+    "EXIT_CODES",
+    "GateInput",
+    "GateRequest",
+    "GateRun",
+    "gate_files",
+    "gate_kafka_range",
+    "load_gate_input",
+    "run_gate",
+]
 
 # The command's exit status per verdict; 3: the gate could not run (bad input or options).
 EXIT_CODES = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 2}
@@ -104,7 +113,7 @@ class GateRun:
         return EXIT_CODES[self.result.verdict]
 
 
-def files(paths: Sequence[str | Path], batch_size: int = _BATCH) -> Iterator[Batch]:
+def gate_files(paths: Sequence[str | Path], batch_size: int = _BATCH) -> Iterator[Batch]:
     """Batches of the lines of JSON Lines files (``file:line`` origins; blank lines skipped)."""
     for path in map(Path, paths):
         try:
@@ -137,17 +146,17 @@ def _otlp(line: bytes) -> bool:
     return b'"resourceSpans"' in head or b'"resource_spans"' in head
 
 
-def kafka_range(
+def gate_kafka_range(
     bootstrap_servers: str, topic: str, since: float, *, client_options: dict[str, Any] | None = None
 ) -> Iterator[Batch]:
     """The records of ``topic`` from about ``since`` to its end now, as batches (``kafka.read_range``);
-    ``load(..., since=, until=)`` keeps the events of the range by their own ``ts``."""
+    ``load_gate_input(..., since=, until=)`` keeps the events of the range by their own ``ts``."""
     values, origins = asyncio.run(read_range(bootstrap_servers, topic, since, client_options=client_options))
     for i in range(0, len(values), _BATCH):
         yield values[i : i + _BATCH], origins[i : i + _BATCH]
 
 
-def load(
+def load_gate_input(
     batches: Iterable[Batch],
     *,
     since: float | None = None,
