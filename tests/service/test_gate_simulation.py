@@ -10,7 +10,7 @@ import pytest
 from watcher.contract import Verdict
 from watcher.judges import PolicySet, load_policy
 from watcher.service import GateRequest, load_gate_input, run_gate
-from watcher.sim.scenario import Regression, Scenario
+from watcher.sim.scenario import ArmProfile, Regression, Scenario
 from watcher.sim.traffic import generate
 
 pytestmark = pytest.mark.slow
@@ -47,19 +47,26 @@ def _scenario(seed: int, paired: bool, per_arm: int, *regs: Regression) -> Scena
 
 @pytest.mark.parametrize("paired", [True, False], ids=["paired", "unpaired"])
 def test_healthy_candidates_are_never_blocked_by_a_false_failure(paired: bool) -> None:
-    verdicts = Counter(_verdict(_scenario(seed, paired, 1500)) for seed in range(1, 31))
+    verdicts = Counter(_verdict(_scenario(seed, paired, 1500)) for seed in range(1, 21))
     assert verdicts[Verdict.FAIL] == 0, verdicts
 
 
 def test_a_candidate_at_the_margin_rarely_passes_and_one_inside_it_does() -> None:
     """Quality exactly at the margin (-0.03, one margin for both tests): a pass would be a false
-    promotion, bounded by promote.alpha = 5 % (at most 4 of 30 seeds); at -0.01 the same data size
-    passes (the test is not vacuous)."""
+    promotion, bounded by promote.alpha = 5 % (at most 3 of 20 seeds; bench/gate: 2 of 40); at -0.01
+    the same data size passes (the test is not vacuous)."""
     policies = quality_only(BUNDLED, -0.03)
+    # a baseline mean of 0.6: quality is clipped to [0, 1], and near 1 the clipping shrinks a -0.03
+    # shift by a few thousandths, which puts the candidate inside the margin (15 % passes), not on it
+    lower = ArmProfile(quality_mean=0.6)
     at_margin, inside_margin = Regression("quality", -0.03), Regression("quality", -0.01)
-    at = Counter(_verdict(_scenario(s, True, 3000, at_margin), policies=policies) for s in range(1, 31))
-    assert at[Verdict.PASS] <= 4, at
-    inside = Counter(
-        _verdict(_scenario(s, True, 3000, inside_margin), policies=policies) for s in range(1, 6)
+    at = Counter(
+        _verdict(replace(_scenario(s, True, 4000, at_margin), baseline=lower), policies=policies)
+        for s in range(1, 21)
     )
-    assert inside[Verdict.PASS] >= 4, inside
+    assert at[Verdict.PASS] <= 3, at
+    inside = Counter(
+        _verdict(replace(_scenario(s, True, 4000, inside_margin), baseline=lower), policies=policies)
+        for s in range(1, 4)
+    )
+    assert inside[Verdict.PASS] == 3, inside
