@@ -31,6 +31,7 @@ PENDING = {
     ("watcher.engine.engine", "watcher.judges", "strategies"),
     ("watcher.judges.bluegreen", "watcher.stats", "latency_bins"),
     ("watcher.state.history", "watcher.stats", "latency_bins"),
+    ("watcher.state.tracker", "watcher.stats", "latency_bins"),
 }
 
 

@@ -5,6 +5,9 @@ version with a strategy and an expected treatment share. It starts with a ``star
 Kafka or ``POST /v1/deployments``) or by itself when telemetry shows a ``canary`` arm next to a known
 baseline; it ends promoted, rolled back or aborted. One rollout at a time is active per
 (agent, environment): a new ``started`` marker supersedes (aborts) the running one.
+
+A ``gated`` marker records what a pre-production gate (``watcher gate``) concluded about a version in
+an environment; it changes no rollout, and the rollout of that version shows it (``gates``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ _TRANSITIONS = {
 }
 MAX_MARKERS_PER_ROLLOUT = 200
 MAX_ENDED_ROLLOUTS = 200
+MAX_GATED_VERSIONS = 1000  # versions whose gate verdicts are kept (the oldest recorded is dropped)
+MAX_GATES_PER_VERSION = 20
 
 
 class Marker(Protocol):
@@ -135,7 +140,7 @@ class Rollout:
 class Change:
     """What applying a marker (or observing telemetry) did to the registry."""
 
-    kind: str  # "started" | "rebased" | "updated" | "ended" | "orphan"
+    kind: str  # "started" | "rebased" | "updated" | "ended" | "orphan" | "gated"
     rollout: Rollout | None
     superseded: Rollout | None = None
 
@@ -168,6 +173,8 @@ class Registry:
         # over HTTP and read back from the deployments topic (or published twice after a lost
         # acknowledgement), maybe after the dedup window forgot it; it is applied once
         self.marker_ids: dict[str, None] = {}
+        # (agent, version) -> the gate verdicts recorded for it, oldest first (``gated`` markers)
+        self._gates: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     # -- markers --------------------------------------------------------------------------------
     def knows(self, event_id: str) -> bool:
@@ -182,6 +189,9 @@ class Registry:
         version = marker.canary_version or marker.baseline_version or ""
         self.marker_times[(marker.agent_id, marker.environment, marker.action, version)] = marker.ts
         record = _marker_record(marker)
+        if marker.action == "gated":
+            self._record_gate(marker)
+            return Change("gated", None)
         current = self._active.get(key)
         if marker.action == "started":
             if current is not None and current.canary_version == marker.canary_version:
@@ -326,6 +336,27 @@ class Registry:
     def baseline(self, agent_id: str, environment: str) -> str | None:
         return self._baselines.get((agent_id, environment))
 
+    def gates(self, agent_id: str, version: str | None) -> list[dict[str, Any]]:
+        """The gate verdicts recorded for a version (any environment), oldest first."""
+        return list(self._gates.get((agent_id, version or ""), ()))
+
+    def _record_gate(self, marker: Marker) -> None:
+        gate = getattr(marker, "gate", None)
+        key = (marker.agent_id, marker.canary_version or "")
+        entry = {
+            "environment": marker.environment,
+            "verdict": getattr(gate, "verdict", None),
+            "decision_id": getattr(gate, "decision_id", None),
+            "baseline_version": marker.baseline_version,
+            "ts": marker.ts,
+            "actor": marker.actor,
+            "event_id": marker.event_id,
+        }
+        entries = self._gates.pop(key, [])  # re-inserted: the most recently gated version is kept longest
+        self._gates[key] = [*entries, entry][-MAX_GATES_PER_VERSION:]
+        while len(self._gates) > MAX_GATED_VERSIONS:
+            del self._gates[next(iter(self._gates))]
+
     # -- persistence ----------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         return {
@@ -335,6 +366,7 @@ class Registry:
             "baselines": [[a, e, v] for (a, e), v in self._baselines.items()],
             "marker_times": [[*k, ts] for k, ts in self.marker_times.items()],
             "marker_ids": list(self.marker_ids),
+            "gates": [[a, v, entries] for (a, v), entries in self._gates.items()],
         }
 
     def load_state(self, d: dict[str, Any]) -> None:
@@ -345,6 +377,7 @@ class Registry:
         self._baselines = {(a, e): v for a, e, v in d["baselines"]}
         self.marker_times = {(a, e, act, v): float(ts) for a, e, act, v, ts in d["marker_times"]}
         self.marker_ids = dict.fromkeys(map(str, d.get("marker_ids", ())))  # absent before v1.1
+        self._gates = {(a, v): list(entries) for a, v, entries in d.get("gates", [])}  # absent before gates
 
     # -- internals ------------------------------------------------------------------------------
     def _update(
