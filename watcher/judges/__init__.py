@@ -5,13 +5,17 @@ tables in ``tables``), ``shadow`` (paired turns), ``bluegreen`` (against the ver
 ``strategies`` is the registry of rollout strategies (canary, flag, shadow, blue_green, and
 third-party ones through the ``watcher.strategies`` entry points): the only place a strategy is
 declared. ``policy`` is the pure decision function (evidence + state -> decision + state) and the
-YAML policies; ``drift`` the river detectors on versions without a control.
+YAML policies; ``drift`` the river detectors on versions without a control. ``gate`` and
+``gate_sample``: the pre-production gate's verdict on a whole data set (fixed-sample tests on the
+same metrics, slices and policy).
 """
 
 from __future__ import annotations
 
 from watcher.judges.base import RolloutJudge
 from watcher.judges.drift import DriftMonitor, DriftSignal
+from watcher.judges.gate import GATE_STRATEGY, GateResult, evaluate, gate_decision, gate_id
+from watcher.judges.gate_sample import GateSample, build_sample
 from watcher.judges.policy import (
     Conduct,
     Policy,
@@ -32,6 +36,9 @@ __all__ = [
     "DriftMonitor",
     "DriftSignal",
     "ENTRY_POINT_GROUP",
+    "GATE_STRATEGY",
+    "GateResult",
+    "GateSample",
     "Policy",
     "PolicySet",
     "PolicyState",
@@ -40,7 +47,11 @@ __all__ = [
     "Strategy",
     "StrategyRegistry",
     "acknowledge",
+    "build_sample",
     "decide",
+    "evaluate",
+    "gate_decision",
+    "gate_id",
     "layout_change",
     "load_policy",
     "override",
