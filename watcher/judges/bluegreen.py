@@ -85,6 +85,7 @@ from watcher.stats import latency_bins as lb
 
 __all__ = [
     "BlueGreenJudge",
+    "reference_history",
     "BlueGreenSettings",
     "Reference",
     "build_reference",
@@ -109,6 +110,15 @@ class BlueGreenSettings:
     restart_share: float = 0.25  # share of the green tests' alpha spent on restarted tests
     restart_span: int = 2  # a test restarted at hour j sees hours j .. j + span - 1
     conversations: int = 50_000
+
+
+def reference_history() -> VersionHistory:
+    """The versions' history blue-green's references are read from: keeping only buckets that a
+    reference window could use (``min_ref_conversations`` within the widest same-hours window)."""
+    cfg = BlueGreenSettings()
+    bucket_s = 1800.0
+    span = math.ceil((cfg.bin_s + 2 * cfg.pad_s) / bucket_s) + 1  # buckets an unaligned window touches
+    return VersionHistory(bucket_s=bucket_s, min_window=(cfg.min_ref_conversations, span))
 
 
 @dataclass(frozen=True, slots=True)

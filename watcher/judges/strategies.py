@@ -37,7 +37,7 @@ from typing import Any
 from watcher.contract import Action, Deployment, RejectReason, RolloutRef, TurnColumns
 from watcher.errors import ConfigError
 from watcher.judges.base import RolloutJudge
-from watcher.judges.bluegreen import BlueGreenJudge
+from watcher.judges.bluegreen import BlueGreenJudge, reference_history
 from watcher.judges.canary import Judge
 from watcher.judges.policy import Conduct, Policy
 from watcher.judges.shadow import ShadowJudge
@@ -62,7 +62,9 @@ class Strategy:
     # the arms the judge sees, parallel to the turns (None: the routed arms as they are)
     arms: ArmMap | None = None
     whole_turns: bool = False  # the judge reads ``Turn`` objects: the batch is decoded into objects
-    history: bool = False  # the judge reads ``VersionHistory``: kept for the agent while it runs
+    # the judge reads the versions' history: this makes the ``VersionHistory`` it needs, which the
+    # engine keeps for agents without a rollout (what a switch is compared with) or in such a one
+    history: Callable[[], VersionHistory] | None = None
     conduct: Conduct = Conduct()
     treatment_arm: str = "canary"  # the arm of the treatment version's turns that carry none
     start_weight: float | None = None  # the treatment's share when the start marker gives none
@@ -107,6 +109,12 @@ class StrategyRegistry:
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and (name in self._strategies or name in self._plugins())
+
+    def new_history(self) -> VersionHistory:
+        """The versions' history the registered strategies read (the first that reads one; a plain
+        one when none does)."""
+        made = next((s.history for s in self._strategies.values() if s.history is not None), None)
+        return made() if made is not None else VersionHistory()
 
     def names(self) -> tuple[str, ...]:
         """Every strategy name: registered and installed as entry points (not loaded)."""
@@ -233,7 +241,7 @@ BUILT_IN: tuple[Strategy, ...] = (
         "blue_green",
         _blue_green,
         BlueGreenJudge.from_state,
-        history=True,
+        history=reference_history,
         conduct=Conduct(
             meanings={
                 Action.ROLLBACK: lambda r: f"switch traffic back to blue {r.baseline_version}",
