@@ -294,6 +294,11 @@ def _deployment_rule_problem(d: Deployment) -> _Problem | None:
     """Cross-field rules that msgspec constraints cannot express."""
     if d.action == "started" and d.strategy is None:
         return RejectReason.MISSING_FIELD, "strategy: required when action is 'started'"
+    if d.action == "gated":
+        if d.gate is None:
+            return RejectReason.MISSING_FIELD, "gate: required when action is 'gated'"
+        if d.canary_version is None:
+            return RejectReason.MISSING_FIELD, "canary_version: required when action is 'gated'"
     return None
 
 
