@@ -132,8 +132,8 @@ def test_all_is_exactly_the_public_interface() -> None:
         [
             "SCHEMA_TURN", "SCHEMA_DEPLOYMENT", "SCHEMA_DEADLETTER", "MarkerAction", "Arm", "StrategyName",
             "DecodedBatch", "Deduplicator", "Deployment", "FlagSpec", "GateOutcome", "MarkerCheck",
-            "Rejected", "RejectReason", "Turn", "TurnColumns", "dead_letter_record", "decode_batch", "decode_deployment",
-            "encode_deployment", "encode_turn", "renumber",
+            "Rejected", "RejectReason", "Turn", "TurnColumns", "dead_letter_record", "decode_batch",
+            "decode_deployment", "encode_deployment", "encode_turn", "renumber",
             # what comes out: verdicts, decision records and the items sinks receive
             "Action", "ArmEstimate", "Cause", "Decision", "MetricEvidence", "RolloutEvidence", "RolloutRef",
             "SampleRatioEvidence", "Verdict", "decision_id", "rfc3339", "Item", "ItemKind", "Severity",
