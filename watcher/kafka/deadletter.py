@@ -60,6 +60,8 @@ class DeadLetters(Protocol):
         """Deliver every record, or raise; never drop one silently."""
         ...
 
+    async def stop(self) -> None: ...
+
 
 class NullDeadLetters:
     async def publish(self, records: Sequence[Rejected]) -> None:
