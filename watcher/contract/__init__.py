@@ -35,6 +35,7 @@ from watcher.contract.schema import (
     Arm,
     Deployment,
     FlagSpec,
+    GateOutcome,
     MarkerAction,
     Rejected,
     RejectReason,
@@ -59,7 +60,7 @@ from watcher.contract.verdicts import (
     rfc3339,
 )
 
-# keep: Action Arm ArmEstimate Cause Decision DecodedBatch Deduplicator Deployment FlagSpec Item
+# keep: Action Arm ArmEstimate Cause Decision DecodedBatch Deduplicator Deployment FlagSpec GateOutcome Item
 # keep: ItemKind MarkerAction MetricEvidence RejectReason Rejected RolloutEvidence RolloutRef
 # keep: SCHEMA_DEADLETTER SCHEMA_DEPLOYMENT SCHEMA_TURN SampleRatioEvidence Severity Strategy Turn
 # keep: TurnColumns Verdict dead_letter_record decision_id decode_batch decode_deployment
@@ -75,6 +76,7 @@ __all__ = [
     "Deduplicator",
     "Deployment",
     "FlagSpec",
+    "GateOutcome",
     "Item",
     "ItemKind",
     "MarkerAction",
