@@ -1,5 +1,7 @@
 """The HTTP side (layer: I/O). ``Api``: the JSON API (rollouts, decisions, verdicts, markers,
-acknowledge/override); ``auth``: bearer tokens and the loopback rule; ``flagger`` and
+acknowledge/override, deliveries); ``guard``: what the port refuses before any handler (non-JSON
+writes, foreign origins and hosts, deep or slow bodies, too many or idle connections); ``auth``:
+bearer tokens and the loopback rule; ``flagger`` and
 ``flagger_protocol``: Flagger's webhooks (the pure answers and their HTTP side); ``peers``: which
 instance owns which partition, and forwarding to it.
 """
@@ -9,12 +11,17 @@ from __future__ import annotations
 from watcher.http.api import Api
 from watcher.http.auth import middleware as auth_middleware
 from watcher.http.flagger import FlaggerHooks
+from watcher.http.guard import ConnectionGuard, Listening
+from watcher.http.guard import middleware as guard_middleware
 from watcher.http.peers import Peers, advertising_assignor, forwarding_middleware
 
 __all__ = [
     "Api",
+    "ConnectionGuard",
     "auth_middleware",
     "FlaggerHooks",
+    "guard_middleware",
+    "Listening",
     "Peers",
     "advertising_assignor",
     "forwarding_middleware",
