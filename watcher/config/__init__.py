@@ -1,12 +1,13 @@
 """Settings (layer: above the contract). One frozen, typed ``Settings`` loaded once from YAML and the
-environment (``settings``), with a slice per component; the ``sinks:`` entries (``sinks``) and the
-Flagger hook targets (``hooks``); secrets masked (``secret``). A bad value fails at load naming the
-field (``ConfigError``).
+environment (``settings``), with a slice per component; the ``sinks:`` entries (``sinks``), the
+Flagger hook targets (``hooks``) and OTLP traces in (``otlp``); secrets masked (``secret``). A bad
+value fails at load naming the field (``ConfigError``).
 """
 
 from __future__ import annotations
 
 from watcher.config.hooks import MAX_NAME, FlaggerTarget, HooksSettings, validate_targets
+from watcher.config.otlp import OtlpSettings
 from watcher.config.settings import HttpSettings, KafkaSettings, Settings, TelemetrySettings, load_settings
 from watcher.config.sinks import SinkSettings, check_unique_names
 
@@ -16,6 +17,7 @@ __all__ = [
     "HttpSettings",
     "KafkaSettings",
     "MAX_NAME",
+    "OtlpSettings",
     "Settings",
     "SinkSettings",
     "TelemetrySettings",

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from watcher.config.hooks import HooksSettings
+from watcher.config.otlp import OtlpSettings
 from watcher.config.secret import MASK, secret
 from watcher.config.sinks import SinkSettings, check_unique_names
 from watcher.errors import ConfigError
@@ -225,6 +226,7 @@ class Settings:
     hooks: HooksSettings = field(default_factory=HooksSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    otlp: OtlpSettings = field(default_factory=OtlpSettings)
     sinks: tuple[SinkSettings, ...] = ()
     log_level: str = "INFO"
     # check the configuration and policy files this often and reload when their content changed

@@ -22,6 +22,10 @@ from watcher.contract import (
     DecodedBatch,
     Deduplicator,
     Deployment,
+    Expansion,
+    NullOtlp,
+    OtlpCounts,
+    OtlpDecoder,
     Rejected,
     RolloutEvidence,
     TurnColumns,
@@ -58,6 +62,21 @@ class BatchResult:
     decisions: list[Decision] = field(default_factory=list)
     drift_signals: list[DriftSignal] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
+    otlp: OtlpCounts | None = None  # what the batch's OTLP trace requests held, if it had any
+
+    def merge(self, other: BatchResult) -> None:
+        """Add another engine's result for the same batch (one engine per partition)."""
+        self.turns += other.turns
+        self.deployments += other.deployments
+        self.duplicates += other.duplicates
+        self.rejected.extend(other.rejected)
+        self.decisions.extend(other.decisions)
+        self.drift_signals.extend(other.drift_signals)
+        self.changes.extend(other.changes)
+        if other.otlp is not None:
+            if self.otlp is None:
+                self.otlp = OtlpCounts()
+            self.otlp.add(other.otlp)
 
 
 class Engine:
@@ -75,6 +94,13 @@ class Engine:
         )
         self.drift = DriftMonitor()
         self.lateness = LatenessFilter(settings.state.allowed_lateness_s)  # per-agent event-time watermarks
+        otlp = settings.otlp
+        # OTLP trace requests in a batch become turn messages before decoding (watcher.contract.otlp)
+        self.otlp: OtlpDecoder | NullOtlp = (
+            OtlpDecoder(otlp.mapping, max_message_bytes=otlp.max_message_bytes)
+            if otlp.enabled
+            else NullOtlp()
+        )
         self.history = strategies.VersionHistory()
         self.judges: dict[str, strategies.RolloutJudge] = {}
         self.policy_states: dict[str, PolicyState] = {}
@@ -87,6 +113,9 @@ class Engine:
 
     # -- the hot path ---------------------------------------------------------------------------
     def process(self, raws: Sequence[bytes], origins: Sequence[str] | None = None) -> BatchResult:
+        spans: Expansion | None = self.otlp.expand(raws, origins)
+        if spans is not None:  # its OTLP messages replaced by their turns, each with its message's origin
+            raws, origins = spans.raws, spans.origins
         batch: DecodedBatch = decode_batch(
             raws,
             self.dedup,
@@ -94,12 +123,15 @@ class Engine:
             max_bytes=self.settings.state.max_event_bytes,
             columnar=not self._reads_whole_turns(),
         )
+        if spans is not None:
+            batch.rejected.extend(spans.rejected)
         self.lateness.apply(batch, raws, origins)  # too-late turns leave the batch, as rejected (lateness.py)
         result = BatchResult(
             turns=len(batch.turns),
             deployments=len(batch.deployments),
             duplicates=batch.duplicates,
             rejected=batch.rejected,
+            otlp=spans.counts if spans is not None else None,
         )
         for marker in sorted(batch.deployments, key=lambda d: d.ts):
             result.changes.append(self._apply(marker))

@@ -696,6 +696,8 @@ class Daemon:
             m.events_rejected.labels(r.reason.value).inc()
         if result.duplicates:
             m.events_duplicate.inc(result.duplicates)
+        if result.otlp is not None:
+            self.metrics.count_spans(result.otlp)
         m.batch_duration.observe(seconds)
         m.batch_events.observe(len(batch))
         m.last_batch.set(time.time())

@@ -1,0 +1,63 @@
+"""OTLP traces through Kafka: the daemon against the real broker, fed as the Collector's Kafka exporter
+feeds a topic (one ExportTraceServiceRequest per message, protobuf or JSON, no message key)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+from prometheus_client import generate_latest
+
+from tests.service.test_daemon import _metric
+from tests.support.daemon import consume_all, daemon_settings, daemon_topics, until
+from tests.support.otlp import RESOURCE, otlp_json, sdk_request, turn_attributes
+from watcher.service.daemon import Daemon
+
+
+async def test_collector_written_otlp_is_judged_and_broken_turn_spans_dead_lettered(
+    broker, unique_topic, produce, tmp_path
+) -> None:
+    topics = await daemon_topics(broker, unique_topic)
+    baseline = sdk_request([{"score": 0.8, "attrs": turn_attributes(i)} for i in range(6)])
+    canary_turns = [
+        {"score": 0.7, "attrs": turn_attributes(i, **{"gen_ai.agent.version": "v43"})} for i in range(6)
+    ]
+    canary_turns[4] = {
+        "attrs": turn_attributes(4, **{"gen_ai.conversation.id": None, "gen_ai.agent.version": "v43"})
+    }
+    canary = sdk_request(canary_turns, resource={**RESOURCE, "service.version": "v43"})
+    values = [baseline.SerializeToString(), otlp_json(canary)]
+    await produce(
+        topics["telemetry"], values, partitions=3
+    )  # no key: spread over partitions, as the exporter does
+    daemon = Daemon(daemon_settings(broker, tmp_path, topics))
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        await until(lambda: daemon.events_consumed >= len(values))
+        text = generate_latest(daemon.registry).decode()
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 20) == 0
+
+    turns = {
+        k[2]: daemon.engine.state.snapshot(k, "cumulative").turns
+        for k in daemon.engine.state.keys()
+        if not k[4]
+    }
+    assert turns == {"v42": 6, "v43": 5}
+    assert _metric(text, "watcher_otlp_spans_total", outcome="turn") == 11
+    assert _metric(text, "watcher_otlp_spans_total", outcome="ignored") == 24  # model and tool calls
+    assert _metric(text, "watcher_otlp_spans_total", outcome="rejected") == 1
+    assert _metric(text, "watcher_events_rejected_total", reason="missing_field") == 1
+    (dead,) = [json.loads(v) for v in await consume_all(broker.bootstrap_servers, topics["deadletter"], 1)]
+    assert dead["reason"] == "missing_field" and "gen_ai.conversation.id" in dead["detail"]
+    assert dead["origin"].startswith(topics["telemetry"] + "/")
+    span = json.loads(base64.b64decode(dead["raw_b64"]))  # the broken span itself, as the request held it
+    (broken,) = [
+        s
+        for s in canary.resource_spans[0].scope_spans[0].spans
+        if s.name.startswith("invoke_agent") and "gen_ai.conversation.id" not in {a.key for a in s.attributes}
+    ]
+    assert span["spanId"] == broken.span_id.hex() and span["name"] == broken.name
