@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 
 from prometheus_client import generate_latest
@@ -12,7 +13,11 @@ from prometheus_client import generate_latest
 from tests.service.test_daemon import _metric
 from tests.support.daemon import consume_all, daemon_settings, daemon_topics, until
 from tests.support.otlp import RESOURCE, otlp_json, sdk_request, turn_attributes
-from watcher.service.daemon import Daemon
+from watcher.service.compose import build_daemon
+from watcher.service.replay import replay
+from watcher.sim import simulate as sim
+from watcher.sim.presets import PRESETS
+from watcher.storage import SqliteDecisionLog
 
 
 async def test_collector_written_otlp_is_judged_and_broken_turn_spans_dead_lettered(
@@ -31,7 +36,7 @@ async def test_collector_written_otlp_is_judged_and_broken_turn_spans_dead_lette
     await produce(
         topics["telemetry"], values, partitions=3
     )  # no key: spread over partitions, as the exporter does
-    daemon = Daemon(daemon_settings(broker, tmp_path, topics))
+    daemon = build_daemon(daemon_settings(broker, tmp_path, topics))
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
     try:
@@ -61,3 +66,39 @@ async def test_collector_written_otlp_is_judged_and_broken_turn_spans_dead_lette
         if s.name.startswith("invoke_agent") and "gen_ai.conversation.id" not in {a.key for a in s.attributes}
     ]
     assert span["spanId"] == broken.span_id.hex() and span["name"] == broken.name
+
+
+async def test_simulated_otlp_through_the_broker_gives_the_json_streams_decision(
+    broker, unique_topic, tmp_path
+) -> None:
+    """The demo's regression (quality down for intent=billing) as OTLP protobuf requests through Kafka:
+    the daemon rolls back for the same metric and slice as a replay of the same traffic as JSON."""
+    scenario = dataclasses.replace(PRESETS["demo"], duration_s=330.0)
+    path = tmp_path / "demo.jsonl"
+    sim.write_jsonl(scenario, path)
+    expected, _ = replay(path)
+    assert expected.decisions
+    topics = await daemon_topics(broker, unique_topic)
+    sent = await sim.produce(
+        scenario,
+        broker.bootstrap_servers,
+        topics["telemetry"],
+        deployments_topic=topics["deployments"],
+        fmt="otlp",
+    )
+    messages = sum(len(block) for block in sim.messages(scenario, "otlp_proto"))
+    settings = daemon_settings(broker, tmp_path, topics)
+    daemon = build_daemon(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        await until(lambda: daemon.events_consumed >= messages, timeout=60)
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 20) == 0
+    with SqliteDecisionLog(settings.judge.decision_log) as log:
+        got = log.list(ascending=True)
+    assert sent == expected.turns + expected.deployments
+    assert [(d["action"], d["trigger"]) for d in got] == [
+        (d["action"], d["trigger"]) for d in expected.decisions
+    ]

@@ -127,8 +127,8 @@ class _Origins(Sequence[str]):
         return len(self._source)
 
     def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self._origins[j] for j in self._source[i]]
+        if isinstance(i, slice):  # still formatted only on demand
+            return _Origins(self._origins, self._source[i])
         return self._origins[self._source[i]]
 
 

@@ -80,8 +80,12 @@ class BatchResult:
 
 
 class Engine:
-    def __init__(self, settings: Settings, *, policies: PolicySet | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, policies: PolicySet | None = None, max_batch_turns: int | None = None
+    ) -> None:
         self.settings = settings
+        # the most turns of OTLP requests applied at once (default: a Kafka batch's message count)
+        self.max_batch_turns = max_batch_turns or settings.kafka.max_batch_records
         self.policies = policies if policies is not None else load_policy(settings.judge.policy_file)
         self.dedup = Deduplicator(settings.state.dedup_capacity)
         self.state = MetricsState(
@@ -114,8 +118,20 @@ class Engine:
     # -- the hot path ---------------------------------------------------------------------------
     def process(self, raws: Sequence[bytes], origins: Sequence[str] | None = None) -> BatchResult:
         spans: Expansion | None = self.otlp.expand(raws, origins)
-        if spans is not None:  # its OTLP messages replaced by their turns, each with its message's origin
-            raws, origins = spans.raws, spans.origins
+        if spans is None:
+            return self._process(raws, origins)
+        # Its OTLP messages replaced by their turns (each with its message's origin). One request may
+        # hold hundreds of turns: they are applied in batches of at most max_batch_turns, so the judge
+        # looks as often in event time as it does on the same turns sent as JSON.
+        result = BatchResult(rejected=list(spans.rejected), otlp=spans.counts)
+        raws, origins, step = spans.raws, spans.origins, self.max_batch_turns
+        for i in range(0, len(raws), step):
+            result.merge(
+                self._process(raws[i : i + step], origins[i : i + step] if origins is not None else None)
+            )
+        return result
+
+    def _process(self, raws: Sequence[bytes], origins: Sequence[str] | None) -> BatchResult:
         batch: DecodedBatch = decode_batch(
             raws,
             self.dedup,
@@ -123,15 +139,12 @@ class Engine:
             max_bytes=self.settings.state.max_event_bytes,
             columnar=not self._reads_whole_turns(),
         )
-        if spans is not None:
-            batch.rejected.extend(spans.rejected)
         self.lateness.apply(batch, raws, origins)  # too-late turns leave the batch, as rejected (lateness.py)
         result = BatchResult(
             turns=len(batch.turns),
             deployments=len(batch.deployments),
             duplicates=batch.duplicates,
             rejected=batch.rejected,
-            otlp=spans.counts if spans is not None else None,
         )
         for marker in sorted(batch.deployments, key=lambda d: d.ts):
             result.changes.append(self._apply(marker))

@@ -19,6 +19,7 @@ from typing import Any
 
 from watcher.clock import Clock, SystemClock
 from watcher.errors import ConfigError
+from watcher.sim.otlp import otlp_blocks
 from watcher.sim.presets import PRESETS, STRATEGY_PRESETS
 from watcher.sim.scenario import (
     ARMS,
@@ -35,6 +36,7 @@ from watcher.sim.traffic import blocks, generate
 
 # The simulator's public names, wherever they live (callers import them from here).
 __all__ = [
+    "FORMATS",
     "ArmProfile",
     "Metric",
     "Mode",
@@ -47,6 +49,7 @@ __all__ = [
     "add_arguments",
     "expected_outcome",
     "generate",
+    "messages",
     "parse_regression",
     "produce",
     "run",
@@ -55,15 +58,36 @@ __all__ = [
 ]
 
 
-def write_jsonl(scenario: Scenario, path: str | Path) -> int:
-    """Write the scenario as JSON Lines; returns the number of events written."""
+FORMATS = ("json", "otlp", "otlp_proto", "otlp_json")
+
+
+def write_jsonl(scenario: Scenario, path: str | Path, fmt: str = "json") -> int:
+    """Write the scenario as JSON Lines (turns, or OTLP/JSON requests, and markers); returns the number
+    of events (turns and markers) written."""
     n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for lines, _ in blocks(scenario):
-            f.write("\n".join(lines))
-            f.write("\n")
-            n += len(lines)
+    with open(path, "wb") as f:
+        for chunk in messages(scenario, _file_format(fmt)):
+            f.write(b"".join(value + b"\n" for value, _, _ in chunk))
+            n += sum(events for _, _, events in chunk)
     return n
+
+
+def _file_format(fmt: str) -> str:
+    if fmt == "otlp_proto":
+        raise ConfigError(
+            "simulate.format", "protobuf has no line framing in a file: use otlp (OTLP/JSON lines)"
+        )
+    return "otlp_json" if fmt == "otlp" else fmt
+
+
+def messages(scenario: Scenario, fmt: str = "json") -> Iterator[list[tuple[bytes, bool, int]]]:
+    """The scenario's messages block by block: ``(value, is_marker, events)``; ``fmt`` json (a turn per
+    message) or otlp_proto / otlp_json (a trace request per message: ``watcher.sim.otlp``)."""
+    if fmt == "json":
+        for lines, marker_pos in blocks(scenario):
+            yield [(line.encode(), i in marker_pos, 1) for i, line in enumerate(lines)]
+    else:
+        yield from otlp_blocks(blocks(scenario), fmt)
 
 
 class _Pacer:
@@ -81,10 +105,10 @@ class _Pacer:
                 await asyncio.sleep(delay)
 
 
-def _chunks(lines: list[str], rate: float | None) -> Iterator[tuple[int, list[str]]]:
-    step = max(1, int(rate / 20)) if rate else len(lines)  # paced: ~20 sends a second, smooth enough
-    for i in range(0, len(lines), step):
-        yield i, lines[i : i + step]
+def _chunks(block: list[Any], rate: float | None) -> Iterator[list[Any]]:
+    step = max(1, int(rate / 20)) if rate else len(block)  # paced: ~20 sends a second, smooth enough
+    for i in range(0, len(block), step):
+        yield block[i : i + step]
 
 
 async def produce(
@@ -95,8 +119,11 @@ async def produce(
     rate: float | None = None,
     deployments_topic: str | None = None,
     clock: Clock | None = None,
+    fmt: str = "json",
 ) -> int:
     """Send the scenario to Kafka (key = agent_id); markers go to ``deployments_topic`` if given.
+    ``fmt`` otlp (protobuf), otlp_proto or otlp_json: trace requests, as the Collector's Kafka exporter
+    writes them. Returns the events (turns and markers) sent.
 
     acks=1 and no idempotence: the embedded test broker (Tansu) rejects InitProducerId. Records are
     appended to batches by hand (the partition the default partitioner picks for the key): a
@@ -111,6 +138,7 @@ async def produce(
         enable_idempotence=False,
         linger_ms=5 if rate else 50,
         max_batch_size=1 << 20,
+        max_request_size=8 << 20,  # an OTLP request of 512 spans is ~300 KB
     )
     await producer.start()
     key = scenario.agent_id.encode()
@@ -121,12 +149,11 @@ async def produce(
         for dest in {topic, deployments_topic or topic}:
             available = sorted(await producer.partitions_for(dest))
             partitions[dest] = DefaultPartitioner()(key, available, available)
-        for lines, marker_pos in blocks(scenario):
-            for offset, chunk in _chunks(lines, rate):
+        for block in messages(scenario, "otlp_proto" if fmt == "otlp" else fmt):
+            for chunk in _chunks(block, rate):
                 batches = {dest: producer.create_batch() for dest in partitions}
-                for i, line in enumerate(chunk, offset):
-                    dest = deployments_topic if deployments_topic and i in marker_pos else topic
-                    value = line.encode()
+                for value, is_marker, _ in chunk:
+                    dest = deployments_topic if deployments_topic and is_marker else topic
                     while batches[dest].append(key=key, value=value, timestamp=None) is None:
                         inflight.append(
                             await producer.send_batch(batches[dest], dest, partition=partitions[dest])
@@ -141,21 +168,23 @@ async def produce(
                     keep = 0 if rate else 16
                     await asyncio.gather(*inflight[: len(inflight) - keep])
                     del inflight[: len(inflight) - keep]
-                await pacer.tick(len(chunk))
+                await pacer.tick(sum(events for _, _, events in chunk))
         await asyncio.gather(*inflight)
     finally:
         await producer.stop()
     return pacer.sent
 
 
-async def _write_paced(scenario: Scenario, path: str | Path, rate: float, clock: Clock) -> int:
+async def _write_paced(
+    scenario: Scenario, path: str | Path, rate: float, clock: Clock, fmt: str = "json"
+) -> int:
     pacer = _Pacer(rate, clock)
-    with open(path, "w", encoding="utf-8") as f:
-        for lines, _ in blocks(scenario):
-            for _, chunk in _chunks(lines, rate):
-                f.write("".join(line + "\n" for line in chunk))
+    with open(path, "wb") as f:
+        for block in messages(scenario, _file_format(fmt)):
+            for chunk in _chunks(block, rate):
+                f.write(b"".join(value + b"\n" for value, _, _ in chunk))
                 f.flush()  # a follower (tail -f, FileSource) sees events as they are "produced"
-                await pacer.tick(len(chunk))
+                await pacer.tick(sum(events for _, _, events in chunk))
     return pacer.sent
 
 
@@ -223,6 +252,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--topic", default="watcher.telemetry", help="telemetry topic (default %(default)s)")
     out.add_argument("--deployments-topic", help="send markers here (default: the telemetry topic)")
     out.add_argument("--rate", type=float, help="pace output to this many events per second")
+    out.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="json",
+        help="json: watcher.turn/v1 events; otlp: the same turns as OpenTelemetry GenAI spans, one trace "
+        "request per message (protobuf to Kafka, OTLP/JSON lines to a file); otlp_proto, otlp_json: "
+        "that encoding (default %(default)s)",
+    )
     sc = parser.add_argument_group("scenario")
     sc.add_argument(
         "--preset", choices=sorted(PRESETS) + sorted(STRATEGY_PRESETS), help="start from a named scenario"
@@ -300,9 +337,9 @@ async def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     if args.out:
         if args.rate:
-            n = await _write_paced(scenario, args.out, args.rate, SystemClock())
+            n = await _write_paced(scenario, args.out, args.rate, SystemClock(), args.format)
         else:
-            n = write_jsonl(scenario, args.out)
+            n = write_jsonl(scenario, args.out, args.format)
         where = args.out
     else:
         n = await produce(
@@ -311,6 +348,7 @@ async def run(args: argparse.Namespace) -> int:
             args.topic,
             rate=args.rate,
             deployments_topic=args.deployments_topic,
+            fmt=args.format,
         )
         where = f"{args.bootstrap_servers}/{args.topic}"
     elapsed = time.monotonic() - started
