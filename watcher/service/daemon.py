@@ -117,7 +117,7 @@ class Daemon:
             readiness=self.readiness,
             on_marker=self.markers.publish,
             on_decisions=self._persist_api_decisions,
-            deliveries=self.outbox.deliveries,
+            deliveries=self.outbox,
             max_body_bytes=self.settings.http.max_body_bytes,
             middlewares=[
                 auth.middleware(self.settings.http),
