@@ -96,12 +96,13 @@ class HttpSettings:
     read_token: str | None = secret()  # read endpoints, if set (health, readiness and /metrics stay open)
     flagger_token: str | None = secret()  # the Flagger hooks, if set
     argo_token: str | None = secret()  # the verdict endpoints Argo Rollouts polls, if set
+    otlp_token: str | None = secret()  # POST /v1/traces (OTLP/HTTP in), if set
     # how the other instances reach this one (checkpoint.scope: partition forwards requests about an
     # agent to its owner); default http://<host or hostname>:<bound port>
     advertised_url: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("auth_token", "read_token", "flagger_token", "argo_token"):
+        for name in ("auth_token", "read_token", "flagger_token", "argo_token", "otlp_token"):
             value = getattr(self, name)
             if value is not None and len(value) < 16:
                 raise ConfigError(f"http.{name}", "must be at least 16 characters")

@@ -1,6 +1,7 @@
 """Kafka (layer: I/O). ``source``: the consumer group in batches (``KafkaSource``, ``MessageBatch``) and
 ``FileSource``; ``fast_fetch``: aiokafka's record batches taken whole; ``deadletter``: the
-dead-letter topic (and file / null variants); ``rebalance``: what the owner of the consumed state
+dead-letter topic (and file / null variants); ``producer``: turns received over OTLP/HTTP written to
+the telemetry topic (``TurnWriter``); ``rebalance``: what the owner of the consumed state
 is told when the group moves partitions (``PartitionListener``); ``embedded``: the embedded broker
 and topic creation.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from watcher.kafka.deadletter import DeadLetters, KafkaDeadLetters
 from watcher.kafka.embedded import EmbeddedBroker, TopicSpec, create_topics
+from watcher.kafka.producer import KafkaTurnWriter, NoTurnWriter, TurnWriter
 from watcher.kafka.rebalance import NULL_LISTENER, NullPartitionListener, PartitionListener, Partitions
 from watcher.kafka.source import (
     KafkaSource,
@@ -25,9 +27,11 @@ __all__ = [
     "EmbeddedBroker",
     "KafkaDeadLetters",
     "KafkaSource",
+    "KafkaTurnWriter",
     "Message",
     "MessageBatch",
     "NULL_LISTENER",
+    "NoTurnWriter",
     "NullPartitionListener",
     "OffsetSource",
     "Origins",
@@ -35,6 +39,7 @@ __all__ = [
     "Partitions",
     "Source",
     "TopicSpec",
+    "TurnWriter",
     "create_topics",
     "next_offsets",
 ]

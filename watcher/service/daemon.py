@@ -28,12 +28,21 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from watcher.config import Settings
-from watcher.contract import Action, Decision
+from watcher.contract import Action, Decision, OtlpCounts, OtlpDecoder, Rejected
 from watcher.engine import BatchResult, Engine, Tasks
 from watcher.errors import ConfigError
-from watcher.http import Api, FlaggerHooks, Peers, auth
+from watcher.http import Api, FlaggerHooks, OtlpReceiver, Peers, auth
 from watcher.http import forwarding_middleware as route_to_owner
-from watcher.kafka import DeadLetters, Message, MessageBatch, Origins, PartitionListener, Source, next_offsets
+from watcher.kafka import (
+    DeadLetters,
+    Message,
+    MessageBatch,
+    Origins,
+    PartitionListener,
+    Source,
+    TurnWriter,
+    next_offsets,
+)
 from watcher.outbox import Outbox
 from watcher.service.markers import Markers
 from watcher.service.partitions import Checkpoints, TaskPartitions
@@ -59,6 +68,7 @@ class Parts:
     dead_letters: DeadLetters
     decision_log: DecisionLog
     markers: Markers
+    turns: TurnWriter  # POST /v1/traces: what it reads goes to the telemetry topic first
     outbox: Outbox
     peers: Peers | None  # checkpoint.scope: partition: requests about another instance's agents
     tracer: Any
@@ -83,6 +93,7 @@ class Daemon:
         self.dead_letters = parts.dead_letters
         self.decision_log = parts.decision_log
         self.markers = parts.markers
+        self.turns = parts.turns
         self.outbox = parts.outbox
         self.peers = parts.peers
         self.tracer = parts.tracer
@@ -135,6 +146,10 @@ class Daemon:
         )
         app = api.app()
         app.add_routes(self.hooks.routes())
+        if self.settings.otlp.enabled:
+            otlp = self.settings.otlp
+            decoder = OtlpDecoder(otlp.mapping, max_message_bytes=otlp.max_message_bytes)
+            app.add_routes(OtlpReceiver(decoder, self.turns, self._received_spans).routes())
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
@@ -147,6 +162,15 @@ class Daemon:
             )
         self._http_up = True
         log.info("HTTP API on http://%s:%s", self.settings.http.host, self.port)
+
+    async def _received_spans(self, counts: OtlpCounts, rejected: list[Rejected]) -> None:
+        """A request to POST /v1/traces: its spans counted, its rejected spans and turns dead-lettered."""
+        self.metrics.count_spans(counts)
+        if rejected:
+            await self.dead_letters.publish(rejected)
+            self.metrics.dead_letters.inc(len(rejected))
+            for r in rejected:
+                self.metrics.events_rejected.labels(r.reason.value).inc()
 
     def restore(self) -> bool:
         """Restore the engine from the latest checkpoint (before consuming); True if there was one
@@ -199,6 +223,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code."""
         self.restore()
+        await self.turns.start()
         await self.start_http()
         await self.markers.start()
         await self.source.start(self.partitions)
@@ -223,6 +248,7 @@ class Daemon:
             if self.peers is not None:
                 await self.peers.close()
             await self.markers.stop()
+            await self.turns.stop()
             with contextlib.suppress(Exception):
                 await self.dead_letters.stop()  # type: ignore[attr-defined]
             if self._runner is not None:

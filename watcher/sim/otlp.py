@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -176,15 +177,18 @@ def _span_json(span: _Span) -> dict[str, Any]:
 # ---- turns into spans ---------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
 class _Span:
-    __slots__ = ("trace_id", "span_id", "parent", "name", "kind", "start", "end", "attrs", "events", "status")
-
-    def __init__(self, **kw: Any) -> None:
-        self.parent = b""
-        self.events: list[tuple[str, int, list[tuple[str, Any]]]] = []
-        self.status = 0
-        for k, v in kw.items():
-            setattr(self, k, v)
+    trace_id: bytes
+    span_id: bytes
+    name: str
+    kind: int  # INTERNAL 1, CLIENT 3
+    start: int  # ns
+    end: int
+    attrs: list[tuple[str, Any]]
+    parent: bytes = b""
+    events: list[tuple[str, int, list[tuple[str, Any]]]] = field(default_factory=list)
+    status: int = 0  # ERROR 2
 
 
 def _ns(value: float, steps: int, ns_per_unit: int) -> int:
@@ -226,13 +230,10 @@ def turn_spans(t: Turn, children: int = CHILDREN) -> list[_Span]:
         attrs.append(("watcher.escalated", True))
     if t.compliance_violation:
         attrs.append(("watcher.compliance_violation", True))
-    span = _Span(
-        trace_id=trace_id, span_id=root, name=f"invoke_agent {t.agent_id}", kind=1, start=start, end=end
-    )
+    span = _Span(trace_id, root, f"invoke_agent {t.agent_id}", kind=1, start=start, end=end, attrs=attrs)
     if t.error:
         attrs.append(("error.type", "agent_error"))
         span.status = 2
-    span.attrs = attrs
     if t.quality is not None:
         score = [("gen_ai.evaluation.name", "quality"), ("gen_ai.evaluation.score.value", t.quality)]
         span.events.append(("gen_ai.evaluation.result", end, score))
@@ -240,10 +241,8 @@ def turn_spans(t: Turn, children: int = CHILDREN) -> list[_Span]:
         flag = [("feature_flag.key", key), ("feature_flag.result.variant", variant)]
         span.events.append(("feature_flag.evaluation", start, flag))
     out = [span]
-    for c, (op, name) in enumerate(
-        (("chat", f"chat {_MODEL}"), ("execute_tool", "execute_tool lookup_account"))[:children]
-    ):
-        call = [
+    for c, (op, name) in enumerate(_CALLS[:children]):
+        call: list[tuple[str, Any]] = [
             ("gen_ai.operation.name", op),
             ("gen_ai.provider.name", "openai"),
             ("gen_ai.request.model", _MODEL),
