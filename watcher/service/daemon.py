@@ -223,9 +223,9 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code."""
         self.restore()
-        await self.turns.start()
         await self.start_http()
         await self.markers.start()
+        await self.turns.start()  # until it is, POST /v1/traces answers 503 (the exporter retries)
         await self.source.start(self.partitions)
         outbox_stop = asyncio.Event()
         outbox_task = asyncio.create_task(self.outbox.run(outbox_stop))
