@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from watcher.cli import gate as gate_cli
-from watcher.cli.process import install_reload_signal, install_stop_signals, tune_gc
+from watcher.cli.process import install_reload_signal, stop_within, tune_gc
 from watcher.errors import ConfigError, WatcherError
 
 
@@ -47,9 +47,11 @@ def _logging(level: str) -> None:
 def _check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from watcher.judges import load_policy
+    from watcher.sinks import sink_settings
 
     load_policy(settings.judge.policy_file)
-    sys.stdout.write(yaml.safe_dump(settings.masked(), sort_keys=False))
+    sinks = sink_settings(settings.sinks)  # each sink's own options, validated as start-up does
+    sys.stdout.write(yaml.safe_dump(settings.masked(sinks), sort_keys=False))
     return 0
 
 
@@ -100,14 +102,14 @@ async def _run(args: argparse.Namespace) -> int:
     settings = load_settings(source.path, overrides=source.overrides)
     _logging(settings.log_level)
     stop = asyncio.Event()
-    install_stop_signals(stop)
+    stop_within(stop, settings.shutdown_grace_s)  # before any thread: they inherit its signal mask
     daemon = build_daemon(settings, config_source=source)
     install_reload_signal(daemon.reload)  # SIGHUP: policy and sinks again, without a restart
     return await daemon.run(stop)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from watcher.sim import simulate
+    from watcher.sim import add_simulate_arguments
 
     parser = argparse.ArgumentParser(prog="watcher", description=__doc__)
     parser.add_argument("--config", help="YAML settings file (or WATCHER_CONFIG)")
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate_cli.add_arguments(gate)
 
     sim = sub.add_parser("simulate", help="produce realistic telemetry to Kafka or a JSONL file")
-    simulate.add_arguments(sim)
+    add_simulate_arguments(sim)
 
     demo = sub.add_parser("demo", help="embedded broker + simulator + daemon, with a live table")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -164,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "gate":
             return gate_cli.run(args)
         if args.command == "simulate":
-            from watcher.sim import simulate
+            from watcher.sim import run_simulate
 
-            return asyncio.run(simulate.run(args))
+            return asyncio.run(run_simulate(args))
         if args.command == "demo":
             from watcher.cli.demo import run_demo
 

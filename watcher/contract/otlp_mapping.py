@@ -15,9 +15,11 @@ score outside ``quality_range``) is a rejection with a reason naming the attribu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
 
 from watcher.contract.schema import RejectReason
 from watcher.errors import ConfigError
@@ -44,30 +46,34 @@ _OPERATION = "gen_ai.operation.name"
 STATUS_ERROR = 2  # Status.StatusCode.STATUS_CODE_ERROR
 _PREFIX = "otlp.mapping."
 
-_Keys = tuple[str, ...]
+# attribute keys, tried in order; the first present (on the span, then its resource) wins
+_Keys = tuple[Annotated[str, Meta(min_length=1)], ...]
+_Key = Annotated[str, Meta(min_length=1)]
 
 
-@dataclass(frozen=True)
-class SpanMapping:
-    """Which spans are turns, and where each turn field comes from (docs/otlp.md has the reference)."""
+class SpanMapping(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which spans are turns, and where each turn field comes from (docs/otlp.md has the reference).
+
+    A settings section (``otlp.mapping``) that lives with the rules it parametrises: frozen, unknown
+    fields refused, validated by ``watcher.config`` like every other section."""
 
     # A span is a turn when any of these matches: its gen_ai.operation.name, its name, or a boolean
     # attribute set to true.
     turn_operations: _Keys = ("invoke_agent",)
     turn_span_names: _Keys = ()
-    turn_attribute: str | None = None
+    turn_attribute: _Key | None = None
     agent_id: _Keys = ("gen_ai.agent.name", "gen_ai.agent.id", "service.name")
     environment: _Keys = ("deployment.environment.name", "deployment.environment")  # absent: "prod"
     version: _Keys = ("gen_ai.agent.version", "service.version")
     arm: _Keys = ("watcher.arm",)
     conversation_id: _Keys = ("gen_ai.conversation.id", "session.id")
     turn: _Keys = ("watcher.turn",)  # the turn's index in its conversation; absent: 0
-    segment_prefix: str | None = "watcher.segment."  # watcher.segment.intent=billing -> intent: billing
-    segments: Mapping[str, str] = field(default_factory=dict)  # segment key -> attribute key
+    segment_prefix: _Key | None = "watcher.segment."  # watcher.segment.intent=billing -> intent: billing
+    segments: dict[_Key, _Key] = msgspec.field(default_factory=dict)  # segment key -> attribute key
     latency_ms: _Keys = ()  # empty: the span's duration
     quality: _Keys = ()  # attributes holding the score; else the gen_ai.evaluation.result event
-    quality_evaluation: str | None = None  # that event's gen_ai.evaluation.name; None: the first one
-    quality_range: tuple[float, ...] = (0.0, 1.0)  # the evaluator's scale, mapped onto 0..1
+    quality_evaluation: _Key | None = None  # that event's gen_ai.evaluation.name; None: the first one
+    quality_range: tuple[float, float] = (0.0, 1.0)  # the evaluator's scale, mapped onto 0..1
     escalated: _Keys = ("watcher.escalated",)
     error: _Keys = ("error.type",)  # set (or true) marks an error; so does the span status ERROR
     compliance_violation: _Keys = ("watcher.compliance_violation",)
@@ -84,16 +90,10 @@ class SpanMapping:
         for name in ("agent_id", "version", "conversation_id"):
             if not getattr(self, name):
                 raise ConfigError(_PREFIX + name, "needs at least one attribute key (the field is required)")
-        if not isinstance(self.segments, Mapping) or not all(
-            isinstance(k, str) and k and isinstance(v, str) and v for k, v in self.segments.items()
-        ):
-            raise ConfigError(_PREFIX + "segments", "must map segment keys to attribute keys (strings)")
-        if self.segment_prefix == "":
-            raise ConfigError(_PREFIX + "segment_prefix", "must not be empty (null: no prefix)")
-        lo_hi = self.quality_range
-        if len(lo_hi) != 2 or not all(math.isfinite(x) for x in lo_hi) or not lo_hi[0] < lo_hi[1]:
+        lo, hi = self.quality_range
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ConfigError(
-                _PREFIX + "quality_range", f"must be [low, high] with low < high, got {lo_hi!r}"
+                _PREFIX + "quality_range", f"must be [low, high] with low < high, got [{lo}, {hi}]"
             )
 
 

@@ -8,12 +8,14 @@ forwarding to it.
 from __future__ import annotations
 
 from watcher.http.api import Api
+from watcher.http.auth import middleware as auth_middleware
 from watcher.http.flagger import FlaggerHooks
 from watcher.http.otlp import OTLP_TRACES, OtlpReceiver
 from watcher.http.peers import Peers, advertising_assignor, forwarding_middleware
 
 __all__ = [
     "Api",
+    "auth_middleware",
     "FlaggerHooks",
     "OTLP_TRACES",
     "OtlpReceiver",
