@@ -30,7 +30,6 @@ PACKAGES = sorted(info.name for info in pkgutil.iter_modules(watcher.__path__, "
 PENDING = {
     ("watcher.engine.engine", "watcher.judges", "strategies"),
     ("watcher.judges.bluegreen", "watcher.stats", "latency_bins"),
-    ("watcher.state.history", "watcher.stats", "latency_bins"),
 }
 
 

@@ -122,7 +122,7 @@ def test_struct_attributes_are_the_contract_field_names() -> None:
     )  # fmt: skip
     assert Deployment.__struct_fields__ == (
         "event_id", "ts", "agent_id", "environment", "action", "strategy", "baseline_version",
-        "canary_version", "canary_weight", "flag", "actor", "notes",
+        "canary_version", "canary_weight", "flag", "gate", "actor", "notes",
     )  # fmt: skip
     assert FlagSpec.__struct_fields__ == ("name", "control", "treatment")
 
@@ -131,9 +131,9 @@ def test_all_is_exactly_the_public_interface() -> None:
     assert sorted(events.__all__) == sorted(
         [
             "SCHEMA_TURN", "SCHEMA_DEPLOYMENT", "SCHEMA_DEADLETTER", "MarkerAction", "Arm", "Strategy",
-            "DecodedBatch", "Deduplicator", "Deployment", "FlagSpec", "Rejected", "RejectReason", "Turn",
-            "TurnColumns", "dead_letter_record", "decode_batch", "decode_deployment", "encode_deployment",
-            "encode_turn", "renumber",
+            "DecodedBatch", "Deduplicator", "Deployment", "FlagSpec", "GateOutcome", "Rejected",
+            "RejectReason", "Turn", "TurnColumns", "dead_letter_record", "decode_batch", "decode_deployment",
+            "encode_deployment", "encode_turn", "renumber",
             # what comes out: verdicts, decision records and the items sinks receive
             "Action", "ArmEstimate", "Cause", "Decision", "MetricEvidence", "RolloutEvidence", "RolloutRef",
             "SampleRatioEvidence", "Verdict", "decision_id", "rfc3339", "Item", "ItemKind", "Severity",

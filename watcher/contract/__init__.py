@@ -49,6 +49,7 @@ from watcher.contract.schema import (
     Arm,
     Deployment,
     FlagSpec,
+    GateOutcome,
     MarkerAction,
     Rejected,
     RejectReason,
@@ -73,7 +74,7 @@ from watcher.contract.verdicts import (
     rfc3339,
 )
 
-# keep: Action Arm ArmEstimate Cause Decision DecodedBatch Deduplicator Deployment FlagSpec Item
+# keep: Action Arm ArmEstimate Cause Decision DecodedBatch Deduplicator Deployment FlagSpec GateOutcome Item
 # keep: ItemKind MarkerAction MetricEvidence RejectReason Rejected RolloutEvidence RolloutRef
 # keep: SCHEMA_DEADLETTER SCHEMA_DEPLOYMENT SCHEMA_TURN SampleRatioEvidence Severity Strategy Turn
 # keep: TurnColumns Verdict dead_letter_record decision_id decode_batch decode_deployment
@@ -91,6 +92,7 @@ __all__ = [
     "Deployment",
     "Expansion",
     "FlagSpec",
+    "GateOutcome",
     "Item",
     "ItemKind",
     "MarkerAction",

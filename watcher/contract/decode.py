@@ -284,6 +284,11 @@ def _deployment_rule_problem(d: Deployment) -> _Problem | None:
             return RejectReason.MISSING_FIELD, "strategy: required when action is 'started'"
         if d.strategy == "flag" and d.flag is None:
             return RejectReason.MISSING_FIELD, "flag: required when strategy is 'flag' and action 'started'"
+    if d.action == "gated":
+        if d.gate is None:
+            return RejectReason.MISSING_FIELD, "gate: required when action is 'gated'"
+        if d.canary_version is None:
+            return RejectReason.MISSING_FIELD, "canary_version: required when action is 'gated'"
     return None
 
 

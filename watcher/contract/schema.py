@@ -25,6 +25,7 @@ __all__ = [
     "Arm",
     "Deployment",
     "FlagSpec",
+    "GateOutcome",
     "Rejected",
     "RejectReason",
     "Strategy",
@@ -73,7 +74,9 @@ _NonNeg = Annotated[float, Meta(ge=0.0)]
 _Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
 _Segment = Annotated[dict[str, Annotated[str, Meta(max_length=64)]], Meta(max_length=16)]
 Arm = Literal["baseline", "canary", "shadow", "live"]
-MarkerAction = Literal["started", "weight_changed", "paused", "resumed", "promoted", "rolled_back", "aborted"]
+MarkerAction = Literal[
+    "started", "weight_changed", "paused", "resumed", "promoted", "rolled_back", "aborted", "gated"
+]
 Strategy = Literal["canary", "shadow", "blue_green", "flag"]
 
 
@@ -115,6 +118,13 @@ class FlagSpec(Struct, kw_only=True, gc=False):
     treatment: Annotated[str, Meta(min_length=1)]
 
 
+class GateOutcome(Struct, kw_only=True, gc=False):
+    """What a pre-production gate concluded about ``canary_version`` (a ``gated`` marker)."""
+
+    verdict: Literal["pass", "fail", "inconclusive"]
+    decision_id: _Id128 | None = None  # the gate's watcher.decision/v1 record
+
+
 class Deployment(Struct, kw_only=True, tag_field="schema", tag=SCHEMA_DEPLOYMENT, gc=False):
     """A deployment marker (``watcher.deployment/v1``). Versions are 1-128 chars like a turn's."""
 
@@ -131,6 +141,7 @@ class Deployment(Struct, kw_only=True, tag_field="schema", tag=SCHEMA_DEPLOYMENT
     canary_version: _Id128 | None = None
     canary_weight: _Unit | None = None
     flag: FlagSpec | None = None
+    gate: GateOutcome | None = None  # with action "gated"
     actor: str | None = None
     notes: str | None = None
 

@@ -368,6 +368,8 @@ class Api:
         d = r.to_dict()
         d["markers"] = d["markers"][-20:]
         d["decision"] = self.engine.last_action.get(r.rollout_id, Action.CONTINUE).value
+        # what the treatment version passed (or not) before this rollout: ``watcher gate`` verdicts
+        d["gates"] = self.engine.registry.gates(r.agent_id, r.canary_version)
         return d
 
     @staticmethod

@@ -4,7 +4,8 @@ dead-letter topic (and file / null variants); ``producer``: records written with
 what was not acknowledged; ``turns``: turns received over OTLP/HTTP written to the telemetry topic
 (``TurnWriter``); ``spool``: records Kafka would not take yet, and their forwarder;
 ``rebalance``: what the owner of the consumed state is told when the group moves partitions
-(``PartitionListener``); ``embedded``: the embedded broker and topic creation.
+(``PartitionListener``); ``embedded``: the embedded broker and topic creation; ``range``: a time
+range of a topic read once (``watcher gate``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from watcher.kafka.deadletter import DeadLetters, FileDeadLetters, KafkaDeadLetters, NullDeadLetters
 from watcher.kafka.embedded import EmbeddedBroker, TopicSpec, create_topics
 from watcher.kafka.producer import OutRecord, RecordProducer
+from watcher.kafka.range import read_range
 from watcher.kafka.rebalance import NULL_LISTENER, NullPartitionListener, PartitionListener, Partitions
 from watcher.kafka.source import (
     KafkaSource,
@@ -54,4 +56,5 @@ __all__ = [
     "TurnWriter",
     "create_topics",
     "next_offsets",
+    "read_range",
 ]

@@ -37,6 +37,7 @@ from watcher.kafka import (
     DeadLetters,
     Message,
     MessageBatch,
+    OffsetSource,
     Origins,
     PartitionListener,
     Source,
@@ -202,7 +203,8 @@ class Daemon:
         saved = self.checkpoints.save(force=force)
         if not saved:
             return False
-        await self.source.commit_offsets(saved)  # type: ignore[attr-defined]
+        assert isinstance(self.source, OffsetSource)  # checkpoints are kept only with one (compose)
+        await self.source.commit_offsets(saved)
         return True
 
     async def _checkpoint_ticker(self) -> None:
@@ -225,7 +227,8 @@ class Daemon:
         async with self._lock:
             taken = partitions.retry_waiting()
             if taken:
-                self.source.resume_partitions(taken, partitions.resume_offset)  # type: ignore[attr-defined]
+                assert isinstance(self.source, OffsetSource)  # partition tasks need one (compose)
+                self.source.resume_partitions(taken, partitions.resume_offset)
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code.
@@ -450,7 +453,10 @@ class Daemon:
                 await self.source.commit(batch)
             else:
                 # the state now covers the batch; its offsets are committed with the next checkpoint
-                self.checkpoints.advance(next_offsets(batch) if self.tasks is None else covered)
+                if self.tasks is None:
+                    self.checkpoints.advance(next_offsets(batch))
+                else:
+                    self.checkpoints.advance_tasks(covered)
                 await self._checkpoint()
             span.set_attribute("watcher.events", len(batch))
             span.set_attribute("watcher.turns", result.turns)

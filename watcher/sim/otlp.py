@@ -302,9 +302,9 @@ class SpanBatcher:
         self.max_delay_s = max_delay_s
         self._pending: dict[tuple[str, str, str], tuple[float, list[list[_Span]]]] = {}
 
-    def add(self, turn: Turn) -> list[tuple[bytes, bool, int]]:
+    def add(self, turn: Turn) -> list[tuple[str, bytes, int]]:
         """Requests due when this turn is added (in the order their batches started), as
-        ``(request, False, turns)``."""
+        ``(agent, request, turns)``."""
         out = []
         for key, (first, _) in list(self._pending.items()):
             if turn.ts - first >= self.max_delay_s:
@@ -316,39 +316,37 @@ class SpanBatcher:
             out.append(self._flush(key))
         return out
 
-    def flush(self) -> list[tuple[bytes, bool, int]]:
+    def flush(self) -> list[tuple[str, bytes, int]]:
         return [self._flush(key) for key in list(self._pending)]
 
-    def _flush(self, key: tuple[str, str, str]) -> tuple[bytes, bool, int]:
+    def _flush(self, key: tuple[str, str, str]) -> tuple[str, bytes, int]:
         _, turns = self._pending.pop(key)
-        return (
-            encode_request(key, [span for spans in turns for span in spans], self.encoding),
-            False,
-            len(turns),
-        )
+        spans = [span for turn in turns for span in turn]
+        return key[0], encode_request(key, spans, self.encoding), len(turns)
 
 
 def otlp_blocks(
-    blocks: Iterable[tuple[list[str], set[int]]], encoding: str = OTLP_PROTO
-) -> Iterator[list[tuple[bytes, bool, int]]]:
-    """The simulator's blocks of JSON lines (``watcher.sim.traffic.blocks``) as trace requests:
-    ``(message, is_marker, events)`` per block, ``events`` the turns a request holds (1 for a
-    marker). A deployment marker passes as it is, after every request due before it."""
+    stream: Iterable[tuple[list[str], list[str], set[int]]], encoding: str = OTLP_PROTO
+) -> Iterator[tuple[list[str], list[bytes], set[int], list[int]]]:
+    """The simulator's blocks of JSON lines ``(agent ids, lines, marker positions)`` as trace requests:
+    ``(agent ids, messages, marker positions, events)``, ``events`` the turns each request holds (1
+    for a marker). A deployment marker passes as it is, after every request due before it."""
     batcher = SpanBatcher(encoding)
-    for lines, marker_pos in blocks:
-        out: list[tuple[bytes, bool, int]] = []
+    for keys, lines, markers in stream:
+        out: list[tuple[str, bytes, int]] = []
+        marks: set[int] = set()
         for i, line in enumerate(lines):
-            raw = line.encode()
-            if i in marker_pos:
+            if i in markers:
                 out += batcher.flush()
-                out.append((raw, True, 1))
+                marks.add(len(out))
+                out.append((keys[i], line.encode(), 1))
                 continue
-            turn = _TURN.decode(raw)
+            turn = _TURN.decode(line)
             if turn.ts.__class__ is not float:
                 turn.ts = turn.ts.timestamp()  # type: ignore[attr-defined]
             out += batcher.add(turn)
         if out:
-            yield out
+            yield [k for k, _, _ in out], [v for _, v, _ in out], marks, [n for _, _, n in out]
     tail = batcher.flush()
     if tail:
-        yield tail
+        yield [k for k, _, _ in tail], [v for _, v, _ in tail], set(), [n for _, _, n in tail]

@@ -5,6 +5,9 @@ version with a strategy and an expected treatment share. It starts with a ``star
 Kafka or ``POST /v1/deployments``) or by itself when telemetry shows a ``canary`` arm next to a known
 baseline; it ends promoted, rolled back or aborted. One rollout at a time is active per
 (agent, environment): a new ``started`` marker supersedes (aborts) the running one.
+
+A ``gated`` marker records what a pre-production gate (``watcher gate``) concluded about a version in
+an environment; it changes no rollout, and the rollout of that version shows it (``gates``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ _TRANSITIONS = {
 }
 MAX_MARKERS_PER_ROLLOUT = 200
 MAX_ENDED_ROLLOUTS = 200
+MAX_GATED_VERSIONS = 1000  # versions whose gate verdicts are kept (the oldest recorded is dropped)
+MAX_GATES_PER_VERSION = 20
 
 
 class Marker(Protocol):
@@ -135,7 +140,7 @@ class Rollout:
 class Change:
     """What applying a marker (or observing telemetry) did to the registry."""
 
-    kind: str  # "started" | "rebased" | "updated" | "ended" | "orphan"
+    kind: str  # "started" | "rebased" | "updated" | "ended" | "orphan" | "gated"
     rollout: Rollout | None
     superseded: Rollout | None = None
 
@@ -161,6 +166,8 @@ class Registry:
         self.last_routes: dict[tuple[str, str, str, str | None], str] = {}
         # (agent, env, action, version) -> event time of the last such marker; Grafana draws these
         self.marker_times: dict[tuple[str, str, str, str], float] = {}
+        # (agent, version) -> the gate verdicts recorded for it, oldest first (``gated`` markers)
+        self._gates: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     # -- markers --------------------------------------------------------------------------------
     def apply(self, marker: Marker) -> Change:
@@ -168,6 +175,9 @@ class Registry:
         version = marker.canary_version or marker.baseline_version or ""
         self.marker_times[(marker.agent_id, marker.environment, marker.action, version)] = marker.ts
         record = _marker_record(marker)
+        if marker.action == "gated":
+            self._record_gate(marker)
+            return Change("gated", None)
         current = self._active.get(key)
         if marker.action == "started":
             if current is not None and current.canary_version == marker.canary_version:
@@ -312,6 +322,27 @@ class Registry:
     def baseline(self, agent_id: str, environment: str) -> str | None:
         return self._baselines.get((agent_id, environment))
 
+    def gates(self, agent_id: str, version: str | None) -> list[dict[str, Any]]:
+        """The gate verdicts recorded for a version (any environment), oldest first."""
+        return list(self._gates.get((agent_id, version or ""), ()))
+
+    def _record_gate(self, marker: Marker) -> None:
+        gate = getattr(marker, "gate", None)
+        key = (marker.agent_id, marker.canary_version or "")
+        entry = {
+            "environment": marker.environment,
+            "verdict": getattr(gate, "verdict", None),
+            "decision_id": getattr(gate, "decision_id", None),
+            "baseline_version": marker.baseline_version,
+            "ts": marker.ts,
+            "actor": marker.actor,
+            "event_id": marker.event_id,
+        }
+        entries = self._gates.pop(key, [])  # re-inserted: the most recently gated version is kept longest
+        self._gates[key] = [*entries, entry][-MAX_GATES_PER_VERSION:]
+        while len(self._gates) > MAX_GATED_VERSIONS:
+            del self._gates[next(iter(self._gates))]
+
     # -- persistence ----------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         return {
@@ -320,6 +351,7 @@ class Registry:
             "ended": [r.to_dict() for r in self._ended.values()],
             "baselines": [[a, e, v] for (a, e), v in self._baselines.items()],
             "marker_times": [[*k, ts] for k, ts in self.marker_times.items()],
+            "gates": [[a, v, entries] for (a, v), entries in self._gates.items()],
         }
 
     def load_state(self, d: dict[str, Any]) -> None:
@@ -329,6 +361,7 @@ class Registry:
         self._ended = {r.rollout_id: r for r in map(Rollout.from_dict, d["ended"])}
         self._baselines = {(a, e): v for a, e, v in d["baselines"]}
         self.marker_times = {(a, e, act, v): float(ts) for a, e, act, v, ts in d["marker_times"]}
+        self._gates = {(a, v): list(entries) for a, v, entries in d.get("gates", [])}  # absent before gates
 
     # -- internals ------------------------------------------------------------------------------
     def _update(

@@ -16,6 +16,7 @@ from watcher.stats.fixed import (
     ratio_from_theta,
     two_sample,
 )
+from watcher.stats.latency_bins import N_BINS, bins_of_log
 from watcher.stats.sequential import (
     FAIL_GRID,
     MEAN_FIELDS,
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_LAYOUT",
     "FAIL_GRID",
     "MEAN_FIELDS",
+    "N_BINS",
     "MeanSample",
     "PASS_GRID",
     "QuantileSketch",
@@ -48,6 +50,7 @@ __all__ = [
     "SketchLayout",
     "array_from_state",
     "array_to_state",
+    "bins_of_log",
     "binomial_bound",
     "binomial_pvalue",
     "dense_counts",
