@@ -29,7 +29,7 @@ Malformed input is a value (:class:`Rejected`), never an exception.
 from __future__ import annotations
 
 from watcher.contract.columns import TurnColumns, renumber
-from watcher.contract.decode import DecodedBatch, decode_batch, decode_deployment
+from watcher.contract.decode import DecodedBatch, MarkerCheck, decode_batch, decode_deployment
 from watcher.contract.dedup import Deduplicator
 from watcher.contract.otlp import (
     OTLP_JSON,
@@ -53,7 +53,7 @@ from watcher.contract.schema import (
     MarkerAction,
     Rejected,
     RejectReason,
-    Strategy,
+    StrategyName,
     Turn,
     dead_letter_record,
     encode_deployment,
@@ -75,8 +75,8 @@ from watcher.contract.verdicts import (
 )
 
 # keep: Action Arm ArmEstimate Cause Decision DecodedBatch Deduplicator Deployment FlagSpec GateOutcome Item
-# keep: ItemKind MarkerAction MetricEvidence RejectReason Rejected RolloutEvidence RolloutRef
-# keep: SCHEMA_DEADLETTER SCHEMA_DEPLOYMENT SCHEMA_TURN SampleRatioEvidence Severity Strategy Turn
+# keep: ItemKind MarkerAction MarkerCheck MetricEvidence RejectReason Rejected RolloutEvidence RolloutRef
+# keep: SCHEMA_DEADLETTER SCHEMA_DEPLOYMENT SCHEMA_TURN SampleRatioEvidence Severity StrategyName Turn
 # keep: TurnColumns Verdict dead_letter_record decision_id decode_batch decode_deployment
 # keep: encode_deployment encode_turn renumber OTLP_JSON OTLP_PROTO Expansion MessageTurns NullOtlp
 # keep: OtlpCounts OtlpDecoder SpanMapping sniff
@@ -96,6 +96,7 @@ __all__ = [
     "Item",
     "ItemKind",
     "MarkerAction",
+    "MarkerCheck",
     "MessageTurns",
     "MetricEvidence",
     "NullOtlp",
@@ -113,7 +114,7 @@ __all__ = [
     "SampleRatioEvidence",
     "Severity",
     "SpanMapping",
-    "Strategy",
+    "StrategyName",
     "Turn",
     "TurnColumns",
     "Verdict",
