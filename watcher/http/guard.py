@@ -2,10 +2,10 @@
 
 ``middleware(http)`` (placed before authentication):
 
-* **Writes are JSON.** A ``POST``/``PUT``/``PATCH``/``DELETE`` needs ``Content-Type: application/json``
-  (415 otherwise, also without a body): a browser can send a form or ``text/plain`` across sites
-  without asking, never JSON, so a page on another site cannot make a visitor's browser change a
-  rollout (cross-site request forgery).
+* **Writes are JSON (or protobuf).** A ``POST``/``PUT``/``PATCH``/``DELETE`` needs ``Content-Type:
+  application/json`` (``application/x-protobuf`` for OTLP), 415 otherwise, also without a body: a
+  browser can send a form or ``text/plain`` across sites without asking, never those, so a page on
+  another site cannot make a visitor's browser change a rollout (cross-site request forgery).
 * **Origin.** A write whose ``Origin`` (or ``Sec-Fetch-Site: cross-site``) shows it comes from a page
   of another site gets 403, unless the origin is in ``http.allowed_origins``; clients that are not
   browsers send no ``Origin`` and are not affected.
@@ -13,9 +13,11 @@
   name a loopback host (``localhost``, ``127.0.0.1``, ``[::1]``) or one of ``http.allowed_hosts``, else
   403: a page that re-binds its own domain to 127.0.0.1 (DNS rebinding) cannot use that door. With
   ``http.allowed_hosts`` set, every request must name one of them.
-* **Bodies.** A write's body is read within ``http.client_timeout_s`` (408 for a client that sends it
-  too slowly), and JSON nested deeper than ``MAX_JSON_DEPTH`` levels gets 400 before any parser sees
-  it (Python's own parser would fail with a RecursionError: a 500).
+* **Bodies.** A JSON body of at most ``http.max_body_bytes`` (the API's and the hooks' limit) is read
+  within ``http.client_timeout_s`` (408 for a client that sends it too slowly), and one nested deeper
+  than ``MAX_JSON_DEPTH`` levels gets 400 before any parser sees it (Python's own parser would fail
+  with a RecursionError: a 500). Larger, compressed or protobuf bodies are left to their handler's
+  own limits (OTLP's ``otlp.max_message_bytes``).
 * **Authorization.** A header that is not UTF-8 gets 400 (it cannot hold any token).
 
 ``ConnectionGuard`` wraps the server's connections (``Listening`` serves an application with it):
@@ -57,6 +59,7 @@ WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_JSON_DEPTH = 64  # watcher's bodies nest 3 or 4 levels; Flagger's 3
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
+_PROTOBUF_TYPES = frozenset({"application/x-protobuf", "application/protobuf"})
 _STRUCTURE = re.compile(rb'["\\\[\]{}]')
 
 
@@ -157,8 +160,6 @@ def middleware(http: HttpSettings, guard: ConnectionGuard | None = None) -> Any:
                 raw = await request.read()  # kept by aiohttp: the handler reads the same bytes
         except TimeoutError:
             return _refused(408, f"the body did not arrive within {http.client_timeout_s:g}s")
-        except web.HTTPRequestEntityTooLarge:
-            return _refused(413, f"body larger than {http.max_body_bytes} bytes")
         if json_depth(raw) > MAX_JSON_DEPTH:
             return _refused(400, f"the body nests deeper than {MAX_JSON_DEPTH} levels")
         return None
