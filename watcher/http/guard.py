@@ -151,10 +151,13 @@ def middleware(http: HttpSettings, guard: ConnectionGuard | None = None) -> Any:
         elif request.headers.get("Sec-Fetch-Site") == "cross-site" or origin == "null":
             return _refused(403, "a cross-site request may not write here")
         ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        if not _JSON_TYPE.match(ctype):
+        json_body = bool(_JSON_TYPE.match(ctype))
+        if not json_body and ctype not in _PROTOBUF_TYPES:
             return _refused(415, f"a write needs Content-Type: application/json (got {ctype or 'none'!r})")
-        if request.content_length is not None and request.content_length > http.max_body_bytes:
-            return _refused(413, f"body larger than {http.max_body_bytes} bytes")
+        size = request.content_length
+        plain = request.headers.get("Content-Encoding", "identity").lower() == "identity"
+        if not (json_body and plain and size is not None and size <= http.max_body_bytes):
+            return None  # the handler reads it within its own limits
         try:
             async with asyncio.timeout(http.client_timeout_s):
                 raw = await request.read()  # kept by aiohttp: the handler reads the same bytes
