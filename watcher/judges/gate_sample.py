@@ -141,14 +141,14 @@ def build_sample(
     for mp in metrics:
         if mp.kind == "mean":
             x = _value(cols, mp)
-            ok = ~np.isnan(x)
-            s = np.bincount(unit[ok], weights=x[ok], minlength=n_units).reshape(n_conv, 2)
-            n = np.bincount(unit[ok], minlength=n_units).reshape(n_conv, 2).astype(float)
             if paired:
                 sample.diffs[mp.name], sample.means[mp.name] = _paired_means(
                     code, side, turn, x, n_conv, per_slice
                 )
             else:
+                ok = ~np.isnan(x)
+                s = np.bincount(unit[ok], weights=x[ok], minlength=n_units).reshape(n_conv, 2)
+                n = np.bincount(unit[ok], minlength=n_units).reshape(n_conv, 2).astype(float)
                 sample.means[mp.name] = per_slice(_cluster_rows(s, n))
             continue
         if mp.kind == "tail":
