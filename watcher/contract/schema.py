@@ -28,7 +28,7 @@ __all__ = [
     "GateOutcome",
     "Rejected",
     "RejectReason",
-    "Strategy",
+    "StrategyName",
     "Turn",
     "dead_letter_record",
     "encode_deployment",
@@ -56,6 +56,7 @@ class RejectReason(str, Enum):
     NOT_FINITE = "not_finite"
     INVALID_VALUE = "invalid_value"
     TOO_LATE = "too_late"  # reserved for the engine (event time behind its window)
+    BAD_OTLP = "bad_otlp"  # an OTLP trace request that cannot be read (watcher.contract.otlp)
 
 
 # ---- field types: the contract's rules as msgspec constraints (checked in C) -----------------------
@@ -76,7 +77,9 @@ Arm = Literal["baseline", "canary", "shadow", "live"]
 MarkerAction = Literal[
     "started", "weight_changed", "paused", "resumed", "promoted", "rolled_back", "aborted", "gated"
 ]
-Strategy = Literal["canary", "shadow", "blue_green", "flag"]
+# A rollout strategy's name. Which names exist is the strategy registry's (``watcher.judges.strategies``,
+# plug-ins included): the decoders take its check (``decode_batch(check_marker=...)``).
+StrategyName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 
 
 # The tag makes msgspec check ``schema`` in C when present (absent is allowed for a single tagged type)
@@ -135,7 +138,7 @@ class Deployment(Struct, kw_only=True, tag_field="schema", tag=SCHEMA_DEPLOYMENT
     agent_id: _Id128
     environment: str = "prod"
     action: MarkerAction
-    strategy: Strategy | None = None
+    strategy: StrategyName | None = None
     baseline_version: _Id128 | None = None
     canary_version: _Id128 | None = None
     canary_weight: _Unit | None = None

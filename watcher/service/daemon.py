@@ -28,12 +28,22 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from watcher.config import Settings
-from watcher.contract import Action, Decision
+from watcher.contract import Action, Decision, OtlpCounts, OtlpDecoder, Rejected
 from watcher.engine import BatchResult, Engine, Tasks
 from watcher.errors import ConfigError
-from watcher.http import Api, FlaggerHooks, Peers, auth_middleware
+from watcher.http import Api, FlaggerHooks, OtlpReceiver, Peers, auth_middleware
 from watcher.http import forwarding_middleware as route_to_owner
-from watcher.kafka import DeadLetters, Message, MessageBatch, Origins, PartitionListener, Source, next_offsets
+from watcher.kafka import (
+    DeadLetters,
+    Message,
+    MessageBatch,
+    OffsetSource,
+    Origins,
+    PartitionListener,
+    Source,
+    TurnWriter,
+    next_offsets,
+)
 from watcher.outbox import Outbox
 from watcher.service.markers import Markers
 from watcher.service.partitions import Checkpoints, TaskPartitions
@@ -60,6 +70,7 @@ class Parts:
     spool: SqliteSpool  # records Kafka would not take yet (dead letters, markers), closed at the end
     decision_log: DecisionLog
     markers: Markers
+    turns: TurnWriter  # POST /v1/traces: what it reads goes to the telemetry topic first
     outbox: Outbox
     peers: Peers | None  # checkpoint.scope: partition: requests about another instance's agents
     tracer: Any
@@ -85,6 +96,7 @@ class Daemon:
         self.spool = parts.spool
         self.decision_log = parts.decision_log
         self.markers = parts.markers
+        self.turns = parts.turns
         self.outbox = parts.outbox
         self.peers = parts.peers
         self.tracer = parts.tracer
@@ -110,7 +122,7 @@ class Daemon:
         if not self.source.ready:
             return False, "not consuming: the broker is unreachable or partitions are not assigned yet"
         checkpoints = self.checkpoints.health() if self.checkpoints is not None else None
-        for why in (self.dead_letters.health(), checkpoints):
+        for why in (self.dead_letters.health(), self.markers.health(), checkpoints):
             if why:
                 return False, why
         return True, "consuming"
@@ -142,6 +154,10 @@ class Daemon:
         )
         app = api.app()
         app.add_routes(self.hooks.routes())
+        if self.settings.otlp.enabled:
+            otlp = self.settings.otlp
+            decoder = OtlpDecoder(otlp.mapping, max_message_bytes=otlp.max_message_bytes)
+            app.add_routes(OtlpReceiver(decoder, self.turns, self._received_spans).routes())
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
@@ -154,6 +170,15 @@ class Daemon:
             )
         self._http_up = True
         log.info("HTTP API on http://%s:%s", self.settings.http.host, self.port)
+
+    async def _received_spans(self, counts: OtlpCounts, rejected: list[Rejected]) -> None:
+        """A request to POST /v1/traces: its spans counted, its rejected spans and turns dead-lettered."""
+        self.metrics.count_spans(counts)
+        if rejected:
+            await self.dead_letters.publish(rejected)
+            self.metrics.dead_letters.inc(len(rejected))
+            for r in rejected:
+                self.metrics.events_rejected.labels(r.reason.value).inc()
 
     def restore(self) -> bool:
         """Restore the engine from the latest checkpoint (before consuming); True if there was one
@@ -178,7 +203,8 @@ class Daemon:
         saved = self.checkpoints.save(force=force)
         if not saved:
             return False
-        await self.source.commit_offsets(saved)  # type: ignore[attr-defined]
+        assert isinstance(self.source, OffsetSource)  # checkpoints are kept only with one (compose)
+        await self.source.commit_offsets(saved)
         return True
 
     async def _checkpoint_ticker(self) -> None:
@@ -201,7 +227,8 @@ class Daemon:
         async with self._lock:
             taken = partitions.retry_waiting()
             if taken:
-                self.source.resume_partitions(taken, partitions.resume_offset)  # type: ignore[attr-defined]
+                assert isinstance(self.source, OffsetSource)  # partition tasks need one (compose)
+                self.source.resume_partitions(taken, partitions.resume_offset)
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code.
@@ -238,6 +265,7 @@ class Daemon:
             if self.peers is not None:
                 await grace.bounded("the peers", self.peers.close())
             await grace.bounded("the marker publisher", self.markers.stop())
+            await grace.bounded("the OTLP/HTTP turn writer", self.turns.stop())
             await grace.bounded("the dead-letter publisher", self.dead_letters.stop())
             if self._runner is not None:
                 await grace.bounded("the HTTP server", self._runner.cleanup())
@@ -425,7 +453,10 @@ class Daemon:
                 await self.source.commit(batch)
             else:
                 # the state now covers the batch; its offsets are committed with the next checkpoint
-                self.checkpoints.advance(next_offsets(batch) if self.tasks is None else covered)
+                if self.tasks is None:
+                    self.checkpoints.advance(next_offsets(batch))
+                else:
+                    self.checkpoints.advance_tasks(covered)
                 await self._checkpoint()
             span.set_attribute("watcher.events", len(batch))
             span.set_attribute("watcher.turns", result.turns)
@@ -469,6 +500,8 @@ class Daemon:
             m.events_rejected.labels(r.reason.value).inc()
         if result.duplicates:
             m.events_duplicate.inc(result.duplicates)
+        if result.otlp is not None:
+            self.metrics.count_spans(result.otlp)
         m.batch_duration.observe(seconds)
         m.batch_events.observe(len(batch))
         m.last_batch.set(time.time())
