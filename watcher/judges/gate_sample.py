@@ -99,8 +99,10 @@ def build_sample(
     starts[1:] = code[order][1:] != code[order][:-1]
     first = order[starts]
     seg = cols.segment
-    conv_ts = cols.ts[first]
-    seg_order = np.argsort(conv_ts, kind="stable")  # segment keys adopted in event-time order
+    # segment keys and values are adopted in event-time order (ties by id), so the slices do not
+    # depend on the order of the input (OTLP requests group turns otherwise than JSON lines)
+    ids = cols.conversation_id
+    seg_order = np.lexsort((np.array([ids[i] for i in first.tolist()]), cols.ts[first]))
     seg_cfg = policy.segments
     smap = SliceMap(seg_cfg.keys, seg_cfg.max_keys, seg_cfg.max_values_per_key, seg_cfg.enabled)
     slices = np.full((n_conv, max(smap.max_keys, 0) + 1), -1, np.int64)
