@@ -109,7 +109,7 @@ def deployment(raw: bytes) -> Deployment:
 def test_reject_reason_is_the_closed_label_vocabulary() -> None:
     assert {r.value for r in RejectReason} == {
         "not_json", "not_object", "too_large", "unknown_schema", "missing_field", "wrong_type",
-        "out_of_range", "bad_timestamp", "not_finite", "invalid_value", "too_late", "bad_otlp",
+        "out_of_range", "bad_timestamp", "not_finite", "invalid_value", "too_late", "too_early", "bad_otlp",
     }  # fmt: skip
     assert RejectReason.NOT_FINITE == "not_finite"  # str Enum: usable directly as a label value
 
@@ -617,3 +617,19 @@ def test_constructed_structs_encode_to_valid_contract_json() -> None:
     t = Turn(event_id="e", ts=5.0, agent_id="a", version="v", conversation_id="c")
     assert turn(encode_turn(t)) == t
     assert msgspec.json.decode(encode_turn(t))["ts"] == 5.0
+
+
+@pytest.mark.parametrize("columnar", [True, False])
+def test_a_valid_turn_with_a_deeply_nested_unknown_field_is_accepted(columnar: bool) -> None:
+    # issue #15, 9: a field the contract ignores, nested past the parser's recursion limit, made the
+    # turn unreadable (not_json)
+    deep = b"[" * 5000 + b"]" * 5000
+    raw = enc(turn_dict(quality=0.5))[:-1] + b',"extra":{"x\\"]":' + deep + b'},"more":1}'
+    ok = enc(turn_dict(event_id="e-2"))
+    batch = decode_batch([raw, ok, b"nope"], Deduplicator(), columnar=columnar)
+    assert [(t.event_id, t.quality) for t in batch.turns] == [("e1", 0.5), ("e-2", None)]
+    assert [r.reason for r in batch.rejected] == [R.NOT_JSON]
+    # a field of the contract nested that deep is still refused (it cannot be valid)
+    bad = enc(turn_dict(event_id="e-3"))[:-1] + b',"segment":{"a":' + deep + b"}}"
+    (reject,) = decode_batch([bad], Deduplicator(), columnar=columnar).rejected
+    assert reject.reason is R.NOT_JSON and "nested too deeply" in reject.detail
