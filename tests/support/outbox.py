@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from watcher.backoff import Backoff
 from watcher.contract.signals import Item
-from watcher.outbox.delivery import RetryPolicy
 from watcher.sinks.base import NULL_STATE, Request, Sent, SinkState
 
-FAST = RetryPolicy(base_s=0.01, factor=2.0, max_s=0.05, jitter=0.0)
+FAST = Backoff(initial_s=0.01, factor=2.0, max_s=0.05, jitter=0.0)
 
 
 class FakeSink:
@@ -23,11 +23,11 @@ class FakeSink:
         requests_per_item: int = 1,
         accepts: Callable[[Item], bool] | None = None,
         timeout_s: float = 1.0,
-        max_attempts: int = 5,
+        retry_for_s: float = 60.0,
     ) -> None:
         self.name = name
         self.timeout_s = timeout_s
-        self.max_attempts = max_attempts
+        self.retry_for_s = retry_for_s
         self.sent: list[Request] = []
         self.calls = 0
         self.script: list[Any] = []  # per call: an exception to raise, a float to sleep, or None

@@ -1,4 +1,4 @@
-"""Command line: ``watcher run | check-config | simulate | replay | demo``."""
+"""Command line: ``watcher run | check-config | simulate | replay | gate | demo``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from watcher.cli import gate as gate_cli
 from watcher.cli.process import install_reload_signal, install_stop_signals, tune_gc
 from watcher.errors import ConfigError, WatcherError
 
@@ -102,7 +103,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     from watcher.config import load_settings
-    from watcher.service import Daemon
+    from watcher.service import build_daemon
 
     tune_gc()
     source = _config_source(args)
@@ -110,7 +111,7 @@ async def _run(args: argparse.Namespace) -> int:
     _logging(settings.log_level)
     stop = asyncio.Event()
     install_stop_signals(stop)
-    daemon = Daemon(settings, config_source=source)
+    daemon = build_daemon(settings, config_source=source)
     install_reload_signal(daemon.reload)  # SIGHUP: policy and sinks again, without a restart
     return await daemon.run(stop)
 
@@ -140,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--no-segments", action="store_true", help="only the per-version rows")
 
+    gate = sub.add_parser(
+        "gate",
+        help="pre-production gate: candidate vs baseline on a data set; exit 0 pass, 1 fail, 2 inconclusive",
+        description="Compare a candidate version with a baseline on pre-production telemetry, with the "
+        "live judge's metrics, segments and policy (docs/gate.md).",
+    )
+    gate_cli.add_arguments(gate)
+
     sim = sub.add_parser("simulate", help="produce realistic telemetry to Kafka or a JSONL file")
     simulate.add_arguments(sim)
 
@@ -165,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check_config(args)
         if args.command == "replay":
             return _replay(args)
+        if args.command == "gate":
+            return gate_cli.run(args)
         if args.command == "simulate":
             from watcher.sim import simulate
 
