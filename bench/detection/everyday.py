@@ -81,7 +81,9 @@ def _case(strategy: str, name: str, regressions: tuple[Regression, ...], onset: 
     return Case(full, replace(base, name=full, regressions=regressions), onset, full)
 
 
-def regression_cases(strategies: tuple[str, ...] = tuple(STRATEGY_SCENARIOS), extra: bool = False) -> list[Case]:
+def regression_cases(
+    strategies: tuple[str, ...] = tuple(STRATEGY_SCENARIOS), extra: bool = False
+) -> list[Case]:
     types = TYPES | (EXTRA_TYPES if extra else {})
     return [_case(st, name, regs, onset) for st in strategies for name, (regs, onset) in types.items()]
 
@@ -99,9 +101,14 @@ NULLS: tuple[Case, ...] = (
         "rare_events",
         baseline=ArmProfile(escalation_rate=0.001, error_rate=0.0005, compliance_rate=0.0002),
     ),
-    _null("weight_ramp", weight_steps=((1800.0, 0.25), (3600.0, 0.5)), daily_cycle=True, cycle_period_s=3 * 3600.0),
+    _null(
+        "weight_ramp",
+        weight_steps=((1800.0, 0.25), (3600.0, 0.5)),
+        daily_cycle=True,
+        cycle_period_s=3 * 3600.0,
+    ),
     _null("long_conversations", mean_turns=12.0, max_turns=40, conversations_per_s=1.5),
-    # smaller than the tolerance (quality -0.02): must not be rolled back
+    # within the quality tolerance (-0.01): must not be rolled back
     _null("quality_-0.01", regressions=(R("quality", -0.01, start_s=ONSET_S),)),
 )
 NULLS_BY_NAME = {c.name: c for c in NULLS}

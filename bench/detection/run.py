@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.detection import calibration as cal
-from bench.detection.reference_judges import FlaggerJudge, KayentaJudge, Prepared, load_jsonl
 from bench.detection import everyday
+from bench.detection.reference_judges import FlaggerJudge, KayentaJudge, Prepared, load_jsonl
 from bench.detection.scenarios import CASES, Case
 from bench.detection.yardstick import Yardstick
 from watcher.sim.simulate import write_jsonl
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     everyday_run = args.regime == "everyday"
     null_seeds = seeds
     if everyday_run:
-        strategies = tuple(args.strategies.split(",")) if args.strategies else tuple(everyday.STRATEGY_SCENARIOS)
+        strategies = tuple(args.strategies.split(",") if args.strategies else everyday.STRATEGY_SCENARIOS)
         pool = everyday.regression_cases(strategies, extra=True) + list(everyday.NULLS)
         if args.null_seeds is not None:
             null_seeds = list(range(args.first_seed, args.first_seed + args.null_seeds))

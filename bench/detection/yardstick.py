@@ -99,7 +99,9 @@ def load_turns(path: Path) -> Turns | None:
     else:
         canary, base = start.canary_version, start.baseline_version
         treat = np.array([r.arm == "canary" or (r.arm is None and r.version == canary) for r in turns])
-        ctrl = np.array([r.arm == "baseline" or (r.arm in (None, "live") and r.version == base) for r in turns])
+        ctrl = np.array(
+            [r.arm == "baseline" or (r.arm in (None, "live") and r.version == base) for r in turns]
+        )
         use = treat | ctrl
     use &= ts >= t0
     idx = np.flatnonzero(use)
@@ -248,7 +250,8 @@ class Yardstick:
             hit = self._reject(table, rho_vals, thr, j)
             if hit is not None:
                 k, what = hit
-                stop = (float(looks[k]), f"{what[0]} in {names[what[1]]} (test restarted at {s_j / 60:.0f} min)")
+                why = f"{what[0]} in {names[what[1]]} (test restarted at {s_j / 60:.0f} min)"
+                stop = (float(looks[k]), why)
                 if best is None or stop[0] < best[0]:
                     best = stop
         return best

@@ -36,6 +36,7 @@ from watcher.contract import (
     renumber,
 )
 from watcher.judges.policy import MetricPolicy, Policy, ToleranceMode, load_policy
+from watcher.judges.shadow import mean_params
 from watcher.judges.tables import _STRATA, _CellSums, _Conversations, _put_rows, id_hashes
 from watcher.stats import (
     FAIL_GRID,
@@ -59,11 +60,6 @@ _TAIL_BASELINE_TURNS = 3000  # baseline latencies (many conversations) that fix 
 _CAP = 50_000  # conversations per generation of the conversation table
 _STATE_V = 2
 _LAYOUT_CONVERSATIONS = 200  # conversations whose segment values fix the slices sharing the budget
-# Mixing scale of the FAIL mixture SPRT: the size of the excess harm it is tuned to see fastest (the
-# evidence at excess x and variance V is x^2/(2V) * tau^2/(V + tau^2) minus a log term). Tied to the
-# regressions worth stopping (quality -0.05 .. -0.15, latency +10 .. +30 %), not to the tolerance: a
-# small tolerance must not make the test slow on large regressions (docs/statistics.md).
-_FAIL_TAU = {"quality": 0.05, "latency": 0.15}
 
 
 class TurnLike(Protocol):
@@ -634,17 +630,6 @@ class Judge:
             lk.conversations_treatment,
         )
 
-    @staticmethod
-    def _mean_params(mp: MetricPolicy, promote: bool = False) -> tuple[float, float, float]:
-        """(tolerance on the tested scale, mixing scale tau, sign: +1 when higher is worse); of the
-        FAIL test, or with ``promote`` of the PASS test (its own margin and mixing scale)."""
-        raw = mp.pass_tolerance if promote else mp.tolerance
-        tol = math.log(raw) if mp.tolerance_mode is ToleranceMode.RELATIVE else raw
-        sign = 1.0 if mp.direction.value == "higher_is_worse" else -1.0
-        if promote:
-            return tol, max(2 * abs(tol), 0.02), sign
-        return tol, _FAIL_TAU.get(mp.name, max(2 * abs(tol), 0.02)), sign
-
     def _mean_tests(
         self, x: np.ndarray, log_thr: np.ndarray, ms: list[MetricPolicy]
     ) -> tuple[np.ndarray, ...]:
@@ -653,8 +638,8 @@ class Judge:
         a = np.moveaxis(x[..., cols], 4, 1)  # (block, metric, slice, stratum, arm, field)
         t, c = a[..., 1, :], a[..., 0, :]
         diff, var = stratified_difference(t, c, pooled=True)  # (block, metric, slice)
-        tol, tau, sign = (np.array(p)[None, :, None] for p in zip(*map(self._mean_params, ms)))
-        ptol, ptau, _ = (np.array(p)[None, :, None] for p in zip(*(self._mean_params(m, True) for m in ms)))
+        tol, tau, sign = (np.array(p)[None, :, None] for p in zip(*map(mean_params, ms)))
+        ptol, ptau, _ = (np.array(p)[None, :, None] for p in zip(*(mean_params(m, True) for m in ms)))
         # FAIL: against "harm <= tolerance"; PASS, a separate e-process: against "harm >= promote margin".
         lef = msprt_log_evalue(sign * (diff - tol), var, tau)
         lep = msprt_log_evalue(-sign * (diff - ptol), var, ptau)

@@ -79,12 +79,22 @@ def metric_value(t: Any, name: str) -> float:
     return math.nan if t.latency_ms is None else math.log(max(float(t.latency_ms), 1e-3))
 
 
+# Mixing scale of the FAIL mixture SPRT: the size of the excess harm it is tuned to see fastest (the
+# evidence at excess x and variance V is x^2/(2V) * tau^2/(V + tau^2) minus a log term). Tied to the
+# regressions worth stopping (quality -0.05 .. -0.15, latency +10 .. +30 %), not to the tolerance: a
+# small tolerance must not make the test slow on large regressions (docs/statistics.md).
+FAIL_TAU = {"quality": 0.05, "latency": 0.15}
+
+
 def mean_params(mp: MetricPolicy, promote: bool = False) -> tuple[float, float, float]:
     """(tolerance on the tested scale, mixing scale tau, sign: +1 when higher is worse); of the FAIL
     test, or with ``promote`` of the PASS test (``promote_tolerance``, its own mixing scale)."""
     raw = mp.pass_tolerance if promote else mp.tolerance
     tol = math.log(raw) if mp.tolerance_mode is ToleranceMode.RELATIVE else raw
-    return tol, max(2 * abs(tol), 0.02), 1.0 if mp.direction.value == "higher_is_worse" else -1.0
+    sign = 1.0 if mp.direction.value == "higher_is_worse" else -1.0
+    if promote:
+        return tol, max(2 * abs(tol), 0.02), sign
+    return tol, FAIL_TAU.get(mp.name, max(2 * abs(tol), 0.02)), sign
 
 
 def fmt(x: float | None) -> str:
