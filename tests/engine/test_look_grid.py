@@ -14,7 +14,6 @@ from watcher.config import load_settings
 from watcher.engine import Engine
 from watcher.service import replay
 from watcher.sim.presets import PRESETS
-from watcher.sim.scenario import Regression
 from watcher.sim.simulate import write_jsonl
 
 

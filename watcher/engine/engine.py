@@ -27,6 +27,7 @@ from watcher.contract import (
     TurnColumns,
     decode_batch,
 )
+from watcher.engine.coverage import Coverage, roles
 from watcher.engine.history import EvidenceHistory, EvidenceMap, RolloutHistory
 from watcher.errors import CheckpointError, ConfigError
 from watcher.judges import (
@@ -81,6 +82,7 @@ class Engine:
         self.judges: dict[str, strategies.RolloutJudge] = {}
         self.policy_states: dict[str, PolicyState] = {}
         self.evidence = EvidenceMap()  # rollout id -> the evidence of its last look
+        self.coverage: dict[str, Coverage] = {}  # rollout id -> what its judge can use of its traffic
         self.evidence_history = EvidenceHistory()  # each rollout's evidence over time (the report's data)
         self.last_action: dict[str, Action] = {}
         self._last_look: dict[str, float] = {}  # rollout id -> event time of the last evaluation
@@ -207,6 +209,7 @@ class Engine:
 
     def _retire(self, rollout: Rollout) -> None:
         self.judges.pop(rollout.rollout_id, None)
+        self.coverage.pop(rollout.rollout_id, None)
         self._last_look.pop(rollout.rollout_id, None)
         self._seen.pop(rollout.rollout_id, None)
         self.policy_states.pop(rollout.rollout_id, None)
@@ -226,10 +229,11 @@ class Engine:
             cols = TurnColumns(turns)
         for rollout in self.registry.active_rollouts():
             judge = self.judges.get(rollout.rollout_id)
-            if judge is None:
-                continue
             agent, env = rollout.agent_id, rollout.environment
             if (agent, env) not in agents:
+                continue
+            if judge is None:
+                self._assess(rollout, None)
                 continue
             if len(agents) == 1:  # the common case: one agent per partition and batch
                 mine, my_arms = cols, arms
@@ -241,6 +245,8 @@ class Engine:
             weight = rollout.canary_weight if rollout.source == "marker" else self._observed_weight(rollout)
             judge_arms = strategies.arms_for(rollout, mine.turns, my_arms, mine)
             rid = rollout.rollout_id
+            treat, ctrl, rest = roles(rollout.strategy, judge_arms)
+            self._assess(rollout, judge, int(treat.sum()), int(ctrl.sum()), rest)
             step = self.settings.judge.evaluate_every_s
             if step <= 0:  # a look after every batch (not independent of the batch boundaries)
                 judge.update(mine.turns, judge_arms, weight, mine)
@@ -265,6 +271,29 @@ class Engine:
                 sub = mine if at == 0 else mine.take(np.arange(at, len(ts)))
                 judge.update(sub.turns, judge_arms[at:], weight, sub)
         return decisions
+
+    def _assess(
+        self,
+        rollout: Rollout,
+        judge: strategies.RolloutJudge | None,
+        treatment: int = 0,
+        control: int = 0,
+        rest: Sequence[str] = (),
+    ) -> None:
+        """Count what the rollout's judge can use of its traffic; say so when it cannot judge it."""
+        rid = rollout.rollout_id
+        cov = self.coverage.get(rid)
+        if cov is None:
+            cov = self.coverage[rid] = Coverage(rollout.strategy)
+        cov.add(treatment, control, list(rest))
+        reference = getattr(getattr(judge, "ref", None), "mode", None)  # blue-green's reference
+        problem, detail = cov.assess(judge is not None, reference)
+        if problem is not cov.problem:
+            if problem is not None:
+                log.warning("rollout %s is not judged (%s): %s", rid, problem.value, detail)
+            elif cov.problem is not None:
+                log.info("rollout %s is judged again (%s is over)", rid, cov.problem.value)
+        cov.problem, cov.detail = problem, detail
 
     def _look(self, rollout: Rollout, judge: strategies.RolloutJudge, ts: float) -> list[Decision]:
         """Evaluate a rollout's evidence at event time ``ts`` and apply its policy."""

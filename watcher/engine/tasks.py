@@ -130,6 +130,10 @@ class Tasks:
         return sorted(out, key=lambda h: h.rollout["started_ts"])
 
     @property
+    def coverage(self) -> ChainMap[str, Any]:
+        return ChainMap(*(e.coverage for e in self.engines.values()))
+
+    @property
     def last_action(self) -> ChainMap[str, Any]:
         return ChainMap(*(e.last_action for e in self.engines.values()))
 

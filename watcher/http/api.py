@@ -155,6 +155,9 @@ class Api:
         evidence = self.engine.evidence.get(rollout.rollout_id)
         body["evidence"] = [m.to_dict() for m in evidence.metrics] if evidence else []
         body["sample_ratio"] = evidence.sample_ratio.to_dict() if evidence and evidence.sample_ratio else None
+        coverage = self.engine.coverage.get(rollout.rollout_id)
+        # what the judge can use of the rollout's traffic, and why it is not judged when it is not
+        body["coverage"] = coverage.to_dict() if coverage else None
         return _json(body)
 
     async def report(self, request: web.Request) -> web.Response:

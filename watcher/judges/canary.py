@@ -59,6 +59,7 @@ __all__ = ["Judge", "Look", "TurnLike"]
 _TAIL_BASELINE_TURNS = 3000  # baseline latencies (many conversations) that fix the tail thresholds
 _CAP = 50_000  # conversations per generation of the conversation table
 _STATE_V = 2
+_GRID = 1024.0  # mean-metric values are rounded to multiples of 1/_GRID (quality 0.001, latency 0.1 %)
 _LAYOUT_CONVERSATIONS = 200  # conversations whose segment values fix the slices sharing the budget
 
 
@@ -187,8 +188,9 @@ class Judge:
         if fresh is not None and len(fresh):
             delta.reshape(-1)[conv.scratch[fresh] * self.n_fields] = 1.0  # conversations
         lat = cols.latency if self._lat_needed else None
+        counted_from = 0  # exceedances count from the turn after the one that fixed the tail threshold
         if lat is not None and len(self.tail_q) < self._n_tails:
-            self._fix_tails(lat, cols.arm_is(arms, "baseline"))
+            counted_from = self._fix_tails(lat, cols.arm_is(arms, "baseline"))
         if self._means:
             self._mean_sums(cols, u, inv, lat, delta)
         flags = conv.flags[u]
@@ -199,7 +201,7 @@ class Judge:
                 q = self.tail_q.get(mp.name)
                 if q is None or lat is None:
                     continue
-                pos = np.flatnonzero(lat > q)
+                pos = np.flatnonzero(lat[counted_from:] > q) + counted_from
             else:
                 pos = np.flatnonzero(getattr(cols, _EVENT_COLUMN[mp.name]))
             if not len(pos):
@@ -222,7 +224,9 @@ class Judge:
         old = np.take(conv.sums, u, axis=0)  # np.take: ~7x faster than fancy-indexing rows
         new = old.copy()
         for _, k, is_quality in self._means:
-            x = cols.quality if is_quality else np.log(np.maximum(lat, 1e-3))
+            # values on a grid of 1/1024: every sum the judge keeps is then exact in float64, so it
+            # does not depend on the order in which batches add them (docs/guarantees.md)
+            x = np.rint((cols.quality if is_quality else np.log(np.maximum(lat, 1e-3))) * _GRID) / _GRID
             ok = ~np.isnan(x)
             if ok.all():
                 new[:, k] += np.bincount(inv, weights=x, minlength=m)
@@ -417,19 +421,26 @@ class Judge:
             values[value] = s
         return s
 
-    def _fix_tails(self, lat: np.ndarray, baseline: np.ndarray) -> None:
+    def _fix_tails(self, lat: np.ndarray, baseline: np.ndarray) -> int:
+        """Collect baseline latencies until there are ``_TAIL_BASELINE_TURNS``; then fix each tail
+        threshold from exactly those, once, from the control arm only. Returns the batch position
+        from which exceedances count (the batch's length while the thresholds are not fixed), so
+        the same turns count whatever the batch boundaries."""
         tails = [m for m in self.metrics if m.kind == "tail" and m.name not in self.tail_q]
         if not tails:
-            return
-        x = lat[baseline & ~np.isnan(lat)]
-        if len(x):
-            self._tail_buf.append(x)
-        if sum(len(b) for b in self._tail_buf) >= _TAIL_BASELINE_TURNS:
-            # Fixed once, from the control arm only, before any exceedance is counted.
-            allx = np.concatenate(self._tail_buf)
-            for m in tails:
-                self.tail_q[m.name] = float(np.quantile(allx, m.quantile or 0.95))
-            self._tail_buf = []
+            return 0
+        pos = np.flatnonzero(baseline & ~np.isnan(lat))
+        room = _TAIL_BASELINE_TURNS - sum(len(b) for b in self._tail_buf)
+        if len(pos) < room:
+            if len(pos):
+                self._tail_buf.append(lat[pos])
+            return len(lat)
+        self._tail_buf.append(lat[pos[:room]])
+        allx = np.concatenate(self._tail_buf)
+        for m in tails:
+            self.tail_q[m.name] = float(np.quantile(allx, m.quantile or 0.95))
+        self._tail_buf = []
+        return int(pos[room - 1]) + 1
 
     # -- evidence -----------------------------------------------------------------------------------
     # One pass of array operations per metric *kind* over every block x metric x slice, then one
