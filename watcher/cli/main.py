@@ -47,9 +47,11 @@ def _logging(level: str) -> None:
 def _check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from watcher.judges import load_policy
+    from watcher.sinks import sink_settings
 
     load_policy(settings.judge.policy_file)
-    sys.stdout.write(yaml.safe_dump(settings.masked(), sort_keys=False))
+    sinks = sink_settings(settings.sinks)  # each sink's own options, validated as start-up does
+    sys.stdout.write(yaml.safe_dump(settings.masked(sinks), sort_keys=False))
     return 0
 
 
@@ -117,7 +119,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from watcher.sim import simulate
+    from watcher.sim import add_simulate_arguments
 
     parser = argparse.ArgumentParser(prog="watcher", description=__doc__)
     parser.add_argument("--config", help="YAML settings file (or WATCHER_CONFIG)")
@@ -150,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate_cli.add_arguments(gate)
 
     sim = sub.add_parser("simulate", help="produce realistic telemetry to Kafka or a JSONL file")
-    simulate.add_arguments(sim)
+    add_simulate_arguments(sim)
 
     demo = sub.add_parser("demo", help="embedded broker + simulator + daemon, with a live table")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -177,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "gate":
             return gate_cli.run(args)
         if args.command == "simulate":
-            from watcher.sim import simulate
+            from watcher.sim import run_simulate
 
-            return asyncio.run(simulate.run(args))
+            return asyncio.run(run_simulate(args))
         if args.command == "demo":
             from watcher.cli.demo import run_demo
 

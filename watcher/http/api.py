@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from watcher.contract import Action, Decision, Deployment, Rejected, Verdict, decode_deployment
-from watcher.engine import Engine
+from watcher.engine import EngineView
 from watcher.errors import ReportUnavailable
 from watcher.judges import acknowledge, override
 from watcher.report import render
@@ -31,7 +31,7 @@ Readiness = Callable[[], tuple[bool, str]]
 MarkerHook = Callable[[Deployment], Awaitable[None]]
 DecisionHook = Callable[[list[Decision]], Awaitable[None]]
 
-ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+ENGINE: web.AppKey[EngineView] = web.AppKey("engine")
 DELIVERY_STATES = ("pending", "delivered", "failed", "dismissed")
 
 
@@ -82,7 +82,7 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 class Api:
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineView,
         *,
         registry: CollectorRegistry,
         decision_log: DecisionLog,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,14 +21,14 @@ from watcher.contract import Action, RejectReason
 from watcher.engine import Unjudged
 
 if TYPE_CHECKING:
-    from watcher.engine import Engine
+    from watcher.engine import EngineView
 
 log = logging.getLogger(__name__)
 
 VERSION_LABELS = ["agent", "environment", "version", "arm"]
 SEGMENT_LABELS = [*VERSION_LABELS, "segment_key", "segment_value"]
 ROLLOUT_LABELS = ["rollout_id", "agent", "environment", "strategy", "baseline_version", "canary_version"]
-WINDOWS = ("cumulative", "recent")
+WINDOWS: tuple[Literal["cumulative", "recent"], ...] = ("cumulative", "recent")
 QUANTILES = (("0.5", "latency_p50_ms"), ("0.95", "latency_p95_ms"), ("0.99", "latency_p99_ms"))
 RATES = (
     ("escalation_ratio", "escalation_rate", "share of turns handed to a human"),
@@ -108,7 +108,7 @@ class WatcherMetrics:
 class StateCollector(Collector):
     """Exposes the engine's per-series state, rollouts and verdicts, computed at scrape time."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineView) -> None:
         self._engine = engine
 
     def collect(self) -> Iterator[Metric]:
@@ -231,9 +231,9 @@ class StateCollector(Collector):
             labels=[*ROLLOUT_LABELS, "reason"],
         )
         per_reason = dict.fromkeys((u.value for u in Unjudged), 0)
-        for r in self._engine.registry.active_rollouts():
+        for r in self._engine.registry.all():
             cov = self._engine.coverage.get(r.rollout_id)
-            if cov is None or cov.problem is None:
+            if not r.active or cov is None or cov.problem is None:
                 continue
             per_reason[cov.problem.value] += 1
             labels = [r.rollout_id, r.agent_id, r.environment, r.strategy]
