@@ -84,13 +84,16 @@ def _case(strategy: str, name: str, regressions: tuple[Regression, ...], onset: 
 def regression_cases(
     strategies: tuple[str, ...] = tuple(STRATEGY_SCENARIOS), extra: bool = False
 ) -> list[Case]:
-    types = TYPES | (EXTRA_TYPES if extra else {})
-    return [_case(st, name, regs, onset) for st in strategies for name, (regs, onset) in types.items()]
+    """Every type under every strategy; with ``extra`` the measured-only types under the canary."""
+    cases = [_case(st, name, regs, onset) for st in strategies for name, (regs, onset) in TYPES.items()]
+    if extra and "canary" in strategies:
+        cases += [_case("canary", name, regs, onset) for name, (regs, onset) in EXTRA_TYPES.items()]
+    return cases
 
 
-def _null(name: str, **kw: object) -> Case:
-    full = f"canary:{name}"
-    return Case(full, replace(BASE, name=full, **kw), None, full)
+def _null(name: str, strategy: str = "canary", **kw: object) -> Case:
+    full = f"{strategy}:{name}"
+    return Case(full, replace(STRATEGY_SCENARIOS[strategy], name=full, **kw), None, full)
 
 
 NULLS: tuple[Case, ...] = (
@@ -110,7 +113,24 @@ NULLS: tuple[Case, ...] = (
     _null("long_conversations", mean_turns=12.0, max_turns=40, conversations_per_s=1.5),
     # within the quality tolerance (-0.01): must not be rolled back
     _null("quality_-0.01", regressions=(R("quality", -0.01, start_s=ONSET_S),)),
+    _null("a_a", "shadow"),
+    _null("a_a", "flag"),
+    _null("a_a", "blue_green"),
+    _null("a_a", "blue_green_null_arm"),
 )
 NULLS_BY_NAME = {c.name: c for c in NULLS}
+# seeds per null scenario for each --seeds seed of the regressions: the six kinds the issue lists get
+# 84 x 6 = 504 runs at the default 5 seeds (x 16.8), the others 20
+REQUIRED_NULLS = ("a_a", "both_arms_drift", "canary_2%", "rare_events", "weight_ramp", "long_conversations")
+NULL_SEEDS_PER_SEED = {f"canary:{n}": 16.8 for n in REQUIRED_NULLS}
 
-__all__ = ["BASE", "DURATION_S", "NULLS", "ONSET_S", "STRATEGY_SCENARIOS", "TYPES", "regression_cases"]
+__all__ = [
+    "BASE",
+    "DURATION_S",
+    "NULLS",
+    "NULL_SEEDS_PER_SEED",
+    "ONSET_S",
+    "STRATEGY_SCENARIOS",
+    "TYPES",
+    "regression_cases",
+]

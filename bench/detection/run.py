@@ -250,6 +250,43 @@ def goal(rows: list[dict[str, Any]], summary: dict[str, dict[str, Any]], subject
     return out
 
 
+def everyday_goal(rows: list[dict[str, Any]], subject: str = "watcher") -> dict[str, Any]:
+    """Issue #14's goals, per strategy: median delay <= 8 min over the required types, no type slower
+    than the plain yardstick (per-type medians, where the yardstick judges), escalation +3 pp within
+    60 min, no false stop in the nulls."""
+    out: dict[str, Any] = {}
+    strategies = sorted({r["scenario"].split(":")[0] for r in rows})
+    for st in strategies:
+        mine = [r for r in rows if r["scenario"].startswith(st + ":") and r["judge"] == subject]
+        required = [
+            r for r in mine if r["kind"] == "regression" and r["scenario"].split(":")[1] in everyday.TYPES
+        ]
+        delays = [r["delay_s"] for r in required if r["outcome"] == "detected"]
+        slower = {}
+        for t in everyday.TYPES:
+            ours = [
+                r["delay_s"] for r in required if r["scenario"] == f"{st}:{t}" and r["outcome"] == "detected"
+            ]
+            ref = [
+                r["delay_s"]
+                for r in rows
+                if r["judge"] == "yardstick" and r["scenario"] == f"{st}:{t}" and r["outcome"] == "detected"
+            ]
+            if ref and (not ours or statistics.median(ours) > statistics.median(ref)):
+                slower[t] = (statistics.median(ours) if ours else None, statistics.median(ref))
+        esc = [r["delay_s"] for r in required if r["scenario"] == f"{st}:escalation_+3pp"]
+        nulls = [r for r in mine if r["kind"] == "null"]
+        out[st] = {
+            "caught": f"{len(delays)}/{len(required)}",
+            "median_delay_s": statistics.median(delays) if delays else None,
+            "median_within_8_min": bool(delays) and statistics.median(delays) <= 480,
+            "types_slower_than_yardstick": slower,
+            "escalation_3pp_within_60_min": bool(esc) and all(d is not None and d <= 3600 for d in esc),
+            "false_stops": f"{sum(r['outcome'] == 'false_rollback' for r in nulls)}/{len(nulls)}",
+        }
+    return out
+
+
 def _fmt_delay(x: float | None) -> str:
     return "–" if x is None else f"{x:.0f} s"
 
@@ -323,7 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         help="fast: issue #3's 20 conversations/s, 30-60 min; everyday: issue #14's 4 conversations/s, "
         "3 h, every strategy, watcher vs the plain yardstick (default %(default)s)",
     )
-    p.add_argument("--null-seeds", type=int, help="everyday: seeds per null scenario (default: --seeds)")
+    p.add_argument(
+        "--null-seeds",
+        type=int,
+        help="everyday: seeds per null scenario (default: 84 for the six kinds the issue lists and 4 x "
+        "--seeds for the others at --seeds 5, i.e. 504 + 20 each; scaled with --seeds)",
+    )
     p.add_argument("--strategies", help="everyday: comma-separated strategies (default: all)")
     p.add_argument("--judges", help="comma-separated subset of the judges (default: all)")
     p.add_argument("--scenarios", help="comma-separated subset of scenario names (calibration uses all)")
@@ -335,12 +377,13 @@ def main(argv: list[str] | None = None) -> int:
         range(CALIBRATION_FIRST_SEED, CALIBRATION_FIRST_SEED + (1 if args.quick else args.calibration_seeds))
     )
     everyday_run = args.regime == "everyday"
-    null_seeds = seeds
+    null_seeds: dict[str, list[int]] = {}
     if everyday_run:
         strategies = tuple(args.strategies.split(",") if args.strategies else everyday.STRATEGY_SCENARIOS)
         pool = everyday.regression_cases(strategies, extra=True) + list(everyday.NULLS)
-        if args.null_seeds is not None:
-            null_seeds = list(range(args.first_seed, args.first_seed + args.null_seeds))
+        for case in everyday.NULLS:
+            n = args.null_seeds or round(len(seeds) * everyday.NULL_SEEDS_PER_SEED.get(case.name, 4))
+            null_seeds[case.name] = list(range(args.first_seed, args.first_seed + n))
         args.no_calibration = True
     else:
         pool = list(CASES)
@@ -368,15 +411,21 @@ def main(argv: list[str] | None = None) -> int:
             judges = {j: f for j, f in judges.items() if j in wanted}
         rows: list[dict[str, Any]] = []
         for case in cases:
-            for seed in null_seeds if case.onset_s is None else seeds:
+            for seed in null_seeds.get(case.name, seeds) if case.onset_s is None else seeds:
                 new = run_case(case, seed, judges, Path(tmp))
                 rows.extend(new)
                 print(f"{case.name} seed {seed}: " + ", ".join(map(_brief, new)), file=sys.stderr)
     names = list(judges)
     summary = summarise(rows, names)
     goals = {j: goal(rows, summary, j) for j in names if j.startswith("watcher")}
+    if everyday_run:
+        goals = {j: everyday_goal(rows, j) for j in names if j.startswith("watcher")}
     print(markdown(rows, summary, names, cases))
     for j, g in goals.items():
+        if everyday_run:
+            for st, v in g.items():
+                print(f"\n{j}, {st}: {json.dumps(v)}")
+            continue
         print(f"\ngoal for {j}: {'met' if g['met'] else 'NOT met'} — {json.dumps(g)}")
     for tool in ("flagger", "kayenta"):
         if tool in calibration:
