@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from watcher.cli import gate as gate_cli
-from watcher.cli.process import install_reload_signal, install_stop_signals, tune_gc
+from watcher.cli.process import install_reload_signal, stop_within, tune_gc
 from watcher.errors import ConfigError, WatcherError
 
 
@@ -112,7 +112,7 @@ async def _run(args: argparse.Namespace) -> int:
     settings = load_settings(source.path, overrides=source.overrides)
     _logging(settings.log_level)
     stop = asyncio.Event()
-    install_stop_signals(stop)
+    stop_within(stop, settings.shutdown_grace_s)  # before any thread: they inherit its signal mask
     daemon = build_daemon(settings, config_source=source)
     install_reload_signal(daemon.reload)  # SIGHUP: policy and sinks again, without a restart
     return await daemon.run(stop)

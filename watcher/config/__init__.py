@@ -16,6 +16,7 @@ from watcher.config.settings import (
     KafkaSettings,
     Settings,
     TelemetrySettings,
+    Topic,
     check_sink_entries,
     load_settings,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "Section",
     "Settings",
     "TelemetrySettings",
+    "Topic",
     "check_sink_entries",
     "convert",
     "load_settings",

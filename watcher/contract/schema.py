@@ -25,9 +25,10 @@ __all__ = [
     "Arm",
     "Deployment",
     "FlagSpec",
+    "GateOutcome",
     "Rejected",
     "RejectReason",
-    "Strategy",
+    "StrategyName",
     "Turn",
     "dead_letter_record",
     "encode_deployment",
@@ -72,8 +73,12 @@ _NonNeg = Annotated[float, Meta(ge=0.0)]
 _Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
 _Segment = Annotated[dict[str, Annotated[str, Meta(max_length=64)]], Meta(max_length=16)]
 Arm = Literal["baseline", "canary", "shadow", "live"]
-MarkerAction = Literal["started", "weight_changed", "paused", "resumed", "promoted", "rolled_back", "aborted"]
-Strategy = Literal["canary", "shadow", "blue_green", "flag"]
+MarkerAction = Literal[
+    "started", "weight_changed", "paused", "resumed", "promoted", "rolled_back", "aborted", "gated"
+]
+# A rollout strategy's name. Which names exist is the strategy registry's (``watcher.judges.strategies``,
+# plug-ins included): the decoders take its check (``decode_batch(check_marker=...)``).
+StrategyName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 
 
 # The tag makes msgspec check ``schema`` in C when present (absent is allowed for a single tagged type)
@@ -114,6 +119,13 @@ class FlagSpec(Struct, kw_only=True, gc=False):
     treatment: Annotated[str, Meta(min_length=1)]
 
 
+class GateOutcome(Struct, kw_only=True, gc=False):
+    """What a pre-production gate concluded about ``canary_version`` (a ``gated`` marker)."""
+
+    verdict: Literal["pass", "fail", "inconclusive"]
+    decision_id: _Id128 | None = None  # the gate's watcher.decision/v1 record
+
+
 class Deployment(Struct, kw_only=True, tag_field="schema", tag=SCHEMA_DEPLOYMENT, gc=False):
     """A deployment marker (``watcher.deployment/v1``). Versions are 1-128 chars like a turn's."""
 
@@ -125,11 +137,12 @@ class Deployment(Struct, kw_only=True, tag_field="schema", tag=SCHEMA_DEPLOYMENT
     agent_id: _Id128
     environment: str = "prod"
     action: MarkerAction
-    strategy: Strategy | None = None
+    strategy: StrategyName | None = None
     baseline_version: _Id128 | None = None
     canary_version: _Id128 | None = None
     canary_weight: _Unit | None = None
     flag: FlagSpec | None = None
+    gate: GateOutcome | None = None  # with action "gated"
     actor: str | None = None
     notes: str | None = None
 
@@ -150,18 +163,30 @@ _ENCODER = msgspec.json.Encoder()
 # ---- encoding ----------------------------------------------------------------------------------------
 
 
-def dead_letter_record(r: Rejected, now: float) -> bytes:
+def dead_letter_record(
+    r: Rejected,
+    now: float,
+    *,
+    part: int = 0,
+    parts: int = 1,
+    raw_bytes: int | None = None,
+    raw_sha256: str | None = None,
+) -> bytes:
     """The dead-letter JSON for a rejection; the original bytes travel base64 (any bytes fit).
+
+    A message too large for one Kafka record travels in ``parts`` records, each with its slice of
+    the bytes in ``raw`` (``r.raw`` here) and ``part`` (0-based), ``parts``, ``raw_bytes`` (the
+    whole message's size) and ``raw_sha256`` (of the whole message) to put them together again.
 
     >>> rec = msgspec.json.decode(dead_letter_record(Rejected(RejectReason.NOT_JSON, "x", b"{"), 5.0))
     >>> rec["schema"], rec["reason"], rec["raw_b64"], rec["raw_text"]
     ('watcher.deadletter/v1', 'not_json', 'ew==', '{')
     """
     try:
-        text: str | None = r.raw.decode("utf-8")[:DEAD_LETTER_TEXT_CHARS]
+        text: str | None = r.raw.decode("utf-8")[:DEAD_LETTER_TEXT_CHARS] if part == 0 else None
     except UnicodeDecodeError:
         text = None
-    record = {
+    record: dict[str, object] = {
         "schema": SCHEMA_DEADLETTER,
         "reason": r.reason.value,
         "detail": r.detail,
@@ -170,6 +195,8 @@ def dead_letter_record(r: Rejected, now: float) -> bytes:
         "raw_b64": base64.b64encode(r.raw).decode("ascii"),
         "raw_text": text,
     }
+    if parts > 1:
+        record.update(part=part, parts=parts, raw_bytes=raw_bytes, raw_sha256=raw_sha256)
     return _ENCODER.encode(record)
 
 

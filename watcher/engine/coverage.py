@@ -46,14 +46,17 @@ class Unjudged(str, Enum):
 
 
 _UNUSED_BY_ARM = {"live": Unused.OTHER_VERSION, "other": Unused.NO_FLAG}
-_TREATMENT = {"canary": "canary", "flag": "canary", "shadow": "shadow", "blue_green": "canary"}
-_CONTROL = {"canary": ("baseline",), "flag": ("baseline",), "shadow": ("live", "baseline"), "blue_green": ()}
+# the control arms a built-in strategy's judge compares with (others: "baseline"); blue-green compares
+# with the old version's history before the switch, not with turns
+_CONTROL = {"shadow": ("live", "baseline"), "blue_green": ()}
 
 
-def roles(strategy: str, arms: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def roles(
+    strategy: str, arms: list[str], treatment_arm: str = "canary"
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(treatment mask, control mask, the arms of the other turns) of the turns a judge receives."""
     a = np.asarray(arms, dtype=object)
-    treat = a == _TREATMENT.get(strategy, "canary")
+    treat = a == treatment_arm
     ctrl = np.isin(a, _CONTROL.get(strategy, ("baseline",)))
     rest = a[~(treat | ctrl)].tolist()
     return treat, ctrl, rest

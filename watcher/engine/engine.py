@@ -31,20 +31,20 @@ from watcher.engine.coverage import Coverage, roles
 from watcher.engine.history import EvidenceHistory, EvidenceMap, RolloutHistory
 from watcher.errors import CheckpointError, ConfigError
 from watcher.judges import (
+    STRATEGIES,
     DriftMonitor,
     DriftSignal,
-    Policy,
     PolicySet,
     PolicyState,
-    ShadowJudge,
+    RolloutJudge,
+    StrategyRegistry,
     decide,
     layout_change,
     load_policy,
     policy_from_doc,
     policy_to_doc,
-    strategies,
 )
-from watcher.state import Change, LatenessFilter, MetricsState, Registry, Rollout
+from watcher.state import Change, LatenessFilter, MetricsState, Registry, Rollout, VersionHistory
 
 ENGINE_STATE_VERSION = 1
 _DECIDED = frozenset({Action.ROLLBACK, Action.PROMOTE})  # latched: the policy decides nothing more
@@ -64,22 +64,27 @@ class BatchResult:
 
 
 class Engine:
-    def __init__(self, settings: Settings, *, policies: PolicySet | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        policies: PolicySet | None = None,
+        strategies: StrategyRegistry = STRATEGIES,
+    ) -> None:
         self.settings = settings
         self.policies = policies if policies is not None else load_policy(settings.judge.policy_file)
+        self.strategies = strategies  # what each rollout strategy needs (the engine names none)
         self.dedup = Deduplicator(settings.state.dedup_capacity)
         self.state = MetricsState(
             window_seconds=settings.state.window_seconds,
             window_buckets=settings.state.window_buckets,
             max_segment_values=settings.state.max_segment_values,
         )
-        self.registry = Registry(
-            auto_start=settings.rollouts.auto_start, auto_canary_weight=settings.rollouts.auto_canary_weight
-        )
+        self.registry = self._new_registry()
         self.drift = DriftMonitor()
         self.lateness = LatenessFilter(settings.state.allowed_lateness_s)  # per-agent event-time watermarks
-        self.history = strategies.VersionHistory()
-        self.judges: dict[str, strategies.RolloutJudge] = {}
+        self.history = self.strategies.new_history()  # read by the strategies that compare with the past
+        self.judges: dict[str, RolloutJudge] = {}
         self.policy_states: dict[str, PolicyState] = {}
         self.evidence = EvidenceMap()  # rollout id -> the evidence of its last look
         self.coverage: dict[str, Coverage] = {}  # rollout id -> what its judge can use of its traffic
@@ -99,6 +104,7 @@ class Engine:
             origins=origins,
             max_bytes=self.settings.state.max_event_bytes,
             columnar=not self._reads_whole_turns(),
+            check_marker=self.strategies.check_marker,
         )
         self.lateness.apply(batch, raws, origins)  # too-late turns leave the batch, as rejected (lateness.py)
         result = BatchResult(
@@ -107,20 +113,23 @@ class Engine:
             duplicates=batch.duplicates,
             rejected=batch.rejected,
         )
+        # one posted over HTTP and read back from the deployments topic is not applied twice
+        fresh = (m for m in batch.deployments if not self.registry.knows(m.event_id))
+        markers = sorted(fresh, key=lambda d: d.ts)
         turns = batch.turns
         if not turns:
-            for marker in sorted(batch.deployments, key=lambda d: d.ts):
+            for marker in markers:
                 result.changes.append(self._apply(marker))
             return result
         cols = batch.columns  # extracted once, read by every consumer below
-        if not batch.deployments:
+        if not markers:
             self._turns(cols, result)
             return result
         # Markers take effect at their own event time: the turns before a marker are processed before
         # it, those at or after it after it, whatever the batch boundaries (docs/guarantees.md).
         ts = cols.ts
         done = np.zeros(len(ts), bool)
-        for marker in sorted(batch.deployments, key=lambda d: d.ts):
+        for marker in markers:
             before = np.flatnonzero(~done & (ts < marker.ts))
             if len(before):
                 done[before] = True
@@ -148,26 +157,37 @@ class Engine:
             result.drift_signals.extend(self.drift.update(turns, arms, cols))
         result.decisions.extend(self._judge(turns, arms, agents, cols))
 
+    def _new_registry(self) -> Registry:
+        rollouts = self.settings.rollouts
+        return Registry(
+            auto_start=rollouts.auto_start,
+            auto_canary_weight=rollouts.auto_canary_weight,
+            terms=self.strategies.get,
+        )
+
     def _reads_whole_turns(self) -> bool:
-        """The shadow judge pairs whole ``Turn`` objects: while one runs, the batch is decoded into
-        objects at once rather than into columns and then again into objects."""
+        """A judge that reads whole ``Turn`` objects (shadow pairs them): while one runs, the batch is
+        decoded into objects at once rather than into columns and then again into objects."""
         return any(
-            r.strategy == "shadow" and r.rollout_id in self.judges for r in self.registry.active_rollouts()
+            self.strategies.get(r.strategy).whole_turns and r.rollout_id in self.judges
+            for r in self.registry.active_rollouts()
         )
 
     def _needs_history(self, agents: set[tuple[str, str]]) -> bool:
-        """History serves blue-green switches: it is kept for agents running without a rollout (what
-        a switch will be compared with) or in a blue-green one, not during canary, shadow or flag
-        rollouts, whose judges compare with concurrent traffic (and where it would only cost time)."""
+        """History serves strategies that compare with the past (blue-green switches): it is kept for
+        agents running without a rollout (what a switch will be compared with) or in such a rollout,
+        not during rollouts whose judges compare with concurrent traffic (it would only cost time)."""
         for agent, env in agents:
             rollout = self.registry.active(agent, env)
-            if rollout is None or rollout.strategy == "blue_green":
+            if rollout is None or self.strategies.get(rollout.strategy).history is not None:
                 return True
         return False
 
     def apply_marker(self, marker: Deployment) -> Change | None:
-        """A marker from the HTTP API: applied at once; None if its event_id was already seen."""
-        if self.dedup.seen(marker.event_id):
+        """A marker from the HTTP API: applied at once; None if its event_id was already seen (by the
+        dedup window, or among the markers applied: its copy read back from the deployments topic is
+        ignored however long it took to come back)."""
+        if self.dedup.seen(marker.event_id) or self.registry.knows(marker.event_id):
             return None
         return self._apply(marker)
 
@@ -199,10 +219,9 @@ class Engine:
 
     def _start_judge(self, rollout: Rollout) -> None:
         policy = self.policies.for_agent(rollout.agent_id, rollout.environment)
-        judge = strategies.judge_for(rollout, policy, self.history)  # canary, shadow, blue-green, flag
-        if judge is None:
-            return
-        self.judges[rollout.rollout_id] = judge
+        self.judges[rollout.rollout_id] = self.strategies.get(rollout.strategy).judge(
+            rollout, policy, self.history
+        )
         self.policy_states[rollout.rollout_id] = PolicyState()
         self._last_look.pop(rollout.rollout_id, None)
         self._seen.pop(rollout.rollout_id, None)
@@ -227,29 +246,35 @@ class Engine:
         decisions: list[Decision] = []
         if cols is None:
             cols = TurnColumns(turns)
-        for rollout in self.registry.active_rollouts():
-            judge = self.judges.get(rollout.rollout_id)
-            agent, env = rollout.agent_id, rollout.environment
-            if (agent, env) not in agents:
-                continue
-            if judge is None:
-                self._assess(rollout, None)
-                continue
-            if len(agents) == 1:  # the common case: one agent per partition and batch
+        # only the rollouts of the batch's agents: a rollout without new turns costs nothing
+        active = [r for r in self.registry.active_rollouts() if (r.agent_id, r.environment) in agents]
+        for r in active:
+            if r.rollout_id not in self.judges:
+                self._assess(r, None)  # a rollout without a judge says so
+        judged = [r for r in active if r.rollout_id in self.judges]
+        if not judged:
+            return decisions
+        parts = (
+            self._per_agent(cols, [(r.agent_id, r.environment) for r in judged]) if len(agents) > 1 else None
+        )
+        for j, rollout in enumerate(judged):
+            judge = self.judges[rollout.rollout_id]
+            if parts is None:  # the common case: one agent per partition and batch
                 mine, my_arms = cols, arms
-            else:  # the turns of this agent, selected per route key
-                lut = np.fromiter([k[0] == agent and k[1] == env for k in cols.route_keys], bool)
-                idx = np.flatnonzero(lut[cols.route_code])
+            else:  # the turns of this agent
+                idx = parts[j]
                 mine = cols.take(idx)
                 my_arms = [arms[i] for i in idx.tolist()]
             weight = rollout.canary_weight if rollout.source == "marker" else self._observed_weight(rollout)
-            judge_arms = strategies.arms_for(rollout, mine.turns, my_arms, mine)
-            rid = rollout.rollout_id
-            treat, ctrl, rest = roles(rollout.strategy, judge_arms)
+            strategy = self.strategies.get(rollout.strategy)
+            if strategy.arms is not None:  # e.g. a flag's variants within one version
+                my_arms = strategy.arms(rollout, mine.turns, my_arms, mine)
+            treat, ctrl, rest = roles(rollout.strategy, my_arms, strategy.treatment_arm)
             self._assess(rollout, judge, int(treat.sum()), int(ctrl.sum()), rest)
+            rid = rollout.rollout_id
             step = self.settings.judge.evaluate_every_s
             if step <= 0:  # a look after every batch (not independent of the batch boundaries)
-                judge.update(mine.turns, judge_arms, weight, mine)
+                judge.update(mine.turns, my_arms, weight, mine)
                 decisions.extend(self._look(rollout, judge, float(mine.ts.max())))
                 continue
             # Looks on a fixed event-time grid (rollout start + k * step): the look at a grid point
@@ -264,18 +289,18 @@ class Engine:
             for c in cross.tolist():
                 if c > at:
                     sub = mine.take(np.arange(at, c))
-                    judge.update(sub.turns, judge_arms[at:c], weight, sub)
+                    judge.update(sub.turns, my_arms[at:c], weight, sub)
                     at = c
                 decisions.extend(self._look(rollout, judge, rollout.started_ts + float(cell[c]) * step))
             if at < len(ts):
                 sub = mine if at == 0 else mine.take(np.arange(at, len(ts)))
-                judge.update(sub.turns, judge_arms[at:], weight, sub)
+                judge.update(sub.turns, my_arms[at:], weight, sub)
         return decisions
 
     def _assess(
         self,
         rollout: Rollout,
-        judge: strategies.RolloutJudge | None,
+        judge: RolloutJudge | None,
         treatment: int = 0,
         control: int = 0,
         rest: Sequence[str] = (),
@@ -295,7 +320,7 @@ class Engine:
                 log.info("rollout %s is judged again (%s is over)", rid, cov.problem.value)
         cov.problem, cov.detail = problem, detail
 
-    def _look(self, rollout: Rollout, judge: strategies.RolloutJudge, ts: float) -> list[Decision]:
+    def _look(self, rollout: Rollout, judge: RolloutJudge, ts: float) -> list[Decision]:
         """Evaluate a rollout's evidence at event time ``ts`` and apply its policy."""
         rid = rollout.rollout_id
         self._last_look[rid] = ts
@@ -312,9 +337,8 @@ class Engine:
             evidence = judge.evidence(ts)
             self.evidence[rid] = evidence
         # the policy the judge runs with: after a reload, a rollout may keep the one it started with
-        agent, env = rollout.agent_id, rollout.environment
-        policy = getattr(judge, "policy", None) or self.policies.for_agent(agent, env)
-        decision, new_state = decide(self.policy_states[rid], evidence, policy, rollout.ref())
+        conduct = self.strategies.get(rollout.strategy).conduct
+        decision, new_state = decide(self.policy_states[rid], evidence, judge.policy, rollout.ref(), conduct)
         self.policy_states[rid] = new_state
         if decision is not None or self.evidence_history.due(rid, ts):
             self.evidence_history.add(rid, evidence, decision)
@@ -329,6 +353,17 @@ class Engine:
         if rollout_ids is not None:
             rollouts = [r for r in rollouts if r.rollout_id in rollout_ids]
         return [self.evidence_history.get(r.to_dict()) for r in rollouts]
+
+    @staticmethod
+    def _per_agent(cols: TurnColumns, agents: list[tuple[str, str]]) -> list[np.ndarray]:
+        """The indices of each of ``agents``' turns in the batch (ascending), in one pass: a code per
+        route key, one stable sort, one split (not a scan of the batch per agent)."""
+        at = {ae: i for i, ae in enumerate(agents)}
+        lut = np.fromiter((at.get((k[0], k[1]), -1) for k in cols.route_keys), np.intp, len(cols.route_keys))
+        code = lut[cols.route_code]
+        order = np.argsort(code, kind="stable")
+        bounds = np.searchsorted(code[order], np.arange(len(agents) + 1))
+        return [order[bounds[i] : bounds[i + 1]] for i in range(len(agents))]
 
     def _observed_weight(self, rollout: Rollout) -> float:
         """A rollout telemetry started has no announced weight: the treatment's share of the
@@ -358,24 +393,18 @@ class Engine:
         state under it: it keeps the policy it runs with until its rollout ends. Returns those rollout
         ids with the reason. Nothing is replaced if rebuilding any judge fails.
         """
-        rebuilt: dict[str, strategies.RolloutJudge] = {}
+        rebuilt: dict[str, RolloutJudge] = {}
         kept: dict[str, str] = {}
         for rid, judge in self.judges.items():
-            current: Policy | None = getattr(judge, "policy", None)
-            ref = judge.rollout  # type: ignore[attr-defined]  # every strategy's judge keeps its RolloutRef
+            ref = judge.rollout
             new = policies.for_agent(ref.agent_id, ref.environment)
-            if current == new:
+            if judge.policy == new:
                 continue
-            why = layout_change(current, new) if current is not None else None
+            why = layout_change(judge.policy, new)
             if why is not None:
                 kept[rid] = why
                 continue
-            fresh = strategies.judge_from_state(judge.to_state(), new)
-            if isinstance(judge, ShadowJudge) and isinstance(fresh, ShadowJudge):
-                # turns waiting for their pair are not in a shadow judge's state (a restart counts them
-                # unpaired): a reload is no restart, they keep waiting
-                fresh.pending, fresh.counts = judge.pending, judge.counts
-            rebuilt[rid] = fresh
+            rebuilt[rid] = judge.with_policy(new)
         self.policies = policies
         self.judges.update(rebuilt)
         for rid, judge in rebuilt.items():
@@ -408,11 +437,7 @@ class Engine:
             "seen": dict(self._seen),
             "lateness": self.lateness.to_state(),
             # the policy each judge runs with: a restart with a policy that measures differently keeps it
-            "judge_policies": {
-                rid: policy_to_doc(p)
-                for rid, j in self.judges.items()
-                if (p := getattr(j, "policy", None)) is not None
-            },
+            "judge_policies": {rid: policy_to_doc(j.policy) for rid, j in self.judges.items()},
         }
 
     def load_state(self, d: dict[str, Any]) -> None:
@@ -426,18 +451,17 @@ class Engine:
         try:
             dedup = Deduplicator.from_state(d["dedup"])
             state = MetricsState.from_state(d["state"])
-            rollouts = self.settings.rollouts
-            registry = Registry(
-                auto_start=rollouts.auto_start, auto_canary_weight=rollouts.auto_canary_weight
-            )
+            registry = self._new_registry()
             registry.load_state(d["registry"])
-            history = strategies.VersionHistory.from_state(d["history"])
+            for rollout in registry.active_rollouts():
+                self.strategies.get(rollout.strategy)  # a strategy no longer installed: named here
+            history = VersionHistory.from_state(d["history"])
             drift = DriftMonitor.from_state(d["drift"])
             lateness = LatenessFilter(self.settings.state.allowed_lateness_s)
             if "lateness" in d:  # absent from checkpoints written before allowed lateness existed
                 lateness.load_state(d["lateness"])
             ran_with = {rid: policy_from_doc(p) for rid, p in d.get("judge_policies", {}).items()}
-            judges: dict[str, strategies.RolloutJudge] = {}
+            judges: dict[str, RolloutJudge] = {}
             for rid, js in d["judges"].items():
                 ref = js["rollout"]
                 policy = self.policies.for_agent(ref["agent_id"], ref["environment"])
@@ -445,7 +469,7 @@ class Engine:
                 if old is not None and (why := layout_change(old, policy)) is not None:
                     log.warning("rollout %s keeps the policy it started with: %s", rid, why)
                     policy = old
-                judges[rid] = strategies.judge_from_state(js, policy)
+                judges[rid] = self.strategies.get(ref["strategy"]).restore(js, policy)
             policy_states = {rid: PolicyState.from_state(ps) for rid, ps in d["policy_states"].items()}
             last_action = {rid: Action(a) for rid, a in d["last_action"].items()}
             last_look = {rid: float(ts) for rid, ts in d["last_look"].items()}
