@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -61,18 +60,6 @@ def test_a_canary_without_control_turns_says_so() -> None:
     (cov,) = engine.coverage.values()
     assert cov.problem is Unjudged.NO_CONTROL and cov.control == 0
     assert "no control turn" in cov.to_dict()["detail"]
-
-
-def test_a_flag_without_its_variants_is_unjudgeable_and_said_so() -> None:
-    sc = dataclasses.replace(STRATEGY_PRESETS["flag_healthy"], duration_s=120.0)
-    lines = [json.loads(x) for x in generate(sc)]
-    for d in lines:
-        if d.get("schema") == "watcher.deployment/v1" and d.get("flag"):
-            d["flag"] = {"name": d["flag"]["name"], "control": "on", "treatment": "on"}  # one variant twice
-    engine = Engine(load_settings(environ={}))
-    engine.process([json.dumps(d).encode() for d in lines])
-    (cov,) = engine.coverage.values()
-    assert cov.problem is Unjudged.UNJUDGEABLE
 
 
 def test_blue_green_without_history_says_it_has_no_reference() -> None:

@@ -38,7 +38,6 @@ class Unused(str, Enum):
 class Unjudged(str, Enum):
     """Why a rollout is not judged (closed vocabulary, a label)."""
 
-    UNJUDGEABLE = "unjudgeable"  # no judge: an unknown strategy, or a flag without both variants
     NO_TREATMENT = "no_treatment"  # turns arrive, none is the treatment's
     NO_CONTROL = "no_control"  # treatment turns, no control turns to compare them with
     NO_REFERENCE = "no_reference"  # blue-green: no history of the old version before the switch
@@ -82,33 +81,18 @@ class Coverage:
                 reason = Unused.OLD_VERSION
             self.unused[reason.value] += n
 
-    def assess(self, judged: bool, reference: str | None = None) -> tuple[Unjudged | None, str]:
-        """The problem now (and its text): ``judged`` is whether the rollout has a judge at all,
-        ``reference`` a blue-green judge's reference mode."""
+    def assess(self, reference: str | None = None) -> tuple[Unjudged | None, str]:
+        """The problem now (and its text); ``reference``: a blue-green judge's reference mode."""
         total = self.treatment + self.control + sum(self.unused.values())
-        unused = ", ".join(f"{n} {r}" for r, n in sorted(self.unused.items()))
-        if not judged:
-            return (
-                Unjudged.UNJUDGEABLE,
-                f"{self.strategy} rollout without a judge (a flag needs its variants)",
-            )
+        unused = ", ".join(f"{n} {r}" for r, n in sorted(self.unused.items())) or "none"
         if reference == "none":
-            return (
-                Unjudged.NO_REFERENCE,
-                "blue-green: no history of the old version to compare the new one with",
-            )
+            return Unjudged.NO_REFERENCE, "no history of the old version before the switch to compare with"
         if total < _ENOUGH:
             return None, ""
         if self.treatment == 0:
-            return (
-                Unjudged.NO_TREATMENT,
-                f"{total} turns since the start, none of the treatment ({unused} unused)",
-            )
+            return Unjudged.NO_TREATMENT, f"{total} turns, none of the treatment (unused: {unused})"
         if self.strategy != "blue_green" and self.control == 0 and self.treatment >= _MIN_TREATMENT:
-            return (
-                Unjudged.NO_CONTROL,
-                f"{self.treatment} treatment turns and no control turn to compare them with",
-            )
+            return Unjudged.NO_CONTROL, f"{self.treatment} treatment turns, no control turn to compare with"
         if 2 * sum(self.unused.values()) > total:
             return Unjudged.UNUSED_TURNS, f"most turns cannot be used: {unused} of {total}"
         return None, ""

@@ -247,11 +247,11 @@ class Engine:
         if cols is None:
             cols = TurnColumns(turns)
         # only the rollouts of the batch's agents: a rollout without new turns costs nothing
-        active = [r for r in self.registry.active_rollouts() if (r.agent_id, r.environment) in agents]
-        for r in active:
-            if r.rollout_id not in self.judges:
-                self._assess(r, None)  # a rollout without a judge says so
-        judged = [r for r in active if r.rollout_id in self.judges]
+        judged = [
+            r
+            for r in self.registry.active_rollouts()
+            if (r.agent_id, r.environment) in agents and r.rollout_id in self.judges
+        ]
         if not judged:
             return decisions
         parts = (
@@ -300,10 +300,10 @@ class Engine:
     def _assess(
         self,
         rollout: Rollout,
-        judge: RolloutJudge | None,
-        treatment: int = 0,
-        control: int = 0,
-        rest: Sequence[str] = (),
+        judge: RolloutJudge,
+        treatment: int,
+        control: int,
+        rest: Sequence[str],
     ) -> None:
         """Count what the rollout's judge can use of its traffic; say so when it cannot judge it."""
         rid = rollout.rollout_id
@@ -312,7 +312,7 @@ class Engine:
             cov = self.coverage[rid] = Coverage(rollout.strategy)
         cov.add(treatment, control, list(rest))
         reference = getattr(getattr(judge, "ref", None), "mode", None)  # blue-green's reference
-        problem, detail = cov.assess(judge is not None, reference)
+        problem, detail = cov.assess(reference)
         if problem is not cov.problem:
             if problem is not None:
                 log.warning("rollout %s is not judged (%s): %s", rid, problem.value, detail)
