@@ -127,6 +127,14 @@ class HttpSettings(Section, frozen=True):
     # how the other instances reach this one (checkpoint.scope: partition forwards requests about an
     # agent to its owner); default http://<host or hostname>:<bound port>
     advertised_url: HttpUrl | None = None
+    # a client gets this long to send a whole request (headers and body); a connection with no request
+    # in progress for this long (idle keep-alive, or headers sent a byte at a time) is closed
+    client_timeout_s: PositiveFloat = 10.0
+    max_connections_per_client: Positive = 64  # open connections per client address; the next: 503
+    # the Host names requests may carry (empty: any; without a token, writes need a loopback name)
+    allowed_hosts: tuple[str, ...] = ()
+    # origins (scheme://host[:port]) of web pages allowed to write, e.g. an internal console
+    allowed_origins: tuple[str, ...] = ()
 
 
 class StateSettings(Section, frozen=True):

@@ -386,7 +386,7 @@ class Api:
             return _error(413, f"body larger than {self.max_body_bytes} bytes")
         try:
             body = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # (the guard refuses deep ones first)
             return _error(400, "body is not valid JSON")
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object")
