@@ -173,9 +173,10 @@ class RolloutSettings(Section, frozen=True):
 class JudgeSettings(Section, frozen=True):
     policy_file: str | None = None  # None: the bundled default policy
     decision_log: str = "watcher-decisions.sqlite"
-    # the judge's evidence is recomputed when event time has advanced this much since the last time
-    # (its statistics are updated with every batch; this only spaces out the looks)
-    evaluate_every_s: Annotated[float, Meta(ge=0)] = 10.0
+    # the judge looks at each rollout at started_ts + k * this (event time), whatever the batches: replay
+    # makes the daemon's decisions (docs/guarantees.md); 0: after every batch. Its statistics are updated
+    # with every batch; this only spaces out the looks (a look costs a few ms)
+    evaluate_every_s: Annotated[float, Meta(ge=0)] = 30.0
 
     def __post_init__(self) -> None:
         if self.policy_file is not None and not Path(self.policy_file).is_file():
