@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import datetime
 import random
+from datetime import datetime
 from typing import Any
 
 import msgspec
