@@ -11,7 +11,7 @@ from watcher.http.api import Api
 from watcher.http.auth import middleware as auth_middleware
 from watcher.http.flagger import FlaggerHooks
 from watcher.http.otlp import OTLP_TRACES, OtlpReceiver
-from watcher.http.peers import Peers, advertising_assignor, forwarding_middleware
+from watcher.http.peers import Peers, advertising_assignor, forwarding_middleware, own_url
 
 __all__ = [
     "Api",
@@ -22,4 +22,5 @@ __all__ = [
     "Peers",
     "advertising_assignor",
     "forwarding_middleware",
+    "own_url",
 ]
