@@ -27,10 +27,19 @@ Without --baseline/--candidate the versions come from the input's 'started' mark
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="*", metavar="FILE", help="JSON Lines telemetry (watcher.turn/v1)")
+    p.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="JSON Lines: watcher.turn/v1 turns and markers, or OTLP/JSON trace requests",
+    )
     src = p.add_argument_group("a time range of a Kafka topic (instead of, or with, files)")
     src.add_argument("--topic", help="read this telemetry topic from --since to its end now")
-    src.add_argument("--bootstrap-servers", help="Kafka (default: kafka.bootstrap_servers of the settings)")
+    src.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka (default: kafka.bootstrap_servers of the settings)",
+    )
     src.add_argument(
         "--since",
         metavar="TIME",
