@@ -11,6 +11,9 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml watcher/contract/_turnsca
 $(STAMP): pyproject.toml watcher/contract/_turnscan.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@# the distribution was called "watcher" before it became rollout-watcher (PyPI's "watcher" is
+	@# another project): an old install would keep claiming the watcher package
+	@$(PY) -m pip uninstall --quiet --yes watcher 2>/dev/null || true
 	$(PY) -m pip install --quiet -e '.[test,otlp,lint]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@

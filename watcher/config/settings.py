@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from watcher.config.addresses import parse_bootstrap_servers
 from watcher.config.hooks import HooksSettings
 from watcher.config.secret import MASK, secret
 from watcher.config.sinks import SinkSettings, check_unique_names
@@ -65,8 +66,7 @@ class KafkaSettings:
             _one_of("kafka.sasl_mechanism", self.sasl_mechanism, ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
         _positive("kafka.max_batch_records", self.max_batch_records)
         _positive("kafka.poll_timeout_ms", self.poll_timeout_ms)
-        if not self.bootstrap_servers.strip():
-            raise ConfigError("kafka.bootstrap_servers", "must not be empty")
+        parse_bootstrap_servers(self.bootstrap_servers)
         if not self.telemetry_topics:
             raise ConfigError("kafka.telemetry_topics", "needs at least one topic")
 

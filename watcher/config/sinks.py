@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from watcher.config.addresses import parse_bootstrap_servers
 from watcher.config.secret import secret
 from watcher.contract import ItemKind, Severity
 from watcher.errors import ConfigError
@@ -77,6 +78,8 @@ class SinkSettings:
         required = {"webhook": "hmac_secret", "pagerduty": "routing_key", "grafana": "token"}.get(self.type)
         if required and not getattr(self, required):
             raise ConfigError(f"{where}.{required}", f"is required for a {self.type} sink")
+        if self.bootstrap_servers is not None:
+            parse_bootstrap_servers(self.bootstrap_servers, f"{where}.bootstrap_servers")
         if self.type == "kafka" and not self.topic:
             raise ConfigError(f"{where}.topic", "is required for a kafka sink")
         if self.min_severity not in [s.value for s in Severity]:

@@ -1,15 +1,18 @@
 """Kafka (layer: I/O). ``source``: the consumer group in batches (``KafkaSource``, ``MessageBatch``) and
 ``FileSource``; ``fast_fetch``: aiokafka's record batches taken whole; ``deadletter``: the
-dead-letter topic (and file / null variants); ``embedded``: the embedded broker and topic creation.
+dead-letter topic (and file / null variants); ``embedded``: the embedded broker and topic creation;
+``reachability``: saying once, with a hint, that no broker answers.
 """
 
 from __future__ import annotations
 
 from watcher.kafka.deadletter import DeadLetters, KafkaDeadLetters
 from watcher.kafka.embedded import EmbeddedBroker, TopicSpec, create_topics
+from watcher.kafka.reachability import ConnectionReport, local_broker_hint, unreachable
 from watcher.kafka.source import KafkaSource, Message, MessageBatch, Origins, Source, next_offsets
 
 __all__ = [
+    "ConnectionReport",
     "DeadLetters",
     "EmbeddedBroker",
     "KafkaDeadLetters",
@@ -20,5 +23,7 @@ __all__ = [
     "Source",
     "TopicSpec",
     "create_topics",
+    "local_broker_hint",
     "next_offsets",
+    "unreachable",
 ]

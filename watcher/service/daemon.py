@@ -85,7 +85,8 @@ class MarkerPublisher:
         try:
             await self._producer.start()
         except Exception as exc:  # the broker may be down at start-up: retried on first use
-            log.warning("marker producer not connected yet: %s", exc)
+            # (the source says once, with a hint, that the broker does not answer)
+            log.debug("marker producer not connected yet: %r", exc)
 
     async def publish(self, marker: Deployment) -> None:
         topics = self._settings.kafka.deployments_topics

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from watcher.clock import Clock, SystemClock
+from watcher.config import parse_bootstrap_servers
 from watcher.errors import ConfigError
+from watcher.kafka import unreachable
 from watcher.sim.presets import PRESETS, STRATEGY_PRESETS
 from watcher.sim.scenario import (
     ARMS,
@@ -103,6 +105,7 @@ async def produce(
     ``send()`` per record costs ~30 µs, which would cap the throughput benchmark's feed at ~30k/s.
     """
     from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
     from aiokafka.partitioner import DefaultPartitioner
 
     producer = AIOKafkaProducer(
@@ -112,7 +115,11 @@ async def produce(
         linger_ms=5 if rate else 50,
         max_batch_size=1 << 20,
     )
-    await producer.start()
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        await producer.stop()
+        raise unreachable(bootstrap_servers, exc) from None
     key = scenario.agent_id.encode()
     pacer = _Pacer(rate, clock or SystemClock())
     partitions: dict[str, int] = {}
@@ -219,7 +226,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``watcher simulate``; unset options keep the preset's (or the default) value."""
     out = parser.add_argument_group("output (one of)")
     out.add_argument("--out", metavar="FILE", help="write JSON Lines to FILE")
-    out.add_argument("--bootstrap-servers", help="produce to this Kafka cluster")
+    out.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="produce to this Kafka cluster")
     out.add_argument("--topic", default="watcher.telemetry", help="telemetry topic (default %(default)s)")
     out.add_argument("--deployments-topic", help="send markers here (default: the telemetry topic)")
     out.add_argument("--rate", type=float, help="pace output to this many events per second")
@@ -290,10 +297,22 @@ def scenario_from_args(args: argparse.Namespace, clock: Clock | None = None) -> 
     return replace(base, **kw)
 
 
+def _check_writable(path: Path) -> None:
+    """Before the work: a file in a folder that exists, not a folder."""
+    if path.is_dir() or not str(path):
+        raise ConfigError("--out", f"{str(path)!r} is a directory, not a file")
+    if not path.parent.is_dir():
+        raise ConfigError("--out", f"{path}: folder {path.parent} does not exist")
+
+
 async def run(args: argparse.Namespace) -> int:
     """``watcher simulate``: returns the process exit code. Raises ConfigError on a bad combination."""
-    if bool(args.out) == bool(args.bootstrap_servers):
+    if (args.out is None) == (args.bootstrap_servers is None):
         raise ConfigError("simulate.output", "give exactly one of --out FILE or --bootstrap-servers")
+    if args.bootstrap_servers is not None:
+        parse_bootstrap_servers(args.bootstrap_servers, "--bootstrap-servers")
+    else:
+        _check_writable(Path(args.out))
     if args.rate is not None and args.rate <= 0:
         raise ConfigError("simulate.rate", "must be > 0")
     scenario = scenario_from_args(args)
