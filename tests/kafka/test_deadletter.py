@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from watcher.backoff import Backoff
 from watcher.clock import ManualClock
 from watcher.contract.schema import Rejected, RejectReason
 from watcher.errors import ConfigError, SinkError
@@ -83,8 +84,7 @@ async def test_publish_during_an_outage_returns_only_once_delivered() -> None:
             own.bootstrap_servers,
             "dl",
             client_options={"request_timeout_ms": 1000},
-            backoff_initial=0.1,
-            backoff_max=0.5,
+            backoff=Backoff(initial_s=0.1, max_s=0.5),
         )
         await sink.publish(rejects()[:1])  # connected before the outage
         own.pause()
@@ -100,7 +100,7 @@ async def test_publish_during_an_outage_returns_only_once_delivered() -> None:
 
 
 async def test_stop_interrupts_a_publish_that_cannot_be_delivered() -> None:
-    sink = KafkaDeadLetters(f"127.0.0.1:{free_port()}", "dl", backoff_initial=0.05, backoff_max=0.1)
+    sink = KafkaDeadLetters(f"127.0.0.1:{free_port()}", "dl", backoff=Backoff(initial_s=0.05, max_s=0.1))
     publish = asyncio.create_task(sink.publish(rejects()))
     await asyncio.sleep(0.3)
     assert not publish.done()  # no broker: it keeps retrying instead of returning

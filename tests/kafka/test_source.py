@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiokafka.structs import ConsumerRecord
 
+from watcher.backoff import Backoff
 from watcher.errors import ConfigError, SourceError
 from watcher.kafka.embedded import EmbeddedBroker, free_port
 from watcher.kafka.source import FileSource, KafkaSource, Message, Source, messages_from_records
@@ -212,8 +213,7 @@ async def test_broker_outage_no_crash_not_ready_then_every_message_exactly_once(
             max_records=50,
             client_options=kafka_options,
             stale_after=1.0,
-            backoff_initial=0.1,
-            backoff_max=0.5,
+            backoff=Backoff(initial_s=0.1, max_s=0.5),
         )
         await source.start()
         committed: list[bytes] = []
@@ -260,7 +260,7 @@ async def test_started_without_a_broker_waits_and_then_consumes(
     port = free_port()
     servers = f"127.0.0.1:{port}"
     source = KafkaSource(
-        servers, ["late"], "g", client_options=kafka_options, backoff_initial=0.1, backoff_max=0.5
+        servers, ["late"], "g", client_options=kafka_options, backoff=Backoff(initial_s=0.1, max_s=0.5)
     )
     await source.start()
     got: list[bytes] = []

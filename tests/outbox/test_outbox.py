@@ -7,7 +7,6 @@ tests/test_sinks*.py drive the real sinks against HTTP receivers.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from pathlib import Path
 
@@ -16,10 +15,11 @@ from prometheus_client import CollectorRegistry
 
 from tests.support.outbox import FAST, FakeSink
 from tests.support.receivers import Running, eventually, make_decision, make_rollout, marker
+from watcher.backoff import Backoff
 from watcher.contract.signals import Item, ItemKind
 from watcher.errors import SinkError
 from watcher.outbox import Outbox
-from watcher.outbox.delivery import RetryPolicy, idempotency_key
+from watcher.outbox.delivery import idempotency_key
 from watcher.outbox.outbox import change_item, decision_item
 from watcher.sinks.base import NULL_STATE, NullSink, Request, SinkState
 
@@ -171,7 +171,7 @@ async def test_render_failure_is_permanent(db: Path) -> None:
 async def test_pending_deliveries_and_sink_state_survive_a_restart(db: Path) -> None:
     sink = FakeSink()
     sink.script = [None] + [SinkError("HTTP 503")] * 1000  # the first delivery succeeds, then the sink dies
-    first = Outbox(db, [sink], retry=RetryPolicy(base_s=10.0, jitter=0.0))
+    first = Outbox(db, [sink], retry=Backoff(initial_s=10.0, max_s=300.0, jitter=0.0))
     first.enqueue_decisions([make_decision(1), make_decision(2)])
     async with Running(first):
         await eventually(lambda: sink.calls >= 2)
@@ -262,18 +262,6 @@ def test_enqueue_is_one_fast_local_transaction(db: Path) -> None:
     assert timings[len(timings) // 2] < 0.005, f"median enqueue {timings[len(timings) // 2] * 1e3:.2f} ms"
     assert all(s.calls == 0 for s in sinks)
     outbox.close()
-
-
-def test_retry_policy_backoff_jitter_and_retry_after() -> None:
-    policy = RetryPolicy(base_s=1.0, factor=2.0, max_s=10.0, jitter=0.2, max_retry_after_s=60.0)
-    rng = random.Random(7)
-    delays = [policy.delay(n, rng) for n in range(1, 7)]
-    for n, d in zip(range(1, 7), delays, strict=True):
-        nominal = min(10.0, 2.0 ** (n - 1))
-        assert 0.8 * nominal <= d <= nominal
-    assert policy.delay(3, rng, retry_after=7.5) == 7.5
-    assert policy.delay(3, rng, retry_after=86400) == 60.0
-    assert policy.delay(3, rng, retry_after=-3) == 0.0
 
 
 def test_item_ids_and_keys_are_stable() -> None:

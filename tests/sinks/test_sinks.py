@@ -27,14 +27,15 @@ from tests.support.receivers import (
     validate_pagerduty,
     validate_slack,
 )
+from watcher.backoff import Backoff
 from watcher.config import settings as config
 from watcher.config.sinks import SinkSettings
 from watcher.errors import ConfigError
 from watcher.outbox import Outbox
-from watcher.outbox.delivery import RetryPolicy, idempotency_key
+from watcher.outbox.delivery import idempotency_key
 from watcher.sinks import build_sinks
 
-FAST = RetryPolicy(base_s=0.01, max_s=0.05, jitter=0.0)
+FAST = Backoff(initial_s=0.01, max_s=0.05, jitter=0.0)
 T_START, T_END = 1795767000.0, 1795767600.0
 
 

@@ -28,13 +28,13 @@ from tests.support.receivers import (
     validate_pagerduty,
     validate_slack,
 )
+from watcher.backoff import Backoff
 from watcher.config.sinks import SinkSettings
 from watcher.kafka.embedded import free_port
 from watcher.outbox import Outbox
-from watcher.outbox.delivery import RetryPolicy
 from watcher.sinks import build_sinks
 
-FAST = RetryPolicy(base_s=0.02, factor=2.0, max_s=0.2, jitter=0.5)
+FAST = Backoff(initial_s=0.02, factor=2.0, max_s=0.2, jitter=0.5)
 
 
 def slack(rx: Receiver, **kw: object) -> SinkSettings:

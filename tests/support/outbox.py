@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from watcher.backoff import Backoff
 from watcher.contract.signals import Item
-from watcher.outbox.delivery import RetryPolicy
 from watcher.sinks.base import NULL_STATE, Request, Sent, SinkState
 
-FAST = RetryPolicy(base_s=0.01, factor=2.0, max_s=0.05, jitter=0.0)
+FAST = Backoff(initial_s=0.01, factor=2.0, max_s=0.05, jitter=0.0)
 
 
 class FakeSink:

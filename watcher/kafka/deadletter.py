@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from watcher.backoff import Backoff, Retries
 from watcher.clock import Clock, SystemClock
 from watcher.errors import ConfigError, SinkError
-from watcher.kafka.source import Backoff
+from watcher.kafka.source import RECONNECT
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -120,8 +121,7 @@ class KafkaDeadLetters:
         clock: Clock | None = None,
         encode: Encoder | None = None,
         max_raw_bytes: int = DEFAULT_MAX_RAW_BYTES,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
+        backoff: Backoff = RECONNECT,
         producer_factory: Callable[..., AIOKafkaProducer] | None = None,
     ) -> None:
         options = dict(client_options or {})
@@ -145,7 +145,7 @@ class KafkaDeadLetters:
         self._clock = clock or SystemClock()
         self._encode = encode
         self._max_raw = max_raw_bytes
-        self._backoff = Backoff(backoff_initial, backoff_max)
+        self._backoff = Retries(backoff)
         self._factory = producer_factory
         self._producer: AIOKafkaProducer | None = None
         self._closed = False

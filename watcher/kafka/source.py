@@ -15,7 +15,6 @@ import asyncio
 import bisect
 import logging
 import operator
-import random
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from watcher.backoff import Backoff, Retries
 from watcher.clock import Clock, SystemClock
 from watcher.errors import ConfigError, SourceError
 from watcher.kafka.fast_fetch import FetchPath, tune_fetcher
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 __all__ = [
-    "Backoff",
+    "RECONNECT",
     "FileSource",
     "KafkaSource",
     "Message",
@@ -51,6 +51,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# a broker that is down or unreachable is asked again after 0.5 s, then less and less often, up to 30 s
+RECONNECT = Backoff(initial_s=0.5, max_s=30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,26 +191,6 @@ class MessageBatch(Sequence[Message]):
         return out
 
 
-class Backoff:
-    """Exponential backoff with ±20 % jitter (instances restarting together do not reconnect in step)."""
-
-    def __init__(
-        self, initial: float = 0.5, maximum: float = 30.0, *, rng: random.Random | None = None
-    ) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self._rng = rng or random.Random()
-        self._next = initial
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.maximum, self._next * 2)
-        return delay * self._rng.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self._next = self.initial
-
-
 @runtime_checkable
 class Source(Protocol):
     async def start(self) -> None: ...
@@ -279,8 +262,7 @@ class KafkaSource:
         poll_timeout_ms: int = 500,
         client_options: Mapping[str, Any] | None = None,
         stale_after: float = 15.0,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
+        backoff: Backoff = RECONNECT,
         clock: Clock | None = None,
         consumer_factory: Callable[..., AIOKafkaConsumer] | None = None,
         resume_from: Callable[[str, int], int | None] | None = None,
@@ -301,7 +283,7 @@ class KafkaSource:
         self.poll_timeout_ms = poll_timeout_ms
         self._options = dict(client_options or {})
         self._stale_after_ms = stale_after * 1000.0
-        self._backoff = Backoff(backoff_initial, backoff_max)
+        self._backoff = Retries(backoff)
         self._clock = clock or SystemClock()
         self._report = ConnectionReport(bootstrap_servers, log, clock=self._clock)
         self._factory = consumer_factory

@@ -12,8 +12,9 @@ import json
 import logging
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from watcher.backoff import Backoff
 from watcher.clock import Clock
 from watcher.contract import Item
 from watcher.errors import SinkError
@@ -21,29 +22,15 @@ from watcher.outbox.metrics import OutboxMetrics, Outcome
 from watcher.outbox.store import DeliveryRow, DeliveryStatus, OutboxStore, StoredSinkState
 from watcher.sinks import Sink
 
-__all__ = ["Deliverer", "RetryPolicy", "idempotency_key"]
+__all__ = ["REDELIVERY", "Deliverer", "idempotency_key"]
 
 # the outbox's logger, as before the outbox was split in modules: log filters keep working
 log = logging.getLogger("watcher.outbox")
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Backoff between attempts: ``base_s * factor**(n-1)`` capped at ``max_s``, minus up to
-    ``jitter`` of it at random (instances recovering together do not retry in step). A receiver's
-    ``Retry-After`` wins over the backoff, capped at ``max_retry_after_s``."""
-
-    base_s: float = 1.0
-    factor: float = 2.0
-    max_s: float = 300.0
-    jitter: float = 0.2
-    max_retry_after_s: float = 3600.0
-
-    def delay(self, attempts: int, rng: random.Random, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            return min(max(0.0, retry_after), self.max_retry_after_s)
-        d = min(self.max_s, self.base_s * self.factor ** max(0, attempts - 1))
-        return d * (1.0 - self.jitter * rng.random())
+# a sink that failed is tried again after 1 s, then less and less often, up to every 5 min; its own
+# Retry-After wins, up to an hour
+REDELIVERY = Backoff(initial_s=1.0, factor=2.0, max_s=300.0, jitter=0.2, max_hint_s=3600.0)
 
 
 def idempotency_key(item_id: str, sink: str, request_kind: str) -> str:
@@ -65,7 +52,7 @@ class Deliverer:
         metrics: OutboxMetrics,
         clock: Clock,
         rng: random.Random,
-        retry: RetryPolicy,
+        retry: Backoff,
         max_attempts: int | None,
         retain_finished: int,
     ) -> None:

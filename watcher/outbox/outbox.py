@@ -45,9 +45,10 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
+from watcher.backoff import Backoff
 from watcher.clock import Clock, SystemClock
 from watcher.contract import Action, Decision, Item, ItemKind, Severity, rfc3339
-from watcher.outbox.delivery import Deliverer, RetryPolicy, idempotency_key
+from watcher.outbox.delivery import REDELIVERY, Deliverer, idempotency_key
 from watcher.outbox.metrics import OutboxMetrics, Outcome
 from watcher.outbox.store import DeliveryStatus, OutboxStore, StoredSinkState
 from watcher.sinks import Sink
@@ -61,7 +62,6 @@ __all__ = [
     "DeliveryStatus",
     "Outbox",
     "Outcome",
-    "RetryPolicy",
     "SinkSwap",
     "change_item",
     "decision_item",
@@ -156,7 +156,7 @@ class Outbox:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         max_attempts: int | None = None,
-        retry: RetryPolicy | None = None,
+        retry: Backoff = REDELIVERY,
         retain_finished: int = 10_000,
     ) -> None:
         names = [s.name for s in sinks]
@@ -186,7 +186,7 @@ class Outbox:
             self._metrics,
             self._clock,
             self._rng,
-            retry or RetryPolicy(),
+            retry,
             max_attempts,
             retain_finished,
         )

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from watcher.backoff import Backoff, Retries
 from watcher.config import Settings
 from watcher.contract import Action, Decision, Deployment, encode_deployment
 from watcher.engine import BatchResult, Engine, Tasks
@@ -219,7 +220,8 @@ class Daemon:
         self._lock = asyncio.Lock()
         self.checkpointer: Checkpointer | None = None  # the instance's one, or None per partition
         self.handover: Handover | None = None  # per partition, when the state is
-        self._retry_at, self._retry_wait = 0.0, 1.0  # partitions waiting for an unreachable store
+        # partitions waiting for an unreachable checkpoint store are read again after 1 s, 2 s... up to 30 s
+        self._retry_at, self._store_retries = 0.0, Retries(Backoff(initial_s=1.0, max_s=30.0))
         self.handover_metrics = HandoverMetrics(self.registry)
         if self.tasks is None and hasattr(self.source, "on_assigned"):  # one state: count partitions only
             self.source.on_assigned = self._count_assigned  # type: ignore[attr-defined]
@@ -380,7 +382,8 @@ class Daemon:
             self.handover.take_over(p for _, p in assigned)
             if self.handover.waiting:  # no state to apply their events to yet: not fetched meanwhile
                 self.source.pause_partitions(self.handover.waiting)  # type: ignore[attr-defined]
-                self._retry_at, self._retry_wait = time.monotonic() + 1.0, 1.0
+                self._store_retries.reset()
+                self._retry_at = time.monotonic() + self._store_retries.next()
 
     async def _retry_waiting(self) -> None:
         """Partitions whose checkpoint store was unreachable at take-over: read it again (backing off
@@ -392,8 +395,7 @@ class Daemon:
             taken = self.handover.take_over(set(self.handover.waiting))
             if taken:
                 self.source.resume_partitions(taken, self.handover.resume_offset)  # type: ignore[attr-defined]
-        self._retry_wait = min(self._retry_wait * 2, 30.0)
-        self._retry_at = time.monotonic() + self._retry_wait
+        self._retry_at = time.monotonic() + self._store_retries.next()
 
     def _refresh_partition_counts(self) -> dict[str, int | None]:
         kafka = self.settings.kafka
