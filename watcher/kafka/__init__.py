@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from watcher.kafka.deadletter import DeadLetters, KafkaDeadLetters
 from watcher.kafka.embedded import EmbeddedBroker, TopicSpec, create_topics
-from watcher.kafka.reachability import ConnectionReport, local_broker_hint, unreachable
+from watcher.kafka.reachability import ConnectionReport, KafkaClientNoise, local_broker_hint, unreachable
 from watcher.kafka.source import KafkaSource, Message, MessageBatch, Origins, Source, next_offsets
 
 __all__ = [
     "ConnectionReport",
     "DeadLetters",
     "EmbeddedBroker",
+    "KafkaClientNoise",
     "KafkaDeadLetters",
     "KafkaSource",
     "Message",

@@ -15,7 +15,7 @@ from watcher.clock import Clock, SystemClock
 from watcher.config import parse_bootstrap_servers
 from watcher.errors import BrokerUnreachable, ConfigError
 
-__all__ = ["ConnectionReport", "local_broker_hint", "unreachable"]
+__all__ = ["ConnectionReport", "KafkaClientNoise", "local_broker_hint", "unreachable"]
 
 _LOOPBACK = ("localhost", "127.", "::1")
 
@@ -96,6 +96,36 @@ class ConnectionReport:
                 self.clock.monotonic() - self._since,
             )
         self.failures = 0
+
+
+class KafkaClientNoise(logging.Filter):
+    """Drops the Kafka client's own log lines about an unreachable broker (for a log handler): it
+    logs them at ERROR on every attempt, and watcher says it once with ``ConnectionReport``. Every
+    other client line (a failed commit, a fatal group error) passes."""
+
+    _MESSAGES = ("Unable connect to", "Unable to update metadata from")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka"):
+            return True
+        if isinstance(record.msg, str) and record.msg.startswith(self._MESSAGES):
+            return False
+        return not any(_is_connection_error(a) for a in _args(record))
+
+
+def _args(record: logging.LogRecord) -> tuple[object, ...]:
+    args = record.args
+    if isinstance(args, tuple):
+        return args
+    return () if args is None else (args,)
+
+
+def _is_connection_error(value: object) -> bool:
+    if isinstance(value, OSError):  # refused, unreachable, reset
+        return True
+    # aiokafka's own: KafkaConnectionError, NodeNotReadyError, RequestTimedOutError (checked by name:
+    # this module must not import the client at start-up)
+    return type(value).__name__ in ("KafkaConnectionError", "NodeNotReadyError", "RequestTimedOutError")
 
 
 def _short(exc: BaseException) -> str:
