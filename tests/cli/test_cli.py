@@ -57,12 +57,11 @@ def test_the_command_s_copy_of_a_global_option_wins(config: Path, tmp_path: Path
 
 
 def test_every_command_accepts_the_global_options(config: Path) -> None:
-    parser = build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert {"run", "check-config", "replay", "simulate", "demo", "broker"} <= set(commands.choices)
-    for name, sub in commands.choices.items():
-        options = {o for a in sub._actions for o in a.option_strings}
-        assert "--config" in options, name
+    assert {"run", "check-config", "replay", "simulate", "demo", "broker"} <= set(_commands())
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in action.choices.items():
+        config_option = next(a for a in sub._actions if "--config" in a.option_strings)
+        assert config_option.default is argparse.SUPPRESS, name  # never resets a value given before
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,13 +70,19 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.startswith(f"watcher {__version__} (rollout-watcher on PyPI)")
 
 
+def _commands() -> list[str]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(action.choices)
+
+
 def test_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(["--help"], capsys)
     assert code == 0
     assert "``" not in out and "{run," not in out  # no reStructuredText, no argparse choice list
-    for command in ("run", "check-config", "replay", "simulate", "demo", "broker"):
+    for command in _commands():  # every command, also those added later
         assert f"\n  {command} " in out
-    for command in ("run", "check-config", "replay", "simulate", "demo", "broker"):
+    for command in _commands():
         code, out, _ = _run([command, "--help"], capsys)
         assert code == 0 and "global options (before or after the command)" in out and "``" not in out
 

@@ -20,6 +20,7 @@ import yaml
 
 from watcher import __version__
 from watcher.cli import configured
+from watcher.cli import gate as gate_cli
 from watcher.cli.broker import add_broker_command
 from watcher.cli.parser import (
     CommandParser,
@@ -49,6 +50,7 @@ examples:
   watcher check-config --config watcher.yaml     validate; print the settings, secrets masked
   watcher simulate --preset demo --out traffic.jsonl
   watcher replay traffic.jsonl                   the daemon's decisions on a file, in event time
+  watcher gate pre-prod.jsonl                    CI/CD: candidate vs baseline; exit 0 pass, 1 fail
 
 'watcher COMMAND --help' describes a command. Documentation: docs/ in the source repository."""
 
@@ -221,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-segments", action="store_true", help="only the per-version rows")
     rep.set_defaults(handler=_replay)
 
+    gate = commands.add_parser(
+        "gate",
+        help="pre-production gate: candidate vs baseline on a data set; exit 0 pass, 1 fail, 2 inconclusive",
+        description="Compare a candidate version with a baseline on pre-production telemetry, with the "
+        "live judge's metrics, segments and policy (docs/gate.md).",
+    )
+    gate_cli.add_arguments(gate)
+    gate.set_defaults(handler=gate_cli.run)
+
     sim = commands.add_parser(
         "simulate",
         help="produce realistic telemetry to Kafka or a JSONL file",
@@ -261,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _logging("WARNING")  # until a command sets its own level (`run`: log_level)
     try:
         result = args.handler(args)
-        if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
             result = asyncio.run(result)
         return int(result)
     except ConfigError as exc:

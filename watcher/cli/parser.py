@@ -11,8 +11,9 @@ What a person types should work, so every command gets the same behaviour withou
 
 A new subcommand is ``commands.add_parser(name, help=..., description=...)`` plus
 ``.set_defaults(handler=fn)`` in ``watcher.cli.main``: ``fn(args)`` returns the exit status or a
-coroutine that does. The argument types below (``input_file``, ``output_file``, ``bootstrap``) check
-a value when the command line is read, so a wrong path fails before any work is done.
+coroutine that does; ``WatcherError`` becomes one line and status 1 (``ConfigError``: 2). The
+argument types below (``input_file``, ``output_file``, ``bootstrap``) check a value when the command
+line is read, so a wrong path fails before any work is done.
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ class _Formatter(argparse.HelpFormatter):
 
 
 class CommandParser(argparse.ArgumentParser):
-    """``watcher`` and each of its subcommands (argparse makes subparsers of the parent's class)."""
+    """``watcher`` and each of its subcommands (argparse makes subparsers of the parent's class).
+
+    ``usage_status`` is the exit status of a usage error (2, as for every Unix tool); a command
+    whose statuses mean something else sets its own (``watcher gate``: 2 is "inconclusive")."""
+
+    usage_status = 2
 
     def __init__(self, *args: Any, top: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
@@ -84,8 +90,8 @@ class CommandParser(argparse.ArgumentParser):
         )
 
     def error(self, message: str) -> NoReturn:
-        """One line: what is wrong and where help is, exit status 2."""
-        self.exit(2, f"{self.prog}: error: {message}\nTry '{self.prog} --help'.\n")
+        """One line: what is wrong, and where help is."""
+        self.exit(self.usage_status, f"{self.prog}: error: {message}\nTry '{self.prog} --help'.\n")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         if message:

@@ -26,13 +26,19 @@ class Verdict(str, Enum):
 
 
 class Action(str, Enum):
-    """What a decision asks the deployer to do. ``continue`` is the silent default, never recorded."""
+    """What a decision asks the deployer to do. ``continue`` is the silent default, never recorded.
+
+    ``inconclusive`` is a pre-production gate's answer when its data show neither a regression nor
+    non-inferiority (``watcher gate`` exits 2): hold, gather more data. A live rollout never emits it
+    (while evidence is thin it simply continues), and no human override asks for it.
+    """
 
     CONTINUE = "continue"
     PAUSE = "pause"
     ROLLBACK = "rollback"
     PROMOTE = "promote"
     RESUME = "resume"
+    INCONCLUSIVE = "inconclusive"
 
 
 class Cause(str, Enum):
@@ -43,6 +49,7 @@ class Cause(str, Enum):
     NON_INFERIOR = "non_inferior"  # every guardrail passed after the minimum duration and sample
     OVERRIDE = "override"  # a human told watcher what to do
     ACKNOWLEDGED = "acknowledged"  # a human acknowledged a pause and let the rollout go on
+    INSUFFICIENT_EVIDENCE = "insufficient_evidence"  # a gate's data show neither harm nor non-inferiority
 
 
 @dataclass(frozen=True, slots=True)

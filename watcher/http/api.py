@@ -170,7 +170,7 @@ class Api:
                 action = Action(body.get("action"))
             except ValueError:
                 return _error(400, "field 'action' must be one of pause, rollback, promote, resume")
-            if action is Action.CONTINUE:
+            if action in (Action.CONTINUE, Action.INCONCLUSIVE):
                 return _error(400, "field 'action' must be one of pause, rollback, promote, resume")
             result = override(state, action, actor, reason, ts, rollout.ref())
         decision, new_state = result

@@ -1,10 +1,21 @@
 """Statistics (layer: pure, numpy and scipy only). ``sequential``: the anytime-valid building blocks
 (conditional rate e-tests, mixture SPRT, sample-ratio test, restart schedules); ``sketch``: the
-mergeable log-bucket quantile sketch; ``latency_bins``: fixed latency bins with exact tail bounds.
+mergeable log-bucket quantile sketch; ``latency_bins``: fixed latency bins with exact tail bounds;
+``fixed``: the fixed-sample (one-look) tests of the pre-production gate.
 """
 
 from __future__ import annotations
 
+from watcher.stats.fixed import (
+    MeanSample,
+    binomial_bound,
+    binomial_pvalue,
+    mean_bound,
+    mean_pvalue,
+    one_sample,
+    ratio_from_theta,
+    two_sample,
+)
 from watcher.stats.sequential import (
     FAIL_GRID,
     MEAN_FIELDS,
@@ -29,6 +40,7 @@ __all__ = [
     "DEFAULT_LAYOUT",
     "FAIL_GRID",
     "MEAN_FIELDS",
+    "MeanSample",
     "PASS_GRID",
     "QuantileSketch",
     "RestartSchedule",
@@ -36,15 +48,22 @@ __all__ = [
     "SketchLayout",
     "array_from_state",
     "array_to_state",
+    "binomial_bound",
+    "binomial_pvalue",
     "dense_counts",
     "logsumexp",
+    "mean_bound",
     "mean_deltas",
+    "mean_pvalue",
     "msprt_half_width",
     "msprt_log_evalue",
+    "one_sample",
     "rate_confidence_sequence",
     "rate_log_evalue",
+    "ratio_from_theta",
     "restart_alpha",
     "sparse_counts",
     "stratified_difference",
     "theta",
+    "two_sample",
 ]

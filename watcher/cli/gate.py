@@ -1,0 +1,151 @@
+"""``watcher gate``: the pre-production gate as a command, for CI/CD pipelines (docs/gate.md).
+
+Exit status: 0 pass (promote), 1 fail (rollback), 2 inconclusive (not enough data to show either),
+3 the gate could not run (an unreadable input, an option the data cannot answer, a bad policy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from watcher.errors import ConfigError, WatcherError
+
+EXIT_ERROR = 3
+
+_EPILOG = """exit status: 0 pass (promote), 1 fail (rollback), 2 inconclusive (not enough data to show
+either), 3 the gate could not run (unreadable input, a version or agent not in the data, bad policy).
+Without --baseline/--candidate the versions come from the input's 'started' marker."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="*", metavar="FILE", help="JSON Lines telemetry (watcher.turn/v1)")
+    what = p.add_argument_group("what to compare")
+    what.add_argument("--baseline", metavar="VERSION", help="the version in production (the control)")
+    what.add_argument("--candidate", metavar="VERSION", help="the version to gate (the treatment)")
+    what.add_argument("--agent", help="the agent (needed when the input holds several)")
+    what.add_argument(
+        "--environment", metavar="ENV", help="the gate's environment; the candidate's turns come from it"
+    )
+    what.add_argument(
+        "--baseline-environment",
+        metavar="ENV",
+        help="where the baseline's turns come from (default: the gate's, e.g. prod for production telemetry)",
+    )
+    what.add_argument(
+        "--pairing",
+        choices=("auto", "paired", "unpaired"),
+        default="auto",
+        help="paired: both versions answered the same conversations (same conversation_id); "
+        "auto (default): paired when most candidate conversations have a baseline twin",
+    )
+    what.add_argument(
+        "--segments",
+        choices=("pass", "no-fail"),
+        default="pass",
+        help="pass (default): a pass needs every judged segment shown non-inferior; no-fail: the overall "
+        "rows must pass and no segment may fail (for data sets too small to show every segment)",
+    )
+    what.add_argument("--policy", help="policy YAML (default: the bundled policy)")
+    out = p.add_argument_group("outputs")
+    out.add_argument(
+        "--decision-out", metavar="FILE", help="the watcher.decision/v1 record (JSON; - for stdout)"
+    )
+    out.add_argument(
+        "--summary",
+        metavar="FILE",
+        help="Markdown summary for the job page (appended when FILE is $GITHUB_STEP_SUMMARY)",
+    )
+    out.add_argument("--junit", metavar="FILE", help="JUnit XML, one test case per metric x slice")
+    out.add_argument("--dead-letters-out", metavar="FILE", help="rejected input lines, with the reason")
+    out.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    p.epilog = _EPILOG
+    p.usage_status = EXIT_ERROR  # type: ignore[attr-defined]  # 2 means "inconclusive" here: a usage error is 3
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command; every error a person can make is one line on stderr and exit status 3."""
+    try:
+        return _run(args)
+    except ConfigError as exc:
+        print(f"watcher gate: {exc}", file=sys.stderr)
+    except WatcherError as exc:
+        print(f"watcher gate: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"watcher gate: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _run(args: argparse.Namespace) -> int:
+    from watcher.contract import dead_letter_record
+    from watcher.judges import load_policy
+    from watcher.service.gate import GateRequest, files, load, run_gate
+    from watcher.service.gate_report import junit, markdown
+
+    if not args.files:
+        raise ConfigError("FILE", "give at least one input file")
+    policies = load_policy(args.policy)
+    request = GateRequest(
+        baseline=args.baseline,
+        candidate=args.candidate,
+        agent=args.agent,
+        environment=args.environment,
+        baseline_environment=args.baseline_environment,
+        pairing=args.pairing,
+        segments_must_pass=args.segments == "pass",
+    )
+    data = load(files(args.files))
+    gate = run_gate(data, request, policies)
+    record = gate.result.decision.to_dict()
+    if args.decision_out == "-":
+        print(json.dumps(record, indent=2, default=_json_default))
+    elif args.decision_out:
+        _write(args.decision_out, json.dumps(record, indent=2, default=_json_default) + "\n")
+    if args.summary:
+        _write(args.summary, markdown(gate), append=_is_step_summary(args.summary))
+    if args.junit:
+        Path(args.junit).write_bytes(junit(gate))
+    if args.dead_letters_out:
+        with open(args.dead_letters_out, "wb") as fh:
+            for r in data.rejections:
+                fh.write(dead_letter_record(r, gate.result.decision.ts) + b"\n")
+    _print(gate, quiet=args.quiet, out=sys.stderr if args.decision_out == "-" else sys.stdout)
+    return gate.exit_code
+
+
+def _is_step_summary(path: str) -> bool:
+    env = os.environ.get("GITHUB_STEP_SUMMARY")
+    return env is not None and os.path.abspath(env) == os.path.abspath(path)
+
+
+def _write(path: str, text: str, *, append: bool = False) -> None:
+    with open(path, "a" if append else "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def _json_default(x: Any) -> Any:
+    return None  # inf/nan never reach here (the record holds None for them); anything else: null
+
+
+def _print(gate: Any, *, quiet: bool, out: Any) -> None:
+    from watcher.contract import Verdict
+
+    d = gate.result.decision
+    print(f"{gate.result.verdict.value.upper()}: {d.reason}", file=out)
+    if quiet:
+        return
+    data = gate.input
+    rejected = sum(data.rejected.values())
+    print(
+        f"input: {data.lines} lines, {len(data.turns)} turns, {data.duplicates} duplicates, "
+        f"{rejected} rejected" + (f" {dict(sorted(data.rejected.items()))}" if rejected else ""),
+        file=out,
+    )
+    for m in gate.result.rows:
+        if m.slice == "all" or m.verdict is Verdict.FAIL:
+            print(f"  {m.verdict.value:12s} {m.reason}", file=out)
+    print(f"decision {d.decision_id} action={d.action.value}", file=out)
