@@ -157,6 +157,7 @@ def test_the_distribution_name_is_used_everywhere() -> None:
         text = path.read_text()
         for bad in ("pip install watcher", "'watcher[", '"watcher['):
             assert bad not in text, f"{path.relative_to(ROOT)} installs the wrong distribution: {bad}"
+    assert "pip install /wheels/rollout_watcher-" in (ROOT / "deploy" / "Dockerfile").read_text()
     import watcher.kafka.embedded as embedded
 
     assert "rollout-watcher[embedded]" in embedded.__doc__

@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = CommandParser(prog="watcher", description=DESCRIPTION, epilog=EPILOG, top=True)
     parser.add_argument(
-        "--version", action=VersionAction, version=_version_text, help="print the version and exit"
+        "--version", action=VersionAction, describe=_version_text, help="print the version and exit"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
 

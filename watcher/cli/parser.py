@@ -100,14 +100,14 @@ class CommandParser(argparse.ArgumentParser):
 
 
 class VersionAction(argparse.Action):
-    """``--version``: prints ``version()`` (called only when asked) and exits 0."""
+    """``--version``: prints ``describe()`` (called only when asked: it may look around) and exits 0."""
 
-    def __init__(self, option_strings: list[str], dest: str, version: Any = None, **kwargs: Any) -> None:
+    def __init__(self, option_strings: list[str], dest: str, describe: Any = None, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-        self.version = version
+        self.describe = describe
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
-        sys.stdout.write(self.version() + "\n")
+        sys.stdout.write(self.describe() + "\n")
         parser.exit(0)
 
 
