@@ -46,7 +46,7 @@ from tests.support.ops import (
 from tests.support.receivers import WebhookReceiver
 from watcher.config import load_settings
 from watcher.kafka.embedded import TopicSpec, create_topics
-from watcher.service.daemon import Daemon
+from watcher.service.compose import build_daemon
 from watcher.sim.simulate import produce as simulate_produce
 
 # Single-value variables take these values when Prometheus offers them (the rollback rollout).
@@ -64,6 +64,7 @@ EXPECTED_FIRING = {
     "WatcherDriftSignal",
     "WatcherDeadLetters",
     "WatcherDeliveriesFailing",
+    "WatcherRollbackUndelivered",  # the misconfigured sink refuses the rollback too
 }
 # The traffic holds two malformed messages: whether their share of a few seconds of rate() crosses
 # 1 % depends on when Prometheus scraped, so this one may or may not hold (checked for validity only).
@@ -194,7 +195,7 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
             ],
         },
     )
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
     prom_proc: subprocess.Popen[bytes] | None = None

@@ -26,7 +26,7 @@ from tests.support.receivers import (
     validate_slack,
 )
 from watcher.kafka.embedded import TopicSpec, create_topics
-from watcher.service.daemon import Daemon
+from watcher.service.compose import build_daemon
 from watcher.sim.presets import PRESETS
 from watcher.sim.traffic import generate
 
@@ -64,7 +64,7 @@ async def test_rollback_reaches_every_sink_and_hook(broker, unique_topic, produc
     lines = list(generate(dataclasses.replace(PRESETS["demo"], duration_s=600.0)))  # rollback at ~330 s
     # one agent, one key, one partition: the marker is read before the telemetry it announces
     await produce(topics["telemetry"], lines, partitions=1, key=b"support-bot")
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
     try:

@@ -15,6 +15,7 @@ from tests.support.daemon import until as _until
 from watcher.engine.tasks import partition_for
 from watcher.http.peers import FORWARDED_HEADER, advertising_assignor
 from watcher.kafka.embedded import TopicSpec, create_topics
+from watcher.service.compose import build_daemon
 from watcher.service.daemon import Daemon
 from watcher.sim.presets import PRESETS
 from watcher.sim.traffic import generate
@@ -92,7 +93,7 @@ async def test_a_request_about_another_instances_agent_is_answered_by_its_owner(
                 "hooks.flagger": targets,
             },
         )
-        daemons.append(Daemon(settings))
+        daemons.append(build_daemon(settings))
     stop = asyncio.Event()
     runs = [asyncio.create_task(d.run(stop)) for d in daemons]
 

@@ -13,7 +13,7 @@ import collections
 import logging
 import random
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextlib import aclosing
 from types import SimpleNamespace
 from typing import Any
@@ -31,6 +31,7 @@ from aiokafka.structs import ConsumerRecord
 from watcher.kafka import fast_fetch
 from watcher.kafka.embedded import EmbeddedBroker
 from watcher.kafka.fast_fetch import FetchPath, tune_fetcher
+from watcher.kafka.rebalance import NullPartitionListener, Partitions
 from watcher.kafka.source import KafkaSource, Message, MessageBatch
 
 Produce = Callable[..., Awaitable[list[tuple[int, int]]]]
@@ -446,18 +447,21 @@ async def test_a_partition_revoked_with_buffered_records_is_not_handed_out_after
     buffered_at_join: list[bool] = []
     buffered_at_revocation: list[set[int]] = []
 
-    async def on_revoked(tps: set[tuple[str, int]]) -> None:
-        revoked.update(p for _, p in tps)
-        rebalances.append(dict(committed))
-        consumer = first._consumer
-        buffered_at_revocation.append(
-            {tp.partition for tp in consumer._fetcher._records} if consumer else set()
-        )
+    class Listener(NullPartitionListener):
+        async def revoked(self, partitions: Partitions) -> Mapping[tuple[str, int], int]:
+            revoked.update(p for _, p in partitions)
+            rebalances.append(dict(committed))
+            consumer = first._consumer
+            buffered_at_revocation.append(
+                {tp.partition for tp in consumer._fetcher._records} if consumer else set()
+            )
+            return {}
 
-    async def on_assigned(tps: set[tuple[str, int]]) -> None:
-        revoked.difference_update(p for _, p in tps)
-
-    first.on_revoked, first.on_assigned = on_revoked, on_assigned
+        async def assigned(
+            self, partitions: Partitions, partition_counts: Mapping[str, int | None]
+        ) -> Collection[int]:
+            revoked.difference_update(p for _, p in partitions)
+            return ()
 
     async def run(name: str, source: KafkaSource) -> None:
         async with aclosing(source.batches()) as stream:
@@ -489,7 +493,7 @@ async def test_a_partition_revoked_with_buffered_records_is_not_handed_out_after
         seen = {(m.partition, m.offset) for name in got for m in got[name]}
         return len(seen) == 2 * per_partition and bool(got["second"])
 
-    await first.start()
+    await first.start(Listener())
     tasks = [asyncio.create_task(run("first", first))]
     try:
         async with asyncio.timeout(45):

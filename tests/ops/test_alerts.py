@@ -52,6 +52,7 @@ def test_every_rule_has_severity_annotations_and_a_runbook_section() -> None:
         "WatcherCheckpointFailing",
         "WatcherOutboxStuck",
         "WatcherDeliveriesFailing",
+        "WatcherRollbackUndelivered",
         "WatcherPartitionsUnowned",
     } <= set(names)
     anchors = _anchors(RUNBOOK.read_text(encoding="utf-8"))
@@ -64,7 +65,7 @@ def test_every_rule_has_severity_annotations_and_a_runbook_section() -> None:
     severity = {r["alert"]: r["labels"]["severity"] for r in found}
     assert severity["WatcherRolloutRollback"] == "critical" and severity["WatcherRolloutPaused"] == "warning"
     # the outbox alerts name the sink; every health alert names the instance
-    for name in ("WatcherOutboxStuck", "WatcherDeliveriesFailing"):
+    for name in ("WatcherOutboxStuck", "WatcherDeliveriesFailing", "WatcherRollbackUndelivered"):
         rule = next(r for r in found if r["alert"] == name)
         assert "$labels.sink" in rule["annotations"]["summary"], name
         assert "$labels.sink" in rule["annotations"]["description"], name
@@ -138,8 +139,8 @@ def test_promtool_unit_tests_pass() -> None:
             "increase(watcher_events_consumed_total[2m])) > 0",
             "increase(watcher_events_consumed_total[2m])) >= 0",
         ),
-        # retries are not failures
-        ("WatcherDeliveriesFailing", 'outcome="failed_permanent"', 'outcome=~"failed_permanent|retried"'),
+        # only rollbacks page
+        ("WatcherRollbackUndelivered", 'severity="critical"', 'severity=~".+"'),
     ],
 )
 def test_promtool_unit_tests_would_catch_a_broken_rule(

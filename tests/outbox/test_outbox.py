@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -21,7 +22,7 @@ from watcher.errors import SinkError
 from watcher.outbox import Outbox
 from watcher.outbox.delivery import idempotency_key
 from watcher.outbox.outbox import change_item, decision_item
-from watcher.sinks.base import NULL_STATE, NullSink, Request, SinkState
+from watcher.sinks.base import NULL_STATE, NullSink, Request, Sent, SinkState
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -94,7 +95,8 @@ async def test_transient_errors_are_retried_with_retry_after_honoured(db: Path) 
     assert sink.calls == 3
     (row,) = outbox.deliveries()
     assert row["status"] == "delivered" and row["attempts"] == 3
-    assert sample(registry, "watcher_outbox_deliveries_total", sink="fake", outcome="retried") == 2
+    assert sample(registry, "watcher_outbox_deliveries_total", sink="fake", outcome="retried") == 1
+    assert sample(registry, "watcher_outbox_deliveries_total", sink="fake", outcome="throttled") == 1
     assert sample(registry, "watcher_outbox_deliveries_total", sink="fake", outcome="delivered") == 1
     outbox.close()
 
@@ -117,16 +119,131 @@ async def test_permanent_errors_are_not_retried_and_are_reported(db: Path) -> No
     outbox.close()
 
 
-async def test_gives_up_after_max_attempts(db: Path) -> None:
-    sink = FakeSink(max_attempts=50)
-    sink.script = [SinkError("HTTP 500")] * 10
-    outbox = Outbox(db, [sink], retry=FAST, max_attempts=3)  # the outbox's limit overrides the sink's
-    outbox.enqueue_decisions([make_decision(1)])
+async def test_gives_up_after_the_retry_budget_in_time(db: Path) -> None:
+    sink = FakeSink(retry_for_s=3600.0)
+    sink.script = [SinkError("HTTP 500")] * 1000
+    registry = CollectorRegistry()
+    outbox = Outbox(db, [sink], retry=FAST, retry_for_s=0.3, registry=registry)  # overrides the sink's
+    outbox.enqueue_decisions([make_decision(1, action="rollback")])
+    started = time.monotonic()
     async with Running(outbox):
         await eventually(lambda: bool(outbox.deliveries(status="failed")))
+    assert 0.3 <= time.monotonic() - started < 2.0
     (row,) = outbox.deliveries()
-    assert row["attempts"] == 3 and row["last_error"].startswith("gave up after 3 attempts: HTTP 500")
-    assert sink.calls == 3
+    assert row["last_error"].startswith("gave up after") and row["last_error"].endswith("HTTP 500")
+    assert row["attempts"] == sink.calls >= 3
+    # kept and visible until re-driven: the gauge the alert reads, by severity
+    assert sample(registry, "watcher_outbox_failed_deliveries", sink="fake", severity="critical") == 1
+    assert sample(registry, "watcher_outbox_failed_deliveries", sink="fake", severity="warning") == 0
+    outbox.close()
+
+
+async def test_a_short_retry_after_for_long_never_uses_up_the_budget(db: Path) -> None:
+    # failure 1 of issue #15: 429 + Retry-After: 1 for 40 s used up 20 attempts in 20 s, for good
+    sink = FakeSink(retry_for_s=0.2)
+    sink.script = [SinkError("HTTP 429", retry_after=0.01)] * 60 + [None]
+    outbox = Outbox(db, [sink], retry=FAST)
+    outbox.enqueue_decisions([make_decision(1, action="rollback")])
+    async with Running(outbox):
+        await eventually(lambda: len(sink.sent) == 1, timeout=10.0)
+    (row,) = outbox.deliveries()
+    assert row["status"] == "delivered" and row["attempts"] == 61
+    outbox.close()
+
+
+async def test_retry_after_answers_do_not_raise_the_backoff_of_the_next_error(db: Path) -> None:
+    # failure 2 of issue #15: 429s counted as attempts grew the exponent of the next plain error
+    sink = FakeSink()
+    sink.script = [SinkError("HTTP 429", retry_after=0.001)] * 6 + [SinkError("HTTP 500"), None]
+    outbox = Outbox(db, [sink], retry=Backoff(initial_s=0.05, factor=4.0, max_s=600.0, jitter=0.0))
+    outbox.enqueue_decisions([make_decision(1)])
+    async with Running(outbox):
+        await eventually(lambda: len(sink.sent) == 1, timeout=3.0)  # 0.05 s after the 500, not 0.05*4**6
+    outbox.close()
+
+
+class _Refuses(FakeSink):
+    """A receiver that answers 500 to the items in ``refused`` and, while ``down``, to everything."""
+
+    def __init__(self, refused: set[str] = frozenset(), **kw: Any) -> None:  # type: ignore[assignment]
+        super().__init__(**kw)
+        self.refused, self.down = set(refused), False
+
+    async def send(self, request: Request) -> Sent:
+        self.calls += 1
+        if self.down or request.body["id"] in self.refused:
+            raise SinkError("HTTP 500")
+        self.sent.append(request)
+        return Sent(status=200, state=request.body["id"])
+
+
+async def test_a_delivery_that_keeps_failing_does_not_hold_back_other_rollouts(db: Path) -> None:
+    poisoned = make_decision(1, action="pause", rollout_id="ro-a")
+    sink = _Refuses({poisoned.decision_id})
+    outbox = Outbox(db, [sink], retry=Backoff(initial_s=0.05, max_s=5.0, jitter=0.0))
+    outbox.enqueue_decisions([poisoned])
+    async with Running(outbox):
+        await eventually(lambda: sink.calls >= 2)
+        later = [make_decision(1, action="rollback", rollout_id=f"ro-{i}") for i in "bcd"]
+        started = time.monotonic()
+        outbox.enqueue_decisions(later)
+        await eventually(lambda: len(sink.sent) == 3, timeout=2.0)
+        assert time.monotonic() - started < 1.0
+        # the same rollout's next decision waits behind its first: order within a rollout holds
+        outbox.enqueue_decisions([make_decision(2, action="rollback", rollout_id="ro-a")])
+        await asyncio.sleep(0.3)
+    assert [r.body["id"] for r in sink.sent] == [d.decision_id for d in later]
+    assert {d["status"] for d in outbox.deliveries(status="pending")} == {"pending"}
+    assert [d["item_id"] for d in outbox.deliveries(status="pending")] == [
+        make_decision(2, action="rollback", rollout_id="ro-a").decision_id,
+        poisoned.decision_id,
+    ]
+    outbox.close()
+
+
+async def test_after_an_outage_rollbacks_go_first_and_everything_goes_at_once(db: Path) -> None:
+    sink = _Refuses()
+    sink.down = True
+    policy = Backoff(initial_s=0.02, factor=2.0, max_s=0.4, jitter=0.0)
+    outbox = Outbox(db, [sink], retry=policy)
+    info = [make_decision(i, action="promote", rollout_id=f"ro-p{i}") for i in range(1, 6)]
+    rollbacks = [make_decision(1, action="rollback", rollout_id=f"ro-r{i}") for i in range(2)]
+    outbox.enqueue_decisions(info)
+    async with Running(outbox):
+        await asyncio.sleep(1.0)  # every promote attempted, backoffs grown to the cap
+        outbox.enqueue_decisions(rollbacks)  # never attempted before the receiver is back
+        await asyncio.sleep(0.3)
+        sink.down = False
+        back = time.monotonic()
+        await eventually(lambda: len(sink.sent) == 7, timeout=3.0)
+        assert time.monotonic() - back < policy.max_s + 0.3  # the probe cap, then all at once
+    assert [r.body["id"] for r in sink.sent[:2]] == [d.decision_id for d in rollbacks]
+    outbox.close()
+
+
+async def test_failed_deliveries_are_kept_and_can_be_re_driven_or_dismissed(db: Path) -> None:
+    sink = FakeSink()
+    sink.script = [SinkError("HTTP 404: no such hook", permanent=True)] * 2
+    registry = CollectorRegistry()
+    outbox = Outbox(db, [sink], retry=FAST, registry=registry, retain_finished=0)
+    outbox.enqueue_decisions([make_decision(1, action="rollback"), make_decision(2, action="pause")])
+    async with Running(outbox):
+        await eventually(lambda: len(outbox.deliveries(status="failed")) == 2)
+        assert sample(registry, "watcher_outbox_failed_deliveries", sink="fake", severity="critical") == 1
+        failed = {d["item_id"]: d for d in outbox.deliveries(status="failed")}
+        rollback = failed[make_decision(1, action="rollback").decision_id]
+        pause = failed[make_decision(2, action="pause").decision_id]
+        assert outbox.redrive(seq=rollback["id"]) == [rollback["id"]]
+        await eventually(lambda: len(sink.sent) == 1)
+        assert outbox.delivery(rollback["id"])["status"] == "delivered"
+        assert outbox.dismiss(pause["id"], "receiver retired") is True
+        assert outbox.dismiss(pause["id"], "twice") is False  # only a failed one
+        assert outbox.redrive(seq=pause["id"]) == []
+    assert sample(registry, "watcher_outbox_failed_deliveries", sink="fake", severity="critical") == 0
+    assert sample(registry, "watcher_outbox_failed_deliveries", sink="fake", severity="warning") == 0
+    assert outbox.delivery(pause["id"])["status"] == "dismissed"
+    outbox._store.prune(0)
+    assert outbox.delivery(rollback["id"]) is None
     outbox.close()
 
 
@@ -232,6 +349,20 @@ async def test_metrics_backlog_oldest_age_and_latency(db: Path) -> None:
     assert sample(registry, "watcher_outbox_oldest_pending_age_seconds", sink="fake") == 0
     assert sample(registry, "watcher_outbox_delivery_latency_seconds_count", sink="fake") == 2
     assert sample(registry, "watcher_outbox_delivery_latency_seconds_sum", sink="fake") >= 0.1
+    outbox.close()
+
+
+async def test_a_reconfigured_sink_gets_its_failed_deliveries_again(db: Path) -> None:
+    broken = FakeSink("hook")
+    broken.script = [SinkError("HTTP 404: wrong URL", permanent=True)]
+    outbox = Outbox(db, [broken], retry=FAST)
+    outbox.enqueue_decisions([make_decision(1)])
+    async with Running(outbox):
+        await eventually(lambda: bool(outbox.deliveries(status="failed")))
+        fixed = FakeSink("hook")  # the same name with new settings: a reload with the right URL
+        await outbox.replace_sinks([fixed])
+        await eventually(lambda: len(fixed.sent) == 1)
+    assert outbox.deliveries()[0]["status"] == "delivered"
     outbox.close()
 
 

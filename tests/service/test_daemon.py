@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.daemon import consume_all, daemon_settings, daemon_topics, until
 from watcher.kafka.embedded import TopicSpec, create_topics
+from watcher.service.compose import build_daemon
 from watcher.service.daemon import Daemon
 from watcher.service.replay import replay
 from watcher.sim.presets import PRESETS
@@ -53,7 +54,7 @@ async def test_daemon_consumes_exposes_metrics_and_rollouts(broker, unique_topic
     lines = _scenario_lines()
     await produce(topics["telemetry"], lines + BAD_MESSAGES, partitions=3, key=b"support-bot")
     settings = daemon_settings(broker, tmp_path, topics)
-    daemon = Daemon(settings)
+    daemon = build_daemon(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
     try:
@@ -148,7 +149,7 @@ async def test_restart_resumes_from_committed_offsets(broker, unique_topic, prod
     settings = daemon_settings(broker, tmp_path, topics)
 
     async def run_until(expected: int) -> Daemon:
-        daemon = Daemon(settings)
+        daemon = build_daemon(settings)
         stop = asyncio.Event()
         task = asyncio.create_task(daemon.run(stop))
         await until(lambda: daemon.events_consumed >= expected)
@@ -240,7 +241,7 @@ async def test_broker_freeze_reports_not_ready_and_loses_nothing(unique_topic, p
             bootstrap_servers=own.bootstrap_servers,
         )
         settings = daemon_settings(own, tmp_path, topics, **{"kafka.ready_stale_after_s": 2.0})
-        daemon = Daemon(settings)
+        daemon = build_daemon(settings)
         stop = asyncio.Event()
         task = asyncio.create_task(daemon.run(stop))
         await until(lambda: daemon.events_consumed >= half)

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 from watcher.config import load_settings
 from watcher.kafka.deadletter import FileDeadLetters
 from watcher.kafka.source import FileSource
-from watcher.service.daemon import Daemon, NullMarkerPublisher
+from watcher.service.compose import build_daemon
+from watcher.service.markers import NullMarkerPublisher
 from watcher.sim.presets import PRESETS
 from watcher.sim.simulate import write_jsonl
 from watcher.storage.decisions import SqliteDecisionLog
@@ -37,7 +38,7 @@ async def test_daemon_over_a_file_decides_dead_letters_and_traces(tmp_path) -> N
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     source = FileSource(path, batch_size=500)
-    daemon = Daemon(
+    daemon = build_daemon(
         settings,
         registry=CollectorRegistry(),
         source=source,

@@ -17,6 +17,7 @@ from watcher.engine.tasks import Tasks
 from watcher.errors import CheckpointUnavailable
 from watcher.kafka.embedded import TopicSpec, create_topics
 from watcher.kafka.source import Message
+from watcher.service.compose import build_daemon
 from watcher.service.daemon import Daemon
 from watcher.service.handover import Handover
 from watcher.service.replay import replay
@@ -101,6 +102,10 @@ async def test_a_daemon_pauses_the_partition_and_resumes_it_from_its_checkpoint(
         finally:
             await producer.stop()
 
+    def handover(daemon: Daemon) -> Handover:
+        assert daemon.checkpoints is not None and daemon.checkpoints.handover is not None
+        return daemon.checkpoints.handover
+
     def turns(daemon: Daemon) -> int:
         engine: Any = daemon.engine
         return sum(engine.state.snapshot(k).turns for k in engine.state.keys() if not k[4])
@@ -119,7 +124,7 @@ async def test_a_daemon_pauses_the_partition_and_resumes_it_from_its_checkpoint(
     settings = _settings(
         broker, tmp_path, topics, **{"checkpoint.scope": "partition", "checkpoint.interval_s": 0.5}
     )
-    first = Daemon(settings, checkpoint_store=store)
+    first = build_daemon(settings, checkpoint_store=store)
     await run(first, lambda: first.events_consumed >= half)
     first_expected = turns(first)
     assert 0 < first_expected < expected
@@ -127,7 +132,7 @@ async def test_a_daemon_pauses_the_partition_and_resumes_it_from_its_checkpoint(
     await produce(lines[half:])
     flaky = FlakyStore(store, failures=2)
     (tmp_path / "b").mkdir()
-    second = Daemon(
+    second = build_daemon(
         _settings(
             broker, tmp_path / "b", topics, **{"checkpoint.scope": "partition", "checkpoint.interval_s": 0.5}
         ),
@@ -135,7 +140,7 @@ async def test_a_daemon_pauses_the_partition_and_resumes_it_from_its_checkpoint(
     )
     await run(
         second,
-        lambda: second.handover is not None and not second.handover.waiting and turns(second) >= expected,
+        lambda: not handover(second).waiting and turns(second) >= expected,
     )
     assert flaky.loads >= 3  # waited through two unreachable reads
     assert turns(second) == expected  # restored, not fresh: the first half counted once, the rest too

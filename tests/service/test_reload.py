@@ -21,7 +21,9 @@ from watcher.errors import ConfigError
 from watcher.judges.policy import PolicyState, decide, load_policy, policy_from_doc, policy_to_doc
 from watcher.kafka.deadletter import NullDeadLetters
 from watcher.outbox import Outbox
-from watcher.service.daemon import Daemon, NullMarkerPublisher
+from watcher.service.compose import build_daemon
+from watcher.service.daemon import Daemon
+from watcher.service.markers import NullMarkerPublisher
 from watcher.service.reload import ConfigSource, plan_reload
 from watcher.sim.presets import PRESETS, STRATEGY_PRESETS
 from watcher.sim.traffic import generate
@@ -254,7 +256,7 @@ async def test_replace_sinks_keeps_pending_deliveries(tmp_path: Path) -> None:
 # -- Daemon.reload ----------------------------------------------------------------------------------
 def _daemon(tmp_path: Path, config: Path, registry: CollectorRegistry) -> Daemon:
     settings = load_settings(config, environ={})
-    return Daemon(
+    return build_daemon(
         settings,
         registry=registry,
         source=_IdleSource(),
@@ -268,7 +270,7 @@ def _daemon(tmp_path: Path, config: Path, registry: CollectorRegistry) -> Daemon
 class _IdleSource:
     ready = True
 
-    async def start(self) -> None: ...
+    async def start(self, listener: Any = None) -> None: ...
     async def stop(self) -> None: ...
     def lag(self) -> dict[tuple[str, int], int]:
         return {}
@@ -338,7 +340,7 @@ async def test_a_changed_file_is_reloaded_once_when_watched(tmp_path: Path) -> N
 async def test_a_daemon_built_in_code_has_nothing_to_reload(tmp_path: Path) -> None:
     registry = CollectorRegistry()
     settings = load_settings(environ={}, overrides={"outbox.path": str(tmp_path / "o.sqlite")})
-    daemon = Daemon(
+    daemon = build_daemon(
         settings,
         registry=registry,
         source=_IdleSource(),

@@ -122,7 +122,8 @@ async def test_slack_one_valid_message_per_decision_within_limits(tmp_path: Path
     assert [d["status"] for d in outbox.deliveries()] == ["delivered"] * 4
     messages = rx.bodies()
     assert len(messages) == 4  # one per decision, never batched
-    pause, big, long_one, promote = messages
+    # one rollout's decisions in order; the other rollout's rollback (critical) went first
+    long_one, pause, big, promote = messages
     assert pause["blocks"][0]["text"]["text"].endswith("Pause: support-bot/prod v42")
     assert "pause: quality in all fell 0.095" in pause["text"]
     fields = {f["text"].split("\n")[0]: f["text"].split("\n")[1] for f in pause["blocks"][2]["fields"]}
@@ -419,11 +420,12 @@ async def test_kafka_sink_writes_decisions_and_rollout_changes(
     for r in records:
         by_topic.setdefault(r.topic, []).append(r)
     decisions = sorted(by_topic[decisions_topic], key=lambda r: r.offset)
-    assert [json.loads(r.value)["decision_id"] for r in decisions] == [d1.decision_id, d2.decision_id]
-    assert [r.key for r in decisions] == [b"support-bot", b"other-bot"]
-    assert json.loads(decisions[0].value)["schema"] == "watcher.decision/v1"
+    # two rollouts: the rollback (d2) goes before the pause (d1) enqueued before it
+    assert [json.loads(r.value)["decision_id"] for r in decisions] == [d2.decision_id, d1.decision_id]
+    assert [r.key for r in decisions] == [b"other-bot", b"support-bot"]
+    assert json.loads(decisions[1].value)["schema"] == "watcher.decision/v1"
     assert (
-        dict(decisions[0].headers)["idempotency-key"]
+        dict(decisions[1].headers)["idempotency-key"]
         == idempotency_key(d1.decision_id, "bus", "record").encode()
     )
     (change,) = by_topic[markers_topic]
@@ -519,6 +521,8 @@ def test_the_sample_in_the_docs_is_valid() -> None:
         ({"name": "o", "type": "otel", "kinds": ["decision", "alert"]}, "sinks[o].kinds"),
         ({"name": "o", "type": "otel", "timeout_s": 0}, "sinks[o].timeout_s"),
         ({"name": "o", "type": "otel", "max_attempts": 0}, "sinks[o].max_attempts"),
+        ({"name": "o", "type": "otel", "max_attempts": 20}, "sinks[o].max_attempts"),  # replaced: named
+        ({"name": "o", "type": "otel", "retry_for_s": 0}, "sinks[o].retry_for_s"),
         (
             {"name": "p", "type": "pagerduty", "routing_key": "k", "pause_severity": "info"},
             "sinks[p].pause_severity",

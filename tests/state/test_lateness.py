@@ -22,7 +22,8 @@ from watcher.contract.schema import RejectReason
 from watcher.engine import Engine
 from watcher.kafka.deadletter import FileDeadLetters
 from watcher.kafka.source import FileSource
-from watcher.service.daemon import Daemon, NullMarkerPublisher
+from watcher.service.compose import build_daemon
+from watcher.service.markers import NullMarkerPublisher
 from watcher.sim.presets import PRESETS
 from watcher.sim.traffic import generate
 from watcher.state.lateness import LatenessFilter
@@ -237,7 +238,7 @@ async def test_daemon_dead_letters_and_counts_too_late_turns(tmp_path: Path) -> 
         environ={},
         overrides={"http.port": 0, "outbox.path": str(tmp_path / "o.sqlite"), "checkpoint.enabled": False},
     )
-    daemon = Daemon(
+    daemon = build_daemon(
         settings,
         registry=registry,
         source=FileSource(path),

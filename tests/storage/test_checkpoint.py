@@ -9,7 +9,7 @@ import dataclasses
 import json
 import pickle
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,12 @@ from watcher.config import Settings, load_settings
 from watcher.engine import Engine
 from watcher.errors import CheckpointError, ConfigError
 from watcher.kafka.deadletter import NullDeadLetters
+from watcher.kafka.rebalance import NULL_LISTENER, PartitionListener
 from watcher.kafka.source import Message
 from watcher.outbox import Outbox
-from watcher.service.daemon import Daemon, NullMarkerPublisher
+from watcher.service.compose import build_daemon
+from watcher.service.daemon import Daemon
+from watcher.service.markers import NullMarkerPublisher
 from watcher.service.replay import replay
 from watcher.sim.presets import PRESETS
 from watcher.sim.traffic import generate
@@ -213,8 +216,9 @@ def test_checkpointer_interval_positions_and_owner() -> None:
 # -- the daemon's protocol, with an in-memory partition ---------------------------------------------------
 class ListSource:
     """One partition held in memory, with Kafka's semantics that matter here: a consumer starts at
-    ``resume_from``'s offset if it gives one, else at the committed offset; ``crash_after`` batches
-    the iterator stops dead (the process is gone: nothing after that point runs)."""
+    the partition listener's ``resume_offset`` if it gives one, else at the committed offset;
+    ``crash_after`` batches the iterator stops dead (the process is gone: nothing after that point
+    runs)."""
 
     def __init__(
         self, values: Sequence[bytes], *, batch: int, committed: int = 0, crash_after: int | None = None
@@ -225,16 +229,17 @@ class ListSource:
             committed,
             crash_after,
         )
-        self.resume_from: Any = None
+        self.listener: PartitionListener = NULL_LISTENER
         self.commits: list[dict[tuple[str, int], int]] = []
         self.started_at: int | None = None
 
-    async def start(self) -> None: ...
+    async def start(self, listener: PartitionListener = NULL_LISTENER) -> None:
+        self.listener = listener
 
     async def stop(self) -> None: ...
 
     async def batches(self) -> AsyncIterator[list[Message]]:
-        start = self.resume_from("t", 0) if self.resume_from is not None else None
+        start = self.listener.resume_offset("t", 0)
         pos = self.started_at = self.committed if start is None else start
         handed = 0
         while pos < len(self.values):
@@ -253,6 +258,11 @@ class ListSource:
         self.committed = offsets[("t", 0)]
         return True
 
+    def resume_partitions(
+        self, partitions: Collection[int], resume_from: Callable[[str, int], int | None]
+    ) -> None:
+        raise AssertionError("one partition, never held")
+
     @property
     def ready(self) -> bool:
         return True
@@ -266,7 +276,7 @@ class _Crash(Exception):
 
 
 def _daemon(settings: Settings, tmp_path: Path, source: ListSource, store: MemoryCheckpointStore) -> Daemon:
-    return Daemon(
+    return build_daemon(
         settings,
         registry=CollectorRegistry(),
         source=source,
@@ -332,6 +342,6 @@ async def test_daemon_without_checkpoints_commits_every_batch(tmp_path: Path) ->
     source = ListSource(lines, batch=400)
     store = MemoryCheckpointStore()
     daemon = _daemon(settings, tmp_path, source, store)
-    assert daemon.checkpointer is None and source.resume_from is None
+    assert daemon.checkpoints is None and source.listener.resume_offset("t", 0) is None
     assert await asyncio.wait_for(daemon.run(asyncio.Event()), 60) == 0
     assert len(source.commits) == -(-len(lines) // 400) and store.saves == 0

@@ -23,11 +23,11 @@ class FakeSink:
         requests_per_item: int = 1,
         accepts: Callable[[Item], bool] | None = None,
         timeout_s: float = 1.0,
-        max_attempts: int = 5,
+        retry_for_s: float = 60.0,
     ) -> None:
         self.name = name
         self.timeout_s = timeout_s
-        self.max_attempts = max_attempts
+        self.retry_for_s = retry_for_s
         self.sent: list[Request] = []
         self.calls = 0
         self.script: list[Any] = []  # per call: an exception to raise, a float to sleep, or None

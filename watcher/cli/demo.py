@@ -27,7 +27,7 @@ from watcher.config import load_settings
 from watcher.contract import Action
 from watcher.engine import Engine
 from watcher.kafka import EmbeddedBroker, create_topics
-from watcher.service import Daemon
+from watcher.service import build_daemon
 from watcher.sim import PRESETS, produce
 
 TELEMETRY, DEPLOYMENTS, DEAD_LETTERS = "watcher.telemetry", "watcher.deployments", "watcher.deadletter"
@@ -158,7 +158,7 @@ async def run_demo(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int
             },
         )
         await create_topics(broker.bootstrap_servers, local_topics(settings, partitions=3))
-        daemon = Daemon(settings)
+        daemon = build_daemon(settings)
         daemon_task = asyncio.create_task(daemon.run(stop))
         scenario = dataclasses.replace(PRESETS["demo"], start_ts=time.time())
         # the simulated deployer writes its markers into the telemetry topic, keyed by agent like the

@@ -115,7 +115,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from watcher.service import ConfigSource, Daemon  # the daemon's imports only when it runs
+    from watcher.service import ConfigSource, build_daemon  # the daemon's imports only when it runs
 
     tune_gc()
     source = ConfigSource(configured.config_file(args), configured.overrides(args))
@@ -123,7 +123,7 @@ async def _run(args: argparse.Namespace) -> int:
     _logging(settings.log_level)
     stop = asyncio.Event()
     install_stop_signals(stop)
-    daemon = Daemon(settings, config_source=source)
+    daemon = build_daemon(settings, config_source=source)
     install_reload_signal(daemon.reload)  # SIGHUP: policy and sinks again, without a restart
     return await daemon.run(stop)
 

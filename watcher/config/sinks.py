@@ -54,7 +54,11 @@ class SinkSettings:
     kinds: tuple[str, ...] = ()  # decision, marker, drift; empty: the type's default
     # delivery
     timeout_s: float = 10.0
-    max_attempts: int = 20  # with the default backoff (1 s doubling, capped at 5 min) ~1 h of retries
+    # a delivery that keeps failing transiently (5xx, timeouts, connection errors) is retried for this
+    # long, not counting the time a receiver asked to wait (Retry-After); then it ends `failed`, kept
+    # and re-drivable (POST /v1/deliveries/{id}/retry). Three days: a receiver down over a weekend.
+    retry_for_s: float = 3 * 86_400.0
+    max_attempts: int | None = None  # replaced by retry_for_s: set, it is an error naming the change
     # links and presentation
     api_url: str | None = None  # watcher's own external URL, for links in messages
     dashboard_url: str | None = None  # may hold {agent_id}, {environment}, {rollout_id}
@@ -96,8 +100,15 @@ class SinkSettings:
                 raise ConfigError(f"{where}.kinds", f"unknown kind {k!r} (known: decision, marker, drift)")
         if self.timeout_s <= 0:
             raise ConfigError(f"{where}.timeout_s", f"must be > 0, got {self.timeout_s}")
-        if self.max_attempts < 1:
-            raise ConfigError(f"{where}.max_attempts", f"must be >= 1, got {self.max_attempts}")
+        if self.max_attempts is not None:
+            raise ConfigError(
+                f"{where}.max_attempts",
+                "was replaced by retry_for_s (seconds a delivery is retried; default 259200, three days): "
+                "a count of attempts gave up within seconds when a receiver answered 429 with a short "
+                "Retry-After",
+            )
+        if not 0 < self.retry_for_s < float("inf"):
+            raise ConfigError(f"{where}.retry_for_s", f"must be > 0 seconds, got {self.retry_for_s}")
         if self.max_evidence_rows < 1:
             raise ConfigError(f"{where}.max_evidence_rows", f"must be >= 1, got {self.max_evidence_rows}")
 

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -29,6 +29,39 @@ MarkerHook = Callable[[Deployment], Awaitable[None]]
 DecisionHook = Callable[[list[Decision]], Awaitable[None]]
 
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+DELIVERY_STATES = ("pending", "delivered", "failed", "dismissed")
+
+
+class Deliveries(Protocol):
+    """The outbox as the API sees it (``watcher.outbox.Outbox``)."""
+
+    def deliveries(
+        self, *, sink: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]: ...
+
+    def delivery(self, seq: int) -> dict[str, Any] | None: ...
+
+    def redrive(self, *, seq: int | None = None, sink: str | None = None) -> list[int]: ...
+
+    def dismiss(self, seq: int, why: str) -> bool: ...
+
+
+class NoDeliveries:
+    """No outbox (tests, a daemon built without one): nothing queued."""
+
+    def deliveries(
+        self, *, sink: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return []
+
+    def delivery(self, seq: int) -> dict[str, Any] | None:
+        return None
+
+    def redrive(self, *, seq: int | None = None, sink: str | None = None) -> list[int]:
+        return []
+
+    def dismiss(self, seq: int, why: str) -> bool:
+        return False
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -53,12 +86,12 @@ class Api:
         readiness: Readiness,
         on_marker: MarkerHook | None = None,
         on_decisions: DecisionHook | None = None,
-        deliveries: Callable[..., list[dict[str, Any]]] | None = None,
+        deliveries: Deliveries | None = None,
         max_body_bytes: int = 65_536,
         middlewares: Sequence[Any] = (),
     ) -> None:
         self.middlewares = list(middlewares)
-        self.deliveries_query = deliveries
+        self.outbox: Deliveries = deliveries if deliveries is not None else NoDeliveries()
         self.engine = engine
         self.registry = registry
         self.decision_log = decision_log
@@ -85,6 +118,10 @@ class Api:
                 web.get("/v1/decisions", self.decisions),
                 web.get("/v1/drift", self.drift),
                 web.get("/v1/deliveries", self.deliveries),
+                web.get("/v1/deliveries/{id}", self.delivery),
+                web.post("/v1/deliveries/retry", self.redrive_sink),
+                web.post("/v1/deliveries/{id}/retry", self.redrive),
+                web.post("/v1/deliveries/{id}/dismiss", self.dismiss),
             ]
         )
         return app
@@ -236,16 +273,79 @@ class Api:
         return _json({"drift_signals": self.decision_log.list_drift(limit=limit)})
 
     async def deliveries(self, request: web.Request) -> web.Response:
-        if self.deliveries_query is None:
-            return _json({"deliveries": []})
+        """``?state=`` (or ``status=``) pending|delivered|failed|dismissed, ``sink=``, ``limit=``."""
+        q = request.query
+        state = q.get("state", q.get("status"))
+        if state is not None and state not in DELIVERY_STATES:
+            return _error(400, f"'state' must be one of {', '.join(DELIVERY_STATES)}; got {state!r}")
         try:
-            limit = min(int(request.query.get("limit", "100")), 1000)
-            rows = self.deliveries_query(
-                sink=request.query.get("sink"), status=request.query.get("status"), limit=limit
-            )
-        except ValueError as exc:
-            return _error(400, f"bad query: {exc}")
+            limit = min(int(q.get("limit", "100")), 1000)
+        except ValueError:
+            return _error(400, "'limit' must be an integer")
+        rows = self.outbox.deliveries(sink=q.get("sink"), status=state, limit=limit)
         return _json({"deliveries": rows})
+
+    def _delivery(self, request: web.Request) -> tuple[int, dict[str, Any]] | web.Response:
+        try:
+            seq = int(request.match_info["id"])
+        except ValueError:
+            seq = -1
+        found = self.outbox.delivery(seq) if seq >= 0 else None
+        if found is None:
+            return _error(404, "no such delivery", id=request.match_info["id"])
+        return seq, found
+
+    async def delivery(self, request: web.Request) -> web.Response:
+        found = self._delivery(request)
+        return found if isinstance(found, web.Response) else _json(found[1])
+
+    async def redrive(self, request: web.Request) -> web.Response:
+        """A failed delivery pending again, with a fresh retry budget (its lane's order kept)."""
+        found = self._delivery(request)
+        if isinstance(found, web.Response):
+            return found
+        seq, row = found
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        if row["status"] != "failed":
+            return _error(409, f"only a failed delivery can be retried; this one is {row['status']}")
+        self.outbox.redrive(seq=seq)
+        log.warning("delivery %s re-driven by %s", seq, body.get("actor") or request.remote)
+        return _json({"delivery": self.outbox.delivery(seq)}, status=202)
+
+    async def redrive_sink(self, request: web.Request) -> web.Response:
+        """Every failed delivery of ``?sink=`` (or of every sink) pending again."""
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        sink = request.query.get("sink")
+        ids = self.outbox.redrive(sink=sink)
+        log.warning(
+            "%d failed deliveries of %s re-driven by %s",
+            len(ids),
+            f"sink {sink}" if sink else "every sink",
+            body.get("actor") or request.remote,
+        )
+        return _json({"retried": ids}, status=202)
+
+    async def dismiss(self, request: web.Request) -> web.Response:
+        """``{"actor", "reason"}``: a failed delivery an operator will not send (kept, not alerting)."""
+        found = self._delivery(request)
+        if isinstance(found, web.Response):
+            return found
+        seq, row = found
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        actor, reason = body.get("actor"), body.get("reason")
+        if not isinstance(actor, str) or not 0 < len(actor) <= 128:
+            return _error(400, "field 'actor' is required: a string of 1-128 characters")
+        if not isinstance(reason, str) or not 0 < len(reason) <= 1024:
+            return _error(400, "field 'reason' is required: a string of 1-1024 characters")
+        if not self.outbox.dismiss(seq, f"dismissed by {actor}: {reason}"):
+            return _error(409, f"only a failed delivery can be dismissed; this one is {row['status']}")
+        return _json({"delivery": self.outbox.delivery(seq)})
 
     # -- helpers --------------------------------------------------------------------------------
     def _find(self, request: web.Request) -> Rollout | None:

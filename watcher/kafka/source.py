@@ -17,7 +17,6 @@ import logging
 import operator
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
     Callable,
     Collection,
     Iterable,
@@ -34,6 +33,7 @@ from watcher.clock import Clock, SystemClock
 from watcher.errors import ConfigError, SourceError
 from watcher.kafka.fast_fetch import FetchPath, tune_fetcher
 from watcher.kafka.reachability import ConnectionReport
+from watcher.kafka.rebalance import NULL_LISTENER, PartitionListener
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -44,6 +44,7 @@ __all__ = [
     "KafkaSource",
     "Message",
     "MessageBatch",
+    "OffsetSource",
     "Origins",
     "Source",
     "messages_from_records",
@@ -193,7 +194,10 @@ class MessageBatch(Sequence[Message]):
 
 @runtime_checkable
 class Source(Protocol):
-    async def start(self) -> None: ...
+    async def start(self, listener: PartitionListener = NULL_LISTENER) -> None:
+        """Arm the source; ``listener`` hears of rebalances (a source whose partitions never move
+        ignores it)."""
+        ...
 
     async def stop(self) -> None: ...
 
@@ -205,6 +209,18 @@ class Source(Protocol):
     def ready(self) -> bool: ...
 
     def lag(self) -> dict[tuple[str, int], int]: ...
+
+
+@runtime_checkable
+class OffsetSource(Source, Protocol):
+    """A source that can pair state with offsets: it commits any given offsets (those a checkpoint
+    covers) and resumes held partitions at given offsets. Checkpoints need one."""
+
+    async def commit_offsets(self, offsets: Mapping[tuple[str, int], int]) -> bool: ...
+
+    def resume_partitions(
+        self, partitions: Collection[int], resume_from: Callable[[str, int], int | None]
+    ) -> None: ...
 
 
 _FORCED = {"enable_auto_commit", "group_id", "auto_offset_reset", "bootstrap_servers"}
@@ -238,9 +254,6 @@ def next_offsets(batch: Sequence[Message]) -> dict[tuple[str, int], int]:
     return out
 
 
-PartitionsHook = Callable[[set[tuple[str, int]]], Awaitable[None]]
-
-
 class KafkaSource:
     """A consumer-group member over ``topics``; offsets are committed only by ``commit(batch)``.
 
@@ -265,7 +278,6 @@ class KafkaSource:
         backoff: Backoff = RECONNECT,
         clock: Clock | None = None,
         consumer_factory: Callable[..., AIOKafkaConsumer] | None = None,
-        resume_from: Callable[[str, int], int | None] | None = None,
     ) -> None:
         if not topics:
             raise ConfigError("kafka.telemetry_topics", "needs at least one topic")
@@ -293,22 +305,18 @@ class KafkaSource:
         self._wake = asyncio.Event()
         self._last_data_ms: dict[TopicPartition, float] = {}
         self._lag: dict[tuple[str, int], int] = {}
-        # Where a partition resumes when it is assigned (the checkpoint's offset, or the offset after
-        # the last batch in the in-memory state); None for a partition: Kafka's committed offset.
-        self.resume_from = resume_from
-        # Rebalance hooks (per-partition state hand-over): awaited with the (topic, partition)s
-        # revoked before the group rebalances, and with those assigned before the first fetch
-        # (and before ``resume_from`` is asked, so a hook can restore the state it answers from).
-        self.on_revoked: PartitionsHook | None = None
-        self.on_assigned: PartitionsHook | None = None
+        # the owner of the consumed state, told of rebalances (given to ``start``)
+        self.listener: PartitionListener = NULL_LISTENER
         # How the current consumer's fetched records reach the batches (watcher.kafka.fast_fetch): BULK
         # unless the client is not the aiokafka this was written against, or is set up otherwise.
         self.fetch_path: FetchPath | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Arm the source. Connecting happens in ``batches()``, so a broker that is down (or
-        frozen, where a connect would hang for ``request_timeout_ms``) never blocks start-up."""
+    async def start(self, listener: PartitionListener = NULL_LISTENER) -> None:
+        """Arm the source; ``listener`` hears of every rebalance (``watcher.kafka.rebalance``).
+        Connecting happens in ``batches()``, so a broker that is down (or frozen, where a connect
+        would hang for ``request_timeout_ms``) never blocks start-up."""
+        self.listener = listener
         self._stopping = False
         self._wake.clear()
 
@@ -380,14 +388,16 @@ class KafkaSource:
                     highest[key] = m.offset
         return await self.commit_offsets({key: o + 1 for key, o in highest.items()})
 
-    async def commit_offsets(self, offsets: Mapping[tuple[str, int], int]) -> bool:
+    async def commit_offsets(
+        self, offsets: Mapping[tuple[str, int], int], *, consumer: AIOKafkaConsumer | None = None
+    ) -> bool:
         """Commit these *next* offsets (topic, partition) -> offset; False (and logged) if not made.
 
         With checkpoints the daemon commits the offsets of the checkpoint it has just written, which
-        may cover several batches."""
+        may cover several batches. ``consumer``: the one being rebalanced (default: the current one)."""
         if not offsets:
             return True
-        consumer = self._consumer
+        consumer = consumer or self._consumer
         if consumer is None:
             log.warning("commit of %d partitions skipped: not connected to Kafka", len(offsets))
             return False
@@ -468,8 +478,7 @@ class KafkaSource:
             auto_offset_reset=self.auto_offset_reset,
             **self._options,
         )
-        if self.resume_from is not None or self.on_assigned is not None or self.on_revoked is not None:
-            consumer.subscribe(list(self.topics), listener=_RebalanceListener(consumer, self))
+        consumer.subscribe(list(self.topics), listener=_RebalanceListener(consumer, self))
         self._joining = consumer
         try:
             await consumer.start()
@@ -537,15 +546,12 @@ class KafkaSource:
 
 
 class _RebalanceListener:
-    """Hands partitions over when the group rebalances.
-
-    Revoked: the source's ``on_revoked`` hook runs first (the daemon checkpoints the revoked
-    partitions' state and commits its offsets while this member still owns them). Assigned: the
-    ``on_assigned`` hook (the daemon restores the partitions' state), then each partition is sought
-    to ``resume_from``'s offset; aiokafka calls this before the first fetch, so a partition with a
-    position is not reset to its committed offset. A failing hook is logged and the rebalance goes
-    on: the partitions then resume from their committed offsets, which a checkpoint always covers.
-    """
+    """aiokafka's ``ConsumerRebalanceListener`` over the source's ``PartitionListener``: the listener
+    answers (offsets to commit, partitions to hold, offsets to resume at), this acts on the consumer
+    being rebalanced. aiokafka calls ``on_partitions_assigned`` before the first fetch, so a partition
+    with a position is never reset to its committed offset. A failing listener is logged by aiokafka
+    and the rebalance goes on: the partitions then resume from their committed offsets, which a
+    checkpoint always covers."""
 
     def __init__(self, consumer: AIOKafkaConsumer, source: KafkaSource) -> None:
         from aiokafka.abc import ConsumerRebalanceListener
@@ -555,19 +561,21 @@ class _RebalanceListener:
         self._source = source
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        hook = self._source.on_revoked
-        if hook is not None and revoked:
-            await hook({(tp.topic, tp.partition) for tp in revoked})
+        if not revoked:
+            return
+        offsets = await self._source.listener.revoked({(tp.topic, tp.partition) for tp in revoked})
+        if offsets:  # checkpointed while this member still owns them: commit before they go
+            await self._source.commit_offsets(offsets, consumer=self._consumer)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        hook = self._source.on_assigned
-        if hook is not None and assigned:
-            await hook({(tp.topic, tp.partition) for tp in assigned})
-        resume_from = self._source.resume_from
-        if resume_from is None:
-            return
+        listener = self._source.listener
+        if assigned:
+            counts = {t: self._source.partition_count(t) for t in self._source.topics}
+            held = set(await listener.assigned({(tp.topic, tp.partition) for tp in assigned}, counts))
+            if held:  # no state to apply their events to yet
+                self._consumer.pause(*[tp for tp in assigned if tp.partition in held])
         for tp in sorted(assigned):
-            offset = resume_from(tp.topic, tp.partition)
+            offset = listener.resume_offset(tp.topic, tp.partition)
             if offset is not None:
                 self._consumer.seek(tp, offset)
                 log.info("resuming %s/%d at offset %d (checkpointed state)", tp.topic, tp.partition, offset)
@@ -588,7 +596,7 @@ class FileSource:
         self.committed: int = 0  # highest line number committed
         self._started = False
 
-    async def start(self) -> None:
+    async def start(self, listener: PartitionListener = NULL_LISTENER) -> None:
         if not self.path.is_file():
             raise SourceError(f"cannot read {self.path}: not a file")
         self._started = True

@@ -1,8 +1,8 @@
 """The outbox's own Prometheus metrics (``watcher_outbox_*``, docs/metrics.md).
 
-Backlog, oldest pending age and orphaned deliveries are computed at scrape time from the store:
-true after a restart, no bookkeeping to drift. Attempts and latency are counted by the delivery
-workers.
+Backlog, oldest pending age, failed and orphaned deliveries are computed at scrape time from the
+store: true after a restart, no bookkeeping to drift. Attempts and latency are counted by the
+delivery workers.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterable
 from enum import Enum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from watcher.clock import Clock
+from watcher.contract import Severity
 from watcher.outbox.store import OutboxStore
 
 __all__ = ["LATENCY_BUCKETS", "OutboxMetrics", "Outcome"]
@@ -25,8 +27,9 @@ class Outcome(str, Enum):
     """Label values of ``watcher_outbox_deliveries_total``."""
 
     DELIVERED = "delivered"
-    FAILED_PERMANENT = "failed_permanent"
-    RETRIED = "retried"
+    FAILED_PERMANENT = "failed_permanent"  # a permanent error, or retried for the whole budget
+    RETRIED = "retried"  # a transient failure: retried after a backoff
+    THROTTLED = "throttled"  # the receiver asked to wait (Retry-After): retried then, not a failure
 
 
 class OutboxMetrics:
@@ -69,6 +72,7 @@ class OutboxMetrics:
             registry=registry,
         )
         self.orphaned.set_function(self._orphaned)
+        registry.register(_FailedCollector(store, configured))
 
     def register(self, name: str) -> None:
         """Label values of a new sink, so its series exist (at zero) before its first delivery."""
@@ -96,3 +100,34 @@ class OutboxMetrics:
             return 0.0 if oldest is None else max(0.0, self._clock.now() - oldest)
 
         return age
+
+
+class _FailedCollector:
+    """``watcher_outbox_failed_deliveries{sink, severity}``: deliveries given up and not re-driven or
+    dismissed. Every configured sink has its four severities at 0, so an alert sees the first one."""
+
+    def __init__(self, store: OutboxStore, configured: Callable[[], Iterable[str]]) -> None:
+        self._store, self._configured = store, configured
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = self._family()
+        counts = {s: dict.fromkeys(Severity, 0) for s in self._configured()}
+        by_rank = {s.rank: s for s in Severity}
+        for (sink, priority), n in self._store.failed_by_sink().items():
+            counts.setdefault(sink, dict.fromkeys(Severity, 0))[by_rank.get(priority, Severity.INFO)] += n
+        for sink, per in sorted(counts.items()):
+            for severity, n in per.items():
+                family.add_metric([sink, severity.value], float(n))
+        return [family]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "watcher_outbox_failed_deliveries",
+            "Deliveries given up (a permanent error, or retried for the whole budget) and not re-driven "
+            "or dismissed, per sink and item severity (critical: a rollback)",
+            labels=["sink", "severity"],
+        )

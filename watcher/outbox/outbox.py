@@ -3,31 +3,33 @@
 Order of events: the daemon appends a decision to the decision log, then calls ``enqueue_*``, which
 writes one *delivery* row per accepting sink into SQLite (one transaction, no network: a median of
 ~0.6 ms for one decision to six sinks, mostly JSON encoding; p99 ~10 ms at WAL checkpoints) and
-wakes that sink's worker. Each sink has one worker task that sends its deliveries in enqueue order:
+wakes that sink's worker. Each sink has one worker task that sends its deliveries
+(``watcher.outbox.delivery`` has the pacing):
 
+* deliveries of one *lane* (a rollout, or a drift signal's agent) go in enqueue order: a region must
+  be opened before it is closed and an incident triggered before it is resolved; lanes do not wait
+  for each other, and among the lanes' heads that are due, rollbacks go first, then pauses;
 * a delivery renders to one or more requests (``Sink.render``), rendered again before every attempt so
   it sees state stored by earlier deliveries (a Grafana region id, an open PagerDuty incident);
   requests already acknowledged are recorded per delivery and never repeated by a retry;
 * every request carries an idempotency key, ``sha256(item_id|sink|request kind)``: the same on every
   retry and after a restart, so receivers can deduplicate (delivery is at-least-once);
 * transient failures (``SinkError(permanent=False)``, timeouts, connection errors) are retried with
-  exponential backoff and jitter, or after the receiver's ``Retry-After``; permanent ones (HTTP 400...)
-  and deliveries out of attempts end ``failed``, logged, counted and visible in ``deliveries()``;
+  exponential backoff and jitter, or after the receiver's ``Retry-After`` (not counted as a
+  failure), for the sink's ``retry_for_s`` (three days by default); permanent ones (HTTP 400...) and
+  deliveries out of time end ``failed``: kept, counted in ``watcher_outbox_failed_deliveries``,
+  listed by ``deliveries(status="failed")`` and re-driven by ``redrive`` (or dismissed);
 * a sink's worker waits for its own backlog only: a slow or dead sink never delays another sink, and
   never the consumer (``enqueue_*`` is synchronous and does no I/O but SQLite).
 
-Strict per-sink order is deliberate: a region must be opened before it is closed and an incident
-triggered before it is resolved. A delivery that keeps failing holds its sink back for at most
-``max_attempts`` attempts; 429s and outages affect the whole receiver anyway.
-
 Deliveries still pending when ``run`` stops stay in the file and are sent by the next ``Outbox`` on
-it. Finished rows are pruned beyond ``retain_finished``. One ``Outbox`` per file at a time.
-``replace_sinks`` swaps the sinks of a running outbox (a configuration reload) keeping every pending
-delivery; those of a removed sink stay in the file, unsent, until a sink of that name returns.
+it. Delivered rows are pruned beyond ``retain_finished``; failed ones are kept. One ``Outbox`` per
+file at a time. ``replace_sinks`` swaps the sinks of a running outbox (a configuration reload)
+keeping every pending delivery; those of a removed sink stay in the file, unsent, until a sink of
+that name returns.
 
-Modules: ``outbox_store`` (the SQLite queue), ``outbox_delivery`` (workers, retries, idempotency
-keys), ``outbox_metrics`` (``watcher_outbox_*``); this one owns the items, enqueueing and the
-sinks' lifecycle.
+Modules: ``store`` (the SQLite queue), ``delivery`` (workers, lanes, retries, idempotency keys),
+``metrics`` (``watcher_outbox_*``); this one owns the items, enqueueing and the sinks' lifecycle.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from watcher.clock import Clock, SystemClock
 from watcher.contract import Action, Decision, Item, ItemKind, Severity, rfc3339
 from watcher.outbox.delivery import REDELIVERY, Deliverer, idempotency_key
 from watcher.outbox.metrics import OutboxMetrics, Outcome
-from watcher.outbox.store import DeliveryStatus, OutboxStore, StoredSinkState
+from watcher.outbox.store import DeliveryRow, DeliveryStatus, OutboxStore, StoredSinkState
 from watcher.sinks import Sink
 from watcher.storage import json_safe
 
@@ -67,6 +69,7 @@ __all__ = [
     "decision_item",
     "drift_item",
     "idempotency_key",
+    "lane_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -133,6 +136,14 @@ def drift_item(s: DriftSignal) -> Item:
     )
 
 
+def lane_of(item: Item) -> str:
+    """The ordering key of an item: its rollout (decisions and rollout changes), else its agent."""
+    rollout = item.record.get("rollout")
+    if isinstance(rollout, dict) and rollout.get("rollout_id"):
+        return f"rollout/{rollout['rollout_id']}"
+    return f"{item.kind.value}/{item.agent_id}/{item.environment}"
+
+
 @dataclass(frozen=True, slots=True)
 class SinkSwap:
     """What ``Outbox.replace_sinks`` did, by sink name."""
@@ -155,7 +166,7 @@ class Outbox:
         registry: CollectorRegistry | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        max_attempts: int | None = None,
+        retry_for_s: float | None = None,
         retry: Backoff = REDELIVERY,
         retain_finished: int = 10_000,
     ) -> None:
@@ -187,7 +198,7 @@ class Outbox:
             self._clock,
             self._rng,
             retry,
-            max_attempts,
+            retry_for_s,
             retain_finished,
         )
 
@@ -199,7 +210,8 @@ class Outbox:
         object under a known name (its settings changed) takes over that name's pending deliveries,
         in order, and its stored state (Grafana region ids, open incidents): the old worker is
         cancelled (a request it had in flight is sent again by the new one, with the same idempotency
-        key, as after a restart) and the old sink closed. A new name gets only what is enqueued from
+        key, as after a restart) and the old sink closed; its failed deliveries are re-driven (the
+        new settings may be the fix: a corrected URL or token). A new name gets only what is enqueued from
         now on. A name that disappears keeps its pending deliveries in the store, unsent and counted in
         ``watcher_outbox_orphaned_deliveries`` (and listed by ``deliveries(sink=...)``): bringing the
         sink back under the same name delivers them. Raises ValueError (and changes nothing) on
@@ -216,6 +228,10 @@ class Outbox:
         gone = [n for n in old if n not in new]
         pending = self._store.pending_by_sink()
         # the new set in one step (no await in between): an enqueue sees the old set or the new one
+        for n in replaced:
+            again = self._store.redrive(self._clock.now(), sink=n)
+            if again:
+                log.info("outbox: sink %s was reconfigured: %d failed deliveries re-driven", n, len(again))
         for n in (*replaced, *added):
             self._wake[n] = asyncio.Event()
             self._wake[n].set()  # a replaced sink's backlog is picked up at once
@@ -283,7 +299,16 @@ class Outbox:
                 if sink.accepts(item):
                     text = text or item.to_json()
                     rows.setdefault(sink.name, []).append(
-                        (sink.name, item.kind.value, item.item_id, text, now, now)
+                        (
+                            sink.name,
+                            item.kind.value,
+                            item.item_id,
+                            text,
+                            now,
+                            now,
+                            lane_of(item),
+                            item.severity.rank,
+                        )
                     )
         if not rows:
             return 0
@@ -328,32 +353,61 @@ class Outbox:
     def deliveries(
         self, *, sink: str | None = None, status: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
-        """Newest first, for ``GET /v1/deliveries``. ``status``: pending, delivered or failed (else
-        ValueError)."""
+        """Newest first, for ``GET /v1/deliveries``. ``status``: pending, delivered, failed or
+        dismissed (else ValueError)."""
         wanted = DeliveryStatus(status).value if status is not None else None
         rows = self._store.recent(sink, wanted, max(1, min(int(limit), 1000)))
-        out = []
-        for r in rows:
-            item = json.loads(r.item)
-            out.append(
-                {
-                    "seq": r.seq,
-                    "sink": r.sink,
-                    "kind": r.item_kind,
-                    "item_id": r.item_id,
-                    "agent_id": item.get("agent_id"),
-                    "environment": item.get("environment"),
-                    "severity": item.get("severity"),
-                    "status": r.status,
-                    "attempts": r.attempts,
-                    "enqueued_at": r.enqueued_at,
-                    "next_attempt_at": r.next_at if r.status == DeliveryStatus.PENDING.value else None,
-                    "finished_at": r.finished_at,
-                    "requests_done": json.loads(r.done),
-                    "last_error": r.last_error,
-                }
-            )
-        return out
+        return [self._view(r) for r in rows]
+
+    def delivery(self, seq: int) -> dict[str, Any] | None:
+        row = self._store.get(seq)
+        return self._view(row) if row is not None else None
+
+    def _view(self, r: DeliveryRow) -> dict[str, Any]:
+        item = json.loads(r.item)
+        pending = r.status == DeliveryStatus.PENDING.value
+        budget = self._budget(r.sink)
+        return {
+            "id": r.seq,
+            "seq": r.seq,
+            "sink": r.sink,
+            "kind": r.item_kind,
+            "item_id": r.item_id,
+            "agent_id": item.get("agent_id"),
+            "environment": item.get("environment"),
+            "severity": item.get("severity"),
+            "lane": r.lane,
+            "status": r.status,
+            "attempts": r.attempts,
+            "enqueued_at": r.enqueued_at,
+            "next_attempt_at": r.next_at if pending else None,
+            # pending: when it ends failed if every attempt until then fails (later if throttled)
+            "gives_up_at": r.enqueued_at + r.throttled_s + budget if pending and budget is not None else None,
+            "finished_at": r.finished_at,
+            "requests_done": json.loads(r.done),
+            "last_error": r.last_error,
+        }
+
+    def _budget(self, sink: str) -> float | None:
+        if self._delivery.retry_for_s is not None:
+            return self._delivery.retry_for_s
+        for s in self.sinks:
+            if s.name == sink:
+                return float(s.retry_for_s)
+        return None  # a removed sink's deliveries wait for it to come back
+
+    def redrive(self, *, seq: int | None = None, sink: str | None = None) -> list[int]:
+        """Failed deliveries (one by id, every one of a sink, or all) pending again with a fresh
+        budget, in their lanes' order; returns their ids. Their workers are woken."""
+        again = self._store.redrive(self._clock.now(), seq=seq, sink=sink)
+        if again:
+            log.info("outbox: %d failed deliveries re-driven (%s)", len(again), sink or seq or "all")
+            self._notify([s.name for s in self.sinks if s.name in self._wake])
+        return again
+
+    def dismiss(self, seq: int, why: str) -> bool:
+        """A failed delivery an operator will not send: marked ``dismissed`` (kept, with ``why``)."""
+        return self._store.dismiss(seq, self._clock.now(), why)
 
     def close(self) -> None:
         self._store.close()

@@ -1,10 +1,12 @@
 """The outbox's durable queue: one SQLite (WAL) file of deliveries and of the sinks' stored state.
 
-A *delivery* is one item for one sink: ``pending`` until sent or given up (``DeliveryStatus``),
-with its attempts, the time of the next one, the requests already acknowledged (``done``) and the
-last error. Unique per (sink, item kind, item id): enqueueing an item again is a no-op. The sinks'
-state (a Grafana region id, an open PagerDuty incident) lives in the same file, so it survives a
-restart together with the deliveries that depend on it.
+A *delivery* is one item for one sink: ``pending`` until sent, ``failed`` when given up (kept until
+an operator re-drives or dismisses it), ``delivered`` (``DeliveryStatus``), with its attempts, the
+time of the next one, the requests already acknowledged (``done``) and the last error. Unique per
+(sink, item kind, item id): enqueueing an item again is a no-op. Each delivery has a *lane* (its
+rollout: deliveries of one lane are sent in order) and a *priority* (its severity: a rollback before
+a rollout change). The sinks' state (a Grafana region id, an open PagerDuty incident) lives in the
+same file, so it survives a restart together with the deliveries that depend on it.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from watcher.storage import open_store
 
 __all__ = ["DeliveryRow", "DeliveryStatus", "OutboxStore", "StoredSinkState"]
 
-_SCHEMA_VERSION = 1
+# 2: lanes, priorities, plain failures and throttled time (version-1 files are upgraded in place)
+_SCHEMA_VERSION = 2
 
 
 class DeliveryStatus(str, Enum):
     PENDING = "pending"
     DELIVERED = "delivered"
-    FAILED = "failed"  # permanent error, or out of attempts
+    FAILED = "failed"  # a permanent error, or retried for the whole budget: kept, re-drivable
+    DISMISSED = "dismissed"  # a failed delivery an operator decided not to send
 
 
 _DDL = (
@@ -47,6 +51,10 @@ _DDL = (
         finished_at REAL,
         done TEXT NOT NULL DEFAULT '[]',
         last_error TEXT,
+        lane TEXT NOT NULL DEFAULT '',
+        priority INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0,
+        throttled_s REAL NOT NULL DEFAULT 0,
         UNIQUE (sink, item_kind, item_id)
     )""",
     "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox_deliveries (sink, status, seq)",
@@ -55,7 +63,17 @@ _DDL = (
         PRIMARY KEY (sink, key)
     )""",
 )
-_COLUMNS = "seq, sink, item_kind, item_id, item, status, attempts, enqueued_at, next_at, finished_at, done, last_error"  # noqa: E501
+# columns added by schema 2, with the values a version-1 row gets (one lane per sink: its old order)
+_ADDED = (
+    ("lane", "TEXT NOT NULL DEFAULT ''"),
+    ("priority", "INTEGER NOT NULL DEFAULT 0"),
+    ("failures", "INTEGER NOT NULL DEFAULT 0"),
+    ("throttled_s", "REAL NOT NULL DEFAULT 0"),
+)
+_COLUMNS = (
+    "seq, sink, item_kind, item_id, item, status, attempts, enqueued_at, next_at, finished_at, done, "
+    "last_error, lane, priority, failures, throttled_s"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +90,10 @@ class DeliveryRow:
     finished_at: float | None
     done: str
     last_error: str | None
+    lane: str = ""  # deliveries of one lane (a rollout) are sent in order
+    priority: int = 0  # among the lanes' heads that are due, the highest goes first
+    failures: int = 0  # plain transient failures: the backoff's exponent (Retry-After answers are not)
+    throttled_s: float = 0.0  # time waited because the receiver asked (Retry-After): not in the budget
 
 
 class OutboxStore:
@@ -84,6 +106,26 @@ class OutboxStore:
         self._db = open_store(
             path, _DDL, meta_table="outbox_meta", schema_version=_SCHEMA_VERSION, what="outbox"
         )
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """A version-1 file gets the columns of version 2 (its pending rows keep their order)."""
+        try:
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(outbox_deliveries)")}
+            missing = [(name, decl) for name, decl in _ADDED if name not in have]
+            if missing:
+                self._db.execute("BEGIN IMMEDIATE")
+                for name, decl in missing:
+                    self._db.execute(f"ALTER TABLE outbox_deliveries ADD COLUMN {name} {decl}")
+                self._db.execute(
+                    "UPDATE outbox_meta SET value=? WHERE key='schema_version'", (str(_SCHEMA_VERSION),)
+                )
+                self._db.execute("COMMIT")
+            self._db.execute(
+                "CREATE INDEX IF NOT EXISTS outbox_lanes ON outbox_deliveries (sink, status, lane, seq)"
+            )
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"outbox {self.path}: cannot upgrade the schema: {exc}") from exc
 
     def _tx(self, fn: Any) -> Any:
         with self._lock:
@@ -109,9 +151,11 @@ class OutboxStore:
                 raise CheckpointError(f"outbox {self.path}: {exc}") from exc
 
     def insert(self, rows_by_sink: dict[str, list[tuple[Any, ...]]]) -> dict[str, int]:
+        """Rows of (sink, item kind, item id, item, enqueued at, next at, lane, priority)."""
         sql = (
-            "INSERT INTO outbox_deliveries (sink, item_kind, item_id, item, status, enqueued_at, next_at) "
-            "VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (sink, item_kind, item_id) DO NOTHING"
+            "INSERT INTO outbox_deliveries (sink, item_kind, item_id, item, status, enqueued_at, next_at, "
+            "lane, priority) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?) "
+            "ON CONFLICT (sink, item_kind, item_id) DO NOTHING"
         )
 
         def run(db: sqlite3.Connection) -> dict[str, int]:
@@ -124,13 +168,67 @@ class OutboxStore:
 
         return self._tx(run)  # type: ignore[no-any-return]
 
-    def head(self, sink: str) -> DeliveryRow | None:
+    def heads(self, sink: str) -> list[DeliveryRow]:
+        """The first pending delivery of each of ``sink``'s lanes (only these may be sent now)."""
         rows = self.read(
-            f"SELECT {_COLUMNS} FROM outbox_deliveries WHERE sink=? AND status='pending' "
-            "ORDER BY seq LIMIT 1",
+            f"SELECT {_COLUMNS} FROM outbox_deliveries WHERE seq IN (SELECT MIN(seq) FROM "
+            "outbox_deliveries WHERE sink=? AND status='pending' GROUP BY lane)",
             (sink,),
         )
+        return [DeliveryRow(*r) for r in rows]
+
+    def get(self, seq: int) -> DeliveryRow | None:
+        rows = self.read(f"SELECT {_COLUMNS} FROM outbox_deliveries WHERE seq=?", (seq,))
         return DeliveryRow(*rows[0]) if rows else None
+
+    def make_due(self, sink: str, now: float) -> int:
+        """Every pending delivery of ``sink`` due now (its receiver answered again)."""
+        return self._tx(  # type: ignore[no-any-return]
+            lambda db: (
+                db.execute(
+                    "UPDATE outbox_deliveries SET next_at=? WHERE sink=? AND status='pending' AND next_at>?",
+                    (now, sink, now),
+                ).rowcount
+            )
+        )
+
+    def redrive(self, now: float, *, seq: int | None = None, sink: str | None = None) -> list[int]:
+        """Failed deliveries (one, or every one of a sink, or all) pending again, with a fresh budget
+        and their lane order kept; returns their sequence numbers."""
+        where: list[str] = ["status='failed'"]
+        args: list[Any] = []
+        if seq is not None:
+            where.append("seq=?")
+            args.append(seq)
+        if sink is not None:
+            where.append("sink=?")
+            args.append(sink)
+        cond = " AND ".join(where)
+
+        def run(db: sqlite3.Connection) -> list[int]:
+            seqs = [int(r[0]) for r in db.execute(f"SELECT seq FROM outbox_deliveries WHERE {cond}", args)]
+            db.execute(
+                "UPDATE outbox_deliveries SET status='pending', next_at=?, enqueued_at=?, failures=0, "
+                f"throttled_s=0, finished_at=NULL WHERE {cond}",
+                (now, now, *args),
+            )
+            return seqs
+
+        return self._tx(run)  # type: ignore[no-any-return]
+
+    def dismiss(self, seq: int, now: float, why: str) -> bool:
+        """A failed delivery an operator will not send: kept (``dismissed``), no longer alerting."""
+        return bool(
+            self._tx(
+                lambda db: (
+                    db.execute(
+                        "UPDATE outbox_deliveries SET status='dismissed', finished_at=?, last_error=? "
+                        "WHERE seq=? AND status='failed'",
+                        (now, why, seq),
+                    ).rowcount
+                )
+            )
+        )
 
     def update(self, seq: int, **fields: Any) -> None:
         names = ", ".join(f"{k}=?" for k in fields)
@@ -141,13 +239,24 @@ class OutboxStore:
         )
 
     def prune(self, retain: int) -> None:
+        """Delivered and dismissed rows beyond the newest ``retain``; failed ones stay until an
+        operator re-drives or dismisses them (they are what nobody received)."""
         self._tx(
             lambda db: db.execute(
-                "DELETE FROM outbox_deliveries WHERE status != 'pending' AND seq <= (SELECT seq FROM "
-                "outbox_deliveries WHERE status != 'pending' ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                "DELETE FROM outbox_deliveries WHERE status IN ('delivered', 'dismissed') AND seq <= "
+                "(SELECT seq FROM outbox_deliveries WHERE status IN ('delivered', 'dismissed') "
+                "ORDER BY seq DESC LIMIT 1 OFFSET ?)",
                 (retain,),
             )
         )
+
+    def failed_by_sink(self) -> dict[tuple[str, int], int]:
+        """Failed deliveries per (sink, priority)."""
+        rows = self.read(
+            "SELECT sink, priority, COUNT(*) FROM outbox_deliveries WHERE status='failed' "
+            "GROUP BY sink, priority"
+        )
+        return {(str(s), int(p)): int(n) for s, p, n in rows}
 
     def pending_by_sink(self) -> dict[str, int]:
         rows = self.read("SELECT sink, COUNT(*) FROM outbox_deliveries WHERE status='pending' GROUP BY sink")

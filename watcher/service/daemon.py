@@ -1,4 +1,4 @@
-"""The daemon: wiring and lifecycle.
+"""The daemon: the loop and its lifecycle (its parts are built by ``watcher.service.compose``).
 
 One loop: take a batch from the source, run the engine, publish the rejected messages to the
 dead-letter sink, append decisions and drift signals to the log, and only then commit the batch's
@@ -18,247 +18,87 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from watcher.backoff import Backoff, Retries
 from watcher.config import Settings
-from watcher.contract import Action, Decision, Deployment, encode_deployment
+from watcher.contract import Action, Decision
 from watcher.engine import BatchResult, Engine, Tasks
-from watcher.errors import CheckpointError, ConfigError
-from watcher.http import Api, FlaggerHooks, Peers, advertising_assignor, auth
+from watcher.errors import ConfigError
+from watcher.http import Api, FlaggerHooks, Peers, auth
 from watcher.http import forwarding_middleware as route_to_owner
-from watcher.judges import load_policy
-from watcher.kafka import (
-    DeadLetters,
-    KafkaDeadLetters,
-    KafkaSource,
-    Message,
-    MessageBatch,
-    Origins,
-    Source,
-    next_offsets,
-)
+from watcher.kafka import DeadLetters, Message, MessageBatch, Origins, PartitionListener, Source, next_offsets
 from watcher.outbox import Outbox
-from watcher.service.handover import Handover, HandoverMetrics
+from watcher.service.markers import Markers
+from watcher.service.partitions import Checkpoints, TaskPartitions
 from watcher.service.reload import ConfigSource, ReloadMetrics, ReloadResult, fingerprint, plan_reload
-from watcher.service.telemetry import StateCollector, WatcherMetrics, setup_tracing
+from watcher.service.telemetry import WatcherMetrics
 from watcher.sinks import build_sinks
-from watcher.state import Change
-from watcher.storage import (
-    SCOPE_ALL,
-    Checkpointer,
-    CheckpointMetrics,
-    CheckpointStore,
-    DecisionLog,
-    Offsets,
-    SqliteCheckpointStore,
-    SqliteDecisionLog,
-)
+from watcher.storage import DecisionLog, Offsets
+
+__all__ = ["Daemon", "Parts"]
 
 log = logging.getLogger(__name__)
 
 
-class MarkerPublisher:
-    """Writes markers received over HTTP to the deployments topic, so every instance and every
-    restart sees them in order with the others (the topic is the durable record; duplicates are
-    ignored by event id)."""
+@dataclass(frozen=True)
+class Parts:
+    """What a daemon runs, built from the settings by ``watcher.service.compose.build_daemon``."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._producer: Any = None
-
-    async def start(self) -> None:
-        from aiokafka import AIOKafkaProducer
-
-        kafka = self._settings.kafka
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=kafka.bootstrap_servers,
-            client_id=f"{kafka.client_id}-markers",
-            acks="all",
-            request_timeout_ms=kafka.request_timeout_ms,
-            **kafka.client_options(),
-        )
-        try:
-            await self._producer.start()
-        except Exception as exc:  # the broker may be down at start-up: retried on first use
-            # (the source says once, with a hint, that the broker does not answer)
-            log.debug("marker producer not connected yet: %r", exc)
-
-    async def publish(self, marker: Deployment) -> None:
-        topics = self._settings.kafka.deployments_topics
-        if self._producer is None or not topics:
-            return
-        await asyncio.wait_for(
-            self._producer.send_and_wait(topics[0], encode_deployment(marker), key=marker.agent_id.encode()),
-            timeout=10,
-        )
-
-    async def stop(self) -> None:
-        if self._producer is not None:
-            with contextlib.suppress(Exception):
-                await self._producer.stop()
-
-
-class NullMarkerPublisher:
-    """For a daemon without Kafka (file sources, tests): markers are applied, not republished."""
-
-    async def start(self) -> None:
-        return None
-
-    async def publish(self, marker: Deployment) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
+    engine: Engine | Tasks  # the one engine, or the partition tasks' read view
+    tasks: Tasks | None  # checkpoint.scope: partition
+    source: Source
+    partitions: PartitionListener  # told of rebalances by the source
+    checkpoints: Checkpoints | None  # None: offsets are committed after every batch
+    dead_letters: DeadLetters
+    decision_log: DecisionLog
+    markers: Markers
+    outbox: Outbox
+    peers: Peers | None  # checkpoint.scope: partition: requests about another instance's agents
+    tracer: Any
+    registry: CollectorRegistry
+    metrics: WatcherMetrics
+    reload_metrics: ReloadMetrics
+    lock: asyncio.Lock  # one batch, checkpoint, rebalance or reload at a time
 
 
 class Daemon:
     def __init__(
-        self,
-        settings: Settings,
-        *,
-        registry: CollectorRegistry | None = None,
-        source: Source | None = None,
-        dead_letters: DeadLetters | None = None,
-        decision_log: DecisionLog | None = None,
-        engine: Engine | None = None,
-        marker_publisher: MarkerPublisher | NullMarkerPublisher | None = None,
-        tracer: Any = None,
-        outbox: Outbox | None = None,
-        checkpoint_store: CheckpointStore | None = None,
-        config_source: ConfigSource | None = None,
+        self, settings: Settings, parts: Parts, *, config_source: ConfigSource | None = None
     ) -> None:
         self.settings = settings
         # where ``settings`` came from, for reload(); None: built in code, nothing to reload from
         self.config_source = config_source
+        self.engine = parts.engine
+        self.tasks = parts.tasks
+        self.source = parts.source
+        self.partitions = parts.partitions
+        self.checkpoints = parts.checkpoints
+        self.dead_letters = parts.dead_letters
+        self.decision_log = parts.decision_log
+        self.markers = parts.markers
+        self.outbox = parts.outbox
+        self.peers = parts.peers
+        self.tracer = parts.tracer
+        self.registry = parts.registry
+        self.metrics = parts.metrics
+        self.reload_metrics = parts.reload_metrics
+        # a checkpoint must never see the state of a batch whose offsets are not yet in ``positions``
+        self._lock = parts.lock
         self._reloading = asyncio.Lock()
-        self.registry = registry if registry is not None else CollectorRegistry()
-        cp = settings.checkpoint
-        # one engine per owned partition (scale-out), or one for the whole instance
-        self.tasks: Tasks | None = None
-        self.engine: Engine | Tasks
-        if cp.enabled and cp.scope == "partition":
-            policies = engine.policies if engine is not None else load_policy(settings.judge.policy_file)
-            self.tasks = Tasks(self._new_task_engine, policies)
-            self.engine = self.tasks
-        else:
-            self.engine = engine if engine is not None else Engine(settings)
-            self.engine.change_listeners.append(self._queue_change)
-        topics = [*settings.kafka.telemetry_topics, *settings.kafka.deployments_topics]
-        kafka = settings.kafka
-        assignment = {}
-        self.peers: Peers | None = None
-        if self.tasks is not None:
-            tasks = self.tasks
-            self.peers = Peers(
-                partition_count=lambda: tasks.partition_count,
-                is_local=lambda p: tasks.get(p) is not None,
-                holds_rollout=lambda rid: tasks.registry.get(rid) is not None,
-            )
-            # partition p of every topic to the same member (the topics are co-partitioned by agent),
-            # and every member learns every partition's owner address
-            assignor = advertising_assignor(
-                lambda: self.peers.address if self.peers else "", self.peers.set_owners
-            )
-            assignment = {"partition_assignment_strategy": (assignor,)}
-        self.source: Source = (
-            source
-            if source is not None
-            else KafkaSource(
-                kafka.bootstrap_servers,
-                list(dict.fromkeys(topics)),
-                kafka.group_id,
-                auto_offset_reset=kafka.auto_offset_reset,
-                max_records=kafka.max_batch_records,
-                poll_timeout_ms=kafka.poll_timeout_ms,
-                stale_after=kafka.ready_stale_after_s,
-                client_options={
-                    "client_id": kafka.client_id,
-                    "request_timeout_ms": kafka.request_timeout_ms,
-                    "session_timeout_ms": kafka.session_timeout_ms,
-                    "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
-                    "max_partition_fetch_bytes": kafka.max_partition_fetch_bytes,
-                    **assignment,
-                    **kafka.client_options(),
-                },
-            )
-        )
-        self.dead_letters = dead_letters if dead_letters is not None else KafkaDeadLetters(settings.kafka)
-        self.decision_log = (
-            decision_log if decision_log is not None else SqliteDecisionLog(settings.judge.decision_log)
-        )
-        self.markers: MarkerPublisher | NullMarkerPublisher = (
-            marker_publisher if marker_publisher is not None else MarkerPublisher(settings)
-        )
-        self.metrics = WatcherMetrics(self.registry)
-        self.reload_metrics = ReloadMetrics(self.registry)
-        self.outbox = (
-            outbox
-            if outbox is not None
-            else Outbox(
-                settings.outbox.path,
-                build_sinks(settings.sinks, kafka=settings.kafka),
-                registry=self.registry,
-            )
-        )
-        self.registry.register(StateCollector(self.engine))  # type: ignore[arg-type]
         self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
-        self.tracer = tracer if tracer is not None else setup_tracing(settings.telemetry)
         self.port: int | None = None
         self.batches_processed = 0
         self.events_consumed = 0
         self._runner: web.AppRunner | None = None
         self.hooks: FlaggerHooks | None = None
         self._http_up = False
-        # one batch, checkpoint or API-driven checkpoint at a time: a checkpoint must never see the
-        # state of a batch whose offsets are not yet in ``positions``
-        self._lock = asyncio.Lock()
-        self.checkpointer: Checkpointer | None = None  # the instance's one, or None per partition
-        self.handover: Handover | None = None  # per partition, when the state is
-        # partitions waiting for an unreachable checkpoint store are read again after 1 s, 2 s... up to 30 s
-        self._retry_at, self._store_retries = 0.0, Retries(Backoff(initial_s=1.0, max_s=30.0))
-        self.handover_metrics = HandoverMetrics(self.registry)
-        if self.tasks is None and hasattr(self.source, "on_assigned"):  # one state: count partitions only
-            self.source.on_assigned = self._count_assigned  # type: ignore[attr-defined]
-            self.source.on_revoked = self._count_revoked  # type: ignore[attr-defined]
-        self.checkpoint_store: CheckpointStore | None = None
-        # only a source that can resume at given offsets can pair state and offsets (not a file)
-        if cp.enabled and hasattr(self.source, "resume_from") and hasattr(self.source, "commit_offsets"):
-            self.checkpoint_store = (
-                checkpoint_store if checkpoint_store is not None else _checkpoint_store(settings)
-            )
-            if self.tasks is None:
-                assert isinstance(self.engine, Engine)
-                self.checkpointer = Checkpointer(
-                    self.checkpoint_store,
-                    self.engine,
-                    owner=settings.kafka.group_id,
-                    interval_s=cp.interval_s,
-                    scope=SCOPE_ALL,
-                )
-                self.source.resume_from = self.checkpointer.resume_offset  # type: ignore[attr-defined]
-            self.checkpoint_metrics = CheckpointMetrics(self.registry)
-            if self.tasks is not None:
-                self.handover = Handover(
-                    self.tasks,
-                    self.checkpoint_store,
-                    owner=settings.kafka.group_id,
-                    interval_s=cp.interval_s,
-                    metrics=self.checkpoint_metrics,
-                    handover_metrics=self.handover_metrics,
-                )
-                self.source.resume_from = self.handover.resume_offset  # type: ignore[attr-defined]
-                self.source.on_assigned = self._assigned  # type: ignore[attr-defined]
-                self.source.on_revoked = self._revoked  # type: ignore[attr-defined]
-        elif self.tasks is not None:
-            raise ConfigError(
-                "checkpoint.scope", "'partition' needs a Kafka source (the partitions are the tasks)"
-            )
 
     # -- readiness ------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
@@ -277,7 +117,7 @@ class Daemon:
             readiness=self.readiness,
             on_marker=self.markers.publish,
             on_decisions=self._persist_api_decisions,
-            deliveries=self.outbox.deliveries,
+            deliveries=self.outbox,
             max_body_bytes=self.settings.http.max_body_bytes,
             middlewares=[
                 auth.middleware(self.settings.http),
@@ -299,9 +139,8 @@ class Daemon:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.settings.http.port
+        bound = self._runner.addresses  # (host, port, ...) of each listening socket: port 0 is chosen here
+        self.port = int(bound[0][1]) if bound else self.settings.http.port
         if self.peers is not None:
             self.peers.address = self.settings.http.advertised_url or _own_url(
                 self.settings.http.host, self.port
@@ -310,122 +149,30 @@ class Daemon:
         log.info("HTTP API on http://%s:%s", self.settings.http.host, self.port)
 
     def restore(self) -> bool:
-        """Restore the engine from the latest checkpoint (before consuming); True if there was one.
-        An unreadable checkpoint is logged and left alone: the daemon starts from a fresh state at
-        the committed offsets, which is what it did before checkpoints existed."""
-        if self.checkpointer is None:
-            return False
-        try:
-            cp = self.checkpointer.restore()
-        except CheckpointError as exc:
-            log.error("checkpoint not restored (%s): starting from a fresh state", exc)
-            return False
-        if cp is None:
-            return False
-        self.checkpoint_metrics.restored(cp)
-        log.info(
-            "state restored from the checkpoint of %s: %s",
-            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cp.written_at)),
-            ", ".join(f"{t}/{p}@{o}" for (t, p), o in sorted(cp.offsets.items())) or "no offsets",
-        )
-        return True
+        """Restore the engine from the latest checkpoint (before consuming); True if there was one
+        (``Checkpoints.restore``: an unreadable checkpoint means a fresh state)."""
+        return self.checkpoints.restore() if self.checkpoints is not None else False
 
     @property
     def checkpointing(self) -> bool:
-        return self.checkpoint_store is not None
-
-    def _checkpointers(self) -> list[Checkpointer]:
-        if self.checkpointer is not None:
-            return [self.checkpointer]
-        return list(self.handover.checkpointers.values()) if self.handover is not None else []
+        return self.checkpoints is not None
 
     async def checkpoint(self, *, force: bool = False) -> bool:
         """Checkpoint (when due, or ``force``d and there is something new) and commit its offsets."""
-        if not self.checkpointing:
+        if self.checkpoints is None:
             return False
         async with self._lock:
             return await self._checkpoint(force=force)
 
-    async def _checkpoint(self, *, force: bool = False, only: Sequence[Checkpointer] | None = None) -> bool:
-        """Save every checkpoint that is due (or dirty, when ``force``d), then commit exactly the
-        offsets the saved ones cover: a checkpoint that failed leaves its partitions uncommitted."""
-        saved: Offsets = {}
-        for cp in self._checkpointers() if only is None else only:
-            if not (cp.due() or (force and cp.dirty)):
-                continue
-            try:
-                saved.update(cp.save())
-            except CheckpointError as exc:  # e.g. disk full: nothing is committed, retried next time
-                self.checkpoint_metrics.failures.inc()
-                log.error("checkpoint %s failed, its offsets are not committed: %s", cp.scope, exc)
-                continue
-            self.checkpoint_metrics.saved(cp.last.seconds, cp.last.bytes)
+    async def _checkpoint(self, *, force: bool = False) -> bool:
+        """Save every checkpoint that is due, then commit exactly the offsets the saved ones cover
+        (the caller holds the batch lock)."""
+        assert self.checkpoints is not None
+        saved = self.checkpoints.save(force=force)
         if not saved:
             return False
         await self.source.commit_offsets(saved)  # type: ignore[attr-defined]
         return True
-
-    # -- partition hand-over (checkpoint.scope: partition) ---------------------------------------
-    def _new_task_engine(self) -> Engine:
-        assert self.tasks is not None
-        engine = Engine(self.settings, policies=self.tasks.policies)
-        engine.change_listeners.append(self._queue_change)
-        return engine
-
-    async def _assigned(self, assigned: set[tuple[str, int]]) -> None:
-        """The group gave us these partitions: rebuild each new partition's task from its checkpoint
-        (the source then seeks each partition to the offset that checkpoint covers)."""
-        assert self.handover is not None
-        async with self._lock:
-            kafka = self.settings.kafka
-            self.handover.set_partition_counts(self._refresh_partition_counts(), kafka.telemetry_topics[0])
-            self.handover.take_over(p for _, p in assigned)
-            if self.handover.waiting:  # no state to apply their events to yet: not fetched meanwhile
-                self.source.pause_partitions(self.handover.waiting)  # type: ignore[attr-defined]
-                self._store_retries.reset()
-                self._retry_at = time.monotonic() + self._store_retries.next()
-
-    async def _retry_waiting(self) -> None:
-        """Partitions whose checkpoint store was unreachable at take-over: read it again (backing off
-        up to 30 s); once a partition's state is restored, it is fetched again from its offsets."""
-        assert self.handover is not None
-        if not self.handover.waiting or time.monotonic() < self._retry_at:
-            return
-        async with self._lock:
-            taken = self.handover.take_over(set(self.handover.waiting))
-            if taken:
-                self.source.resume_partitions(taken, self.handover.resume_offset)  # type: ignore[attr-defined]
-        self._retry_at = time.monotonic() + self._store_retries.next()
-
-    def _refresh_partition_counts(self) -> dict[str, int | None]:
-        kafka = self.settings.kafka
-        counts = {
-            t: self.source.partition_count(t)  # type: ignore[attr-defined]
-            for t in (*kafka.telemetry_topics, *kafka.deployments_topics)
-        }
-        known = [n for n in counts.values() if n]
-        if known:  # what the instances of the group hold between them (WatcherPartitionsUnowned)
-            self.handover_metrics.partitions.set(max(known))
-        return counts
-
-    async def _count_assigned(self, assigned: set[tuple[str, int]]) -> None:
-        self._refresh_partition_counts()
-        partitions = {p for _, p in assigned}
-        self.handover_metrics.handovers.labels("taken_over").inc(len(partitions))
-        self.handover_metrics.owned.set(len(partitions))
-
-    async def _count_revoked(self, revoked: set[tuple[str, int]]) -> None:
-        self.handover_metrics.handovers.labels("released").inc(len({p for _, p in revoked}))
-        self.handover_metrics.owned.set(0)
-
-    async def _revoked(self, revoked: set[tuple[str, int]]) -> None:
-        """The group takes these partitions away: checkpoint their tasks and commit the offsets they
-        cover while we still own them, then drop them (the next owner restores the checkpoints)."""
-        assert self.handover is not None
-        partitions = {p for _, p in revoked}
-        async with self._lock:
-            await self._checkpoint(force=True, only=self.handover.leaving(partitions))
-            self.handover.release(partitions)
 
     async def _checkpoint_ticker(self) -> None:
         """Checkpoints also come when no batch does (an idle topic after a burst, an API override)."""
@@ -434,17 +181,27 @@ class Daemon:
             await asyncio.sleep(period)
             try:
                 await self.checkpoint()
-                if self.handover is not None:
-                    await self._retry_waiting()
+                await self._resume_restored()
             except Exception:  # the ticker must outlive any one failure
                 log.exception("periodic checkpoint failed")
+
+    async def _resume_restored(self) -> None:
+        """Held partitions (their checkpoint store was unreachable at take-over) whose state could
+        be restored now are fetched again, from their checkpoint's offsets."""
+        partitions = self.partitions
+        if not isinstance(partitions, TaskPartitions) or not partitions.retry_due:
+            return
+        async with self._lock:
+            taken = partitions.retry_waiting()
+            if taken:
+                self.source.resume_partitions(taken, partitions.resume_offset)  # type: ignore[attr-defined]
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code."""
         self.restore()
         await self.start_http()
         await self.markers.start()
-        await self.source.start()
+        await self.source.start(self.partitions)
         outbox_stop = asyncio.Event()
         outbox_task = asyncio.create_task(self.outbox.run(outbox_stop))
         watcher_task = asyncio.create_task(self._watch_config()) if self.settings.config_watch_s > 0 else None
@@ -471,8 +228,8 @@ class Daemon:
             if self._runner is not None:
                 await self._runner.cleanup()
             self.decision_log.close()
-            if self.checkpoint_store is not None:
-                self.checkpoint_store.close()
+            if self.checkpoints is not None:
+                self.checkpoints.close()
         return 0
 
     # -- configuration reload (SIGHUP) -----------------------------------------------------------
@@ -520,8 +277,8 @@ class Daemon:
                 swap = await self.outbox.replace_sinks(sinks) if plan.sinks_differ else None
                 self.settings = plan.settings
                 if plan.policy_changed:
-                    for cp in self._checkpointers():
-                        cp.mark_dirty()  # the judges' policies are part of the checkpoint
+                    if self.checkpoints is not None:
+                        self.checkpoints.mark_all_dirty()
             self.reload_metrics.applied()
             log.info("configuration reloaded: %s", plan.summary())
             for rid, why in kept.items():
@@ -612,8 +369,8 @@ class Daemon:
                 result = self.engine.process(values, origins=Origins(batch))
                 covered: dict[int, Offsets] = {}
             else:
-                assert self.handover is not None
-                result, covered = self.handover.process(batch)
+                assert self.checkpoints is not None and self.checkpoints.handover is not None
+                result, covered = self.checkpoints.handover.process(batch)
             if result.rejected:
                 await self.dead_letters.publish(result.rejected)
                 self.metrics.dead_letters.inc(len(result.rejected))
@@ -625,14 +382,11 @@ class Daemon:
                     self.metrics.drift_signals.labels(
                         signal.agent_id, signal.environment, signal.version, signal.metric
                     ).inc()
-            if not self.checkpointing:
+            if self.checkpoints is None:
                 await self.source.commit(batch)
-            elif self.checkpointer is not None:
+            else:
                 # the state now covers the batch; its offsets are committed with the next checkpoint
-                self.checkpointer.advance(next_offsets(batch))
-                await self._checkpoint()
-            elif self.handover is not None:
-                self.handover.advance(covered)
+                self.checkpoints.advance(next_offsets(batch) if self.tasks is None else covered)
                 await self._checkpoint()
             span.set_attribute("watcher.events", len(batch))
             span.set_attribute("watcher.turns", result.turns)
@@ -654,31 +408,8 @@ class Daemon:
         """An override or acknowledgement changed the policy state outside any batch: checkpoint it
         soon (the ticker picks it up within a second) rather than at the next interval."""
         await self._persist_decisions(decisions)
-        if self.checkpointer is not None and decisions:
-            self.checkpointer.mark_dirty()
-        elif self.handover is not None:
-            self.handover.mark_dirty(d.rollout.rollout_id for d in decisions)
-
-    def _queue_change(self, change: Change) -> None:
-        """Rollout starts, updates and ends go to the sinks (markers, Grafana regions, PagerDuty)."""
-        if change.superseded is not None:
-            ended = change.superseded
-            self.outbox.enqueue_rollout_change(
-                "ended", ended.to_dict(), ended.ended_ts or ended.started_ts, None
-            )
-        rollout = change.rollout
-        if rollout is None or change.kind == "orphan":
-            return
-        last = rollout.markers[-1] if rollout.markers else None
-        marker = last if last is not None and last.get("event_id") else None
-        if change.kind in ("started", "rebased"):
-            ts = rollout.started_ts
-        elif change.kind == "ended":
-            ts = rollout.ended_ts or rollout.started_ts
-        else:
-            ts = float(last["ts"]) if last is not None else rollout.started_ts
-        kind = "updated" if change.kind == "rebased" else change.kind  # sinks see the marker as an update
-        self.outbox.enqueue_rollout_change(kind, rollout.to_dict(), ts, marker)
+        if self.checkpoints is not None and decisions:
+            self.checkpoints.mark_dirty(d.rollout.rollout_id for d in decisions)
 
     def _observe(self, batch: Sequence[Message], result: BatchResult, seconds: float) -> None:
         m = self.metrics
@@ -711,18 +442,5 @@ class Daemon:
 def _own_url(host: str, port: int) -> str:
     """How other instances reach this one when ``http.advertised_url`` does not say."""
     if host in ("", "0.0.0.0", "::"):
-        import socket
-
         host = socket.getfqdn()
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-
-
-def _checkpoint_store(settings: Settings) -> CheckpointStore:
-    cp = settings.checkpoint
-    if cp.store == "kafka":
-        from watcher.storage import KafkaCheckpointStore
-
-        return KafkaCheckpointStore(
-            settings.kafka.bootstrap_servers, cp.topic, client_options=settings.kafka.client_options()
-        )
-    return SqliteCheckpointStore(cp.path)

@@ -2,9 +2,9 @@
 checkpointer, taken over from its checkpoint when the group assigns the partition, checkpointed and
 released when it is revoked, and fed only its own partition's messages.
 
-The daemon calls these under its batch lock and does the committing: ``leaving`` names the
-checkpointers to save before a revocation, and the daemon commits exactly the offsets they cover
-(``Daemon._checkpoint``). See ``watcher.engine.tasks`` for the model and docs/guarantees.md, "Scale-out".
+``TaskPartitions`` (``watcher.service.partitions``) calls these under the daemon's batch lock:
+``leaving`` names the checkpointers to save before a revocation, and the source commits exactly the
+offsets they cover. See ``watcher.engine.tasks`` for the model and docs/guarantees.md, "Scale-out".
 """
 
 from __future__ import annotations

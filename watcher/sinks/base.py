@@ -90,7 +90,7 @@ NULL_STATE = NullSinkState()
 class Sink(Protocol):
     name: str
     timeout_s: float  # per request; the outbox enforces it
-    max_attempts: int
+    retry_for_s: float  # how long a delivery is retried after transient failures before it fails
 
     def accepts(self, item: Item) -> bool: ...
 
@@ -107,7 +107,7 @@ class NullSink:
     def __init__(self, name: str = "null") -> None:
         self.name = name
         self.timeout_s = 1.0
-        self.max_attempts = 1
+        self.retry_for_s = 0.0
 
     def accepts(self, item: Item) -> bool:
         return False
@@ -132,7 +132,7 @@ class FilteredSink:
         self.settings = settings
         self.name = settings.name
         self.timeout_s = settings.timeout_s
-        self.max_attempts = settings.max_attempts
+        self.retry_for_s = settings.retry_for_s
         self._kinds = settings.effective_kinds
         self._agents = frozenset(settings.agents)
         self._environments = frozenset(settings.environments)

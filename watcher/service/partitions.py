@@ -1,0 +1,220 @@
+"""The state's side of the partitions: checkpoints, and what happens when the group moves partitions.
+
+``Checkpoints`` holds this instance's checkpointers (one for the whole instance, or one per owned
+partition task) and saves the ones that are due; it returns exactly the offsets the saved ones
+cover, and only those are committed (a checkpoint that failed leaves its partitions uncommitted).
+
+The two ``PartitionListener``s (``watcher.kafka.rebalance``), one per ``checkpoint.scope``:
+
+* ``InstancePartitions`` (``instance``): one state for every partition; partitions are only counted,
+  and each resumes at the offset the checkpoint covers;
+* ``TaskPartitions`` (``partition``): one task per partition (``watcher.service.handover``), restored
+  from its checkpoint when assigned, checkpointed and released when revoked. A partition whose
+  checkpoint store cannot be reached is held (not fetched) and read again, backing off from 1 s to
+  30 s, until its state is restored (``retry_waiting``).
+
+Both take the daemon's batch lock around every change of state, so a rebalance never interleaves
+with a batch, a checkpoint or a reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
+
+from watcher.backoff import Backoff, Retries
+from watcher.clock import Clock, SystemClock
+from watcher.errors import CheckpointError
+from watcher.kafka import Partitions
+from watcher.service.handover import Handover, HandoverMetrics
+from watcher.storage import Checkpointer, CheckpointMetrics, CheckpointStore, Offsets
+
+__all__ = ["STORE_RETRY", "Checkpoints", "InstancePartitions", "TaskPartitions"]
+
+log = logging.getLogger(__name__)
+
+# a checkpoint store that cannot be reached at take-over is read again after 1 s, 2 s... up to 30 s
+STORE_RETRY = Backoff(initial_s=1.0, max_s=30.0)
+
+
+class Checkpoints:
+    """The checkpointers of this instance: ``checkpointer`` (scope instance) or those of
+    ``handover``'s tasks (scope partition)."""
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        metrics: CheckpointMetrics,
+        *,
+        checkpointer: Checkpointer | None = None,
+        handover: Handover | None = None,
+    ) -> None:
+        if (checkpointer is None) == (handover is None):
+            raise ValueError("checkpoints are kept either for the instance or per partition task")
+        self.store = store
+        self.metrics = metrics
+        self.checkpointer = checkpointer
+        self.handover = handover
+
+    def all(self) -> list[Checkpointer]:
+        if self.checkpointer is not None:
+            return [self.checkpointer]
+        assert self.handover is not None
+        return list(self.handover.checkpointers.values())
+
+    def restore(self) -> bool:
+        """Restore the instance's state from its checkpoint (before consuming); True if there was
+        one. An unreadable checkpoint is logged and left alone: the daemon starts from a fresh state
+        at the committed offsets. Partition tasks are restored when their partition is assigned."""
+        if self.checkpointer is None:
+            return False
+        try:
+            cp = self.checkpointer.restore()
+        except CheckpointError as exc:
+            log.error("checkpoint not restored (%s): starting from a fresh state", exc)
+            return False
+        if cp is None:
+            return False
+        self.metrics.restored(cp)
+        log.info(
+            "state restored from the checkpoint of %s: %s",
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cp.written_at)),
+            ", ".join(f"{t}/{p}@{o}" for (t, p), o in sorted(cp.offsets.items())) or "no offsets",
+        )
+        return True
+
+    def save(self, *, force: bool = False, only: Sequence[Checkpointer] | None = None) -> Offsets:
+        """Save every checkpoint that is due (or dirty, when ``force``d); returns the offsets the
+        saved ones cover: those, and only those, may be committed."""
+        saved: Offsets = {}
+        for cp in self.all() if only is None else only:
+            if not (cp.due() or (force and cp.dirty)):
+                continue
+            try:
+                saved.update(cp.save())
+            except CheckpointError as exc:  # e.g. disk full: nothing is committed, retried next time
+                self.metrics.failures.inc()
+                log.error("checkpoint %s failed, its offsets are not committed: %s", cp.scope, exc)
+                continue
+            self.metrics.saved(cp.last.seconds, cp.last.bytes)
+        return saved
+
+    def advance(self, covered: Offsets | Mapping[int, Offsets]) -> None:
+        """The state now covers a batch: its next offsets (scope instance), or per partition task
+        the offsets its own state covers (scope partition, ``Handover.process``)."""
+        if self.checkpointer is not None:
+            self.checkpointer.advance(covered)  # type: ignore[arg-type]
+        else:
+            assert self.handover is not None
+            self.handover.advance(covered)  # type: ignore[arg-type]
+
+    def mark_dirty(self, rollout_ids: Iterable[str]) -> None:
+        """An override or acknowledgement changed these rollouts' policy state outside any batch:
+        checkpoint them soon (the ticker picks it up within a second)."""
+        if self.checkpointer is not None:
+            self.checkpointer.mark_dirty()
+        elif self.handover is not None:
+            self.handover.mark_dirty(rollout_ids)
+
+    def mark_all_dirty(self) -> None:
+        """A new policy reached every judge: its policies are part of every checkpoint."""
+        for cp in self.all():
+            cp.mark_dirty()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _count(metrics: HandoverMetrics, counts: Mapping[str, int | None]) -> None:
+    known = [n for n in counts.values() if n]
+    if known:  # what the instances of the group hold between them (WatcherPartitionsUnowned)
+        metrics.partitions.set(max(known))
+
+
+class InstancePartitions:
+    """``checkpoint.scope: instance``: one state for all partitions, which are only counted."""
+
+    def __init__(self, metrics: HandoverMetrics, checkpointer: Checkpointer | None = None) -> None:
+        self.metrics = metrics
+        self.checkpointer = checkpointer
+
+    async def assigned(
+        self, partitions: Partitions, partition_counts: Mapping[str, int | None]
+    ) -> Collection[int]:
+        _count(self.metrics, partition_counts)
+        numbers = {p for _, p in partitions}
+        self.metrics.handovers.labels("taken_over").inc(len(numbers))
+        self.metrics.owned.set(len(numbers))
+        return ()
+
+    async def revoked(self, partitions: Partitions) -> Mapping[tuple[str, int], int]:
+        self.metrics.handovers.labels("released").inc(len({p for _, p in partitions}))
+        self.metrics.owned.set(0)
+        return {}
+
+    def resume_offset(self, topic: str, partition: int) -> int | None:
+        return self.checkpointer.resume_offset(topic, partition) if self.checkpointer is not None else None
+
+
+class TaskPartitions:
+    """``checkpoint.scope: partition``: a task per owned partition, handed over on rebalance."""
+
+    def __init__(
+        self,
+        handover: Handover,
+        checkpoints: Checkpoints,
+        lock: asyncio.Lock,
+        *,
+        telemetry_topic: str,
+        retry: Backoff = STORE_RETRY,
+        clock: Clock | None = None,
+    ) -> None:
+        self.handover = handover
+        self.checkpoints = checkpoints
+        self.telemetry_topic = telemetry_topic
+        self._lock = lock
+        self._clock = clock or SystemClock()
+        self._retries = Retries(retry)
+        self._retry_at = 0.0
+
+    async def assigned(
+        self, partitions: Partitions, partition_counts: Mapping[str, int | None]
+    ) -> Collection[int]:
+        """Rebuild each new partition's task from its checkpoint; the partitions whose store could
+        not be reached are held until ``retry_waiting`` restores them."""
+        async with self._lock:
+            _count(self.handover.handover_metrics, partition_counts)
+            self.handover.set_partition_counts(partition_counts, self.telemetry_topic)
+            self.handover.take_over(p for _, p in partitions)
+            if self.handover.waiting:
+                self._retries.reset()
+                self._retry_at = self._clock.monotonic() + self._retries.next()
+            return set(self.handover.waiting)
+
+    async def revoked(self, partitions: Partitions) -> Mapping[tuple[str, int], int]:
+        """Checkpoint the revoked partitions' tasks and drop them; returns the offsets to commit
+        while this member still owns them (the next owner restores the checkpoints)."""
+        numbers = {p for _, p in partitions}
+        async with self._lock:
+            offsets = self.checkpoints.save(force=True, only=self.handover.leaving(numbers))
+            self.handover.release(numbers)
+        return offsets
+
+    def resume_offset(self, topic: str, partition: int) -> int | None:
+        return self.handover.resume_offset(topic, partition)
+
+    @property
+    def retry_due(self) -> bool:
+        """Partitions are held and their backoff has passed: time for ``retry_waiting``."""
+        return bool(self.handover.waiting) and self._clock.monotonic() >= self._retry_at
+
+    def retry_waiting(self) -> list[int]:
+        """The held partitions whose checkpoint store answers now (the caller holds the batch lock
+        and resumes them); nothing before the backoff has passed."""
+        if not self.retry_due:
+            return []
+        taken = self.handover.take_over(set(self.handover.waiting))
+        self._retry_at = self._clock.monotonic() + self._retries.next()
+        return taken
