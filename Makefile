@@ -21,7 +21,14 @@ $(STAMP): pyproject.toml watcher/contract/_turnscan.c
 demo: $(STAMP)
 	$(VENV)/bin/watcher demo $(DEMO_ARGS)
 
-test: $(STAMP)
+# the manifest schema validators (npm, tests/ops/k8s-schemas) where npm is installed; without npm
+# those tests are skipped and say so in the summary (-rs)
+SCHEMAS := tests/ops/k8s-schemas/node_modules/.package-lock.json
+
+$(SCHEMAS): tests/ops/k8s-schemas/package-lock.json
+	@command -v npm >/dev/null && npm ci --prefix tests/ops/k8s-schemas --no-audit --no-fund --silent || true
+
+test: $(STAMP) $(SCHEMAS)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 # ruff (lint and format), the import contracts between packages (import-linter)

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from watcher.backoff import Backoff
-from watcher.cli.main import _logging
+from watcher.cli.logs import configure_logging
 from watcher.clock import ManualClock
 from watcher.kafka import ConnectionReport, KafkaClientNoise, KafkaSource, local_broker_hint, unreachable
 
@@ -59,7 +59,7 @@ async def test_a_source_without_broker_logs_one_warning(capsys: pytest.CaptureFi
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    _logging("INFO")  # what `watcher run` sets up, writing to (captured) stderr
+    configure_logging("INFO")  # what `watcher run` sets up, writing to (captured) stderr
     source = KafkaSource(
         f"127.0.0.1:{port}",
         ["t"],

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +21,7 @@ from watcher import __version__
 from watcher.cli import configured
 from watcher.cli import gate as gate_cli
 from watcher.cli.broker import add_broker_command
+from watcher.cli.logs import configure_logging
 from watcher.cli.parser import (
     CommandParser,
     VersionAction,
@@ -33,7 +33,6 @@ from watcher.cli.parser import (
 )
 from watcher.cli.process import install_reload_signal, install_stop_signals, tune_gc
 from watcher.errors import ConfigError, WatcherError
-from watcher.kafka import KafkaClientNoise
 
 DISTRIBUTION = "rollout-watcher"  # the name on PyPI (the import package and the command are `watcher`)
 
@@ -53,18 +52,6 @@ examples:
   watcher gate pre-prod.jsonl                    CI/CD: candidate vs baseline; exit 0 pass, 1 fail
 
 'watcher COMMAND --help' describes a command. Documentation: docs/ in the source repository."""
-
-
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
-    )
-    logging.getLogger("aiokafka").setLevel(logging.ERROR if level != "DEBUG" else logging.DEBUG)
-    if level != "DEBUG":
-        # aiokafka logs an ERROR for every failed connection attempt; watcher's source says it once,
-        # with the address and what to do
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(KafkaClientNoise())
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -120,7 +107,7 @@ async def _run(args: argparse.Namespace) -> int:
     tune_gc()
     source = ConfigSource(configured.config_file(args), configured.overrides(args))
     settings = configured.settings(args)
-    _logging(settings.log_level)
+    configure_logging(settings.log_level, settings.secrets())
     stop = asyncio.Event()
     install_stop_signals(stop)
     daemon = build_daemon(settings, config_source=source)
@@ -269,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors: argparse has said it
         return int(exc.code or 0)
-    _logging("WARNING")  # until a command sets its own level (`run`: log_level)
+    configure_logging("WARNING")  # until a command sets its own level (`run`: log_level)
     try:
         result = args.handler(args)
         if inspect.iscoroutine(result):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from watcher.config.addresses import parse_bootstrap_servers
 from watcher.config.hooks import MAX_NAME, FlaggerTarget, HooksSettings, validate_targets
+from watcher.config.secret import MASK, mask_url, redact, secret_values
 from watcher.config.settings import HttpSettings, KafkaSettings, Settings, TelemetrySettings, load_settings
 from watcher.config.sinks import SinkSettings, check_unique_names
 
@@ -16,12 +17,16 @@ __all__ = [
     "HooksSettings",
     "HttpSettings",
     "KafkaSettings",
+    "MASK",
     "MAX_NAME",
     "Settings",
     "SinkSettings",
     "TelemetrySettings",
     "check_unique_names",
     "load_settings",
+    "mask_url",
     "parse_bootstrap_servers",
+    "redact",
+    "secret_values",
     "validate_targets",
 ]

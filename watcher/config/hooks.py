@@ -47,9 +47,15 @@ class HooksSettings:
     """The ``hooks`` section: which deployer objects map to which agent/environment."""
 
     flagger: tuple[FlaggerTarget, ...] = ()
+    # While the instances rebalance (the agent's owner unknown, or this one restoring it), a Flagger
+    # hook waits this long for it to settle, then answers from the last decision it knows: keep it
+    # below the webhooks' `timeout` (Flagger's default 10 s; the examples use 5 s)
+    wait_s: float = 4.0
 
     def __post_init__(self) -> None:
         validate_targets(self.flagger, "hooks.flagger")
+        if not 0.0 <= self.wait_s < 10.0:
+            raise ConfigError("hooks.wait_s", f"must be 0..10 s (below Flagger's timeout), got {self.wait_s}")
 
 
 def validate_targets(targets: Sequence[FlaggerTarget], where: str) -> None:

@@ -23,7 +23,7 @@ import yaml
 
 from watcher.config.addresses import parse_bootstrap_servers
 from watcher.config.hooks import HooksSettings
-from watcher.config.secret import MASK, secret
+from watcher.config.secret import MASK, mask_url, secret, secret_values
 from watcher.config.sinks import SinkSettings, check_unique_names
 from watcher.errors import ConfigError
 
@@ -108,7 +108,9 @@ class HttpSettings:
             raise ConfigError("http.port", f"must be 0..65535, got {self.port}")
         _positive("http.max_body_bytes", self.max_body_bytes)
         if self.advertised_url is not None and not self.advertised_url.startswith(("http://", "https://")):
-            raise ConfigError("http.advertised_url", f"must be an http(s) URL, got {self.advertised_url!r}")
+            raise ConfigError(
+                "http.advertised_url", f"must be an http(s) URL, got {mask_url(self.advertised_url)!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -238,8 +240,12 @@ class Settings:
         check_unique_names(self.sinks)
 
     def masked(self) -> dict[str, Any]:
-        """The effective settings as plain data, secrets replaced by a mask."""
+        """The effective settings as plain data, secrets (and the secret parts of URLs) masked."""
         return _to_plain(self)
+
+    def secrets(self) -> set[str]:
+        """Every secret value in the settings, for masking log lines (``watcher.config.redact``)."""
+        return secret_values(self)
 
 
 def load_settings(
@@ -346,9 +352,15 @@ def _coerce(tp: Any, value: Any, dotted: str) -> Any:
 def _to_plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         out: dict[str, Any] = {}
+        slack = getattr(obj, "type", None) == "slack"  # a Slack webhook URL is the credential itself
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            out[f.name] = MASK if f.metadata.get("secret") and value is not None else _to_plain(value)
+            if f.metadata.get("secret") and value is not None:
+                out[f.name] = MASK
+            elif isinstance(value, str) and "://" in value:
+                out[f.name] = mask_url(value, path_is_secret=slack and f.name == "url")
+            else:
+                out[f.name] = _to_plain(value)
         return out
     if isinstance(obj, tuple):
         return [_to_plain(v) for v in obj]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from watcher.config.addresses import parse_bootstrap_servers
-from watcher.config.secret import secret
+from watcher.config.secret import mask_url, secret
 from watcher.contract import ItemKind, Severity
 from watcher.errors import ConfigError
 
@@ -78,7 +78,7 @@ class SinkSettings:
         if self.type in _NEEDS_URL and not self.url:
             raise ConfigError(f"{where}.url", f"is required for a {self.type} sink")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"{where}.url", f"must be an http(s) URL, got {self.url!r}")
+            raise ConfigError(f"{where}.url", f"must be an http(s) URL, got {mask_url(self.url)!r}")
         required = {"webhook": "hmac_secret", "pagerduty": "routing_key", "grafana": "token"}.get(self.type)
         if required and not getattr(self, required):
             raise ConfigError(f"{where}.{required}", f"is required for a {self.type} sink")

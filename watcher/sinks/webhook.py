@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from watcher.clock import Clock, SystemClock
-from watcher.config import SinkSettings
+from watcher.config import SinkSettings, redact, secret_values
 from watcher.contract import Item
 from watcher.errors import SinkError
 from watcher.sinks.base import NULL_STATE, FilteredSink, Request, Sent, SinkState
@@ -95,6 +95,7 @@ class HttpSink(FilteredSink):
         self._session_factory = session_factory or _default_session
         self._session: Any = None
         self._clock = clock or SystemClock()
+        self._secrets = secret_values(settings)  # masked in the errors this sink reports
 
     def headers(self, request: Request, body: bytes) -> dict[str, str]:
         """Headers of one request; subclasses add authentication or signatures."""
@@ -132,8 +133,8 @@ class HttpSink(FilteredSink):
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.now())
         except TimeoutError:
             raise SinkError(f"no response from {self.name} within {self.timeout_s}s") from None
-        except aiohttp.ClientError as exc:
-            raise SinkError(f"{type(exc).__name__}: {exc}") from None
+        except aiohttp.ClientError as exc:  # its text may hold the URL: kept in the outbox, shown by the API
+            raise SinkError(redact(f"{type(exc).__name__}: {exc}", self._secrets)) from None
         text = raw.decode("utf-8", "replace")
         classify(status, retry_after, text)
         payload: Any = None
