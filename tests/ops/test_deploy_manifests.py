@@ -277,3 +277,12 @@ async def test_argo_s_request_from_the_template_with_the_secret_header(tmp_path:
         'result == "pass"',
         'result == "fail"',
     )
+
+
+def test_the_docs_show_the_files_under_deploy() -> None:
+    text = (ROOT / "docs" / "deployers.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)]
+    assert deploy_docs("argo", "analysistemplate-web.yaml")[0] in blocks
+    assert deploy_docs("flagger", "canary.yaml")[0] in blocks
+    for path in ("deploy/argo/analysistemplate-prometheus.yaml", "deploy/flagger/metrictemplate.yaml"):
+        assert f"(../{path})" in text

@@ -109,6 +109,9 @@ class SinkSettings:
             )
         if not 0 < self.retry_for_s < float("inf"):
             raise ConfigError(f"{where}.retry_for_s", f"must be > 0 seconds, got {self.retry_for_s}")
+        for tag in self.tags:
+            if not 0 < len(tag) <= 100:  # Grafana keeps tags of at most 100 characters
+                raise ConfigError(f"{where}.tags", f"a tag must have 1-100 characters, got {len(tag)}")
         if self.max_evidence_rows < 1:
             raise ConfigError(f"{where}.max_evidence_rows", f"must be >= 1, got {self.max_evidence_rows}")
 

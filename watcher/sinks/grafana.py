@@ -10,22 +10,35 @@
 
 Tags: ``watcher``, ``agent:<id>``, ``env:<env>``, ``version:<canary>``, ``rollout:<id>`` and the kind
 (``decision:<action>``, ``marker:<action>``, ``drift:<metric>``), plus the configured ``tags``; a
-dashboard finds organisation annotations by these tags. Auth: ``Authorization: Bearer <token>``.
+dashboard finds organisation annotations by these tags. Grafana keeps tags of at most 100 characters
+while agent ids and versions may have 128: a longer tag is cut to 91 characters plus ``~`` and 8 hex
+digits of its hash, so two long ids never share a tag. Auth: ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from watcher.contract import Item, ItemKind
 from watcher.sinks.base import NULL_STATE, Request, SinkState
 from watcher.sinks.webhook import HttpSink
 
-__all__ = ["GrafanaSink"]
+__all__ = ["MAX_TAG", "GrafanaSink", "fit_tag"]
+
+
+MAX_TAG = 100  # Grafana's limit on a tag's length
 
 
 def _ms(ts: float) -> int:
     return round(ts * 1000)
+
+
+def fit_tag(tag: str) -> str:
+    """``tag`` if Grafana can keep it, else a cut that stays unique (a hash of the whole tag)."""
+    if len(tag) <= MAX_TAG:
+        return tag
+    return tag[: MAX_TAG - 9] + "~" + hashlib.sha256(tag.encode()).hexdigest()[:8]
 
 
 class GrafanaSink(HttpSink):
@@ -50,7 +63,7 @@ class GrafanaSink(HttpSink):
             tags.append(f"version:{version}")
         if rollout_id:
             tags.append(f"rollout:{rollout_id}")
-        return [*tags, kind, *self.settings.tags]
+        return [fit_tag(t) for t in (*tags, kind, *self.settings.tags)]
 
     def _scope(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
