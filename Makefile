@@ -31,11 +31,13 @@ $(SCHEMAS): tests/ops/k8s-schemas/package-lock.json
 test: $(STAMP) $(SCHEMAS)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-# ruff (lint and format), the import contracts between packages (import-linter)
+# ruff (lint and format), the import contracts between packages (import-linter), types (mypy;
+# [tool.mypy] in pyproject.toml)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check watcher tests bench dashboards
 	$(VENV)/bin/ruff format --check watcher tests bench dashboards
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow and not e2e" $(PYTEST_ARGS)

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from watcher.config import Settings, load_settings
-from watcher.config.secret import MASK
+from watcher.config import MASK, Settings, load_settings
 from watcher.errors import ConfigError
 
 
@@ -92,3 +91,61 @@ def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(AttributeError):
         s.http.port = 1  # type: ignore[misc]
+
+
+def test_environment_text_is_read_as_the_fields_type() -> None:
+    s = load_settings(
+        environ={
+            "WATCHER_ROLLOUTS__AUTO_START": "no",
+            "WATCHER_CHECKPOINT__ENABLED": "off",
+            "WATCHER_STATE__ALLOWED_LATENESS_S": "null",
+            "WATCHER_JUDGE__EVALUATE_EVERY_S": "2.5",
+            "WATCHER_KAFKA__DEPLOYMENTS_TOPICS": "",  # an empty list
+            "WATCHER_HTTP__ADVERTISED_URL": "",  # an optional field unset
+        }
+    )
+    assert s.rollouts.auto_start is False and s.checkpoint.enabled is False
+    assert s.state.allowed_lateness_s is None and s.judge.evaluate_every_s == 2.5
+    assert s.kafka.deployments_topics == () and s.http.advertised_url is None
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"WATCHER_KAFKA__MAX_BATCH_RECORDS": "0"})
+    assert (info.value.field, info.value.message) == ("kafka.max_batch_records", "must be >= 1, got '0'")
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"WATCHER_KAFKA__NOPE": "1"})
+    assert info.value.field == "kafka.nope" and "bootstrap_servers" in info.value.message
+
+
+def test_in_the_file_a_value_keeps_its_yaml_type(tmp_path) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text("kafka:\n  group_id: 123\n")  # a number where a string is expected: not guessed
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert (info.value.field, info.value.message) == ("kafka.group_id", "expected a string, got 123")
+
+
+def test_a_secret_is_never_shown_in_an_error() -> None:
+    for name, value in [("WATCHER_HTTP__AUTH_TOKEN", "hunter2"), ("WATCHER_KAFKA__SASL_PLAIN_PASSWORD", "")]:
+        try:
+            load_settings(environ={name: value, "WATCHER_HTTP__READ_TOKEN": "short-token"})
+        except ConfigError as exc:
+            assert exc.field in ("http.auth_token", "http.read_token")
+            assert "hunter2" not in str(exc) and "short-token" not in str(exc)
+        else:
+            raise AssertionError("a short token was accepted")
+
+
+def test_sinks_are_kept_as_written_and_their_names_checked_at_load() -> None:
+    entry = {"name": "hook", "type": "webhook", "url": "https://h", "hmac_secret": "s3cret"}
+    s = load_settings(environ={}, overrides={"sinks": [entry]})
+    assert s.sinks == (entry,)
+    assert s.masked()["sinks"] == [{"name": "hook", "type": "webhook"}]  # nothing that may be a secret
+    for sinks, field in [
+        ([{"type": "otel"}], "sinks[0].name"),
+        ([{"name": "a b", "type": "otel"}], "sinks[0].name"),
+        ([{"name": "a", "type": "otel"}, {"name": "a", "type": "otel"}], "sinks[1].name"),
+        ([{"name": "a"}], "sinks[a].type"),
+        (["webhook"], "sinks[0]"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            load_settings(environ={}, overrides={"sinks": sinks})
+        assert info.value.field == field, sinks

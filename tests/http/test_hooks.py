@@ -509,22 +509,30 @@ def test_parse_payload_accepts_flaggers_body_with_nulls() -> None:
 )
 def test_settings_name_the_bad_field(targets: list[dict[str, str]], field: str) -> None:
     with pytest.raises(ConfigError) as err:
-        HooksSettings(flagger=tuple(FlaggerTarget(**t) for t in targets))
+        load_settings(environ={}, overrides={"hooks.flagger": targets})
     assert err.value.field == field
+    with pytest.raises(ConfigError) as err:  # targets built in code are checked the same way
+        FlaggerHooks(Engine(load_settings(environ={})), [FlaggerTarget(**t) for t in targets])
+    assert err.value.field == field.replace("hooks.", "", 1)
 
 
 def test_settings_build_from_yaml_like_config_does() -> None:
-    from watcher.config.settings import _build
-
-    built = _build(
-        HooksSettings,
-        {"flagger": [{"namespace": "agents", "name": "support-bot", "agent_id": "support-bot"}]},
-        "hooks.",
+    built = load_settings(
+        environ={},
+        overrides={
+            "hooks.flagger": [{"namespace": "agents", "name": "support-bot", "agent_id": "support-bot"}]
+        },
+    ).hooks
+    assert built == HooksSettings(
+        flagger=(
+            FlaggerTarget(namespace="agents", name="support-bot", agent_id="support-bot", environment="prod"),
+        )
     )
-    assert built == HooksSettings(flagger=(FlaggerTarget("agents", "support-bot", "support-bot", "prod"),))
     with pytest.raises(ConfigError) as err:
-        _build(HooksSettings, {"flagger": [{"namespace": "agents", "name": "x", "agent": "a"}]}, "hooks.")
-    assert err.value.field.startswith("hooks.flagger[0]")
+        load_settings(
+            environ={}, overrides={"hooks.flagger": [{"namespace": "agents", "name": "x", "agent": "a"}]}
+        )
+    assert err.value.field == "hooks.flagger[0].agent"
 
 
 # -- the documented Canary --------------------------------------------------------------------------

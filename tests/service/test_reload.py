@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -79,7 +80,7 @@ def test_plan_reports_policy_sinks_and_fields_needing_a_restart(tmp_path: Path) 
     assert plan.restart_needed == ("kafka.sasl_plain_password", "http.port")
     # what is applied: policy and sinks; the rest stays as it runs until a restart
     assert plan.settings.http.port == 8080 and plan.settings.kafka == old.kafka
-    assert [s.name for s in plan.settings.sinks] == ["hook", "graf"]
+    assert [s["name"] for s in plan.settings.sinks] == ["hook", "graf"]
     assert "s3cret" not in plan.summary() and "kafka.sasl_plain_password" in plan.summary()
 
 
@@ -207,7 +208,7 @@ def test_policy_documents_round_trip() -> None:
         assert policy_from_doc(policy_to_doc(policy)) == policy
     custom = load_policy(None).default
     custom = dataclasses.replace(
-        custom, alpha=0.002, segments=dataclasses.replace(custom.segments, keys=("intent",))
+        custom, alpha=0.002, segments=msgspec.structs.replace(custom.segments, keys=("intent",))
     )
     assert policy_from_doc(policy_to_doc(custom)) == custom
 
@@ -291,7 +292,7 @@ async def test_daemon_reload_applies_or_rejects_whole(tmp_path: Path) -> None:
     assert result.applied and result.plan is not None and result.plan.restart_needed == ("http.port",)
     assert daemon.engine.policies.default.alpha == 0.01
     assert [s.name for s in daemon.outbox.sinks] == ["hook", "team"] and daemon.outbox.sinks[0] is hook
-    assert daemon.settings.http.port == 0 and [s.name for s in daemon.settings.sinks] == ["hook", "team"]
+    assert daemon.settings.http.port == 0 and [s["name"] for s in daemon.settings.sinks] == ["hook", "team"]
     assert registry.get_sample_value("watcher_config_reloads_total", {"result": "applied"}) == 1
 
     for broken in ("version: 1\ndefaults:\n  alpha: 7\n",):

@@ -28,12 +28,17 @@ from tests.support.receivers import (
     validate_slack,
 )
 from watcher.backoff import Backoff
-from watcher.config import settings as config
-from watcher.config.sinks import SinkSettings
+from watcher.config import MASK, load_settings
 from watcher.errors import ConfigError
 from watcher.outbox import Outbox
 from watcher.outbox.delivery import idempotency_key
-from watcher.sinks import build_sinks
+from watcher.sinks import SinkSettings, build_sinks, sink_settings
+from watcher.sinks.grafana import GrafanaSettings
+from watcher.sinks.kafka import KafkaSinkSettings
+from watcher.sinks.otel import OtelSettings
+from watcher.sinks.pagerduty import PagerDutySettings
+from watcher.sinks.slack import SlackSettings
+from watcher.sinks.webhook import WebhookSettings
 
 FAST = Backoff(initial_s=0.01, max_s=0.05, jitter=0.0)
 T_START, T_END = 1795767000.0, 1795767600.0
@@ -56,7 +61,7 @@ async def deliver(tmp_path: Path, settings: list[SinkSettings], feed: Any, expec
 async def test_webhook_is_signed_and_verifies_with_the_documented_snippet(tmp_path: Path) -> None:
     rx = await WebhookReceiver(b"s3cret").start()
     try:
-        s = SinkSettings(name="deployer", type="webhook", url=rx.url + "/hook", hmac_secret="s3cret")
+        s = WebhookSettings(name="deployer", url=rx.url + "/hook", hmac_secret="s3cret")
         d = make_decision(1)
         outbox = await deliver(tmp_path, [s], lambda o: o.enqueue_decisions([d]), 1)
     finally:
@@ -83,7 +88,7 @@ async def test_webhook_is_signed_and_verifies_with_the_documented_snippet(tmp_pa
 async def test_webhook_with_a_wrong_secret_fails_permanently(tmp_path: Path) -> None:
     rx = await WebhookReceiver(b"s3cret").start()
     try:
-        s = SinkSettings(name="deployer", type="webhook", url=rx.url, hmac_secret="not-the-secret")
+        s = WebhookSettings(name="deployer", url=rx.url, hmac_secret="not-the-secret")
         outbox = await deliver(tmp_path, [s], lambda o: o.enqueue_decisions([make_decision(1)]), 1)
     finally:
         await rx.stop()
@@ -108,9 +113,8 @@ async def test_slack_one_valid_message_per_decision_within_limits(tmp_path: Path
         make_decision(4, action="promote", rows=0),
     ]
     try:
-        s = SinkSettings(
+        s = SlackSettings(
             name="slack",
-            type="slack",
             url=rx.url + "/services/T/B/X",
             api_url="https://watcher.example",
             dashboard_url="https://grafana.example/d/w?var-agent={agent_id}&env={environment}",
@@ -166,9 +170,8 @@ async def test_pagerduty_trigger_update_resolve_and_change_events(tmp_path: Path
         o.enqueue_decisions([make_decision(1, action="promote", rollout_id="ro-quiet")])
 
     try:
-        s = SinkSettings(
+        s = PagerDutySettings(
             name="oncall",
-            type="pagerduty",
             url=rx.url,
             routing_key="R" * 32,
             pause_severity="error",
@@ -216,7 +219,7 @@ async def test_pagerduty_keeps_the_alert_open_when_watcher_ended_the_rollout_its
         o.enqueue_decisions([make_decision(2, action="resume", rollout_id="ro-other")])
 
     try:
-        s = SinkSettings(name="oncall", type="pagerduty", url=rx.url, routing_key="R" * 32)
+        s = PagerDutySettings(name="oncall", url=rx.url, routing_key="R" * 32)
         outbox = await deliver(tmp_path, [s], feed, 3)
     finally:
         await rx.stop()
@@ -227,7 +230,7 @@ async def test_pagerduty_keeps_the_alert_open_when_watcher_ended_the_rollout_its
 def test_pagerduty_summary_is_cut_to_1024() -> None:
     from watcher.outbox.outbox import decision_item
 
-    (sink,) = build_sinks([SinkSettings(name="pd", type="pagerduty", routing_key="k")])
+    (sink,) = build_sinks([PagerDutySettings(name="pd", routing_key="k")])
     d = make_decision(1)
     item = decision_item(d)
     item.record["reason"] = "x" * 5000
@@ -243,7 +246,7 @@ def test_pagerduty_summary_is_cut_to_1024() -> None:
 async def test_grafana_region_opened_then_closed_after_a_restart(tmp_path: Path) -> None:
     grafana = Grafana("glsa_token")
     rx = await Receiver(grafana.validate, grafana.respond).start()
-    s = SinkSettings(name="grafana", type="grafana", url=rx.url, token="glsa_token", tags=("team-a",))
+    s = GrafanaSettings(name="grafana", url=rx.url, token="glsa_token", tags=("team-a",))
     try:
         first = await deliver(
             tmp_path,
@@ -326,9 +329,7 @@ async def test_grafana_posts_the_whole_region_when_the_start_was_never_annotated
     grafana = Grafana("t")
     rx = await Receiver(grafana.validate, grafana.respond).start()
     try:
-        s = SinkSettings(
-            name="grafana", type="grafana", url=rx.url, token="t", dashboard_uid="abc", panel_id=4
-        )
+        s = GrafanaSettings(name="grafana", url=rx.url, token="t", dashboard_uid="abc", panel_id=4)
         outbox = await deliver(
             tmp_path,
             [s],
@@ -350,7 +351,7 @@ async def test_grafana_wrong_token_is_a_permanent_failure(tmp_path: Path) -> Non
     grafana = Grafana("right")
     rx = await Receiver(grafana.validate, grafana.respond).start()
     try:
-        s = SinkSettings(name="grafana", type="grafana", url=rx.url, token="wrong")
+        s = GrafanaSettings(name="grafana", url=rx.url, token="wrong")
         outbox = await deliver(tmp_path, [s], lambda o: o.enqueue_decisions([make_decision(1)]), 1)
     finally:
         await rx.stop()
@@ -369,7 +370,7 @@ async def test_otel_sink_records_each_decision_as_a_span_with_an_event(tmp_path:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    s = SinkSettings(name="traces", type="otel")
+    s = OtelSettings(name="traces")
     d = make_decision(1, action="pause")
     outbox = await deliver(
         tmp_path,
@@ -409,9 +410,8 @@ async def test_kafka_sink_writes_decisions_and_rollout_changes(
 
     decisions_topic, markers_topic = unique_topic("decisions"), unique_topic("markers")
     await create_topics(broker.bootstrap_servers, [TopicSpec(decisions_topic), TopicSpec(markers_topic)])
-    s = SinkSettings(
+    s = KafkaSinkSettings(
         name="bus",
-        type="kafka",
         bootstrap_servers=broker.bootstrap_servers,
         topic=decisions_topic,
         markers_topic=markers_topic,
@@ -467,7 +467,7 @@ async def test_kafka_sink_writes_decisions_and_rollout_changes(
 async def test_kafka_sink_retries_while_the_broker_is_unreachable(tmp_path: Path) -> None:
     from watcher.kafka.embedded import free_port
 
-    s = SinkSettings(name="bus", type="kafka", bootstrap_servers=f"127.0.0.1:{free_port()}", timeout_s=1.0)
+    s = KafkaSinkSettings(name="bus", bootstrap_servers=f"127.0.0.1:{free_port()}", timeout_s=1.0)
     (sink,) = build_sinks([s])
     outbox = Outbox(tmp_path / "o.sqlite", [sink], retry=FAST)
     outbox.enqueue_decisions([make_decision(1)])
@@ -508,22 +508,22 @@ SAMPLE_YAML = """
 
 
 def load_sinks(text: str) -> tuple[SinkSettings, ...]:
+    """The ``sinks:`` entries as the configuration loader keeps them, validated as start-up does."""
     import yaml
 
-    from watcher.config.sinks import check_unique_names
-
-    sinks = config._coerce(tuple[SinkSettings, ...], yaml.safe_load(text), "sinks")
-    check_unique_names(sinks)
-    return sinks  # type: ignore[no-any-return]
+    settings = load_settings(environ={}, overrides={"sinks": yaml.safe_load(text)})
+    return sink_settings(settings.sinks)
 
 
 def test_settings_load_from_yaml_through_the_config_loader() -> None:
     sinks = load_sinks(SAMPLE_YAML)
     assert [s.type for s in sinks] == ["kafka", "webhook", "slack", "pagerduty", "grafana", "otel"]
-    assert sinks[1].environments == ("prod",) and sinks[2].timeout_s == 5.0 and sinks[4].panel_id == 3
-    masked = config._to_plain(sinks)
-    assert masked[1]["hmac_secret"] == config.MASK and masked[3]["routing_key"] == config.MASK
-    assert masked[4]["token"] == config.MASK and masked[0]["hmac_secret"] is None
+    assert sinks[1].environments == ("prod",) and sinks[2].timeout_s == 5.0
+    assert isinstance(sinks[4], GrafanaSettings) and sinks[4].panel_id == 3
+    masked = load_settings(environ={}, overrides={"sinks": []}).masked(sinks)["sinks"]
+    assert masked[1]["hmac_secret"] == MASK and masked[3]["routing_key"] == MASK
+    assert masked[4]["token"] == MASK and masked[2]["url"] == MASK  # a Slack webhook URL is a credential
+    assert "hmac_secret" not in masked[0] and masked[0]["type"] == "kafka"  # each type has its own options
     assert len(build_sinks(sinks)) == 6
 
 
@@ -540,15 +540,15 @@ def test_the_sample_in_the_docs_is_valid() -> None:
     ("entry", "field"),
     [
         ({"name": "x", "type": "sms"}, "sinks[x].type"),
-        ({"type": "slack", "url": "https://h"}, "sinks[?].name"),
-        ({"name": "has space", "type": "otel"}, "sinks[has space].name"),
+        ({"type": "slack", "url": "https://h"}, "sinks[0].name"),
+        ({"name": "has space", "type": "otel"}, "sinks[0].name"),
         ({"name": "s", "type": "slack"}, "sinks[s].url"),
         ({"name": "s", "type": "slack", "url": "ftp://h"}, "sinks[s].url"),
         ({"name": "w", "type": "webhook", "url": "https://h"}, "sinks[w].hmac_secret"),
         ({"name": "p", "type": "pagerduty"}, "sinks[p].routing_key"),
         ({"name": "g", "type": "grafana", "url": "https://g"}, "sinks[g].token"),
         ({"name": "o", "type": "otel", "min_severity": "fatal"}, "sinks[o].min_severity"),
-        ({"name": "o", "type": "otel", "kinds": ["decision", "alert"]}, "sinks[o].kinds"),
+        ({"name": "o", "type": "otel", "kinds": ["decision", "alert"]}, "sinks[o].kinds[1]"),
         ({"name": "o", "type": "otel", "timeout_s": 0}, "sinks[o].timeout_s"),
         ({"name": "o", "type": "otel", "max_attempts": 0}, "sinks[o].max_attempts"),
         ({"name": "o", "type": "otel", "max_attempts": 20}, "sinks[o].max_attempts"),  # replaced: named
@@ -557,13 +557,24 @@ def test_the_sample_in_the_docs_is_valid() -> None:
             {"name": "p", "type": "pagerduty", "routing_key": "k", "pause_severity": "info"},
             "sinks[p].pause_severity",
         ),
-        ({"name": "o", "type": "otel", "colour": "red"}, "sinks[0].colour"),
+        ({"name": "o", "type": "otel", "colour": "red"}, "sinks[o].colour"),
+        ({"name": "o", "type": "otel", "url": "https://h"}, "sinks[o].url"),  # another type's option
+        ({"name": "k", "type": "kafka", "topic": ""}, "sinks[k].topic"),
     ],
 )
 def test_invalid_settings_name_the_field(entry: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as err:
-        config._coerce(tuple[SinkSettings, ...], [entry], "sinks")
+        sink_settings([entry])
     assert err.value.field == field
+
+
+def test_an_unknown_type_lists_the_known_ones_and_a_secret_is_never_shown() -> None:
+    with pytest.raises(ConfigError) as err:
+        sink_settings([{"name": "x", "type": "sms"}])
+    assert "kafka, webhook, slack, pagerduty, grafana, otel" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        sink_settings([{"name": "w", "type": "webhook", "url": "https://h", "hmac_secret": 12345678}])
+    assert err.value.field == "sinks[w].hmac_secret" and "12345678" not in str(err.value)
 
 
 def test_duplicate_sink_names_are_an_error() -> None:
@@ -577,9 +588,8 @@ def test_filters_by_agent_environment_severity_and_kind() -> None:
 
     (sink,) = build_sinks(
         [
-            SinkSettings(
+            SlackSettings(
                 name="s",
-                type="slack",
                 url="https://h",
                 agents=("support-bot",),
                 environments=("prod",),

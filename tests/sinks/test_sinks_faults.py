@@ -29,16 +29,19 @@ from tests.support.receivers import (
     validate_slack,
 )
 from watcher.backoff import Backoff
-from watcher.config.sinks import SinkSettings
 from watcher.kafka.embedded import free_port
 from watcher.outbox import Outbox
-from watcher.sinks import build_sinks
+from watcher.sinks import SinkSettings, build_sinks
+from watcher.sinks.grafana import GrafanaSettings
+from watcher.sinks.pagerduty import PagerDutySettings
+from watcher.sinks.slack import SlackSettings
+from watcher.sinks.webhook import WebhookSettings
 
 FAST = Backoff(initial_s=0.02, factor=2.0, max_s=0.2, jitter=0.5)
 
 
 def slack(rx: Receiver, **kw: object) -> SinkSettings:
-    return SinkSettings(name=str(kw.pop("name", "slack")), type="slack", url=rx.url + "/hook", **kw)  # type: ignore[arg-type]
+    return SlackSettings(name=str(kw.pop("name", "slack")), url=rx.url + "/hook", **kw)  # type: ignore[arg-type]
 
 
 def finished(outbox: Outbox) -> int:
@@ -71,7 +74,7 @@ async def test_429_retry_after_in_seconds_and_as_an_http_date_is_honoured(tmp_pa
     rx = await Receiver(validate_pagerduty, pagerduty_respond).start()
     rx.fail(1, status=429, retry_after="1")
     rx.fail(1, status=429, retry_after=lambda: email.utils.formatdate(time.time() + 2, usegmt=True))
-    s = SinkSettings(name="pd", type="pagerduty", url=rx.url, routing_key="k" * 32)
+    s = PagerDutySettings(name="pd", url=rx.url, routing_key="k" * 32)
     outbox = Outbox(tmp_path / "o.sqlite", build_sinks([s]), retry=FAST)
     outbox.enqueue_decisions([make_decision(1)])
     try:
@@ -117,7 +120,7 @@ async def test_slack_permanent_statuses_are_not_retried_and_are_reported(tmp_pat
 async def test_a_timeout_fires_and_the_retry_carries_the_same_key(tmp_path: Path) -> None:
     rx = await WebhookReceiver(b"k").start()
     rx.fail(1, status=200, delay=1.0)  # accepted, but the answer comes after the sink has given up
-    s = SinkSettings(name="hook", type="webhook", url=rx.url, hmac_secret="k", timeout_s=0.3)
+    s = WebhookSettings(name="hook", url=rx.url, hmac_secret="k", timeout_s=0.3)
     outbox = Outbox(tmp_path / "o.sqlite", build_sinks([s]), retry=FAST)
     outbox.enqueue_decisions([make_decision(1), make_decision(2)])
     started = time.monotonic()
@@ -139,7 +142,7 @@ async def test_a_timeout_fires_and_the_retry_carries_the_same_key(tmp_path: Path
 async def test_a_receiver_that_is_down_for_a_while_gets_everything_when_it_comes_back(tmp_path: Path) -> None:
     rx = await Receiver(validate_pagerduty, pagerduty_respond).start()
     await rx.down()
-    s = SinkSettings(name="pd", type="pagerduty", url=rx.url, routing_key="k" * 32)
+    s = PagerDutySettings(name="pd", url=rx.url, routing_key="k" * 32)
     registry = CollectorRegistry()
     outbox = Outbox(tmp_path / "o.sqlite", build_sinks([s]), retry=FAST, registry=registry)
     outbox.enqueue_rollout_change("started", make_rollout(), 1795767000.0, marker("started", 1795767000.0))
@@ -171,7 +174,7 @@ async def test_restart_in_the_middle_delivers_the_rest_once(tmp_path: Path) -> N
     slack_rx = await Receiver(validate_slack).start()
     grafana = Grafana("t")
     grafana_rx = await Receiver(grafana.validate, grafana.respond).start()
-    settings = [slack(slack_rx), SinkSettings(name="grafana", type="grafana", url=grafana_rx.url, token="t")]
+    settings = [slack(slack_rx), GrafanaSettings(name="grafana", url=grafana_rx.url, token="t")]
     db = tmp_path / "o.sqlite"
     decisions = [make_decision(i, action="pause") for i in range(1, 9)]
     try:
@@ -215,7 +218,7 @@ async def test_a_slow_sink_does_not_delay_another_sink(tmp_path: Path) -> None:
     fast_rx = await WebhookReceiver(b"k").start()
     settings = [
         slack(slow_rx, name="slow", timeout_s=5.0),
-        SinkSettings(name="fast", type="webhook", url=fast_rx.url, hmac_secret="k"),
+        WebhookSettings(name="fast", url=fast_rx.url, hmac_secret="k"),
     ]
     outbox = Outbox(tmp_path / "o.sqlite", build_sinks(settings), retry=FAST)
     try:
@@ -238,8 +241,8 @@ async def test_a_slow_sink_does_not_delay_another_sink(tmp_path: Path) -> None:
 async def test_enqueue_stays_fast_while_sinks_are_dead(tmp_path: Path) -> None:
     hanging = await Receiver(slow=30.0).start()
     settings = [
-        SinkSettings(name="hanging", type="webhook", url=hanging.url, hmac_secret="k", timeout_s=5.0),
-        SinkSettings(name="refused", type="slack", url=f"http://127.0.0.1:{free_port()}/hook"),
+        WebhookSettings(name="hanging", url=hanging.url, hmac_secret="k", timeout_s=5.0),
+        SlackSettings(name="refused", url=f"http://127.0.0.1:{free_port()}/hook"),
     ]
     outbox = Outbox(tmp_path / "o.sqlite", build_sinks(settings), retry=FAST)
     timings: list[float] = []
@@ -273,12 +276,10 @@ async def test_every_item_arrives_once_through_intermittent_faults_on_all_sinks(
     pd.fail(2, status=500)
     gr.fail(1, status=502)
     settings = [
-        SinkSettings(
-            name="hook", type="webhook", url=hook.url, hmac_secret="k", kinds=("decision", "marker", "drift")
-        ),
+        WebhookSettings(name="hook", url=hook.url, hmac_secret="k", kinds=("decision", "marker", "drift")),
         slack(sl, kinds=("decision", "marker")),
-        SinkSettings(name="pd", type="pagerduty", url=pd.url, routing_key="k" * 32),
-        SinkSettings(name="grafana", type="grafana", url=gr.url, token="t"),
+        PagerDutySettings(name="pd", url=pd.url, routing_key="k" * 32),
+        GrafanaSettings(name="grafana", url=gr.url, token="t"),
     ]
     outbox = Outbox(tmp_path / "o.sqlite", build_sinks(settings), retry=FAST)
     rollouts = [f"ro-{i:04d}" for i in range(5)]

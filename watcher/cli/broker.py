@@ -16,12 +16,15 @@ import socket
 import sys
 from typing import Any, TextIO
 
+import msgspec
+
 from watcher.cli import configured
 from watcher.cli.parser import port, positive_int
 from watcher.cli.process import install_stop_signals
 from watcher.config import Settings, parse_bootstrap_servers
 from watcher.errors import EmbeddedBrokerError
 from watcher.kafka import EmbeddedBroker, TopicSpec, create_topics
+from watcher.sinks import sink_settings
 
 __all__ = ["add_broker_command", "local_topics", "run_broker"]
 
@@ -55,9 +58,12 @@ def local_topics(settings: Settings, partitions: int) -> list[TopicSpec]:
     for name in (*kafka.telemetry_topics, *kafka.deployments_topics):
         specs[name] = TopicSpec(name, partitions=partitions)
     names = [kafka.dead_letter_topic]
-    for sink in settings.sinks:
-        if sink.type == "kafka" and sink.bootstrap_servers in (None, kafka.bootstrap_servers):
-            names += [sink.topic, sink.markers_topic, *([sink.drift_topic] if sink.drift_topic else [])]
+    for sink in sink_settings(settings.sinks):  # validated as start-up does
+        if sink.__struct_config__.tag != "kafka":
+            continue
+        options = msgspec.structs.asdict(sink)
+        if options["bootstrap_servers"] in (None, kafka.bootstrap_servers):
+            names += [options["topic"], options["markers_topic"], options["drift_topic"] or options["topic"]]
     for name in names:
         specs.setdefault(name, TopicSpec(name))
     if settings.checkpoint.enabled and settings.checkpoint.store == "kafka":

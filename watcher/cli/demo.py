@@ -25,7 +25,7 @@ from watcher.cli.broker import local_topics
 from watcher.cli.process import install_stop_signals, tune_gc
 from watcher.config import load_settings
 from watcher.contract import Action
-from watcher.engine import Engine
+from watcher.engine import EngineView
 from watcher.kafka import EmbeddedBroker, create_topics
 from watcher.service import build_daemon
 from watcher.sim import PRESETS, produce
@@ -63,7 +63,9 @@ def decision_lines(records: list[dict[str, Any]], port: int | None) -> list[str]
     return lines
 
 
-def render(engine: Engine, *, elapsed: float, port: int | None, consumed: int, decisions: list[str]) -> str:
+def render(
+    engine: EngineView, *, elapsed: float, port: int | None, consumed: int, decisions: list[str]
+) -> str:
     """The live table (pure: state in, text out)."""
     lines = [
         f"watcher demo — {elapsed:5.0f} s   API http://127.0.0.1:{port}   events consumed {consumed}",

@@ -83,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from watcher.contract import dead_letter_record
     from watcher.judges import load_policy
-    from watcher.service.gate import GateRequest, files, load, run_gate
-    from watcher.service.gate_report import junit, markdown
+    from watcher.service import GateRequest, gate_files, gate_junit, gate_markdown, load_gate_input, run_gate
 
     if not args.files:
         raise ConfigError("FILE", "give at least one input file")
@@ -98,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         pairing=args.pairing,
         segments_must_pass=args.segments == "pass",
     )
-    data = load(files(args.files))
+    data = load_gate_input(gate_files(args.files))
     gate = run_gate(data, request, policies)
     record = gate.result.decision.to_dict()
     if args.decision_out == "-":
@@ -106,9 +105,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args.decision_out:
         _write(args.decision_out, json.dumps(record, indent=2, default=_json_default) + "\n")
     if args.summary:
-        _write(args.summary, markdown(gate), append=_is_step_summary(args.summary))
+        _write(args.summary, gate_markdown(gate), append=_is_step_summary(args.summary))
     if args.junit:
-        Path(args.junit).write_bytes(junit(gate))
+        Path(args.junit).write_bytes(gate_junit(gate))
     if args.dead_letters_out:
         with open(args.dead_letters_out, "wb") as fh:
             for r in data.rejections:

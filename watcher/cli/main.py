@@ -32,6 +32,7 @@ from watcher.cli.parser import (
     positive_int,
 )
 from watcher.cli.process import install_reload_signal, install_stop_signals, tune_gc
+from watcher.config import secret_values
 from watcher.errors import ConfigError, WatcherError
 
 DISTRIBUTION = "rollout-watcher"  # the name on PyPI (the import package and the command are `watcher`)
@@ -57,9 +58,11 @@ examples:
 def _check_config(args: argparse.Namespace) -> int:
     settings = configured.settings(args)
     from watcher.judges import load_policy
+    from watcher.sinks import sink_settings
 
     load_policy(settings.judge.policy_file)
-    sys.stdout.write(yaml.safe_dump(settings.masked(), sort_keys=False))
+    sinks = sink_settings(settings.sinks)  # each sink's own options, validated as start-up does
+    sys.stdout.write(yaml.safe_dump(settings.masked(sinks), sort_keys=False))
     return 0
 
 
@@ -103,11 +106,13 @@ def _replay(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     from watcher.service import ConfigSource, build_daemon  # the daemon's imports only when it runs
+    from watcher.sinks import sink_settings
 
     tune_gc()
     source = ConfigSource(configured.config_file(args), configured.overrides(args))
     settings = configured.settings(args)
-    configure_logging(settings.log_level, settings.secrets())
+    # every secret of the settings and of the sinks' own settings is masked in the log
+    configure_logging(settings.log_level, secret_values((settings, sink_settings(settings.sinks))))
     stop = asyncio.Event()
     install_stop_signals(stop)
     daemon = build_daemon(settings, config_source=source)
@@ -116,9 +121,9 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> Any:
-    from watcher.sim import simulate
+    from watcher.sim import run_simulate
 
-    return simulate.run(args)
+    return run_simulate(args)
 
 
 def _demo(args: argparse.Namespace) -> Any:
@@ -146,7 +151,7 @@ def _version_text() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from watcher.sim import simulate
+    from watcher.sim import add_simulate_arguments
 
     parser = CommandParser(prog="watcher", description=DESCRIPTION, epilog=EPILOG, top=True)
     parser.add_argument(
@@ -224,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="produce realistic telemetry to Kafka or a JSONL file",
         description="Generate a seeded stream of turns and deployment markers, to a file or to Kafka.",
     )
-    simulate.add_arguments(sim)
+    add_simulate_arguments(sim)
     sim.set_defaults(handler=_simulate)
 
     demo = commands.add_parser(

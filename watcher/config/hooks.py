@@ -6,64 +6,58 @@ must stay light (no aiohttp, no engine) and free of import cycles.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Annotated
 
+import msgspec
+from msgspec import Meta
+
+from watcher.config.validate import PATTERNS, Section, convert
 from watcher.errors import ConfigError
 
 __all__ = ["MAX_NAME", "FlaggerTarget", "HooksSettings", "validate_targets"]
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # RFC 1123 label: a namespace
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")  # RFC 1123 subdomain: an object name
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # RFC 1123 label: a namespace
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"  # RFC 1123 subdomain: an object name
+PATTERNS[DNS_LABEL] = "must be a Kubernetes namespace (RFC 1123 label)"
+PATTERNS[DNS_SUBDOMAIN] = "must be a Kubernetes object name (RFC 1123 subdomain)"
 MAX_NAME = 253  # a Kubernetes object name (RFC 1123 subdomain)
 
+Label = Annotated[str, Meta(min_length=1, max_length=128)]
 
-@dataclass(frozen=True)
-class FlaggerTarget:
+
+class FlaggerTarget(Section, frozen=True):
     """One Flagger Canary (namespace/name) and the watcher rollouts it drives (agent/environment)."""
 
-    namespace: str
-    name: str
-    agent_id: str
-    environment: str = "prod"
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(field, message) for every invalid value; validated with its index by ``HooksSettings``."""
-        out: list[tuple[str, str]] = []
-        ns, name = self.namespace, self.name
-        if not isinstance(ns, str) or len(ns) > 63 or not _DNS_LABEL.match(ns):
-            out.append(("namespace", f"must be a Kubernetes namespace (RFC 1123 label), got {ns!r}"))
-        if not isinstance(name, str) or len(name) > MAX_NAME or not _DNS_SUBDOMAIN.match(name):
-            out.append(("name", f"must be a Kubernetes object name (RFC 1123 subdomain), got {name!r}"))
-        for name, value in (("agent_id", self.agent_id), ("environment", self.environment)):
-            if not isinstance(value, str) or not 0 < len(value) <= 128:
-                out.append((name, f"must be a string of 1-128 characters, got {value!r}"))
-        return out
+    namespace: Annotated[str, Meta(pattern=DNS_LABEL, max_length=63)]
+    name: Annotated[str, Meta(pattern=DNS_SUBDOMAIN, max_length=MAX_NAME)]
+    agent_id: Label
+    environment: Label = "prod"
 
 
-@dataclass(frozen=True)
-class HooksSettings:
+class HooksSettings(Section, frozen=True):
     """The ``hooks`` section: which deployer objects map to which agent/environment."""
 
     flagger: tuple[FlaggerTarget, ...] = ()
     # While the instances rebalance (the agent's owner unknown, or this one restoring it), a Flagger
     # hook waits this long for it to settle, then answers from the last decision it knows: keep it
     # below the webhooks' `timeout` (Flagger's default 10 s; the examples use 5 s)
-    wait_s: float = 4.0
+    wait_s: Annotated[float, Meta(ge=0, lt=10)] = 4.0
 
     def __post_init__(self) -> None:
-        validate_targets(self.flagger, "hooks.flagger")
-        if not 0.0 <= self.wait_s < 10.0:
-            raise ConfigError("hooks.wait_s", f"must be 0..10 s (below Flagger's timeout), got {self.wait_s}")
+        _unique(self.flagger, "hooks.flagger")
 
 
 def validate_targets(targets: Sequence[FlaggerTarget], where: str) -> None:
+    """Targets built in code are checked as the configuration's are (``ConfigError`` naming
+    ``<where>[<i>].<field>``), and a Canary may be mapped only once."""
+    convert([msgspec.to_builtins(t) for t in targets], tuple[FlaggerTarget, ...], where)
+    _unique(targets, where)
+
+
+def _unique(targets: Sequence[FlaggerTarget], where: str) -> None:
     seen: dict[tuple[str, str], int] = {}
     for i, target in enumerate(targets):
-        problems = target.problems()
-        if problems:
-            raise ConfigError(f"{where}[{i}].{problems[0][0]}", problems[0][1])
         key = (target.namespace, target.name)
         if key in seen:
             first = f"{where}[{seen[key]}]"

@@ -7,11 +7,13 @@ instance owns which partition, and forwarding to it.
 from __future__ import annotations
 
 from watcher.http.api import Api
+from watcher.http.auth import middleware as auth_middleware
 from watcher.http.flagger import FlaggerHooks
 from watcher.http.peers import Peers, advertising_assignor, forwarding_middleware
 
 __all__ = [
     "Api",
+    "auth_middleware",
     "FlaggerHooks",
     "Peers",
     "advertising_assignor",

@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from watcher.contract import Action, Decision, Deployment, Rejected, Verdict, decode_deployment
-from watcher.engine import Engine
+from watcher.engine import EngineView
 from watcher.judges import acknowledge, override
 from watcher.state import Rollout
 from watcher.storage import DecisionLog, json_safe
@@ -28,7 +28,7 @@ Readiness = Callable[[], tuple[bool, str]]
 MarkerHook = Callable[[Deployment], Awaitable[None]]
 DecisionHook = Callable[[list[Decision]], Awaitable[None]]
 
-ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+ENGINE: web.AppKey[EngineView] = web.AppKey("engine")
 DELIVERY_STATES = ("pending", "delivered", "failed", "dismissed")
 
 
@@ -79,7 +79,7 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 class Api:
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineView,
         *,
         registry: CollectorRegistry,
         decision_log: DecisionLog,

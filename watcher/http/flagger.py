@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     # request is served) would make every settings load ~0.2 s slower
     from aiohttp import web
 
-    from watcher.engine import Engine
+    from watcher.engine import EngineView
     from watcher.http.peers import Peers
     from watcher.storage import DecisionLog
 
@@ -99,7 +99,7 @@ class FlaggerHooks:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineView,
         targets: Sequence[FlaggerTarget],
         *,
         on_marker: MarkerHook | None = None,

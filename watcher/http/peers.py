@@ -38,7 +38,7 @@ def advertising_assignor(address: Callable[[], str], on_owners: Callable[[dict[i
     from aiokafka.coordinator.assignors.range import RangePartitionAssignor
     from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
 
-    class WatcherRangeAssignor(RangePartitionAssignor):  # type: ignore[misc]
+    class WatcherRangeAssignor(RangePartitionAssignor):
         name = "watcher-range"
 
         @classmethod

@@ -16,10 +16,13 @@ import re
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import yaml
+from msgspec import Meta
 
+from watcher.config import Section, convert
 from watcher.contract import (
     Action,
     Cause,
@@ -108,38 +111,42 @@ class MetricPolicy:
         return Action.ROLLBACK if self.critical else self.on_regression
 
 
-@dataclass(frozen=True, slots=True)
-class PromoteRule:
+class PromoteRule(Section, frozen=True):
     enabled: bool = True
-    min_duration_s: float = 1800.0
-    min_conversations: int = 1000  # per arm
-    alpha: float = 0.05  # non-inferiority; all guardrails must pass (intersection-union: no split)
+    min_duration_s: Annotated[float, Meta(ge=0, le=1e8)] = 1800.0
+    min_conversations: Annotated[int, Meta(ge=0, le=10**9)] = 1000  # per arm
+    # non-inferiority; all guardrails must pass (intersection-union: no split)
+    alpha: Annotated[float, Meta(gt=0, le=0.5)] = 0.05
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentSettings:
+class SegmentSettings(Section, frozen=True):
     enabled: bool = True
-    keys: tuple[str, ...] = ()  # empty: the first `max_keys` keys seen
-    max_keys: int = 4
-    max_values_per_key: int = 12  # more values fold into "__other__"
-    min_conversations: int = 100  # per arm before a slice is judged
-    budget_share: float = 0.3  # share of alpha spread over the segment slices
+    keys: tuple[Annotated[str, Meta(min_length=1)], ...] = ()  # empty: the first `max_keys` keys seen
+    max_keys: Annotated[int, Meta(ge=1, le=16)] = 4  # at least len(keys) (``load_policy`` raises it)
+    max_values_per_key: Annotated[int, Meta(ge=1, le=200)] = 12  # more values fold into "__other__"
+    min_conversations: Annotated[int, Meta(ge=1, le=10**9)] = 100  # per arm before a slice is judged
+    budget_share: Annotated[float, Meta(ge=0, le=0.9)] = 0.3  # share of alpha spread over the segment slices
 
 
-@dataclass(frozen=True, slots=True)
-class SrmSettings:
+class SrmSettings(Section, frozen=True):
     enabled: bool = True
-    alpha: float = 0.001
-    min_conversations: int = 100  # in total before a mismatch may be declared
-    grace_s: float = 60.0  # conversations starting this soon after a weight change are not counted
+    alpha: Annotated[float, Meta(gt=0, le=0.5)] = 0.001
+    min_conversations: Annotated[int, Meta(ge=0, le=10**9)] = (
+        100  # in total before a mismatch may be declared
+    )
+    # conversations starting this soon after a weight change are not counted
+    grace_s: Annotated[float, Meta(ge=0, le=1e6)] = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class ChangepointSettings:
+class ChangepointSettings(Section, frozen=True):
     enabled: bool = True
-    epoch_s: float = 1800.0
-    restart_share: float = 0.5  # share of each test's alpha spent on restarted tests
-    span_epochs: int = 4  # a restarted test sees the conversations of this many epochs
+    epoch_s: Annotated[float, Meta(gt=1, le=1e8)] = 1800.0
+    restart_share: Annotated[float, Meta(ge=0, le=0.9)] = (
+        0.5  # share of each test's alpha spent on restarted tests
+    )
+    span_epochs: Annotated[int, Meta(ge=1, le=48)] = (
+        4  # a restarted test sees the conversations of this many epochs
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,23 +177,54 @@ class PolicySet:
 
 
 # -- loading ----------------------------------------------------------------------------------------
+class _MetricDoc(Section, frozen=True):
+    """One metric as a policy file writes it; ``_metric`` resolves the defaults that depend on its
+    name and checks the margins against its direction."""
+
+    tolerance: Annotated[float, Meta(ge=-1e6, le=1e6)]
+    promote_tolerance: Annotated[float, Meta(ge=-1e6, le=1e6)] | None = None
+    direction: Direction | None = None  # None: lower_is_worse for quality, higher_is_worse otherwise
+    tolerance_mode: ToleranceMode | None = None  # None: absolute for quality, relative otherwise
+    critical: bool = False
+    min_samples: Annotated[int, Meta(ge=1, le=10**9)] = 30
+    on_regression: Literal["pause", "rollback"] = "pause"
+    enabled: bool = True
+    promote_gate: bool = True
+
+
+class _PolicyDoc(Section, frozen=True):
+    """A policy as a file writes it (``defaults``, or one agent's and environment's layer on top)."""
+
+    alpha: Annotated[float, Meta(gt=0, le=0.5)] = 0.01
+    metrics: dict[str, Any] = {}  # by name; each a _MetricDoc, checked with its name
+    promote: PromoteRule = msgspec.field(default_factory=PromoteRule)
+    segments: SegmentSettings = msgspec.field(default_factory=SegmentSettings)
+    srm: SrmSettings = msgspec.field(default_factory=SrmSettings)
+    changepoint: ChangepointSettings = msgspec.field(default_factory=ChangepointSettings)
+
+
+class _PolicyFile(Section, frozen=True):
+    version: Literal[1] = 1
+    defaults: dict[str, Any] = {}
+    # agent -> environment (or "*") -> a layer on top of the defaults (checked level by level, so an
+    # error names the agent and the environment)
+    agents: dict[str, Any] = {}
+
+
 def load_policy(path: str | Path | None = None) -> PolicySet:
     """Bundled defaults, with the file's ``defaults`` and per-agent ``agents`` merged on top."""
-    bundled = _read(DEFAULT_POLICY_PATH)
-    base = bundled.get("defaults", {})
-    doc: dict[str, Any] = {}
+    base = _read(DEFAULT_POLICY_PATH).defaults
+    doc = _PolicyFile()
     if path is not None:
         doc = _read(Path(path))
-        _only(doc, {"version", "defaults", "agents"}, "")
-        if doc.get("version", 1) != 1:
-            raise ConfigError("version", "only policy version 1 is known")
-        base = _layer(base, _mapping(doc.get("defaults", {}), "defaults"))
+        base = _layer(base, doc.defaults)
     default = _policy(base, "defaults")
     overrides: dict[tuple[str, str], Policy] = {}
-    for agent, envs in _mapping(doc.get("agents", {}), "agents").items():
-        for env, over in _mapping(envs, f"agents.{agent}").items():
+    for agent, envs in doc.agents.items():
+        for env, over in convert(envs, dict[str, Any], f"agents.{agent}").items():
             prefix = f"agents.{agent}.{env}"
-            overrides[(str(agent), str(env))] = _policy(_layer(base, _mapping(over, prefix)), prefix)
+            layer = convert(over, dict[str, Any], prefix)
+            overrides[(str(agent), str(env))] = _policy(_layer(base, layer), prefix)
     return PolicySet(default, overrides)
 
 
@@ -242,7 +280,7 @@ def policy_to_doc(p: Policy) -> dict[str, Any]:
 
 def policy_from_doc(doc: dict[str, Any]) -> Policy:
     """A ``policy_to_doc`` dict back to a Policy, validated as a file would be (``ConfigError``)."""
-    return _policy(_mapping(doc, "policy"), "policy")
+    return _policy(doc, "policy")
 
 
 def layout_change(old: Policy, new: Policy) -> str | None:
@@ -271,26 +309,14 @@ def layout_change(old: Policy, new: Policy) -> str | None:
     return "the new policy changes what its judge measures (" + "; ".join(diffs) + ")"
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path) -> _PolicyFile:
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError("policy", f"cannot read {path}: {e}") from e
-    return _mapping(doc, "policy")
-
-
-def _mapping(v: Any, where: str) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise ConfigError(where or "policy", "expected a mapping")
-    return v
-
-
-def _only(d: dict[str, Any], allowed: set[str], where: str) -> None:
-    for k in d:
-        if k not in allowed:
-            raise ConfigError(
-                f"{where}.{k}" if where else str(k), f"unknown field (known: {', '.join(sorted(allowed))})"
-            )
+    if not isinstance(raw, dict):
+        raise ConfigError("policy", f"{path} must hold a mapping at the top level")
+    return convert(raw, _PolicyFile)
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -319,158 +345,56 @@ def _layer(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _num(
-    d: dict[str, Any],
-    key: str,
-    where: str,
-    default: float,
-    lo: float,
-    hi: float,
-    *,
-    integer: bool = False,
-    open_lo: bool = False,
-) -> Any:
-    v = d.get(key, default)
-    f = f"{where}.{key}"
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not float(v).is_integer()):
-        raise ConfigError(f, f"expected {'an integer' if integer else 'a number'}, got {v!r}")
-    if not (lo < v if open_lo else lo <= v) or v > hi:
-        raise ConfigError(f, f"must be in {'(' if open_lo else '['}{lo}, {hi}], got {v}")
-    return int(v) if integer else float(v)
-
-
-def _bool(d: dict[str, Any], key: str, where: str, default: bool) -> bool:
-    v = d.get(key, default)
-    if not isinstance(v, bool):
-        raise ConfigError(f"{where}.{key}", f"expected true or false, got {v!r}")
-    return v
-
-
-def _enum(d: dict[str, Any], key: str, where: str, default: Any, allowed: tuple[Any, ...]) -> Any:
-    v = d.get(key, default.value if isinstance(default, Enum) else default)
-    for a in allowed:
-        if v == a.value:
-            return a
-    raise ConfigError(f"{where}.{key}", f"expected one of {', '.join(a.value for a in allowed)}, got {v!r}")
-
-
-def _policy(d: dict[str, Any], where: str) -> Policy:
-    _only(d, {"alpha", "metrics", "promote", "segments", "srm", "changepoint"}, where)
-    alpha = _num(d, "alpha", where, 0.01, 0.0, 0.5, open_lo=True)
-    metrics = tuple(
-        _metric(str(name), _mapping(m, f"{where}.metrics.{name}"), f"{where}.metrics.{name}")
-        for name, m in _mapping(d.get("metrics", {}), f"{where}.metrics").items()
+def _policy(raw: dict[str, Any], where: str) -> Policy:
+    doc = convert(raw, _PolicyDoc, where)
+    metrics = tuple(_metric(str(name), m, f"{where}.metrics.{name}") for name, m in doc.metrics.items())
+    # a segment key named explicitly is always judged, however few keys ``max_keys`` allows
+    segments = msgspec.structs.replace(
+        doc.segments, max_keys=max(doc.segments.max_keys, len(doc.segments.keys))
     )
-    p = _mapping(d.get("promote", {}), f"{where}.promote")
-    w = f"{where}.promote"
-    _only(p, {"enabled", "min_duration_s", "min_conversations", "alpha"}, w)
-    promote = PromoteRule(
-        _bool(p, "enabled", w, True),
-        _num(p, "min_duration_s", w, 1800, 0, 1e8),
-        _num(p, "min_conversations", w, 1000, 0, 1e9, integer=True),
-        _num(p, "alpha", w, 0.05, 0.0, 0.5, open_lo=True),
-    )
-    s = _mapping(d.get("segments", {}), f"{where}.segments")
-    w = f"{where}.segments"
-    _only(s, {"enabled", "keys", "max_keys", "max_values_per_key", "min_conversations", "budget_share"}, w)
-    keys = s.get("keys", [])
-    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
-        raise ConfigError(f"{w}.keys", "expected a list of segment key names")
-    max_keys = _num(s, "max_keys", w, 4, 1, 16, integer=True)
-    segments = SegmentSettings(
-        _bool(s, "enabled", w, True),
-        tuple(keys),
-        max(max_keys, len(keys)),
-        _num(s, "max_values_per_key", w, 12, 1, 200, integer=True),
-        _num(s, "min_conversations", w, 100, 1, 1e9, integer=True),
-        _num(s, "budget_share", w, 0.3, 0.0, 0.9),
-    )
-    r = _mapping(d.get("srm", {}), f"{where}.srm")
-    w = f"{where}.srm"
-    _only(r, {"enabled", "alpha", "min_conversations", "grace_s"}, w)
-    srm = SrmSettings(
-        _bool(r, "enabled", w, True),
-        _num(r, "alpha", w, 0.001, 0.0, 0.5, open_lo=True),
-        _num(r, "min_conversations", w, 100, 0, 1e9, integer=True),
-        _num(r, "grace_s", w, 60, 0, 1e6),
-    )
-    c = _mapping(d.get("changepoint", {}), f"{where}.changepoint")
-    w = f"{where}.changepoint"
-    _only(c, {"enabled", "epoch_s", "restart_share", "span_epochs"}, w)
-    cp = ChangepointSettings(
-        _bool(c, "enabled", w, True),
-        _num(c, "epoch_s", w, 1800, 1, 1e8, open_lo=True),
-        _num(c, "restart_share", w, 0.5, 0.0, 0.9),
-        _num(c, "span_epochs", w, 4, 1, 48, integer=True),
-    )
-    return Policy(alpha, metrics, promote, segments, srm, cp)
+    return Policy(doc.alpha, metrics, doc.promote, segments, doc.srm, doc.changepoint)
 
 
-def _metric(name: str, d: dict[str, Any], where: str) -> MetricPolicy:
-    _only(
-        d,
-        {
-            "direction",
-            "tolerance",
-            "promote_tolerance",
-            "tolerance_mode",
-            "critical",
-            "min_samples",
-            "on_regression",
-            "enabled",
-            "promote_gate",
-        },
-        where,
-    )
+def _metric(name: str, raw: Any, where: str) -> MetricPolicy:
     if name not in ("quality", "latency", *RATE_METRICS) and not _TAIL.match(name):
         raise ConfigError(
             where, "unknown metric (quality, latency, latency_pNN, escalation, error, compliance)"
         )
-    kind_default = Direction.LOWER_IS_WORSE if name == "quality" else Direction.HIGHER_IS_WORSE
-    direction = _enum(d, "direction", where, kind_default, tuple(Direction))
+    d = convert(raw, _MetricDoc, where)
+    direction = d.direction or (Direction.LOWER_IS_WORSE if name == "quality" else Direction.HIGHER_IS_WORSE)
     mode_default = ToleranceMode.ABSOLUTE if name == "quality" else ToleranceMode.RELATIVE
-    mode = _enum(d, "tolerance_mode", where, mode_default, tuple(ToleranceMode))
+    mode = d.tolerance_mode or mode_default
     # The quality test works on the raw scale, every other test on ratios (log-latency, rate ratios).
     if mode is not mode_default:
         raise ConfigError(f"{where}.tolerance_mode", f"{name} supports only {mode_default.value} tolerances")
-    if "tolerance" not in d:
-        raise ConfigError(f"{where}.tolerance", "required")
-    tol = _tolerance(d, "tolerance", where, mode, direction)
     # Either margin may be the wider one: a wider promote margin promotes sooner (a canary between
     # the two may be promoted or stopped, whichever is shown first); a narrower one promotes only
     # canaries shown to be closer to the control than the rollback margin.
-    ptol = (
-        None
-        if d.get("promote_tolerance") is None
-        else _tolerance(d, "promote_tolerance", where, mode, direction)
-    )
-    on_reg = _enum(d, "on_regression", where, Action.PAUSE, (Action.PAUSE, Action.ROLLBACK))
     return MetricPolicy(
         name,
         direction,
-        tol,
+        _tolerance(d.tolerance, f"{where}.tolerance", mode, direction),
         mode,
-        _bool(d, "critical", where, False),
-        _num(d, "min_samples", where, 30, 1, 1e9, integer=True),
-        on_reg,
-        _bool(d, "enabled", where, True),
-        _bool(d, "promote_gate", where, True),
-        ptol,
+        d.critical,
+        d.min_samples,
+        Action(d.on_regression),
+        d.enabled,
+        d.promote_gate,
+        None
+        if d.promote_tolerance is None
+        else _tolerance(d.promote_tolerance, f"{where}.promote_tolerance", mode, direction),
     )
 
 
-def _tolerance(d: dict[str, Any], key: str, where: str, mode: ToleranceMode, direction: Direction) -> float:
+def _tolerance(tol: float, field: str, mode: ToleranceMode, direction: Direction) -> float:
     """A margin on the harmful side of "no difference" (0 for differences, 1 for ratios)."""
-    tol = _num(d, key, where, 0.0, -1e6, 1e6)
     neutral = 0.0 if mode is ToleranceMode.ABSOLUTE else 1.0
     if mode is ToleranceMode.RELATIVE and tol <= 0:
-        raise ConfigError(f"{where}.{key}", "a relative tolerance is a ratio > 0 (e.g. 1.25)")
+        raise ConfigError(field, "a relative tolerance is a ratio > 0 (e.g. 1.25)")
     if (tol - neutral) * (1 if direction is Direction.HIGHER_IS_WORSE else -1) < 0:
         side = "above" if direction is Direction.HIGHER_IS_WORSE else "below"
-        raise ConfigError(
-            f"{where}.{key}", f"must be on the harmful side ({side} {neutral:g}) for {direction.value}"
-        )
-    return tol
+        raise ConfigError(field, f"must be on the harmful side ({side} {neutral:g}) for {direction.value}")
+    return float(tol)
 
 
 # -- the pure decision ------------------------------------------------------------------------------

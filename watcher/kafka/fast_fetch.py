@@ -146,7 +146,9 @@ def _load_client() -> _Client | str:
         from aiokafka.errors import CorruptRecordException
     except ImportError as exc:
         return f"aiokafka's fetcher cannot be imported ({exc})"
-    classes = {name: getattr(fetcher, name, None) for name in ("FetchResult", "PartitionRecords", "Fetcher")}
+    classes: dict[str, Any] = {
+        name: getattr(fetcher, name, None) for name in ("FetchResult", "PartitionRecords", "Fetcher")
+    }
     for (cls_name, method), names in _EXPECTED_NAMES.items():
         code = getattr(getattr(classes[cls_name], method, None), "__code__", None)
         if code is None or frozenset(code.co_names) != names:
@@ -161,8 +163,8 @@ def _load_client() -> _Client | str:
         return "aiokafka's fetcher names no READ_UNCOMMITTED isolation level"
     return _Client(
         classes["FetchResult"],
-        classes["PartitionRecords"],  # type: ignore[arg-type]
-        classes["PartitionRecords"]._unpack_records.__code__,  # type: ignore[union-attr]
+        classes["PartitionRecords"],
+        classes["PartitionRecords"]._unpack_records.__code__,
         read_uncommitted,
         CorruptRecordException,
     )
@@ -184,7 +186,7 @@ def tune_fetcher(consumer: Any) -> Tuning:
     Call it once the consumer is started (its fetcher exists); buffers already fetched are included.
     Calling it again is harmless.
     """
-    fetcher = getattr(consumer, "_fetcher", None)
+    fetcher: Any = getattr(consumer, "_fetcher", None)
     buffered = getattr(fetcher, "_records", None)
     if isinstance(buffered, _BareBuffers):
         return Tuning(buffered.path, "already tuned")
@@ -211,7 +213,7 @@ def tune_fetcher(consumer: Any) -> Tuning:
     return Tuning(table.path, reason)
 
 
-class _BareBuffers(collections.OrderedDict):  # type: ignore[type-arg]
+class _BareBuffers(collections.OrderedDict[Any, Any]):
     """The fetcher's buffer table, preparing each buffer it receives (also those that arrive while
     ``getmany`` waits)."""
 
@@ -227,7 +229,7 @@ class _BulkBuffers(_BareBuffers):
 
     def __init__(self, client: _Client) -> None:
         super().__init__()
-        self._fetch_result = client.fetch_result
+        self._fetch_result: Any = client.fetch_result
         self._getall = _BulkGetall(client)
 
     def __setitem__(self, tp: Any, result: Any) -> None:
@@ -266,7 +268,7 @@ class _BulkGetall:
             bulk = _BulkRecords.take_over(records, self._client)
             if bulk is None:  # not a buffer this can take over: aiokafka's own getall from here on
                 _done(result)
-                return result.getall(max_records)  # type: ignore[no-any-return]
+                return result.getall(max_records)
         taken, exhausted = bulk.take(max_records)
         result._update_position()
         if exhausted:

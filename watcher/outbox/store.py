@@ -166,7 +166,7 @@ class OutboxStore:
                 added[sink] = db.total_changes - before
             return added
 
-        return self._tx(run)  # type: ignore[no-any-return]
+        return self._tx(run)
 
     def heads(self, sink: str) -> list[DeliveryRow]:
         """The first pending delivery of each of ``sink``'s lanes (only these may be sent now)."""
@@ -183,7 +183,7 @@ class OutboxStore:
 
     def make_due(self, sink: str, now: float) -> int:
         """Every pending delivery of ``sink`` due now (its receiver answered again)."""
-        return self._tx(  # type: ignore[no-any-return]
+        return self._tx(
             lambda db: (
                 db.execute(
                     "UPDATE outbox_deliveries SET next_at=? WHERE sink=? AND status='pending' AND next_at>?",
@@ -214,7 +214,7 @@ class OutboxStore:
             )
             return seqs
 
-        return self._tx(run)  # type: ignore[no-any-return]
+        return self._tx(run)
 
     def dismiss(self, seq: int, now: float, why: str) -> bool:
         """A failed delivery an operator will not send: kept (``dismissed``), no longer alerting."""

@@ -129,7 +129,7 @@ def build_daemon(
             "checkpoint.scope", "'partition' needs a Kafka source (the partitions are the tasks)"
         )
 
-    registry.register(StateCollector(view))  # type: ignore[arg-type]
+    registry.register(StateCollector(view))
     parts = Parts(
         engine=view,
         tasks=tasks,

@@ -31,7 +31,7 @@ from watcher.config import Settings
 from watcher.contract import Action, Decision
 from watcher.engine import BatchResult, Engine, Tasks
 from watcher.errors import ConfigError
-from watcher.http import Api, FlaggerHooks, Peers, auth
+from watcher.http import Api, FlaggerHooks, Peers, auth_middleware
 from watcher.http import forwarding_middleware as route_to_owner
 from watcher.kafka import DeadLetters, Message, MessageBatch, Origins, PartitionListener, Source, next_offsets
 from watcher.outbox import Outbox
@@ -120,7 +120,7 @@ class Daemon:
             deliveries=self.outbox,
             max_body_bytes=self.settings.http.max_body_bytes,
             middlewares=[
-                auth.middleware(self.settings.http),
+                auth_middleware(self.settings.http),
                 *([route_to_owner(self.peers)] if self.peers else []),
             ],
         )
@@ -258,15 +258,17 @@ class Daemon:
                 )
                 running = {s.name: s for s in self.outbox.sinks}
                 fresh = [
-                    s
-                    for s in plan.settings.sinks
+                    entry
+                    for entry in plan.settings.sinks
                     if plan.sinks_differ
-                    and (s.name in plan.sinks_added + plan.sinks_changed or s.name not in running)
+                    and (
+                        entry["name"] in plan.sinks_added + plan.sinks_changed or entry["name"] not in running
+                    )
                 ]
                 built = {s.name: s for s in build_sinks(fresh, kafka=self.settings.kafka)}
             except ConfigError as exc:
                 return self._reload_rejected(exc.field, str(exc))
-            sinks = [built.get(s.name) or running[s.name] for s in plan.settings.sinks]
+            sinks = [built.get(entry["name"]) or running[entry["name"]] for entry in plan.settings.sinks]
             async with self._lock:
                 try:
                     kept = self.engine.replace_policies(plan.policies) if plan.policy_changed else {}

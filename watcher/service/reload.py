@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from watcher.config import Settings, load_settings
 from watcher.errors import ConfigError
 from watcher.judges import PolicySet, load_policy
 from watcher.outbox import SinkSwap
+from watcher.sinks import sink_settings
 
 __all__ = ["ConfigSource", "ReloadPlan", "ReloadResult", "ReloadMetrics", "plan_reload", "RELOADABLE"]
 
@@ -122,15 +124,16 @@ def plan_reload(
     judges whose policy is equal are left alone). Raises ``ConfigError`` naming the field.
     """
     new = load_settings(config_path, environ=os.environ if env is None else env, overrides=overrides)
+    sink_settings(new.sinks)  # each sink's own options, as start-up validates them
     try:
         policies = load_policy(new.judge.policy_file)
     except ConfigError as exc:  # its field is the policy file's own ("defaults.alpha"): say which file
         where = new.judge.policy_file or "the bundled policy"
         raise ConfigError(exc.field, f"{exc.message} (policy file {where})") from None
-    old_sinks = {s.name: s for s in old.sinks}
-    new_sinks = {s.name: s for s in new.sinks}
-    applied = dataclasses.replace(
-        old, sinks=new.sinks, judge=dataclasses.replace(old.judge, policy_file=new.judge.policy_file)
+    old_sinks = {s["name"]: s for s in old.sinks}
+    new_sinks = {s["name"]: s for s in new.sinks}
+    applied = msgspec.structs.replace(
+        old, sinks=new.sinks, judge=msgspec.structs.replace(old.judge, policy_file=new.judge.policy_file)
     )
     return ReloadPlan(
         settings=applied,
@@ -147,12 +150,12 @@ def _changed(old: Any, new: Any, prefix: str) -> list[str]:
     """Dotted names of the settings that differ, except the reloadable ones (names only: no values,
     so a changed secret is reported without being shown)."""
     out: list[str] = []
-    for f in dataclasses.fields(old):
+    for f in msgspec.structs.fields(old):
         name = prefix + f.name
         if name in RELOADABLE:
             continue
         a, b = getattr(old, f.name), getattr(new, f.name)
-        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+        if isinstance(a, msgspec.Struct) and isinstance(b, msgspec.Struct):
             out.extend(_changed(a, b, name + "."))
         elif a != b:
             out.append(name)

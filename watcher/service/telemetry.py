@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -20,14 +20,14 @@ from watcher.config import TelemetrySettings
 from watcher.contract import Action, RejectReason
 
 if TYPE_CHECKING:
-    from watcher.engine import Engine
+    from watcher.engine import EngineView
 
 log = logging.getLogger(__name__)
 
 VERSION_LABELS = ["agent", "environment", "version", "arm"]
 SEGMENT_LABELS = [*VERSION_LABELS, "segment_key", "segment_value"]
 ROLLOUT_LABELS = ["rollout_id", "agent", "environment", "strategy", "baseline_version", "canary_version"]
-WINDOWS = ("cumulative", "recent")
+WINDOWS: tuple[Literal["cumulative", "recent"], ...] = ("cumulative", "recent")
 QUANTILES = (("0.5", "latency_p50_ms"), ("0.95", "latency_p95_ms"), ("0.99", "latency_p99_ms"))
 RATES = (
     ("escalation_ratio", "escalation_rate", "share of turns handed to a human"),
@@ -107,7 +107,7 @@ class WatcherMetrics:
 class StateCollector(Collector):
     """Exposes the engine's per-series state, rollouts and verdicts, computed at scrape time."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineView) -> None:
         self._engine = engine
 
     def collect(self) -> Iterator[Metric]:

@@ -106,7 +106,7 @@ class Regression:
         except ValueError as exc:
             raise ConfigError("regression", str(exc)) from None
         if self.mode is Mode.MULTIPLY and self.metric in (Metric.QUALITY, Metric.LATENCY_TAIL):
-            raise ConfigError("regression.mode", f"{self.metric.value} supports only mode=add")
+            raise ConfigError("regression.mode", f"{Metric(self.metric).value} supports only mode=add")
         if self.mode is Mode.MULTIPLY and self.size < 0:
             raise ConfigError("regression.size", "a multiplier must be >= 0")
         if self.metric is Metric.LATENCY and self.mode is Mode.ADD and self.size <= -1:

@@ -172,8 +172,12 @@ def shadow(
     if paired:
         live = _answers(tr, rng, c, np.zeros(m, bool))
         r = tr.shared_noise
-        eps = tuple(r * e + np.sqrt(1 - r * r) * rng.standard_normal(m) for e in live[5:7])
-        sh = _answers(tr, rng, c, np.ones(m, bool), eps)  # type: ignore[arg-type]
+        # the shadow's noise shares ``shared_noise`` of the live answer's (quality, latency)
+        eps = (
+            r * live[5] + np.sqrt(1 - r * r) * rng.standard_normal(m),
+            r * live[6] + np.sqrt(1 - r * r) * rng.standard_normal(m),
+        )
+        sh = _answers(tr, rng, c, np.ones(m, bool), eps)
         idx = np.arange(m)
         turns = _turns(c, idx, p, ["v1"] * m, live, c["ts"]) + _turns(
             c, idx, p, ["v2"] * m, sh, c["ts"] + 0.5

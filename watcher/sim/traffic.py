@@ -223,7 +223,7 @@ def _block(
         elif r.metric is Metric.LATENCY_TAIL:
             slow = np.where(u_tail < r.size * f, slow * r.slow_factor, slow)
         else:
-            p = probs[r.metric]  # in place: the arrays in ``probs`` are p_esc, p_err, p_comp
+            p = probs[Metric(r.metric)]  # in place: the arrays in ``probs`` are p_esc, p_err, p_comp
             if r.mode is Mode.MULTIPLY:
                 p *= 1 + (r.size - 1) * f
             else:
@@ -336,7 +336,7 @@ def _shadow_rows(
         elif r.metric is Metric.LATENCY_TAIL:
             slow = np.where(u_tail < r.size * f, slow * r.slow_factor, slow)
         else:
-            p = probs[r.metric]
+            p = probs[Metric(r.metric)]
             if r.mode is Mode.MULTIPLY:
                 p *= 1 + (r.size - 1) * f
             else:

@@ -12,37 +12,48 @@ retries and metrics; a sink only knows its wire format:
   ``Sent`` whose ``state`` the outbox stores under ``request.remember`` when that is set;
 * ``aclose()``        releases connections at shutdown.
 
-Implementations: ``sink_http`` (webhook), ``sink_slack``, ``sink_pagerduty``, ``sink_grafana``,
-``sink_kafka``, ``sink_otel``; ``NullSink`` accepts nothing. ``build_sinks`` makes them from
-``SinkSettings`` (unknown types are a ``ConfigError``, never a silent fallback).
+Each sink module owns its settings class (a ``SinkSettings`` tagged with the type's name) and declares
+a ``SinkType`` (settings class + builder); ``watcher.sinks.registry`` finds the type of a ``sinks:``
+entry, validates the entry against its settings class and builds the sink with the side effects of a
+``SinkContext``. ``NullSink`` accepts nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Protocol, TypeVar
 
-from watcher.config import SinkSettings, check_unique_names
+from msgspec import Meta
+
+from watcher.clock import Clock, SystemClock
+from watcher.config import PATTERNS, SINK_NAME, Section
 from watcher.contract import Item, ItemKind, Severity
+from watcher.errors import ConfigError
 
 if TYPE_CHECKING:
-    from watcher.clock import Clock
     from watcher.config import KafkaSettings
 
 __all__ = [
-    "Item",
-    "ItemKind",
+    "NULL_STATE",
+    "FilteredSink",
+    "HttpUrl",
     "NullSink",
     "NullSinkState",
     "Request",
     "Sent",
-    "Severity",
     "Sink",
+    "SinkContext",
     "SinkSettings",
     "SinkState",
-    "build_sinks",
+    "SinkType",
+    "links",
+    "truncate",
 ]
+
+PATTERNS[SINK_NAME.pattern] = "must be 1-64 of letters, digits, '_', '.', '-'"
+HttpUrl = Annotated[str, Meta(pattern=r"^https?://")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +133,89 @@ class NullSink:
         return None
 
 
-# --- settings -------------------------------------------------------------------------------------
+# --- settings ---------------------------------------------------------------------------------
 
 
-class FilteredSink:
+class SinkSettings(Section, tag_field="type", frozen=True):
+    """What every sink has: a name, which items it carries, how long a delivery is tried.
+
+    Each sink type's settings class extends this one with its own options and names its type as the
+    tag (the ``type`` of a ``sinks:`` entry), e.g.
+    ``class WebhookSettings(SinkSettings, tag="webhook", frozen=True, kw_only=True)``. Validated by
+    ``watcher.sinks.registry`` naming the field as ``sinks[<name>].<field>`` (the name is what an
+    operator searches for)."""
+
+    name: Annotated[str, Meta(pattern=SINK_NAME.pattern)]
+    agents: tuple[str, ...] = ()  # empty: every agent
+    environments: tuple[str, ...] = ()
+    min_severity: Severity = Severity.INFO  # info < warning < error < critical
+    kinds: tuple[ItemKind, ...] = ()  # decision, marker, drift; empty: the type's DEFAULT_KINDS
+    timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    # a delivery that keeps failing transiently (5xx, timeouts, connection errors) is retried for this
+    # long, not counting the time a receiver asked to wait (Retry-After); then it ends `failed`, kept
+    # and re-drivable (POST /v1/deliveries/{id}/retry). Three days: a receiver down over a weekend.
+    retry_for_s: Annotated[float, Meta(gt=0)] = 3 * 86_400.0
+    max_attempts: int | None = None  # replaced by retry_for_s: set, it is an error naming the change
+
+    DEFAULT_KINDS: ClassVar[tuple[ItemKind, ...]] = (ItemKind.DECISION,)  # what the type carries
+
+    def __post_init__(self) -> None:
+        where = f"sinks[{self.name}]"
+        if self.max_attempts is not None:
+            raise ConfigError(
+                f"{where}.max_attempts",
+                "was replaced by retry_for_s (seconds a delivery is retried; default 259200, three days): "
+                "a count of attempts gave up within seconds when a receiver answered 429 with a short "
+                "Retry-After",
+            )
+        if not math.isfinite(self.retry_for_s):
+            raise ConfigError(f"{where}.retry_for_s", f"must be > 0 seconds, got {self.retry_for_s}")
+
+    @property
+    def type(self) -> str:
+        return str(self.__struct_config__.tag)
+
+    @property
+    def effective_kinds(self) -> frozenset[ItemKind]:
+        return frozenset(self.kinds or self.DEFAULT_KINDS)
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """The side effects a sink may need, given by whoever builds the sinks (the composition root,
+    tests): ``session_factory`` makes an ``aiohttp.ClientSession`` (one per HTTP sink, created on
+    first use inside the loop); ``producer_factory(**options)`` an ``AIOKafkaProducer``; ``kafka`` is
+    the daemon's broker and security options (a kafka sink without ``bootstrap_servers`` uses them);
+    ``tracer_provider`` is the OpenTelemetry provider of the otel sink (None: the global one)."""
+
+    kafka: KafkaSettings | None = None
+    session_factory: Callable[[], Any] | None = None
+    producer_factory: Callable[..., Any] | None = None
+    clock: Clock = field(default_factory=SystemClock)
+    tracer_provider: Any = None
+
+
+@dataclass(frozen=True)
+class SinkType:
+    """One kind of sink: its settings class (tagged with the type's name) and how to build a sink
+    from those settings. A sink module declares one; ``watcher.sinks.registry`` lists the built-in
+    ones, and other packages add theirs through the ``watcher.sinks`` entry point group."""
+
+    settings: type[SinkSettings]
+    build: Callable[[Any, SinkContext], Sink]
+
+    @property
+    def name(self) -> str:
+        return str(self.settings.__struct_config__.tag)
+
+
+S = TypeVar("S", bound=SinkSettings)
+
+
+class FilteredSink(Generic[S]):
     """Base of the concrete sinks: the settings-driven filter and delivery limits."""
 
-    def __init__(self, settings: SinkSettings) -> None:
+    def __init__(self, settings: S) -> None:
         self.settings = settings
         self.name = settings.name
         self.timeout_s = settings.timeout_s
@@ -136,7 +223,7 @@ class FilteredSink:
         self._kinds = settings.effective_kinds
         self._agents = frozenset(settings.agents)
         self._environments = frozenset(settings.environments)
-        self._min_rank = Severity(settings.min_severity).rank
+        self._min_rank = settings.min_severity.rank
 
     def accepts(self, item: Item) -> bool:
         return (
@@ -150,73 +237,28 @@ class FilteredSink:
         return None
 
 
-def build_sinks(
-    settings: Sequence[SinkSettings],
-    *,
-    session_factory: Callable[[], Any] | None = None,
-    kafka_producer_factory: Callable[..., Any] | None = None,
-    clock: Clock | None = None,
-    tracer_provider: Any = None,
-    kafka: KafkaSettings | None = None,
-) -> list[Sink]:
-    """The sinks for the configured settings, in order.
-
-    ``session_factory`` makes an ``aiohttp.ClientSession`` (one per HTTP sink, created on first use
-    inside the loop); ``kafka_producer_factory(**options)`` an ``AIOKafkaProducer``; ``kafka`` gives a
-    kafka sink without ``bootstrap_servers`` the daemon's broker and security options;
-    ``tracer_provider`` is the OpenTelemetry provider of the otel sink (None: the global one).
-    """
-    # imported here: the sink modules import this one for the base types
-    from watcher.clock import SystemClock
-    from watcher.sinks.grafana import GrafanaSink
-    from watcher.sinks.kafka import KafkaSink
-    from watcher.sinks.otel import OtelSink
-    from watcher.sinks.pagerduty import PagerDutySink
-    from watcher.sinks.slack import SlackSink
-    from watcher.sinks.webhook import WebhookSink
-
-    check_unique_names(settings)
-    clk = clock or SystemClock()
-    out: list[Sink] = []
-    for s in settings:
-        if s.type == "kafka":
-            out.append(KafkaSink(s, producer_factory=kafka_producer_factory, kafka=kafka))
-        elif s.type == "otel":
-            out.append(OtelSink(s, tracer_provider=tracer_provider))
-        else:
-            http_cls = {
-                "webhook": WebhookSink,
-                "slack": SlackSink,
-                "pagerduty": PagerDutySink,
-                "grafana": GrafanaSink,
-            }[s.type]
-            out.append(http_cls(s, session_factory=session_factory, clock=clk))
-    return out
-
-
-def links(settings: SinkSettings, record: dict[str, Any]) -> list[tuple[str, str]]:
-    """(text, url) links for a record: the rollout in watcher's API and the dashboard."""
+def links(api_url: str | None, dashboard_url: str | None, record: dict[str, Any]) -> list[tuple[str, str]]:
+    """(text, url) links for a record: the rollout in watcher's API (``api_url``: watcher's own
+    external URL) and the dashboard (``dashboard_url`` may hold {agent_id}, {environment}, {rollout_id})."""
     rollout = record.get("rollout") or {}
     rollout_id = rollout.get("rollout_id") or ""
     agent = rollout.get("agent_id") or record.get("agent_id") or ""
     env = rollout.get("environment") or record.get("environment") or ""
     out: list[tuple[str, str]] = []
-    if settings.api_url:
-        base = settings.api_url.rstrip("/")
+    if api_url:
+        base = api_url.rstrip("/")
         if rollout_id:
             out.append(("Rollout in watcher", f"{base}/v1/rollouts/{rollout_id}"))
             out.append(("Decisions", f"{base}/v1/decisions?rollout_id={rollout_id}"))
         elif agent:
             out.append(("Drift signals", f"{base}/v1/drift?agent_id={agent}&environment={env}"))
-    if settings.dashboard_url:
-        url = settings.dashboard_url.format_map(
-            _Blank(agent_id=agent, environment=env, rollout_id=rollout_id)
-        )
+    if dashboard_url:
+        url = dashboard_url.format_map(_Blank(agent_id=agent, environment=env, rollout_id=rollout_id))
         out.append(("Dashboard", url))
     return out
 
 
-class _Blank(dict):  # type: ignore[type-arg]
+class _Blank(dict[str, str]):
     """format_map that leaves unknown placeholders empty instead of raising at send time."""
 
     def __missing__(self, key: str) -> str:

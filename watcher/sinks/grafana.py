@@ -18,14 +18,16 @@ digits of its hash, so two long ids never share a tag. Auth: ``Authorization: Be
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
+from msgspec import Meta
+
+from watcher.config import SECRET
 from watcher.contract import Item, ItemKind
-from watcher.sinks.base import NULL_STATE, Request, SinkState
+from watcher.sinks.base import NULL_STATE, HttpUrl, Request, SinkContext, SinkSettings, SinkState, SinkType
 from watcher.sinks.webhook import HttpSink
 
-__all__ = ["MAX_TAG", "GrafanaSink", "fit_tag"]
-
+__all__ = ["GRAFANA", "MAX_TAG", "GrafanaSettings", "GrafanaSink", "fit_tag"]
 
 MAX_TAG = 100  # Grafana's limit on a tag's length
 
@@ -41,7 +43,19 @@ def fit_tag(tag: str) -> str:
     return tag[: MAX_TAG - 9] + "~" + hashlib.sha256(tag.encode()).hexdigest()[:8]
 
 
-class GrafanaSink(HttpSink):
+class GrafanaSettings(SinkSettings, tag="grafana", frozen=True, kw_only=True):
+    """``type: grafana``: annotations through Grafana's HTTP API at ``url``."""
+
+    url: HttpUrl  # Grafana's base URL
+    token: Annotated[Annotated[str, Meta(min_length=1)], SECRET]  # a service-account token
+    dashboard_uid: str | None = None  # attach annotations to this dashboard (None: the organisation)
+    panel_id: int | None = None
+    tags: tuple[Annotated[str, Meta(min_length=1, max_length=MAX_TAG)], ...] = ()  # extra tags
+
+    DEFAULT_KINDS: ClassVar[tuple[ItemKind, ...]] = (ItemKind.DECISION, ItemKind.MARKER)
+
+
+class GrafanaSink(HttpSink[GrafanaSettings]):
     def headers(self, request: Request, body: bytes) -> dict[str, str]:
         out = super().headers(request, body)
         out["Authorization"] = f"Bearer {self.settings.token}"
@@ -53,7 +67,7 @@ class GrafanaSink(HttpSink):
         return None
 
     def _api(self, path: str) -> str:
-        return (self.settings.url or "").rstrip("/") + path
+        return self.settings.url.rstrip("/") + path
 
     def _tags(
         self, agent: str, env: str, version: str | None, rollout_id: str | None, kind: str
@@ -160,3 +174,10 @@ class GrafanaSink(HttpSink):
             ),
         }
         return [Request(kind="point", url=self._api("/api/annotations"), body=body)]
+
+
+def _build(settings: GrafanaSettings, ctx: SinkContext) -> GrafanaSink:
+    return GrafanaSink(settings, session_factory=ctx.session_factory, clock=ctx.clock)
+
+
+GRAFANA = SinkType(GrafanaSettings, _build)

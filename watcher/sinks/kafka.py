@@ -11,18 +11,31 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from watcher.config import SinkSettings
+from msgspec import Meta
+
+from watcher.config import parse_bootstrap_servers
 from watcher.contract import Item, ItemKind
 from watcher.errors import SinkError
-from watcher.sinks.base import NULL_STATE, FilteredSink, Request, Sent, SinkState
+from watcher.sinks.base import (
+    NULL_STATE,
+    FilteredSink,
+    Request,
+    Sent,
+    SinkContext,
+    SinkSettings,
+    SinkState,
+    SinkType,
+)
 from watcher.sinks.webhook import encode_body
 
 if TYPE_CHECKING:
     from watcher.config import KafkaSettings
 
-__all__ = ["KafkaSink"]
+__all__ = ["KAFKA", "KafkaSink", "KafkaSinkSettings"]
+
+Topic = Annotated[str, Meta(min_length=1)]
 
 
 def _default_producer(**options: Any) -> Any:
@@ -31,10 +44,26 @@ def _default_producer(**options: Any) -> Any:
     return AIOKafkaProducer(**options)
 
 
-class KafkaSink(FilteredSink):
+class KafkaSinkSettings(SinkSettings, tag="kafka", frozen=True, kw_only=True):
+    """``type: kafka``: the records on topics of the daemon's cluster (or ``bootstrap_servers``)."""
+
+    bootstrap_servers: str | None = None  # None: the daemon's kafka.bootstrap_servers and security
+    topic: Topic = "watcher.decisions"
+    markers_topic: Topic = "watcher.rollout-changes"
+    drift_topic: Topic | None = None  # None: drift signals go to `topic` (their `schema` tells them apart)
+
+    DEFAULT_KINDS: ClassVar[tuple[ItemKind, ...]] = (ItemKind.DECISION, ItemKind.MARKER, ItemKind.DRIFT)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bootstrap_servers is not None:
+            parse_bootstrap_servers(self.bootstrap_servers, f"sinks[{self.name}].bootstrap_servers")
+
+
+class KafkaSink(FilteredSink[KafkaSinkSettings]):
     def __init__(
         self,
-        settings: SinkSettings,
+        settings: KafkaSinkSettings,
         *,
         producer_factory: Callable[..., Any] | None = None,
         kafka: KafkaSettings | None = None,
@@ -103,3 +132,10 @@ class KafkaSink(FilteredSink):
             with contextlib.suppress(Exception):
                 await self._producer.stop()
         self._producer = None
+
+
+def _build(settings: KafkaSinkSettings, ctx: SinkContext) -> KafkaSink:
+    return KafkaSink(settings, producer_factory=ctx.producer_factory, kafka=ctx.kafka)
+
+
+KAFKA = SinkType(KafkaSinkSettings, _build)

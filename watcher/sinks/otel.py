@@ -9,13 +9,21 @@ the provider's job, so a ``send`` here never fails on the network.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from watcher.config import SinkSettings
 from watcher.contract import Item, ItemKind
-from watcher.sinks.base import NULL_STATE, FilteredSink, Request, Sent, SinkState
+from watcher.sinks.base import (
+    NULL_STATE,
+    FilteredSink,
+    Request,
+    Sent,
+    SinkContext,
+    SinkSettings,
+    SinkState,
+    SinkType,
+)
 
-__all__ = ["OtelSink", "attributes"]
+__all__ = ["OTEL", "OtelSettings", "OtelSink", "attributes"]
 
 _SCALARS = (str, bool, int, float)
 
@@ -50,8 +58,14 @@ def attributes(item: Item) -> dict[str, Any]:
     return out
 
 
-class OtelSink(FilteredSink):
-    def __init__(self, settings: SinkSettings, *, tracer_provider: Any = None) -> None:
+class OtelSettings(SinkSettings, tag="otel", frozen=True, kw_only=True):
+    """``type: otel``: spans on the daemon's OpenTelemetry tracer provider; nothing of its own."""
+
+    DEFAULT_KINDS: ClassVar[tuple[ItemKind, ...]] = (ItemKind.DECISION, ItemKind.MARKER, ItemKind.DRIFT)
+
+
+class OtelSink(FilteredSink[OtelSettings]):
+    def __init__(self, settings: OtelSettings, *, tracer_provider: Any = None) -> None:
         super().__init__(settings)
         from opentelemetry import trace
 
@@ -86,3 +100,10 @@ class OtelSink(FilteredSink):
         finally:
             span.end()
         return Sent(detail=body["name"])
+
+
+def _build(settings: OtelSettings, ctx: SinkContext) -> OtelSink:
+    return OtelSink(settings, tracer_provider=ctx.tracer_provider)
+
+
+OTEL = SinkType(OtelSettings, _build)

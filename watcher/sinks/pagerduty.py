@@ -15,13 +15,26 @@ Statuses: 202 accepted; 400 invalid (permanent); 429 and 5xx retried (``sink_htt
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
+from msgspec import Meta
+
+from watcher.config import SECRET
 from watcher.contract import Item, ItemKind
-from watcher.sinks.base import NULL_STATE, Request, SinkState, links, truncate
+from watcher.sinks.base import (
+    NULL_STATE,
+    HttpUrl,
+    Request,
+    SinkContext,
+    SinkSettings,
+    SinkState,
+    SinkType,
+    links,
+    truncate,
+)
 from watcher.sinks.webhook import HttpSink
 
-__all__ = ["PagerDutySink", "dedup_key"]
+__all__ = ["PAGERDUTY", "PagerDutySettings", "PagerDutySink", "dedup_key"]
 
 SUMMARY_MAX = 1024
 DEDUP_MAX = 255
@@ -33,9 +46,22 @@ def dedup_key(rollout_id: str) -> str:
     return f"watcher/{rollout_id}"[:DEDUP_MAX]
 
 
-class PagerDutySink(HttpSink):
+class PagerDutySettings(SinkSettings, tag="pagerduty", frozen=True, kw_only=True):
+    """``type: pagerduty``: Events API v2 with an integration's ``routing_key``."""
+
+    routing_key: Annotated[Annotated[str, Meta(min_length=1)], SECRET]  # the integration key
+    url: HttpUrl = "https://events.pagerduty.com"  # the Events API's base URL (EU: events.eu.pagerduty.com)
+    api_url: HttpUrl | None = None  # watcher's own external URL, for links in incidents
+    dashboard_url: HttpUrl | None = None  # may hold {agent_id}, {environment}, {rollout_id}
+    pause_severity: Literal["warning", "error"] = "warning"  # of a pause (a rollback is always critical)
+    source: str | None = None  # payload.source; None: "watcher/<agent>/<environment>"
+
+    DEFAULT_KINDS: ClassVar[tuple[ItemKind, ...]] = (ItemKind.DECISION, ItemKind.MARKER)
+
+
+class PagerDutySink(HttpSink[PagerDutySettings]):
     def _url(self, path: str) -> str:
-        return (self.settings.url or "https://events.pagerduty.com").rstrip("/") + path
+        return self.settings.url.rstrip("/") + path
 
     def render(self, item: Item, state: SinkState = NULL_STATE) -> list[Request]:
         r = item.record
@@ -127,7 +153,10 @@ class PagerDutySink(HttpSink):
                 "class": trigger.get("metric") or r["cause"],
                 "custom_details": details,
             },
-            "links": [{"href": url, "text": text} for text, url in links(self.settings, r)],
+            "links": [
+                {"href": url, "text": text}
+                for text, url in links(self.settings.api_url, self.settings.dashboard_url, r)
+            ],
         }
 
     def _change(self, item: Item) -> dict[str, Any]:
@@ -153,8 +182,18 @@ class PagerDutySink(HttpSink):
                     "marker": marker or None,
                 },
             },
-            "links": [{"href": url, "text": text} for text, url in links(self.settings, r)],
+            "links": [
+                {"href": url, "text": text}
+                for text, url in links(self.settings.api_url, self.settings.dashboard_url, r)
+            ],
         }
 
     def _source(self, agent: str, env: str) -> str:
         return self.settings.source or f"watcher/{agent}/{env}"
+
+
+def _build(settings: PagerDutySettings, ctx: SinkContext) -> PagerDutySink:
+    return PagerDutySink(settings, session_factory=ctx.session_factory, clock=ctx.clock)
+
+
+PAGERDUTY = SinkType(PagerDutySettings, _build)

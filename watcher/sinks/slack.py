@@ -12,13 +12,26 @@ Statuses: 200 ok; 400 ``invalid_payload``, 403, 404, 410 permanent; 429 with ``R
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from msgspec import Meta
+
+from watcher.config import SECRET
 from watcher.contract import Item, ItemKind
-from watcher.sinks.base import NULL_STATE, Request, SinkState, links, truncate
+from watcher.sinks.base import (
+    NULL_STATE,
+    HttpUrl,
+    Request,
+    SinkContext,
+    SinkSettings,
+    SinkState,
+    SinkType,
+    links,
+    truncate,
+)
 from watcher.sinks.webhook import HttpSink
 
-__all__ = ["SlackSink", "render_decision", "render_drift", "render_marker"]
+__all__ = ["SLACK", "SlackSettings", "SlackSink", "render_decision", "render_drift", "render_marker"]
 
 MAX_BLOCKS = 50
 HEADER_MAX = 150
@@ -215,10 +228,18 @@ def render_drift(record: dict[str, Any], link_list: list[tuple[str, str]]) -> di
     return {"text": truncate(f"{title}: {record['reason']}", TEXT_MAX), "blocks": blocks}
 
 
-class SlackSink(HttpSink):
+class SlackSettings(SinkSettings, tag="slack", frozen=True, kw_only=True):
+    """``type: slack``: an incoming webhook. Its URL holds the credential, so it is masked too."""
+
+    url: Annotated[HttpUrl, SECRET]
+    api_url: HttpUrl | None = None  # watcher's own external URL, for links in messages
+    dashboard_url: HttpUrl | None = None  # may hold {agent_id}, {environment}, {rollout_id}
+    max_evidence_rows: Annotated[int, Meta(ge=1)] = 8  # evidence rows shown (failing rows first)
+
+
+class SlackSink(HttpSink[SlackSettings]):
     def render(self, item: Item, state: SinkState = NULL_STATE) -> list[Request]:
-        assert self.settings.url is not None
-        link_list = links(self.settings, item.record)
+        link_list = links(self.settings.api_url, self.settings.dashboard_url, item.record)
         if item.kind is ItemKind.DECISION:
             body = render_decision(item.record, link_list, self.settings.max_evidence_rows)
         elif item.kind is ItemKind.MARKER:
@@ -226,3 +247,10 @@ class SlackSink(HttpSink):
         else:
             body = render_drift(item.record, link_list)
         return [Request(kind="message", url=self.settings.url, body=body)]
+
+
+def _build(settings: SlackSettings, ctx: SinkContext) -> SlackSink:
+    return SlackSink(settings, session_factory=ctx.session_factory, clock=ctx.clock)
+
+
+SLACK = SinkType(SlackSettings, _build)

@@ -16,15 +16,37 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
+
+from msgspec import Meta
 
 from watcher.clock import Clock, SystemClock
-from watcher.config import SinkSettings, redact, secret_values
+from watcher.config import SECRET, redact, secret_values
 from watcher.contract import Item
 from watcher.errors import SinkError
-from watcher.sinks.base import NULL_STATE, FilteredSink, Request, Sent, SinkState
+from watcher.sinks.base import (
+    NULL_STATE,
+    FilteredSink,
+    HttpUrl,
+    Request,
+    S,
+    Sent,
+    SinkContext,
+    SinkSettings,
+    SinkState,
+    SinkType,
+)
 
-__all__ = ["HttpSink", "WebhookSink", "classify", "encode_body", "parse_retry_after", "sign"]
+__all__ = [
+    "WEBHOOK",
+    "HttpSink",
+    "WebhookSettings",
+    "WebhookSink",
+    "classify",
+    "encode_body",
+    "parse_retry_after",
+    "sign",
+]
 
 USER_AGENT = "watcher-outbox/1"
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
@@ -80,13 +102,13 @@ def _default_session() -> Any:
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
 
 
-class HttpSink(FilteredSink):
+class HttpSink(FilteredSink[S]):
     """Base of the HTTP sinks: one aiohttp session per sink (a slow receiver's connection pool is
     its own), created on first use inside the running loop."""
 
     def __init__(
         self,
-        settings: SinkSettings,
+        settings: S,
         *,
         session_factory: Callable[[], Any] | None = None,
         clock: Clock | None = None,
@@ -151,11 +173,17 @@ class HttpSink(FilteredSink):
         self._session = None
 
 
-class WebhookSink(HttpSink):
+class WebhookSettings(SinkSettings, tag="webhook", frozen=True, kw_only=True):
+    """``type: webhook``: the JSON record POSTed to ``url``, signed with ``hmac_secret``."""
+
+    url: HttpUrl
+    hmac_secret: Annotated[Annotated[str, Meta(min_length=1)], SECRET]  # the receiver's signing key
+
+
+class WebhookSink(HttpSink[WebhookSettings]):
     """The generic deployer webhook: the JSON record, signed, one POST per item."""
 
     def render(self, item: Item, state: SinkState = NULL_STATE) -> list[Request]:
-        assert self.settings.url is not None
         return [
             Request(
                 kind=item.kind.value,
@@ -170,5 +198,12 @@ class WebhookSink(HttpSink):
         # signed at send time, not render time: a retry an hour later carries a fresh timestamp
         timestamp = int(self._clock.now())
         out[TIMESTAMP_HEADER] = str(timestamp)
-        out[SIGNATURE_HEADER] = sign(self.settings.hmac_secret or "", timestamp, body)
+        out[SIGNATURE_HEADER] = sign(self.settings.hmac_secret, timestamp, body)
         return out
+
+
+def _build(settings: WebhookSettings, ctx: SinkContext) -> WebhookSink:
+    return WebhookSink(settings, session_factory=ctx.session_factory, clock=ctx.clock)
+
+
+WEBHOOK = SinkType(WebhookSettings, _build)

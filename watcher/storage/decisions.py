@@ -30,12 +30,15 @@ from watcher.errors import CheckpointError
 from watcher.storage.sqlite import open_store
 
 _LOG_SCHEMA_VERSION = 1
+# the log's rows as plain dicts (an alias: in classes with a ``list`` method, ``list[...]`` is that method)
+Rows = list[dict[str, Any]]
 
 
 class DriftRecord(Protocol):
     """What the log needs from a drift signal (``watcher.judges.drift.DriftSignal`` fits)."""
 
-    signal_id: str
+    @property
+    def signal_id(self) -> str: ...
 
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -57,7 +60,7 @@ class DecisionLog(Protocol):
         since: float | None = None,
         limit: int = 100,
         ascending: bool = False,
-    ) -> list[dict[str, Any]]: ...
+    ) -> Rows: ...
 
     def latest(self, rollout_id: str) -> dict[str, Any] | None: ...
 
@@ -73,7 +76,9 @@ class DecisionLog(Protocol):
         since: float | None = None,
         limit: int = 100,
         ascending: bool = False,
-    ) -> list[dict[str, Any]]: ...
+    ) -> Rows: ...
+
+    def close(self) -> None: ...
 
 
 def json_safe(value: Any) -> Any:
@@ -173,7 +178,7 @@ class _Queries:
         since: float | None = None,
         limit: int = 100,
         ascending: bool = False,
-    ) -> list[dict[str, Any]]:
+    ) -> Rows:
         filters = {
             "rollout_id": rollout_id,
             "agent_id": agent_id,
@@ -196,13 +201,13 @@ class _Queries:
         since: float | None = None,
         limit: int = 100,
         ascending: bool = False,
-    ) -> list[dict[str, Any]]:
+    ) -> Rows:
         filters = {"agent_id": agent_id, "environment": environment, "version": version, "metric": metric}
         return self._select("drift_signals", filters, since, limit, ascending)
 
     def _select(
         self, store: str, filters: dict[str, str | None], since: float | None, limit: int, ascending: bool
-    ) -> list[dict[str, Any]]:
+    ) -> Rows:
         raise NotImplementedError
 
 
@@ -258,7 +263,7 @@ class SqliteDecisionLog(_Queries):
 
     def _select(
         self, table: str, filters: dict[str, str | None], since: float | None, limit: int, ascending: bool
-    ) -> list[dict[str, Any]]:
+    ) -> Rows:
         clauses = [f"{col} = ?" for col, v in filters.items() if v is not None]
         params: list[Any] = [v for v in filters.values() if v is not None]
         if since is not None:
@@ -330,7 +335,7 @@ class MemoryDecisionLog(_Queries):
 
     def _select(
         self, store: str, filters: dict[str, str | None], since: float | None, limit: int, ascending: bool
-    ) -> list[dict[str, Any]]:
+    ) -> Rows:
         table = self._decisions if store == "decisions" else self._drift
         wanted = {k: v for k, v in filters.items() if v is not None}
         hits = [

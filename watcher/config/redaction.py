@@ -1,26 +1,24 @@
-"""Secret settings: marked on the field, masked wherever settings are shown or logged.
+"""Secrets in URLs and in free text: masked wherever settings are shown or logged.
 
-A secret is a field marked with ``secret()`` (tokens, keys) *or* the secret part of a URL: the
+A secret is a field whose type is ``Annotated[..., SECRET]`` (tokens, keys; ``watcher.config.validate``)
+*or* the secret part of a URL: the
 password of its user info (``https://user:pass@host``), a query parameter whose name says it is a
 credential (``?token=``, ``?key=``, ``?sig=``...) and, for webhook services whose URL is the
 credential (Slack, Discord, Microsoft Teams), the path. ``mask_url`` masks those parts and keeps the
 rest (scheme, host, port, user name), so a person can still tell which endpoint is meant;
 ``redact`` does the same to free text (log lines, error messages) and also masks the exact values
-``secret_values`` collects from the settings.
+``watcher.config.validate.secret_values`` collects from the settings.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterable
-from dataclasses import field
-from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-__all__ = ["MASK", "mask_url", "redact", "secret", "secret_values"]
+__all__ = ["MIN_SECRET", "mask_url", "redact", "url_secrets"]
 
-MASK = "********"
+MASK = "********"  # the same as watcher.config.validate.MASK (which imports this module)
 # query parameter names that carry credentials (matched anywhere in the name, any case)
 _SECRET_PARAM = re.compile(r"token|key|secret|passw|pwd|sig|auth|credential|session|code", re.IGNORECASE)
 # services whose webhook URL path is the credential itself
@@ -29,12 +27,7 @@ _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>`]+")
 # for text that does not parse as a URL (a broken IPv6 host, a bad port): the same parts by pattern
 _USERINFO = re.compile(r"(?<=://)([^/@\s:]*)(?::([^/@\s]*))?@")
 _PARAM = re.compile(r"(?<=[?&])([^=&#\s]+)=([^&#\s]*)")
-_MIN_SECRET = 4  # shorter values would mask ordinary words in log lines
-
-
-def secret(default: Any = None) -> Any:
-    """A dataclass field whose value never appears in logs, errors or ``check-config`` output."""
-    return field(default=default, metadata={"secret": True})
+MIN_SECRET = 4  # shorter values would mask ordinary words in log lines
 
 
 def _secret_path(host: str) -> bool:
@@ -76,7 +69,8 @@ def _mask_by_pattern(url: str) -> str:
     )
 
 
-def _url_secrets(url: str, *, path_is_secret: bool = False) -> set[str]:
+def url_secrets(url: str, *, path_is_secret: bool = False) -> set[str]:
+    """The secret parts of ``url`` (a password, credential parameters, a credential path)."""
     try:
         parts = urlsplit(url)
         _ = parts.port
@@ -97,30 +91,10 @@ def _url_secrets(url: str, *, path_is_secret: bool = False) -> set[str]:
     return found
 
 
-def secret_values(obj: Any) -> set[str]:
-    """Every secret string in a settings object: the marked fields and the secret parts of URLs."""
-    found: set[str] = set()
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        slack = getattr(obj, "type", None) == "slack"  # a Slack webhook URL is the credential
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if isinstance(value, str) and value:
-                if f.metadata.get("secret"):
-                    found.add(value)
-                elif "://" in value:
-                    found |= _url_secrets(value, path_is_secret=slack and f.name == "url")
-            else:
-                found |= secret_values(value)
-    elif isinstance(obj, (tuple, list)):
-        for item in obj:
-            found |= secret_values(item)
-    return {s for s in found if len(s) >= _MIN_SECRET}
-
-
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every known secret and every URL's secret parts masked."""
     for value in sorted(secrets, key=len, reverse=True):
-        if len(value) >= _MIN_SECRET and value in text:
+        if len(value) >= MIN_SECRET and value in text:
             text = text.replace(value, MASK)
     if "://" in text:
         text = _URL.sub(lambda m: mask_url(m.group(0)), text)
