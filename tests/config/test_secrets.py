@@ -11,8 +11,9 @@ import yaml
 
 from watcher.cli import main
 from watcher.cli.logs import configure_logging
-from watcher.config import MASK, load_settings, mask_url, redact
+from watcher.config import MASK, load_settings, mask_url, redact, secret_values
 from watcher.errors import ConfigError, SinkError
+from watcher.sinks import sink_settings
 from watcher.sinks.base import Request
 from watcher.sinks.webhook import HttpSink
 
@@ -72,7 +73,7 @@ def test_check_config_masks_every_secret_and_url_credential(config: Path, capsys
     shown = yaml.safe_load(out)
     sinks = {s["name"]: s for s in shown["sinks"]}
     # what is not secret stays readable: which endpoint, which user, which parameters
-    assert sinks["team"]["url"] == f"https://hooks.slack.com/services/{MASK}"
+    assert sinks["team"]["url"] == MASK  # a Slack webhook URL is the credential itself
     assert sinks["deployer"]["url"] == (
         f"https://ci:{MASK}@deploy.example.com/hooks/watcher?token={MASK}&team=ml"
     )
@@ -81,9 +82,9 @@ def test_check_config_masks_every_secret_and_url_credential(config: Path, capsys
     assert shown["kafka"]["sasl_plain_username"] == "watcher"
 
 
-def test_log_lines_and_tracebacks_are_masked(config: Path, capsys) -> None:
+def test_log_lines_and_tracebacks_are_masked(config: Path, capsys, restore_logging: None) -> None:
     settings = load_settings(config, environ={})
-    configure_logging("INFO", settings.secrets())
+    configure_logging("INFO", secret_values((settings, sink_settings(settings.sinks))))
     log = logging.getLogger("watcher.test.secrets")
     log.warning("posting to %s failed", SECRETS["slack"])
     log.info("token %s, key %s", SECRETS["flagger_token"], SECRETS["routing_key"])
@@ -95,18 +96,19 @@ def test_log_lines_and_tracebacks_are_masked(config: Path, capsys) -> None:
     except RuntimeError:
         log.exception("delivery failed")
     err = capsys.readouterr().err
-    assert "posting to https://hooks.slack.com/services/" in err and "delivery failed" in err
+    assert f"posting to {MASK} failed" in err and "delivery failed" in err  # the whole Slack URL is secret
     assert _leaks(err) == [] and "unlisted-pass" not in err and "unlisted-tok" not in err
     assert "Traceback" in err and f"https://ci:{MASK}@deploy.example.com" in err
 
 
 async def test_a_sink_s_transport_error_keeps_no_credentials() -> None:
-    from watcher.config import SinkSettings
-
     # the HTTP client's error for a URL it cannot use quotes the whole URL; the outbox keeps that
     # text as the delivery's last_error, which GET /v1/deliveries shows
     url = f"http://ci:{SECRETS['basic_password']}@[::1/hook?token={SECRETS['query_token']}"
-    sink = HttpSink(SinkSettings(name="deployer", type="webhook", url=url, hmac_secret=SECRETS["hmac"]))
+    (settings,) = sink_settings(
+        [{"name": "deployer", "type": "webhook", "url": url, "hmac_secret": SECRETS["hmac"]}]
+    )
+    sink = HttpSink(settings)
     try:
         with pytest.raises(SinkError) as err:
             await sink.send(Request(kind="decision", method="POST", url=url, body={"x": 1}))
@@ -118,8 +120,12 @@ async def test_a_sink_s_transport_error_keeps_no_credentials() -> None:
 def test_configuration_errors_do_not_print_the_secret_url() -> None:
     bad = f"htps://hooks.slack.com/services/T0001/{SLACK_SECRET}"
     with pytest.raises(ConfigError) as err:
-        load_settings(environ={}, overrides={"sinks": [{"name": "team", "type": "slack", "url": bad}]})
-    assert SLACK_SECRET not in str(err.value) and "hooks.slack.com" in str(err.value)
+        sink_settings([{"name": "team", "type": "slack", "url": bad}])
+    assert SLACK_SECRET not in str(err.value)
+    typo = f"htp://ci:{SECRETS['basic_password']}@deploy.example.com/?token={SECRETS['query_token']}"
+    with pytest.raises(ConfigError) as err:
+        sink_settings([{"name": "deployer", "type": "webhook", "url": typo, "hmac_secret": SECRETS["hmac"]}])
+    assert _leaks(str(err.value)) == [] and f"htp://ci:{MASK}@deploy.example.com" in str(err.value)
 
 
 @pytest.mark.parametrize(

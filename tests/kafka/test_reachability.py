@@ -55,7 +55,9 @@ def test_the_hint_only_for_this_machine() -> None:
     )
 
 
-async def test_a_source_without_broker_logs_one_warning(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_a_source_without_broker_logs_one_warning(
+    capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

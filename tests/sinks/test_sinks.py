@@ -296,7 +296,7 @@ async def test_grafana_tags_fit_for_the_longest_ids(tmp_path: Path) -> None:
 
     grafana = Grafana("t")
     rx = await Receiver(grafana.validate, grafana.respond).start()
-    s = SinkSettings(name="grafana", type="grafana", url=rx.url, token="t")
+    s = GrafanaSettings(name="grafana", url=rx.url, token="t")
     long_a, long_b = "a" * 127 + "1", "a" * 127 + "2"  # agent ids may have 128 characters
     try:
         outbox = await deliver(
@@ -317,8 +317,10 @@ async def test_grafana_tags_fit_for_the_longest_ids(tmp_path: Path) -> None:
     agents = [next(t for t in a["tags"] if t.startswith("agent:")) for a in grafana.annotations.values()]
     assert len(set(agents)) == 2 and all(len(t) == 100 for t in agents)  # cut, and still apart
     assert fit_tag("agent:support-bot") == "agent:support-bot"
-    with pytest.raises(ConfigError, match=r"sinks\[grafana\]\.tags"):
-        SinkSettings(name="grafana", type="grafana", url=rx.url, token="t", tags=("x" * 101,))
+    with pytest.raises(ConfigError, match=r"sinks\[grafana\]\.tags\[0\]: must have at most 100 characters"):
+        sink_settings(
+            [{"name": "grafana", "type": "grafana", "url": rx.url, "token": "t", "tags": ["x" * 101]}]
+        )
 
 
 def grafana_errors(rx: Receiver) -> list[str]:

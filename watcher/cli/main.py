@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -261,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors: argparse has said it
         return int(exc.code or 0)
-    configure_logging("WARNING")  # until a command sets its own level (`run`: log_level)
+    if not logging.getLogger().handlers:  # a process of its own (not a caller that set up logging)
+        configure_logging("WARNING")  # until a command sets its own level (`run`: log_level)
     try:
         result = args.handler(args)
         if inspect.iscoroutine(result):

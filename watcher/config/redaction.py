@@ -75,9 +75,9 @@ def url_secrets(url: str, *, path_is_secret: bool = False) -> set[str]:
         parts = urlsplit(url)
         _ = parts.port
     except ValueError:  # not parsable: what the patterns find
-        found = {m.group(2) or m.group(1) for m in _USERINFO.finditer(url)}
-        found |= {m.group(2) for m in _PARAM.finditer(url) if _SECRET_PARAM.search(m.group(1))}
-        return {f for f in found if f}
+        by_pattern = {m.group(2) or m.group(1) for m in _USERINFO.finditer(url)}
+        by_pattern |= {m.group(2) for m in _PARAM.finditer(url) if _SECRET_PARAM.search(m.group(1))}
+        return {f for f in by_pattern if f}
     found: set[str] = set()
     if parts.password:
         found.add(parts.password)
