@@ -43,6 +43,13 @@ def test_yaml_then_environment_then_overrides(tmp_path) -> None:
         ("rollouts:\n  auto_start: maybe\n", "rollouts.auto_start"),
         ("rollouts:\n  auto_canary_weight: 1.5\n", "rollouts.auto_canary_weight"),
         ("kafka: 3\n", "kafka"),
+        # a topic the broker would refuse only at the first write (issue #15, 3)
+        ("kafka:\n  dead_letter_topic: dead letters\n", "kafka.dead_letter_topic"),
+        ("kafka:\n  telemetry_topics: [ok, '..']\n", "kafka.telemetry_topics[1]"),
+        ("checkpoint:\n  topic: 'a/b'\n", "checkpoint.topic"),
+        ("kafka:\n  dead_letter_timeout_s: 0\n", "kafka.dead_letter_timeout_s"),
+        ("spool:\n  max_bytes: 0\n", "spool.max_bytes"),
+        ("shutdown_grace_s: 0.1\n", "shutdown_grace_s"),
         ("telemetry:\n  traces_exporter: otlp\n", "telemetry.otlp_endpoint"),
         ("judge:\n  policy_file: /nonexistent/policy.yaml\n", "judge.policy_file"),
         ("log_level: LOUD\n", "log_level"),

@@ -179,6 +179,7 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
             "judge.decision_log": str(tmp_path / "decisions.sqlite"),
             "log_level": "WARNING",
             "outbox.path": str(tmp_path / "outbox.sqlite"),
+            "spool.path": str(tmp_path / "spool.sqlite"),
             "checkpoint.path": str(tmp_path / "checkpoint.sqlite"),
             "checkpoint.interval_s": 1.0,
             "sinks": [

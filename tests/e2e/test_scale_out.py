@@ -109,6 +109,7 @@ async def test_instances_share_partitions_hand_state_over_and_survive_a_rolling_
             "WATCHER_CHECKPOINT__TOPIC": topic + "-checkpoints",
             "WATCHER_JUDGE__DECISION_LOG": str(tmp_path / f"decisions-{name}.sqlite"),
             "WATCHER_OUTBOX__PATH": str(tmp_path / f"outbox-{name}.sqlite"),
+            "WATCHER_SPOOL__PATH": str(tmp_path / f"spool-{name}.sqlite"),
         }
         for name in ("a", "b")
     }

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from watcher.contract.schema import Rejected, RejectReason
 from watcher.errors import ConfigError, SinkError
 from watcher.kafka.deadletter import DeadLetters, FileDeadLetters, KafkaDeadLetters, NullDeadLetters
 from watcher.kafka.embedded import EmbeddedBroker, free_port
+from watcher.storage import SqliteSpool
 
 
 def rejects() -> list[Rejected]:
@@ -88,6 +91,9 @@ async def test_publish_during_an_outage_returns_only_once_delivered() -> None:
         )
         await sink.publish(rejects()[:1])  # connected before the outage
         own.pause()
+        await asyncio.sleep(
+            0.3
+        )  # SIGSTOP is asynchronous: on a loaded machine the broker can answer once more
         publish = asyncio.create_task(sink.publish(rejects()[1:]))
         await asyncio.sleep(2.5)  # more than two request timeouts: sends fail and are retried
         assert not publish.done(), "publish returned while the broker could not have acknowledged"
@@ -109,13 +115,116 @@ async def test_stop_interrupts_a_publish_that_cannot_be_delivered() -> None:
         await asyncio.wait_for(publish, 5)
 
 
-async def test_oversized_raw_is_truncated_not_retried_forever(tmp_path: Path) -> None:
-    big = Rejected(RejectReason.TOO_LARGE, "message of 300000 bytes", b"x" * 300_000, "telemetry/0@1")
-    sink = FileDeadLetters(tmp_path / "dl.jsonl", clock=ManualClock(5.0), max_raw_bytes=1000)
-    await sink.publish([big])
-    record = json.loads((tmp_path / "dl.jsonl").read_bytes())
-    assert base64.b64decode(record["raw_b64"]) == b"x" * 1000
-    assert "first 1000 of 300000 raw bytes" in record["detail"]
+async def test_a_message_too_large_for_one_record_travels_whole_in_parts(
+    broker: EmbeddedBroker, unique_topic
+) -> None:
+    # issue #15, 9: dead letters of messages over 256 KiB kept only the first 256 KiB
+    from watcher.kafka.embedded import TopicSpec, create_topics
+
+    topic = unique_topic("deadletter")
+    await create_topics(broker.bootstrap_servers, [TopicSpec(topic)])
+    raw = bytes(range(256)) * 2900  # 742,400 bytes: three parts of at most 256 KiB
+    big = Rejected(RejectReason.TOO_LARGE, "message of 742400 bytes", raw, "telemetry/0@1")
+    sink = KafkaDeadLetters(broker.bootstrap_servers, topic, clock=ManualClock(5.0))
+    await sink.publish([big, rejects()[0]])
+    await sink.stop()
+    got = [json.loads(r.value) for r in await read_topic(broker.bootstrap_servers, topic, 4)]
+    parts = sorted((d for d in got if d["origin"] == "telemetry/0@1"), key=lambda d: d["part"])
+    assert [(d["part"], d["parts"]) for d in parts] == [(0, 3), (1, 3), (2, 3)]
+    whole = b"".join(base64.b64decode(d["raw_b64"]) for d in parts)
+    assert whole == raw and parts[0]["raw_bytes"] == len(raw)
+    assert parts[0]["raw_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert all(d["reason"] == "too_large" and d["detail"] == big.detail for d in parts)
+    (small,) = [d for d in got if d["origin"] != "telemetry/0@1"]
+    assert "part" not in small  # one record: as before
+
+
+async def test_a_topic_that_refuses_writes_never_holds_the_batch(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    # issue #15, 3: an unwritable dead-letter topic stopped all counting (publish retried forever)
+    spool = SqliteSpool(tmp_path / "spool.sqlite")
+    sink = KafkaDeadLetters(
+        broker.bootstrap_servers,
+        "not a topic name!",  # the broker refuses it, as it would an ACL denial
+        client_options={"request_timeout_ms": 500},
+        spool=spool,
+        direct_timeout_s=0.5,
+        not_ready_after_s=0.3,
+    )
+    await sink.start()
+    try:
+        started = time.monotonic()
+        await asyncio.wait_for(sink.publish(rejects()[:2]), 5)
+        assert time.monotonic() - started < 2.0  # the direct try, then the spool
+        started = time.monotonic()
+        await sink.publish(rejects()[2:])  # the spool holds some: straight there, no wait
+        assert time.monotonic() - started < 0.2
+        assert spool.stats("deadletter").records == 3 and sink.published == 0
+        assert sink.health() is None  # not at once: a hiccup is not a reason to be unready
+        await asyncio.sleep(0.4)
+        why = sink.health()
+        assert why is not None and "3 dead letters wait in the spool" in why and "not a topic name" in why
+    finally:
+        await sink.stop()
+    # the spool is a file: what waits is still there for the next process
+    again = SqliteSpool(tmp_path / "spool.sqlite")
+    assert [s.record.key for s in again.head("deadletter", 10)] == [r.origin.encode() for r in rejects()]
+    again.close()
+    spool.close()
+
+
+async def test_spooled_dead_letters_are_forwarded_when_the_broker_takes_them_again(tmp_path: Path) -> None:
+    async with EmbeddedBroker() as own:  # paused below: not the shared session broker
+        from watcher.kafka.embedded import TopicSpec, create_topics
+
+        await create_topics(own.bootstrap_servers, [TopicSpec("dl")])
+        spool = SqliteSpool(tmp_path / "spool.sqlite")
+        sink = KafkaDeadLetters(
+            own.bootstrap_servers,
+            "dl",
+            client_options={"request_timeout_ms": 1000},
+            spool=spool,
+            direct_timeout_s=0.5,
+        )
+        await sink.start()
+        own.pause()
+        await asyncio.sleep(0.3)  # SIGSTOP is asynchronous
+        await asyncio.wait_for(sink.publish(rejects()), 5)  # spooled: the batch goes on
+        assert spool.stats("deadletter").records == 3
+        own.resume()
+        for _ in range(200):
+            if spool.stats("deadletter").records == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert spool.stats("deadletter").records == 0
+        await sink.stop()
+        got = await read_topic(own.bootstrap_servers, "dl", 3)
+        spool.close()
+    assert {r.key.decode() for r in got} == {r.origin for r in rejects()}
+
+
+async def test_a_full_spool_holds_the_batch_until_stop(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    spool = SqliteSpool(tmp_path / "spool.sqlite")
+    sink = KafkaDeadLetters(
+        broker.bootstrap_servers,
+        "not a topic name!",
+        client_options={"request_timeout_ms": 500},
+        spool=spool,
+        max_spool_bytes=600,  # room for about two of these records
+        direct_timeout_s=0.3,
+    )
+    await sink.start()
+    await sink.publish(rejects()[:2])
+    publish = asyncio.create_task(sink.publish(rejects()[2:] * 3))
+    await asyncio.sleep(0.5)
+    assert not publish.done() and sink.waiting_for_room  # bounded: the consumer waits, nothing is lost
+    assert "spool is full" in (sink.health() or "")
+    await sink.stop()
+    with pytest.raises(SinkError, match="spool full"):
+        await asyncio.wait_for(publish, 5)
+    assert spool.stats("deadletter").records == 2
+    spool.close()
 
 
 async def test_file_dead_letters_append_json_lines(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,7 @@ def test_every_metric_used_is_exposed_by_watcher(tmp_path: Path) -> None:
     from watcher.service.telemetry import StateCollector, WatcherMetrics
     from watcher.sim.traffic import generate
     from watcher.sinks.base import NullSink
+    from watcher.storage import SpoolCollector, SqliteSpool
     from watcher.storage.checkpoint import CheckpointMetrics
 
     engine = Engine(load_settings(environ={}, overrides={}))
@@ -243,6 +245,9 @@ def test_every_metric_used_is_exposed_by_watcher(tmp_path: Path) -> None:
     CheckpointMetrics(registry)
     HandoverMetrics(registry)  # the scale-out panels (checkpoint.scope: partition)
     outbox = Outbox(tmp_path / "outbox.sqlite", [NullSink("deployer")], registry=registry)
+    registry.register(
+        SpoolCollector(SqliteSpool(tmp_path / "spool.sqlite"), {"deadletter": 1 << 28}, time.time)
+    )
     lines = [raw for s in e2e_scenarios() for raw in generate(s)]
     lines += ended_rollout_markers(e2e_scenarios()[0].start_ts)
     for i in range(0, len(lines), 2000):

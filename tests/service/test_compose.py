@@ -29,6 +29,7 @@ def _settings(tmp_path: Path, **overrides: Any) -> Settings:
             "kafka.deployments_topics": ["deployments"],
             "judge.decision_log": str(tmp_path / "decisions.sqlite"),
             "outbox.path": str(tmp_path / "outbox.sqlite"),
+            "spool.path": str(tmp_path / "spool.sqlite"),
             "checkpoint.path": str(tmp_path / "checkpoint.sqlite"),
             **overrides,
         },

@@ -189,6 +189,7 @@ def test_watcher_run_exits_zero_on_sigterm(broker, unique_topic, tmp_path) -> No
         "WATCHER_HTTP__PORT": "0",
         "WATCHER_JUDGE__DECISION_LOG": str(tmp_path / "d.sqlite"),
         "WATCHER_OUTBOX__PATH": str(tmp_path / "o.sqlite"),
+        "WATCHER_SPOOL__PATH": str(tmp_path / "spool.sqlite"),
         "WATCHER_CHECKPOINT__PATH": str(tmp_path / "c.sqlite"),
     }
     proc = subprocess.Popen(

@@ -31,6 +31,7 @@ async def test_daemon_over_a_file_decides_dead_letters_and_traces(tmp_path) -> N
         overrides={
             "http.port": 0,
             "outbox.path": str(tmp_path / "outbox.sqlite"),
+            "spool.path": str(tmp_path / "spool.sqlite"),
             "checkpoint.path": str(tmp_path / "checkpoint.sqlite"),
         },
     )

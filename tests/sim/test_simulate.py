@@ -510,7 +510,8 @@ async def test_paced_file_output_takes_the_expected_time(tmp_path: Path) -> None
     mp = pytest.MonkeyPatch()
     mp.setattr(asyncio, "sleep", fake_sleep)
     try:
-        assert await sim._write_paced(s, tmp_path / "p.jsonl", rate=n / 4, clock=clock) == n
+        lines = (block for block, _ in sim.blocks(s))
+        assert await sim.write_paced(lines, tmp_path / "p.jsonl", rate=n / 4, clock=clock) == n
     finally:
         mp.undo()
     assert sum(slept) == pytest.approx(4.0, rel=0.05)

@@ -555,6 +555,7 @@ def test_the_sample_in_the_docs_is_valid() -> None:
         ({"name": "o", "type": "otel", "max_attempts": 0}, "sinks[o].max_attempts"),
         ({"name": "o", "type": "otel", "max_attempts": 20}, "sinks[o].max_attempts"),  # replaced: named
         ({"name": "o", "type": "otel", "retry_for_s": 0}, "sinks[o].retry_for_s"),
+        ({"name": "b", "type": "kafka", "topic": "decisions for all"}, "sinks[b].topic"),
         (
             {"name": "p", "type": "pagerduty", "routing_key": "k", "pause_severity": "info"},
             "sinks[p].pause_severity",

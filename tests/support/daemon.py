@@ -24,6 +24,7 @@ def daemon_settings(broker: Any, tmp_path: Path, topics: dict[str, str], **extra
         "http.port": 0,
         "judge.decision_log": str(tmp_path / "decisions.sqlite"),
         "outbox.path": str(tmp_path / "outbox.sqlite"),
+        "spool.path": str(tmp_path / "spool.sqlite"),
         "checkpoint.path": str(tmp_path / "checkpoint.sqlite"),
         **extra,
     }

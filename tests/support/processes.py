@@ -28,6 +28,7 @@ def watcher_env(broker: Any, tmp_path: Path, topic: str) -> dict[str, str]:
         "WATCHER_HTTP__PORT": "0",
         "WATCHER_JUDGE__DECISION_LOG": str(tmp_path / "decisions.sqlite"),
         "WATCHER_OUTBOX__PATH": str(tmp_path / "outbox.sqlite"),
+        "WATCHER_SPOOL__PATH": str(tmp_path / "spool.sqlite"),
         "WATCHER_CHECKPOINT__ENABLED": "true",
         "WATCHER_CHECKPOINT__PATH": str(tmp_path / "checkpoint.sqlite"),
         "WATCHER_CHECKPOINT__INTERVAL_S": "1.0",

@@ -155,6 +155,7 @@ async def run_demo(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int
                 "http.port": _port_or_any(args.http_port),
                 "judge.decision_log": str(decision_log),
                 "outbox.path": str(workdir / "outbox.sqlite"),
+                "spool.path": str(workdir / "spool.sqlite"),
                 "checkpoint.path": str(workdir / "checkpoint.sqlite"),
                 "log_level": "ERROR",
             },

@@ -32,7 +32,7 @@ from watcher.cli.parser import (
     port,
     positive_int,
 )
-from watcher.cli.process import install_reload_signal, install_stop_signals, tune_gc
+from watcher.cli.process import install_reload_signal, stop_within, tune_gc
 from watcher.config import secret_values
 from watcher.errors import ConfigError, WatcherError
 
@@ -115,7 +115,7 @@ async def _run(args: argparse.Namespace) -> int:
     # every secret of the settings and of the sinks' own settings is masked in the log
     configure_logging(settings.log_level, secret_values((settings, sink_settings(settings.sinks))))
     stop = asyncio.Event()
-    install_stop_signals(stop)
+    stop_within(stop, settings.shutdown_grace_s)  # before any thread: they inherit its signal mask
     daemon = build_daemon(settings, config_source=source)
     install_reload_signal(daemon.reload)  # SIGHUP: policy and sinks again, without a restart
     return await daemon.run(stop)

@@ -19,6 +19,7 @@ from watcher.config.settings import (
     KafkaSettings,
     Settings,
     TelemetrySettings,
+    Topic,
     check_sink_entries,
     load_settings,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "Section",
     "Settings",
     "TelemetrySettings",
+    "Topic",
     "check_sink_entries",
     "convert",
     "load_settings",

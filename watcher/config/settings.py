@@ -30,7 +30,7 @@ from msgspec import Meta
 
 from watcher.config.addresses import parse_bootstrap_servers
 from watcher.config.hooks import HooksSettings
-from watcher.config.validate import SECRET, Section, convert, field_type, plain, unwrap
+from watcher.config.validate import SECRET, TOPIC_PATTERN, Section, convert, field_type, plain, unwrap
 from watcher.errors import ConfigError
 
 __all__ = [
@@ -43,8 +43,10 @@ __all__ = [
     "OutboxSettings",
     "RolloutSettings",
     "Settings",
+    "SpoolSettings",
     "StateSettings",
     "TelemetrySettings",
+    "Topic",
     "check_sink_entries",
     "load_settings",
 ]
@@ -58,15 +60,20 @@ PositiveFloat = Annotated[float, Meta(gt=0)]
 Token = Annotated[Annotated[str, Meta(min_length=16)] | None, SECRET]
 Password = Annotated[str | None, SECRET]
 HttpUrl = Annotated[str, Meta(pattern=r"^https?://")]
+Topic = Annotated[str, Meta(pattern=TOPIC_PATTERN)]  # checked at start-up, not at the first write
 
 
 class KafkaSettings(Section, frozen=True):
     bootstrap_servers: str = "localhost:9092"
     group_id: str = "watcher"
     client_id: str = "watcher"
-    telemetry_topics: Annotated[tuple[str, ...], Meta(min_length=1)] = ("watcher.telemetry",)
-    deployments_topics: tuple[str, ...] = ("watcher.deployments",)
-    dead_letter_topic: str = "watcher.deadletter"
+    telemetry_topics: Annotated[tuple[Topic, ...], Meta(min_length=1)] = ("watcher.telemetry",)
+    deployments_topics: tuple[Topic, ...] = ("watcher.deployments",)
+    dead_letter_topic: Topic = "watcher.deadletter"
+    # a batch waits at most this long for the dead-letter topic; then its dead letters go to the spool
+    # (spool.path) and are forwarded when the topic takes them, so a topic that refuses writes never
+    # holds consumption
+    dead_letter_timeout_s: PositiveFloat = 5.0
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_batch_records: Positive = 2000
     poll_timeout_ms: Positive = 500
@@ -172,17 +179,29 @@ class CheckpointSettings(Section, frozen=True):
     # where checkpoints live: "sqlite" (``path``; instances on one host or one volume) or "kafka" (a
     # compacted topic on the cluster every instance reaches: several hosts)
     store: Literal["sqlite", "kafka"] = "sqlite"
-    topic: str = "watcher.checkpoints"
+    topic: Topic = "watcher.checkpoints"
 
     def __post_init__(self) -> None:
         if self.enabled and not self.path.strip():
             raise ConfigError("checkpoint.path", "must not be empty when checkpoints are enabled")
-        if self.store == "kafka" and not self.topic.strip():
-            raise ConfigError("checkpoint.topic", "must not be empty when checkpoints are stored in Kafka")
         if self.scope == "partition" and not self.enabled:
             raise ConfigError(
                 "checkpoint.scope", "'partition' hands state over through checkpoints: enable them"
             )
+
+
+class SpoolSettings(Section, frozen=True):
+    """Records Kafka would not take yet (dead letters, markers posted over HTTP), kept on local disk
+    until it does (docs/guarantees.md)."""
+
+    path: str = "watcher-spool.sqlite"  # created only when a first record must wait
+    # the most dead-letter bytes the spool holds; when it is full the consumer waits (nothing is lost,
+    # /readyz says why) until the dead-letter topic takes records again
+    max_bytes: Positive = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not self.path.strip():
+            raise ConfigError("spool.path", "must not be empty")
 
 
 class TelemetrySettings(Section, frozen=True):
@@ -205,6 +224,7 @@ class Settings(Section, frozen=True):
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     hooks: HooksSettings = msgspec.field(default_factory=HooksSettings)
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
+    spool: SpoolSettings = msgspec.field(default_factory=SpoolSettings)
     checkpoint: CheckpointSettings = msgspec.field(default_factory=CheckpointSettings)
     # the push sinks as written; ``watcher.sinks`` validates each against its type's settings class
     sinks: tuple[dict[str, Any], ...] = ()
@@ -212,8 +232,14 @@ class Settings(Section, frozen=True):
     # check the configuration and policy files this often and reload when their content changed
     # (a Kubernetes ConfigMap update sends no SIGHUP); 0: reload on SIGHUP only
     config_watch_s: Annotated[float, Meta(ge=0)] = 0.0
+    # SIGTERM/SIGINT: the batch in hand, a last checkpoint and the commit get this long; then the
+    # process exits anyway (what was not committed is read again at the next start). Below
+    # Kubernetes' terminationGracePeriodSeconds (30 s by default), so watcher ends before the SIGKILL.
+    shutdown_grace_s: Annotated[float, Meta(ge=1)] = 25.0
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.shutdown_grace_s):
+            raise ConfigError("shutdown_grace_s", f"must be >= 1 second, got {self.shutdown_grace_s}")
         if not math.isfinite(self.config_watch_s):
             raise ConfigError("config_watch_s", f"must be >= 0 (0 = SIGHUP only), got {self.config_watch_s}")
         check_sink_entries(self.sinks)

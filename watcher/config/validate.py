@@ -54,6 +54,7 @@ __all__ = [
     "MASK",
     "PATTERNS",
     "SECRET",
+    "TOPIC_PATTERN",
     "Section",
     "convert",
     "field_type",
@@ -193,8 +194,11 @@ _AT = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
 _TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 _EXPECTED = re.compile(r"^Expected `(?P<type>[^`]+)`(?: (?P<rest>.*?))?(?:, got `(?P<got>[^`]+)`)?$")
 # what a pattern constraint means, for its error (``Annotated[str, Meta(pattern=...)]``)
+# Kafka's own rule for topic names (a broker refuses an invalid one only when a record is written to it)
+TOPIC_PATTERN = r"^(?![.][.]?$)[A-Za-z0-9._-]{1,249}$"
 PATTERNS: dict[str, str] = {
     r"^https?://": "must be an http(s) URL",
+    TOPIC_PATTERN: "must be a Kafka topic name: 1-249 of letters, digits, '.', '_', '-'",
 }
 _WORDS = {
     "int": "an integer",

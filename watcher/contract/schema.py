@@ -150,18 +150,30 @@ _ENCODER = msgspec.json.Encoder()
 # ---- encoding ----------------------------------------------------------------------------------------
 
 
-def dead_letter_record(r: Rejected, now: float) -> bytes:
+def dead_letter_record(
+    r: Rejected,
+    now: float,
+    *,
+    part: int = 0,
+    parts: int = 1,
+    raw_bytes: int | None = None,
+    raw_sha256: str | None = None,
+) -> bytes:
     """The dead-letter JSON for a rejection; the original bytes travel base64 (any bytes fit).
+
+    A message too large for one Kafka record travels in ``parts`` records, each with its slice of
+    the bytes in ``raw`` (``r.raw`` here) and ``part`` (0-based), ``parts``, ``raw_bytes`` (the
+    whole message's size) and ``raw_sha256`` (of the whole message) to put them together again.
 
     >>> rec = msgspec.json.decode(dead_letter_record(Rejected(RejectReason.NOT_JSON, "x", b"{"), 5.0))
     >>> rec["schema"], rec["reason"], rec["raw_b64"], rec["raw_text"]
     ('watcher.deadletter/v1', 'not_json', 'ew==', '{')
     """
     try:
-        text: str | None = r.raw.decode("utf-8")[:DEAD_LETTER_TEXT_CHARS]
+        text: str | None = r.raw.decode("utf-8")[:DEAD_LETTER_TEXT_CHARS] if part == 0 else None
     except UnicodeDecodeError:
         text = None
-    record = {
+    record: dict[str, object] = {
         "schema": SCHEMA_DEADLETTER,
         "reason": r.reason.value,
         "detail": r.detail,
@@ -170,6 +182,8 @@ def dead_letter_record(r: Rejected, now: float) -> bytes:
         "raw_b64": base64.b64encode(r.raw).decode("ascii"),
         "raw_text": text,
     }
+    if parts > 1:
+        record.update(part=part, parts=parts, raw_bytes=raw_bytes, raw_sha256=raw_sha256)
     return _ENCODER.encode(record)
 
 

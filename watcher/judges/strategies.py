@@ -10,11 +10,12 @@ and the decision records are shared; decisions carry the rollout's strategy and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from watcher.contract import RolloutEvidence, TurnColumns
-from watcher.judges.bluegreen import BlueGreenJudge
+from watcher.judges.bluegreen import BlueGreenJudge, BlueGreenSettings
 from watcher.judges.canary import Judge
 from watcher.judges.policy import Policy
 from watcher.judges.shadow import ShadowJudge
@@ -27,6 +28,7 @@ __all__ = [
     "judge_for",
     "arms_for",
     "judge_from_state",
+    "new_history",
     "STRATEGIES",
 ]
 
@@ -54,6 +56,15 @@ def judge_for(rollout: Rollout, policy: Policy, history: VersionHistory) -> Roll
     if rollout.strategy == "blue_green":
         return BlueGreenJudge(ref, policy, rollout.started_ts, history)
     return None
+
+
+def new_history() -> VersionHistory:
+    """The engine's version history: blue-green's reference, keeping only buckets that a reference
+    window could use (``min_ref_conversations`` within the widest same-hours window)."""
+    cfg = BlueGreenSettings()
+    bucket_s = 1800.0
+    span = math.ceil((cfg.bin_s + 2 * cfg.pad_s) / bucket_s) + 1  # buckets an unaligned window touches
+    return VersionHistory(bucket_s=bucket_s, min_window=(cfg.min_ref_conversations, span))
 
 
 def judge_from_state(d: dict[str, Any], policy: Policy | None = None) -> RolloutJudge:

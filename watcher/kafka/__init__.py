@@ -1,14 +1,17 @@
 """Kafka (layer: I/O). ``source``: the consumer group in batches (``KafkaSource``, ``MessageBatch``) and
 ``FileSource``; ``fast_fetch``: aiokafka's record batches taken whole; ``deadletter``: the
-dead-letter topic (and file / null variants); ``rebalance``: what the owner of the consumed state
-is told when the group moves partitions (``PartitionListener``); ``embedded``: the embedded broker
-and topic creation; ``reachability``: saying once, with a hint, that no broker answers.
+dead-letter topic (and file / null variants); ``producer``: records written with acks=all, reporting
+what was not acknowledged; ``spool``: records Kafka would not take yet, and their forwarder;
+``rebalance``: what the owner of the consumed state is told when the group moves partitions
+(``PartitionListener``); ``embedded``: the embedded broker and topic creation; ``reachability``:
+saying once, with a hint, that no broker answers.
 """
 
 from __future__ import annotations
 
-from watcher.kafka.deadletter import DeadLetters, KafkaDeadLetters
+from watcher.kafka.deadletter import DeadLetters, FileDeadLetters, KafkaDeadLetters, NullDeadLetters
 from watcher.kafka.embedded import EmbeddedBroker, TopicSpec, create_topics
+from watcher.kafka.producer import OutRecord, RecordProducer
 from watcher.kafka.reachability import ConnectionReport, KafkaClientNoise, local_broker_hint, unreachable
 from watcher.kafka.rebalance import NULL_LISTENER, NullPartitionListener, PartitionListener, Partitions
 from watcher.kafka.source import (
@@ -20,23 +23,33 @@ from watcher.kafka.source import (
     Source,
     next_offsets,
 )
+from watcher.kafka.spool import MemorySpool, Spool, Spooled, SpoolForwarder, SpoolStats
 
 __all__ = [
     "ConnectionReport",
     "DeadLetters",
     "EmbeddedBroker",
     "KafkaClientNoise",
+    "FileDeadLetters",
     "KafkaDeadLetters",
     "KafkaSource",
     "Message",
+    "MemorySpool",
     "MessageBatch",
     "NULL_LISTENER",
+    "NullDeadLetters",
     "NullPartitionListener",
     "OffsetSource",
+    "OutRecord",
     "Origins",
     "PartitionListener",
     "Partitions",
+    "RecordProducer",
     "Source",
+    "Spool",
+    "SpoolForwarder",
+    "SpoolStats",
+    "Spooled",
     "TopicSpec",
     "create_topics",
     "local_broker_hint",

@@ -15,6 +15,7 @@ engine reach the outbox through ``forward_changes``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -49,8 +50,10 @@ from watcher.storage import (
     CheckpointStore,
     DecisionLog,
     KafkaCheckpointStore,
+    SpoolCollector,
     SqliteCheckpointStore,
     SqliteDecisionLog,
+    SqliteSpool,
 )
 
 __all__ = ["build_daemon", "forward_changes"]
@@ -130,13 +133,25 @@ def build_daemon(
         )
 
     registry.register(StateCollector(view))
+    # what Kafka will not take yet waits on disk (the file is made only when something must wait)
+    spool = SqliteSpool(settings.spool.path)
+    registry.register(SpoolCollector(spool, {"deadletter": settings.spool.max_bytes}, time.time))
+    if dead_letters is None:
+        # a dead-letter topic that refuses writes never holds the batch: bounded, on disk, forwarded
+        dead_letters = KafkaDeadLetters(
+            settings.kafka,
+            spool=spool,
+            max_spool_bytes=settings.spool.max_bytes,
+            direct_timeout_s=settings.kafka.dead_letter_timeout_s,
+        )
     parts = Parts(
         engine=view,
         tasks=tasks,
         source=source,
         partitions=partitions,
         checkpoints=checkpoints,
-        dead_letters=dead_letters if dead_letters is not None else KafkaDeadLetters(settings.kafka),
+        dead_letters=dead_letters,
+        spool=spool,
         decision_log=decision_log
         if decision_log is not None
         else SqliteDecisionLog(settings.judge.decision_log),

@@ -40,7 +40,7 @@ from watcher.service.partitions import Checkpoints, TaskPartitions
 from watcher.service.reload import ConfigSource, ReloadMetrics, ReloadResult, fingerprint, plan_reload
 from watcher.service.telemetry import WatcherMetrics
 from watcher.sinks import build_sinks
-from watcher.storage import DecisionLog, Offsets
+from watcher.storage import DecisionLog, Offsets, SqliteSpool
 
 __all__ = ["Daemon", "Parts"]
 
@@ -57,6 +57,7 @@ class Parts:
     partitions: PartitionListener  # told of rebalances by the source
     checkpoints: Checkpoints | None  # None: offsets are committed after every batch
     dead_letters: DeadLetters
+    spool: SqliteSpool  # records Kafka would not take yet (dead letters, markers), closed at the end
     decision_log: DecisionLog
     markers: Markers
     outbox: Outbox
@@ -81,6 +82,7 @@ class Daemon:
         self.partitions = parts.partitions
         self.checkpoints = parts.checkpoints
         self.dead_letters = parts.dead_letters
+        self.spool = parts.spool
         self.decision_log = parts.decision_log
         self.markers = parts.markers
         self.outbox = parts.outbox
@@ -99,6 +101,7 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self.hooks: FlaggerHooks | None = None
         self._http_up = False
+        self._torn = False  # a batch was abandoned part-way at shutdown: no checkpoint after it
 
     # -- readiness ------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
@@ -106,6 +109,10 @@ class Daemon:
             return False, "starting"
         if not self.source.ready:
             return False, "not consuming: the broker is unreachable or partitions are not assigned yet"
+        checkpoints = self.checkpoints.health() if self.checkpoints is not None else None
+        for why in (self.dead_letters.health(), checkpoints):
+            if why:
+                return False, why
         return True, "consuming"
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -198,37 +205,45 @@ class Daemon:
                 self.source.resume_partitions(taken, partitions.resume_offset)  # type: ignore[attr-defined]
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Run until ``stop`` is set; returns the process exit code."""
+        """Run until ``stop`` is set; returns the process exit code.
+
+        After ``stop`` everything happens within ``shutdown_grace_s``: the batch in hand is finished
+        (or, if it cannot be within the grace, abandoned uncommitted: it is read again at the next
+        start), a last checkpoint is written and committed, then each part is closed, each step
+        bounded by what is left of the grace."""
         self.restore()
         await self.start_http()
         await self.markers.start()
+        await self.dead_letters.start()
         await self.source.start(self.partitions)
         outbox_stop = asyncio.Event()
         outbox_task = asyncio.create_task(self.outbox.run(outbox_stop))
         watcher_task = asyncio.create_task(self._watch_config()) if self.settings.config_watch_s > 0 else None
+        grace = _Grace(self.settings.shutdown_grace_s)
         try:
-            await self._consume(stop)
-            if self.checkpointing:
-                await self.checkpoint(force=True)  # a clean stop leaves nothing to re-read
+            await self._consume(stop, grace)
+            if self.checkpointing and not self._torn:
+                # a clean stop leaves nothing to re-read
+                await grace.bounded("the last checkpoint", self.checkpoint(force=True), share=0.5)
         finally:
+            grace.start()  # an error, not a stop: the same bounded clean-up
             if watcher_task is not None:
                 watcher_task.cancel()
             outbox_stop.set()
-            with contextlib.suppress(Exception):
-                await outbox_task
+            await grace.bounded("the outbox", outbox_task)
             self.outbox.close()
             self._http_up = False
-            await self.source.stop()
+            await grace.bounded("leaving the consumer group", self.source.stop())
             if self.hooks is not None:
-                await self.hooks.close()
+                await grace.bounded("the Flagger hooks", self.hooks.close())
             if self.peers is not None:
-                await self.peers.close()
-            await self.markers.stop()
-            with contextlib.suppress(Exception):
-                await self.dead_letters.stop()  # type: ignore[attr-defined]
+                await grace.bounded("the peers", self.peers.close())
+            await grace.bounded("the marker publisher", self.markers.stop())
+            await grace.bounded("the dead-letter publisher", self.dead_letters.stop())
             if self._runner is not None:
-                await self._runner.cleanup()
+                await grace.bounded("the HTTP server", self._runner.cleanup())
             self.decision_log.close()
+            self.spool.close()
             if self.checkpoints is not None:
                 self.checkpoints.close()
         return 0
@@ -331,7 +346,8 @@ class Daemon:
                 self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
             await asyncio.sleep(1.0)
 
-    async def _consume(self, stop: asyncio.Event) -> None:
+    async def _consume(self, stop: asyncio.Event, grace: _Grace | None = None) -> None:
+        grace = grace or _Grace(self.settings.shutdown_grace_s)
         batches = self.source.batches().__aiter__()
         stopper = asyncio.ensure_future(stop.wait())
         ticker = asyncio.ensure_future(self._health_ticker())
@@ -349,8 +365,16 @@ class Daemon:
                     batch = fetch.result()
                 except StopAsyncIteration:
                     break
-                # the batch in hand is finished and committed even when a stop arrives meanwhile
-                await self.handle(batch)
+                # the batch in hand is finished and committed even when a stop arrives meanwhile,
+                # unless it cannot be within the grace (an output that does not answer)
+                handling = asyncio.ensure_future(self.handle(batch))
+                done, _ = await asyncio.wait({handling, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if handling not in done:
+                    grace.start()
+                    if not await grace.bounded("the batch in hand", handling, share=0.5):
+                        self._abandoned(len(batch))
+                        break
+                handling.result()
         finally:
             stopper.cancel()
             ticker.cancel()
@@ -358,6 +382,19 @@ class Daemon:
                 checkpoints.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await checkpoints
+
+    def _abandoned(self, events: int) -> None:
+        """The batch in hand was cancelled part-way: the engine may hold it without its offsets, so no
+        checkpoint may be written from now on (it would count the batch twice after the restart)."""
+        self._torn = True
+        if self.checkpoints is not None:
+            self.checkpoints.freeze("a batch was abandoned at shutdown")
+        log.error(
+            "shutdown: the batch in hand (%d events) did not finish within the grace (%s); it is not "
+            "committed and is read again at the next start",
+            events,
+            self.dead_letters.health() or "an output did not answer",
+        )
 
     async def handle(self, batch: Sequence[Message]) -> BatchResult:
         async with self._lock:
@@ -447,3 +484,39 @@ def _own_url(host: str, port: int) -> str:
     if host in ("", "0.0.0.0", "::"):
         host = socket.getfqdn()
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+class _Grace:
+    """The shutdown's time budget: ``start()`` when the stop arrives, then each step gets what is
+    left (or ``share`` of it, to keep time for the steps after it)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._deadline: float | None = None
+
+    def start(self) -> None:
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        self.start()
+        assert self._deadline is not None
+        return max(0.0, self._deadline - time.monotonic())
+
+    async def bounded(self, what: str, step: Any, *, share: float = 1.0) -> bool:
+        """Await ``step`` (a coroutine or future) for at most ``share`` of the time left; False (and
+        logged) when it had to be cancelled or failed."""
+        task = asyncio.ensure_future(step)
+        budget = max(0.5, self.left() * share)
+        try:
+            async with asyncio.timeout(budget):
+                await asyncio.shield(task)
+            return True
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 1.0)
+            log.error("shutdown: %s did not finish within %.1fs; going on without it", what, budget)
+        except Exception:
+            log.exception("shutdown: %s failed; going on", what)
+        return False

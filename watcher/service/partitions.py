@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 # a checkpoint store that cannot be reached at take-over is read again after 1 s, 2 s... up to 30 s
 STORE_RETRY = Backoff(initial_s=1.0, max_s=30.0)
+# a checkpoint that could not be written is tried again after 1 s, 2 s... up to 60 s, not after every
+# batch (each try serialises the whole state, and a store that hangs would hold every batch)
+SAVE_RETRY = Backoff(initial_s=1.0, max_s=60.0)
+# checkpoints failing for longer than this make the daemon not ready
+NOT_READY_AFTER_S = 60.0
 
 
 class Checkpoints:
@@ -50,6 +55,7 @@ class Checkpoints:
         *,
         checkpointer: Checkpointer | None = None,
         handover: Handover | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if (checkpointer is None) == (handover is None):
             raise ValueError("checkpoints are kept either for the instance or per partition task")
@@ -57,6 +63,13 @@ class Checkpoints:
         self.metrics = metrics
         self.checkpointer = checkpointer
         self.handover = handover
+        self._clock = clock or SystemClock()
+        self._retries = Retries(SAVE_RETRY)
+        self._retry_at = 0.0
+        self.failing_since: float | None = None  # the first failure of the current streak
+        self.last_error: str | None = None
+        self._frozen: str | None = None  # why no checkpoint may be written any more (a torn state)
+        self.not_ready_after_s = NOT_READY_AFTER_S
 
     def all(self) -> list[Checkpointer]:
         if self.checkpointer is not None:
@@ -89,17 +102,52 @@ class Checkpoints:
         """Save every checkpoint that is due (or dirty, when ``force``d); returns the offsets the
         saved ones cover: those, and only those, may be committed."""
         saved: Offsets = {}
+        if self._frozen is not None:
+            return saved
+        now = self._clock.now()
+        if not force and now < self._retry_at:
+            return saved  # backing off after a failure
         for cp in self.all() if only is None else only:
             if not (cp.due() or (force and cp.dirty)):
                 continue
             try:
                 saved.update(cp.save())
-            except CheckpointError as exc:  # e.g. disk full: nothing is committed, retried next time
+            except CheckpointError as exc:  # e.g. disk full: nothing is committed, retried later
                 self.metrics.failures.inc()
-                log.error("checkpoint %s failed, its offsets are not committed: %s", cp.scope, exc)
+                self.failing_since = self.failing_since or now
+                self.last_error = str(exc)
+                wait = self._retries.next()
+                self._retry_at = self._clock.now() + wait
+                log.error(
+                    "checkpoint %s failed, its offsets are not committed (tried again in %.0fs): %s",
+                    cp.scope,
+                    wait,
+                    exc,
+                )
                 continue
             self.metrics.saved(cp.last.seconds, cp.last.bytes)
+            if self.failing_since is not None:
+                log.info(
+                    "checkpoints are written again (after %.0fs)", self._clock.now() - self.failing_since
+                )
+            self.failing_since, self.last_error = None, None
+            self._retries.reset()
         return saved
+
+    def health(self) -> str | None:
+        """Why the state is not being checkpointed (None: it is)."""
+        if self.failing_since is None or self._clock.now() - self.failing_since < self.not_ready_after_s:
+            return None
+        return (
+            f"checkpoints fail since {self._clock.now() - self.failing_since:.0f}s, offsets are not "
+            f"committed ({self.last_error})"
+        )
+
+    def freeze(self, why: str) -> None:
+        """No checkpoint from now on (the engine may hold a batch its positions do not)."""
+        if self._frozen is None:
+            log.warning("checkpoints stopped: %s", why)
+        self._frozen = why
 
     def advance(self, covered: Offsets | Mapping[int, Offsets]) -> None:
         """The state now covers a batch: its next offsets (scope instance), or per partition task

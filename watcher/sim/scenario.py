@@ -178,6 +178,10 @@ class Scenario:
     flag_name: str = "new_prompt"
     flag_variants: tuple[str, str] = ("control", "treatment")
     regressions: tuple[Regression, ...] = ()
+    # ids: "<prefix><conversation>-<turn>"; None: "c" + a hash of the seed (a platform of many agents
+    # names each stream's prefix, as 32-bit seed hashes would collide among ~10^5 streams)
+    id_prefix: str | None = None
+    max_block_s: float = 60.0  # longest generation block (a quiet stream is cheaper in long blocks)
     name: str = "custom"
     description: str = ""
 
@@ -202,6 +206,7 @@ class Scenario:
             ("shadow_drop", 0 <= self.shadow_drop < 1, "must be in [0, 1)"),
             ("shadow_shared_noise", 0 <= self.shadow_shared_noise <= 1, "must be in [0, 1]"),
             ("switch_s", 0 <= self.switch_s < self.duration_s, "must be in [0, duration_s)"),
+            ("max_block_s", self.max_block_s > 0, "must be > 0"),
         ]
         for name, ok, message in checks:
             if not ok:

@@ -1,26 +1,27 @@
 """``watcher simulate``: a scenario's telemetry to a JSON Lines file or to Kafka, optionally paced.
 
-The simulator is four modules: ``watcher.sim.scenario`` (what a stream is made of), ``watcher.sim.traffic``
-(the seeded generator), ``watcher.sim.presets`` (named scenarios) and this one (output and command
-line). Their public names are re-exported here: ``from watcher.sim.simulate import PRESETS, generate``.
+The simulator is six modules: ``watcher.sim.scenario`` (what a stream is made of), ``watcher.sim.traffic``
+(the seeded generator), ``watcher.sim.presets`` (named scenarios), ``watcher.sim.platform`` (many agents:
+Zipf traffic, rollouts of every strategy, churn), ``watcher.sim.output`` (files and Kafka) and this one
+(the command line). Their public names are re-exported here: ``from watcher.sim.simulate import
+PRESETS, generate``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import calendar
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from watcher.clock import Clock, SystemClock
 from watcher.config import parse_bootstrap_servers
 from watcher.errors import ConfigError
-from watcher.kafka import unreachable
+from watcher.sim.output import produce, produce_platform, write_jsonl, write_paced, write_platform_jsonl
+from watcher.sim.platform import Platform
+from watcher.sim.platform import events as platform_events
 from watcher.sim.presets import PRESETS, STRATEGY_PRESETS
 from watcher.sim.scenario import (
     ARMS,
@@ -41,129 +42,27 @@ __all__ = [
     "Metric",
     "Mode",
     "PRESETS",
+    "Platform",
     "STRATEGIES",
     "STRATEGY_PRESETS",
     "Regression",
     "Scenario",
     "Shape",
     "add_arguments",
+    "blocks",
     "expected_outcome",
     "generate",
+    "parse_mix",
     "parse_regression",
+    "platform_from_args",
     "produce",
+    "produce_platform",
     "run",
     "scenario_from_args",
     "write_jsonl",
+    "write_paced",
+    "write_platform_jsonl",
 ]
-
-
-def write_jsonl(scenario: Scenario, path: str | Path) -> int:
-    """Write the scenario as JSON Lines; returns the number of events written."""
-    n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for lines, _ in blocks(scenario):
-            f.write("\n".join(lines))
-            f.write("\n")
-            n += len(lines)
-    return n
-
-
-class _Pacer:
-    """Sleeps so that ``rate`` events per second are not exceeded (None: as fast as possible)."""
-
-    def __init__(self, rate: float | None, clock: Clock) -> None:
-        self.rate, self.clock, self.sent = rate, clock, 0
-        self.t0 = clock.monotonic()
-
-    async def tick(self, n: int) -> None:
-        self.sent += n
-        if self.rate:
-            delay = self.t0 + self.sent / self.rate - self.clock.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-
-
-def _chunks(lines: list[str], rate: float | None) -> Iterator[tuple[int, list[str]]]:
-    step = max(1, int(rate / 20)) if rate else len(lines)  # paced: ~20 sends a second, smooth enough
-    for i in range(0, len(lines), step):
-        yield i, lines[i : i + step]
-
-
-async def produce(
-    scenario: Scenario,
-    bootstrap_servers: str,
-    topic: str,
-    *,
-    rate: float | None = None,
-    deployments_topic: str | None = None,
-    clock: Clock | None = None,
-) -> int:
-    """Send the scenario to Kafka (key = agent_id); markers go to ``deployments_topic`` if given.
-
-    acks=1 and no idempotence: the embedded test broker (Tansu) rejects InitProducerId. Records are
-    appended to batches by hand (the partition the default partitioner picks for the key): a
-    ``send()`` per record costs ~30 µs, which would cap the throughput benchmark's feed at ~30k/s.
-    """
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaError
-    from aiokafka.partitioner import DefaultPartitioner
-
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
-        acks=1,
-        enable_idempotence=False,
-        linger_ms=5 if rate else 50,
-        max_batch_size=1 << 20,
-    )
-    try:
-        await producer.start()
-    except KafkaError as exc:
-        await producer.stop()
-        raise unreachable(bootstrap_servers, exc) from None
-    key = scenario.agent_id.encode()
-    pacer = _Pacer(rate, clock or SystemClock())
-    partitions: dict[str, int] = {}
-    inflight: list[asyncio.Future[Any]] = []
-    try:
-        for dest in {topic, deployments_topic or topic}:
-            available = sorted(await producer.partitions_for(dest))
-            partitions[dest] = DefaultPartitioner()(key, available, available)
-        for lines, marker_pos in blocks(scenario):
-            for offset, chunk in _chunks(lines, rate):
-                batches = {dest: producer.create_batch() for dest in partitions}
-                for i, line in enumerate(chunk, offset):
-                    dest = deployments_topic if deployments_topic and i in marker_pos else topic
-                    value = line.encode()
-                    while batches[dest].append(key=key, value=value, timestamp=None) is None:
-                        inflight.append(
-                            await producer.send_batch(batches[dest], dest, partition=partitions[dest])
-                        )
-                        batches[dest] = producer.create_batch()
-                for dest, batch in batches.items():
-                    if batch.record_count():
-                        inflight.append(await producer.send_batch(batch, dest, partition=partitions[dest]))
-                # Paced: deliver now (a live demo). Unpaced: keep a few batches in flight, as the
-                # broker's round trip would otherwise dominate; delivery errors surface either way.
-                if rate or len(inflight) > 32:
-                    keep = 0 if rate else 16
-                    await asyncio.gather(*inflight[: len(inflight) - keep])
-                    del inflight[: len(inflight) - keep]
-                await pacer.tick(len(chunk))
-        await asyncio.gather(*inflight)
-    finally:
-        await producer.stop()
-    return pacer.sent
-
-
-async def _write_paced(scenario: Scenario, path: str | Path, rate: float, clock: Clock) -> int:
-    pacer = _Pacer(rate, clock)
-    with open(path, "w", encoding="utf-8") as f:
-        for lines, _ in blocks(scenario):
-            for _, chunk in _chunks(lines, rate):
-                f.write("".join(line + "\n" for line in chunk))
-                f.flush()  # a follower (tail -f, FileSource) sees events as they are "produced"
-                await pacer.tick(len(chunk))
-    return pacer.sent
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -226,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``watcher simulate``; unset options keep the preset's (or the default) value."""
     out = parser.add_argument_group("output (one of)")
     out.add_argument("--out", metavar="FILE", help="write JSON Lines to FILE")
-    out.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="produce to this Kafka cluster")
+    out.add_argument("--bootstrap-servers", help="produce to this Kafka cluster")
     out.add_argument("--topic", default="watcher.telemetry", help="telemetry topic (default %(default)s)")
     out.add_argument("--deployments-topic", help="send markers here (default: the telemetry topic)")
     out.add_argument("--rate", type=float, help="pace output to this many events per second")
@@ -252,6 +151,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="repeatable; e.g. metric=quality,size=-0.15,start=600,segment=intent:billing",
     )
+    pf = parser.add_argument_group(
+        "platform: many agents (--agents; --seed, --duration, --start, --canary-weight, --no-markers, "
+        "--implicit-arms apply, --conversations-per-second is the whole platform's, --strategy fixes "
+        "every rollout's strategy, --regression replaces the regressions drawn)"
+    )
+    pf.add_argument("--agents", type=int, metavar="N", help="simulate N agents (docs/simulator.md)")
+    pf.add_argument("--zipf", type=float, help="traffic of the agent of rank k ~ k^-S (default 1.0)")
+    pf.add_argument("--rollout-share", type=float, help="share of agents in a rollout at a time (0.1)")
+    pf.add_argument("--rollout-minutes", type=float, help="mean length of a rollout (30)")
+    pf.add_argument(
+        "--strategy-mix",
+        type=parse_mix,
+        metavar="MIX",
+        help="rollout strategies and weights, e.g. canary=0.55,flag=0.2,blue_green=0.15,shadow=0.1",
+    )
+    pf.add_argument("--regression-share", type=float, help="share of rollouts that regress (0.2)")
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``canary=0.6,flag=0.4``: strategy weights of the platform's rollouts."""
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in STRATEGIES:
+            raise argparse.ArgumentTypeError(
+                f"bad part {part!r} in {text!r}: expected STRATEGY=WEIGHT with STRATEGY one of "
+                f"{', '.join(STRATEGIES)}"
+            )
+        try:
+            mix[name] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad weight {value!r} in {text!r}") from None
+    return mix
 
 
 def _parse_start(text: str, clock: Clock) -> float:
@@ -297,9 +230,81 @@ def scenario_from_args(args: argparse.Namespace, clock: Clock | None = None) -> 
     return replace(base, **kw)
 
 
+_SINGLE_AGENT = (("preset", "--preset"), ("agent_id", "--agent-id"), ("switch", "--switch"))
+_PLATFORM_ONLY = (
+    ("zipf", "--zipf"),
+    ("rollout_share", "--rollout-share"),
+    ("rollout_minutes", "--rollout-minutes"),
+    ("strategy_mix", "--strategy-mix"),
+    ("regression_share", "--regression-share"),
+)
+
+
+def platform_from_args(args: argparse.Namespace, clock: Clock | None = None) -> Platform:
+    """The ``--agents`` platform; raises ConfigError naming an option that does not apply to it."""
+    for attr, option in _SINGLE_AGENT:
+        if getattr(args, attr, None) is not None:
+            raise ConfigError(f"simulate.{attr}", f"{option} describes one agent: not with --agents")
+    if getattr(args, "strategy", None) and getattr(args, "strategy_mix", None):
+        raise ConfigError("simulate.strategy", "give --strategy or --strategy-mix, not both")
+    kw: dict[str, Any] = {"agents": args.agents}
+    for attr, name in (
+        ("seed", "seed"),
+        ("duration", "duration_s"),
+        ("conversations_per_second", "conversations_per_s"),
+        ("canary_weight", "canary_weight"),
+        ("zipf", "zipf"),
+        ("rollout_share", "rollout_share"),
+        ("regression_share", "regression_share"),
+        ("strategy_mix", "strategies"),
+    ):
+        if getattr(args, attr, None) is not None:
+            kw[name] = getattr(args, attr)
+    if getattr(args, "rollout_minutes", None) is not None:
+        kw["rollout_s"] = args.rollout_minutes * 60
+    if getattr(args, "strategy", None):
+        kw["strategies"] = {args.strategy: 1.0}
+    if getattr(args, "regression", None):
+        kw["regressions"] = tuple(args.regression)
+    if getattr(args, "start", None):
+        kw["start_ts"] = _parse_start(args.start, clock or SystemClock())
+    if getattr(args, "no_markers", False):
+        kw["emit_markers"] = False
+    if getattr(args, "implicit_arms", False):
+        kw["explicit_arms"] = False
+    return Platform(**kw)
+
+
+async def _run_platform(args: argparse.Namespace) -> int:
+    platform = platform_from_args(args)
+    started = time.monotonic()
+    if args.out:
+        if args.rate:
+            windows = (lines for _, lines, _ in platform_events(platform))
+            n = await write_paced(windows, args.out, args.rate, SystemClock())
+        else:
+            n = write_platform_jsonl(platform, args.out)
+        where = args.out
+    else:
+        n = await produce_platform(
+            platform,
+            args.bootstrap_servers,
+            args.topic,
+            rate=args.rate,
+            deployments_topic=args.deployments_topic,
+        )
+        where = f"{args.bootstrap_servers}/{args.topic}"
+    print(
+        f"simulate: {n} events of {platform.agents} agents (seed {platform.seed}) to {where} "
+        f"in {time.monotonic() - started:.1f}s",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _check_writable(path: Path) -> None:
     """Before the work: a file in a folder that exists, not a folder."""
-    if path.is_dir() or not str(path):
+    if not str(path) or path.is_dir():
         raise ConfigError("--out", f"{str(path)!r} is a directory, not a file")
     if not path.parent.is_dir():
         raise ConfigError("--out", f"{path}: folder {path.parent} does not exist")
@@ -307,7 +312,7 @@ def _check_writable(path: Path) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     """``watcher simulate``: returns the process exit code. Raises ConfigError on a bad combination."""
-    if (args.out is None) == (args.bootstrap_servers is None):
+    if (args.out is None) == (args.bootstrap_servers is None):  # "" is a mistake, not "not given"
         raise ConfigError("simulate.output", "give exactly one of --out FILE or --bootstrap-servers")
     if args.bootstrap_servers is not None:
         parse_bootstrap_servers(args.bootstrap_servers, "--bootstrap-servers")
@@ -315,11 +320,18 @@ async def run(args: argparse.Namespace) -> int:
         _check_writable(Path(args.out))
     if args.rate is not None and args.rate <= 0:
         raise ConfigError("simulate.rate", "must be > 0")
+    if getattr(args, "agents", None) is not None:
+        return await _run_platform(args)
+    for attr, option in _PLATFORM_ONLY:
+        if getattr(args, attr, None) is not None:
+            raise ConfigError(f"simulate.{attr}", f"{option} describes a platform: give --agents N")
     scenario = scenario_from_args(args)
     started = time.monotonic()
     if args.out:
         if args.rate:
-            n = await _write_paced(scenario, args.out, args.rate, SystemClock())
+            n = await write_paced(
+                (lines for lines, _ in blocks(scenario)), args.out, args.rate, SystemClock()
+            )
         else:
             n = write_jsonl(scenario, args.out)
         where = args.out

@@ -31,7 +31,7 @@ import numpy as np
 
 from watcher.sim.scenario import ARMS, Metric, Mode, Regression, Scenario, Shape
 
-__all__ = ["blocks", "generate"]
+__all__ = ["blocks", "generate", "timed_blocks"]
 
 # Segment effects, applied when the key/value exists: cancellations are hard and want a human.
 _QUALITY_OFFSET = {
@@ -123,7 +123,11 @@ class _Plan:
             f'"agent_id":{enc(s.agent_id).decode()},"environment":{enc(s.environment).decode()},'
             '"conversation_id":"'
         )
-        self.prefix = "c" + hashlib.blake2b(str(s.seed).encode(), digest_size=4).hexdigest() + "-"
+        self.prefix = (
+            s.id_prefix
+            if s.id_prefix is not None
+            else "c" + hashlib.blake2b(str(s.seed).encode(), digest_size=4).hexdigest() + "-"
+        )
 
     @staticmethod
     def _cum(dist: Mapping[str, float], values: list[str]) -> np.ndarray:
@@ -450,10 +454,16 @@ def _markers(s: Scenario, plan: _Plan) -> list[tuple[int, str]]:
 
 def blocks(s: Scenario) -> Iterator[tuple[list[str], set[int]]]:
     """Blocks of encoded events in ``ts`` order, with the positions of the deployment markers."""
+    for lines, _, positions in timed_blocks(s):
+        yield lines, positions
+
+
+def timed_blocks(s: Scenario) -> Iterator[tuple[list[str], np.ndarray, set[int]]]:
+    """``blocks`` with each line's event time in Unix milliseconds (what a merge of streams sorts by)."""
     plan = _Plan(s)
     rng = np.random.default_rng(s.seed)
     markers = _markers(s, plan)
-    block_s = min(max(_BLOCK_CONVERSATIONS / (1.5 * s.conversations_per_s), 0.5), 60.0)
+    block_s = min(max(_BLOCK_CONVERSATIONS / (1.5 * s.conversations_per_s), 0.5), s.max_block_s)
     pending: dict[str, np.ndarray] | None = None
     sec_cache: dict[int, str] = {}
     t0, first_conv = 0.0, 0
@@ -472,12 +482,15 @@ def blocks(s: Scenario) -> Iterator[tuple[list[str], set[int]]]:
         due = [m for m in markers if m[0] < boundary]
         markers = markers[len(due) :]
         positions: set[int] = set()
-        for shift, (ms, line) in enumerate(due):
-            pos = int(np.searchsorted(cols["ms"][:cut], ms, side="left")) + shift
-            lines.insert(pos, line)
-            positions.add(pos)
+        times = cols["ms"][:cut]
+        if due:
+            at = np.searchsorted(times, [ms for ms, _ in due], side="left")
+            for shift, ((_, line), pos) in enumerate(zip(due, at.tolist())):
+                lines.insert(pos + shift, line)
+                positions.add(pos + shift)
+            times = np.insert(times, at, [ms for ms, _ in due])
         if lines:
-            yield lines, positions
+            yield lines, times, positions
         t0 = t1
 
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from msgspec import Meta
-
-from watcher.config import parse_bootstrap_servers
+from watcher.config import Topic, parse_bootstrap_servers
 from watcher.contract import Item, ItemKind
 from watcher.errors import SinkError
 from watcher.sinks.base import (
@@ -34,8 +32,6 @@ if TYPE_CHECKING:
     from watcher.config import KafkaSettings
 
 __all__ = ["KAFKA", "KafkaSink", "KafkaSinkSettings"]
-
-Topic = Annotated[str, Meta(min_length=1)]
 
 
 def _default_producer(**options: Any) -> Any:

@@ -83,67 +83,105 @@ class SliceMap:
 class ConvRows:
     """Bounded conversation table: two generations of key -> row; per-row float sums and int columns.
 
-    A conversation that falls out of both generations and comes back counts as a new one (the
-    judge's documented approximation). ``cols`` are int64 columns (epoch, flags, slices ...).
+    A generation holds at most ``cap`` conversations; when the current one is full it becomes the old
+    one and the older one is forgotten. A conversation found in the old generation moves to the
+    current one with its row. A conversation that falls out of both and comes back counts as a new
+    one (the judges' documented approximation). ``cols`` are int64 columns (epoch, flags, slices ...).
+
+    Sized by traffic: rows are allocated as conversations arrive (the arrays double, from
+    ``_FIRST_ROWS``) and rows of forgotten conversations are reused, so a quiet stream holds a few
+    kilobytes and only a busy one reaches the ``2 * cap`` rows of the bound.
     """
 
     def __init__(self, cap: int, n_sums: int, n_cols: int) -> None:
-        self.cap, self.gen, self.next = cap, 0, 0
+        self.cap, self.gen = cap, 0
         self.cur: dict[Any, int] = {}
         self.old: dict[Any, int] = {}
-        self.sums = np.zeros((2 * cap, n_sums))
-        self.cols = np.zeros((2 * cap, n_cols), np.int64)
+        rows = min(_FIRST_ROWS, 2 * cap)
+        self.sums = np.zeros((rows, n_sums))
+        self.cols = np.zeros((rows, n_cols), np.int64)
+        self._free: list[int] = list(range(rows - 1, -1, -1))  # popped from the end: lowest first
+
+    def __len__(self) -> int:
+        return len(self.cur) + len(self.old)
 
     def rows(self, keys: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Rows of ``keys`` (allocating new ones) and a mask of the keys that are new conversations."""
         distinct = list(dict.fromkeys(keys))
         if len(self.cur) + len(distinct) > self.cap:
             self._rotate()
-        get, old = self.cur.get, self.old
+        cur, old = self.cur, self.old
+        found = list(map(cur.get, distinct))  # in C; Python below only for the conversations not current
         new = np.zeros(len(distinct), bool)
-        out = np.empty(len(distinct), np.int64)
-        for i, k in enumerate(distinct):
-            r = get(k)
-            if r is None:
-                r = self.next
-                self.next += 1
-                self.cur[k] = r
-                o = old.pop(k, None)
-                if o is None:
+        if None in found:
+            for i, k in enumerate(distinct):
+                if found[i] is not None:
+                    continue
+                r = old.pop(k, None)
+                if r is None:  # a new conversation
+                    r = self._take()
                     new[i] = True
                     self.sums[r] = 0.0
                     self.cols[r] = 0
-                else:  # back from the old generation: keeps its sums
-                    self.sums[r], self.cols[r] = self.sums[o], self.cols[o]
-            out[i] = r
+                cur[k] = found[i] = r  # back from the old generation: keeps its row and sums
+        out = np.fromiter(found, np.int64, len(distinct))
         pos = {k: i for i, k in enumerate(distinct)}
         idx = np.fromiter(map(pos.__getitem__, keys), np.int64, len(keys))
         return out[idx], new[idx] & _first(idx)
 
+    def _take(self) -> int:
+        if not self._free:
+            size = len(self.sums)
+            grown = max(2 * size, _FIRST_ROWS)
+            self.sums = _grown(self.sums, grown)
+            self.cols = _grown(self.cols, grown)
+            self._free = list(range(grown - 1, size - 1, -1))
+        return self._free.pop()
+
     def _rotate(self) -> None:
         self.gen += 1
+        self._free.extend(sorted(self.old.values(), reverse=True))
         self.old, self.cur = self.cur, {}
-        self.next = (self.gen % 2) * self.cap
 
     def to_state(self) -> dict[str, Any]:
+        used = np.fromiter([*self.cur.values(), *self.old.values()], np.int64, len(self))
         return {
+            "v": 2,
             "cap": self.cap,
             "gen": self.gen,
-            "next": self.next,
             "cur": list(self.cur.items()),
             "old": list(self.old.items()),
-            "sums": array_to_state(self.sums),
-            "cols": array_to_state(self.cols),
+            "rows": len(self.sums),
+            "used": array_to_state(used),
+            "sums": array_to_state(self.sums[used]),
+            "cols": array_to_state(self.cols[used]),
         }
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> ConvRows:
-        c = cls(d["cap"], 1, 1)
-        c.gen, c.next = d["gen"], d["next"]
+        sums, cols = array_from_state(d["sums"]), array_from_state(d["cols"])
+        c = cls(d["cap"], sums.shape[1], cols.shape[1])
+        c.gen = d["gen"]
         c.cur = {_key(k): r for k, r in d["cur"]}
         c.old = {_key(k): r for k, r in d["old"]}
-        c.sums, c.cols = array_from_state(d["sums"]), array_from_state(d["cols"])
+        if d.get("v") == 2:
+            rows, used = d["rows"], array_from_state(d["used"])
+            c.sums, c.cols = _grown(c.sums[:0], rows), _grown(c.cols[:0], rows)
+            c.sums[used], c.cols[used] = sums, cols
+        else:  # v1: the whole 2 * cap rows
+            c.sums, c.cols = sums, cols
+        taken = set(c.cur.values()) | set(c.old.values())
+        c._free = [r for r in range(len(c.sums) - 1, -1, -1) if r not in taken]
         return c
+
+
+_FIRST_ROWS = 256
+
+
+def _grown(a: np.ndarray, rows: int) -> np.ndarray:
+    out = np.zeros((rows, *a.shape[1:]), a.dtype)
+    out[: len(a)] = a
+    return out
 
 
 def _key(k: Any) -> Any:

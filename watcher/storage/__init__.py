@@ -1,6 +1,7 @@
 """Storage (layer: I/O). ``checkpoint``: the engine's state with the offsets it covers, and the
 checkpointer (SQLite store); ``kafka_checkpoints``: the same store in a compacted Kafka topic;
-``decisions``: the append-only decision log; ``sqlite``: opening watcher's SQLite files one way.
+``decisions``: the append-only decision log; ``spool``: records waiting for Kafka (dead letters,
+markers), and their metrics; ``sqlite``: opening watcher's SQLite files one way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from watcher.storage.checkpoint import (
 )
 from watcher.storage.decisions import DecisionLog, SqliteDecisionLog, json_safe
 from watcher.storage.kafka_checkpoints import KafkaCheckpointStore
+from watcher.storage.spool import SpoolCollector, SqliteSpool
 from watcher.storage.sqlite import open_store
 
 __all__ = [
@@ -28,7 +30,9 @@ __all__ = [
     "Offsets",
     "SCOPE_ALL",
     "SqliteCheckpointStore",
+    "SpoolCollector",
     "SqliteDecisionLog",
+    "SqliteSpool",
     "json_safe",
     "open_store",
 ]
