@@ -14,6 +14,7 @@ import calendar
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from watcher.clock import Clock, SystemClock
