@@ -151,7 +151,7 @@ def test_the_distribution_name_is_used_everywhere() -> None:
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == "rollout-watcher"  # PyPI's "watcher" is a file watcher
-    assert project["scripts"]["watcher"] == "watcher.cli:main"
+    assert project["scripts"]["watcher"] == "watcher.__main__:main"
     texts = [ROOT / "README.md", ROOT / "deploy" / "Dockerfile", *sorted((ROOT / "docs").rglob("*.md"))]
     for path in texts:
         text = path.read_text()

@@ -11,8 +11,9 @@ new command in the docs needs a way to be checked here.
   point at the test's embedded broker, or at a free port for ``watcher broker``), ``http.port`` (0)
   and the ``watcher.yaml`` the README names (written here, pointing at that broker). An input file a
   command reads before any command wrote it is made by ``watcher simulate --preset demo``.
-  Commands that run until stopped (``watcher run``, ``watcher broker``, a paced ``watcher simulate``
-  to Kafka) must show that they work, then stop cleanly on Ctrl-C (SIGINT).
+  Commands that run until stopped (``watcher run``, ``watcher broker``) must show that they work, then
+  stop cleanly on Ctrl-C (SIGINT); so must a command still working after ``BUDGET_S`` (a simulation
+  paced in real time, or of ten thousand agents): by then its output file must be growing.
 * ``make TARGET``: the target exists (``make -n``). ``pip install``: the distribution and extras
   exist. ``python -m MODULE``: every option printed is one the module accepts (``--help``).
   ``promtool``/``amtool``: run. ``kubectl apply -f/-k``: the files build (``kubectl kustomize``) or
@@ -48,6 +49,7 @@ DOCS = [
     *sorted((ROOT / "bench").rglob("*.md")),
 ]
 LONG_RUNNING_MARKERS = {"run": "HTTP API on", "broker": "Ctrl-C stops the broker"}
+BUDGET_S = 8.0  # a command still working after this long is checked as a long-running one
 # programs whose lines need a cluster or a running watcher somewhere else: why, and what is checked
 NOT_RUN = {
     "curl": "calls a deployed watcher (http://watcher:8080); the endpoints are tested in tests/http",
@@ -107,7 +109,8 @@ def documented_commands() -> list[Command]:
         for inline in re.finditer(r"`(watcher [^`]*-[^`]*)`", text):
             line_no = text[: inline.start()].count("\n") + 1
             command = _parse(f"{name}:{line_no}", inline.group(1))
-            if command is not None and "<" not in command.text and "..." not in command.text:
+            placeholder = re.search(r"(?<![\w-])[A-Z]+(?![\w-])|<|\.\.\.", command.text) if command else None
+            if command is not None and placeholder is None:  # `watcher simulate --agents N` is a pattern
                 found.append(command)
     return found
 
@@ -194,42 +197,51 @@ def _inputs(argv: list[str], scratch: Scratch) -> None:
 
 
 def _long_running(argv: list[str]) -> str | None:
-    """What a command that runs until stopped prints once it works (None: it ends by itself)."""
+    """What a command that runs until stopped prints once it works (None: it may end by itself)."""
     if argv[:1] in (["run"], ["broker"]):
         return LONG_RUNNING_MARKERS[argv[0]]
-    if argv[:1] == ["simulate"] and "--rate" in argv and "--bootstrap-servers" in argv:
-        return ""  # paced to Kafka: it works if it is still producing after a while
     return None
 
 
+def _output(argv: list[str]) -> str | None:
+    return argv[argv.index("--out") + 1] if "--out" in argv[:-1] else None
+
+
 def run_watcher(command: Command, scratch: Scratch) -> None:
+    """Run it; one that needs longer than ``BUDGET_S`` (a paced or very large simulation) must have
+    shown that it works by then (its output file growing, no error) and stop cleanly on Ctrl-C."""
     argv, env = _watcher_argv(command, scratch)
     sub = _subcommand(argv[3:])
     _inputs(sub, scratch)
     marker = _long_running(sub)
     log = scratch.root / "command.log"
+    out_file = _output(sub)
+    if out_file:
+        (scratch.root / out_file).unlink(missing_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, cwd=scratch.root, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + (8.0 if marker == "" else 90.0)
+        deadline = time.monotonic() + (90.0 if marker else BUDGET_S)
         while proc.poll() is None and time.monotonic() < deadline:
             if marker and marker in log.read_text(errors="replace"):
                 break
             time.sleep(0.1)
         output = log.read_text(errors="replace")
-        if marker is None:
-            code = proc.wait(timeout=240)
+        where = f"{command.source}: {command.text}"
+        if proc.poll() is not None:
+            assert marker is None, f"{where} ended early:\n{output[-3000:]}"
             allowed = {0, 1, 2} if sub[:1] == ["gate"] else {0}  # the gate's status is its verdict
-            assert code in allowed, f"{command.source}: {command.text} exited {code}:\n{output[-3000:]}"
+            assert proc.returncode in allowed, f"{where} exited {proc.returncode}:\n{output[-3000:]}"
             return
-        assert proc.poll() is None, f"{command.source}: {command.text} ended early:\n{output[-3000:]}"
-        assert marker in output, (
-            f"{command.source}: {command.text} never printed {marker!r}:\n{output[-3000:]}"
-        )
+        if marker:
+            assert marker in output, f"{where} never printed {marker!r}:\n{output[-3000:]}"
+        elif out_file:
+            assert (scratch.root / out_file).stat().st_size > 0, f"{where} wrote nothing in {BUDGET_S} s"
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)
-        assert code in (0, 130), f"{command.source}: {command.text} stopped with {code}:\n{output[-3000:]}"
-        assert "Traceback" not in log.read_text(errors="replace"), command.source
+        output = log.read_text(errors="replace")
+        assert code in (0, 130), f"{where} stopped with {code}:\n{output[-3000:]}"
+        assert "Traceback" not in output, f"{where}:\n{output[-3000:]}"
     finally:
         if proc.poll() is None:
             proc.kill()
