@@ -29,20 +29,20 @@ from watcher.contract import (
 )
 from watcher.errors import CheckpointError, ConfigError
 from watcher.judges import (
+    STRATEGIES,
     DriftMonitor,
     DriftSignal,
-    Policy,
     PolicySet,
     PolicyState,
-    ShadowJudge,
+    RolloutJudge,
+    StrategyRegistry,
     decide,
     layout_change,
     load_policy,
     policy_from_doc,
     policy_to_doc,
-    strategies,
 )
-from watcher.state import Change, LatenessFilter, MetricsState, Registry, Rollout
+from watcher.state import Change, LatenessFilter, MetricsState, Registry, Rollout, VersionHistory
 
 ENGINE_STATE_VERSION = 1
 
@@ -61,22 +61,27 @@ class BatchResult:
 
 
 class Engine:
-    def __init__(self, settings: Settings, *, policies: PolicySet | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        policies: PolicySet | None = None,
+        strategies: StrategyRegistry = STRATEGIES,
+    ) -> None:
         self.settings = settings
         self.policies = policies if policies is not None else load_policy(settings.judge.policy_file)
+        self.strategies = strategies  # what each rollout strategy needs (the engine names none)
         self.dedup = Deduplicator(settings.state.dedup_capacity)
         self.state = MetricsState(
             window_seconds=settings.state.window_seconds,
             window_buckets=settings.state.window_buckets,
             max_segment_values=settings.state.max_segment_values,
         )
-        self.registry = Registry(
-            auto_start=settings.rollouts.auto_start, auto_canary_weight=settings.rollouts.auto_canary_weight
-        )
+        self.registry = self._new_registry()
         self.drift = DriftMonitor()
         self.lateness = LatenessFilter(settings.state.allowed_lateness_s)  # per-agent event-time watermarks
-        self.history = strategies.new_history()
-        self.judges: dict[str, strategies.RolloutJudge] = {}
+        self.history = self.strategies.new_history()  # read by the strategies that compare with the past
+        self.judges: dict[str, RolloutJudge] = {}
         self.policy_states: dict[str, PolicyState] = {}
         self.evidence: dict[str, RolloutEvidence] = {}
         self.last_action: dict[str, Action] = {}
@@ -93,6 +98,7 @@ class Engine:
             origins=origins,
             max_bytes=self.settings.state.max_event_bytes,
             columnar=not self._reads_whole_turns(),
+            check_marker=self.strategies.check_marker,
         )
         self.lateness.apply(batch, raws, origins)  # too-late turns leave the batch, as rejected (lateness.py)
         result = BatchResult(
@@ -121,20 +127,29 @@ class Engine:
             result.decisions.extend(self._judge(turns, arms, agents, cols))
         return result
 
+    def _new_registry(self) -> Registry:
+        rollouts = self.settings.rollouts
+        return Registry(
+            auto_start=rollouts.auto_start,
+            auto_canary_weight=rollouts.auto_canary_weight,
+            terms=self.strategies.get,
+        )
+
     def _reads_whole_turns(self) -> bool:
-        """The shadow judge pairs whole ``Turn`` objects: while one runs, the batch is decoded into
-        objects at once rather than into columns and then again into objects."""
+        """A judge that reads whole ``Turn`` objects (shadow pairs them): while one runs, the batch is
+        decoded into objects at once rather than into columns and then again into objects."""
         return any(
-            r.strategy == "shadow" and r.rollout_id in self.judges for r in self.registry.active_rollouts()
+            self.strategies.get(r.strategy).whole_turns and r.rollout_id in self.judges
+            for r in self.registry.active_rollouts()
         )
 
     def _needs_history(self, agents: set[tuple[str, str]]) -> bool:
-        """History serves blue-green switches: it is kept for agents running without a rollout (what
-        a switch will be compared with) or in a blue-green one, not during canary, shadow or flag
-        rollouts, whose judges compare with concurrent traffic (and where it would only cost time)."""
+        """History serves strategies that compare with the past (blue-green switches): it is kept for
+        agents running without a rollout (what a switch will be compared with) or in such a rollout,
+        not during rollouts whose judges compare with concurrent traffic (it would only cost time)."""
         for agent, env in agents:
             rollout = self.registry.active(agent, env)
-            if rollout is None or rollout.strategy == "blue_green":
+            if rollout is None or self.strategies.get(rollout.strategy).history is not None:
                 return True
         return False
 
@@ -172,10 +187,9 @@ class Engine:
 
     def _start_judge(self, rollout: Rollout) -> None:
         policy = self.policies.for_agent(rollout.agent_id, rollout.environment)
-        judge = strategies.judge_for(rollout, policy, self.history)  # canary, shadow, blue-green, flag
-        if judge is None:
-            return
-        self.judges[rollout.rollout_id] = judge
+        self.judges[rollout.rollout_id] = self.strategies.get(rollout.strategy).judge(
+            rollout, policy, self.history
+        )
         self.policy_states[rollout.rollout_id] = PolicyState()
         self._last_look.pop(rollout.rollout_id, None)
 
@@ -210,7 +224,6 @@ class Engine:
         )
         for j, rollout in enumerate(judged):
             judge = self.judges[rollout.rollout_id]
-            agent, env = rollout.agent_id, rollout.environment
             if parts is None:  # the common case: one agent per partition and batch
                 mine, my_arms = cols, arms
             else:  # the turns of this agent
@@ -218,7 +231,10 @@ class Engine:
                 mine = cols.take(idx)
                 my_arms = [arms[i] for i in idx.tolist()]
             weight = rollout.canary_weight if rollout.source == "marker" else self._observed_weight(rollout)
-            judge.update(mine.turns, strategies.arms_for(rollout, mine.turns, my_arms, mine), weight, mine)
+            strategy = self.strategies.get(rollout.strategy)
+            if strategy.arms is not None:  # e.g. a flag's variants within one version
+                my_arms = strategy.arms(rollout, mine.turns, my_arms, mine)
+            judge.update(mine.turns, my_arms, weight, mine)
             ts = float(mine.ts.max())
             last = self._last_look.get(rollout.rollout_id)
             if last is not None and ts - last < self.settings.judge.evaluate_every_s:
@@ -227,9 +243,12 @@ class Engine:
             evidence = judge.evidence(ts)
             self.evidence[rollout.rollout_id] = evidence
             # the policy the judge runs with: after a reload, a rollout may keep the one it started with
-            policy = getattr(judge, "policy", None) or self.policies.for_agent(agent, env)
             decision, new_state = decide(
-                self.policy_states[rollout.rollout_id], evidence, policy, rollout.ref()
+                self.policy_states[rollout.rollout_id],
+                evidence,
+                judge.policy,
+                rollout.ref(),
+                strategy.conduct,
             )
             self.policy_states[rollout.rollout_id] = new_state
             if decision is not None:
@@ -276,24 +295,18 @@ class Engine:
         state under it: it keeps the policy it runs with until its rollout ends. Returns those rollout
         ids with the reason. Nothing is replaced if rebuilding any judge fails.
         """
-        rebuilt: dict[str, strategies.RolloutJudge] = {}
+        rebuilt: dict[str, RolloutJudge] = {}
         kept: dict[str, str] = {}
         for rid, judge in self.judges.items():
-            current: Policy | None = getattr(judge, "policy", None)
-            ref = judge.rollout  # type: ignore[attr-defined]  # every strategy's judge keeps its RolloutRef
+            ref = judge.rollout
             new = policies.for_agent(ref.agent_id, ref.environment)
-            if current == new:
+            if judge.policy == new:
                 continue
-            why = layout_change(current, new) if current is not None else None
+            why = layout_change(judge.policy, new)
             if why is not None:
                 kept[rid] = why
                 continue
-            fresh = strategies.judge_from_state(judge.to_state(), new)
-            if isinstance(judge, ShadowJudge) and isinstance(fresh, ShadowJudge):
-                # turns waiting for their pair are not in a shadow judge's state (a restart counts them
-                # unpaired): a reload is no restart, they keep waiting
-                fresh.pending, fresh.counts = judge.pending, judge.counts
-            rebuilt[rid] = fresh
+            rebuilt[rid] = judge.with_policy(new)
         self.policies = policies
         self.judges.update(rebuilt)
         for rid, judge in rebuilt.items():
@@ -325,11 +338,7 @@ class Engine:
             "last_look": dict(self._last_look),
             "lateness": self.lateness.to_state(),
             # the policy each judge runs with: a restart with a policy that measures differently keeps it
-            "judge_policies": {
-                rid: policy_to_doc(p)
-                for rid, j in self.judges.items()
-                if (p := getattr(j, "policy", None)) is not None
-            },
+            "judge_policies": {rid: policy_to_doc(j.policy) for rid, j in self.judges.items()},
         }
 
     def load_state(self, d: dict[str, Any]) -> None:
@@ -343,18 +352,17 @@ class Engine:
         try:
             dedup = Deduplicator.from_state(d["dedup"])
             state = MetricsState.from_state(d["state"])
-            rollouts = self.settings.rollouts
-            registry = Registry(
-                auto_start=rollouts.auto_start, auto_canary_weight=rollouts.auto_canary_weight
-            )
+            registry = self._new_registry()
             registry.load_state(d["registry"])
-            history = strategies.VersionHistory.from_state(d["history"])
+            for rollout in registry.active_rollouts():
+                self.strategies.get(rollout.strategy)  # a strategy no longer installed: named here
+            history = VersionHistory.from_state(d["history"])
             drift = DriftMonitor.from_state(d["drift"])
             lateness = LatenessFilter(self.settings.state.allowed_lateness_s)
             if "lateness" in d:  # absent from checkpoints written before allowed lateness existed
                 lateness.load_state(d["lateness"])
             ran_with = {rid: policy_from_doc(p) for rid, p in d.get("judge_policies", {}).items()}
-            judges: dict[str, strategies.RolloutJudge] = {}
+            judges: dict[str, RolloutJudge] = {}
             for rid, js in d["judges"].items():
                 ref = js["rollout"]
                 policy = self.policies.for_agent(ref["agent_id"], ref["environment"])
@@ -362,7 +370,7 @@ class Engine:
                 if old is not None and (why := layout_change(old, policy)) is not None:
                     log.warning("rollout %s keeps the policy it started with: %s", rid, why)
                     policy = old
-                judges[rid] = strategies.judge_from_state(js, policy)
+                judges[rid] = self.strategies.get(ref["strategy"]).restore(js, policy)
             policy_states = {rid: PolicyState.from_state(ps) for rid, ps in d["policy_states"].items()}
             last_action = {rid: Action(a) for rid, a in d["last_action"].items()}
             last_look = {rid: float(ts) for rid, ts in d["last_look"].items()}

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from watcher.contract import Action, Decision, Deployment, Rejected, Verdict, decode_deployment
 from watcher.engine import EngineView
-from watcher.judges import acknowledge, override
+from watcher.judges import STRATEGIES, acknowledge, override
 from watcher.state import Rollout
 from watcher.storage import DecisionLog, json_safe
 
@@ -226,7 +226,7 @@ class Api:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"body larger than {self.max_body_bytes} bytes")
-        marker = decode_deployment(raw)
+        marker = decode_deployment(raw, check=STRATEGIES.check_marker)
         if isinstance(marker, Rejected):
             return _error(400, marker.detail, reason=marker.reason.value)
         change = self.engine.apply_marker(marker)
@@ -368,6 +368,8 @@ class Api:
         d = r.to_dict()
         d["markers"] = d["markers"][-20:]
         d["decision"] = self.engine.last_action.get(r.rollout_id, Action.CONTINUE).value
+        # what the treatment version passed (or not) before this rollout: ``watcher gate`` verdicts
+        d["gates"] = self.engine.registry.gates(r.agent_id, r.canary_version)
         return d
 
     @staticmethod

@@ -3,8 +3,9 @@
 dead-letter topic (and file / null variants); ``producer``: records written with acks=all, reporting
 what was not acknowledged; ``spool``: records Kafka would not take yet, and their forwarder;
 ``rebalance``: what the owner of the consumed state is told when the group moves partitions
-(``PartitionListener``); ``embedded``: the embedded broker and topic creation; ``reachability``:
-saying once, with a hint, that no broker answers.
+(``PartitionListener``); ``embedded``: the embedded broker and topic creation; ``range``: a time
+range of a topic read once (``watcher gate``); ``reachability``: saying once, with a hint, that no
+broker answers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from watcher.kafka.deadletter import DeadLetters, FileDeadLetters, KafkaDeadLetters, NullDeadLetters
 from watcher.kafka.embedded import EmbeddedBroker, TopicSpec, create_topics
 from watcher.kafka.producer import OutRecord, RecordProducer
+from watcher.kafka.range import read_range
 from watcher.kafka.reachability import ConnectionReport, KafkaClientNoise, local_broker_hint, unreachable
 from watcher.kafka.rebalance import NULL_LISTENER, NullPartitionListener, PartitionListener, Partitions
 from watcher.kafka.source import (
@@ -54,5 +56,6 @@ __all__ = [
     "create_topics",
     "local_broker_hint",
     "next_offsets",
+    "read_range",
     "unreachable",
 ]

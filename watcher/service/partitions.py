@@ -149,14 +149,15 @@ class Checkpoints:
             log.warning("checkpoints stopped: %s", why)
         self._frozen = why
 
-    def advance(self, covered: Offsets | Mapping[int, Offsets]) -> None:
-        """The state now covers a batch: its next offsets (scope instance), or per partition task
-        the offsets its own state covers (scope partition, ``Handover.process``)."""
-        if self.checkpointer is not None:
-            self.checkpointer.advance(covered)  # type: ignore[arg-type]
-        else:
-            assert self.handover is not None
-            self.handover.advance(covered)  # type: ignore[arg-type]
+    def advance(self, offsets: Offsets) -> None:
+        """The instance's state now covers a batch: its next offsets (scope instance)."""
+        assert self.checkpointer is not None
+        self.checkpointer.advance(offsets)
+
+    def advance_tasks(self, covered: Mapping[int, Offsets]) -> None:
+        """Per partition task, the offsets its own state now covers (``Handover.process``)."""
+        assert self.handover is not None
+        self.handover.advance(covered)
 
     def mark_dirty(self, rollout_ids: Iterable[str]) -> None:
         """An override or acknowledgement changed these rollouts' policy state outside any batch:
