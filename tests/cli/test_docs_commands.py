@@ -235,8 +235,15 @@ def run_watcher(command: Command, scratch: Scratch) -> None:
             return
         if marker:
             assert marker in output, f"{where} never printed {marker!r}:\n{output[-3000:]}"
-        elif out_file:
-            assert (scratch.root / out_file).stat().st_size > 0, f"{where} wrote nothing in {BUDGET_S} s"
+        elif out_file:  # writes are buffered: give a loaded machine time to show the first ones
+            written = scratch.root / out_file
+            patience = time.monotonic() + 60.0
+            while proc.poll() is None and written.stat().st_size == 0 and time.monotonic() < patience:
+                time.sleep(0.2)
+            if proc.poll() is not None:  # it finished meanwhile
+                assert proc.returncode == 0, f"{where} exited {proc.returncode}:\n{output[-3000:]}"
+                return
+            assert written.stat().st_size > 0, f"{where} wrote nothing in {BUDGET_S + 60} s"
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)
         output = log.read_text(errors="replace")
