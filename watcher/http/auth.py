@@ -3,6 +3,8 @@
 * ``/healthz``, ``/readyz``, ``/metrics``: open (probes and scrapers).
 * Mutating endpoints (``POST /v1/deployments``, acknowledge, override): ``http.auth_token``. With no
   token configured they answer only clients on loopback, so a fresh install is not an open door.
+* OTLP/HTTP in (``POST /v1/traces``): ``http.otlp_token`` if set, else the mutating rule above (agents
+  and Collectors get a token that lets them send telemetry and nothing more).
 * Flagger hooks (``/v1/flagger/*``, some of which create markers): ``http.flagger_token`` if set,
   else the mutating rule above. Flagger's webhooks cannot carry headers (fluxcd/flagger#1192), so
   these paths also take the token where Flagger can put it: as the password of the hook URL's user
@@ -23,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from watcher.config import HttpSettings
+from watcher.http.otlp import OTLP_TRACES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -82,6 +85,10 @@ def required(request: web.Request, http: HttpSettings) -> tuple[tuple[str | None
     path = request.path
     if path in OPEN_PATHS:
         return (), False
+    if path == OTLP_TRACES:
+        if http.otlp_token:
+            return (http.otlp_token,), False
+        return (http.auth_token,), True
     if path.startswith(FLAGGER_PATHS):
         if http.flagger_token:
             return (http.flagger_token,), False
