@@ -71,6 +71,10 @@ def _replay(args: argparse.Namespace) -> int:
     from watcher.service import replay, summary_table
 
     settings = configured.settings(args)
+    if args.report:
+        from watcher.report import require_plotting
+
+        require_plotting()  # before the replay, not after it
     out = open(args.decisions_out, "w", encoding="utf-8") if args.decisions_out else None
     dead = open(args.dead_letters_out, "wb") if args.dead_letters_out else None
     try:
@@ -88,6 +92,12 @@ def _replay(args: argparse.Namespace) -> int:
                 fh.close()
     print(summary_table(engine, segments=not args.no_segments))
     print()
+    if args.report:
+        from watcher.report import render
+
+        with open(args.report, "w", encoding="utf-8") as fh:
+            fh.write(render(engine.histories(), title=f"watcher replay of {args.file}"))
+        print(f"report: {args.report} ({len(engine.histories())} rollout(s))")
     print(
         f"lines {report.lines}  turns {report.turns}  markers {report.deployments}  "
         f"duplicates {report.duplicates}  rejected {sum(report.rejected.values())}"
@@ -212,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=1000,
         help="lines per batch (default %(default)s)",
+    )
+    rep.add_argument(
+        "--report",
+        metavar="FILE",
+        type=output_file,
+        help="write an HTML report of every rollout (needs rollout-watcher[report])",
     )
     rep.add_argument("--no-segments", action="store_true", help="only the per-version rows")
     rep.set_defaults(handler=_replay)
