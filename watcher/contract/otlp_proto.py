@@ -53,7 +53,9 @@ def read_proto(raw: bytes, is_turn: Any) -> tuple[list[tuple[dict[str, Any], Spa
     """Like ``otlp_json.read_json``, for the protobuf encoding. Raises ``google.protobuf``'s
     ``DecodeError`` for a malformed request; ``RuntimeError`` without the [otlp] extra."""
     if _Request is None:
-        raise RuntimeError("reading OTLP protobuf needs watcher's C decoder or: pip install 'rollout-watcher[otlp]'")
+        raise RuntimeError(
+            "reading OTLP protobuf needs watcher's C decoder or: pip install 'rollout-watcher[otlp]'"
+        )
     request = _Request.FromString(raw)
     turns: list[tuple[dict[str, Any], SpanView]] = []
     total = 0
