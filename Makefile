@@ -4,11 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # reinstalled when the package definition or the C extensions (built by pip, watcher/contract/_*.c) change
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml watcher/contract/_turnscan.c | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml watcher/contract/_turnscan.c watcher/contract/_otlpscan.c | cksum | cut -d' ' -f1)
 
 .PHONY: demo test test-fast lint bench bench-throughput bench-detection bench-strategies check-config clean
 
-$(STAMP): pyproject.toml watcher/contract/_turnscan.c
+$(STAMP): pyproject.toml watcher/contract/_turnscan.c watcher/contract/_otlpscan.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@# the distribution was called "watcher" before it became rollout-watcher (PyPI's "watcher" is
