@@ -19,6 +19,7 @@ from watcher.clock import Clock, SystemClock
 from watcher.errors import ConfigError
 from watcher.kafka.fast_fetch import FetchPath, tune_fetcher
 from watcher.kafka.messages import Message, MessageBatch
+from watcher.kafka.reachability import ConnectionReport
 from watcher.kafka.rebalance import NULL_LISTENER, PartitionListener
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class KafkaSource:
         self._stale_after_ms = stale_after * 1000.0
         self._backoff = Retries(backoff)
         self._clock = clock or SystemClock()
+        self._report = ConnectionReport(bootstrap_servers, log, clock=self._clock)
         self._factory = consumer_factory
         self._consumer: AIOKafkaConsumer | None = None
         self._joining: AIOKafkaConsumer | None = None  # the consumer being started
@@ -273,7 +275,7 @@ class KafkaSource:
             await self._close(consumer)
             raise
         except Exception as exc:
-            log.warning("cannot connect to Kafka at %s (%s); retrying", self.bootstrap_servers, exc)
+            self._report.failed(exc)
             await self._close(consumer)
             return None
         finally:
@@ -282,6 +284,7 @@ class KafkaSource:
             await self._close(consumer)
             return None
         self._backoff.reset()
+        self._report.connected()
         tuning = tune_fetcher(consumer)
         self.fetch_path = tuning.path
         log.debug("fetched records: %s path (%s)", tuning.path.value, tuning.reason)
