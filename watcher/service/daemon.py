@@ -161,6 +161,7 @@ class Daemon:
             decision_log=self.decision_log,
             max_body_bytes=self.settings.http.max_body_bytes,
             peers=self.peers,
+            wait_s=self.settings.hooks.wait_s,
         )
         app = api.app()
         app.add_routes(self.hooks.routes())
