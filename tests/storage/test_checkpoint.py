@@ -35,11 +35,11 @@ from watcher.storage.checkpoint import (
     Checkpointer,
     MemoryCheckpointStore,
     NullCheckpointStore,
-    SqliteCheckpointStore,
     decode,
     encode,
 )
 from watcher.storage.decisions import SqliteDecisionLog
+from watcher.storage.sqlite_checkpoints import SqliteCheckpointStore
 
 
 def _lines(strategy: str = "canary", duration_s: float = 600.0, rate: float = 8.0) -> list[bytes]:
@@ -93,11 +93,15 @@ def test_sqlite_store_replaces_atomically_per_scope_and_survives_reopen(tmp_path
     assert size == len(encode(Checkpoint({"n": 2}, {("t", 0): 9}, 2.0, "g")))
 
     again = SqliteCheckpointStore(path)
-    assert again.load() == Checkpoint({"n": 2}, {("t", 0): 9}, 2.0, "g")
-    assert again.load("t/1") == Checkpoint({"n": 99}, {("t", 1): 1}, 2.0, "g")
+    assert again.load() == Checkpoint({"n": 2}, {("t", 0): 9}, 2.0, "g", generation=2)
+    assert again.load("t/1") == Checkpoint({"n": 99}, {("t", 1): 1}, 2.0, "g", generation=1)
     again.close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone() == (2,)  # one row per scope
+    assert db.execute("SELECT scope, generation FROM checkpoint_generations ORDER BY 1, 2").fetchall() == [
+        ("all", 1),
+        ("all", 2),
+        ("t/1", 1),
+    ]
     db.execute("UPDATE checkpoint_meta SET value='9' WHERE key='schema_version'")
     db.commit()
     db.close()

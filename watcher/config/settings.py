@@ -203,6 +203,9 @@ class CheckpointSettings(Section, frozen=True):
     # compacted topic on the cluster every instance reaches: several hosts)
     store: Literal["sqlite", "kafka"] = "sqlite"
     topic: Topic = "watcher.checkpoints"
+    # the SQLite store keeps this many generations per scope, each with its SHA-256: an unreadable
+    # newest one falls back to the one before (docs/guarantees.md, "State is never forgotten silently")
+    keep_generations: Annotated[int, Meta(ge=2, le=100)] = 3
 
     def __post_init__(self) -> None:
         if self.enabled and not self.path.strip():

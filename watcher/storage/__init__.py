@@ -1,5 +1,6 @@
 """Storage (layer: I/O). ``checkpoint``: the engine's state with the offsets it covers, and the
-checkpointer (SQLite store); ``kafka_checkpoints``: the same store in a compacted Kafka topic;
+checkpointer; ``sqlite_checkpoints``: the embedded store (generations, checksums, quarantine);
+``kafka_checkpoints``: the same store in a compacted Kafka topic;
 ``decisions``: the append-only decision log; ``spool``: records waiting for Kafka (dead letters,
 markers), and their metrics; ``sqlite``: opening watcher's SQLite files one way.
 """
@@ -13,12 +14,12 @@ from watcher.storage.checkpoint import (
     CheckpointMetrics,
     CheckpointStore,
     Offsets,
-    SqliteCheckpointStore,
 )
 from watcher.storage.decisions import DecisionLog, SqliteDecisionLog, json_safe
 from watcher.storage.kafka_checkpoints import KafkaCheckpointStore
 from watcher.storage.spool import SpoolCollector, SqliteSpool
 from watcher.storage.sqlite import open_store
+from watcher.storage.sqlite_checkpoints import SqliteCheckpointStore
 
 __all__ = [
     "Checkpoint",

@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sqlite3
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,8 +33,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from watcher.clock import Clock, SystemClock
-from watcher.errors import CheckpointError, CheckpointUnavailable
-from watcher.storage.sqlite import open_store
+from watcher.errors import CheckpointError, CheckpointLost
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -49,7 +45,6 @@ __all__ = [
     "NullCheckpointStore",
     "Offsets",
     "SCOPE_ALL",
-    "SqliteCheckpointStore",
     "decode",
     "encode",
 ]
@@ -70,6 +65,9 @@ class Checkpoint:
     offsets: Offsets = field(default_factory=dict)
     written_at: float = 0.0
     owner: str = ""  # the consumer group whose offsets these are: another group's checkpoint is not used
+    # set by a store that keeps generations: which one this is, and why newer ones were not used
+    generation: int = 0
+    skipped: tuple[str, ...] = ()
 
 
 def encode(cp: Checkpoint) -> bytes:
@@ -119,7 +117,12 @@ def decode(data: bytes | str) -> Checkpoint:
 
 
 class CheckpointStore(Protocol):
-    """Where checkpoints live: the latest one per scope survives, older ones are replaced."""
+    """Where checkpoints live: the latest readable one per scope is loaded.
+
+    ``load`` returns None only when no checkpoint was ever written for the scope (as far as the store
+    can tell); one that was written but cannot be read raises ``CheckpointLost`` (never None: the
+    daemon must not start fresh and overwrite it), an unreachable store ``CheckpointUnavailable``.
+    """
 
     def load(self, scope: str = SCOPE_ALL) -> Checkpoint | None: ...
 
@@ -160,64 +163,6 @@ class MemoryCheckpointStore:
 
     def close(self) -> None:
         return None
-
-
-_DDL = (
-    "CREATE TABLE IF NOT EXISTS checkpoint_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS checkpoints (scope TEXT PRIMARY KEY, version INTEGER NOT NULL, "
-    "written_at REAL NOT NULL, document BLOB NOT NULL)",
-)
-_STORE_SCHEMA = 1
-
-
-class SqliteCheckpointStore:
-    """The embedded default: one SQLite file (WAL), one row per scope, replaced in one transaction.
-
-    ``synchronous=FULL``: the commit that makes a checkpoint current is on disk before the offsets
-    it covers are committed to Kafka (a power loss must not leave Kafka ahead of the file).
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = str(path)
-        self._lock = threading.Lock()
-        self._db = open_store(
-            self.path,
-            _DDL,
-            meta_table="checkpoint_meta",
-            schema_version=_STORE_SCHEMA,
-            what="checkpoint file",
-            synchronous="FULL",
-        )
-
-    def load(self, scope: str = SCOPE_ALL) -> Checkpoint | None:
-        with self._lock:
-            try:
-                row = self._db.execute("SELECT document FROM checkpoints WHERE scope=?", (scope,)).fetchone()
-            except sqlite3.Error as exc:
-                if isinstance(exc, sqlite3.OperationalError):  # locked, I/O: the file may be fine
-                    raise CheckpointUnavailable(f"cannot read checkpoint file {self.path}: {exc}") from exc
-                raise CheckpointError(f"cannot read checkpoint file {self.path}: {exc}") from exc
-        return decode(bytes(row[0])) if row is not None else None
-
-    def save(self, cp: Checkpoint, scope: str = SCOPE_ALL) -> int:
-        data = encode(cp)
-        with self._lock:
-            try:
-                self._db.execute(
-                    "INSERT INTO checkpoints VALUES (?, ?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
-                    "version=excluded.version, written_at=excluded.written_at, document=excluded.document",
-                    (scope, CHECKPOINT_VERSION, cp.written_at, data),
-                )
-            except sqlite3.Error as exc:
-                raise CheckpointError(f"cannot write checkpoint file {self.path}: {exc}") from exc
-        return len(data)
-
-    def close(self) -> None:
-        with self._lock:
-            try:
-                self._db.close()
-            except sqlite3.Error:  # closing is best effort
-                pass
 
 
 class Stateful(Protocol):
@@ -281,7 +226,13 @@ class Checkpointer:
                 self.owner,
             )
             return None
-        self.target.load_state(cp.engine)
+        try:
+            self.target.load_state(cp.engine)  # leaves the target as it was when it raises
+        except CheckpointError as exc:  # the bytes are intact (checksum) but not a state this version reads
+            if isinstance(exc, CheckpointLost):
+                raise
+            reasons = [*cp.skipped, f"generation {cp.generation}: {exc}"]
+            raise CheckpointLost(self.scope, reasons) from exc
         self.positions = dict(cp.offsets)
         self.checkpointed = dict(cp.offsets)
         self.restored = cp
@@ -349,6 +300,16 @@ class CheckpointMetrics:
         self.failures = Counter(
             "watcher_checkpoint_failures_total",
             "Checkpoints that could not be written (offsets were not committed)",
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "watcher_checkpoint_fallbacks_total",
+            "Restores from an older checkpoint generation because the newest could not be read",
+            registry=registry,
+        )
+        self.lost = Counter(
+            "watcher_checkpoint_lost_total",
+            "Restores that found no readable checkpoint where one was written (the state started fresh)",
             registry=registry,
         )
 

@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
-from watcher.errors import CheckpointError, CheckpointUnavailable
+from watcher.errors import CheckpointError, CheckpointLost, CheckpointUnavailable
 from watcher.storage.checkpoint import SCOPE_ALL, Checkpoint, decode, encode
 
 __all__ = ["KafkaCheckpointStore", "MANIFEST_VERSION"]
@@ -90,7 +90,12 @@ class KafkaCheckpointStore:
             manifest = self._view.get(scope)
             if manifest is None:
                 return None
-            return decode(self._assemble(scope, manifest))
+            try:
+                return decode(self._assemble(scope, manifest))
+            except CheckpointUnavailable:
+                raise
+            except CheckpointError as exc:  # written, but not readable: never read as "none yet"
+                raise CheckpointLost(scope, [str(exc)], where=f"topic {self.topic}") from exc
 
     def save(self, cp: Checkpoint, scope: str = SCOPE_ALL) -> int:
         document = encode(cp)
