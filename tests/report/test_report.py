@@ -6,53 +6,19 @@ Chromium missing: skipped locally, a failure under ``CI`` (.ci/run installs Debi
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.browser import dom as _dom
 from watcher.errors import ReportUnavailable
 from watcher.report import render, require_plotting
 from watcher.service import replay
 from watcher.sim.presets import PRESETS
 from watcher.sim.simulate import write_jsonl
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    message = "chromium is not installed (Debian: apt-get install chromium)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI must install it")
-    pytest.skip(message)
-
-
-def _dom(html_file: Path, tmp_path: Path) -> str:
-    """The page's DOM after its scripts ran, in a headless Chromium with no network at all."""
-    out = subprocess.run(
-        [
-            _chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--proxy-server=127.0.0.1:9",  # nothing answers there: the page must not need the network
-            "--virtual-time-budget=15000",
-            "--dump-dom",
-            html_file.as_uri(),
-        ],
-        capture_output=True,
-        timeout=180,
-        check=True,
-    )
-    return out.stdout.decode()
 
 
 @pytest.fixture(scope="module")
