@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from watcher.errors import ConfigError, WatcherError
 
@@ -99,14 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     out.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.epilog = _EPILOG
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-
-    def usage_error(message: str) -> NoReturn:  # 2 means "inconclusive" here: a usage error is 3
-        p.print_usage(sys.stderr)
-        print(f"{p.prog}: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
-
-    p.error = usage_error  # type: ignore[method-assign]  # argparse has no hook for its exit status
+    p.usage_status = EXIT_ERROR  # type: ignore[attr-defined]  # 2 means "inconclusive" here: a usage error is 3
 
 
 def run(args: argparse.Namespace) -> int:
