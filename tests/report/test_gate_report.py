@@ -68,5 +68,9 @@ def test_without_the_plotting_extra_the_gate_stops_before_reading(
     argv = ["gate", str(bad), "--policy", POLICY, "--report", str(page), "--decision-out", str(rec)]
     assert main(argv) == 3
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "watcher[report]" in err[0] and err[0].startswith("watcher gate: ")
+    assert (
+        len(err) == 1
+        and "pip install 'rollout-watcher[report]'" in err[0]
+        and err[0].startswith("watcher gate: ")
+    )
     assert not page.exists() and not rec.exists()  # nothing read, nothing half-written

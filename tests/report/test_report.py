@@ -61,7 +61,7 @@ def test_without_the_plotting_extra_the_report_says_which_extra(monkeypatch: pyt
     monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
     with pytest.raises(ReportUnavailable) as err:
         require_plotting()
-    assert err.value.extra == "report" and "pip install 'watcher[report]'" in str(err.value)
+    assert err.value.extra == "report" and "pip install 'rollout-watcher[report]'" in str(err.value)
 
 
 async def test_the_api_serves_the_same_page_for_a_live_rollout(replayed, tmp_path: Path) -> None:
