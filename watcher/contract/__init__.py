@@ -9,7 +9,9 @@ The package's public face; each concept lives in its own module:
 - ``dedup``: the ``Deduplicator`` window of recently seen event ids;
 - ``columns``: ``TurnColumns``, a batch's columns extracted once for every consumer;
 - ``columnar``: the columnar batch path (and the optional C scanner ``_turnscan``);
-- ``verdicts``: what comes out: verdicts, actions, evidence and decision records (``watcher.decision/v1``).
+- ``verdicts``: what comes out: verdicts, actions, evidence and decision records (``watcher.decision/v1``);
+- ``catalogue``: the metric catalogue, every conversation metric defined once (``CATALOGUE``,
+  ``metric_def``): its kind, direction, unit, turn field, policy defaults and Prometheus families.
 
 Malformed input is a value (:class:`Rejected`), never an exception.
 
@@ -25,6 +27,19 @@ Malformed input is a value (:class:`Rejected`), never an exception.
 
 from __future__ import annotations
 
+from watcher.contract.catalogue import (
+    CATALOGUE,
+    MEAN_METRICS,
+    RATE_METRICS,
+    SERIES_FAMILIES,
+    Direction,
+    Family,
+    Kind,
+    MetricDef,
+    ToleranceMode,
+    metric_def,
+    metric_names,
+)
 from watcher.contract.columns import TurnColumns, renumber
 from watcher.contract.decode import DecodedBatch, MarkerCheck, decode_batch, decode_deployment
 from watcher.contract.dedup import Deduplicator
@@ -65,8 +80,21 @@ from watcher.contract.verdicts import (
 # keep: SCHEMA_DEADLETTER SCHEMA_DEPLOYMENT SCHEMA_TURN SampleRatioEvidence Severity StrategyName Turn
 # keep: TurnColumns Verdict dead_letter_record decision_id decode_batch decode_deployment
 # keep: encode_deployment encode_turn renumber
+# keep: CATALOGUE MEAN_METRICS RATE_METRICS SERIES_FAMILIES Direction Family Kind MetricDef ToleranceMode
+# keep: metric_def metric_names
 
 __all__ = [
+    "CATALOGUE",
+    "MEAN_METRICS",
+    "RATE_METRICS",
+    "SERIES_FAMILIES",
+    "Direction",
+    "Family",
+    "Kind",
+    "MetricDef",
+    "ToleranceMode",
+    "metric_def",
+    "metric_names",
     "Action",
     "Arm",
     "ArmEstimate",

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
-from watcher.contract import ArmEstimate, MetricEvidence, Verdict
-from watcher.judges.policy import MetricPolicy, Policy, ToleranceMode
+from watcher.contract import ArmEstimate, MetricEvidence, ToleranceMode, Verdict
+from watcher.judges.policy import MetricPolicy, Policy
 
 __all__ = [
     "VAR_FLOOR",
