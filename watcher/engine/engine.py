@@ -108,7 +108,8 @@ class Engine:
             rejected=batch.rejected,
         )
         for marker in sorted(batch.deployments, key=lambda d: d.ts):
-            result.changes.append(self._apply(marker))
+            if not self.registry.knows(marker.event_id):  # one posted over HTTP, read back
+                result.changes.append(self._apply(marker))
         turns = batch.turns
         if turns:
             cols = batch.columns  # extracted once, read by every consumer below
@@ -154,8 +155,10 @@ class Engine:
         return False
 
     def apply_marker(self, marker: Deployment) -> Change | None:
-        """A marker from the HTTP API: applied at once; None if its event_id was already seen."""
-        if self.dedup.seen(marker.event_id):
+        """A marker from the HTTP API: applied at once; None if its event_id was already seen (by the
+        dedup window, or among the markers applied: its copy read back from the deployments topic is
+        ignored however long it took to come back)."""
+        if self.dedup.seen(marker.event_id) or self.registry.knows(marker.event_id):
             return None
         return self._apply(marker)
 

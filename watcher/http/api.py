@@ -25,7 +25,7 @@ from watcher.storage import DecisionLog, json_safe
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]
-MarkerHook = Callable[[Deployment], Awaitable[None]]
+MarkerHook = Callable[[Deployment], Awaitable[bool]]  # durable on return; True: in Kafka too
 DecisionHook = Callable[[list[Decision]], Awaitable[None]]
 
 ENGINE: web.AppKey[EngineView] = web.AppKey("engine")
@@ -229,9 +229,16 @@ class Api:
         marker = decode_deployment(raw, check=STRATEGIES.check_marker)
         if isinstance(marker, Rejected):
             return _error(400, marker.detail, reason=marker.reason.value)
-        change = self.engine.apply_marker(marker)
+        published = False
         if self.on_marker is not None:
-            await self.on_marker(marker)
+            # durable first (the spool, then the deployments topic), applied after: a marker that was
+            # answered 202 is never lost, and one that could not be stored is not applied
+            try:
+                published = await self.on_marker(marker)
+            except Exception as exc:
+                log.error("marker %s could not be stored, not applied: %s", marker.event_id, exc)
+                return _error(503, f"the marker could not be stored: {exc}", event_id=marker.event_id)
+        change = self.engine.apply_marker(marker)
         if change is None:
             return _json({"status": "duplicate", "event_id": marker.event_id}, status=200)
         rollout = change.rollout
@@ -239,6 +246,7 @@ class Api:
             {
                 "status": change.kind,
                 "event_id": marker.event_id,
+                "published": published,
                 "rollout": self._summary(rollout) if rollout else None,
             },
             status=202,

@@ -119,7 +119,7 @@ class Daemon:
         if not self.source.ready:
             return False, "not consuming: the broker is unreachable or partitions are not assigned yet"
         checkpoints = self.checkpoints.health() if self.checkpoints is not None else None
-        for why in (self.dead_letters.health(), checkpoints):
+        for why in (self.dead_letters.health(), self.markers.health(), checkpoints):
             if why:
                 return False, why
         return True, "consuming"

@@ -176,6 +176,9 @@ def rollout_id(
     return "ro-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+MARKER_IDS = 10_000  # markers are rare (a few per rollout): days of them
+
+
 class Registry:
     """The rollouts watcher knows, and the last known baseline version per (agent, environment)."""
 
@@ -196,11 +199,22 @@ class Registry:
         self.last_routes: dict[tuple[str, str, str, str | None], str] = {}
         # (agent, env, action, version) -> event time of the last such marker; Grafana draws these
         self.marker_times: dict[tuple[str, str, str, str], float] = {}
+        # the event ids of the markers applied, newest last (bounded): a marker reaches watcher twice,
+        # over HTTP and read back from the deployments topic (or published twice after a lost
+        # acknowledgement), maybe after the dedup window forgot it; it is applied once
+        self.marker_ids: dict[str, None] = {}
         # (agent, version) -> the gate verdicts recorded for it, oldest first (``gated`` markers)
         self._gates: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     # -- markers --------------------------------------------------------------------------------
+    def knows(self, event_id: str) -> bool:
+        """Whether a marker with this event id was applied (among the last ``MARKER_IDS``)."""
+        return event_id in self.marker_ids
+
     def apply(self, marker: Marker) -> Change:
+        self.marker_ids[marker.event_id] = None
+        if len(self.marker_ids) > MARKER_IDS:
+            del self.marker_ids[next(iter(self.marker_ids))]
         key = (marker.agent_id, marker.environment)
         version = marker.canary_version or marker.baseline_version or ""
         self.marker_times[(marker.agent_id, marker.environment, marker.action, version)] = marker.ts
@@ -366,6 +380,7 @@ class Registry:
             "ended": [r.to_dict() for r in self._ended.values()],
             "baselines": [[a, e, v] for (a, e), v in self._baselines.items()],
             "marker_times": [[*k, ts] for k, ts in self.marker_times.items()],
+            "marker_ids": list(self.marker_ids),
             "gates": [[a, v, entries] for (a, v), entries in self._gates.items()],
         }
 
@@ -376,6 +391,7 @@ class Registry:
         self._ended = {r.rollout_id: r for r in map(Rollout.from_dict, d["ended"])}
         self._baselines = {(a, e): v for a, e, v in d["baselines"]}
         self.marker_times = {(a, e, act, v): float(ts) for a, e, act, v, ts in d["marker_times"]}
+        self.marker_ids = dict.fromkeys(map(str, d.get("marker_ids", ())))  # absent before v1.1
         self._gates = {(a, v): list(entries) for a, v, entries in d.get("gates", [])}  # absent before gates
 
     # -- internals ------------------------------------------------------------------------------
