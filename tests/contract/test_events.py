@@ -137,6 +137,9 @@ def test_all_is_exactly_the_public_interface() -> None:
             # what comes out: verdicts, decision records and the items sinks receive
             "Action", "ArmEstimate", "Cause", "Decision", "MetricEvidence", "RolloutEvidence", "RolloutRef",
             "SampleRatioEvidence", "Verdict", "decision_id", "rfc3339", "Item", "ItemKind", "Severity",
+            # the metric catalogue
+            "CATALOGUE", "MEAN_METRICS", "RATE_METRICS", "SERIES_FAMILIES", "Direction", "Family", "Kind",
+            "MetricDef", "ToleranceMode", "metric_def", "metric_names",
         ]
     )  # fmt: skip
     assert all(hasattr(events, n) for n in events.__all__)
