@@ -9,6 +9,9 @@ The package's public face; each concept lives in its own module:
 - ``dedup``: the ``Deduplicator`` window of recently seen event ids;
 - ``columns``: ``TurnColumns``, a batch's columns extracted once for every consumer;
 - ``columnar``: the columnar batch path (and the optional C scanner ``_turnscan``);
+- ``otlp``: OTLP trace requests (protobuf or JSON) into turn messages (``OtlpDecoder``), with the
+  span-to-turn ``SpanMapping`` of ``otlp_mapping``; readers ``otlp_proto`` (and the optional C decoder
+  ``_otlpscan``) and ``otlp_json``;
 - ``verdicts``: what comes out: verdicts, actions, evidence and decision records (``watcher.decision/v1``);
 - ``catalogue``: the metric catalogue, every conversation metric defined once (``CATALOGUE``,
   ``metric_def``): its kind, direction, unit, turn field, policy defaults and Prometheus families.
@@ -43,6 +46,17 @@ from watcher.contract.catalogue import (
 from watcher.contract.columns import TurnColumns, renumber
 from watcher.contract.decode import DecodedBatch, MarkerCheck, decode_batch, decode_deployment
 from watcher.contract.dedup import Deduplicator
+from watcher.contract.otlp import (
+    OTLP_JSON,
+    OTLP_PROTO,
+    Expansion,
+    MessageTurns,
+    NullOtlp,
+    OtlpCounts,
+    OtlpDecoder,
+    sniff,
+)
+from watcher.contract.otlp_mapping import SpanMapping
 from watcher.contract.schema import (
     SCHEMA_DEADLETTER,
     SCHEMA_DEPLOYMENT,
@@ -79,7 +93,8 @@ from watcher.contract.verdicts import (
 # keep: ItemKind MarkerAction MarkerCheck MetricEvidence RejectReason Rejected RolloutEvidence RolloutRef
 # keep: SCHEMA_DEADLETTER SCHEMA_DEPLOYMENT SCHEMA_TURN SampleRatioEvidence Severity StrategyName Turn
 # keep: TurnColumns Verdict dead_letter_record decision_id decode_batch decode_deployment
-# keep: encode_deployment encode_turn renumber
+# keep: encode_deployment encode_turn renumber OTLP_JSON OTLP_PROTO Expansion MessageTurns NullOtlp
+# keep: OtlpCounts OtlpDecoder SpanMapping sniff
 # keep: CATALOGUE MEAN_METRICS RATE_METRICS SERIES_FAMILIES Direction Family Kind MetricDef ToleranceMode
 # keep: metric_def metric_names
 
@@ -103,13 +118,20 @@ __all__ = [
     "DecodedBatch",
     "Deduplicator",
     "Deployment",
+    "Expansion",
     "FlagSpec",
     "GateOutcome",
     "Item",
     "ItemKind",
     "MarkerAction",
     "MarkerCheck",
+    "MessageTurns",
     "MetricEvidence",
+    "NullOtlp",
+    "OTLP_JSON",
+    "OTLP_PROTO",
+    "OtlpCounts",
+    "OtlpDecoder",
     "RejectReason",
     "Rejected",
     "RolloutEvidence",
@@ -119,6 +141,7 @@ __all__ = [
     "SCHEMA_TURN",
     "SampleRatioEvidence",
     "Severity",
+    "SpanMapping",
     "StrategyName",
     "Turn",
     "TurnColumns",
@@ -131,4 +154,5 @@ __all__ = [
     "encode_turn",
     "renumber",
     "rfc3339",
+    "sniff",
 ]
