@@ -99,6 +99,10 @@ class MetricDef:
     on_regression: str  # "pause" | "rollback"
     critical: bool = False  # a failure always rolls back
     log_scale: bool = False  # mean: judged on the log scale (ratios of geometric means)
+    # mean: the mixing scale of the FAIL mixture SPRT, on the tested scale: the excess harm it sees
+    # fastest. Tied to the regressions worth stopping, not to the tolerance, so that a small tolerance
+    # does not make the test slow on large regressions (docs/statistics.md). None: 2 |tolerance|.
+    fail_tau: float | None = None
     tail_of: str | None = None  # tail: the mean metric whose field the quantile is of
     quantile: float | None = None  # tail: the control's quantile (from the name)
     families: tuple[Family, ...] = ()  # its per-series Prometheus families
@@ -116,10 +120,11 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "quality",
         "quality",
         ToleranceMode.ABSOLUTE,
-        -0.02,  # treatment - control below -0.02 is a regression worth acting on
+        -0.01,  # treatment - control down to -0.01 is let through
         -0.03,  # promotion: shown to be no worse than -0.03
-        150,  # burn-in of the asymptotic test
+        20,  # conversations per arm (burn-in of the asymptotic test)
         "rollback",
+        fail_tau=0.05,  # regressions of -0.05 .. -0.15
         families=(
             Family("quality_mean", "gauge", "mean LLM-judge quality score", "mean"),
             Family("quality_stddev", "gauge", "std deviation of quality", "stddev"),
@@ -134,11 +139,12 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "latency_ms",
         "latency",
         ToleranceMode.RELATIVE,
-        1.05,  # +5 %
+        1.025,  # +2.5 %
         1.10,
-        150,
+        20,
         "pause",
         log_scale=True,
+        fail_tau=0.15,  # regressions of +10 .. +30 % (log scale)
         families=(Family("latency_seconds", "gauge", "turn latency quantile", "quantiles", ("quantile",)),),
     ),
     MetricDef(
@@ -150,9 +156,9 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "latency_ms",
         "latency",
         ToleranceMode.RELATIVE,
-        1.25,
+        1.05,
         1.5,
-        100,
+        20,
         "pause",
         tail_of="latency",
         quantile=0.95,
@@ -166,9 +172,9 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "escalated",
         "escalated",
         ToleranceMode.RELATIVE,
-        1.05,  # 1.25 missed +3 pp on ~4.3 % (x1.7) in 30 min (docs/detection.md)
+        1.025,
         1.25,
-        30,
+        10,
         "rollback",
         families=(
             Family("turn_escalations", "counter", "turns handed to a human", "events"),
@@ -184,9 +190,9 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "error",
         "error",
         ToleranceMode.RELATIVE,
-        1.25,
+        1.1,
         1.5,
-        30,
+        10,
         "rollback",
         families=(
             Family("turn_errors", "counter", "turns where the agent failed to answer", "events"),
@@ -202,9 +208,9 @@ CATALOGUE: tuple[MetricDef, ...] = (
         "compliance_violation",
         "compliance",
         ToleranceMode.RELATIVE,
-        1.25,
+        1.1,
         1.5,
-        30,
+        10,
         "rollback",
         critical=True,  # always rollback
         families=(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from watcher.contract import ArmEstimate, MetricEvidence, ToleranceMode, Verdict
+from watcher.contract import ArmEstimate, MetricEvidence, ToleranceMode, Verdict, metric_def
 from watcher.judges.policy import MetricPolicy, Policy
 
 __all__ = [
@@ -37,10 +37,16 @@ _MAX_LOG_E = 700.0  # exp(700) ~ 1e304: an e-value shown beyond it would overflo
 def mean_params(mp: MetricPolicy, promote: bool = False) -> tuple[float, float, float]:
     """(tolerance on the tested scale, mixing scale tau, sign: +1 when higher is worse) of a mean
     metric's FAIL test, or with ``promote`` of its PASS test (``promote_tolerance``, its own mixing
-    scale). Relative tolerances are tested on the log scale (log latency)."""
+    scale). Relative tolerances are tested on the log scale (log latency). The FAIL test's scale is the
+    metric's own (``MetricDef.fail_tau``: the size of the excess harm it sees fastest, as the evidence
+    at excess x and variance V is x^2/(2V) * tau^2/(V + tau^2) minus a log term)."""
     raw = mp.pass_tolerance if promote else mp.tolerance
     tol = math.log(raw) if mp.tolerance_mode is ToleranceMode.RELATIVE else raw
-    return tol, max(2 * abs(tol), 0.02), 1.0 if mp.direction.value == "higher_is_worse" else -1.0
+    sign = 1.0 if mp.direction.value == "higher_is_worse" else -1.0
+    if promote:
+        return tol, max(2 * abs(tol), 0.02), sign
+    fail_tau = metric_def(mp.name).fail_tau
+    return tol, max(2 * abs(tol), 0.02) if fail_tau is None else fail_tau, sign
 
 
 def slice_alpha(policy: Policy, n_metrics: int, segment_slices: int, segment: bool) -> float:
