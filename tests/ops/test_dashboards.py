@@ -413,3 +413,20 @@ def test_prometheus_config_is_valid() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_documented_dashboard_links_use_the_dashboards_variables() -> None:
+    """A `dashboard_url` example that sets `var-env` on a dashboard whose variable is `environment`
+    opens the dashboard unfiltered: every `var-X` in the docs must be a variable of that dashboard."""
+    variables_of = {d["uid"]: {v["name"] for v in d["templating"]["list"]} for d in dashboards().values()}
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    links = [
+        (path.name, m.group(1), m.group(2))
+        for path in docs
+        for m in re.finditer(r"/d/([\w-]+)\?([^\s\"'`)]+)", path.read_text())
+    ]
+    assert links, "no dashboard link in the docs"
+    for name, uid, query in links:
+        assert uid in variables_of, (name, uid)
+        for var in re.findall(r"var-([\w]+)=", query):
+            assert var in variables_of[uid], f"{name}: var-{var} is not a variable of {uid}"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from watcher.errors import ConfigError, WatcherError
 
@@ -27,10 +27,19 @@ Without --baseline/--candidate the versions come from the input's 'started' mark
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="*", metavar="FILE", help="JSON Lines telemetry (watcher.turn/v1)")
+    p.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="JSON Lines: watcher.turn/v1 turns and markers, or OTLP/JSON trace requests",
+    )
     src = p.add_argument_group("a time range of a Kafka topic (instead of, or with, files)")
     src.add_argument("--topic", help="read this telemetry topic from --since to its end now")
-    src.add_argument("--bootstrap-servers", help="Kafka (default: kafka.bootstrap_servers of the settings)")
+    src.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka (default: kafka.bootstrap_servers of the settings)",
+    )
     src.add_argument(
         "--since",
         metavar="TIME",
@@ -85,14 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     out.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.epilog = _EPILOG
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-
-    def usage_error(message: str) -> NoReturn:  # 2 means "inconclusive" here: a usage error is 3
-        p.print_usage(sys.stderr)
-        print(f"{p.prog}: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
-
-    p.error = usage_error  # type: ignore[method-assign]  # argparse has no hook for its exit status
+    p.usage_status = EXIT_ERROR  # type: ignore[attr-defined]  # 2 means "inconclusive" here: a usage error is 3
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,9 +164,9 @@ def _run(args: argparse.Namespace) -> int:
     gate = run_gate(data, request, policies)
     record = gate.result.decision.to_dict()
     if args.decision_out == "-":
-        print(json.dumps(record, indent=2, default=_json_default))
+        print(json.dumps(record, indent=2))
     elif args.decision_out:
-        _write(args.decision_out, json.dumps(record, indent=2, default=_json_default) + "\n")
+        _write(args.decision_out, json.dumps(record, indent=2) + "\n")
     if args.summary:
         _write(args.summary, gate_markdown(gate), append=_is_step_summary(args.summary))
     if args.junit:
@@ -217,10 +219,6 @@ def _is_step_summary(path: str) -> bool:
 def _write(path: str, text: str, *, append: bool = False) -> None:
     with open(path, "a" if append else "w", encoding="utf-8") as fh:
         fh.write(text)
-
-
-def _json_default(x: Any) -> Any:
-    return None  # inf/nan never reach here (the record holds None for them); anything else: null
 
 
 def _print(gate: Any, *, quiet: bool, out: Any) -> None:

@@ -28,6 +28,7 @@ import msgspec
 import yaml
 from msgspec import Meta
 
+from watcher.config.addresses import parse_bootstrap_servers
 from watcher.config.hooks import HooksSettings
 from watcher.config.otlp import OtlpSettings
 from watcher.config.validate import SECRET, TOPIC_PATTERN, Section, convert, field_type, plain, unwrap
@@ -96,8 +97,7 @@ class KafkaSettings(Section, frozen=True):
     ssl_keyfile: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.bootstrap_servers.strip():
-            raise ConfigError("kafka.bootstrap_servers", "must not be empty")
+        parse_bootstrap_servers(self.bootstrap_servers)
 
     def client_options(self) -> dict[str, Any]:
         """Security settings passed through to aiokafka as they are."""

@@ -15,7 +15,7 @@ from watcher.http.flagger import FlaggerHooks
 from watcher.http.guard import ConnectionGuard, Listening
 from watcher.http.guard import middleware as guard_middleware
 from watcher.http.otlp import OTLP_TRACES, OtlpReceiver
-from watcher.http.peers import Peers, advertising_assignor, forwarding_middleware
+from watcher.http.peers import Peers, advertising_assignor, forwarding_middleware, own_url
 
 __all__ = [
     "Api",
@@ -29,4 +29,5 @@ __all__ = [
     "Peers",
     "advertising_assignor",
     "forwarding_middleware",
+    "own_url",
 ]

@@ -262,15 +262,15 @@ class Api:
         if change is None:
             return _json({"status": "duplicate", "event_id": marker.event_id}, status=200)
         rollout = change.rollout
-        return _json(
-            {
-                "status": change.kind,
-                "event_id": marker.event_id,
-                "published": published,
-                "rollout": self._summary(rollout) if rollout else None,
-            },
-            status=202,
-        )
+        body: dict[str, Any] = {
+            "status": change.kind,
+            "event_id": marker.event_id,
+            "published": published,
+            "rollout": self._summary(rollout) if rollout else None,
+        }
+        if change.note:
+            body["note"] = change.note
+        return _json(body, status=202)
 
     # -- decisions ------------------------------------------------------------------------------
     async def decisions(self, request: web.Request) -> web.Response:

@@ -5,7 +5,8 @@ what was not acknowledged; ``turns``: turns received over OTLP/HTTP written to t
 (``TurnWriter``); ``spool``: records Kafka would not take yet, and their forwarder;
 ``rebalance``: what the owner of the consumed state is told when the group moves partitions
 (``PartitionListener``); ``embedded``: the embedded broker and topic creation; ``range``: a time
-range of a topic read once (``watcher gate``).
+range of a topic read once (``watcher gate``); ``reachability``: saying once, with a hint, that no
+broker answers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from watcher.kafka.deadletter import DeadLetters, FileDeadLetters, KafkaDeadLett
 from watcher.kafka.embedded import EmbeddedBroker, TopicSpec, create_topics
 from watcher.kafka.producer import OutRecord, RecordProducer
 from watcher.kafka.range import read_range
+from watcher.kafka.reachability import ConnectionReport, KafkaClientNoise, local_broker_hint, unreachable
 from watcher.kafka.rebalance import NULL_LISTENER, NullPartitionListener, PartitionListener, Partitions
 from watcher.kafka.source import (
     KafkaSource,
@@ -28,8 +30,10 @@ from watcher.kafka.spool import MemorySpool, Spool, Spooled, SpoolForwarder, Spo
 from watcher.kafka.turns import KafkaTurnWriter, NoTurnWriter, TurnWriter
 
 __all__ = [
+    "ConnectionReport",
     "DeadLetters",
     "EmbeddedBroker",
+    "KafkaClientNoise",
     "FileDeadLetters",
     "KafkaDeadLetters",
     "KafkaSource",
@@ -55,6 +59,8 @@ __all__ = [
     "TopicSpec",
     "TurnWriter",
     "create_topics",
+    "local_broker_hint",
     "next_offsets",
     "read_range",
+    "unreachable",
 ]

@@ -32,6 +32,7 @@ from watcher.backoff import Backoff, Retries
 from watcher.clock import Clock, SystemClock
 from watcher.errors import ConfigError, SourceError
 from watcher.kafka.fast_fetch import FetchPath, tune_fetcher
+from watcher.kafka.reachability import ConnectionReport
 from watcher.kafka.rebalance import NULL_LISTENER, PartitionListener
 
 if TYPE_CHECKING:
@@ -304,6 +305,7 @@ class KafkaSource:
         self._stale_after_ms = stale_after * 1000.0
         self._backoff = Retries(backoff)
         self._clock = clock or SystemClock()
+        self._report = ConnectionReport(bootstrap_servers, log, clock=self._clock)
         self._factory = consumer_factory
         self._consumer: AIOKafkaConsumer | None = None
         self._joining: AIOKafkaConsumer | None = None  # the consumer being started
@@ -492,7 +494,7 @@ class KafkaSource:
             await self._close(consumer)
             raise
         except Exception as exc:
-            log.warning("cannot connect to Kafka at %s (%s); retrying", self.bootstrap_servers, exc)
+            self._report.failed(exc)
             await self._close(consumer)
             return None
         finally:
@@ -501,6 +503,7 @@ class KafkaSource:
             await self._close(consumer)
             return None
         self._backoff.reset()
+        self._report.connected()
         tuning = tune_fetcher(consumer)
         self.fetch_path = tuning.path
         log.debug("fetched records: %s path (%s)", tuning.path.value, tuning.reason)

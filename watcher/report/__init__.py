@@ -2,7 +2,7 @@
 evidence histories (``watcher.engine.RolloutHistory``) into one self-contained HTML page that works
 offline: per rollout its decisions, traffic per arm, each metric x slice's effect with its anytime-valid
 interval over time, and the e-value against its threshold, with markers and decisions on the time axis.
-Plots need the optional extra ``watcher[report]`` (plotly); without it ``render`` raises
+Plots need the optional extra ``rollout-watcher[report]`` (plotly); without it ``render`` raises
 ``watcher.errors.ReportUnavailable`` naming the extra. ``watcher replay FILE --report`` and
 ``GET /v1/rollouts/{id}/report`` use it; so can any command holding a rollout's history.
 """

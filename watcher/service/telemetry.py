@@ -319,7 +319,7 @@ def setup_tracing(settings: TelemetrySettings) -> Any:
             from watcher.errors import ConfigError
 
             raise ConfigError(
-                "telemetry.traces_exporter", "otlp needs: pip install 'watcher[otlp]'"
+                "telemetry.traces_exporter", "otlp needs: pip install 'rollout-watcher[otlp]'"
             ) from None
         headers = dict(item.split("=", 1) for item in (settings.otlp_headers or "").split(",") if "=" in item)
         provider.add_span_processor(
