@@ -21,7 +21,7 @@ from watcher.contract.dedup import Deduplicator
 from watcher.contract.schema import RejectReason
 from watcher.engine import Engine
 from watcher.kafka.deadletter import FileDeadLetters
-from watcher.kafka.source import FileSource
+from watcher.kafka.messages import FileSource
 from watcher.service.compose import build_daemon
 from watcher.service.markers import NullMarkerPublisher
 from watcher.sim.presets import PRESETS
