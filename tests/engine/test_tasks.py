@@ -100,7 +100,7 @@ def test_a_marker_goes_to_its_agents_task_or_is_forwarded() -> None:
 def test_hand_over_skips_what_the_state_holds_and_restores_on_the_next_owner() -> None:
     from prometheus_client import CollectorRegistry
 
-    from watcher.kafka.source import Message
+    from watcher.kafka import Message
     from watcher.service.handover import Handover, HandoverMetrics
     from watcher.storage.checkpoint import MemoryCheckpointStore
 
