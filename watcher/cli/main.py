@@ -116,12 +116,12 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    settings = configured.settings(args)  # a mistake in the settings is told before the slow imports
     from watcher.service import ConfigSource, build_daemon  # the daemon's imports only when it runs
     from watcher.sinks import sink_settings
 
     tune_gc()
     source = ConfigSource(configured.config_file(args), configured.overrides(args))
-    settings = configured.settings(args)
     # every secret of the settings and of the sinks' own settings is masked in the log
     configure_logging(settings.log_level, secret_values((settings, sink_settings(settings.sinks))))
     stop = asyncio.Event()
