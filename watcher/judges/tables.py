@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from watcher.contract import MEAN_METRICS
 from watcher.stats import array_from_state, array_to_state
 
 # what watcher.judges.canary imports; the underscore names are private to the judge
@@ -49,7 +50,7 @@ class _Conversations:
         self.epoch = np.zeros(size, np.int64)
         self.slices = np.full((size, max(n_keys, 1)), -1, np.int16)
         self.flags = np.zeros(size, np.uint16)
-        self.sums = np.zeros((size, 4))  # quality S, n; log-latency S, n
+        self.sums = np.zeros((size, 2 * len(MEAN_METRICS)))  # per catalogue mean metric: S, n
         self.group = np.zeros(size, np.int64)  # _CellSums group
         self.ids: list[str | None] = [None] * size
         width = 1 << max(math.ceil(math.log2(2.5 * max(cap, 8))), 4)  # load factor <= 0.4
