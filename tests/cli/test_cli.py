@@ -176,7 +176,12 @@ def test_the_distribution_name_is_used_everywhere() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == "rollout-watcher"  # PyPI's "watcher" is a file watcher
     assert project["scripts"]["watcher"] == "watcher.__main__:main"
-    texts = [ROOT / "README.md", ROOT / "deploy" / "Dockerfile", *sorted((ROOT / "docs").rglob("*.md"))]
+    texts = [
+        ROOT / "README.md",
+        ROOT / "deploy" / "Dockerfile",
+        *sorted((ROOT / "docs").rglob("*.md")),
+        *sorted((ROOT / "deploy" / "ci").glob("*.yml")),  # pipelines copied as they are
+    ]
     for path in texts:
         text = path.read_text()
         for bad in ("pip install watcher", "'watcher[", '"watcher['):
