@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import random
 import signal
 import sqlite3
@@ -27,6 +26,7 @@ from watcher.kafka.embedded import TopicSpec, create_topics
 from watcher.service.replay import replay
 from watcher.sim.presets import PRESETS
 from watcher.sim.traffic import generate
+from watcher.storage.checkpoint import read_manifest
 from watcher.storage.decisions import SqliteDecisionLog
 
 SEED = 20240605
@@ -54,8 +54,8 @@ def _checkpointed_offset(path: Path) -> int:
         return -1
     if row is None:
         return -1
-    offsets = json.loads(bytes(row[0]))["offsets"]
-    return max((o for parts in offsets.values() for o in parts.values()), default=-1)
+    cp, _ = read_manifest(bytes(row[0]))
+    return max(cp.offsets.values(), default=-1)
 
 
 async def test_sigkill_at_random_points_loses_and_duplicates_nothing(broker, unique_topic, tmp_path) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "judge_for",
     "arms_for",
     "judge_from_state",
+    "history_from_state",
     "new_history",
     "STRATEGIES",
 ]
@@ -58,13 +59,24 @@ def judge_for(rollout: Rollout, policy: Policy, history: VersionHistory) -> Roll
     return None
 
 
+_HISTORY_BUCKET_S = 1800.0
+
+
+def _min_window() -> tuple[int, int]:
+    """What a blue-green reference window needs: ``min_ref_conversations`` within the widest window
+    (same hours, padded), in the buckets an unaligned window of that width touches."""
+    cfg = BlueGreenSettings()
+    return cfg.min_ref_conversations, math.ceil((cfg.bin_s + 2 * cfg.pad_s) / _HISTORY_BUCKET_S) + 1
+
+
 def new_history() -> VersionHistory:
     """The engine's version history: blue-green's reference, keeping only buckets that a reference
-    window could use (``min_ref_conversations`` within the widest same-hours window)."""
-    cfg = BlueGreenSettings()
-    bucket_s = 1800.0
-    span = math.ceil((cfg.bin_s + 2 * cfg.pad_s) / bucket_s) + 1  # buckets an unaligned window touches
-    return VersionHistory(bucket_s=bucket_s, min_window=(cfg.min_ref_conversations, span))
+    window could use."""
+    return VersionHistory(bucket_s=_HISTORY_BUCKET_S, min_window=_min_window())
+
+
+def history_from_state(d: dict[str, Any]) -> VersionHistory:
+    return VersionHistory.from_state(d, min_window=_min_window())
 
 
 def judge_from_state(d: dict[str, Any], policy: Policy | None = None) -> RolloutJudge:
