@@ -22,13 +22,13 @@ from typing import Any
 
 from watcher.contract.columns import TurnColumns
 from watcher.contract.verdicts import Action, RolloutRef, Verdict
-from watcher.judges import strategies
+from watcher.judges import STRATEGIES
 from watcher.judges.bluegreen import BlueGreenJudge
 from watcher.judges.canary import Judge
 from watcher.judges.policy import PolicyState, decide, load_policy
 from watcher.judges.shadow import ShadowJudge
 from watcher.sim import strategy_traffic as tf
-from watcher.state.history import VersionHistory
+from watcher.state.history import NullHistory, VersionHistory
 from watcher.state.rollouts import Rollout, RolloutState
 
 RESULTS = Path(__file__).with_name("results.json")
@@ -52,7 +52,7 @@ def _drive(
         if i % every:
             continue
         ev = judge.evidence(turns[-1].ts)
-        d, state = decide(state, ev, POLICY, ref)
+        d, state = decide(state, ev, POLICY, ref, STRATEGIES.get(ref.strategy).conduct)
         if d is not None and d.action in STOPS:
             return (ev.ts - onset) / 60, d.action.value, d.trigger["metric"] if d.trigger else "?"
     return None
@@ -82,7 +82,7 @@ def blue_green_run(tr: tf.Traffic, seed: int, history_days: int = 0) -> Stop:
             judge = judge or BlueGreenJudge(ref, POLICY, SWITCH, history)
             judge.update(turns, arms, 1.0, cols)
             ev = judge.evidence(turns[-1].ts)
-            d, state = decide(state, ev, POLICY, ref)
+            d, state = decide(state, ev, POLICY, ref, STRATEGIES.get("blue_green").conduct)
             if d is not None and d.action in STOPS:
                 onset = SWITCH + 60 * tr.onset_min
                 return (ev.ts - onset) / 60, d.action.value, d.trigger["metric"] if d.trigger else "?"
@@ -104,9 +104,12 @@ FLAG = Rollout(
 
 
 def flag_run(tr: tf.Traffic, seed: int) -> Stop:
-    judge = strategies.judge_for(FLAG, POLICY, strategies.NullHistory())
+    flag = STRATEGIES.get("flag")
+    assert flag.arms is not None
+    arms_of = flag.arms
+    judge = flag.judge(FLAG, POLICY, NullHistory())
     return _drive(
-        judge, FLAG.ref(), tf.flag(tr, seed), tf.T0, lambda t, a: strategies.arms_for(FLAG, t, a), every=2
+        judge, FLAG.ref(), tf.flag(tr, seed), tf.T0, lambda t, a: arms_of(FLAG, t, a, TurnColumns(t)), every=2
     )
 
 

@@ -122,7 +122,7 @@ def test_struct_attributes_are_the_contract_field_names() -> None:
     )  # fmt: skip
     assert Deployment.__struct_fields__ == (
         "event_id", "ts", "agent_id", "environment", "action", "strategy", "baseline_version",
-        "canary_version", "canary_weight", "flag", "actor", "notes",
+        "canary_version", "canary_weight", "flag", "gate", "actor", "notes",
     )  # fmt: skip
     assert FlagSpec.__struct_fields__ == ("name", "control", "treatment")
 
@@ -130,10 +130,10 @@ def test_struct_attributes_are_the_contract_field_names() -> None:
 def test_all_is_exactly_the_public_interface() -> None:
     assert sorted(events.__all__) == sorted(
         [
-            "SCHEMA_TURN", "SCHEMA_DEPLOYMENT", "SCHEMA_DEADLETTER", "MarkerAction", "Arm", "Strategy",
-            "DecodedBatch", "Deduplicator", "Deployment", "FlagSpec", "Rejected", "RejectReason", "Turn",
-            "TurnColumns", "dead_letter_record", "decode_batch", "decode_deployment", "encode_deployment",
-            "encode_turn", "renumber",
+            "SCHEMA_TURN", "SCHEMA_DEPLOYMENT", "SCHEMA_DEADLETTER", "MarkerAction", "Arm", "StrategyName",
+            "DecodedBatch", "Deduplicator", "Deployment", "FlagSpec", "GateOutcome", "MarkerCheck",
+            "Rejected", "RejectReason", "Turn", "TurnColumns", "dead_letter_record", "decode_batch",
+            "decode_deployment", "encode_deployment", "encode_turn", "renumber",
             # what comes out: verdicts, decision records and the items sinks receive
             "Action", "ArmEstimate", "Cause", "Decision", "MetricEvidence", "RolloutEvidence", "RolloutRef",
             "SampleRatioEvidence", "Verdict", "decision_id", "rfc3339", "Item", "ItemKind", "Severity",
@@ -419,13 +419,14 @@ def test_deployment_rules() -> None:
     assert rejected(enc(without(dep_dict(), "action"))).reason is R.MISSING_FIELD
     assert rejected(enc(without(dep_dict(), "ts"))).reason is R.MISSING_FIELD
     assert rejected(enc(dep_dict(ts="2026-11-27T08:00:00"))).reason is R.BAD_TIMESTAMP
-    assert rejected(enc(dep_dict(strategy="linear"))).reason is R.INVALID_VALUE
+    # a strategy is a name (which names exist is the strategy registry's: tests/judges/test_strategies.py)
+    r = rejected(enc(dep_dict(strategy="Linear!")))
+    assert r.reason is R.INVALID_VALUE and r.detail.startswith("strategy: ")
+    assert deployment(enc(dep_dict(action="started", strategy="linear"))).strategy == "linear"
     r = rejected(enc(dep_dict(action="started")))
     assert (r.reason, r.detail) == (R.MISSING_FIELD, "strategy: required when action is 'started'")
     for strategy in ("canary", "shadow", "blue_green"):
         assert deployment(enc(dep_dict(action="started", strategy=strategy))).strategy == strategy
-    r = rejected(enc(dep_dict(action="started", strategy="flag")))
-    assert r.reason is R.MISSING_FIELD and r.detail.startswith("flag: ")
     flag = {"name": "new-prompt", "control": "off", "treatment": "on"}
     d = deployment(enc(dep_dict(action="started", strategy="flag", flag=flag)))
     assert d.flag == FlagSpec(name="new-prompt", control="off", treatment="on")

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from watcher.contract.decode import decode_batch
 from watcher.contract.dedup import Deduplicator
 from watcher.contract.schema import SCHEMA_DEPLOYMENT, SCHEMA_TURN, Deployment, RejectReason, Turn
+from watcher.judges import STRATEGIES as REGISTRY
 
 MAX_BYTES = 4096  # small, so the "huge" mutations cross it often
 MIN_MESSAGES = 10_000
@@ -27,7 +28,7 @@ EXERCISED = {"messages": 0, "batches": 0, "rejected": 0, "turns": 0, "deployment
 
 ARMS = ("baseline", "canary", "shadow", "live")
 ACTIONS = ("started", "weight_changed", "paused", "resumed", "promoted", "rolled_back", "aborted")
-STRATEGIES = ("canary", "shadow", "blue_green", "flag")
+STRATEGIES = REGISTRY.names()
 FLOAT_FIELDS = ("latency_ms", "quality", "cost_usd")
 INT_FIELDS = ("turn", "tokens_in", "tokens_out")
 BOOL_FIELDS = ("escalated", "error", "compliance_violation")
@@ -107,6 +108,8 @@ def valid_deployments(draw: st.DrawFn) -> dict[str, Any]:
         d.setdefault("strategy", draw(st.sampled_from(STRATEGIES)))
         if d["strategy"] == "flag" and d.get("flag") is None:
             d["flag"] = draw(flags)
+        if d["strategy"] == "flag" and d["flag"]["control"] == d["flag"]["treatment"]:
+            d["flag"]["treatment"] += "-on"  # one variant against itself is no flag rollout
     return d
 
 
@@ -330,7 +333,9 @@ def check_deployment(d: Deployment, src: dict[str, Any]) -> None:
 def check_batch(batch: list[tuple[str, bytes]]) -> None:
     raws = [raw for _, raw in batch]
     origins = [str(i) for i in range(len(raws))]
-    out = decode_batch(raws, Deduplicator(), origins=origins, max_bytes=MAX_BYTES)  # must not raise
+    out = decode_batch(  # must not raise
+        raws, Deduplicator(), origins=origins, max_bytes=MAX_BYTES, check_marker=REGISTRY.check_marker
+    )
 
     assert len(out.turns) + len(out.deployments) + len(out.rejected) + out.duplicates == len(raws)
     rejected_at = set()

@@ -130,6 +130,16 @@ async def test_bodies_that_are_not_json_or_too_large(served_srm: Served) -> None
     assert status == 413
 
 
+async def test_a_marker_naming_an_unknown_strategy_is_refused_with_the_known_ones(served_srm: Served) -> None:
+    marker = {"event_id": "m1", "ts": 1_795_766_400, "agent_id": "support-bot", "action": "started",
+              "strategy": "linear", "canary_version": "v43"}  # fmt: skip
+    status, answer = await served_srm.post("/v1/deployments", marker)
+    assert status == 400 and answer["reason"] == "invalid_value"
+    assert answer["error"] == "strategy: unknown strategy 'linear' (known: blue_green, canary, flag, shadow)"
+    status, answer = await served_srm.post("/v1/deployments", {**marker, "strategy": "flag"})
+    assert status == 400 and answer["reason"] == "missing_field" and answer["error"].startswith("flag: ")
+
+
 async def test_decision_query_validation_and_drift(served_srm: Served) -> None:
     assert (await served_srm.get("/v1/decisions?limit=ten"))[0] == 400
     assert (await served_srm.get("/v1/decisions?action=explode"))[0] == 400

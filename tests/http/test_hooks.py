@@ -22,7 +22,7 @@ from watcher.contract.decode import decode_deployment
 from watcher.contract.schema import Deployment, Rejected
 from watcher.contract.verdicts import Action
 from watcher.engine import Engine
-from watcher.errors import ConfigError
+from watcher.errors import CheckpointError, ConfigError
 from watcher.http.flagger import FlaggerHooks
 from watcher.http.flagger_protocol import (
     FLAGGER_PREFIX,
@@ -147,8 +147,9 @@ async def _serve(
 ) -> tuple[Served, TestClient]:
     published: list[Deployment] = []
 
-    async def record(marker: Deployment) -> None:
+    async def record(marker: Deployment) -> bool:
         published.append(marker)
+        return True
 
     hooks = FlaggerHooks(
         engine, [TARGET], readiness=ready, on_marker=record if on_marker == "record" else on_marker, **kw
@@ -389,8 +390,9 @@ async def test_post_rollout_failed_ends_the_rollout_and_pre_rollout_starts_one()
 async def test_a_slow_or_failing_publish_does_not_delay_the_answer() -> None:
     release = asyncio.Event()
 
-    async def slow(marker: Deployment) -> None:
+    async def slow(marker: Deployment) -> bool:  # stored at once, Kafka's acknowledgement is slow
         await release.wait()
+        return True
 
     served, client = await _serve(Engine(load_settings(environ={})), on_marker=slow, marker_timeout_s=0.05)
     try:
@@ -406,14 +408,17 @@ async def test_a_slow_or_failing_publish_does_not_delay_the_answer() -> None:
     finally:
         await client.close()
 
-    async def broken(marker: Deployment) -> None:
-        raise ConnectionError("broker unreachable")
+    async def broken(marker: Deployment) -> bool:
+        raise CheckpointError("spool watcher-spool.sqlite: disk I/O error")
 
+    # a marker that could not be stored is not applied either: 503, and Flagger calls again
     served, client = await _serve(Engine(load_settings(environ={})), on_marker=broken)
     try:
         start = _event("Starting canary analysis", canary_version="v42")
         status, body = await served.post(HookType.EVENT, start)
-        assert status == 202 and body["marker"]["published"] is False
+        assert status == 503 and body["marker"]["status"] == "failed"
+        assert "disk I/O error" in body["marker"]["reason"]
+        assert served.engine.registry.active("support-bot", "prod") is None
     finally:
         await client.close()
 

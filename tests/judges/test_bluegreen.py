@@ -13,6 +13,7 @@ from scipy.stats import beta, norm
 from tests.support.state import roundtrip
 from watcher.contract.columns import TurnColumns
 from watcher.contract.verdicts import Action, RolloutRef, Verdict
+from watcher.judges import STRATEGIES
 from watcher.judges.bluegreen import BlueGreenJudge
 from watcher.judges.policy import Policy, PolicyState, decide, load_policy
 from watcher.sim import strategy_traffic as tf
@@ -23,6 +24,7 @@ from watcher.stats import latency_bins as lb
 POLICY = load_policy(None).default
 SWITCH = tf.T0 + 3 * 86400
 REF = RolloutRef("ro-bg", "bot", "prod", "blue_green", "v1", "v2", 1.0)
+CONDUCT = STRATEGIES.get("blue_green").conduct
 # the bench's blue-green traffic: 30 conversations/min, ~3 turns, errors ~3 % and escalations ~6 % of
 # conversations
 BENCH = tf.Traffic(
@@ -51,7 +53,7 @@ def run(
             judge = BlueGreenJudge(REF, policy, SWITCH, history)
         judge.update(turns, arms, 1.0, cols)
         ev = judge.evidence(turns[-1].ts)
-        d, state = decide(state, ev, policy, REF)
+        d, state = decide(state, ev, policy, REF, CONDUCT)
         if d is not None and d.action in (Action.ROLLBACK, Action.PAUSE):
             return (ev.ts - SWITCH) / 60, judge, d.action.value
     return None, judge, "none"
@@ -168,7 +170,7 @@ def test_without_history_nothing_is_judged_and_state_round_trips() -> None:
             j.update(turns, arms)
     ev = j.evidence(SWITCH + 1200)
     assert j.ref.mode == "none" and all(m.verdict is Verdict.NODATA for m in ev.metrics)
-    assert decide(PolicyState(), ev, POLICY, REF)[0] is None
+    assert decide(PolicyState(), ev, POLICY, REF, CONDUCT)[0] is None
     m, judge, _ = run(tf.Traffic(minutes=20, conv_per_min=30), 2)
     assert judge is not None
     j2 = BlueGreenJudge.from_state(roundtrip(judge.to_state()), POLICY)

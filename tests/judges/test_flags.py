@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from watcher.contract import TurnColumns
 from watcher.contract.verdicts import Action
-from watcher.judges import strategies
+from watcher.judges import STRATEGIES
 from watcher.judges.canary import Judge
 from watcher.judges.policy import PolicyState, decide, load_policy
 from watcher.sim import strategy_traffic as tf
+from watcher.state import NullHistory
 from watcher.state.rollouts import Rollout, RolloutState
 
 POLICY = load_policy(None).default
 FLAG = {"name": "new_prompt", "control": "off", "treatment": "on"}
 ROLLOUT = Rollout("ro-flag", "bot", "prod", "flag", "v1", None, 0.5, RolloutState.RUNNING, tf.T0, flag=FLAG)
+STRATEGY = STRATEGIES.get("flag")
+
+
+def arms_for(rollout: Rollout, turns: list[Any], arms: list[str]) -> list[str]:
+    assert STRATEGY.arms is not None
+    return STRATEGY.arms(rollout, turns, arms, TurnColumns(turns))
 
 
 def run(
     tr: tf.Traffic, seed: int, *, share: float = 0.5, lose_treatment: float = 0.0, every: int = 2
 ) -> tuple[float | None, str, object]:
-    judge = strategies.judge_for(ROLLOUT, POLICY, strategies.NullHistory())
+    judge = STRATEGY.judge(ROLLOUT, POLICY, NullHistory())
     assert isinstance(judge, Judge)
     state = PolicyState()
     for i, (turns, arms) in enumerate(tf.flag(tr, seed, share=share)):
@@ -30,10 +40,10 @@ def run(
                 if t.flags["new_prompt"] == "off" or hash(t.conversation_id) % 1000 >= lose_treatment * 1000
             ]
             arms = arms[: len(turns)]
-        judge.update(turns, strategies.arms_for(ROLLOUT, turns, arms), ROLLOUT.canary_weight)
+        judge.update(turns, arms_for(ROLLOUT, turns, arms), ROLLOUT.canary_weight)
         if i % every == 0:
             ev = judge.evidence(turns[-1].ts)
-            d, state = decide(state, ev, POLICY, ROLLOUT.ref())
+            d, state = decide(state, ev, POLICY, ROLLOUT.ref(), STRATEGY.conduct)
             if d is not None and d.action in (Action.ROLLBACK, Action.PAUSE):
                 return (ev.ts - tf.T0) / 60, d.action.value, d
     return None, "none", None
@@ -49,7 +59,7 @@ def test_arms_are_remapped_by_the_flag_within_the_version() -> None:
         mk("v1", {"new_prompt": "other"}),
         mk("v1", {"other_flag": "on"}),
     ]
-    assert strategies.arms_for(ROLLOUT, turns, ["baseline"] * 6) == [
+    assert arms_for(ROLLOUT, turns, ["baseline"] * 6) == [
         "canary",
         "baseline",
         "other",
@@ -57,12 +67,9 @@ def test_arms_are_remapped_by_the_flag_within_the_version() -> None:
         "other",
         "other",
     ]
-    canary = Rollout("ro-c", "bot", "prod", "canary", "v1", "v2", 0.1, RolloutState.RUNNING, tf.T0)
-    assert strategies.arms_for(canary, turns, ["x"] * 6) == ["x"] * 6
-    bad = Rollout("ro-b", "bot", "prod", "flag", "v1", None, 0.5, RolloutState.RUNNING, tf.T0, flag=None)
-    assert strategies.judge_for(bad, POLICY, strategies.NullHistory()) is None
-    unknown = Rollout("ro-u", "bot", "prod", "dark_launch", "v1", "v2", 0.5, RolloutState.RUNNING, tf.T0)
-    assert strategies.judge_for(unknown, POLICY, strategies.NullHistory()) is None
+    assert STRATEGIES.get("canary").arms is None  # a canary's judge sees the routed arms as they are
+    anywhere = Rollout("ro-a", "bot", "prod", "flag", None, None, 0.5, RolloutState.RUNNING, tf.T0, flag=FLAG)
+    assert arms_for(anywhere, turns, ["baseline"] * 6)[:3] == ["canary", "baseline", "canary"]
 
 
 @pytest.mark.slow

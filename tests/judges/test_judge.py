@@ -8,6 +8,7 @@ from tests.support.judge_sim import T0, Scenario, T, generate
 from tests.support.state import roundtrip
 from watcher.contract.verdicts import Action, Cause, RolloutRef, Verdict
 from watcher.judges.canary import Judge
+from watcher.judges.helpers import mean_params
 from watcher.judges.policy import PolicyState, decide, load_policy
 
 POLICY = load_policy(None).default
@@ -171,9 +172,7 @@ def test_promote_tolerance_moves_only_the_pass_test() -> None:
         assert "(margin " in s.reason and "(margin " not in w.reason
 
 
-def test_shadow_and_blue_green_share_the_promote_margin_helper() -> None:
-    from watcher.judges.shadow import mean_params
-
+def test_every_judge_shares_the_promote_margin_helper() -> None:
     lat = POLICY.metric("latency")
     assert mean_params(lat)[:2] == (math.log(1.05), 2 * math.log(1.05))  # FAIL: tolerance, its tau
     assert mean_params(lat, promote=True)[:2] == (math.log(1.10), 2 * math.log(1.10))  # PASS: the margin

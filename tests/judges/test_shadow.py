@@ -10,12 +10,14 @@ import pytest
 
 from tests.support.state import roundtrip
 from watcher.contract.verdicts import Action, RolloutRef, Verdict
+from watcher.judges import STRATEGIES
 from watcher.judges.policy import PolicyState, decide, load_policy
 from watcher.judges.shadow import ShadowJudge, ShadowSettings
 from watcher.sim import strategy_traffic as tf
 
 POLICY = load_policy(None).default
 REF = RolloutRef("ro-shadow", "bot", "prod", "shadow", "v1", "v2", 1.0)
+CONDUCT = STRATEGIES.get("shadow").conduct
 
 
 def run(tr: tf.Traffic, seed: int, *, policy=POLICY, every: int = 1) -> tuple[float | None, ShadowJudge, str]:
@@ -26,7 +28,7 @@ def run(tr: tf.Traffic, seed: int, *, policy=POLICY, every: int = 1) -> tuple[fl
         j.update(turns, arms, 1.0)
         if i % every == 0:
             ev = j.evidence(turns[-1].ts)
-            d, state = decide(state, ev, policy, REF)
+            d, state = decide(state, ev, policy, REF, CONDUCT)
             if d is not None and d.action in (Action.ROLLBACK, Action.PAUSE):
                 return (ev.ts - tf.T0) / 60, j, d.action.value
     return None, j, "none"
@@ -120,7 +122,7 @@ def test_healthy_shadow_is_promoted_and_state_round_trips() -> None:
     for turns, arms in tf.shadow(tr, 11):
         j.update(turns, arms)
     ev = j.evidence(turns[-1].ts)
-    d, _ = decide(PolicyState(), ev, POLICY, REF)
+    d, _ = decide(PolicyState(), ev, POLICY, REF, CONDUCT)
     assert d is not None and d.action is Action.PROMOTE and "ready for canary traffic" in d.reason
     j2 = ShadowJudge.from_state(roundtrip(j.to_state()), POLICY)
     ev2 = j2.evidence(turns[-1].ts)

@@ -10,7 +10,7 @@ import pytest
 from watcher.contract import Action, Cause, Verdict
 from watcher.errors import ConfigError
 from watcher.judges import load_policy
-from watcher.service.gate import GateRequest, load, run_gate
+from watcher.service import GateRequest, load_gate_input, run_gate
 from watcher.sim.scenario import Regression, Scenario
 from watcher.sim.traffic import generate
 
@@ -20,7 +20,7 @@ NO_FAIL = GateRequest(segments_must_pass=False)
 
 def _data(sc: Scenario, extra: list[bytes] | None = None):
     raws = list(generate(sc)) + (extra or [])
-    return load([(raws, [f"sim:{i}" for i in range(len(raws))])])
+    return load_gate_input([(raws, [f"sim:{i}" for i in range(len(raws))])])
 
 
 def _paired(seed: int = 1, cps: float = 1.0, duration: float = 1800.0, **kw) -> Scenario:
@@ -125,7 +125,7 @@ def test_unpaired_production_baseline(example_policy) -> None:
         seed=5, environment="prod", canary_weight=0.0, conversations_per_s=2.0, emit_markers=False
     )
     raws = list(generate(staging)) + list(generate(prod))
-    data = load([(raws, [str(i) for i in range(len(raws))])])
+    data = load_gate_input([(raws, [str(i) for i in range(len(raws))])])
     request = GateRequest(baseline="v41", candidate="v42", environment="staging", baseline_environment="prod")
     run = run_gate(data, request, example_policy)
     assert not run.paired

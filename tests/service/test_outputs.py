@@ -157,3 +157,57 @@ async def test_a_batch_that_cannot_finish_does_not_hold_the_shutdown(
     # the abandoned batch was not checkpointed nor committed: the next run reads it again
     cp = SqliteCheckpointStore(settings.checkpoint.path).load()
     assert cp is not None and cp.offsets[(topics["telemetry"], 0)] == len(lines)
+
+
+async def test_a_broker_that_comes_back_empty_is_read_from_its_start(unique_topic, produce, tmp_path) -> None:
+    # issue #15, 6: positions beyond the end of the log waited there: ready, lag 0, nothing counted
+    from watcher.kafka.embedded import EmbeddedBroker
+
+    lines = _lines()
+    first, then = lines[:600], lines[600:900]
+    own = EmbeddedBroker()
+    await own.start()
+    port = own.port
+    topics = await daemon_topics(own, unique_topic)
+    await produce(topics["telemetry"], first, key=b"support-bot", bootstrap_servers=own.bootstrap_servers)
+    settings = daemon_settings(own, tmp_path, topics, **{"checkpoint.interval_s": 0.2})
+    daemon = build_daemon(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    again = EmbeddedBroker(port=port)
+    try:
+        await until(lambda: daemon.events_consumed >= len(first), timeout=30)
+        await own.stop()  # its log was in memory: the broker comes back empty
+        await again.start()
+        await daemon_topics_again(again, topics)
+        await produce(
+            topics["telemetry"], then, key=b"support-bot", bootstrap_servers=again.bootstrap_servers
+        )
+        await until(lambda: daemon.events_consumed >= len(first) + len(then), timeout=60)
+        _, metrics = await _get(f"http://127.0.0.1:{daemon.port}", "/metrics")
+        assert f'watcher_offset_resets_total{{topic="{topics["telemetry"]}"}} 1.0' in metrics
+        await until(lambda: daemon.readiness()[0], timeout=30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await again.stop()
+        await own.stop()
+    # the state counted both logs, and its checkpoint now covers the new one (a restart resumes there)
+    state = daemon.engine.state
+    counted = sum(state.snapshot(k, "cumulative").turns for k in state.keys() if not k[4])
+    assert counted == sum(b'"watcher.turn/v1"' in line for line in first + then)
+    cp = SqliteCheckpointStore(settings.checkpoint.path).load()
+    assert cp is not None and cp.offsets[(topics["telemetry"], 0)] == len(then)
+
+
+async def daemon_topics_again(broker: Any, topics: dict[str, str]) -> None:
+    from watcher.kafka.embedded import TopicSpec, create_topics
+
+    await create_topics(
+        broker.bootstrap_servers,
+        [
+            TopicSpec(topics["telemetry"], partitions=3),
+            TopicSpec(topics["deployments"]),
+            TopicSpec(topics["deadletter"]),
+        ],
+    )

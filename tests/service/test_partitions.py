@@ -66,7 +66,7 @@ def _feed(partitions: TaskPartitions, partition: int, start: int, n: int) -> Non
     batch = [Message(v, "t", partition, start + i) for i, v in enumerate(LINES[start : start + n])]
     result, covered = partitions.handover.process(batch)
     assert result.turns > 0
-    partitions.checkpoints.advance(covered)
+    partitions.checkpoints.advance_tasks(covered)
 
 
 async def test_revoked_partitions_are_checkpointed_and_exactly_their_offsets_returned() -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from watcher.errors import ConfigError
+from watcher.judges import STRATEGIES as REGISTRY
 from watcher.sim import simulate as sim
 
 SMALL = sim.Scenario(seed=7, duration_s=120.0, conversations_per_s=20.0)
@@ -96,6 +97,10 @@ def _check_marker(e: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # Determinism, order, contract
+
+
+def test_the_simulated_strategies_are_registered_ones() -> None:
+    assert set(sim.STRATEGIES) <= set(REGISTRY.names())
 
 
 def test_same_seed_gives_byte_identical_output_and_another_seed_differs() -> None:

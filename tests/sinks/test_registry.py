@@ -107,7 +107,6 @@ def test_a_plugin_type_is_found_by_its_entry_point_and_imported_only_when_asked_
         "kinds": [],
         "timeout_s": 10.0,
         "retry_for_s": 259200.0,
-        "max_attempts": None,
         "url": "https://teams",
         "token": "********",  # the plug-in's own secret is masked
     }

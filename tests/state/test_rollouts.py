@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from watcher.state.rollouts import Registry, RolloutState, rollout_id
+from watcher.state.rollouts import PlainTerms, Registry, RolloutState, rollout_id
 
 
 @dataclass
@@ -128,3 +128,17 @@ def test_start_marker_after_auto_start_is_adopted_not_superseding() -> None:
     assert r.rollout_id == auto.rollout_id  # the same rollout, now with the deployer's numbers
     assert (r.canary_weight, r.source, r.started_ts) == (0.25, "marker", 3.0)
     assert reg.apply(M("started", 4.0, canary_weight=0.3)).kind == "updated"  # later repeats only update
+
+
+def test_what_a_strategy_implies_comes_from_its_terms() -> None:
+    """The registry names no strategy: the treatment's arm and default share are its terms'."""
+    terms = {"shadow": PlainTerms("shadow"), "blue_green": PlainTerms(start_weight=1.0)}
+    reg = Registry(auto_canary_weight=0.1, terms=lambda s: terms.get(s, PlainTerms()))
+    r = reg.apply(M("started", 1.0, strategy="blue_green", canary_weight=None)).rollout
+    assert r is not None and r.canary_weight == 1.0
+    r = reg.apply(M("started", 2.0, strategy="shadow", canary_version="v3", canary_weight=None)).rollout
+    assert r is not None and r.canary_weight == 0.1
+    assert reg.route([T("v3", None), T("v1", None)])[0] == ["shadow", "baseline"]
+    plain = Registry()  # told nothing: every strategy reads as a canary
+    plain.apply(M("started", 2.0, strategy="shadow", canary_version="v3", canary_weight=None))
+    assert plain.route([T("v3", None)])[0] == ["canary"]

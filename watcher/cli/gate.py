@@ -7,9 +7,13 @@ Exit status: 0 pass (promote), 1 fail (rollback), 2 inconclusive (not enough dat
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
+import time
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,6 +28,15 @@ Without --baseline/--candidate the versions come from the input's 'started' mark
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="*", metavar="FILE", help="JSON Lines telemetry (watcher.turn/v1)")
+    src = p.add_argument_group("a time range of a Kafka topic (instead of, or with, files)")
+    src.add_argument("--topic", help="read this telemetry topic from --since to its end now")
+    src.add_argument("--bootstrap-servers", help="Kafka (default: kafka.bootstrap_servers of the settings)")
+    src.add_argument(
+        "--since",
+        metavar="TIME",
+        help="keep events from TIME on (event time): RFC 3339, Unix seconds, or a time ago: 2h, 30m, 1d",
+    )
+    src.add_argument("--until", metavar="TIME", help="keep events before TIME (same forms)")
     what = p.add_argument_group("what to compare")
     what.add_argument("--baseline", metavar="VERSION", help="the version in production (the control)")
     what.add_argument("--candidate", metavar="VERSION", help="the version to gate (the treatment)")
@@ -62,6 +75,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     out.add_argument("--junit", metavar="FILE", help="JUnit XML, one test case per metric x slice")
     out.add_argument("--dead-letters-out", metavar="FILE", help="rejected input lines, with the reason")
+    out.add_argument(
+        "--record",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="record the verdict as a 'gated' deployment marker for the candidate: watcher's API "
+        "(http://host:port; token from WATCHER_API_TOKEN), kafka://host:port/deployments-topic, or a file",
+    )
     out.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.epilog = _EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -90,10 +111,23 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from watcher.contract import dead_letter_record
     from watcher.judges import load_policy
-    from watcher.service import GateRequest, gate_files, gate_junit, gate_markdown, load_gate_input, run_gate
+    from watcher.service import (
+        GateRequest,
+        gate_files,
+        gate_junit,
+        gate_kafka_range,
+        gate_markdown,
+        gate_marker,
+        load_gate_input,
+        record_marker,
+        run_gate,
+    )
 
-    if not args.files:
-        raise ConfigError("FILE", "give at least one input file")
+    if not args.files and not args.topic:
+        raise ConfigError("FILE", "give at least one input file, or --topic and --since")
+    now = time.time()
+    since = _time(args.since, now, "--since")
+    until = _time(args.until, now, "--until")
     policies = load_policy(args.policy)
     request = GateRequest(
         baseline=args.baseline,
@@ -104,7 +138,12 @@ def _run(args: argparse.Namespace) -> int:
         pairing=args.pairing,
         segments_must_pass=args.segments == "pass",
     )
-    data = load_gate_input(gate_files(args.files))
+    sources: list[Iterable[Any]] = [gate_files(args.files)]
+    if args.topic:
+        if since is None:
+            raise ConfigError("--since", "required with --topic (the start of the range to read)")
+        sources.append(gate_kafka_range(_bootstrap(args), args.topic, since))
+    data = load_gate_input(itertools.chain.from_iterable(sources), since=since, until=until, request=request)
     gate = run_gate(data, request, policies)
     record = gate.result.decision.to_dict()
     if args.decision_out == "-":
@@ -119,8 +158,48 @@ def _run(args: argparse.Namespace) -> int:
         with open(args.dead_letters_out, "wb") as fh:
             for r in data.rejections:
                 fh.write(dead_letter_record(r, gate.result.decision.ts) + b"\n")
-    _print(gate, quiet=args.quiet, out=sys.stderr if args.decision_out == "-" else sys.stdout)
+    out = sys.stderr if args.decision_out == "-" else sys.stdout
+    _print(gate, quiet=args.quiet, out=out)
+    if args.record:
+        marker = gate_marker(gate, now)
+        for target in args.record:  # a failure is exit 3: the pipeline must know the verdict was not kept
+            print(
+                f"recorded {marker.action} {gate.result.verdict.value} at {record_marker(marker, target)}",
+                file=out,
+            )
     return gate.exit_code
+
+
+def _bootstrap(args: argparse.Namespace) -> str:
+    if args.bootstrap_servers:
+        return str(args.bootstrap_servers)
+    from watcher.config import load_settings
+
+    return load_settings(args.config or os.environ.get("WATCHER_CONFIG")).kafka.bootstrap_servers
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _time(text: str | None, now: float, option: str) -> float | None:
+    """RFC 3339 (with a zone), Unix seconds, or a time ago (90s, 30m, 2h, 1d; also -2h as --since=-2h)."""
+    if text is None:
+        return None
+    t = text.strip()
+    try:
+        if t[-1:] in _UNITS:
+            return now - abs(float(t[:-1])) * _UNITS[t[-1]]
+        try:
+            return float(t)
+        except ValueError:
+            stamp = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        stamp = None
+    if stamp is None or stamp.tzinfo is None:
+        raise ConfigError(
+            option, f"expected RFC 3339 with a zone, Unix seconds or a time ago (2h, 30m, 1d), got {text!r}"
+        )
+    return stamp.timestamp()
 
 
 def _is_step_summary(path: str) -> bool:
@@ -148,7 +227,8 @@ def _print(gate: Any, *, quiet: bool, out: Any) -> None:
     rejected = sum(data.rejected.values())
     print(
         f"input: {data.lines} lines, {len(data.turns)} turns, {data.duplicates} duplicates, "
-        f"{rejected} rejected" + (f" {dict(sorted(data.rejected.items()))}" if rejected else ""),
+        f"{rejected} rejected, {data.outside} outside the time range, {data.other} of other versions"
+        + (f" {dict(sorted(data.rejected.items()))}" if rejected else ""),
         file=out,
     )
     for m in gate.result.rows:

@@ -74,6 +74,10 @@ class KafkaSettings(Section, frozen=True):
     # holds consumption
     dead_letter_timeout_s: PositiveFloat = 5.0
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # a partition whose position is beyond the end of its log (the broker came back empty or
+    # truncated) reads from the log's start (earliest) or its end (latest), counted in
+    # watcher_offset_resets_total; waiting there would count nothing until the log grew past it
+    past_end: Literal["earliest", "latest"] = "earliest"
     max_batch_records: Positive = 2000
     poll_timeout_ms: Positive = 500
     request_timeout_ms: Positive = 30_000

@@ -26,7 +26,7 @@ Malformed input is a value (:class:`Rejected`), never an exception.
 from __future__ import annotations
 
 from watcher.contract.columns import TurnColumns, renumber
-from watcher.contract.decode import DecodedBatch, decode_batch, decode_deployment
+from watcher.contract.decode import DecodedBatch, MarkerCheck, decode_batch, decode_deployment
 from watcher.contract.dedup import Deduplicator
 from watcher.contract.schema import (
     SCHEMA_DEADLETTER,
@@ -35,10 +35,11 @@ from watcher.contract.schema import (
     Arm,
     Deployment,
     FlagSpec,
+    GateOutcome,
     MarkerAction,
     Rejected,
     RejectReason,
-    Strategy,
+    StrategyName,
     Turn,
     dead_letter_record,
     encode_deployment,
@@ -59,9 +60,9 @@ from watcher.contract.verdicts import (
     rfc3339,
 )
 
-# keep: Action Arm ArmEstimate Cause Decision DecodedBatch Deduplicator Deployment FlagSpec Item
-# keep: ItemKind MarkerAction MetricEvidence RejectReason Rejected RolloutEvidence RolloutRef
-# keep: SCHEMA_DEADLETTER SCHEMA_DEPLOYMENT SCHEMA_TURN SampleRatioEvidence Severity Strategy Turn
+# keep: Action Arm ArmEstimate Cause Decision DecodedBatch Deduplicator Deployment FlagSpec GateOutcome Item
+# keep: ItemKind MarkerAction MarkerCheck MetricEvidence RejectReason Rejected RolloutEvidence RolloutRef
+# keep: SCHEMA_DEADLETTER SCHEMA_DEPLOYMENT SCHEMA_TURN SampleRatioEvidence Severity StrategyName Turn
 # keep: TurnColumns Verdict dead_letter_record decision_id decode_batch decode_deployment
 # keep: encode_deployment encode_turn renumber
 
@@ -75,9 +76,11 @@ __all__ = [
     "Deduplicator",
     "Deployment",
     "FlagSpec",
+    "GateOutcome",
     "Item",
     "ItemKind",
     "MarkerAction",
+    "MarkerCheck",
     "MetricEvidence",
     "RejectReason",
     "Rejected",
@@ -88,7 +91,7 @@ __all__ = [
     "SCHEMA_TURN",
     "SampleRatioEvidence",
     "Severity",
-    "Strategy",
+    "StrategyName",
     "Turn",
     "TurnColumns",
     "Verdict",

@@ -159,7 +159,7 @@ class TurnColumns:
     def arm_is(self, arms: Sequence[str], arm: str) -> np.ndarray:
         """Boolean mask of ``arms[i] == arm``; per route key when ``arms`` is the routed list."""
         routed = self.routed
-        # a strategy may hand its judge a copy of the routed list (``strategies.arms_for``): list ==
+        # a strategy may hand its judge a copy of the routed list (``Strategy.arms``): list ==
         # compares identical items by identity in C, far cheaper than the per-turn comparison below
         if routed is not None and (routed[0] is arms or (isinstance(arms, list) and routed[0] == arms)):
             return np.fromiter(map(arm.__eq__, routed[1]), bool, len(routed[1]))[self.route_code]

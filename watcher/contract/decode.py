@@ -29,7 +29,7 @@ from watcher.contract.columns import TurnColumns
 from watcher.contract.dedup import Deduplicator
 from watcher.contract.schema import SCHEMA_DEPLOYMENT, SCHEMA_TURN, Deployment, Rejected, RejectReason, Turn
 
-__all__ = ["DecodedBatch", "decode_batch", "decode_deployment"]
+__all__ = ["DecodedBatch", "MarkerCheck", "decode_batch", "decode_deployment"]
 
 
 @dataclass(slots=True)
@@ -58,6 +58,9 @@ _ANY_DECODER = msgspec.json.Decoder()
 _DEPLOYMENT_KEY = "\x00deployment\x00"
 
 _Problem = tuple[RejectReason, str]
+# Why a well-formed marker cannot be applied (None: it can): the rules of what it names, e.g. that
+# its strategy exists (``watcher.judges.strategies``), which the contract does not know.
+MarkerCheck = Callable[[Deployment], _Problem | None]
 _TS = operator.attrgetter("ts")
 _EVENT_ID = operator.attrgetter("event_id")
 _FLOAT_ONLY = {float}
@@ -71,13 +74,15 @@ def decode_batch(
     origins: Sequence[str] | None = None,
     max_bytes: int = 65_536,
     columnar: bool = True,
+    check_marker: MarkerCheck | None = None,
 ) -> DecodedBatch:
     """Decode and validate a batch of messages; never raises for any input.
 
     Every input ends up exactly once in ``turns``, ``deployments``, ``rejected`` or ``duplicates``.
     ``origins`` (parallel to ``raws``) label the rejections. With ``columnar`` (and the C scanner
     built), the turns are decoded straight into the batch's columns (``watcher.contract.columnar``) and
-    ``turns`` builds ``Turn`` objects only when read; the outcome is the same either way.
+    ``turns`` builds ``Turn`` objects only when read; the outcome is the same either way. A marker
+    ``check_marker`` finds a problem with is rejected with it (the engine passes its strategies').
     """
     if not isinstance(raws, list):
         raws = list(raws)  # it is read twice below (sizes, then contents) and indexed
@@ -88,7 +93,7 @@ def decode_batch(
         duplicates = 0
         for i in scanned.slow:
             ev = _decode_slow(raws[i], max_bytes, turn_by_default=True)
-            duplicates += _settle(ev, i, raws, origins, dedup, deployments, rejected)
+            duplicates += _settle(ev, i, raws, origins, dedup, deployments, rejected, check_marker)
         turns, cols, dropped = turn_columns(scanned, raws, dedup)
         return DecodedBatch(turns, deployments, rejected, duplicates + dropped, cols)
     turns: list[Turn] = []
@@ -116,7 +121,7 @@ def decode_batch(
         if isinstance(ev, Turn):
             turns.append(ev)
         else:
-            duplicates += _settle(ev, i, raws, origins, dedup, deployments, rejected)
+            duplicates += _settle(ev, i, raws, origins, dedup, deployments, rejected, check_marker)
         i += 1
     columns: TurnColumns | None = None
     if turns:
@@ -137,8 +142,11 @@ def _settle(
     dedup: Deduplicator,
     deployments: list[Deployment],
     rejected: list[Rejected],
+    check_marker: MarkerCheck | None,
 ) -> int:
     """A message that is not a turn goes to ``deployments`` (1 returned if a duplicate) or ``rejected``."""
+    if isinstance(ev, Deployment) and check_marker is not None:
+        ev = check_marker(ev) or ev
     if isinstance(ev, Deployment):
         if dedup.seen(_DEPLOYMENT_KEY + ev.event_id):
             return 1
@@ -170,8 +178,11 @@ def _timestamps_to_float(turns: list[Turn]) -> list[float]:
     return floats
 
 
-def decode_deployment(raw: bytes, *, max_bytes: int = 65_536) -> Deployment | Rejected:
-    """Decode a deployment marker received over the HTTP API (no dedup; ``schema`` may be omitted).
+def decode_deployment(
+    raw: bytes, *, max_bytes: int = 65_536, check: MarkerCheck | None = None
+) -> Deployment | Rejected:
+    """Decode a deployment marker received over the HTTP API (no dedup; ``schema`` may be omitted);
+    ``check`` as ``decode_batch``'s ``check_marker``.
 
     >>> decode_deployment(b'{"event_id":"d1","ts":0,"agent_id":"bot","action":"paused"}').action
     'paused'
@@ -179,6 +190,8 @@ def decode_deployment(raw: bytes, *, max_bytes: int = 65_536) -> Deployment | Re
     <RejectReason.MISSING_FIELD: 'missing_field'>
     """
     ev = _decode_slow(raw, max_bytes, turn_by_default=False)
+    if isinstance(ev, Deployment) and check is not None:
+        ev = check(ev) or ev
     if isinstance(ev, Deployment):
         return ev
     if isinstance(ev, Turn):
@@ -279,11 +292,13 @@ def _first_non_finite(obj: Any, path: str, depth: int = 0) -> tuple[str, float] 
 
 def _deployment_rule_problem(d: Deployment) -> _Problem | None:
     """Cross-field rules that msgspec constraints cannot express."""
-    if d.action == "started":
-        if d.strategy is None:
-            return RejectReason.MISSING_FIELD, "strategy: required when action is 'started'"
-        if d.strategy == "flag" and d.flag is None:
-            return RejectReason.MISSING_FIELD, "flag: required when strategy is 'flag' and action 'started'"
+    if d.action == "started" and d.strategy is None:
+        return RejectReason.MISSING_FIELD, "strategy: required when action is 'started'"
+    if d.action == "gated":
+        if d.gate is None:
+            return RejectReason.MISSING_FIELD, "gate: required when action is 'gated'"
+        if d.canary_version is None:
+            return RejectReason.MISSING_FIELD, "canary_version: required when action is 'gated'"
     return None
 
 

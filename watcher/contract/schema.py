@@ -25,9 +25,10 @@ __all__ = [
     "Arm",
     "Deployment",
     "FlagSpec",
+    "GateOutcome",
     "Rejected",
     "RejectReason",
-    "Strategy",
+    "StrategyName",
     "Turn",
     "dead_letter_record",
     "encode_deployment",
@@ -72,8 +73,12 @@ _NonNeg = Annotated[float, Meta(ge=0.0)]
 _Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
 _Segment = Annotated[dict[str, Annotated[str, Meta(max_length=64)]], Meta(max_length=16)]
 Arm = Literal["baseline", "canary", "shadow", "live"]
-MarkerAction = Literal["started", "weight_changed", "paused", "resumed", "promoted", "rolled_back", "aborted"]
-Strategy = Literal["canary", "shadow", "blue_green", "flag"]
+MarkerAction = Literal[
+    "started", "weight_changed", "paused", "resumed", "promoted", "rolled_back", "aborted", "gated"
+]
+# A rollout strategy's name. Which names exist is the strategy registry's (``watcher.judges.strategies``,
+# plug-ins included): the decoders take its check (``decode_batch(check_marker=...)``).
+StrategyName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 
 
 # The tag makes msgspec check ``schema`` in C when present (absent is allowed for a single tagged type)
@@ -114,6 +119,13 @@ class FlagSpec(Struct, kw_only=True, gc=False):
     treatment: Annotated[str, Meta(min_length=1)]
 
 
+class GateOutcome(Struct, kw_only=True, gc=False):
+    """What a pre-production gate concluded about ``canary_version`` (a ``gated`` marker)."""
+
+    verdict: Literal["pass", "fail", "inconclusive"]
+    decision_id: _Id128 | None = None  # the gate's watcher.decision/v1 record
+
+
 class Deployment(Struct, kw_only=True, tag_field="schema", tag=SCHEMA_DEPLOYMENT, gc=False):
     """A deployment marker (``watcher.deployment/v1``). Versions are 1-128 chars like a turn's."""
 
@@ -125,11 +137,12 @@ class Deployment(Struct, kw_only=True, tag_field="schema", tag=SCHEMA_DEPLOYMENT
     agent_id: _Id128
     environment: str = "prod"
     action: MarkerAction
-    strategy: Strategy | None = None
+    strategy: StrategyName | None = None
     baseline_version: _Id128 | None = None
     canary_version: _Id128 | None = None
     canary_weight: _Unit | None = None
     flag: FlagSpec | None = None
+    gate: GateOutcome | None = None  # with action "gated"
     actor: str | None = None
     notes: str | None = None
 

@@ -29,16 +29,16 @@ from watcher.contract import (
 )
 from watcher.engine import parts
 from watcher.judges import (
+    STRATEGIES,
     DriftMonitor,
     DriftSignal,
-    Policy,
     PolicySet,
     PolicyState,
-    ShadowJudge,
+    RolloutJudge,
+    StrategyRegistry,
     decide,
     layout_change,
     load_policy,
-    strategies,
 )
 from watcher.state import Change, LatenessFilter, MetricsState, Registry, Rollout
 
@@ -57,22 +57,27 @@ class BatchResult:
 
 
 class Engine:
-    def __init__(self, settings: Settings, *, policies: PolicySet | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        policies: PolicySet | None = None,
+        strategies: StrategyRegistry = STRATEGIES,
+    ) -> None:
         self.settings = settings
         self.policies = policies if policies is not None else load_policy(settings.judge.policy_file)
+        self.strategies = strategies  # what each rollout strategy needs (the engine names none)
         self.dedup = Deduplicator(settings.state.dedup_capacity)
         self.state = MetricsState(
             window_seconds=settings.state.window_seconds,
             window_buckets=settings.state.window_buckets,
             max_segment_values=settings.state.max_segment_values,
         )
-        self.registry = Registry(
-            auto_start=settings.rollouts.auto_start, auto_canary_weight=settings.rollouts.auto_canary_weight
-        )
+        self.registry = self._new_registry()
         self.drift = DriftMonitor()
         self.lateness = LatenessFilter(settings.state.allowed_lateness_s)  # per-agent event-time watermarks
-        self.history = strategies.new_history()
-        self.judges: dict[str, strategies.RolloutJudge] = {}
+        self.history = self.strategies.new_history()  # read by the strategies that compare with the past
+        self.judges: dict[str, RolloutJudge] = {}
         self.policy_states: dict[str, PolicyState] = {}
         self.evidence: dict[str, RolloutEvidence] = {}
         self.last_action: dict[str, Action] = {}
@@ -91,6 +96,7 @@ class Engine:
             origins=origins,
             max_bytes=self.settings.state.max_event_bytes,
             columnar=not self._reads_whole_turns(),
+            check_marker=self.strategies.check_marker,
         )
         self.lateness.apply(batch, raws, origins)  # too-late turns leave the batch, as rejected (lateness.py)
         result = BatchResult(
@@ -100,7 +106,8 @@ class Engine:
             rejected=batch.rejected,
         )
         for marker in sorted(batch.deployments, key=lambda d: d.ts):
-            result.changes.append(self._apply(marker))
+            if not self.registry.knows(marker.event_id):  # one posted over HTTP, read back
+                result.changes.append(self._apply(marker))
         turns = batch.turns
         if turns:
             cols = batch.columns  # extracted once, read by every consumer below
@@ -119,26 +126,37 @@ class Engine:
             result.decisions.extend(self._judge(turns, arms, agents, cols))
         return result
 
+    def _new_registry(self) -> Registry:
+        rollouts = self.settings.rollouts
+        return Registry(
+            auto_start=rollouts.auto_start,
+            auto_canary_weight=rollouts.auto_canary_weight,
+            terms=self.strategies.get,
+        )
+
     def _reads_whole_turns(self) -> bool:
-        """The shadow judge pairs whole ``Turn`` objects: while one runs, the batch is decoded into
-        objects at once rather than into columns and then again into objects."""
+        """A judge that reads whole ``Turn`` objects (shadow pairs them): while one runs, the batch is
+        decoded into objects at once rather than into columns and then again into objects."""
         return any(
-            r.strategy == "shadow" and r.rollout_id in self.judges for r in self.registry.active_rollouts()
+            self.strategies.get(r.strategy).whole_turns and r.rollout_id in self.judges
+            for r in self.registry.active_rollouts()
         )
 
     def _needs_history(self, agents: set[tuple[str, str]]) -> bool:
-        """History serves blue-green switches: it is kept for agents running without a rollout (what
-        a switch will be compared with) or in a blue-green one, not during canary, shadow or flag
-        rollouts, whose judges compare with concurrent traffic (and where it would only cost time)."""
+        """History serves strategies that compare with the past (blue-green switches): it is kept for
+        agents running without a rollout (what a switch will be compared with) or in such a rollout,
+        not during rollouts whose judges compare with concurrent traffic (it would only cost time)."""
         for agent, env in agents:
             rollout = self.registry.active(agent, env)
-            if rollout is None or rollout.strategy == "blue_green":
+            if rollout is None or self.strategies.get(rollout.strategy).history is not None:
                 return True
         return False
 
     def apply_marker(self, marker: Deployment) -> Change | None:
-        """A marker from the HTTP API: applied at once; None if its event_id was already seen."""
-        if self.dedup.seen(marker.event_id):
+        """A marker from the HTTP API: applied at once; None if its event_id was already seen (by the
+        dedup window, or among the markers applied: its copy read back from the deployments topic is
+        ignored however long it took to come back)."""
+        if self.dedup.seen(marker.event_id) or self.registry.knows(marker.event_id):
             return None
         return self._apply(marker)
 
@@ -170,10 +188,9 @@ class Engine:
 
     def _start_judge(self, rollout: Rollout) -> None:
         policy = self.policies.for_agent(rollout.agent_id, rollout.environment)
-        judge = strategies.judge_for(rollout, policy, self.history)  # canary, shadow, blue-green, flag
-        if judge is None:
-            return
-        self.judges[rollout.rollout_id] = judge
+        self.judges[rollout.rollout_id] = self.strategies.get(rollout.strategy).judge(
+            rollout, policy, self.history
+        )
         self._judges_touched.add(rollout.rollout_id)
         self.policy_states[rollout.rollout_id] = PolicyState()
         self._last_look.pop(rollout.rollout_id, None)
@@ -209,7 +226,6 @@ class Engine:
         )
         for j, rollout in enumerate(judged):
             judge = self.judges[rollout.rollout_id]
-            agent, env = rollout.agent_id, rollout.environment
             if parts is None:  # the common case: one agent per partition and batch
                 mine, my_arms = cols, arms
             else:  # the turns of this agent
@@ -217,7 +233,10 @@ class Engine:
                 mine = cols.take(idx)
                 my_arms = [arms[i] for i in idx.tolist()]
             weight = rollout.canary_weight if rollout.source == "marker" else self._observed_weight(rollout)
-            judge.update(mine.turns, strategies.arms_for(rollout, mine.turns, my_arms, mine), weight, mine)
+            strategy = self.strategies.get(rollout.strategy)
+            if strategy.arms is not None:  # e.g. a flag's variants within one version
+                my_arms = strategy.arms(rollout, mine.turns, my_arms, mine)
+            judge.update(mine.turns, my_arms, weight, mine)
             self._judges_touched.add(rollout.rollout_id)
             ts = float(mine.ts.max())
             last = self._last_look.get(rollout.rollout_id)
@@ -227,9 +246,12 @@ class Engine:
             evidence = judge.evidence(ts)
             self.evidence[rollout.rollout_id] = evidence
             # the policy the judge runs with: after a reload, a rollout may keep the one it started with
-            policy = getattr(judge, "policy", None) or self.policies.for_agent(agent, env)
             decision, new_state = decide(
-                self.policy_states[rollout.rollout_id], evidence, policy, rollout.ref()
+                self.policy_states[rollout.rollout_id],
+                evidence,
+                judge.policy,
+                rollout.ref(),
+                strategy.conduct,
             )
             self.policy_states[rollout.rollout_id] = new_state
             if decision is not None:
@@ -276,24 +298,18 @@ class Engine:
         state under it: it keeps the policy it runs with until its rollout ends. Returns those rollout
         ids with the reason. Nothing is replaced if rebuilding any judge fails.
         """
-        rebuilt: dict[str, strategies.RolloutJudge] = {}
+        rebuilt: dict[str, RolloutJudge] = {}
         kept: dict[str, str] = {}
         for rid, judge in self.judges.items():
-            current: Policy | None = getattr(judge, "policy", None)
-            ref = judge.rollout  # type: ignore[attr-defined]  # every strategy's judge keeps its RolloutRef
+            ref = judge.rollout
             new = policies.for_agent(ref.agent_id, ref.environment)
-            if current == new:
+            if judge.policy == new:
                 continue
-            why = layout_change(current, new) if current is not None else None
+            why = layout_change(judge.policy, new)
             if why is not None:
                 kept[rid] = why
                 continue
-            fresh = strategies.judge_from_state(judge.to_state(), new)
-            if isinstance(judge, ShadowJudge) and isinstance(fresh, ShadowJudge):
-                # turns waiting for their pair are not in a shadow judge's state (a restart counts them
-                # unpaired): a reload is no restart, they keep waiting
-                fresh.pending, fresh.counts = judge.pending, judge.counts
-            rebuilt[rid] = fresh
+            rebuilt[rid] = judge.with_policy(new)
         self.policies = policies
         self.judges.update(rebuilt)
         self._judges_touched.update(rebuilt)

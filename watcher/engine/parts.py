@@ -28,12 +28,12 @@ from watcher.errors import CheckpointError, ConfigError
 from watcher.judges import (
     DriftMonitor,
     PolicyState,
+    RolloutJudge,
     layout_change,
     policy_from_doc,
     policy_to_doc,
-    strategies,
 )
-from watcher.state import LatenessFilter, MetricsState, Registry
+from watcher.state import LatenessFilter, MetricsState, VersionHistory
 
 if TYPE_CHECKING:
     from watcher.engine.engine import Engine
@@ -91,11 +91,7 @@ def _part(engine: Engine, name: str) -> Any:
             "last_look": dict(engine._last_look),
             "lateness": engine.lateness.to_state(),
             # the policy each judge runs with: a restart with a policy that measures differently keeps it
-            "judge_policies": {
-                rid: policy_to_doc(p)
-                for rid, j in engine.judges.items()
-                if (p := getattr(j, "policy", None)) is not None
-            },
+            "judge_policies": {rid: policy_to_doc(j.policy) for rid, j in engine.judges.items()},
         }
     if name == "metrics":
         return engine.state.meta_state()
@@ -137,16 +133,17 @@ def restore(engine: Engine, d: Mapping[str, Any]) -> None:
             dedup = Deduplicator.from_parts(d["dedup"], d["dedup-previous"])
             state = MetricsState.from_parts(d["metrics"], (v for k, v in d.items() if k.startswith(_SERIES)))
             judge_states = {k[len(_JUDGE) :]: v for k, v in d.items() if k.startswith(_JUDGE)}
-        rollouts = engine.settings.rollouts
-        registry = Registry(auto_start=rollouts.auto_start, auto_canary_weight=rollouts.auto_canary_weight)
+        registry = engine._new_registry()
         registry.load_state(head["registry"])
-        history = strategies.history_from_state(d["history"])
+        for rollout in registry.active_rollouts():
+            engine.strategies.get(rollout.strategy)  # a strategy no longer installed: named here
+        history = VersionHistory.from_state(d["history"], min_window=engine.history.min_window)
         drift = DriftMonitor.from_state(d["drift"])
         lateness = LatenessFilter(engine.settings.state.allowed_lateness_s)
         if "lateness" in head:  # absent from checkpoints written before allowed lateness existed
             lateness.load_state(head["lateness"])
         ran_with = {rid: policy_from_doc(p) for rid, p in head.get("judge_policies", {}).items()}
-        judges: dict[str, strategies.RolloutJudge] = {}
+        judges: dict[str, RolloutJudge] = {}
         for rid, js in judge_states.items():
             ref = js["rollout"]
             policy = engine.policies.for_agent(ref["agent_id"], ref["environment"])
@@ -154,7 +151,7 @@ def restore(engine: Engine, d: Mapping[str, Any]) -> None:
             if old is not None and (why := layout_change(old, policy)) is not None:
                 log.warning("rollout %s keeps the policy it started with: %s", rid, why)
                 policy = old
-            judges[rid] = strategies.judge_from_state(js, policy)
+            judges[rid] = engine.strategies.get(ref["strategy"]).restore(js, policy)
         policy_states = {rid: PolicyState.from_state(ps) for rid, ps in head["policy_states"].items()}
         last_action = {rid: Action(a) for rid, a in head["last_action"].items()}
         last_look = {rid: float(ts) for rid, ts in head["last_look"].items()}

@@ -166,6 +166,9 @@ class _Registries:
     def active_rollouts(self) -> list[Rollout]:
         return [r for reg in self._all() for r in reg.active_rollouts()]
 
+    def gates(self, agent_id: str, version: str | None) -> list[dict[str, Any]]:
+        return [g for reg in self._all() for g in reg.gates(agent_id, version)]
+
     @property
     def marker_times(self) -> dict[tuple[str, str, str, str], float]:
         merged: dict[tuple[str, str, str, str], float] = {}

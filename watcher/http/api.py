@@ -18,14 +18,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from watcher.contract import Action, Decision, Deployment, Rejected, Verdict, decode_deployment
 from watcher.engine import EngineView
-from watcher.judges import acknowledge, override
+from watcher.judges import STRATEGIES, acknowledge, override
 from watcher.state import Rollout
 from watcher.storage import DecisionLog, json_safe
 
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]
-MarkerHook = Callable[[Deployment], Awaitable[None]]
+MarkerHook = Callable[[Deployment], Awaitable[bool]]  # durable on return; True: in Kafka too
 DecisionHook = Callable[[list[Decision]], Awaitable[None]]
 
 ENGINE: web.AppKey[EngineView] = web.AppKey("engine")
@@ -226,12 +226,19 @@ class Api:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"body larger than {self.max_body_bytes} bytes")
-        marker = decode_deployment(raw)
+        marker = decode_deployment(raw, check=STRATEGIES.check_marker)
         if isinstance(marker, Rejected):
             return _error(400, marker.detail, reason=marker.reason.value)
-        change = self.engine.apply_marker(marker)
+        published = False
         if self.on_marker is not None:
-            await self.on_marker(marker)
+            # durable first (the spool, then the deployments topic), applied after: a marker that was
+            # answered 202 is never lost, and one that could not be stored is not applied
+            try:
+                published = await self.on_marker(marker)
+            except Exception as exc:
+                log.error("marker %s could not be stored, not applied: %s", marker.event_id, exc)
+                return _error(503, f"the marker could not be stored: {exc}", event_id=marker.event_id)
+        change = self.engine.apply_marker(marker)
         if change is None:
             return _json({"status": "duplicate", "event_id": marker.event_id}, status=200)
         rollout = change.rollout
@@ -239,6 +246,7 @@ class Api:
             {
                 "status": change.kind,
                 "event_id": marker.event_id,
+                "published": published,
                 "rollout": self._summary(rollout) if rollout else None,
             },
             status=202,
@@ -368,6 +376,8 @@ class Api:
         d = r.to_dict()
         d["markers"] = d["markers"][-20:]
         d["decision"] = self.engine.last_action.get(r.rollout_id, Action.CONTINUE).value
+        # what the treatment version passed (or not) before this rollout: ``watcher gate`` verdicts
+        d["gates"] = self.engine.registry.gates(r.agent_id, r.canary_version)
         return d
 
     @staticmethod

@@ -77,7 +77,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MarkerHook = Callable[[Deployment], Awaitable[None]]
+MarkerHook = Callable[[Deployment], Awaitable[bool]]  # durable on return; True: in Kafka too
 Readiness = Callable[[], tuple[bool, str]]
 
 
@@ -110,7 +110,7 @@ class FlaggerHooks:
         # Flagger gives up after 10 s; a slow broker must not make a hook answer late. The marker
         # is applied before the publish, and a publish that takes longer goes on in the background.
         self.marker_timeout_s = marker_timeout_s
-        self._publishing: set[asyncio.Task[None]] = set()
+        self._publishing: set[asyncio.Task[bool]] = set()
 
     def routes(self) -> list[web.RouteDef]:
         from aiohttp import web
@@ -163,7 +163,12 @@ class FlaggerHooks:
         if hook in MARKING_HOOKS or (hook is HookType.PRE_ROLLOUT and status == 200):
             marker, why = marker_for(target, hook, payload, active=self._active(target), now=self.clock.now())
             body["marker"] = await self._apply(marker, why)
-            if hook is not HookType.PRE_ROLLOUT and body["marker"]["status"] not in ("duplicate", "skipped"):
+            if body["marker"]["status"] == "failed":
+                status = 503  # not stored, not applied: Flagger calls the hook again
+            elif hook is not HookType.PRE_ROLLOUT and body["marker"]["status"] not in (
+                "duplicate",
+                "skipped",
+            ):
                 status = 202  # a marker was applied (the pre-rollout check keeps its 200)
         return _json(body, status)
 
@@ -208,37 +213,42 @@ class FlaggerHooks:
         return None if len(raw) > self.max_body_bytes else raw
 
     async def _apply(self, marker: Deployment | None, why: str) -> dict[str, Any]:
+        """Store the marker durably (``on_marker``), then apply it: a marker Flagger was told about
+        is never lost. Status ``failed`` when it could not be stored (the hook answers 503: Flagger
+        calls again)."""
         if marker is None:
             return {"status": "skipped", "reason": why}
-        change = self.engine.apply_marker(marker)
         info: dict[str, Any] = {
             "action": marker.action,
             "event_id": marker.event_id,
             "canary_version": marker.canary_version,
             "canary_weight": marker.canary_weight,
         }
-        if change is None:  # Flagger retried the same call: applied and published the first time
+        if self.on_marker is not None:
+            try:
+                info["published"] = await self._publish(marker)
+            except Exception as exc:
+                log.error("marker %s could not be stored, not applied: %s", marker.event_id, exc)
+                return {**info, "status": "failed", "reason": f"the marker could not be stored: {exc}"}
+        change = self.engine.apply_marker(marker)
+        if change is None:  # Flagger retried the same call: applied the first time
             return {**info, "status": "duplicate"}
         info["status"] = change.kind
-        if self.on_marker is not None:
-            info["published"] = await self._publish(marker)
         return info
 
     async def _publish(self, marker: Deployment) -> bool | None:
-        """True when published, False when it failed, None when still going on in the background."""
+        """Durable once this returns (or raises); True when the deployments topic has it, False when
+        it waits in the spool, None when that is not known yet (the answer does not wait longer)."""
         assert self.on_marker is not None
         task = asyncio.ensure_future(self.on_marker(marker))
         done, _ = await asyncio.wait({task}, timeout=self.marker_timeout_s)
-        if not done:
+        if not done:  # stored already (the first step of on_marker); Kafka's answer comes later
             self._publishing.add(task)
             task.add_done_callback(self._published_late)
             return None
-        if task.exception() is not None:
-            log.warning("marker %s not published: %s", marker.event_id, task.exception())
-            return False
-        return True
+        return bool(task.result())
 
-    def _published_late(self, task: asyncio.Task[None]) -> None:
+    def _published_late(self, task: asyncio.Task[bool]) -> None:
         self._publishing.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("marker not published: %s", task.exception())

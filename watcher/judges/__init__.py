@@ -1,17 +1,23 @@
-"""Judges and policy (layer: pure). One judge per strategy (``canary``, ``shadow``, ``bluegreen``; flags
-reuse the canary judge on remapped arms), chosen by ``strategies``; each turns per-arm statistics
-into ``RolloutEvidence``. ``policy`` is the pure decision function (evidence + state -> decision +
-state) and the YAML policies; ``drift`` the river detectors on versions without a control. ``gate``
-and ``gate_sample``: the pre-production gate's verdict on a whole data set (fixed-sample tests on the
+"""Judges and policy (layer: pure). A judge turns per-arm statistics into ``RolloutEvidence``; every
+judge implements ``RolloutJudge`` (``base``) and shares the test parameters, the alpha split and the
+evidence rows of ``helpers``. One judge per kind of comparison: ``canary`` (concurrent arms; its
+tables in ``tables``), ``shadow`` (paired turns), ``bluegreen`` (against the versions' history).
+``strategies`` is the registry of rollout strategies (canary, flag, shadow, blue_green, and
+third-party ones through the ``watcher.strategies`` entry points): the only place a strategy is
+declared. ``policy`` is the pure decision function (evidence + state -> decision + state) and the
+YAML policies; ``drift`` the river detectors on versions without a control. ``gate`` and
+``gate_sample``: the pre-production gate's verdict on a whole data set (fixed-sample tests on the
 same metrics, slices and policy).
 """
 
 from __future__ import annotations
 
+from watcher.judges.base import RolloutJudge
 from watcher.judges.drift import DriftMonitor, DriftSignal
 from watcher.judges.gate import GATE_STRATEGY, GateResult, evaluate, gate_decision, gate_id
 from watcher.judges.gate_sample import GateSample, build_sample
 from watcher.judges.policy import (
+    Conduct,
     Policy,
     PolicySet,
     PolicyState,
@@ -23,18 +29,23 @@ from watcher.judges.policy import (
     policy_from_doc,
     policy_to_doc,
 )
-from watcher.judges.shadow import ShadowJudge
+from watcher.judges.strategies import ENTRY_POINT_GROUP, STRATEGIES, Strategy, StrategyRegistry
 
 __all__ = [
+    "Conduct",
     "DriftMonitor",
     "DriftSignal",
+    "ENTRY_POINT_GROUP",
     "GATE_STRATEGY",
     "GateResult",
     "GateSample",
     "Policy",
     "PolicySet",
     "PolicyState",
-    "ShadowJudge",
+    "RolloutJudge",
+    "STRATEGIES",
+    "Strategy",
+    "StrategyRegistry",
     "acknowledge",
     "build_sample",
     "decide",

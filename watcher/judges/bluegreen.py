@@ -42,9 +42,19 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta, norm
 
-from watcher.contract import ArmEstimate, MetricEvidence, RolloutEvidence, RolloutRef, TurnColumns, Verdict
+from watcher.contract import MetricEvidence, RolloutEvidence, RolloutRef, TurnColumns, Verdict
+from watcher.judges.helpers import (
+    VAR_FLOOR,
+    VERDICT_SUFFIX,
+    evalue,
+    fmt,
+    mean_params,
+    metric_row,
+    moved,
+    nodata_row,
+    slice_alpha,
+)
 from watcher.judges.policy import MetricPolicy, Policy, ToleranceMode, load_policy
-from watcher.judges.shadow import cluster_mean, fmt, mean_params, opt, slice_alpha
 from watcher.state import (
     DAY,
     F_CONV,
@@ -65,6 +75,7 @@ from watcher.stats import (
     PASS_GRID,
     array_from_state,
     array_to_state,
+    cluster_mean,
     logsumexp,
     msprt_half_width,
     msprt_log_evalue,
@@ -73,9 +84,8 @@ from watcher.stats import (
 from watcher.stats import latency_bins as lb
 
 __all__ = [
-    "VersionHistory",
-    "NullHistory",
     "BlueGreenJudge",
+    "reference_history",
     "BlueGreenSettings",
     "Reference",
     "build_reference",
@@ -100,6 +110,15 @@ class BlueGreenSettings:
     restart_share: float = 0.25  # share of the green tests' alpha spent on restarted tests
     restart_span: int = 2  # a test restarted at hour j sees hours j .. j + span - 1
     conversations: int = 50_000
+
+
+def reference_history() -> VersionHistory:
+    """The versions' history blue-green's references are read from: keeping only buckets that a
+    reference window could use (``min_ref_conversations`` within the widest same-hours window)."""
+    cfg = BlueGreenSettings()
+    bucket_s = 1800.0
+    span = math.ceil((cfg.bin_s + 2 * cfg.pad_s) / bucket_s) + 1  # buckets an unaligned window touches
+    return VersionHistory(bucket_s=bucket_s, min_window=(cfg.min_ref_conversations, span))
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +248,7 @@ class BlueGreenJudge:
 
     # -- evidence -----------------------------------------------------------------------------------
     def _alpha(self, segment: bool) -> float:
-        return slice_alpha(self.policy, len(self.metrics), self.slices, segment)
+        return slice_alpha(self.policy, len(self.metrics), self.slices.size - 1, segment)
 
     def _blocks(self) -> list[tuple[str, np.ndarray, float]]:
         """(label, judged hours, share of the green budget): the cumulative test and the live restarts."""
@@ -350,40 +369,20 @@ class BlueGreenJudge:
         verdict = (
             Verdict.FAIL if lef >= log_thr else Verdict.PASS if lep >= log_pthr else Verdict.INCONCLUSIVE
         )
-        stat, thr = math.exp(min(lef, 700.0)), math.exp(log_thr)
+        stat, thr = evalue(lef, log_thr)
         g, ref_n = int(x[hours, F_CONV].sum()), self._ref_conversations(name)
         what = m.name
         if m.kind == "tail":  # units: conversations with a latency; the threshold of the first judged hour
             g, ref_n = int(self.hist[hours].sum()), int(self.ref.bins[0].get(LATENCY_MAX, np.zeros(1)).sum())
             thr_ms = bounds[5][hours][np.isfinite(bounds[5][hours])]
             what = f"{m.name} (> {thr_ms[0]:.0f} ms)" if len(thr_ms) else m.name
-        verb = "rose" if eff > (1.0 if relative else 0.0) else "fell"
         mag = f"x{fmt(eff)}" if relative else fmt(abs(eff))
-        tail = {Verdict.PASS: "; non-inferior", Verdict.FAIL: "", Verdict.INCONCLUSIVE: "; inconclusive"}[
-            verdict
-        ]
         reason = (
-            f"{what} in {name} {verb} {mag} after the switch ({fmt(lo)}..{fmt(hi)}, e={stat:.3g} "
-            f"{'>=' if verdict is Verdict.FAIL else '<'} {thr:.3g}) green {fmt(e1)} n={g} vs reference "
-            f"{fmt(e0)} n={ref_n}: {self.ref.description}{tail}{label}"
+            f"{what} in {name} {moved(eff, relative)} {mag} after the switch ({fmt(lo)}..{fmt(hi)}, "
+            f"e={stat:.3g} {'>=' if verdict is Verdict.FAIL else '<'} {thr:.3g}) green {fmt(e1)} n={g} vs "
+            f"reference {fmt(e0)} n={ref_n}: {self.ref.description}{VERDICT_SUFFIX[verdict]}{label}"
         )
-        return MetricEvidence(
-            m.name,
-            name,
-            verdict,
-            ArmEstimate(ref_n, opt(e0)),
-            ArmEstimate(g, opt(e1)),
-            opt(eff),
-            "ratio" if relative else "difference",
-            opt(lo),
-            opt(hi),
-            stat,
-            thr,
-            m.tolerance,
-            m.critical,
-            reason,
-            m.pass_tolerance,
-        )
+        return metric_row(m, name, verdict, (ref_n, e0), (g, e1), (eff, lo, hi), stat, thr, reason)
 
     # Per-hour constants the green e-processes test against (the reference is frozen at the switch).
     def _mean_bounds(self, m: MetricPolicy, name: str, alpha_row: float) -> tuple[np.ndarray, ...]:
@@ -399,7 +398,7 @@ class BlueGreenJudge:
         for h, ref in enumerate(self.ref.bins):
             if name not in ref:
                 continue
-            rm, rv, _ = (float(v) for v in cluster_mean(ref[name][f : f + MEAN_FIELDS]))
+            rm, rv, _ = (float(v) for v in cluster_mean(ref[name][f : f + MEAN_FIELDS], VAR_FLOOR))
             if not (math.isfinite(rm) and math.isfinite(rv)):
                 continue
             allow = per_h * self.ref.distance_h[h] if self.ref.mode == "recent" else 0.0
@@ -492,7 +491,7 @@ class BlueGreenJudge:
         if m.kind == "mean":
             f = MEAN_AT[m.name]
             _, tau, sign = mean_params(m, promote=not fail)
-            gm, gv, gg = cluster_mean(xs[:, f : f + MEAN_FIELDS])
+            gm, gv, gg = cluster_mean(xs[:, f : f + MEAN_FIELDS], VAR_FLOOR)
             ok = (gg >= 2) & np.isfinite(gm) & np.isfinite(gv) & np.isfinite(b)
             if not ok.any():
                 return 0.0
@@ -522,7 +521,7 @@ class BlueGreenJudge:
         if m.kind == "mean":
             f = MEAN_AT[m.name]
             _, tau, _ = mean_params(m)
-            gm, gv, gg = cluster_mean(xs[:, f : f + MEAN_FIELDS])
+            gm, gv, gg = cluster_mean(xs[:, f : f + MEAN_FIELDS], VAR_FLOOR)
             ok = (gg >= 2) & np.isfinite(gm) & np.isfinite(gv) & np.isfinite(ref_pt)
             if not ok.any():
                 return (math.nan,) * 5
@@ -539,7 +538,6 @@ class BlueGreenJudge:
         return (green / ref if ref > 0 else math.nan), math.nan, math.nan, ref, green
 
     def _nodata(self, m: MetricPolicy, g: int, ref_n: int) -> MetricEvidence:
-        unit = "ratio" if m.tolerance_mode is ToleranceMode.RELATIVE else "difference"
         why = (
             self.ref.description
             if self.ref.mode == "none"
@@ -547,25 +545,13 @@ class BlueGreenJudge:
             if m.kind == "tail" and not self._tail_ready(m)
             else f"not enough data yet (green n={g}, need {m.min_samples})"
         )
-        return MetricEvidence(
-            m.name,
-            "all",
-            Verdict.NODATA,
-            ArmEstimate(ref_n, None),
-            ArmEstimate(g, None),
-            None,
-            unit,
-            None,
-            None,
-            1.0,
-            1 / self._alpha(False),
-            m.tolerance,
-            m.critical,
-            f"{m.name} in all: {why}",
-            m.pass_tolerance,
-        )
+        return nodata_row(m, ref_n, g, 1 / self._alpha(False), why)
 
     # -- state --------------------------------------------------------------------------------------
+    def with_policy(self, policy: Policy) -> BlueGreenJudge:
+        """The same statistics under ``policy`` (a configuration reload; ``RolloutJudge``)."""
+        return self.from_state(self.to_state(), policy)
+
     def to_state(self) -> dict[str, Any]:
         return {
             "v": _STATE_V,

@@ -26,7 +26,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from watcher.contract import (
-    ArmEstimate,
     MetricEvidence,
     RolloutEvidence,
     RolloutRef,
@@ -34,6 +33,16 @@ from watcher.contract import (
     TurnColumns,
     Verdict,
     renumber,
+)
+from watcher.judges.helpers import (
+    VERDICT_SUFFIX,
+    evalue,
+    fmt,
+    mean_params,
+    metric_row,
+    moved,
+    nodata_row,
+    slice_alpha,
 )
 from watcher.judges.policy import MetricPolicy, Policy, ToleranceMode, load_policy
 from watcher.judges.tables import _STRATA, _CellSums, _Conversations, _put_rows, id_hashes
@@ -73,7 +82,6 @@ class TurnLike(Protocol):
 
 _EVENT_COLUMN = {"escalation": "escalated", "error": "error", "compliance": "compliance"}  # TurnColumns
 _VERDICTS = (Verdict.FAIL, Verdict.PASS, Verdict.INCONCLUSIVE)
-_TAIL = {Verdict.PASS: "; non-inferior", Verdict.FAIL: "", Verdict.INCONCLUSIVE: "; inconclusive"}
 
 
 class Judge:
@@ -401,11 +409,7 @@ class Judge:
     # One pass of array operations per metric *kind* over every block x metric x slice, then one
     # confidence-sequence call for all judged rate rows; Python only formats the rows.
     def _alpha(self, segment: bool) -> float:
-        a = self.policy.alpha / max(len(self.metrics), 1)
-        if not self.n_keys:
-            return a
-        share = self.policy.segments.budget_share
-        return a * share / (self.n_slices - 1) if segment else a * (1 - share)
+        return slice_alpha(self.policy, len(self.metrics), self.n_slices - 1, segment)
 
     def _blocks(self) -> list[tuple[str, np.ndarray, float]]:
         out = [("", self.cum, self.schedule.cumulative_fraction())]
@@ -532,14 +536,6 @@ class Judge:
             int(conv_arm[0, 1]),
         )
 
-    @staticmethod
-    def _mean_params(mp: MetricPolicy, promote: bool = False) -> tuple[float, float, float]:
-        """(tolerance on the tested scale, mixing scale tau, sign: +1 when higher is worse); of the
-        FAIL test, or with ``promote`` of the PASS test (its own margin and mixing scale)."""
-        raw = mp.pass_tolerance if promote else mp.tolerance
-        tol = math.log(raw) if mp.tolerance_mode is ToleranceMode.RELATIVE else raw
-        return tol, max(2 * abs(tol), 0.02), 1.0 if mp.direction.value == "higher_is_worse" else -1.0
-
     def _mean_tests(
         self, x: np.ndarray, log_thr: np.ndarray, ms: list[MetricPolicy]
     ) -> tuple[np.ndarray, ...]:
@@ -548,8 +544,8 @@ class Judge:
         a = np.moveaxis(x[..., cols], 4, 1)  # (block, metric, slice, stratum, arm, field)
         t, c = a[..., 1, :], a[..., 0, :]
         diff, var = stratified_difference(t, c)  # (block, metric, slice)
-        tol, tau, sign = (np.array(p)[None, :, None] for p in zip(*map(self._mean_params, ms)))
-        ptol, ptau, _ = (np.array(p)[None, :, None] for p in zip(*(self._mean_params(m, True) for m in ms)))
+        tol, tau, sign = (np.array(p)[None, :, None] for p in zip(*map(mean_params, ms)))
+        ptol, ptau, _ = (np.array(p)[None, :, None] for p in zip(*(mean_params(m, True) for m in ms)))
         # FAIL: against "harm <= tolerance"; PASS, a separate e-process: against "harm >= promote margin".
         lef = msprt_log_evalue(sign * (diff - tol), var, tau)
         lep = msprt_log_evalue(-sign * (diff - ptol), var, ptau)
@@ -616,56 +612,22 @@ class Judge:
         n1: int,
         relative: bool,
     ) -> MetricEvidence:
-        stat, thr = math.exp(min(lef, 700.0)), math.exp(log_thr)
-        verb = "rose" if (eff > (1.0 if relative else 0.0)) else "fell"
+        stat, thr = evalue(lef, log_thr)
         mag = f"x{eff:.3g}" if relative else f"{abs(eff):.3g}"
         cmp = ">=" if verdict is Verdict.FAIL else "<"
         reason = (
-            f"{what} in {name} {verb} {mag} ({_fmt(lo)}..{_fmt(hi)}, e={stat:.3g} {cmp} {thr:.3g}) "
-            f"canary {_fmt(e1)} n={n1} vs baseline {_fmt(e0)} "
-            f"n={n0}{_TAIL[verdict]}{_margin(mp, verdict)}{label}"
+            f"{what} in {name} {moved(eff, relative)} {mag} ({fmt(lo)}..{fmt(hi)}, e={stat:.3g} {cmp} "
+            f"{thr:.3g}) canary {fmt(e1)} n={n1} vs baseline {fmt(e0)} "
+            f"n={n0}{VERDICT_SUFFIX[verdict]}{_margin(mp, verdict)}{label}"
         )
-        return MetricEvidence(
-            mp.name,
-            name,
-            verdict,
-            ArmEstimate(n0, _opt(e0)),
-            ArmEstimate(n1, _opt(e1)),
-            _opt(eff),
-            "ratio" if relative else "difference",
-            _opt(lo),
-            _opt(hi),
-            stat,
-            thr,
-            mp.tolerance,
-            mp.critical,
-            reason,
-            mp.pass_tolerance,
-        )
+        return metric_row(mp, name, verdict, (n0, e0), (n1, e1), (eff, lo, hi), stat, thr, reason)
 
     def _nodata(self, mp: MetricPolicy, n: np.ndarray) -> MetricEvidence:
-        unit = "ratio" if mp.tolerance_mode is ToleranceMode.RELATIVE else "difference"
-        reason = (
-            f"{mp.name} in all: not enough data yet (canary n={int(n[1])}, baseline n={int(n[0])}, "
+        why = (
+            f"not enough data yet (canary n={int(n[1])}, baseline n={int(n[0])}, "
             f"need {mp.min_samples} per arm)"
         )
-        return MetricEvidence(
-            mp.name,
-            "all",
-            Verdict.NODATA,
-            ArmEstimate(int(n[0]), None),
-            ArmEstimate(int(n[1]), None),
-            None,
-            unit,
-            None,
-            None,
-            1.0,
-            1 / self._alpha(False),
-            mp.tolerance,
-            mp.critical,
-            reason,
-            mp.pass_tolerance,
-        )
+        return nodata_row(mp, int(n[0]), int(n[1]), 1 / self._alpha(False), why)
 
     def _sample_ratio(self, rhos: np.ndarray) -> SampleRatioEvidence | None:
         cfg = self.policy.srm
@@ -689,6 +651,10 @@ class Judge:
         )
 
     # -- state --------------------------------------------------------------------------------------
+    def with_policy(self, policy: Policy) -> Judge:
+        """The same statistics under ``policy`` (a configuration reload; ``RolloutJudge``)."""
+        return self.from_state(self.to_state(), policy)
+
     def to_state(self) -> dict[str, Any]:
         return {
             "v": _STATE_V,
@@ -737,13 +703,3 @@ def _margin(mp: MetricPolicy, verdict: Verdict) -> str:
     return (
         f" (margin x{ptol:.3g})" if mp.tolerance_mode is ToleranceMode.RELATIVE else f" (margin {ptol:+.3g})"
     )
-
-
-def _fmt(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "?"
-    return f"{x:.3g}" if abs(x) >= 0.01 or x == 0 else f"{x:.2e}"
-
-
-def _opt(x: float) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None

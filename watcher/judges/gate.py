@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -38,6 +37,7 @@ from watcher.contract import (
     decision_id,
 )
 from watcher.judges.gate_sample import CONTROL, TREATMENT, GateSample
+from watcher.judges.helpers import fmt, opt, slice_alpha
 from watcher.judges.policy import MetricPolicy, Policy, ToleranceMode
 from watcher.stats import (
     binomial_bound,
@@ -79,12 +79,7 @@ def gate_id(agent_id: str, environment: str, baseline: str, candidate: str, dige
 
 def _alpha(policy: Policy, n_slices: int, segment: bool) -> float:
     """The FAIL test's share of alpha: the live judge's split without its restarts."""
-    a = policy.alpha / max(len(policy.enabled_metrics()), 1)
-    slots = n_slices - 1
-    if not slots:
-        return a
-    share = policy.segments.budget_share
-    return a * share / slots if segment else a * (1 - share)
+    return slice_alpha(policy, len(policy.enabled_metrics()), n_slices - 1, segment)
 
 
 def pass_margin(mp: MetricPolicy) -> float:
@@ -174,8 +169,8 @@ def _row(
     p_fail, p_pass = float(c["p_fail"]), float(c["p_pass"])
     verdict = Verdict.FAIL if p_fail <= a_fail else Verdict.PASS if p_pass <= a_pass else Verdict.INCONCLUSIVE
     relative = mp.tolerance_mode is ToleranceMode.RELATIVE
-    lo, hi, eff = _opt(c["lo"]), _opt(c["hi"]), _opt(c["eff"])
-    e0, e1 = (_opt(x) for x in c["est"])
+    lo, hi, eff = opt(c["lo"]), opt(c["hi"]), opt(c["eff"])
+    e0, e1 = (opt(x) for x in c["est"])
     n0, n1 = (int(x) for x in c["n"])
     name = s.slice_names.get(slice_, "all")
     what = f"{mp.name} (> {s.tail_q[mp.name]:.0f} ms)" if mp.name in s.tail_q else mp.name
@@ -193,8 +188,8 @@ def _row(
     else:
         tail = f"inconclusive: not shown within {shown} ({_p(p_pass)} > {a_pass:.2g})"
     reason = (
-        f"{what} in {name} {verb} {mag} ({_fmt(lo)}..{_fmt(hi)}) candidate {_fmt(e1)} n={n1} "
-        f"vs baseline {_fmt(e0)} n={n0}; {tail}"
+        f"{what} in {name} {verb} {mag} ({fmt(lo)}..{fmt(hi)}) candidate {fmt(e1)} n={n1} "
+        f"vs baseline {fmt(e0)} n={n0}; {tail}"
     )
     return MetricEvidence(
         mp.name,
@@ -324,14 +319,3 @@ def _p(p: float) -> str:
 
 def _fmt_margin(m: float, relative: bool) -> str:
     return f"x{m:.3g}" if relative else f"{m:+.3g}"
-
-
-def _fmt(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "?"
-    return f"{x:.3g}" if abs(x) >= 0.01 or x == 0 else f"{x:.2e}"
-
-
-def _opt(x: Any) -> float | None:
-    v = float(x)
-    return v if math.isfinite(v) else None

@@ -13,6 +13,7 @@ above it, so it would otherwise re-pause at once).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -50,9 +51,8 @@ __all__ = [
     "decide",
     "override",
     "acknowledge",
+    "Conduct",
     "DEFAULT_POLICY_PATH",
-    "ROLLBACK_ONLY_STRATEGIES",
-    "strategy_meaning",
     "layout_change",
     "policy_to_doc",
     "policy_from_doc",
@@ -429,23 +429,28 @@ class PolicyState:
 
 TERMINAL = (Action.ROLLBACK, Action.PROMOTE)
 SRM_KEY = "sample_ratio"
-ROLLBACK_ONLY_STRATEGIES = frozenset({"shadow"})
 
 
-def strategy_meaning(rollout: RolloutRef, action: Action) -> str:
-    """What an action asks the deployer to do under the rollout's strategy ("" for canary)."""
-    flag = rollout.flag or {}
-    meanings = {
-        ("shadow", Action.ROLLBACK): f"stop shadowing {rollout.canary_version}: it diverges from live",
-        ("shadow", Action.PROMOTE): f"{rollout.canary_version} is ready for canary traffic",
-        ("blue_green", Action.ROLLBACK): f"switch traffic back to blue {rollout.baseline_version}",
-        ("blue_green", Action.PAUSE): f"keep blue {rollout.baseline_version} ready; a human decides",
-        ("blue_green", Action.PROMOTE): f"retire blue {rollout.baseline_version}",
-        ("flag", Action.ROLLBACK): f"turn flag {flag.get('name')} off (serve {flag.get('control')})",
-        ("flag", Action.PAUSE): f"hold flag {flag.get('name')} at its current exposure",
-        ("flag", Action.PROMOTE): f"roll flag {flag.get('name')} out ({flag.get('treatment')}) to everyone",
-    }
-    return meanings.get((rollout.strategy, action), "")
+@dataclass(frozen=True, slots=True)
+class Conduct:
+    """How a rollout strategy's decisions read (each strategy registers its own,
+    ``watcher.judges.strategies``); the default is the canary's.
+
+    ``rollback_only``: every failure rolls back (a shadow serves no customer, there is nothing to
+    pause). ``meanings``: per action, what it asks the deployer to do under the strategy, appended to
+    the decision's reason ("[blue_green: switch traffic back to blue v41]").
+    """
+
+    rollback_only: bool = False
+    meanings: Mapping[Action, Callable[[RolloutRef], str]] = field(default_factory=dict)
+
+    def meaning(self, rollout: RolloutRef, action: Action) -> str:
+        """What ``action`` asks the deployer to do ("" when the action says it all)."""
+        explain = self.meanings.get(action)
+        return explain(rollout) if explain is not None else ""
+
+
+CANARY_CONDUCT = Conduct()
 
 
 def _key(m: MetricEvidence) -> str:
@@ -457,9 +462,14 @@ def _strength(m: MetricEvidence) -> float:
 
 
 def decide(
-    state: PolicyState, evidence: RolloutEvidence, policy: Policy, rollout: RolloutRef
+    state: PolicyState,
+    evidence: RolloutEvidence,
+    policy: Policy,
+    rollout: RolloutRef,
+    conduct: Conduct = CANARY_CONDUCT,
 ) -> tuple[Decision | None, PolicyState]:
-    """Evidence in, decision out; a Decision only when the latched action changes."""
+    """Evidence in, decision out; a Decision only when the latched action changes. ``conduct`` is
+    the rollout's strategy's (``Strategy.conduct``)."""
     if state.action in TERMINAL:
         return None, state
     by_name = {m.name: m for m in policy.metrics}
@@ -469,24 +479,22 @@ def decide(
         if _key(m) not in state.acknowledged and m.metric in by_name and by_name[m.metric].enabled
     ]
     fails.sort(key=lambda m: (-_strength(m), m.metric, m.slice))
-    # A shadow receives no customer traffic: there is nothing to pause, a divergence ends it.
-    every_failure_rolls_back = rollout.strategy in ROLLBACK_ONLY_STRATEGIES
     rollbacks = [
-        m
-        for m in fails
-        if by_name[m.metric].action is Action.ROLLBACK or m.critical or every_failure_rolls_back
+        m for m in fails if by_name[m.metric].action is Action.ROLLBACK or m.critical or conduct.rollback_only
     ]
     if rollbacks:
-        return _emit(state, evidence, rollout, Action.ROLLBACK, Cause.REGRESSION, rollbacks[0], fails)
+        return _emit(
+            state, evidence, rollout, conduct, Action.ROLLBACK, Cause.REGRESSION, rollbacks[0], fails
+        )
     if state.action is Action.PAUSE:
         return None, state
     if fails:
-        return _emit(state, evidence, rollout, Action.PAUSE, Cause.REGRESSION, fails[0], fails)
+        return _emit(state, evidence, rollout, conduct, Action.PAUSE, Cause.REGRESSION, fails[0], fails)
     srm = evidence.sample_ratio
     if srm is not None and srm.mismatch and SRM_KEY not in state.acknowledged:
-        return _emit(state, evidence, rollout, Action.PAUSE, Cause.SAMPLE_RATIO_MISMATCH, None, [])
+        return _emit(state, evidence, rollout, conduct, Action.PAUSE, Cause.SAMPLE_RATIO_MISMATCH, None, [])
     if _promotable(evidence, policy):
-        return _emit(state, evidence, rollout, Action.PROMOTE, Cause.NON_INFERIOR, None, [])
+        return _emit(state, evidence, rollout, conduct, Action.PROMOTE, Cause.NON_INFERIOR, None, [])
     return None, state
 
 
@@ -507,6 +515,7 @@ def _emit(
     state: PolicyState,
     ev: RolloutEvidence,
     rollout: RolloutRef,
+    conduct: Conduct,
     action: Action,
     cause: Cause,
     trigger: MetricEvidence | None,
@@ -532,7 +541,7 @@ def _emit(
             f"n={ev.conversations_control} conversations"
         )
         rows, trig, key = overall, None, None
-    meaning = strategy_meaning(rollout, action)
+    meaning = conduct.meaning(rollout, action)
     if meaning:
         reason = f"{reason} [{rollout.strategy}: {meaning}]"
     decision = Decision(

@@ -16,8 +16,6 @@ differences, with the conversation as the unit (docs/strategies/shadow.md):
 
 Pairing removes the traffic-mix noise between conversations (both sides answer the same customer),
 which is why it needs far fewer conversations than an unpaired comparison (bench/strategies).
-``cluster_mean`` is also used by the blue-green judge; ``SliceMap`` and ``ConvRows`` live in
-``watcher.state``.
 """
 
 from __future__ import annotations
@@ -30,7 +28,18 @@ from typing import Any
 
 import numpy as np
 
-from watcher.contract import ArmEstimate, MetricEvidence, RolloutEvidence, RolloutRef, Verdict
+from watcher.contract import MetricEvidence, RolloutEvidence, RolloutRef, Verdict
+from watcher.judges.helpers import (
+    VAR_FLOOR,
+    VERDICT_SUFFIX,
+    evalue,
+    fmt,
+    mean_params,
+    metric_row,
+    moved,
+    nodata_row,
+    slice_alpha,
+)
 from watcher.judges.policy import MetricPolicy, Policy, ToleranceMode, load_policy
 from watcher.state import ConvRows, SliceMap
 from watcher.stats import (
@@ -40,6 +49,7 @@ from watcher.stats import (
     RestartSchedule,
     array_from_state,
     array_to_state,
+    cluster_mean,
     mean_deltas,
     msprt_half_width,
     msprt_log_evalue,
@@ -47,9 +57,9 @@ from watcher.stats import (
     rate_log_evalue,
 )
 
-__all__ = ["ShadowJudge", "ShadowSettings", "cluster_mean", "LIVE_ARMS"]
+__all__ = ["ShadowJudge", "ShadowSettings"]
 
-LIVE_ARMS = frozenset({"live", "baseline"})
+_LIVE_ARMS = frozenset({"live", "baseline"})
 _TAIL_LIVE_TURNS = 3000  # live latencies that fix the tail threshold (control data only)
 _STATE_V = 1
 _HALF = np.array([0.5])
@@ -62,39 +72,10 @@ class ShadowSettings:
     conversations: int = 50_000  # per generation of the conversation table
 
 
-def cluster_mean(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, cluster-robust variance, clusters) of the MEAN_FIELDS sums in the last axis of ``a``."""
-    s, n, s2, sn, n2, g = (a[..., i] for i in range(MEAN_FIELDS))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        m = np.where(n > 0, s / n, np.nan)
-        mm = np.nan_to_num(m)
-        resid = np.maximum(s2 - 2 * mm * sn + mm * mm * n2, 0.0)
-        var = np.where((n > 0) & (g > 1), resid / (n * n) * g / np.maximum(g - 1, 1), np.nan)
-    return m, np.where(np.isfinite(var), np.maximum(var, 1e-12), np.nan), g
-
-
-def metric_value(t: Any, name: str) -> float:
+def _metric_value(t: Any, name: str) -> float:
     if name == "quality":
         return math.nan if t.quality is None else float(t.quality)
     return math.nan if t.latency_ms is None else math.log(max(float(t.latency_ms), 1e-3))
-
-
-def mean_params(mp: MetricPolicy, promote: bool = False) -> tuple[float, float, float]:
-    """(tolerance on the tested scale, mixing scale tau, sign: +1 when higher is worse); of the FAIL
-    test, or with ``promote`` of the PASS test (``promote_tolerance``, its own mixing scale)."""
-    raw = mp.pass_tolerance if promote else mp.tolerance
-    tol = math.log(raw) if mp.tolerance_mode is ToleranceMode.RELATIVE else raw
-    return tol, max(2 * abs(tol), 0.02), 1.0 if mp.direction.value == "higher_is_worse" else -1.0
-
-
-def fmt(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "?"
-    return f"{x:.3g}" if abs(x) >= 0.01 or x == 0 else f"{x:.2e}"
-
-
-def opt(x: float | None) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
 
 
 _EVENT = {"escalation": "escalated", "error": "error", "compliance": "compliance_violation"}
@@ -152,7 +133,7 @@ class ShadowJudge:
         need_tail = len(self.tail_q) < sum(m.kind == "tail" for m in self.rates)
         for t, arm in zip(turns, arms):
             shadow = arm == "shadow"
-            if not shadow and arm not in LIVE_ARMS:
+            if not shadow and arm not in _LIVE_ARMS:
                 continue
             if t.ts > self.watermark:
                 self.watermark = t.ts
@@ -218,8 +199,8 @@ class ShadowJudge:
         delta = np.zeros((len(u), self.n_fields))
         delta[:, 0] = np.bincount(inv, weights=new, minlength=len(u))
         for j, m in enumerate(self.means):
-            lv = np.fromiter((metric_value(t, m.name) for t in live), float, n)
-            sv = np.fromiter((metric_value(t, m.name) for t in shadow), float, n)
+            lv = np.fromiter((_metric_value(t, m.name) for t in live), float, n)
+            sv = np.fromiter((_metric_value(t, m.name) for t in shadow), float, n)
             d = sv - lv
             ok = ~np.isnan(d)
             old = conv.sums[u][:, 2 * j : 2 * j + 2]
@@ -273,7 +254,7 @@ class ShadowJudge:
 
     # -- evidence -----------------------------------------------------------------------------------
     def _alpha(self, segment: bool) -> float:
-        return slice_alpha(self.policy, len(self.metrics), self.slices, segment)
+        return slice_alpha(self.policy, len(self.metrics), self.slices.size - 1, segment)
 
     def _blocks(self) -> list[tuple[str, np.ndarray, float]]:
         out = [("", self.cum, self.schedule.cumulative_fraction())]
@@ -335,7 +316,7 @@ class ShadowJudge:
         """(log e fail, log e pass, effect, lower, upper) per slice row of ``x``."""
         f = self.field[m.name]
         if m.kind == "mean":
-            mean, var, _ = cluster_mean(x[:, f : f + MEAN_FIELDS])
+            mean, var, _ = cluster_mean(x[:, f : f + MEAN_FIELDS], VAR_FLOOR)
             tol, tau, sign = mean_params(m)
             ptol, ptau, _ = mean_params(m, promote=True)
             lef, lep = (
@@ -385,64 +366,36 @@ class ShadowJudge:
             if m.kind == "tail":
                 what = f"{m.name} (> {self.tail_q[m.name]:.0f} ms) discordance (shadow-only / live-only)"
             counts = f", shadow-only {int(so)} vs live-only {int(lo_only)}, both {int(both)}"
-        stat, thr = math.exp(min(lef, 700.0)), math.exp(log_thr)
-        verb = "rose" if eff > (1.0 if relative else 0.0) else "fell"
+        stat, thr = evalue(lef, log_thr)
         mag = f"x{fmt(eff)}" if relative else fmt(abs(eff))
         cmp = ">=" if verdict is Verdict.FAIL else "<"
-        tail = {Verdict.PASS: "; non-inferior", Verdict.FAIL: "", Verdict.INCONCLUSIVE: "; inconclusive"}[
-            verdict
-        ]
         reason = (
-            f"{what} in {name} {verb} {mag} ({fmt(lo)}..{fmt(hi)}, e={stat:.3g} {cmp} {thr:.3g}) "
-            f"shadow {fmt(e1)} vs live {fmt(e0)} over n={g} paired conversations{counts}{tail}{label}"
+            f"{what} in {name} {moved(eff, relative)} {mag} ({fmt(lo)}..{fmt(hi)}, e={stat:.3g} {cmp} "
+            f"{thr:.3g}) shadow {fmt(e1)} vs live {fmt(e0)} over n={g} paired "
+            f"conversations{counts}{VERDICT_SUFFIX[verdict]}{label}"
         )
-        return MetricEvidence(
-            m.name,
-            name,
-            verdict,
-            ArmEstimate(g, opt(e0)),
-            ArmEstimate(g, opt(e1)),
-            opt(eff),
-            "ratio" if relative else "difference",
-            opt(lo),
-            opt(hi),
-            stat,
-            thr,
-            m.tolerance,
-            m.critical,
-            reason,
-            m.pass_tolerance,
-        )
+        return metric_row(m, name, verdict, (g, e0), (g, e1), (eff, lo, hi), stat, thr, reason)
 
     def _nodata(self, m: MetricPolicy, g: int) -> MetricEvidence:
-        unit = "ratio" if m.tolerance_mode is ToleranceMode.RELATIVE else "difference"
-        reason = (
-            f"{m.name} in all: not enough paired data yet (n={g} paired conversations, need "
-            f"{m.min_samples}; {self.counts['paired']} paired turns)"
+        why = (
+            f"not enough paired data yet (n={g} paired conversations, need {m.min_samples}; "
+            f"{self.counts['paired']} paired turns)"
         )
-        return MetricEvidence(
-            m.name,
-            "all",
-            Verdict.NODATA,
-            ArmEstimate(g, None),
-            ArmEstimate(g, None),
-            None,
-            unit,
-            None,
-            None,
-            1.0,
-            1 / self._alpha(False),
-            m.tolerance,
-            m.critical,
-            reason,
-            m.pass_tolerance,
-        )
+        return nodata_row(m, g, g, 1 / self._alpha(False), why)
 
     def pairing(self) -> dict[str, int]:
         """Paired / unpaired turn counts (unpaired: the counterpart never came within the window)."""
         return {**self.counts, "pending": len(self.pending)}
 
     # -- state --------------------------------------------------------------------------------------
+    def with_policy(self, policy: Policy) -> ShadowJudge:
+        """The same statistics under ``policy`` (a configuration reload; ``RolloutJudge``)."""
+        fresh = self.from_state(self.to_state(), policy)
+        # turns waiting for their pair are not in the state (a restart counts them unpaired): a reload
+        # is no restart, they keep waiting
+        fresh.pending, fresh.counts = self.pending, self.counts
+        return fresh
+
     def to_state(self) -> dict[str, Any]:
         # pending turns are not kept: after a restart they count as unpaired (bounded loss, documented)
         return {
@@ -483,12 +436,3 @@ class ShadowJudge:
         j.tail_q, j._tail_buf = dict(d["tail_q"]), list(d["tail_buf"])
         j.watermark = d["watermark"] if d["watermark"] is not None else -math.inf
         return j
-
-
-def slice_alpha(policy: Policy, n_metrics: int, slices: SliceMap, segment: bool) -> float:
-    """One test's share of the error budget: Bonferroni over metrics, then overall vs segment slices."""
-    a = policy.alpha / max(n_metrics, 1)
-    if not slices.max_keys:
-        return a
-    share = policy.segments.budget_share
-    return a * share / (slices.size - 1) if segment else a * (1 - share)

@@ -3,7 +3,8 @@
 dead-letter topic (and file / null variants); ``producer``: records written with acks=all, reporting
 what was not acknowledged; ``spool``: records Kafka would not take yet, and their forwarder;
 ``rebalance``: what the owner of the consumed state is told when the group moves partitions
-(``PartitionListener``); ``embedded``: the embedded broker and topic creation.
+(``PartitionListener``); ``embedded``: the embedded broker and topic creation; ``range``: a time
+range of a topic read once (``watcher gate``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from watcher.kafka.deadletter import DeadLetters, FileDeadLetters, KafkaDeadLetters, NullDeadLetters
 from watcher.kafka.embedded import EmbeddedBroker, TopicSpec, create_topics
 from watcher.kafka.producer import OutRecord, RecordProducer
+from watcher.kafka.range import read_range
 from watcher.kafka.rebalance import NULL_LISTENER, NullPartitionListener, PartitionListener, Partitions
 from watcher.kafka.source import (
     KafkaSource,
@@ -49,4 +51,5 @@ __all__ = [
     "TopicSpec",
     "create_topics",
     "next_offsets",
+    "read_range",
 ]

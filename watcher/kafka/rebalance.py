@@ -10,7 +10,9 @@ cycle between the two when they are built):
   partition numbers it could not restore yet (an unreachable checkpoint store): the source pauses
   them until ``resume_partitions``;
 * ``resume_offset``: where each assigned partition resumes (the checkpoint's offset), so a
-  partition is never reset to a committed offset older than its state.
+  partition is never reset to a committed offset older than its state;
+* ``moved``: the source moved a partition whose position was beyond the end of its log (the broker
+  came back empty or truncated) to the start or the end of that log: the state covers from there.
 
 ``NullPartitionListener`` keeps nothing: Kafka's committed offsets alone say where to resume.
 """
@@ -41,6 +43,10 @@ class PartitionListener(Protocol):
         """The offset an assigned partition resumes at (None: its committed offset)."""
         ...
 
+    def moved(self, topic: str, partition: int, was: int, now: int) -> None:
+        """The partition was at ``was``, beyond the end of its log, and reads from ``now`` on."""
+        ...
+
 
 class NullPartitionListener:
     async def revoked(self, partitions: Partitions) -> Mapping[tuple[str, int], int]:
@@ -52,6 +58,9 @@ class NullPartitionListener:
         return ()
 
     def resume_offset(self, topic: str, partition: int) -> int | None:
+        return None
+
+    def moved(self, topic: str, partition: int, was: int, now: int) -> None:
         return None
 
 

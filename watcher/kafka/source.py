@@ -37,6 +37,9 @@ from watcher.kafka.rebalance import NULL_LISTENER, PartitionListener
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+# a position beyond the log's end on this many polls in a row (not a stale high watermark) is acted on
+PAST_END_POLLS = 3
+
 __all__ = [
     "RECONNECT",
     "FileSource",
@@ -270,6 +273,7 @@ class KafkaSource:
         group_id: str,
         *,
         auto_offset_reset: str = "earliest",
+        past_end: str = "earliest",
         max_records: int = 2000,
         poll_timeout_ms: int = 500,
         client_options: Mapping[str, Any] | None = None,
@@ -282,6 +286,8 @@ class KafkaSource:
             raise ConfigError("kafka.telemetry_topics", "needs at least one topic")
         if auto_offset_reset not in ("earliest", "latest"):
             raise ConfigError("kafka.auto_offset_reset", f"must be earliest or latest: {auto_offset_reset!r}")
+        if past_end not in ("earliest", "latest"):
+            raise ConfigError("kafka.past_end", f"must be earliest or latest: {past_end!r}")
         clash = _FORCED & set(client_options or {})
         if clash:
             field = f"kafka.{sorted(clash)[0]}"
@@ -290,6 +296,8 @@ class KafkaSource:
         self.topics = tuple(topics)
         self.group_id = group_id
         self.auto_offset_reset = auto_offset_reset
+        self.past_end = past_end
+        self._past_end_polls: dict[TopicPartition, int] = {}
         self.max_records = max_records
         self.poll_timeout_ms = poll_timeout_ms
         self._options = dict(client_options or {})
@@ -526,6 +534,7 @@ class KafkaSource:
 
     async def _refresh_lag(self, consumer: AIOKafkaConsumer) -> None:
         lag: dict[tuple[str, int], int] = {}
+        paused = consumer.paused()
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
             if high is None:
@@ -533,7 +542,37 @@ class KafkaSource:
             # The position is valid once a fetch answered for tp, so this does not wait.
             position = await consumer.position(tp)
             lag[(tp.topic, tp.partition)] = max(0, high - position)
+            if position > high and tp not in paused:
+                self._past_end_polls[tp] = self._past_end_polls.get(tp, 0) + 1
+                if self._past_end_polls[tp] >= PAST_END_POLLS:
+                    await self._move_past_end(consumer, tp, position, high)
+            else:
+                self._past_end_polls.pop(tp, None)
         self._lag = lag
+
+    async def _move_past_end(self, consumer: AIOKafkaConsumer, tp: TopicPartition, at: int, end: int) -> None:
+        """A position beyond the log's end: the broker came back empty or truncated (a broker whose
+        storage was lost or restored from an older copy, a topic deleted and created again). Waiting
+        there would count nothing until the log grew past the old offset: the partition moves to the
+        start of its log (``past_end: earliest``) or its end (``latest``), and the owner of the state
+        is told, so that the state covers the log from there."""
+        self._past_end_polls.pop(tp, None)
+        if self.past_end == "earliest":
+            await consumer.seek_to_beginning(tp)
+        else:
+            await consumer.seek_to_end(tp)
+        moved = await consumer.position(tp)
+        log.error(
+            "%s/%d: position %d is beyond the end of the log (%d): the broker's log was emptied or "
+            "truncated; reading it again from offset %d (kafka.past_end: %s)",
+            tp.topic,
+            tp.partition,
+            at,
+            end,
+            moved,
+            self.past_end,
+        )
+        self.listener.moved(tp.topic, tp.partition, at, moved)
 
     async def _sleep(self, seconds: float) -> None:
         try:

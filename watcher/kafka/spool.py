@@ -116,6 +116,19 @@ class SpoolForwarder:
     def wake(self) -> None:
         self._wake.set()
 
+    async def wait_for(self, seq: int, timeout_s: float) -> bool:
+        """Whether the record ``seq`` (of this stream) was acknowledged and removed within
+        ``timeout_s``; False leaves it spooled (it is forwarded later all the same)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    head = self.spool.head(self.stream, 1)
+                    if not head or head[0].seq > seq:
+                        return True
+                    self.drained.clear()
+                    await self.drained.wait()
+        return False
+
     async def run(self) -> None:
         while not self._stopping:
             head = self.spool.head(self.stream, self._batch)

@@ -3,19 +3,26 @@ composition root; tests pass their own parts); ``Daemon`` runs the consume -> en
 decision log, outbox -> checkpoint -> commit loop; ``partitions`` keeps the checkpoints and answers
 rebalances; ``handover`` moves partition state on rebalance; ``markers`` republishes HTTP markers;
 ``reload`` applies a new configuration without a restart; ``telemetry`` is watcher's own Prometheus
-and OpenTelemetry; ``replay`` runs the engine on a file; ``gate`` and ``gate_report``: ``watcher
-gate``, a candidate judged against a baseline on files, and its reports.
+and OpenTelemetry; ``replay`` runs the engine on a file; ``gate``, ``gate_report`` and ``gate_marker``:
+``watcher gate``, a candidate judged against a baseline on files or a time range of a topic, its
+reports, and its verdict as a deployment marker.
 """
 
 from __future__ import annotations
 
 from watcher.service.compose import build_daemon
 from watcher.service.daemon import Daemon, Parts
-from watcher.service.gate import GateInput, GateRequest, GateRun, run_gate
-from watcher.service.gate import files as gate_files
-from watcher.service.gate import load as load_gate_input
-from watcher.service.gate_report import junit as gate_junit
-from watcher.service.gate_report import markdown as gate_markdown
+from watcher.service.gate import (
+    GateInput,
+    GateRequest,
+    GateRun,
+    gate_files,
+    gate_kafka_range,
+    load_gate_input,
+    run_gate,
+)
+from watcher.service.gate_marker import gate_marker, record_marker
+from watcher.service.gate_report import gate_junit, gate_markdown
 from watcher.service.reload import ConfigSource
 from watcher.service.replay import replay, summary_table
 
@@ -29,8 +36,11 @@ __all__ = [
     "build_daemon",
     "gate_files",
     "gate_junit",
+    "gate_kafka_range",
     "gate_markdown",
+    "gate_marker",
     "load_gate_input",
+    "record_marker",
     "replay",
     "run_gate",
     "summary_table",

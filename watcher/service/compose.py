@@ -102,6 +102,8 @@ def build_daemon(
         source = _kafka_source(settings.kafka, peers)
 
     handover_metrics = HandoverMetrics(registry)
+    for topic in [*settings.kafka.telemetry_topics, *settings.kafka.deployments_topics]:
+        handover_metrics.offset_resets.labels(topic)  # at 0 from the start: the first one is an increase
     partitions: PartitionListener = InstancePartitions(handover_metrics)
     checkpoints: Checkpoints | None = None
     # only a source that can resume at given offsets can pair state and offsets (not a file)
@@ -135,7 +137,8 @@ def build_daemon(
     registry.register(StateCollector(view))
     # what Kafka will not take yet waits on disk (the file is made only when something must wait)
     spool = SqliteSpool(settings.spool.path)
-    registry.register(SpoolCollector(spool, {"deadletter": settings.spool.max_bytes}, time.time))
+    limits = {"deadletter": settings.spool.max_bytes, "marker": 0}  # markers are few: no limit
+    registry.register(SpoolCollector(spool, limits, time.time))
     if dead_letters is None:
         # a dead-letter topic that refuses writes never holds the batch: bounded, on disk, forwarded
         dead_letters = KafkaDeadLetters(
@@ -155,7 +158,7 @@ def build_daemon(
         decision_log=decision_log
         if decision_log is not None
         else SqliteDecisionLog(settings.judge.decision_log),
-        markers=marker_publisher if marker_publisher is not None else MarkerPublisher(settings.kafka),
+        markers=marker_publisher if marker_publisher is not None else MarkerPublisher(settings.kafka, spool),
         outbox=outbox,
         peers=peers,
         tracer=tracer if tracer is not None else setup_tracing(settings.telemetry),
@@ -228,6 +231,7 @@ def _kafka_source(kafka: KafkaSettings, peers: Peers | None) -> KafkaSource:
         list(dict.fromkeys([*kafka.telemetry_topics, *kafka.deployments_topics])),
         kafka.group_id,
         auto_offset_reset=kafka.auto_offset_reset,
+        past_end=kafka.past_end,
         max_records=kafka.max_batch_records,
         poll_timeout_ms=kafka.poll_timeout_ms,
         stale_after=kafka.ready_stale_after_s,

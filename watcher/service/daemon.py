@@ -33,7 +33,16 @@ from watcher.engine import BatchResult, Engine, Tasks
 from watcher.errors import ConfigError
 from watcher.http import Api, FlaggerHooks, Peers, auth_middleware
 from watcher.http import forwarding_middleware as route_to_owner
-from watcher.kafka import DeadLetters, Message, MessageBatch, Origins, PartitionListener, Source, next_offsets
+from watcher.kafka import (
+    DeadLetters,
+    Message,
+    MessageBatch,
+    OffsetSource,
+    Origins,
+    PartitionListener,
+    Source,
+    next_offsets,
+)
 from watcher.outbox import Outbox
 from watcher.service.markers import Markers
 from watcher.service.partitions import Checkpoints, TaskPartitions
@@ -110,7 +119,7 @@ class Daemon:
         if not self.source.ready:
             return False, "not consuming: the broker is unreachable or partitions are not assigned yet"
         checkpoints = self.checkpoints.health() if self.checkpoints is not None else None
-        for why in (self.dead_letters.health(), checkpoints):
+        for why in (self.dead_letters.health(), self.markers.health(), checkpoints):
             if why:
                 return False, why
         return True, "consuming"
@@ -178,7 +187,8 @@ class Daemon:
         saved = await self.checkpoints.save(force=force)
         if not saved:
             return False
-        await self.source.commit_offsets(saved)  # type: ignore[attr-defined]
+        assert isinstance(self.source, OffsetSource)  # checkpoints are kept only with one (compose)
+        await self.source.commit_offsets(saved)
         return True
 
     async def _checkpoint_ticker(self) -> None:
@@ -201,7 +211,8 @@ class Daemon:
         async with self._lock:
             taken = partitions.retry_waiting()
             if taken:
-                self.source.resume_partitions(taken, partitions.resume_offset)  # type: ignore[attr-defined]
+                assert isinstance(self.source, OffsetSource)  # partition tasks need one (compose)
+                self.source.resume_partitions(taken, partitions.resume_offset)
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code.
@@ -425,7 +436,10 @@ class Daemon:
                 await self.source.commit(batch)
             else:
                 # the state now covers the batch; its offsets are committed with the next checkpoint
-                self.checkpoints.advance(next_offsets(batch) if self.tasks is None else covered)
+                if self.tasks is None:
+                    self.checkpoints.advance(next_offsets(batch))
+                else:
+                    self.checkpoints.advance_tasks(covered)
                 await self._checkpoint()
             span.set_attribute("watcher.events", len(batch))
             span.set_attribute("watcher.turns", result.turns)

@@ -15,8 +15,10 @@ without a decoder here is an error naming it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,8 +47,18 @@ from watcher.judges import (
     gate_decision,
     gate_id,
 )
+from watcher.kafka import read_range
 
-__all__ = ["EXIT_CODES", "GateInput", "GateRequest", "GateRun", "files", "load", "run_gate"]
+__all__ = [
+    "EXIT_CODES",
+    "GateInput",
+    "GateRequest",
+    "GateRun",
+    "gate_files",
+    "gate_kafka_range",
+    "load_gate_input",
+    "run_gate",
+]
 
 # The command's exit status per verdict; 3: the gate could not run (bad input or options).
 EXIT_CODES = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 2}
@@ -79,6 +91,8 @@ class GateInput:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     rejections: list[Rejected] = field(default_factory=list)  # kept for --dead-letters-out
+    outside: int = 0  # valid events whose ts is outside the requested time range (not compared)
+    other: int = 0  # turns of versions (or agents) the request leaves out, dropped while loading
     digest: str = ""  # sha256 of every message, in order: the run's identity
 
 
@@ -99,7 +113,7 @@ class GateRun:
         return EXIT_CODES[self.result.verdict]
 
 
-def files(paths: Sequence[str | Path], batch_size: int = _BATCH) -> Iterator[Batch]:
+def gate_files(paths: Sequence[str | Path], batch_size: int = _BATCH) -> Iterator[Batch]:
     """Batches of the lines of JSON Lines files (``file:line`` origins; blank lines skipped)."""
     for path in map(Path, paths):
         try:
@@ -132,19 +146,49 @@ def _otlp(line: bytes) -> bool:
     return b'"resourceSpans"' in head or b'"resource_spans"' in head
 
 
-def load(batches: Iterable[Batch], *, max_bytes: int = 65_536) -> GateInput:
-    """Decode every batch with the event contract (as the daemon does) into one ``GateInput``."""
+def gate_kafka_range(
+    bootstrap_servers: str, topic: str, since: float, *, client_options: dict[str, Any] | None = None
+) -> Iterator[Batch]:
+    """The records of ``topic`` from about ``since`` to its end now, as batches (``kafka.read_range``);
+    ``load_gate_input(..., since=, until=)`` keeps the events of the range by their own ``ts``."""
+    values, origins = asyncio.run(read_range(bootstrap_servers, topic, since, client_options=client_options))
+    for i in range(0, len(values), _BATCH):
+        yield values[i : i + _BATCH], origins[i : i + _BATCH]
+
+
+def load_gate_input(
+    batches: Iterable[Batch],
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    request: GateRequest | None = None,
+    max_bytes: int = 65_536,
+) -> GateInput:
+    """Decode every batch with the event contract (as the daemon does) into one ``GateInput``;
+    events outside ``[since, until)`` (event time) are counted in ``outside`` and left out, and so
+    are, in ``other``, turns of versions or agents a ``request`` naming both versions leaves out (a
+    busy topic need not be held in memory)."""
     out = GateInput()
     dedup = Deduplicator(1 << 30)  # the whole input is one window: every repeated id is a duplicate
     h = hashlib.sha256()
+    wanted = _wanted(request)
     for raws, origins in batches:
-        for raw in raws:
-            h.update(raw)
-            h.update(b"\n")
+        h.update(b"\n".join(raws) + b"\n")
         batch = decode_batch(raws, dedup, origins=origins, max_bytes=max_bytes, columnar=False)
         out.lines += len(raws)
-        out.turns.extend(batch.turns)
-        out.markers.extend(batch.deployments)
+        turns, markers = list(batch.turns), batch.deployments
+        if wanted is not None:
+            n = len(turns)
+            turns = [t for t in turns if wanted(t)]
+            out.other += n - len(turns)
+        if since is not None or until is not None:
+            lo, hi = since if since is not None else -math.inf, until if until is not None else math.inf
+            n = len(turns) + len(markers)
+            turns = [t for t in turns if lo <= t.ts < hi]
+            markers = [m for m in markers if lo <= m.ts < hi]
+            out.outside += n - len(turns) - len(markers)
+        out.turns.extend(turns)
+        out.markers.extend(markers)
         out.duplicates += batch.duplicates
         for r in batch.rejected:
             out.rejected[r.reason.value] += 1
@@ -153,12 +197,21 @@ def load(batches: Iterable[Batch], *, max_bytes: int = 65_536) -> GateInput:
     return out
 
 
+def _wanted(request: GateRequest | None) -> Any:
+    if request is None or request.baseline is None or request.candidate is None:
+        return None
+    versions, agent = {request.baseline, request.candidate}, request.agent
+    return lambda t: t.version in versions and (agent is None or t.agent_id == agent)
+
+
 def run_gate(data: GateInput, request: GateRequest, policies: PolicySet) -> GateRun:
     """Select the two versions' turns, reduce them and judge them with the agent's policy in the
     gate's environment (per-agent overrides apply as in the daemon); raises ``ConfigError`` naming
     the option when the data cannot answer the request (a version or agent that is not there)."""
     if not data.turns:
-        raise ConfigError("FILE", f"no turns in the input ({data.lines} lines, {_rejects(data)})")
+        outside = f", {data.outside} outside the time range" if data.outside else ""
+        outside += f", {data.other} of other versions or agents" if data.other else ""
+        raise ConfigError("FILE", f"no turns in the input ({data.lines} lines, {_rejects(data)}{outside})")
     agent = _agent(data, request)
     baseline, candidate, strategy = _versions(data, request, agent)
     turns = [t for t in data.turns if t.agent_id == agent]

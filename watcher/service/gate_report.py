@@ -1,8 +1,8 @@
 """What a gate run shows a pipeline: a Markdown summary and JUnit XML.
 
-* ``markdown``: for the job page (GitHub Actions' ``$GITHUB_STEP_SUMMARY``, a GitLab artifact or MR
+* ``gate_markdown``: for the job page (GitHub Actions' ``$GITHUB_STEP_SUMMARY``, a GitLab artifact or MR
   note): the verdict and its reason first, the overall rows as a table, the segment rows folded.
-* ``junit``: one ``testcase`` per metric x slice, so CI systems list failures natively. The layout is
+* ``gate_junit``: one ``testcase`` per metric x slice, so CI systems list failures natively. The layout is
   the common denominator of what GitLab's and the popular GitHub reporters read: ``testsuites`` >
   ``testsuite`` (counts in attributes) > ``testcase`` (``classname``, ``name``, ``time``), a failing row
   a ``failure`` element (``message``: the row's reason; text: its numbers), a row that is
@@ -20,7 +20,7 @@ from watcher.contract import MetricEvidence, Verdict, rfc3339
 if TYPE_CHECKING:
     from watcher.service.gate import GateRun
 
-__all__ = ["junit", "markdown", "title"]
+__all__ = ["gate_junit", "gate_markdown", "title"]
 
 _ICON = {Verdict.PASS: "✅", Verdict.FAIL: "❌", Verdict.INCONCLUSIVE: "⚠️", Verdict.NODATA: "➖"}
 
@@ -69,7 +69,7 @@ def _table(rows: list[MetricEvidence]) -> list[str]:
     return out
 
 
-def markdown(run: GateRun) -> str:
+def gate_markdown(run: GateRun) -> str:
     """The summary for the pipeline's job page (GitHub-flavoured Markdown)."""
     d = run.result.decision
     rows = list(run.result.rows)
@@ -110,7 +110,8 @@ def markdown(run: GateRun) -> str:
     lines += [
         "",
         f"Input: {data.lines} lines, {len(data.turns)} turns, {data.duplicates} duplicates, "
-        f"{rejected} rejected{f' ({reasons})' if rejected else ''}; baseline from "
+        f"{rejected} rejected{f' ({reasons})' if rejected else ''}, {data.outside} outside the time "
+        f"range, {data.other} of other versions; baseline from "
         f"{run.baseline_environment}, candidate from {run.environment}; {design}. "
         f"Decision `{d.decision_id}` at {rfc3339(d.ts)} (`watcher.decision/v1`).",
         "",
@@ -118,7 +119,7 @@ def markdown(run: GateRun) -> str:
     return "\n".join(lines)
 
 
-def junit(run: GateRun) -> bytes:
+def gate_junit(run: GateRun) -> bytes:
     """JUnit XML: one test case per metric x slice."""
     rows = run.result.rows
     fails = sum(m.verdict is Verdict.FAIL for m in rows)

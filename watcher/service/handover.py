@@ -44,6 +44,13 @@ class HandoverMetrics:
         )
         for kind in ("taken_over", "taken_over_fresh", "released"):
             self.handovers.labels(kind)
+        self.offset_resets = Counter(
+            "watcher_offset_resets",
+            "Partitions moved because their position was beyond the end of the log (the broker came back "
+            "empty or truncated; kafka.past_end says where to)",
+            ["topic"],
+            registry=registry,
+        )
 
 
 class Handover:

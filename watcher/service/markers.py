@@ -1,8 +1,16 @@
-"""Deployment markers received over HTTP, written to the deployments topic.
+"""Deployment markers received over HTTP (``POST /v1/deployments``, the Flagger hooks), made durable
+before they are applied and written to the deployments topic.
 
-Every instance and every restart then sees them in order with the others: the topic is the durable
-record, and duplicates are ignored by event id. ``NullMarkerPublisher`` is for a daemon without
-Kafka (file sources, tests): markers are applied, not republished.
+``publish(marker)`` appends the marker to the spool (``watcher.kafka.spool``, stream "marker": a
+local file, synchronous=FULL) and returns once it is there, so the HTTP answer (202 with the
+marker's id) means the marker cannot be lost; a forwarder writes it to the deployments topic as soon
+as the broker takes it (at once, normally: ``publish`` waits up to ``confirm_s`` for that and says
+whether it happened), across a broker outage and across restarts. Every instance and every restart
+then sees the marker in order with the others; the copy read back from the topic is not applied
+again (the engine knows the marker's event id).
+
+``NullMarkerPublisher`` is for a daemon without a deployments topic (file sources, tests): markers
+are applied, not written anywhere.
 """
 
 from __future__ import annotations
@@ -10,66 +18,100 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Protocol
+from typing import Protocol
 
+from watcher.clock import Clock, SystemClock
 from watcher.config import KafkaSettings
 from watcher.contract import Deployment, encode_deployment
+from watcher.kafka import OutRecord, RecordProducer, Spool, SpoolForwarder
 
 __all__ = ["MarkerPublisher", "Markers", "NullMarkerPublisher"]
 
 log = logging.getLogger(__name__)
 
+STREAM = "marker"  # the markers' stream in the spool
+NOT_READY_AFTER_S = 30.0  # markers waiting for the deployments topic longer than this: not ready
+
 
 class Markers(Protocol):
     async def start(self) -> None: ...
 
-    async def publish(self, marker: Deployment) -> None: ...
+    async def publish(self, marker: Deployment) -> bool:
+        """Durable on return (or raises); True when the deployments topic has it too."""
+        ...
 
     async def stop(self) -> None: ...
 
+    def health(self) -> str | None: ...
+
 
 class MarkerPublisher:
-    def __init__(self, kafka: KafkaSettings) -> None:
-        self._kafka = kafka
-        self._producer: Any = None
+    def __init__(
+        self, kafka: KafkaSettings, spool: Spool, *, clock: Clock | None = None, confirm_s: float = 2.0
+    ) -> None:
+        self._topics = kafka.deployments_topics
+        self._spool = spool
+        self._clock = clock or SystemClock()
+        self._confirm_s = confirm_s
+        producer = RecordProducer(
+            kafka.bootstrap_servers,
+            what="markers",
+            client_options={
+                "client_id": f"{kafka.client_id}-markers",
+                "request_timeout_ms": kafka.request_timeout_ms,
+                **kafka.client_options(),
+            },
+        )
+        self.forwarder = SpoolForwarder(spool, STREAM, producer, clock=self._clock)
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaProducer
+        # markers spooled by an earlier run (the broker was away when it stopped) go first
+        self._task = asyncio.create_task(self.forwarder.run(), name="marker-forwarder")
 
-        kafka = self._kafka
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=kafka.bootstrap_servers,
-            client_id=f"{kafka.client_id}-markers",
-            acks="all",
-            request_timeout_ms=kafka.request_timeout_ms,
-            **kafka.client_options(),
+    async def publish(self, marker: Deployment) -> bool:
+        if not self._topics:
+            return False
+        record = OutRecord(self._topics[0], marker.agent_id.encode(), encode_deployment(marker))
+        (seq,) = self._spool.append(STREAM, [record], self._clock.now())  # durable: a CheckpointError if not
+        self.forwarder.wake()
+        if await self.forwarder.wait_for(seq, self._confirm_s):
+            return True
+        log.warning(
+            "marker %s is safe in the spool; the deployments topic %s has not taken it yet (%s)",
+            marker.event_id,
+            self._topics[0],
+            self.forwarder.producer.last_error or "no acknowledgement yet",
         )
-        try:
-            await self._producer.start()
-        except Exception as exc:  # the broker may be down at start-up: retried on first use
-            log.warning("marker producer not connected yet: %s", exc)
+        return False
 
-    async def publish(self, marker: Deployment) -> None:
-        topics = self._kafka.deployments_topics
-        if self._producer is None or not topics:
-            return
-        await asyncio.wait_for(
-            self._producer.send_and_wait(topics[0], encode_deployment(marker), key=marker.agent_id.encode()),
-            timeout=10,
+    def health(self) -> str | None:
+        stats = self._spool.stats(STREAM)
+        if stats.oldest_at is None or self._clock.now() - stats.oldest_at < NOT_READY_AFTER_S:
+            return None
+        return (
+            f"{stats.records} markers wait in the spool for the deployments topic "
+            f"({self.forwarder.producer.last_error or 'not acknowledged'})"
         )
 
     async def stop(self) -> None:
-        if self._producer is not None:
-            with contextlib.suppress(Exception):
-                await self._producer.stop()
+        self.forwarder.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self.forwarder.producer.stop()
 
 
 class NullMarkerPublisher:
     async def start(self) -> None:
         return None
 
-    async def publish(self, marker: Deployment) -> None:
-        return None
+    async def publish(self, marker: Deployment) -> bool:
+        return False
 
     async def stop(self) -> None:
+        return None
+
+    def health(self) -> str | None:
         return None

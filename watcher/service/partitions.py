@@ -151,14 +151,15 @@ class Checkpoints:
             log.warning("checkpoints stopped: %s", why)
         self._frozen = why
 
-    def advance(self, covered: Offsets | Mapping[int, Offsets]) -> None:
-        """The state now covers a batch: its next offsets (scope instance), or per partition task
-        the offsets its own state covers (scope partition, ``Handover.process``)."""
-        if self.checkpointer is not None:
-            self.checkpointer.advance(covered)  # type: ignore[arg-type]
-        else:
-            assert self.handover is not None
-            self.handover.advance(covered)  # type: ignore[arg-type]
+    def advance(self, offsets: Offsets) -> None:
+        """The instance's state now covers a batch: its next offsets (scope instance)."""
+        assert self.checkpointer is not None
+        self.checkpointer.advance(offsets)
+
+    def advance_tasks(self, covered: Mapping[int, Offsets]) -> None:
+        """Per partition task, the offsets its own state now covers (``Handover.process``)."""
+        assert self.handover is not None
+        self.handover.advance(covered)
 
     def mark_dirty(self, rollout_ids: Iterable[str]) -> None:
         """An override or acknowledgement changed these rollouts' policy state outside any batch:
@@ -207,6 +208,25 @@ class InstancePartitions:
     def resume_offset(self, topic: str, partition: int) -> int | None:
         return self.checkpointer.resume_offset(topic, partition) if self.checkpointer is not None else None
 
+    def moved(self, topic: str, partition: int, was: int, now: int) -> None:
+        _moved(self.metrics, self.checkpointer, topic, partition, was, now)
+
+
+def _moved(
+    metrics: HandoverMetrics,
+    checkpointer: Checkpointer | None,
+    topic: str,
+    partition: int,
+    was: int,
+    now: int,
+) -> None:
+    """A partition's log no longer holds the offsets the state had reached: the state keeps what it
+    counted and covers the log from ``now`` on (without this, the next checkpoint would still say
+    ``was`` and a restart would wait there again)."""
+    metrics.offset_resets.labels(topic).inc()
+    if checkpointer is not None:
+        checkpointer.rewind((topic, partition), now)
+
 
 class TaskPartitions:
     """``checkpoint.scope: partition``: a task per owned partition, handed over on rebalance."""
@@ -254,6 +274,10 @@ class TaskPartitions:
 
     def resume_offset(self, topic: str, partition: int) -> int | None:
         return self.handover.resume_offset(topic, partition)
+
+    def moved(self, topic: str, partition: int, was: int, now: int) -> None:
+        metrics = self.handover.handover_metrics
+        _moved(metrics, self.handover.checkpointers.get(partition), topic, partition, was, now)
 
     @property
     def retry_due(self) -> bool:

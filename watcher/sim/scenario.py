@@ -35,6 +35,8 @@ SEGMENTS: dict[str, dict[str, float]] = {
     "language": {"en": 0.60, "de": 0.18, "fr": 0.12, "es": 0.10},
     "channel": {"chat": 0.65, "voice": 0.35},
 }
+# The strategies the simulator makes traffic for (each shapes the stream its own way, below); which
+# strategies exist is the registry's (``watcher.judges.strategies``): tests/sim checks these are in it.
 STRATEGIES = ("canary", "shadow", "blue_green", "flag")
 
 

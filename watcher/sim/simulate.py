@@ -140,6 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sc.add_argument("--canary-weight", type=float)
     sc.add_argument("--start", metavar="TS", help="start time: RFC 3339, Unix seconds or 'now'")
     sc.add_argument("--agent-id")
+    sc.add_argument("--environment", help="the events' environment (default prod)")
     sc.add_argument("--no-markers", action="store_true", help="emit no deployment markers")
     sc.add_argument("--implicit-arms", action="store_true", help="arm: null (the rollout resolves it)")
     sc.add_argument(
@@ -213,6 +214,7 @@ def scenario_from_args(args: argparse.Namespace, clock: Clock | None = None) -> 
         ("seed", "seed"),
         ("duration", "duration_s"),
         ("agent_id", "agent_id"),
+        ("environment", "environment"),
         ("conversations_per_second", "conversations_per_s"),
         ("canary_weight", "canary_weight"),
     ):

@@ -155,21 +155,20 @@ class SinkSettings(Section, tag_field="type", frozen=True):
     # long, not counting the time a receiver asked to wait (Retry-After); then it ends `failed`, kept
     # and re-drivable (POST /v1/deliveries/{id}/retry). Three days: a receiver down over a weekend.
     retry_for_s: Annotated[float, Meta(gt=0)] = 3 * 86_400.0
-    max_attempts: int | None = None  # replaced by retry_for_s: set, it is an error naming the change
 
     DEFAULT_KINDS: ClassVar[tuple[ItemKind, ...]] = (ItemKind.DECISION,)  # what the type carries
+    # options of earlier versions, refused with what replaced them (rather than "unknown setting")
+    RETIRED: ClassVar[dict[str, str]] = {
+        "max_attempts": "was replaced by retry_for_s (seconds a delivery is retried; default 259200, three "
+        "days): a count of attempts gave up within seconds when a receiver answered 429 with a short "
+        "Retry-After",
+    }
 
     def __post_init__(self) -> None:
-        where = f"sinks[{self.name}]"
-        if self.max_attempts is not None:
-            raise ConfigError(
-                f"{where}.max_attempts",
-                "was replaced by retry_for_s (seconds a delivery is retried; default 259200, three days): "
-                "a count of attempts gave up within seconds when a receiver answered 429 with a short "
-                "Retry-After",
-            )
         if not math.isfinite(self.retry_for_s):
-            raise ConfigError(f"{where}.retry_for_s", f"must be > 0 seconds, got {self.retry_for_s}")
+            raise ConfigError(
+                f"sinks[{self.name}].retry_for_s", f"must be > 0 seconds, got {self.retry_for_s}"
+            )
 
     @property
     def type(self) -> str:

@@ -93,6 +93,9 @@ def sink_settings(entries: Sequence[Mapping[str, Any] | SinkSettings]) -> tuple[
             raise ConfigError(
                 f"{where}.type", f"unknown sink type {kind!r} (known: {', '.join(known_types())})"
             )
+        for key, why in sink_type.settings.RETIRED.items():
+            if key in entry:
+                raise ConfigError(f"{where}.{key}", why)
         out.append(convert(entry, sink_type.settings, where))
     return tuple(out)
 

@@ -27,8 +27,7 @@ import numpy as np
 from watcher.contract import TurnColumns
 from watcher.state.slices import ConvRows, SliceMap
 from watcher.state.tracker import DAY, F_CONV, LATENCY_MAX, N_FIELDS, conv_cols, conversation_deltas
-from watcher.stats import array_from_state, array_to_state
-from watcher.stats import latency_bins as lb
+from watcher.stats import N_BINS, array_from_state, array_to_state
 
 __all__ = ["NullHistory", "VersionHistory"]
 
@@ -136,7 +135,7 @@ class VersionHistory:
         self._next_id = 0  # version ids are never reused: old conversation rows may still hold one
         self._versions: dict[tuple[str, str], dict[str, None]] = {}  # per agent, in order of last seen
         self.fields = _Cells((N_FIELDS,), np.float64, 256)  # (vid, bucket, slice) -> fields
-        self.hist = _Cells((lb.N_BINS,), np.int32, 16)  # (vid, bucket) -> conversations per slowest-turn bin
+        self.hist = _Cells((N_BINS,), np.int32, 16)  # (vid, bucket) -> conversations per slowest-turn bin
         self._vb: dict[int, list[int]] = {}  # (vid, bucket) -> its field codes
         self._by_vid: dict[int, set[int]] = {}  # vid -> its (vid, bucket) codes
         self._age: dict[int, set[int]] = {}  # bucket -> its (vid, bucket) codes, for pruning by age
@@ -318,7 +317,7 @@ class VersionHistory:
             return {}
         sm = self.maps[(agent, env)]
         total = np.zeros((sm.size, N_FIELDS))
-        hist = np.zeros(lb.N_BINS, np.int64)
+        hist = np.zeros(N_BINS, np.int64)
         for vb in vbs:
             for c in self._vb[vb]:
                 total[c & _SLOT_MASK] += self.fields.values[self.fields.index[c]]

@@ -5,12 +5,15 @@ version with a strategy and an expected treatment share. It starts with a ``star
 Kafka or ``POST /v1/deployments``) or by itself when telemetry shows a ``canary`` arm next to a known
 baseline; it ends promoted, rolled back or aborted. One rollout at a time is active per
 (agent, environment): a new ``started`` marker supersedes (aborts) the running one.
+
+A ``gated`` marker records what a pre-production gate (``watcher gate``) concluded about a version in
+an environment; it changes no rollout, and the rollout of that version shows it (``gates``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Protocol
@@ -38,6 +41,8 @@ _TRANSITIONS = {
 }
 MAX_MARKERS_PER_ROLLOUT = 200
 MAX_ENDED_ROLLOUTS = 200
+MAX_GATED_VERSIONS = 1000  # versions whose gate verdicts are kept (the oldest recorded is dropped)
+MAX_GATES_PER_VERSION = 20
 
 
 class Marker(Protocol):
@@ -53,6 +58,29 @@ class Marker(Protocol):
     canary_version: str | None
     canary_weight: float | None
     actor: str | None
+
+
+class StrategyTerms(Protocol):
+    """What the registry needs to know of a rollout strategy (``watcher.judges.strategies`` registers
+    them; the registry itself names none)."""
+
+    @property
+    def treatment_arm(self) -> str:
+        """The arm of the treatment version's turns that carry none ("canary", "shadow")."""
+        ...
+
+    @property
+    def start_weight(self) -> float | None:
+        """The treatment's share when the start marker gives none (None: ``auto_canary_weight``)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlainTerms:
+    """The terms of a strategy the registry is told nothing about: a canary's."""
+
+    treatment_arm: str = "canary"
+    start_weight: float | None = None
 
 
 class TurnLike(Protocol):
@@ -135,7 +163,7 @@ class Rollout:
 class Change:
     """What applying a marker (or observing telemetry) did to the registry."""
 
-    kind: str  # "started" | "rebased" | "updated" | "ended" | "orphan"
+    kind: str  # "started" | "rebased" | "updated" | "ended" | "orphan" | "gated"
     rollout: Rollout | None
     superseded: Rollout | None = None
 
@@ -148,12 +176,22 @@ def rollout_id(
     return "ro-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+MARKER_IDS = 10_000  # markers are rare (a few per rollout): days of them
+
+
 class Registry:
     """The rollouts watcher knows, and the last known baseline version per (agent, environment)."""
 
-    def __init__(self, *, auto_start: bool = True, auto_canary_weight: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        auto_start: bool = True,
+        auto_canary_weight: float = 0.1,
+        terms: Callable[[str], StrategyTerms] = lambda strategy: PlainTerms(),
+    ) -> None:
         self._auto_start = auto_start
         self._auto_weight = auto_canary_weight
+        self._terms = terms  # strategy name -> its terms (the engine passes the strategy registry's)
         self._active: dict[tuple[str, str], Rollout] = {}
         self._ended: dict[str, Rollout] = {}
         self._baselines: dict[tuple[str, str], str] = {}
@@ -161,13 +199,29 @@ class Registry:
         self.last_routes: dict[tuple[str, str, str, str | None], str] = {}
         # (agent, env, action, version) -> event time of the last such marker; Grafana draws these
         self.marker_times: dict[tuple[str, str, str, str], float] = {}
+        # the event ids of the markers applied, newest last (bounded): a marker reaches watcher twice,
+        # over HTTP and read back from the deployments topic (or published twice after a lost
+        # acknowledgement), maybe after the dedup window forgot it; it is applied once
+        self.marker_ids: dict[str, None] = {}
+        # (agent, version) -> the gate verdicts recorded for it, oldest first (``gated`` markers)
+        self._gates: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     # -- markers --------------------------------------------------------------------------------
+    def knows(self, event_id: str) -> bool:
+        """Whether a marker with this event id was applied (among the last ``MARKER_IDS``)."""
+        return event_id in self.marker_ids
+
     def apply(self, marker: Marker) -> Change:
+        self.marker_ids[marker.event_id] = None
+        if len(self.marker_ids) > MARKER_IDS:
+            del self.marker_ids[next(iter(self.marker_ids))]
         key = (marker.agent_id, marker.environment)
         version = marker.canary_version or marker.baseline_version or ""
         self.marker_times[(marker.agent_id, marker.environment, marker.action, version)] = marker.ts
         record = _marker_record(marker)
+        if marker.action == "gated":
+            self._record_gate(marker)
+            return Change("gated", None)
         current = self._active.get(key)
         if marker.action == "started":
             if current is not None and current.canary_version == marker.canary_version:
@@ -186,9 +240,7 @@ class Registry:
                 strategy=strategy,
                 baseline_version=marker.baseline_version or self._baselines.get(key),
                 canary_version=marker.canary_version,
-                canary_weight=_weight(
-                    marker.canary_weight, 1.0 if strategy == "blue_green" else self._auto_weight
-                ),
+                canary_weight=_weight(marker.canary_weight, self._default_weight(strategy)),
                 state=RolloutState.RUNNING,
                 started_ts=marker.ts,
                 flag=_flag_dict(flag),
@@ -211,22 +263,9 @@ class Registry:
         self._active[key] = updated
         return Change("updated", updated)
 
-    def end(
-        self, agent_id: str, environment: str, state: RolloutState, ts: float, note: str
-    ) -> Rollout | None:
-        """End the active rollout because watcher itself decided (promote / rollback)."""
-        key = (agent_id, environment)
-        if key not in self._active:
-            return None
-        return self._end(key, state, ts, {"action": state.value, "ts": ts, "actor": "watcher", "notes": note})
-
-    def set_state(self, agent_id: str, environment: str, state: RolloutState) -> Rollout | None:
-        key = (agent_id, environment)
-        current = self._active.get(key)
-        if current is None or state in ENDED:
-            return None
-        self._active[key] = replace(current, state=state)
-        return self._active[key]
+    def _default_weight(self, strategy: str) -> float:
+        weight = self._terms(strategy).start_weight
+        return self._auto_weight if weight is None else weight
 
     # -- telemetry ------------------------------------------------------------------------------
     def route(
@@ -267,7 +306,7 @@ class Registry:
         active = self._active.get((agent, env))
         if active is not None:
             if version == active.canary_version:
-                return "shadow" if active.strategy == "shadow" else "canary"
+                return self._terms(active.strategy).treatment_arm
             if version == active.baseline_version:
                 return "baseline"
         return "live"
@@ -312,6 +351,27 @@ class Registry:
     def baseline(self, agent_id: str, environment: str) -> str | None:
         return self._baselines.get((agent_id, environment))
 
+    def gates(self, agent_id: str, version: str | None) -> list[dict[str, Any]]:
+        """The gate verdicts recorded for a version (any environment), oldest first."""
+        return list(self._gates.get((agent_id, version or ""), ()))
+
+    def _record_gate(self, marker: Marker) -> None:
+        gate = getattr(marker, "gate", None)
+        key = (marker.agent_id, marker.canary_version or "")
+        entry = {
+            "environment": marker.environment,
+            "verdict": getattr(gate, "verdict", None),
+            "decision_id": getattr(gate, "decision_id", None),
+            "baseline_version": marker.baseline_version,
+            "ts": marker.ts,
+            "actor": marker.actor,
+            "event_id": marker.event_id,
+        }
+        entries = self._gates.pop(key, [])  # re-inserted: the most recently gated version is kept longest
+        self._gates[key] = [*entries, entry][-MAX_GATES_PER_VERSION:]
+        while len(self._gates) > MAX_GATED_VERSIONS:
+            del self._gates[next(iter(self._gates))]
+
     # -- persistence ----------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         return {
@@ -320,6 +380,8 @@ class Registry:
             "ended": [r.to_dict() for r in self._ended.values()],
             "baselines": [[a, e, v] for (a, e), v in self._baselines.items()],
             "marker_times": [[*k, ts] for k, ts in self.marker_times.items()],
+            "marker_ids": list(self.marker_ids),
+            "gates": [[a, v, entries] for (a, v), entries in self._gates.items()],
         }
 
     def load_state(self, d: dict[str, Any]) -> None:
@@ -329,6 +391,8 @@ class Registry:
         self._ended = {r.rollout_id: r for r in map(Rollout.from_dict, d["ended"])}
         self._baselines = {(a, e): v for a, e, v in d["baselines"]}
         self.marker_times = {(a, e, act, v): float(ts) for a, e, act, v, ts in d["marker_times"]}
+        self.marker_ids = dict.fromkeys(map(str, d.get("marker_ids", ())))  # absent before v1.1
+        self._gates = {(a, v): list(entries) for a, v, entries in d.get("gates", [])}  # absent before gates
 
     # -- internals ------------------------------------------------------------------------------
     def _update(

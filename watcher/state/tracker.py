@@ -17,8 +17,7 @@ import numpy as np
 
 from watcher.contract import TurnColumns
 from watcher.state.slices import ConvRows, SliceMap
-from watcher.stats import MEAN_FIELDS, mean_deltas
-from watcher.stats import latency_bins as lb
+from watcher.stats import MEAN_FIELDS, bins_of_log, mean_deltas
 
 __all__ = [
     "DAY",
@@ -104,7 +103,7 @@ def conversation_deltas(
     # slowest turn so far (bin + 1; 0 = no latency yet): conversations whose maximum rose move bins
     old_mx = conv.cols[u, mx]
     new_mx = old_mx.copy()
-    np.maximum.at(new_mx, inv, lb.bins_of_log(loglat) + 1)
+    np.maximum.at(new_mx, inv, bins_of_log(loglat) + 1)
     conv.cols[u, mx] = new_mx
     return u, delta, old_mx, new_mx, new_mx > old_mx
 

@@ -16,6 +16,7 @@ from watcher.stats.fixed import (
     ratio_from_theta,
     two_sample,
 )
+from watcher.stats.latency_bins import N_BINS, bins_of_log
 from watcher.stats.sequential import (
     FAIL_GRID,
     MEAN_FIELDS,
@@ -24,6 +25,7 @@ from watcher.stats.sequential import (
     RestartSchedule,
     array_from_state,
     array_to_state,
+    cluster_mean,
     logsumexp,
     mean_deltas,
     msprt_half_width,
@@ -40,6 +42,7 @@ __all__ = [
     "DEFAULT_LAYOUT",
     "FAIL_GRID",
     "MEAN_FIELDS",
+    "N_BINS",
     "MeanSample",
     "PASS_GRID",
     "QuantileSketch",
@@ -48,8 +51,10 @@ __all__ = [
     "SketchLayout",
     "array_from_state",
     "array_to_state",
+    "bins_of_log",
     "binomial_bound",
     "binomial_pvalue",
+    "cluster_mean",
     "dense_counts",
     "logsumexp",
     "mean_bound",

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as _st
 
-from watcher.stats.sequential import _cluster_mean, stratified_difference, theta
+from watcher.stats.sequential import cluster_mean, stratified_difference, theta
 
 __all__ = [
     "MeanSample",
@@ -96,7 +96,7 @@ def two_sample(treat: np.ndarray, ctrl: np.ndarray) -> MeanSample:
 def one_sample(sums: np.ndarray) -> MeanSample:
     """Mean of paired differences from MEAN_FIELDS sums over conversations (the conversation is the
     cluster, as in the shadow judge)."""
-    m, var, g = _cluster_mean(sums)
+    m, var, g = cluster_mean(sums)
     ok = np.isfinite(var) & (g > 1)
     return MeanSample(np.where(ok, m, np.nan), np.where(ok, np.maximum(var, 1e-12), np.nan), g - 1)
 

@@ -34,6 +34,7 @@ __all__ = [
     "PASS_GRID",
     "SRM_GRID",
     "MEAN_FIELDS",
+    "cluster_mean",
     "RateTest",
     "MeanTest",
     "SampleRatioTest",
@@ -174,8 +175,8 @@ def stratified_difference(treat: np.ndarray, ctrl: np.ndarray) -> tuple[np.ndarr
     Strata are pooled with weights n_t n_c / (n_t + n_c) (outcome-free, like Mantel-Haenszel).
     Returns (difference, variance); NaN where no stratum has >= 2 conversations in both arms.
     """
-    mean_t, var_t, g_t = _cluster_mean(treat)
-    mean_c, var_c, g_c = _cluster_mean(ctrl)
+    mean_t, var_t, g_t = cluster_mean(treat)
+    mean_c, var_c, g_c = cluster_mean(ctrl)
     ok = (g_t >= 2) & (g_c >= 2)
     w = np.where(ok, g_t * g_c / np.maximum(g_t + g_c, 1), 0.0)
     sw = w.sum(axis=-1)
@@ -187,15 +188,24 @@ def stratified_difference(treat: np.ndarray, ctrl: np.ndarray) -> tuple[np.ndarr
     return np.where(sw > 0, diff, np.nan), np.where(sw > 0, np.maximum(var, 1e-12), np.nan)
 
 
-def _cluster_mean(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cluster_mean(a: np.ndarray, var_floor: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, cluster-robust variance, clusters) of the MEAN_FIELDS sums in the last axis of ``a``.
+
+    What cannot be estimated is NaN: the mean without any unit, the variance with fewer than two
+    conversations. Not 0 and not inf: a mean of 0 is a real quality score and ``0 * inf`` is NaN in
+    a weighted sum, so a stand-in value would flow silently into the arithmetic where NaN is caught
+    by every ``isfinite`` check. ``var_floor`` bounds an estimable variance from below (an exactly
+    constant metric would otherwise give the mixture SPRT a zero variance).
+    """
     s, n, s2, sn, n2, g = (a[..., i] for i in range(MEAN_FIELDS))
     with np.errstate(invalid="ignore", divide="ignore"):
-        m = np.where(n > 0, s / n, 0.0)
+        m = np.where(n > 0, s / n, np.nan)
+        mm = np.nan_to_num(m)
         # Sandwich variance of the ratio estimator sum(S_i)/sum(n_i) with the conversation as the
         # cluster: sum_i (S_i - m n_i)^2 / (sum n_i)^2, times G/(G-1).
-        resid = np.maximum(s2 - 2 * m * sn + m * m * n2, 0.0)
-        var = np.where((n > 0) & (g > 1), resid / (n * n) * g / np.maximum(g - 1, 1), np.inf)
-    return m, var, g
+        resid = np.maximum(s2 - 2 * mm * sn + mm * mm * n2, 0.0)
+        var = np.where((n > 0) & (g > 1), resid / (n * n) * g / np.maximum(g - 1, 1), np.nan)
+    return m, np.maximum(var, var_floor), g
 
 
 def msprt_log_evalue(x: np.ndarray | float, var: np.ndarray | float, tau: float) -> np.ndarray:

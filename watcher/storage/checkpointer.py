@@ -137,6 +137,10 @@ class Checkpointer:
             if offset > self.positions.get(key, -1):
                 self.positions[key] = offset
 
+    def rewind(self, key: tuple[str, int], offset: int) -> None:
+        """The partition reads from ``offset`` now, backwards too (its log was emptied or truncated)."""
+        self.positions[key] = offset
+
     def mark_dirty(self) -> None:
         """The state changed without new offsets (an override over HTTP): checkpoint at once."""
         self._urgent = True
