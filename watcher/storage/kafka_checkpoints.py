@@ -277,7 +277,7 @@ class KafkaCheckpointStore:
                 _chunk_prefix(scope, manifest), int(manifest["chunks"]), str(manifest["sha256"])
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise CheckpointError(f"checkpoint manifest of {scope!r} is malformed: {exc}") from exc
-        return manifest  # type: ignore[no-any-return]
+        return manifest
 
     def _assemble(self, scope: str, what: Any, entry: Mapping[str, Any]) -> bytes:
         """The document (v1, v2) or the part (v3) an entry of a manifest describes."""
