@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# reinstalled when the package definition or the C scanner (built by pip, watcher/contract/_turnscan.c) changes
+# reinstalled when the package definition or the C extensions (built by pip, watcher/contract/_*.c) change
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml watcher/contract/_turnscan.c | cksum | cut -d' ' -f1)
 
 .PHONY: demo test test-fast lint bench bench-throughput bench-detection bench-strategies check-config clean
@@ -47,4 +47,4 @@ check-config: $(STAMP)
 	$(VENV)/bin/watcher check-config
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info watcher/contract/_turnscan*.so
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info watcher/contract/_turnscan*.so watcher/contract/_otlpscan*.so

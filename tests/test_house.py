@@ -20,8 +20,8 @@ ROOT = Path(watcher.__file__).parent
 MODULES = sorted(
     info.name
     for info in pkgutil.walk_packages(watcher.__path__, "watcher.")
-    # the optional C scanner has no source; __main__ runs the command line when imported
-    if info.name.rsplit(".", 1)[-1] not in ("_turnscan", "__main__")
+    # the optional C extensions have no source; __main__ runs the command line when imported
+    if info.name.rsplit(".", 1)[-1] not in ("_turnscan", "_otlpscan", "__main__")
 )
 PACKAGES = sorted(info.name for info in pkgutil.iter_modules(watcher.__path__, "watcher.") if info.ispkg)
 # Imports past a face in the pure packages, which are being cleaned up with their types (issue #12;

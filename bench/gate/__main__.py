@@ -14,7 +14,8 @@ the verdict is pass, fail or inconclusive; the tables give their shares over see
    under three rules: the bundled policy with every segment required (the default), the bundled
    policy with ``--segments no-fail``, and deploy/ci/gate-policy.yaml with ``no-fail`` (the examples).
 
-Writes bench/gate/results.json. Figures in docs/gate.md.
+Writes bench/gate/results.json. ``--large``: only table 4, at 32,000 and 64,000 paired conversations per
+arm (3 seeds; bench/gate/results_large.json). Figures in docs/gate.md.
 """
 
 from __future__ import annotations
@@ -112,7 +113,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.gate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 60 null, 20 other)")
     ap.add_argument("--quick", action="store_true", help="a few seeds per cell, not written to results.json")
+    ap.add_argument("--large", action="store_true", help="table 4 only, 32k and 64k paired conversations")
     args = ap.parse_args()
+    if args.large:
+        return large(args.seeds or 3)
     null_seeds = args.seeds or (5 if args.quick else 60)
     seeds = args.seeds or (3 if args.quick else 20)
     started = time.time()
@@ -164,6 +168,20 @@ def main() -> None:
     if not args.quick:
         RESULTS.write_text(json.dumps(out, indent=2) + "\n")
         print(f"wrote {RESULTS.relative_to(ROOT)} ({out['seconds']} s)")
+
+
+def large(seeds: int) -> None:
+    """Where the default rule (every segment) stands on large paired data sets."""
+    started = time.time()
+    out: dict[str, Any] = {"seeds": seeds, "duration_s": DURATION, "sizes": {}}
+    for n in (32000, 64000):
+        sets = [data(scenario(True, n, 300 + s)) for s in range(seeds)]
+        out["sizes"][f"paired {n}"] = {r: shares([verdict(d, r) for d in sets]) for r in PASS_RULES}
+        print(f"paired {n}: {out['sizes'][f'paired {n}']}", flush=True)
+    out["seconds"] = round(time.time() - started)
+    path = RESULTS.with_name("results_large.json")
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path.relative_to(ROOT)} ({out['seconds']} s)")
 
 
 if __name__ == "__main__":

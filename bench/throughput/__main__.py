@@ -3,6 +3,7 @@
     python -m bench.throughput                 # 1,000,000 events, 3 rounds (make bench-throughput)
     python -m bench.throughput --events 200000 --rounds 1
     python -m bench.throughput --no-scanner    # watcher on msgspec alone (installed without a compiler)
+    python -m bench.throughput --otlp-turns 300000   # also the same traffic as OTLP spans (0: not)
 
 1. Start the embedded broker and produce N realistic telemetry events (~400 bytes of JSON each,
    from the simulator: several turns per conversation, 3 segment keys, a canary rollout running).
@@ -14,6 +15,10 @@
    baseline, and each process's peak RSS. Medians over the rounds. Both clocks start when the first
    batch arrives: joining the consumer group (seconds on Tansu, and watcher's source connects lazily,
    inside ``batches()``) is not consumption.
+4. OTLP (``--otlp-turns``): the same scenario as ``watcher simulate --format otlp`` writes it to Kafka
+   (each turn an invoke_agent span with a model call and a tool call, batched per agent version like
+   the SDK: up to 170 turns a message), to a topic of its own; the same two consumers read it, and
+   rates are per turn. Its baseline is plain consumption of those bytes.
 """
 
 from __future__ import annotations
@@ -50,13 +55,13 @@ def _scenario(events: int) -> Any:
     )
 
 
-async def _produce(bootstrap: str, topic: str, events: int) -> tuple[int, float]:
+async def _produce(bootstrap: str, topic: str, events: int, fmt: str = "json") -> int:
+    """Events (turns and markers) sent; ``fmt`` otlp: as trace requests."""
     from watcher.kafka.embedded import TopicSpec, create_topics
     from watcher.sim.simulate import produce
 
     await create_topics(bootstrap, [TopicSpec(topic, PARTITIONS)])
-    sent = await produce(_scenario(events), bootstrap, topic)
-    return sent, 0.0
+    return await produce(_scenario(events), bootstrap, topic, fmt=fmt)
 
 
 def _usage() -> tuple[float, int]:
@@ -79,14 +84,16 @@ async def _plain(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
     n = 0
     size = 0
     cpu0, t0 = 0.0, 0.0
-    while n < expected:
+    while n < expected or expected < 0:
         batch = await consumer.getmany(timeout_ms=500, max_records=2000)
         if batch and not n:  # the clocks start at the first batch (joining the group is not consumption)
             cpu0, _ = _usage()
             t0 = time.perf_counter()
-        for records in batch.values():
+        for tp, records in batch.items():
             n += len(records)
             size += sum(len(r.value) for r in records)
+            if expected < 0:  # read to the end of the topic (one partition)
+                expected = consumer.highwater(tp)
         if batch:
             await consumer.commit()
     wall = time.perf_counter() - t0
@@ -130,7 +137,7 @@ async def _watcher(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
         await source.commit(batch)
         n += len(batch)
         turns += result.turns
-        if n >= expected:
+        if n >= expected if expected >= 0 else not any(source.lag().values()):
             break
     wall = time.perf_counter() - t0
     cpu1, rss = _usage()
@@ -167,24 +174,31 @@ def _child(role: str, bootstrap: str, topic: str, expected: int, no_scanner: boo
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _table(results: dict[str, list[dict[str, Any]]]) -> str:
-    def med(role: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[role])
+def _table(results: dict[str, list[dict[str, Any]]], otlp_events: int = 0) -> str:
+    """JSON rows per event (message); OTLP rows per turn (event), its own plain consumption the base."""
+
+    def rate(r: dict[str, Any], clock: str, per: int | None) -> float:
+        return (per if per is not None else r["events"]) / r[clock]
 
     rows = []
-    base_wall = med("plain", "events") / med("plain", "wall_s")
-    base_cpu = med("plain", "events") / med("plain", "cpu_s")
-    for role, label in (
-        ("plain", "plain aiokafka getmany (bytes only)"),
-        ("watcher", "watcher: source + decode + state + segments + sketches + judge"),
-    ):
-        wall = statistics.median(r["events"] / r["wall_s"] for r in results[role])
-        cpu = statistics.median(r["events"] / r["cpu_s"] for r in results[role])
-        rss = med(role, "peak_rss") / 2**20
-        rows.append(
-            f"| {label} | {wall:,.0f} | {cpu:,.0f} | {wall / base_wall:.2f} | {cpu / base_cpu:.2f} | "
-            f"{rss:,.0f} MiB |"
-        )
+    groups = [("", None, "")]
+    if results.get("otlp-plain"):
+        groups.append(("otlp-", otlp_events, "OTLP: "))
+    for prefix, per, title in groups:
+        base = f"{prefix}plain"
+        base_wall = statistics.median(rate(r, "wall_s", per) for r in results[base])
+        base_cpu = statistics.median(rate(r, "cpu_s", per) for r in results[base])
+        for role, label in (
+            (base, f"{title}plain aiokafka getmany (bytes only)"),
+            (f"{prefix}watcher", f"{title}watcher: source + decode + state + segments + sketches + judge"),
+        ):
+            wall = statistics.median(rate(r, "wall_s", per) for r in results[role])
+            cpu = statistics.median(rate(r, "cpu_s", per) for r in results[role])
+            rss = statistics.median(r["peak_rss"] for r in results[role]) / 2**20
+            rows.append(
+                f"| {label} | {wall:,.0f} | {cpu:,.0f} | {wall / base_wall:.2f} | {cpu / base_cpu:.2f} | "
+                f"{rss:,.0f} MiB |"
+            )
     head = (
         "| pipeline | events/s (wall) | events per CPU-s | ratio (wall) | ratio (CPU) | peak RSS |\n"
         "|---|---|---|---|---|---|"
@@ -199,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument(
+        "--otlp-turns",
+        type=int,
+        default=300_000,
+        help="also the same traffic as OTLP trace requests, this many turns (0: not; default %(default)s)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--role", choices=("plain", "watcher"), help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -226,39 +246,59 @@ def main(argv: list[str] | None = None) -> int:
 
     from watcher.kafka.embedded import EmbeddedBroker
 
-    async def setup(broker: EmbeddedBroker) -> int:
+    async def setup(broker: EmbeddedBroker) -> tuple[int, int]:
         await broker.start()
-        sent, _ = await _produce(broker.bootstrap_servers, "bench", args.events)
-        return sent
+        sent = await _produce(broker.bootstrap_servers, "bench", args.events)
+        otlp = (
+            await _produce(broker.bootstrap_servers, "bench-otlp", args.otlp_turns, "otlp")
+            if args.otlp_turns
+            else 0
+        )
+        return sent, otlp
 
     broker = EmbeddedBroker()
     loop = asyncio.new_event_loop()
     try:
         t0 = time.perf_counter()
-        sent = loop.run_until_complete(setup(broker))
+        sent, otlp = loop.run_until_complete(setup(broker))
         print(
-            f"produced {sent:,} events in {time.perf_counter() - t0:.1f} s to {broker.bootstrap_servers}",
+            f"produced {sent:,} events and {otlp:,} as OTLP spans in {time.perf_counter() - t0:.1f} s "
+            f"to {broker.bootstrap_servers}",
             file=sys.stderr,
         )
-        results: dict[str, list[dict[str, Any]]] = {"plain": [], "watcher": []}
+        results: dict[str, list[dict[str, Any]]] = {}
+        runs = [("plain", "bench", sent), ("watcher", "bench", sent)]
+        if otlp:  # read to the end: the topic's message count is the high watermark
+            runs += [("otlp-plain", "bench-otlp", -1), ("otlp-watcher", "bench-otlp", -1)]
         for i in range(args.rounds):
-            for role in ("plain", "watcher"):
-                r = _child(role, broker.bootstrap_servers, "bench", sent, args.no_scanner)
-                results[role].append(r)
+            for name, topic, expected in runs:
+                role = name.removeprefix("otlp-")
+                r = _child(role, broker.bootstrap_servers, topic, expected, args.no_scanner)
+                results.setdefault(name, []).append(r)
+                events = otlp if topic == "bench-otlp" else r["events"]
                 print(
-                    f"round {i + 1} {role:8s} {r['events'] / r['wall_s']:>10,.0f} ev/s wall "
-                    f"{r['events'] / r['cpu_s']:>10,.0f} ev/CPU-s  rss {r['peak_rss'] / 2**20:,.0f} MiB",
+                    f"round {i + 1} {name:12s} {events / r['wall_s']:>10,.0f} ev/s wall "
+                    f"{events / r['cpu_s']:>10,.0f} ev/CPU-s  rss {r['peak_rss'] / 2**20:,.0f} MiB",
                     file=sys.stderr,
                 )
     finally:
         loop.run_until_complete(broker.stop())
         loop.close()
-    print(_table(results))
+    print(_table(results, otlp))
     w = results["watcher"][0]
     print(
         f"\n{sent:,} events of ~{results['plain'][0]['mean_bytes']:.0f} bytes; {w['series']} series; "
         f"{args.rounds} rounds, medians; Python {sys.version.split()[0]}"
     )
+    if otlp:
+        p, o = results["otlp-plain"][0], results["otlp-watcher"][0]
+        json_cpu = statistics.median(r["events"] / r["cpu_s"] for r in results["watcher"])
+        otlp_cpu = statistics.median(otlp / r["cpu_s"] for r in results["otlp-watcher"])
+        print(
+            f"OTLP: {otlp:,} turns in {p['events']:,} trace requests of ~{p['mean_bytes'] / 1024:.0f} KiB "
+            f"(~{p['mean_bytes'] * p['events'] / otlp:.0f} bytes a turn, 3 spans); {o['turns']:,} turns "
+            f"judged; per turn, the OTLP path runs at {otlp_cpu / json_cpu:.2f} of the JSON path's rate (CPU)"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -112,6 +112,28 @@ def test_junit_one_case_per_row_failures_and_skips(files, tmp_path) -> None:
     assert record["action"] == "rollback" and record["rollout"]["strategy"] == "gate"
 
 
+def test_junit_as_a_github_reporter_reads_it(files, tmp_path) -> None:
+    """EnricoMi/publish-unit-test-result-action reads JUnit with junitparser: the same counts, a
+    failure per failing row, a skip per inconclusive one, the verdict as a property."""
+    from junitparser import Failure, JUnitXml, Skipped
+
+    out, rec = tmp_path / "gate.xml", tmp_path / "d.json"
+    main(["gate", files["bad"], "--policy", POLICY, "--junit", str(out), "--decision-out", str(rec)])
+    evidence = json.loads(rec.read_text())["evidence"]
+    verdicts = {f"{m['metric']} [{m['slice']}]": m["verdict"] for m in evidence}
+    (suite,) = list(JUnitXml.fromfile(str(out)))
+    cases = list(suite)
+    assert suite.tests == len(cases) == len(verdicts)
+    assert suite.failures == sum(v == "fail" for v in verdicts.values())
+    assert suite.skipped == sum(v in ("inconclusive", "nodata") for v in verdicts.values())
+    for case in cases:
+        kinds = {type(r) for r in case.result}
+        expected = {"fail": {Failure}, "inconclusive": {Skipped}, "nodata": {Skipped}, "pass": set()}
+        assert kinds == expected[verdicts[case.name]], case.name
+        assert case.is_passed == (verdicts[case.name] == "pass")
+    assert {p.name: p.value for p in suite.properties()}["verdict"] == "fail"
+
+
 def test_summary_is_markdown_and_appends_to_the_step_summary(files, tmp_path, monkeypatch) -> None:
     step = tmp_path / "step_summary.md"
     step.write_text("# build\n")

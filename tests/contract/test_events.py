@@ -109,7 +109,7 @@ def deployment(raw: bytes) -> Deployment:
 def test_reject_reason_is_the_closed_label_vocabulary() -> None:
     assert {r.value for r in RejectReason} == {
         "not_json", "not_object", "too_large", "unknown_schema", "missing_field", "wrong_type",
-        "out_of_range", "bad_timestamp", "not_finite", "invalid_value", "too_late",
+        "out_of_range", "bad_timestamp", "not_finite", "invalid_value", "too_late", "bad_otlp",
     }  # fmt: skip
     assert RejectReason.NOT_FINITE == "not_finite"  # str Enum: usable directly as a label value
 
@@ -137,6 +137,9 @@ def test_all_is_exactly_the_public_interface() -> None:
             # what comes out: verdicts, decision records and the items sinks receive
             "Action", "ArmEstimate", "Cause", "Decision", "MetricEvidence", "RolloutEvidence", "RolloutRef",
             "SampleRatioEvidence", "Verdict", "decision_id", "rfc3339", "Item", "ItemKind", "Severity",
+            # OTLP traces in: the span-to-turn mapping and the reader of trace requests
+            "SpanMapping", "OtlpDecoder", "NullOtlp", "OtlpCounts", "Expansion", "MessageTurns", "OTLP_JSON",
+            "OTLP_PROTO", "sniff",
         ]
     )  # fmt: skip
     assert all(hasattr(events, n) for n in events.__all__)

@@ -170,3 +170,33 @@ def test_without_marker_or_flags_the_versions_come_from_the_arms(example_policy)
     run = run_gate(data, NO_FAIL, example_policy)
     assert (run.baseline, run.candidate) == ("v41", "v42")
     assert run.paired  # no shadow marker: the shared conversation ids made it paired
+
+
+def test_otlp_traces_and_json_turns_of_the_same_traffic_give_the_same_rows(tmp_path, example_policy) -> None:
+    """A replay exported as OpenTelemetry GenAI spans (OTLP/JSON lines, the Collector's file exporter)
+    is judged as the same turns sent as watcher.turn/v1 JSON."""
+    from watcher.service import gate_files
+    from watcher.sim.output import write_jsonl
+
+    sc = _paired(duration=900.0, regressions=(Regression("error", 4.0, mode="multiply"),))
+    runs = []
+    for fmt in ("json", "otlp"):
+        path = tmp_path / f"{fmt}.jsonl"
+        write_jsonl(sc, path, fmt)
+        runs.append(run_gate(load_gate_input(gate_files([path])), NO_FAIL, example_policy))
+    json_run, otlp_run = runs
+    assert otlp_run.input.rejected == {} and len(otlp_run.input.turns) == len(json_run.input.turns)
+    assert otlp_run.input.lines < json_run.input.lines  # one trace request holds many turns
+    # the same rows, to the last digits a different order of summation leaves
+    assert [_rounded(m.to_dict()) for m in otlp_run.result.rows] == [
+        _rounded(m.to_dict()) for m in json_run.result.rows
+    ]
+    assert otlp_run.result.verdict is Verdict.FAIL
+
+
+def _rounded(x: object) -> object:
+    if isinstance(x, float):
+        return float(f"{x:.12g}")
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items() if k != "reason"}
+    return x

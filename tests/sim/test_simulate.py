@@ -515,7 +515,7 @@ async def test_paced_file_output_takes_the_expected_time(tmp_path: Path) -> None
     mp = pytest.MonkeyPatch()
     mp.setattr(asyncio, "sleep", fake_sleep)
     try:
-        lines = (block for block, _ in sim.blocks(s))
+        lines = (([s.agent_id] * len(block), block, markers) for block, markers in sim.blocks(s))
         assert await sim.write_paced(lines, tmp_path / "p.jsonl", rate=n / 4, clock=clock) == n
     finally:
         mp.undo()

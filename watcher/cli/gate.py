@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from watcher.contract import dead_letter_record
+    from watcher.config import load_settings
+    from watcher.contract import NullOtlp, OtlpDecoder, dead_letter_record
     from watcher.judges import load_policy
     from watcher.service import (
         GateRequest,
@@ -138,12 +139,26 @@ def _run(args: argparse.Namespace) -> int:
         pairing=args.pairing,
         segments_must_pass=args.segments == "pass",
     )
+    settings = load_settings(args.config or os.environ.get("WATCHER_CONFIG"))
     sources: list[Iterable[Any]] = [gate_files(args.files)]
     if args.topic:
         if since is None:
             raise ConfigError("--since", "required with --topic (the start of the range to read)")
-        sources.append(gate_kafka_range(_bootstrap(args), args.topic, since))
-    data = load_gate_input(itertools.chain.from_iterable(sources), since=since, until=until, request=request)
+        bootstrap = args.bootstrap_servers or settings.kafka.bootstrap_servers
+        sources.append(gate_kafka_range(bootstrap, args.topic, since))
+    otlp = settings.otlp
+    # OTLP trace requests read with the configured span mapping, as the daemon reads them
+    spans: OtlpDecoder | NullOtlp = (
+        OtlpDecoder(otlp.mapping, max_message_bytes=otlp.max_message_bytes) if otlp.enabled else NullOtlp()
+    )
+    data = load_gate_input(
+        itertools.chain.from_iterable(sources),
+        since=since,
+        until=until,
+        request=request,
+        otlp=spans,
+        max_bytes=settings.state.max_event_bytes,
+    )
     gate = run_gate(data, request, policies)
     record = gate.result.decision.to_dict()
     if args.decision_out == "-":
@@ -168,14 +183,6 @@ def _run(args: argparse.Namespace) -> int:
                 file=out,
             )
     return gate.exit_code
-
-
-def _bootstrap(args: argparse.Namespace) -> str:
-    if args.bootstrap_servers:
-        return str(args.bootstrap_servers)
-    from watcher.config import load_settings
-
-    return load_settings(args.config or os.environ.get("WATCHER_CONFIG")).kafka.bootstrap_servers
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -1,5 +1,6 @@
 """Settings (layer: above the contract). One frozen, typed ``Settings`` loaded once from YAML and the
-environment (``settings``), with a slice per component; the Flagger hook targets (``hooks``); one
+environment (``settings``), with a slice per component; the Flagger hook targets (``hooks``); OTLP
+traces in (``otlp``, with the contract's span-to-turn mapping); one
 validation style for every settings class here and in the packages above (``validate``: frozen
 msgspec structs, ``convert`` naming the dotted field of a bad value, secrets masked by ``plain``).
 The ``sinks:`` entries are kept as written and validated by ``watcher.sinks``, where each sink type
@@ -9,6 +10,7 @@ owns its settings. A bad value fails at load naming the field (``ConfigError``).
 from __future__ import annotations
 
 from watcher.config.hooks import MAX_NAME, FlaggerTarget, HooksSettings, validate_targets
+from watcher.config.otlp import OtlpSettings
 from watcher.config.settings import (
     SINK_NAME,
     CheckpointSettings,
@@ -30,6 +32,7 @@ __all__ = [
     "KafkaSettings",
     "MASK",
     "MAX_NAME",
+    "OtlpSettings",
     "PATTERNS",
     "SECRET",
     "SINK_NAME",

@@ -29,6 +29,7 @@ import yaml
 from msgspec import Meta
 
 from watcher.config.hooks import HooksSettings
+from watcher.config.otlp import OtlpSettings
 from watcher.config.validate import SECRET, TOPIC_PATTERN, Section, convert, field_type, plain, unwrap
 from watcher.errors import ConfigError
 
@@ -122,6 +123,7 @@ class HttpSettings(Section, frozen=True):
     read_token: Token = None  # read endpoints, if set (health, readiness and /metrics stay open)
     flagger_token: Token = None  # the Flagger hooks, if set
     argo_token: Token = None  # the verdict endpoints Argo Rollouts polls, if set
+    otlp_token: Token = None  # POST /v1/traces (OTLP/HTTP in), if set
     # how the other instances reach this one (checkpoint.scope: partition forwards requests about an
     # agent to its owner); default http://<host or hostname>:<bound port>
     advertised_url: HttpUrl | None = None
@@ -230,6 +232,7 @@ class Settings(Section, frozen=True):
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
     spool: SpoolSettings = msgspec.field(default_factory=SpoolSettings)
     checkpoint: CheckpointSettings = msgspec.field(default_factory=CheckpointSettings)
+    otlp: OtlpSettings = msgspec.field(default_factory=OtlpSettings)
     # the push sinks as written; ``watcher.sinks`` validates each against its type's settings class
     sinks: tuple[dict[str, Any], ...] = ()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

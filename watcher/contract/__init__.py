@@ -9,6 +9,9 @@ The package's public face; each concept lives in its own module:
 - ``dedup``: the ``Deduplicator`` window of recently seen event ids;
 - ``columns``: ``TurnColumns``, a batch's columns extracted once for every consumer;
 - ``columnar``: the columnar batch path (and the optional C scanner ``_turnscan``);
+- ``otlp``: OTLP trace requests (protobuf or JSON) into turn messages (``OtlpDecoder``), with the
+  span-to-turn ``SpanMapping`` of ``otlp_mapping``; readers ``otlp_proto`` (and the optional C decoder
+  ``_otlpscan``) and ``otlp_json``;
 - ``verdicts``: what comes out: verdicts, actions, evidence and decision records (``watcher.decision/v1``).
 
 Malformed input is a value (:class:`Rejected`), never an exception.
@@ -28,6 +31,17 @@ from __future__ import annotations
 from watcher.contract.columns import TurnColumns, renumber
 from watcher.contract.decode import DecodedBatch, MarkerCheck, decode_batch, decode_deployment
 from watcher.contract.dedup import Deduplicator
+from watcher.contract.otlp import (
+    OTLP_JSON,
+    OTLP_PROTO,
+    Expansion,
+    MessageTurns,
+    NullOtlp,
+    OtlpCounts,
+    OtlpDecoder,
+    sniff,
+)
+from watcher.contract.otlp_mapping import SpanMapping
 from watcher.contract.schema import (
     SCHEMA_DEADLETTER,
     SCHEMA_DEPLOYMENT,
@@ -64,7 +78,8 @@ from watcher.contract.verdicts import (
 # keep: ItemKind MarkerAction MarkerCheck MetricEvidence RejectReason Rejected RolloutEvidence RolloutRef
 # keep: SCHEMA_DEADLETTER SCHEMA_DEPLOYMENT SCHEMA_TURN SampleRatioEvidence Severity StrategyName Turn
 # keep: TurnColumns Verdict dead_letter_record decision_id decode_batch decode_deployment
-# keep: encode_deployment encode_turn renumber
+# keep: encode_deployment encode_turn renumber OTLP_JSON OTLP_PROTO Expansion MessageTurns NullOtlp
+# keep: OtlpCounts OtlpDecoder SpanMapping sniff
 
 __all__ = [
     "Action",
@@ -75,13 +90,20 @@ __all__ = [
     "DecodedBatch",
     "Deduplicator",
     "Deployment",
+    "Expansion",
     "FlagSpec",
     "GateOutcome",
     "Item",
     "ItemKind",
     "MarkerAction",
     "MarkerCheck",
+    "MessageTurns",
     "MetricEvidence",
+    "NullOtlp",
+    "OTLP_JSON",
+    "OTLP_PROTO",
+    "OtlpCounts",
+    "OtlpDecoder",
     "RejectReason",
     "Rejected",
     "RolloutEvidence",
@@ -91,6 +113,7 @@ __all__ = [
     "SCHEMA_TURN",
     "SampleRatioEvidence",
     "Severity",
+    "SpanMapping",
     "StrategyName",
     "Turn",
     "TurnColumns",
@@ -103,4 +126,5 @@ __all__ = [
     "encode_turn",
     "renumber",
     "rfc3339",
+    "sniff",
 ]

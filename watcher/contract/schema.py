@@ -56,6 +56,7 @@ class RejectReason(str, Enum):
     NOT_FINITE = "not_finite"
     INVALID_VALUE = "invalid_value"
     TOO_LATE = "too_late"  # reserved for the engine (event time behind its window)
+    BAD_OTLP = "bad_otlp"  # an OTLP trace request that cannot be read (watcher.contract.otlp)
 
 
 # ---- field types: the contract's rules as msgspec constraints (checked in C) -----------------------

@@ -22,6 +22,10 @@ from watcher.contract import (
     DecodedBatch,
     Deduplicator,
     Deployment,
+    Expansion,
+    NullOtlp,
+    OtlpCounts,
+    OtlpDecoder,
     Rejected,
     RolloutEvidence,
     TurnColumns,
@@ -54,6 +58,21 @@ class BatchResult:
     decisions: list[Decision] = field(default_factory=list)
     drift_signals: list[DriftSignal] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
+    otlp: OtlpCounts | None = None  # what the batch's OTLP trace requests held, if it had any
+
+    def merge(self, other: BatchResult) -> None:
+        """Add another engine's result for the same batch (one engine per partition)."""
+        self.turns += other.turns
+        self.deployments += other.deployments
+        self.duplicates += other.duplicates
+        self.rejected.extend(other.rejected)
+        self.decisions.extend(other.decisions)
+        self.drift_signals.extend(other.drift_signals)
+        self.changes.extend(other.changes)
+        if other.otlp is not None:
+            if self.otlp is None:
+                self.otlp = OtlpCounts()
+            self.otlp.add(other.otlp)
 
 
 class Engine:
@@ -63,8 +82,11 @@ class Engine:
         *,
         policies: PolicySet | None = None,
         strategies: StrategyRegistry = STRATEGIES,
+        max_batch_turns: int | None = None,
     ) -> None:
         self.settings = settings
+        # the most turns of OTLP requests applied at once (default: a Kafka batch's message count)
+        self.max_batch_turns = max_batch_turns or settings.kafka.max_batch_records
         self.policies = policies if policies is not None else load_policy(settings.judge.policy_file)
         self.strategies = strategies  # what each rollout strategy needs (the engine names none)
         self.dedup = Deduplicator(settings.state.dedup_capacity)
@@ -76,6 +98,13 @@ class Engine:
         self.registry = self._new_registry()
         self.drift = DriftMonitor()
         self.lateness = LatenessFilter(settings.state.allowed_lateness_s)  # per-agent event-time watermarks
+        otlp = settings.otlp
+        # OTLP trace requests in a batch become turn messages before decoding (watcher.contract.otlp)
+        self.otlp: OtlpDecoder | NullOtlp = (
+            OtlpDecoder(otlp.mapping, max_message_bytes=otlp.max_message_bytes)
+            if otlp.enabled
+            else NullOtlp()
+        )
         self.history = self.strategies.new_history()  # read by the strategies that compare with the past
         self.judges: dict[str, RolloutJudge] = {}
         self.policy_states: dict[str, PolicyState] = {}
@@ -90,6 +119,21 @@ class Engine:
 
     # -- the hot path ---------------------------------------------------------------------------
     def process(self, raws: Sequence[bytes], origins: Sequence[str] | None = None) -> BatchResult:
+        spans: Expansion | None = self.otlp.expand(raws, origins)
+        if spans is None:
+            return self._process(raws, origins)
+        # Its OTLP messages replaced by their turns (each with its message's origin). One request may
+        # hold hundreds of turns: they are applied in batches of at most max_batch_turns, so the judge
+        # looks as often in event time as it does on the same turns sent as JSON.
+        result = BatchResult(rejected=list(spans.rejected), otlp=spans.counts)
+        raws, origins, step = spans.raws, spans.origins, self.max_batch_turns
+        for i in range(0, len(raws), step):
+            result.merge(
+                self._process(raws[i : i + step], origins[i : i + step] if origins is not None else None)
+            )
+        return result
+
+    def _process(self, raws: Sequence[bytes], origins: Sequence[str] | None) -> BatchResult:
         batch: DecodedBatch = decode_batch(
             raws,
             self.dedup,

@@ -3,6 +3,8 @@
 * ``/healthz``, ``/readyz``, ``/metrics``: open (probes and scrapers).
 * Mutating endpoints (``POST /v1/deployments``, acknowledge, override): ``http.auth_token``. With no
   token configured they answer only clients on loopback, so a fresh install is not an open door.
+* OTLP/HTTP in (``POST /v1/traces``): ``http.otlp_token`` if set, else the mutating rule above (agents
+  and Collectors get a token that lets them send telemetry and nothing more).
 * Flagger hooks (``/v1/flagger/*``, some of which create markers): ``http.flagger_token`` if set,
   else the mutating rule above.
 * Argo's verdict endpoints: ``http.argo_token`` or ``http.read_token`` if either is set, else open.
@@ -18,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from watcher.config import HttpSettings
+from watcher.http.otlp import OTLP_TRACES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -56,6 +59,10 @@ def required(request: web.Request, http: HttpSettings) -> tuple[tuple[str | None
     path = request.path
     if path in OPEN_PATHS:
         return (), False
+    if path == OTLP_TRACES:
+        if http.otlp_token:
+            return (http.otlp_token,), False
+        return (http.auth_token,), True
     if path.startswith("/v1/flagger/"):
         if http.flagger_token:
             return (http.flagger_token,), False

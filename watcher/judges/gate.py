@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from watcher.contract import (
     Action,
-    ArmEstimate,
     Cause,
     Decision,
     MetricEvidence,
@@ -37,7 +36,7 @@ from watcher.contract import (
     decision_id,
 )
 from watcher.judges.gate_sample import CONTROL, TREATMENT, GateSample
-from watcher.judges.helpers import fmt, opt, slice_alpha
+from watcher.judges.helpers import fmt, metric_row, moved, nodata_row, opt, slice_alpha
 from watcher.judges.policy import MetricPolicy, Policy, ToleranceMode
 from watcher.stats import (
     binomial_bound,
@@ -176,8 +175,6 @@ def _row(
     what = f"{mp.name} (> {s.tail_q[mp.name]:.0f} ms)" if mp.name in s.tail_q else mp.name
     if s.paired and mp.kind != "mean":
         what += " (discordant conversations)"
-    neutral = 1.0 if relative else 0.0
-    verb = "rose" if eff is not None and eff > neutral else "fell"
     mag = "?" if eff is None else (f"x{eff:.3g}" if relative else f"{abs(eff):.3g}")
     margin = pass_margin(mp)
     shown = _fmt_margin(margin, relative)
@@ -187,52 +184,21 @@ def _row(
         tail = f"non-inferior within {shown}: {_p(p_pass)} <= {a_pass:.2g}"
     else:
         tail = f"inconclusive: not shown within {shown} ({_p(p_pass)} > {a_pass:.2g})"
+    verb = "?" if eff is None else moved(eff, relative)
     reason = (
         f"{what} in {name} {verb} {mag} ({fmt(lo)}..{fmt(hi)}) candidate {fmt(e1)} n={n1} "
         f"vs baseline {fmt(e0)} n={n0}; {tail}"
     )
-    return MetricEvidence(
-        mp.name,
-        name,
-        verdict,
-        ArmEstimate(n0, e0),
-        ArmEstimate(n1, e1),
-        eff,
-        "ratio" if relative else "difference",
-        lo,
-        hi,
-        1.0 / max(p_fail, 1e-300),
-        1.0 / a_fail,
-        mp.tolerance,
-        mp.critical,
-        reason,
-        margin,
+    # statistic: 1/p of the fail test, so "statistic >= threshold" means fail as in live records
+    row = metric_row(
+        mp, name, verdict, (n0, e0), (n1, e1), (eff, lo, hi), 1.0 / max(p_fail, 1e-300), 1.0 / a_fail, reason
     )
+    return replace(row, promote_tolerance=margin)
 
 
 def _nodata(mp: MetricPolicy, n: np.ndarray, a_fail: float) -> MetricEvidence:
-    unit = "ratio" if mp.tolerance_mode is ToleranceMode.RELATIVE else "difference"
-    reason = (
-        f"{mp.name} in all: not enough data (candidate n={int(n[1])}, baseline n={int(n[0])}, "
-        f"need {mp.min_samples} per arm)"
-    )
-    return MetricEvidence(
-        mp.name,
-        "all",
-        Verdict.NODATA,
-        ArmEstimate(int(n[0]), None),
-        ArmEstimate(int(n[1]), None),
-        None,
-        unit,
-        None,
-        None,
-        1.0,
-        1.0 / a_fail,
-        mp.tolerance,
-        mp.critical,
-        reason,
-        pass_margin(mp),
-    )
+    why = f"not enough data (candidate n={int(n[1])}, baseline n={int(n[0])}, need {mp.min_samples} per arm)"
+    return replace(nodata_row(mp, int(n[0]), int(n[1]), 1.0 / a_fail, why), promote_tolerance=pass_margin(mp))
 
 
 def gate_decision(

@@ -99,8 +99,10 @@ def build_sample(
     starts[1:] = code[order][1:] != code[order][:-1]
     first = order[starts]
     seg = cols.segment
-    conv_ts = cols.ts[first]
-    seg_order = np.argsort(conv_ts, kind="stable")  # segment keys adopted in event-time order
+    # segment keys and values are adopted in event-time order (ties by id), so the slices do not
+    # depend on the order of the input (OTLP requests group turns otherwise than JSON lines)
+    ids = cols.conversation_id
+    seg_order = np.lexsort((np.array([ids[i] for i in first.tolist()]), cols.ts[first]))
     seg_cfg = policy.segments
     smap = SliceMap(seg_cfg.keys, seg_cfg.max_keys, seg_cfg.max_values_per_key, seg_cfg.enabled)
     slices = np.full((n_conv, max(smap.max_keys, 0) + 1), -1, np.int64)
@@ -141,14 +143,14 @@ def build_sample(
     for mp in metrics:
         if mp.kind == "mean":
             x = _value(cols, mp)
-            ok = ~np.isnan(x)
-            s = np.bincount(unit[ok], weights=x[ok], minlength=n_units).reshape(n_conv, 2)
-            n = np.bincount(unit[ok], minlength=n_units).reshape(n_conv, 2).astype(float)
             if paired:
                 sample.diffs[mp.name], sample.means[mp.name] = _paired_means(
                     code, side, turn, x, n_conv, per_slice
                 )
             else:
+                ok = ~np.isnan(x)
+                s = np.bincount(unit[ok], weights=x[ok], minlength=n_units).reshape(n_conv, 2)
+                n = np.bincount(unit[ok], minlength=n_units).reshape(n_conv, 2).astype(float)
                 sample.means[mp.name] = per_slice(_cluster_rows(s, n))
             continue
         if mp.kind == "tail":

@@ -1,7 +1,8 @@
 """Kafka (layer: I/O). ``source``: the consumer group in batches (``KafkaSource``, ``MessageBatch``) and
 ``FileSource``; ``fast_fetch``: aiokafka's record batches taken whole; ``deadletter``: the
 dead-letter topic (and file / null variants); ``producer``: records written with acks=all, reporting
-what was not acknowledged; ``spool``: records Kafka would not take yet, and their forwarder;
+what was not acknowledged; ``turns``: turns received over OTLP/HTTP written to the telemetry topic
+(``TurnWriter``); ``spool``: records Kafka would not take yet, and their forwarder;
 ``rebalance``: what the owner of the consumed state is told when the group moves partitions
 (``PartitionListener``); ``embedded``: the embedded broker and topic creation; ``range``: a time
 range of a topic read once (``watcher gate``).
@@ -24,6 +25,7 @@ from watcher.kafka.source import (
     next_offsets,
 )
 from watcher.kafka.spool import MemorySpool, Spool, Spooled, SpoolForwarder, SpoolStats
+from watcher.kafka.turns import KafkaTurnWriter, NoTurnWriter, TurnWriter
 
 __all__ = [
     "DeadLetters",
@@ -31,10 +33,12 @@ __all__ = [
     "FileDeadLetters",
     "KafkaDeadLetters",
     "KafkaSource",
+    "KafkaTurnWriter",
     "Message",
     "MemorySpool",
     "MessageBatch",
     "NULL_LISTENER",
+    "NoTurnWriter",
     "NullDeadLetters",
     "NullPartitionListener",
     "OffsetSource",
@@ -49,6 +53,7 @@ __all__ = [
     "SpoolStats",
     "Spooled",
     "TopicSpec",
+    "TurnWriter",
     "create_topics",
     "next_offsets",
     "read_range",

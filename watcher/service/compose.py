@@ -30,9 +30,11 @@ from watcher.kafka import (
     DeadLetters,
     KafkaDeadLetters,
     KafkaSource,
+    KafkaTurnWriter,
     OffsetSource,
     PartitionListener,
     Source,
+    TurnWriter,
 )
 from watcher.outbox import Outbox
 from watcher.service.daemon import Daemon, Parts
@@ -69,6 +71,7 @@ def build_daemon(
     dead_letters: DeadLetters | None = None,
     decision_log: DecisionLog | None = None,
     marker_publisher: Markers | None = None,
+    turn_writer: TurnWriter | None = None,
     outbox: Outbox | None = None,
     checkpoint_store: CheckpointStore | None = None,
     tracer: Any = None,
@@ -159,6 +162,11 @@ def build_daemon(
         if decision_log is not None
         else SqliteDecisionLog(settings.judge.decision_log),
         markers=marker_publisher if marker_publisher is not None else MarkerPublisher(settings.kafka, spool),
+        turns=turn_writer
+        if turn_writer is not None
+        else KafkaTurnWriter.for_kafka(
+            settings.kafka, settings.otlp.http_topic or settings.kafka.telemetry_topics[0]
+        ),
         outbox=outbox,
         peers=peers,
         tracer=tracer if tracer is not None else setup_tracing(settings.telemetry),

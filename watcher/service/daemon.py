@@ -28,10 +28,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from watcher.config import Settings
-from watcher.contract import Action, Decision
+from watcher.contract import Action, Decision, OtlpCounts, OtlpDecoder, Rejected
 from watcher.engine import BatchResult, Engine, Tasks
 from watcher.errors import ConfigError
-from watcher.http import Api, FlaggerHooks, Peers, auth_middleware
+from watcher.http import Api, FlaggerHooks, OtlpReceiver, Peers, auth_middleware
 from watcher.http import forwarding_middleware as route_to_owner
 from watcher.kafka import (
     DeadLetters,
@@ -41,6 +41,7 @@ from watcher.kafka import (
     Origins,
     PartitionListener,
     Source,
+    TurnWriter,
     next_offsets,
 )
 from watcher.outbox import Outbox
@@ -69,6 +70,7 @@ class Parts:
     spool: SqliteSpool  # records Kafka would not take yet (dead letters, markers), closed at the end
     decision_log: DecisionLog
     markers: Markers
+    turns: TurnWriter  # POST /v1/traces: what it reads goes to the telemetry topic first
     outbox: Outbox
     peers: Peers | None  # checkpoint.scope: partition: requests about another instance's agents
     tracer: Any
@@ -94,6 +96,7 @@ class Daemon:
         self.spool = parts.spool
         self.decision_log = parts.decision_log
         self.markers = parts.markers
+        self.turns = parts.turns
         self.outbox = parts.outbox
         self.peers = parts.peers
         self.tracer = parts.tracer
@@ -151,6 +154,10 @@ class Daemon:
         )
         app = api.app()
         app.add_routes(self.hooks.routes())
+        if self.settings.otlp.enabled:
+            otlp = self.settings.otlp
+            decoder = OtlpDecoder(otlp.mapping, max_message_bytes=otlp.max_message_bytes)
+            app.add_routes(OtlpReceiver(decoder, self.turns, self._received_spans).routes())
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
@@ -163,6 +170,15 @@ class Daemon:
             )
         self._http_up = True
         log.info("HTTP API on http://%s:%s", self.settings.http.host, self.port)
+
+    async def _received_spans(self, counts: OtlpCounts, rejected: list[Rejected]) -> None:
+        """A request to POST /v1/traces: its spans counted, its rejected spans and turns dead-lettered."""
+        self.metrics.count_spans(counts)
+        if rejected:
+            await self.dead_letters.publish(rejected)
+            self.metrics.dead_letters.inc(len(rejected))
+            for r in rejected:
+                self.metrics.events_rejected.labels(r.reason.value).inc()
 
     def restore(self) -> bool:
         """Restore the engine from the latest checkpoint (before consuming); True if there was one
@@ -249,6 +265,7 @@ class Daemon:
             if self.peers is not None:
                 await grace.bounded("the peers", self.peers.close())
             await grace.bounded("the marker publisher", self.markers.stop())
+            await grace.bounded("the OTLP/HTTP turn writer", self.turns.stop())
             await grace.bounded("the dead-letter publisher", self.dead_letters.stop())
             if self._runner is not None:
                 await grace.bounded("the HTTP server", self._runner.cleanup())
@@ -483,6 +500,8 @@ class Daemon:
             m.events_rejected.labels(r.reason.value).inc()
         if result.duplicates:
             m.events_duplicate.inc(result.duplicates)
+        if result.otlp is not None:
+            self.metrics.count_spans(result.otlp)
         m.batch_duration.observe(seconds)
         m.batch_events.observe(len(batch))
         m.last_batch.set(time.time())

@@ -8,9 +8,9 @@ out is a ``watcher.decision/v1`` record (action ``promote``, ``rollback`` or ``i
 summary and JUnit renderings (``watcher.service.gate_report``) and, if asked, a ``gated``
 deployment marker that tells the live watcher what this version passed before production.
 
-Sources plug in as iterables of raw message batches with their origins (``files``, a Kafka time range
-from ``watcher.kafka.read_range``); a file's format is recognised from its first line, and a format
-without a decoder here is an error naming it.
+Sources plug in as iterables of raw message batches with their origins (``gate_files``, a Kafka time
+range from ``watcher.kafka.read_range``); each message is recognised as the daemon recognises it: a
+turn or marker, or an OTLP trace request (protobuf or OTLP/JSON) whose turn spans become turns.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import numpy as np
 from watcher.contract import (
     Deduplicator,
     Deployment,
+    NullOtlp,
+    OtlpDecoder,
     Rejected,
     RolloutRef,
     Turn,
@@ -114,7 +116,9 @@ class GateRun:
 
 
 def gate_files(paths: Sequence[str | Path], batch_size: int = _BATCH) -> Iterator[Batch]:
-    """Batches of the lines of JSON Lines files (``file:line`` origins; blank lines skipped)."""
+    """Batches of the lines of JSON Lines files (``file:line`` origins; blank lines skipped): turns and
+    markers, or OTLP/JSON trace requests (the Collector's file exporter), which ``load_gate_input``
+    expands."""
     for path in map(Path, paths):
         try:
             fh = path.open("rb")
@@ -127,11 +131,6 @@ def gate_files(paths: Sequence[str | Path], batch_size: int = _BATCH) -> Iterato
                 line = line.rstrip(b"\r\n")
                 if not line.strip():
                     continue
-                if not raws and number == 1 and _otlp(line):
-                    raise SourceError(
-                        f"{path}: OTLP trace data; this watcher reads watcher.turn/v1 JSON Lines "
-                        "(convert the traces to turns first, see docs/gate.md)"
-                    )
                 raws.append(line)
                 origins.append(f"{path.name}:{number}")
                 if len(raws) >= batch_size:
@@ -139,11 +138,6 @@ def gate_files(paths: Sequence[str | Path], batch_size: int = _BATCH) -> Iterato
                     raws, origins = [], []
             if raws:
                 yield raws, origins
-
-
-def _otlp(line: bytes) -> bool:
-    head = line[:200]
-    return b'"resourceSpans"' in head or b'"resource_spans"' in head
 
 
 def gate_kafka_range(
@@ -162,20 +156,32 @@ def load_gate_input(
     since: float | None = None,
     until: float | None = None,
     request: GateRequest | None = None,
+    otlp: OtlpDecoder | NullOtlp | None = None,
     max_bytes: int = 65_536,
 ) -> GateInput:
     """Decode every batch with the event contract (as the daemon does) into one ``GateInput``;
     events outside ``[since, until)`` (event time) are counted in ``outside`` and left out, and so
     are, in ``other``, turns of versions or agents a ``request`` naming both versions leaves out (a
-    busy topic need not be held in memory)."""
+    busy topic need not be held in memory). OTLP trace requests (protobuf or JSON) become turns with
+    ``otlp``'s span mapping, as in the daemon (default: the GenAI conventions); their broken spans are
+    rejections like any other."""
     out = GateInput()
     dedup = Deduplicator(1 << 30)  # the whole input is one window: every repeated id is a duplicate
     h = hashlib.sha256()
     wanted = _wanted(request)
-    for raws, origins in batches:
-        h.update(b"\n".join(raws) + b"\n")
+    spans = otlp if otlp is not None else OtlpDecoder()
+    for lines, line_origins in batches:
+        h.update(b"\n".join(lines) + b"\n")
+        out.lines += len(lines)
+        raws: Sequence[bytes] = lines
+        origins: Sequence[str] | None = line_origins
+        expanded = spans.expand(lines, line_origins)
+        if expanded is not None:
+            out.rejections.extend(expanded.rejected)
+            for r in expanded.rejected:
+                out.rejected[r.reason.value] += 1
+            raws, origins = expanded.raws, expanded.origins
         batch = decode_batch(raws, dedup, origins=origins, max_bytes=max_bytes, columnar=False)
-        out.lines += len(raws)
         turns, markers = list(batch.turns), batch.deployments
         if wanted is not None:
             n = len(turns)

@@ -179,14 +179,7 @@ class Handover:
             if engine is None or partition not in self.checkpointers:
                 log.debug("%d messages of unowned partition %d skipped", len(fresh), partition)
                 continue
-            r = engine.process(fresh.values, origins=Origins(fresh))
-            merged.turns += r.turns
-            merged.deployments += r.deployments
-            merged.duplicates += r.duplicates
-            merged.rejected.extend(r.rejected)
-            merged.decisions.extend(r.decisions)
-            merged.drift_signals.extend(r.drift_signals)
-            merged.changes.extend(r.changes)
+            merged.merge(engine.process(fresh.values, origins=Origins(fresh)))
             covered[partition] = next_offsets(fresh)
         return merged, covered
 

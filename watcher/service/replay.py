@@ -62,7 +62,7 @@ def replay(
     settings = settings or load_settings(environ={})
     if engine is None:
         policies = load_policy(policy_path) if policy_path is not None else None
-        engine = Engine(settings, policies=policies)
+        engine = Engine(settings, policies=policies, max_batch_turns=batch_size)
     report = ReplayReport()
     for raws, origins in _batches(Path(path), batch_size):
         result = engine.process(raws, origins)

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 import watcher
 from watcher.config import TelemetrySettings
-from watcher.contract import Action, RejectReason
+from watcher.contract import Action, OtlpCounts, RejectReason
 
 if TYPE_CHECKING:
     from watcher.engine import EngineView
@@ -28,6 +28,7 @@ VERSION_LABELS = ["agent", "environment", "version", "arm"]
 SEGMENT_LABELS = [*VERSION_LABELS, "segment_key", "segment_value"]
 ROLLOUT_LABELS = ["rollout_id", "agent", "environment", "strategy", "baseline_version", "canary_version"]
 WINDOWS: tuple[Literal["cumulative", "recent"], ...] = ("cumulative", "recent")
+OTLP_OUTCOMES = ("turn", "ignored", "rejected")
 QUANTILES = (("0.5", "latency_p50_ms"), ("0.95", "latency_p95_ms"), ("0.99", "latency_p99_ms"))
 RATES = (
     ("escalation_ratio", "escalation_rate", "share of turns handed to a human"),
@@ -58,6 +59,15 @@ class WatcherMetrics:
         )
         for reason in RejectReason:
             self.events_rejected.labels(reason.value)
+        self.otlp_spans = Counter(
+            "watcher_otlp_spans",
+            "Spans of OTLP trace requests (Kafka and POST /v1/traces), by outcome: turn, ignored (not a "
+            "turn span), rejected (a turn span that breaks the mapping)",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in OTLP_OUTCOMES:
+            self.otlp_spans.labels(outcome)
         self.events_duplicate = Counter(
             "watcher_events_duplicate", "Messages ignored as duplicate event ids", registry=registry
         )
@@ -102,6 +112,12 @@ class WatcherMetrics:
         )
         build = Gauge("watcher_build_info", "watcher's version", ["version"], registry=registry)
         build.labels(watcher.__version__).set(1)
+
+    def count_spans(self, counts: OtlpCounts) -> None:
+        """What a batch's (or a request's) OTLP spans became."""
+        self.otlp_spans.labels("turn").inc(counts.turns)
+        self.otlp_spans.labels("ignored").inc(counts.ignored)
+        self.otlp_spans.labels("rejected").inc(counts.rejected)
 
 
 class StateCollector(Collector):

@@ -18,7 +18,15 @@ from typing import Any
 
 from watcher.clock import Clock, SystemClock
 from watcher.errors import ConfigError
-from watcher.sim.output import produce, produce_platform, write_jsonl, write_paced, write_platform_jsonl
+from watcher.sim.output import (
+    FORMATS,
+    messages,
+    produce,
+    produce_platform,
+    write_jsonl,
+    write_paced,
+    write_platform_jsonl,
+)
 from watcher.sim.platform import Platform
 from watcher.sim.platform import events as platform_events
 from watcher.sim.presets import PRESETS, STRATEGY_PRESETS
@@ -47,10 +55,12 @@ __all__ = [
     "Regression",
     "Scenario",
     "Shape",
+    "FORMATS",
     "add_arguments",
     "blocks",
     "expected_outcome",
     "generate",
+    "messages",
     "parse_mix",
     "parse_regression",
     "platform_from_args",
@@ -128,6 +138,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--topic", default="watcher.telemetry", help="telemetry topic (default %(default)s)")
     out.add_argument("--deployments-topic", help="send markers here (default: the telemetry topic)")
     out.add_argument("--rate", type=float, help="pace output to this many events per second")
+    out.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="json",
+        help="json: watcher.turn/v1 events; otlp: the same turns as OpenTelemetry GenAI spans, one trace "
+        "request per message (protobuf to Kafka, OTLP/JSON lines to a file); otlp_proto, otlp_json: "
+        "that encoding (default %(default)s)",
+    )
     sc = parser.add_argument_group("scenario")
     sc.add_argument(
         "--preset", choices=sorted(PRESETS) + sorted(STRATEGY_PRESETS), help="start from a named scenario"
@@ -278,13 +296,13 @@ def platform_from_args(args: argparse.Namespace, clock: Clock | None = None) -> 
 
 async def _run_platform(args: argparse.Namespace) -> int:
     platform = platform_from_args(args)
+    fmt = getattr(args, "format", "json")
     started = time.monotonic()
     if args.out:
         if args.rate:
-            windows = (lines for _, lines, _ in platform_events(platform))
-            n = await write_paced(windows, args.out, args.rate, SystemClock())
+            n = await write_paced(platform_events(platform), args.out, args.rate, SystemClock(), fmt)
         else:
-            n = write_platform_jsonl(platform, args.out)
+            n = write_platform_jsonl(platform, args.out, fmt)
         where = args.out
     else:
         n = await produce_platform(
@@ -293,6 +311,7 @@ async def _run_platform(args: argparse.Namespace) -> int:
             args.topic,
             rate=args.rate,
             deployments_topic=args.deployments_topic,
+            fmt=fmt,
         )
         where = f"{args.bootstrap_servers}/{args.topic}"
     print(
@@ -315,14 +334,14 @@ async def run(args: argparse.Namespace) -> int:
         if getattr(args, attr, None) is not None:
             raise ConfigError(f"simulate.{attr}", f"{option} describes a platform: give --agents N")
     scenario = scenario_from_args(args)
+    fmt = getattr(args, "format", "json")
     started = time.monotonic()
     if args.out:
         if args.rate:
-            n = await write_paced(
-                (lines for lines, _ in blocks(scenario)), args.out, args.rate, SystemClock()
-            )
+            lines = (([scenario.agent_id] * len(b), b, m) for b, m in blocks(scenario))
+            n = await write_paced(lines, args.out, args.rate, SystemClock(), fmt)
         else:
-            n = write_jsonl(scenario, args.out)
+            n = write_jsonl(scenario, args.out, fmt)
         where = args.out
     else:
         n = await produce(
@@ -331,6 +350,7 @@ async def run(args: argparse.Namespace) -> int:
             args.topic,
             rate=args.rate,
             deployments_topic=args.deployments_topic,
+            fmt=fmt,
         )
         where = f"{args.bootstrap_servers}/{args.topic}"
     elapsed = time.monotonic() - started
