@@ -436,6 +436,15 @@ def rollouts() -> dict[str, Any]:
             ),
             defaults={"thresholds": thresholds((None, "text"), (1, "green"))},
         ),
+        stat(
+            "Rollouts not judged",
+            "Active rollouts whose judge cannot judge the traffic they get, by reason "
+            "(watcher_rollouts_unjudged): no_treatment, no_control, no_reference (blue-green without the "
+            "old version's history), unused_turns. GET /v1/rollouts/{id} says which and why.",
+            targets(("sum by (reason) (watcher_rollouts_unjudged) > 0 or vector(0)", "{{reason}}")),
+            defaults={"thresholds": thresholds((None, "green"), (1, "orange"))},
+            w=24,
+        ),
         table(
             "Rollouts: state and decision",
             "Every rollout watcher knows (active first): its state from the markers, the judge's current "

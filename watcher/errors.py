@@ -6,7 +6,8 @@
     ├── SinkError            a signal could not be delivered (carries ``retry_after``, ``permanent``)
     ├── CheckpointError      state could not be saved or restored
     │   └── CheckpointUnavailable  the store could not be reached (worth retrying)
-    └── EmbeddedBrokerError  the embedded broker could not be started
+    ├── EmbeddedBrokerError  the embedded broker could not be started
+    └── ReportUnavailable    the HTML report needs an optional extra that is not installed (``extra``)
 
 Malformed input events are *not* exceptions: they are values (``events.Rejected``) that are counted
 and dead-lettered. "Not enough data" is a value too (the ``inconclusive`` verdict).
@@ -56,3 +57,15 @@ class CheckpointUnavailable(CheckpointError):
 
 class EmbeddedBrokerError(WatcherError):
     """The embedded Kafka-compatible broker could not be started."""
+
+
+class ReportUnavailable(WatcherError):
+    """The HTML report cannot be drawn: its plotting library (the optional extra ``extra``) is missing."""
+
+    def __init__(self, extra: str, missing: str) -> None:
+        super().__init__(
+            f"the HTML report needs the optional extra '{extra}' ({missing} is not installed): "
+            f"pip install 'watcher[{extra}]'"
+        )
+        self.extra = extra
+        self.missing = missing

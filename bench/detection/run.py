@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.detection import calibration as cal
+from bench.detection import everyday
 from bench.detection.reference_judges import FlaggerJudge, KayentaJudge, Prepared, load_jsonl
 from bench.detection.scenarios import CASES, Case
+from bench.detection.yardstick import Yardstick
 from watcher.sim.simulate import write_jsonl
 
 RESULTS = Path(__file__).with_name("results.json")
@@ -48,7 +50,9 @@ LABELS = {
     "flagger_cal": "flagger, calibrated",
     "kayenta": "kayenta, typical defaults",
     "kayenta_cal": "kayenta, calibrated",
+    "yardstick": "plain anytime-valid yardstick",
 }
+NOT_APPLICABLE = (float("nan"), "n/a")  # a judge that cannot judge this strategy
 
 
 def watcher_judge(policy: Path | None = None) -> JudgeFn:
@@ -74,6 +78,12 @@ def kayenta_judge(path: Path, prepared: Prepared, case: Case) -> Stop | None:
     return KayentaJudge(lifetime_s=case.scenario.duration_s).rollback(prepared)
 
 
+def yardstick_judge(path: Path, prepared: Prepared, case: Case) -> Stop | None:
+    if case.scenario.strategy not in ("canary", "flag"):
+        return NOT_APPLICABLE
+    return Yardstick().rollback(path)
+
+
 def setting_judge(setting: cal.Setting) -> JudgeFn:
     def judge(path: Path, prepared: Prepared, case: Case) -> Stop | None:
         return setting.judge(case.scenario.duration_s).rollback(prepared)
@@ -81,12 +91,24 @@ def setting_judge(setting: cal.Setting) -> JudgeFn:
     return judge
 
 
+class _LazyPrepared:
+    """The references' prepared stream, loaded on first use (the everyday regime runs without them)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path, self._prepared = path, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._prepared is None:
+            self._prepared = Prepared(load_jsonl(self._path))
+        return getattr(self._prepared, name)
+
+
 def materialise(case: Case, seed: int, workdir: Path) -> tuple[Path, Prepared, float | None, int]:
     scenario = replace(case.scenario, seed=seed)
-    path = workdir / f"{case.name}-{seed}.jsonl"
+    path = workdir / f"{case.name.replace(':', '_')}-{seed}.jsonl"
     events = write_jsonl(scenario, path)
     onset = scenario.start_ts + case.onset_s if case.onset_s is not None else None
-    return path, Prepared(load_jsonl(path)), onset, events
+    return path, _LazyPrepared(path), onset, events  # type: ignore[return-value]
 
 
 def calibrate(cases: list[Case], seeds: list[int], workdir: Path) -> dict[str, Any]:
@@ -112,6 +134,8 @@ def calibrate(cases: list[Case], seeds: list[int], workdir: Path) -> dict[str, A
 def outcome(onset: float | None, stop: float | None, error: str | None) -> str:
     if error is not None:
         return "error"
+    if stop is not None and stop != stop:  # NaN: NOT_APPLICABLE
+        return "n/a"
     if onset is None:
         return "false_rollback" if stop is not None else "quiet"
     if stop is None:
@@ -142,7 +166,7 @@ def run_case(case: Case, seed: int, judges: dict[str, JudgeFn], workdir: Path) -
                 "seed": seed,
                 "judge": name,
                 "events": events,
-                "start_ts": prepared.stream.start_ts,
+                "start_ts": case.scenario.start_ts,
                 "onset_ts": onset,
                 "stop_ts": stop,
                 "delay_s": (stop - onset) if result == "detected" else None,  # type: ignore[operator]
@@ -160,7 +184,7 @@ def run_case(case: Case, seed: int, judges: dict[str, JudgeFn], workdir: Path) -
 def summarise(rows: list[dict[str, Any]], judges: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for j in judges:
-        mine = [r for r in rows if r["judge"] == j]
+        mine = [r for r in rows if r["judge"] == j and r["outcome"] != "n/a"]
         reg = [r for r in mine if r["kind"] == "regression"]
         null = [r for r in mine if r["kind"] == "null"]
         delays = [r["delay_s"] for r in reg if r["outcome"] == "detected"]
@@ -226,6 +250,43 @@ def goal(rows: list[dict[str, Any]], summary: dict[str, dict[str, Any]], subject
     return out
 
 
+def everyday_goal(rows: list[dict[str, Any]], subject: str = "watcher") -> dict[str, Any]:
+    """Issue #14's goals, per strategy: median delay <= 8 min over the required types, no type slower
+    than the plain yardstick (per-type medians, where the yardstick judges), escalation +3 pp within
+    60 min, no false stop in the nulls."""
+    out: dict[str, Any] = {}
+    strategies = sorted({r["scenario"].split(":")[0] for r in rows})
+    for st in strategies:
+        mine = [r for r in rows if r["scenario"].startswith(st + ":") and r["judge"] == subject]
+        required = [
+            r for r in mine if r["kind"] == "regression" and r["scenario"].split(":")[1] in everyday.TYPES
+        ]
+        delays = [r["delay_s"] for r in required if r["outcome"] == "detected"]
+        slower = {}
+        for t in everyday.TYPES:
+            ours = [
+                r["delay_s"] for r in required if r["scenario"] == f"{st}:{t}" and r["outcome"] == "detected"
+            ]
+            ref = [
+                r["delay_s"]
+                for r in rows
+                if r["judge"] == "yardstick" and r["scenario"] == f"{st}:{t}" and r["outcome"] == "detected"
+            ]
+            if ref and (not ours or statistics.median(ours) > statistics.median(ref)):
+                slower[t] = (statistics.median(ours) if ours else None, statistics.median(ref))
+        esc = [r["delay_s"] for r in required if r["scenario"] == f"{st}:escalation_+3pp"]
+        nulls = [r for r in mine if r["kind"] == "null"]
+        out[st] = {
+            "caught": f"{len(delays)}/{len(required)}",
+            "median_delay_s": statistics.median(delays) if delays else None,
+            "median_within_8_min": bool(delays) and statistics.median(delays) <= 480,
+            "types_slower_than_yardstick": slower,
+            "escalation_3pp_within_60_min": bool(esc) and all(d is not None and d <= 3600 for d in esc),
+            "false_stops": f"{sum(r['outcome'] == 'false_rollback' for r in nulls)}/{len(nulls)}",
+        }
+    return out
+
+
 def _fmt_delay(x: float | None) -> str:
     return "–" if x is None else f"{x:.0f} s"
 
@@ -255,6 +316,9 @@ def markdown(
         cells = []
         for j in judges:
             mine = [r for r in rows if r["judge"] == j and r["scenario"] == case.name]
+            if mine and all(r["outcome"] == "n/a" for r in mine):
+                cells.append("n/a")
+                continue
             if case.onset_s is None:
                 cells.append(f"{sum(r['outcome'] == 'false_rollback' for r in mine)}/{len(mine)} false")
                 continue
@@ -289,6 +353,20 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="also run watcher with this policy file (judge name watcher[<file stem>])",
     )
+    p.add_argument(
+        "--regime",
+        choices=("fast", "everyday"),
+        default="fast",
+        help="fast: issue #3's 20 conversations/s, 30-60 min; everyday: issue #14's 4 conversations/s, "
+        "3 h, every strategy, watcher vs the plain yardstick (default %(default)s)",
+    )
+    p.add_argument(
+        "--null-seeds",
+        type=int,
+        help="everyday: seeds per null scenario (default: 84 for the six kinds the issue lists and 4 x "
+        "--seeds for the others at --seeds 5, i.e. 504 + 20 each; scaled with --seeds)",
+    )
+    p.add_argument("--strategies", help="everyday: comma-separated strategies (default: all)")
     p.add_argument("--judges", help="comma-separated subset of the judges (default: all)")
     p.add_argument("--scenarios", help="comma-separated subset of scenario names (calibration uses all)")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON results (default %(default)s)")
@@ -298,11 +376,25 @@ def main(argv: list[str] | None = None) -> int:
     cal_seeds = list(
         range(CALIBRATION_FIRST_SEED, CALIBRATION_FIRST_SEED + (1 if args.quick else args.calibration_seeds))
     )
-    cases = [c for c in CASES if not args.scenarios or c.name in args.scenarios.split(",")]
+    everyday_run = args.regime == "everyday"
+    null_seeds: dict[str, list[int]] = {}
+    if everyday_run:
+        strategies = tuple(args.strategies.split(",") if args.strategies else everyday.STRATEGY_SCENARIOS)
+        pool = everyday.regression_cases(strategies, extra=True) + list(everyday.NULLS)
+        for case in everyday.NULLS:
+            n = args.null_seeds or round(len(seeds) * everyday.NULL_SEEDS_PER_SEED.get(case.name, 4))
+            null_seeds[case.name] = list(range(args.first_seed, args.first_seed + n))
+        args.no_calibration = True
+    else:
+        pool = list(CASES)
+    cases = [c for c in pool if not args.scenarios or c.name in args.scenarios.split(",")]
     judges: dict[str, JudgeFn] = {"watcher": watcher_judge()}
     for policy in args.policy:
         judges[f"watcher[{policy.stem}]"] = watcher_judge(policy)
-    judges |= {"flagger": flagger_judge, "kayenta": kayenta_judge}
+    if everyday_run:
+        judges["yardstick"] = yardstick_judge
+    else:
+        judges |= {"flagger": flagger_judge, "kayenta": kayenta_judge}
     wanted = args.judges.split(",") if args.judges else None
     calibration: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="watcher-detection-") as tmp:
@@ -319,15 +411,21 @@ def main(argv: list[str] | None = None) -> int:
             judges = {j: f for j, f in judges.items() if j in wanted}
         rows: list[dict[str, Any]] = []
         for case in cases:
-            for seed in seeds:
+            for seed in null_seeds.get(case.name, seeds) if case.onset_s is None else seeds:
                 new = run_case(case, seed, judges, Path(tmp))
                 rows.extend(new)
                 print(f"{case.name} seed {seed}: " + ", ".join(map(_brief, new)), file=sys.stderr)
     names = list(judges)
     summary = summarise(rows, names)
     goals = {j: goal(rows, summary, j) for j in names if j.startswith("watcher")}
+    if everyday_run:
+        goals = {j: everyday_goal(rows, j) for j in names if j.startswith("watcher")}
     print(markdown(rows, summary, names, cases))
     for j, g in goals.items():
+        if everyday_run:
+            for st, v in g.items():
+                print(f"\n{j}, {st}: {json.dumps(v)}")
+            continue
         print(f"\ngoal for {j}: {'met' if g['met'] else 'NOT met'} — {json.dumps(g)}")
     for tool in ("flagger", "kayenta"):
         if tool in calibration:

@@ -166,7 +166,11 @@ async def test_a_request_about_another_instances_agent_is_answered_by_its_owner(
                 }
             )
             wrong = next(d for d in daemons if d is not owners[regressed])
-            resp = await http.post(f"http://127.0.0.1:{wrong.port}/v1/flagger/rollback", data=body)
+            resp = await http.post(
+                f"http://127.0.0.1:{wrong.port}/v1/flagger/rollback",
+                data=body,
+                headers={"Content-Type": "application/json"},  # as Flagger sends it
+            )
             answer = await resp.json()
             assert resp.status == 200 and answer["outcome"] == "rollback", answer
             assert resp.headers["X-Watcher-Owner"] == owners[regressed].peers.address  # type: ignore[union-attr]
@@ -181,6 +185,7 @@ async def test_a_request_about_another_instances_agent_is_answered_by_its_owner(
                         "metadata": {},
                     }
                 ),
+                headers={"Content-Type": "application/json"},
             )
             assert resp.status == 409 and "X-Watcher-Owner" not in resp.headers  # healthy is wrong's own
 

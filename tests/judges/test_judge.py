@@ -174,7 +174,7 @@ def test_promote_tolerance_moves_only_the_pass_test() -> None:
 
 def test_every_judge_shares_the_promote_margin_helper() -> None:
     lat = POLICY.metric("latency")
-    assert mean_params(lat)[:2] == (math.log(1.05), 2 * math.log(1.05))  # FAIL: tolerance, its tau
+    assert mean_params(lat)[:2] == (math.log(1.025), 0.15)  # FAIL: tolerance, the latency mixing scale
     assert mean_params(lat, promote=True)[:2] == (math.log(1.10), 2 * math.log(1.10))  # PASS: the margin
     q = POLICY.metric("quality")
     assert mean_params(q, promote=True) == (-0.03, 0.06, -1.0)

@@ -72,17 +72,17 @@ def test_bundled_defaults_load_without_a_file() -> None:
     names = [m.name for m in p.metrics]
     assert names == ["quality", "latency", "latency_p95", "escalation", "error", "compliance"]
     assert p.metric("compliance").critical and p.metric("compliance").action is Action.ROLLBACK
-    assert p.metric("quality").tolerance == -0.02 and p.metric("latency_p95").quantile == 0.95
+    assert p.metric("quality").tolerance == -0.01 and p.metric("latency_p95").quantile == 0.95
     # two margins: act on small regressions, promote on the wider non-inferiority margin
     assert {m.name: (m.tolerance, m.pass_tolerance) for m in p.metrics} == {
-        "quality": (-0.02, -0.03),
-        "latency": (1.05, 1.10),
-        "latency_p95": (1.25, 1.5),
-        "escalation": (1.05, 1.25),
-        "error": (1.25, 1.5),
-        "compliance": (1.25, 1.5),
+        "quality": (-0.01, -0.03),
+        "latency": (1.025, 1.10),
+        "latency_p95": (1.05, 1.5),
+        "escalation": (1.025, 1.25),
+        "error": (1.1, 1.5),
+        "compliance": (1.1, 1.5),
     }
-    assert p.segments.min_conversations == 100
+    assert p.segments.min_conversations == 20
     assert p.promote.min_duration_s == 1800
 
 
@@ -95,7 +95,7 @@ def test_overrides_apply_per_agent_and_environment(tmp_path: Path) -> None:
     ps = load_policy(f)
     assert ps.for_agent("support-bot", "prod").metric("quality").tolerance == -0.05
     assert ps.for_agent("support-bot", "staging").alpha == 0.001
-    assert ps.for_agent("other", "prod").metric("quality").tolerance == -0.02
+    assert ps.for_agent("other", "prod").metric("quality").tolerance == -0.01
     assert ps.for_agent("other", "prod").promote.min_duration_s == 60  # file defaults on top of bundled
     assert ps.for_agent("support-bot", "prod").promote.min_duration_s == 60
 
@@ -162,11 +162,11 @@ def test_promote_tolerance_is_separate_and_a_bare_tolerance_sets_both_margins(tm
     # a file written for one margin keeps its meaning: its tolerance is also the promote margin
     assert (d.metric("escalation").tolerance, d.metric("escalation").pass_tolerance) == (1.5, 1.5)
     assert (d.metric("error").tolerance, d.metric("error").pass_tolerance) == (1.1, 2.0)
-    assert d.metric("latency").promote_tolerance is None and d.metric("latency").pass_tolerance == 1.05
+    assert d.metric("latency").promote_tolerance is None and d.metric("latency").pass_tolerance == 1.025
     assert d.metric("quality").pass_tolerance == -0.03  # untouched: the bundled pair
     assert (bot.metric("error").tolerance, bot.metric("error").pass_tolerance) == (1.3, 1.3)
     # a promote margin narrower than the tolerance is allowed (promotion more conservative than rollback)
-    assert (bot.metric("compliance").tolerance, bot.metric("compliance").pass_tolerance) == (1.25, 1.2)
+    assert (bot.metric("compliance").tolerance, bot.metric("compliance").pass_tolerance) == (1.1, 1.2)
 
 
 def test_golden_stream_of_decisions() -> None:

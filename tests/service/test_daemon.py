@@ -82,8 +82,13 @@ async def test_daemon_consumes_exposes_metrics_and_rollouts(broker, unique_topic
             }
             posted = await http.post(f"{base}/v1/deployments", json=marker)
             again = await http.post(f"{base}/v1/deployments", json=marker)
-            bad = await http.post(f"{base}/v1/deployments", data=b'{"schema":"watcher.deployment/v1"}')
-            huge = await http.post(f"{base}/v1/deployments", data=b"x" * (settings.http.max_body_bytes + 10))
+            as_json = {"Content-Type": "application/json"}
+            bad = await http.post(
+                f"{base}/v1/deployments", data=b'{"schema":"watcher.deployment/v1"}', headers=as_json
+            )
+            huge = await http.post(
+                f"{base}/v1/deployments", data=b"x" * (settings.http.max_body_bytes + 10), headers=as_json
+            )
             assert posted.status == 202, await posted.text()
             assert (await again.json())["status"] == "duplicate"
             assert bad.status == 400 and (await bad.json())["reason"] == "missing_field"

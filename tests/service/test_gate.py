@@ -56,7 +56,9 @@ def test_a_healthy_candidate_passes_with_a_promote_record(example_policy) -> Non
     overall = {m["metric"]: m for m in record["evidence"] if m["slice"] == "all"}
     assert all(overall[name]["verdict"] == "pass" for name in ("quality", "latency", "escalation", "error"))
     # compliance is critical: its pass margin is the tolerance itself, not the wider promote margin
-    assert overall["compliance"]["promote_tolerance"] == overall["compliance"]["tolerance"] == 1.25
+    tolerance = example_policy.default.metric("compliance").tolerance
+    assert overall["compliance"]["promote_tolerance"] == overall["compliance"]["tolerance"] == tolerance
+    assert tolerance != example_policy.default.metric("compliance").pass_tolerance
 
 
 REGRESSIONS = {
@@ -92,7 +94,7 @@ def test_a_regression_in_one_segment_fails_on_that_segment(example_policy) -> No
 
 
 def test_too_little_data_is_inconclusive_never_a_failure(example_policy) -> None:
-    run = run_gate(_data(_paired(duration=120.0)), NO_FAIL, example_policy)
+    run = run_gate(_data(_paired(duration=5.0)), NO_FAIL, example_policy)
     assert run.result.verdict is Verdict.INCONCLUSIVE
     assert run.exit_code == 2
     d = run.result.decision

@@ -59,6 +59,10 @@ def _replay(args: argparse.Namespace) -> int:
     from watcher.service import replay, summary_table
 
     settings = _settings(args)
+    if args.report:
+        from watcher.report import require_plotting
+
+        require_plotting()  # before the replay, not after it
     out = open(args.decisions_out, "w", encoding="utf-8") if args.decisions_out else None
     dead = open(args.dead_letters_out, "wb") if args.dead_letters_out else None
     try:
@@ -76,6 +80,12 @@ def _replay(args: argparse.Namespace) -> int:
                 fh.close()
     print(summary_table(engine, segments=not args.no_segments))
     print()
+    if args.report:
+        from watcher.report import render
+
+        with open(args.report, "w", encoding="utf-8") as fh:
+            fh.write(render(engine.histories(), title=f"watcher replay of {args.file}"))
+        print(f"report: {args.report} ({len(engine.histories())} rollout(s))")
     print(
         f"lines {report.lines}  turns {report.turns}  markers {report.deployments}  "
         f"duplicates {report.duplicates}  rejected {sum(report.rejected.values())}"
@@ -128,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--decisions-out", help="write every decision record here (JSON Lines)")
     rep.add_argument("--dead-letters-out", help="write rejected lines here (JSON Lines, with the reason)")
     rep.add_argument("--batch-size", type=int, default=1000)
+    rep.add_argument(
+        "--report", metavar="FILE", help="write an HTML report of every rollout (needs watcher[report])"
+    )
     rep.add_argument("--no-segments", action="store_true", help="only the per-version rows")
 
     gate = sub.add_parser(

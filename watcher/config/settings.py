@@ -127,6 +127,14 @@ class HttpSettings(Section, frozen=True):
     # how the other instances reach this one (checkpoint.scope: partition forwards requests about an
     # agent to its owner); default http://<host or hostname>:<bound port>
     advertised_url: HttpUrl | None = None
+    # a client gets this long to send a whole request (headers and body); a connection with no request
+    # in progress for this long (idle keep-alive, or headers sent a byte at a time) is closed
+    client_timeout_s: PositiveFloat = 10.0
+    max_connections_per_client: Positive = 64  # open connections per client address; the next: 503
+    # the Host names requests may carry (empty: any; without a token, writes need a loopback name)
+    allowed_hosts: tuple[str, ...] = ()
+    # origins (scheme://host[:port]) of web pages allowed to write, e.g. an internal console
+    allowed_origins: tuple[str, ...] = ()
 
 
 class StateSettings(Section, frozen=True):
@@ -157,9 +165,10 @@ class RolloutSettings(Section, frozen=True):
 class JudgeSettings(Section, frozen=True):
     policy_file: str | None = None  # None: the bundled default policy
     decision_log: str = "watcher-decisions.sqlite"
-    # the judge's evidence is recomputed when event time has advanced this much since the last time
-    # (its statistics are updated with every batch; this only spaces out the looks)
-    evaluate_every_s: Annotated[float, Meta(ge=0)] = 10.0
+    # the judge looks at each rollout at started_ts + k * this (event time), whatever the batches: replay
+    # makes the daemon's decisions (docs/guarantees.md); 0: after every batch. Its statistics are updated
+    # with every batch; this only spaces out the looks (a look costs a few ms)
+    evaluate_every_s: Annotated[float, Meta(ge=0)] = 30.0
 
     def __post_init__(self) -> None:
         if self.policy_file is not None and not Path(self.policy_file).is_file():

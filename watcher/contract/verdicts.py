@@ -80,7 +80,7 @@ class MetricEvidence:
     promote_tolerance: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = _rounded(asdict(self))
         d["verdict"] = self.verdict.value
         return d
 
@@ -97,7 +97,7 @@ class SampleRatioEvidence:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _rounded(asdict(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +162,18 @@ class Decision:
             "evidence": [m.to_dict() for m in self.evidence],
             "sample_ratio": self.sample_ratio.to_dict() if self.sample_ratio else None,
         }
+
+
+def _rounded(d: dict[str, Any]) -> dict[str, Any]:
+    """Floats to 12 significant digits: the judges' sums are accumulated batch by batch, and where a
+    stream is cut into batches moves their last bits (~1e-16), never the first twelve. Records of the
+    same stream are then identical whatever the batch boundaries (docs/guarantees.md)."""
+    for k, v in d.items():
+        if isinstance(v, float):
+            d[k] = float(f"{v:.12g}")
+        elif isinstance(v, dict):
+            _rounded(v)
+    return d
 
 
 def decision_id(rollout_id: str, sequence: int, action: Action) -> str:

@@ -9,6 +9,7 @@ Time is event time throughout: windows and decisions are stamped with the events
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,11 +28,12 @@ from watcher.contract import (
     OtlpCounts,
     OtlpDecoder,
     Rejected,
-    RolloutEvidence,
     TurnColumns,
     decode_batch,
 )
 from watcher.engine import parts
+from watcher.engine.coverage import Coverage, roles
+from watcher.engine.history import EvidenceHistory, EvidenceMap, RolloutHistory
 from watcher.judges import (
     STRATEGIES,
     DriftMonitor,
@@ -45,6 +47,8 @@ from watcher.judges import (
     load_policy,
 )
 from watcher.state import Change, LatenessFilter, MetricsState, Registry, Rollout
+
+_DECIDED = frozenset({Action.ROLLBACK, Action.PROMOTE})  # latched: the policy decides nothing more
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +112,14 @@ class Engine:
         self.history = self.strategies.new_history()  # read by the strategies that compare with the past
         self.judges: dict[str, RolloutJudge] = {}
         self.policy_states: dict[str, PolicyState] = {}
-        self.evidence: dict[str, RolloutEvidence] = {}
+        self.evidence = EvidenceMap()  # rollout id -> the evidence of its last look
+        self.coverage: dict[str, Coverage] = {}  # rollout id -> what its judge can use of its traffic
+        self.evidence_history = EvidenceHistory()  # each rollout's evidence over time (the report's data)
         self.last_action: dict[str, Action] = {}
         self._last_look: dict[str, float] = {}  # rollout id -> event time of the last evaluation
         self._judges_touched: set[str] = set()  # judges changed since the last checkpoint (parts.changed)
         self._parts_generation = 0  # the dedup generation the last checkpoint wrote
+        self._seen: dict[str, float] = {}  # rollout id -> latest event time of the turns its judge got
         # observers of every rollout change, whether from a batch, the HTTP API or a deployer hook
         # (the daemon queues signals for them); called synchronously, before the batch is committed
         self.change_listeners: list[Callable[[Change], None]] = []
@@ -149,26 +156,49 @@ class Engine:
             duplicates=batch.duplicates,
             rejected=batch.rejected,
         )
-        for marker in sorted(batch.deployments, key=lambda d: d.ts):
-            if not self.registry.knows(marker.event_id):  # one posted over HTTP, read back
-                result.changes.append(self._apply(marker))
+        # one posted over HTTP and read back from the deployments topic is not applied twice
+        fresh = (m for m in batch.deployments if not self.registry.knows(m.event_id))
+        markers = sorted(fresh, key=lambda d: d.ts)
         turns = batch.turns
-        if turns:
-            cols = batch.columns  # extracted once, read by every consumer below
-            arms, started = self.registry.route(turns, cols)
-            for change in started:
-                self._on_change(change)
-            result.changes.extend(started)
-            self.state.update(turns, arms, cols)
-            routes = self.registry.last_routes
-            agents = {(a, e) for (a, e, _, _) in routes}
-            if self._needs_history(agents):
-                self.history.update(turns, arms, cols)  # blue-green's reference: each version's recent past
-            watched = self.drift.watched()
-            if any(arm == "live" or (a, e, v) in watched for (a, e, v, _), arm in routes.items()):
-                result.drift_signals.extend(self.drift.update(turns, arms, cols))
-            result.decisions.extend(self._judge(turns, arms, agents, cols))
+        if not turns:
+            for marker in markers:
+                result.changes.append(self._apply(marker))
+            return result
+        cols = batch.columns  # extracted once, read by every consumer below
+        if not markers:
+            self._turns(cols, result)
+            return result
+        # Markers take effect at their own event time: the turns before a marker are processed before
+        # it, those at or after it after it, whatever the batch boundaries (docs/guarantees.md).
+        ts = cols.ts
+        done = np.zeros(len(ts), bool)
+        for marker in markers:
+            before = np.flatnonzero(~done & (ts < marker.ts))
+            if len(before):
+                done[before] = True
+                self._turns(cols.take(before), result)
+            result.changes.append(self._apply(marker))
+        rest = np.flatnonzero(~done)
+        if len(rest):
+            self._turns(cols if len(rest) == len(ts) else cols.take(rest), result)
         return result
+
+    def _turns(self, cols: TurnColumns, result: BatchResult) -> None:
+        """Route, count and judge a batch's turns (``cols``: theirs)."""
+        turns = cols.turns
+        arms, started = self.registry.route(turns, cols)
+        for change in started:
+            self._on_change(change)
+        result.changes.extend(started)
+        self.state.update(turns, arms, cols)
+        routes = self.registry.last_routes
+        agents = {(a, e) for (a, e, _, _) in routes}
+        if self._needs_history(agents):
+            self.history.update(turns, arms, cols)  # blue-green's reference: each version's recent past
+        watched = self.drift.watched()
+        if any(arm == "live" or (a, e, v) in watched for (a, e, v, _), arm in routes.items()):
+            result.drift_signals.extend(self.drift.update(turns, arms, cols))
+        result.decisions.extend(self._judge(turns, arms, agents, cols))
 
     def _new_registry(self) -> Registry:
         rollouts = self.settings.rollouts
@@ -238,10 +268,13 @@ class Engine:
         self._judges_touched.add(rollout.rollout_id)
         self.policy_states[rollout.rollout_id] = PolicyState()
         self._last_look.pop(rollout.rollout_id, None)
+        self._seen.pop(rollout.rollout_id, None)
 
     def _retire(self, rollout: Rollout) -> None:
         self.judges.pop(rollout.rollout_id, None)
+        self.coverage.pop(rollout.rollout_id, None)
         self._last_look.pop(rollout.rollout_id, None)
+        self._seen.pop(rollout.rollout_id, None)
         self.policy_states.pop(rollout.rollout_id, None)
         live = rollout.canary_version if rollout.state.value == "promoted" else rollout.baseline_version
         if live:
@@ -265,43 +298,106 @@ class Engine:
         ]
         if not judged:
             return decisions
-        parts = (
+        per_agent = (
             self._per_agent(cols, [(r.agent_id, r.environment) for r in judged]) if len(agents) > 1 else None
         )
         for j, rollout in enumerate(judged):
             judge = self.judges[rollout.rollout_id]
-            if parts is None:  # the common case: one agent per partition and batch
+            if per_agent is None:  # the common case: one agent per partition and batch
                 mine, my_arms = cols, arms
             else:  # the turns of this agent
-                idx = parts[j]
+                idx = per_agent[j]
                 mine = cols.take(idx)
                 my_arms = [arms[i] for i in idx.tolist()]
             weight = rollout.canary_weight if rollout.source == "marker" else self._observed_weight(rollout)
             strategy = self.strategies.get(rollout.strategy)
             if strategy.arms is not None:  # e.g. a flag's variants within one version
                 my_arms = strategy.arms(rollout, mine.turns, my_arms, mine)
-            judge.update(mine.turns, my_arms, weight, mine)
-            self._judges_touched.add(rollout.rollout_id)
-            ts = float(mine.ts.max())
-            last = self._last_look.get(rollout.rollout_id)
-            if last is not None and ts - last < self.settings.judge.evaluate_every_s:
+            treat, ctrl, rest = roles(rollout.strategy, my_arms, strategy.treatment_arm)
+            self._assess(rollout, judge, int(treat.sum()), int(ctrl.sum()), rest)
+            rid = rollout.rollout_id
+            self._judges_touched.add(rid)
+            step = self.settings.judge.evaluate_every_s
+            if step <= 0:  # a look after every batch (not independent of the batch boundaries)
+                judge.update(mine.turns, my_arms, weight, mine)
+                decisions.extend(self._look(rollout, judge, float(mine.ts.max())))
                 continue
-            self._last_look[rollout.rollout_id] = ts
-            evidence = judge.evidence(ts)
-            self.evidence[rollout.rollout_id] = evidence
-            # the policy the judge runs with: after a reload, a rollout may keep the one it started with
-            decision, new_state = decide(
-                self.policy_states[rollout.rollout_id],
-                evidence,
-                judge.policy,
-                rollout.ref(),
-                strategy.conduct,
-            )
-            self.policy_states[rollout.rollout_id] = new_state
-            if decision is not None:
-                self.last_action[rollout.rollout_id] = decision.action
-                decisions.append(decision)
+            # Looks on a fixed event-time grid (rollout start + k * step): the look at a grid point
+            # covers exactly the rollout's turns that came before the first turn at or past it, so
+            # decisions, their times and their evidence do not depend on where batches are cut.
+            ts = mine.ts
+            prev = self._seen.get(rid, rollout.started_ts)
+            cell = np.floor((np.maximum.accumulate(np.maximum(ts, prev)) - rollout.started_ts) / step)
+            self._seen[rid] = max(prev, float(ts.max()))
+            cross = np.flatnonzero(np.diff(cell, prepend=math.floor((prev - rollout.started_ts) / step)) > 0)
+            at = 0
+            for c in cross.tolist():
+                if c > at:
+                    sub = mine.take(np.arange(at, c))
+                    judge.update(sub.turns, my_arms[at:c], weight, sub)
+                    at = c
+                decisions.extend(self._look(rollout, judge, rollout.started_ts + float(cell[c]) * step))
+            if at < len(ts):
+                sub = mine if at == 0 else mine.take(np.arange(at, len(ts)))
+                judge.update(sub.turns, my_arms[at:], weight, sub)
         return decisions
+
+    def _assess(
+        self,
+        rollout: Rollout,
+        judge: RolloutJudge,
+        treatment: int,
+        control: int,
+        rest: Sequence[str],
+    ) -> None:
+        """Count what the rollout's judge can use of its traffic; say so when it cannot judge it."""
+        rid = rollout.rollout_id
+        cov = self.coverage.get(rid)
+        if cov is None:
+            cov = self.coverage[rid] = Coverage(rollout.strategy)
+        cov.add(treatment, control, list(rest))
+        reference = getattr(getattr(judge, "ref", None), "mode", None)  # blue-green's reference
+        problem, detail = cov.assess(reference)
+        if problem is not cov.problem:
+            if problem is not None:
+                log.warning("rollout %s is not judged (%s): %s", rid, problem.value, detail)
+            elif cov.problem is not None:
+                log.info("rollout %s is judged again (%s is over)", rid, cov.problem.value)
+        cov.problem, cov.detail = problem, detail
+
+    def _look(self, rollout: Rollout, judge: RolloutJudge, ts: float) -> list[Decision]:
+        """Evaluate a rollout's evidence at event time ``ts`` and apply its policy."""
+        rid = rollout.rollout_id
+        self._last_look[rid] = ts
+        look = getattr(judge, "look", None)  # the canary judge: verdict arrays first, rows on demand
+        if look is not None:
+            lk = look(ts)
+            self.evidence.defer(rid, lk.evidence)
+            if self.policy_states[rid].action in _DECIDED or not lk.may_decide():
+                if self.evidence_history.due(rid, ts):  # decide could not act: rows only for the history
+                    self.evidence_history.add(rid, lk.evidence())
+                return []
+            evidence = lk.evidence()
+        else:
+            evidence = judge.evidence(ts)
+            self.evidence[rid] = evidence
+        # the policy the judge runs with: after a reload, a rollout may keep the one it started with
+        conduct = self.strategies.get(rollout.strategy).conduct
+        decision, new_state = decide(self.policy_states[rid], evidence, judge.policy, rollout.ref(), conduct)
+        self.policy_states[rid] = new_state
+        if decision is not None or self.evidence_history.due(rid, ts):
+            self.evidence_history.add(rid, evidence, decision)
+        if decision is None:
+            return []
+        self.last_action[rid] = decision.action
+        return [decision]
+
+    def histories(self, rollout_ids: Sequence[str] | None = None) -> list[RolloutHistory]:
+        """The rollouts' evidence over time (all known rollouts, oldest first, or these ids)."""
+        rollouts = sorted(self.registry.all(), key=lambda r: r.started_ts)
+        if rollout_ids is not None:
+            rollouts = [r for r in rollouts if r.rollout_id in rollout_ids]
+        return [self.evidence_history.get(r.to_dict()) for r in rollouts]
 
     @staticmethod
     def _per_agent(cols: TurnColumns, agents: list[tuple[str, str]]) -> list[np.ndarray]:

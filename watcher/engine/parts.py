@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from watcher.contract import Action, Deduplicator
+from watcher.engine.history import EvidenceMap
 from watcher.errors import CheckpointError, ConfigError
 from watcher.judges import (
     DriftMonitor,
@@ -89,6 +90,7 @@ def _part(engine: Engine, name: str) -> Any:
             "policy_states": {rid: ps.to_state() for rid, ps in engine.policy_states.items()},
             "last_action": {rid: action.value for rid, action in engine.last_action.items()},
             "last_look": dict(engine._last_look),
+            "seen": dict(engine._seen),
             "lateness": engine.lateness.to_state(),
             # the policy each judge runs with: a restart with a policy that measures differently keeps it
             "judge_policies": {rid: policy_to_doc(j.policy) for rid, j in engine.judges.items()},
@@ -155,6 +157,8 @@ def restore(engine: Engine, d: Mapping[str, Any]) -> None:
         policy_states = {rid: PolicyState.from_state(ps) for rid, ps in head["policy_states"].items()}
         last_action = {rid: Action(a) for rid, a in head["last_action"].items()}
         last_look = {rid: float(ts) for rid, ts in head["last_look"].items()}
+        # absent before looks were on a grid: the grid then resumes from the last look
+        seen = {rid: float(ts) for rid, ts in head.get("seen", last_look).items()}
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, ConfigError) as exc:
@@ -173,11 +177,12 @@ def restore(engine: Engine, d: Mapping[str, Any]) -> None:
         last_action,
         last_look,
     )
+    engine._seen = seen
     engine._parts_generation = dedup.generation
     engine._judges_touched = set()
     # the evidence of the last look, as the API showed it before the restart (evidence() only reads);
     # recomputable, so a judge that cannot produce it now simply shows none until its next look
-    engine.evidence = {}
+    engine.evidence = EvidenceMap()
     for rid, judge in judges.items():
         if rid in last_look:
             try:

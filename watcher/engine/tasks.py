@@ -20,13 +20,14 @@ by looking through the tasks.
 from __future__ import annotations
 
 from collections import ChainMap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pandas as pd
 
 from watcher.contract import Decision, Deployment
 from watcher.engine.engine import Engine
+from watcher.engine.history import RolloutHistory
 from watcher.judges import PolicySet, PolicyState
 from watcher.state import Change, MetricsState, Rollout, SeriesKey, SeriesSnapshot, Window
 
@@ -123,6 +124,14 @@ class Tasks:
     @property
     def evidence(self) -> ChainMap[str, Any]:
         return ChainMap(*(e.evidence for e in self.engines.values()))
+
+    def histories(self, rollout_ids: Sequence[str] | None = None) -> list[RolloutHistory]:
+        out = [h for e in self.engines.values() for h in e.histories(rollout_ids)]
+        return sorted(out, key=lambda h: h.rollout["started_ts"])
+
+    @property
+    def coverage(self) -> ChainMap[str, Any]:
+        return ChainMap(*(e.coverage for e in self.engines.values()))
 
     @property
     def last_action(self) -> ChainMap[str, Any]:

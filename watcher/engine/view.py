@@ -13,7 +13,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from watcher.contract import Action, Decision, Deployment, RolloutEvidence
+    from watcher.engine.coverage import Coverage
+    from watcher.engine.history import RolloutHistory
     from watcher.judges import PolicyState
     from watcher.state import Change, Rollout, SeriesKey, SeriesSnapshot, Window
 
@@ -55,6 +59,11 @@ class EngineView(Protocol):
 
     @property
     def evidence(self) -> Mapping[str, RolloutEvidence]: ...
+
+    @property
+    def coverage(self) -> Mapping[str, Coverage]: ...
+
+    def histories(self, rollout_ids: Sequence[str] | None = None, /) -> list[RolloutHistory]: ...
 
     @property
     def last_action(self) -> Mapping[str, Action]: ...

@@ -7,6 +7,7 @@ evidence is thin, never a 5xx for "not enough data".
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -18,7 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from watcher.contract import Action, Decision, Deployment, Rejected, Verdict, decode_deployment
 from watcher.engine import EngineView
+from watcher.errors import ReportUnavailable
 from watcher.judges import STRATEGIES, acknowledge, override
+from watcher.report import render
 from watcher.state import Rollout
 from watcher.storage import DecisionLog, json_safe
 
@@ -110,6 +113,7 @@ class Api:
                 web.get("/metrics", self.metrics),
                 web.get("/v1/rollouts", self.rollouts),
                 web.get("/v1/rollouts/{rollout_id}", self.rollout),
+                web.get("/v1/rollouts/{rollout_id}/report", self.report),
                 web.get("/v1/rollouts/{rollout_id}/verdict", self.verdict),
                 web.get("/v1/verdict", self.verdict_query),
                 web.post("/v1/rollouts/{rollout_id}/acknowledge", self.acknowledge),
@@ -151,7 +155,23 @@ class Api:
         evidence = self.engine.evidence.get(rollout.rollout_id)
         body["evidence"] = [m.to_dict() for m in evidence.metrics] if evidence else []
         body["sample_ratio"] = evidence.sample_ratio.to_dict() if evidence and evidence.sample_ratio else None
+        coverage = self.engine.coverage.get(rollout.rollout_id)
+        # what the judge can use of the rollout's traffic, and why it is not judged when it is not
+        body["coverage"] = coverage.to_dict() if coverage else None
         return _json(body)
+
+    async def report(self, request: web.Request) -> web.Response:
+        """The rollout's HTML report (``watcher.report``), the page ``watcher replay --report`` writes."""
+        rollout = self._find(request)
+        if rollout is None:
+            return _error(404, "no such rollout", rollout_id=request.match_info["rollout_id"])
+        histories = self.engine.histories([rollout.rollout_id])  # copied here, drawn off the loop
+        title = f"watcher: {rollout.agent_id}/{rollout.environment} {rollout.rollout_id}"
+        try:
+            page = await asyncio.to_thread(render, histories, title=title)
+        except ReportUnavailable as exc:
+            return _error(501, str(exc), extra=exc.extra)
+        return web.Response(text=page, content_type="text/html")
 
     async def verdict(self, request: web.Request) -> web.Response:
         rollout = self._find(request)
@@ -366,7 +386,7 @@ class Api:
             return _error(413, f"body larger than {self.max_body_bytes} bytes")
         try:
             body = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # (the guard refuses deep ones first)
             return _error(400, "body is not valid JSON")
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object")

@@ -146,7 +146,7 @@ def parse_payload(raw: bytes) -> FlaggerPayload | str:
     """Flagger's body, validated; a string is the reason for a 400."""
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return "body is not valid JSON"
     if not isinstance(body, dict):
         return "body must be a JSON object"

@@ -349,27 +349,27 @@ class BlueGreenJudge:
         relative = m.tolerance_mode is ToleranceMode.RELATIVE
         x = self.table[:, s]
         bounds = self._get_bounds(m, name, alpha_row)
-        best: tuple[float, int] | None = None
-        for k, (_, hours, frac) in enumerate(blocks):
-            lef = self._fail_e(m, x, bounds, hours)
-            margin = lef - math.log(1 / (green_alpha * frac))
-            if (x[hours, F_CONV].sum() >= m.min_samples or k == 0) and (best is None or margin >= best[0]):
-                best = (margin, k)
-        assert best is not None
-        k = best[1] if best[0] >= 0 else 0
+        # green's cumulative and restarted tests mixed with their alpha fractions as weights (one
+        # e-process, as in the canary judge) against the green budget; the largest term names the test
+        terms = [
+            (self._fail_e(m, x, bounds, hours) + math.log(frac), k)
+            for k, (_, hours, frac) in enumerate(blocks)
+            if x[hours, F_CONV].sum() >= m.min_samples or k == 0
+        ]
+        mixed = float(logsumexp(np.array([t for t, _ in terms])))
+        green_thr = math.log(1 / green_alpha)
+        k = max(terms)[1] if mixed >= green_thr else 0
         label, hours, frac = blocks[k]
-        log_thr = math.log(1 / (green_alpha * frac))
-        lef = self._fail_e(m, x, bounds, hours)
         lep = self._pass_e(m, x, bounds, blocks[0][1])
-        eff, lo, hi, e0, e1 = self._estimate(m, x, bounds, hours, log_thr)
+        eff, lo, hi, e0, e1 = self._estimate(m, x, bounds, hours, math.log(1 / (green_alpha * frac)))
         if relative and m.kind == "mean":
             eff, lo, hi, e0, e1 = (
                 math.exp(v) if math.isfinite(v) else math.nan for v in (eff, lo, hi, e0, e1)
             )
         verdict = (
-            Verdict.FAIL if lef >= log_thr else Verdict.PASS if lep >= log_pthr else Verdict.INCONCLUSIVE
+            Verdict.FAIL if mixed >= green_thr else Verdict.PASS if lep >= log_pthr else Verdict.INCONCLUSIVE
         )
-        stat, thr = evalue(lef, log_thr)
+        stat, thr = evalue(mixed, green_thr)
         g, ref_n = int(x[hours, F_CONV].sum()), self._ref_conversations(name)
         what = m.name
         if m.kind == "tail":  # units: conversations with a latency; the threshold of the first judged hour

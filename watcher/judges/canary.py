@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -62,11 +62,13 @@ from watcher.stats import (
     theta,
 )
 
-__all__ = ["Judge", "TurnLike"]
+__all__ = ["Judge", "Look", "TurnLike"]
 
 _TAIL_BASELINE_TURNS = 3000  # baseline latencies (many conversations) that fix the tail thresholds
 _CAP = 50_000  # conversations per generation of the conversation table
 _STATE_V = 2
+_GRID = 1024.0  # mean-metric values are rounded to multiples of 1/_GRID (quality 0.001, latency 0.1 %)
+_LAYOUT_CONVERSATIONS = 200  # conversations whose segment values fix the slices sharing the budget
 
 
 class TurnLike(Protocol):
@@ -118,6 +120,8 @@ class Judge:
         self._cells = _CellSums(self.n_slices, self.n_keys, self.n_fields)
         self.conv = _Conversations(capacity, self.n_keys)
         self.watermark = started_ts
+        self.admitted = 0  # conversations admitted (the first _LAYOUT_CONVERSATIONS fix the layout)
+        self.layout_slots: int | None = None  # segment slices sharing the budget, once fixed
         self._lat_needed = any(
             m.kind == "tail" or (m.kind == "mean" and m.name != "quality") for m in self.metrics
         )
@@ -191,8 +195,9 @@ class Judge:
         if fresh is not None and len(fresh):
             delta.reshape(-1)[conv.scratch[fresh] * self.n_fields] = 1.0  # conversations
         lat = cols.latency if self._lat_needed else None
+        counted_from = 0  # exceedances count from the turn after the one that fixed the tail threshold
         if lat is not None and len(self.tail_q) < self._n_tails:
-            self._fix_tails(lat, cols.arm_is(arms, "baseline"))
+            counted_from = self._fix_tails(lat, cols.arm_is(arms, "baseline"))
         if self._means:
             self._mean_sums(cols, u, inv, lat, delta)
         flags = conv.flags[u]
@@ -203,7 +208,7 @@ class Judge:
                 q = self.tail_q.get(mp.name)
                 if q is None or lat is None:
                     continue
-                pos = np.flatnonzero(lat > q)
+                pos = np.flatnonzero(lat[counted_from:] > q) + counted_from
             else:
                 pos = np.flatnonzero(getattr(cols, _EVENT_COLUMN[mp.name]))
             if not len(pos):
@@ -226,7 +231,9 @@ class Judge:
         old = np.take(conv.sums, u, axis=0)  # np.take: ~7x faster than fancy-indexing rows
         new = old.copy()
         for _, k, is_quality in self._means:
-            x = cols.quality if is_quality else np.log(np.maximum(lat, 1e-3))
+            # values on a grid of 1/1024: every sum the judge keeps is then exact in float64, so it
+            # does not depend on the order in which batches add them (docs/guarantees.md)
+            x = np.rint((cols.quality if is_quality else np.log(np.maximum(lat, 1e-3))) * _GRID) / _GRID
             ok = ~np.isnan(x)
             if ok.all():
                 new[:, k] += np.bincount(inv, weights=x, minlength=m)
@@ -310,15 +317,43 @@ class Judge:
             conv.rho[slots] = np.where(in_grace, 0, self._rho_index(self.rho_now))
         slices = np.full((len(slots), conv.slices.shape[1]), -1, np.int16)
         if self.n_keys:
-            coded = cols.coded("segment")
-            if coded is not None:  # per distinct segment (in order of first appearance: same slices)
-                code, distinct = renumber(coded[1][pos], coded[0])
-                slices[:, : self.n_keys] = self._segment_slices(distinct)[code]
-            else:
-                segment = cols.segment
-                slices[:, : self.n_keys] = self._segment_slices([segment[i] for i in pos.tolist()])
+            cut = len(slots)
+            if self.layout_slots is None and self.admitted + len(slots) >= _LAYOUT_CONVERSATIONS:
+                cut = _LAYOUT_CONVERSATIONS - self.admitted  # the layout is fixed at this conversation
+            slices[:cut, : self.n_keys] = self._slices_at(cols, pos[:cut])
+            if cut < len(slots):
+                self._freeze_layout()
+                slices[cut:, : self.n_keys] = self._slices_at(cols, pos[cut:])
             _put_rows(conv.slices, slots, slices)
+        self.admitted += len(slots)
         conv.group[slots] = self._cells.group_of(conv.rho[slots], conv.arm[slots], slices)
+
+    def _slices_at(self, cols: TurnColumns, pos: np.ndarray) -> np.ndarray:
+        """(len(pos), n_keys) slice ids of the segments of the turns at ``pos``."""
+        if not len(pos):
+            return np.zeros((0, self.n_keys), np.int16)
+        coded = cols.coded("segment")
+        if coded is not None:  # per distinct segment (in order of first appearance: same slices)
+            code, distinct = renumber(coded[1][pos], coded[0])
+            return self._segment_slices(distinct)[code]
+        segment = cols.segment
+        return self._segment_slices([segment[i] for i in pos.tolist()])
+
+    def _freeze_layout(self) -> None:
+        """Fix the segment slices that share the segment budget: the values seen in the first
+        ``_LAYOUT_CONVERSATIONS`` conversations, and one ``__other__`` slice per key seen.
+
+        The layout depends on which segment values the traffic has, never on arms or outcomes, and it
+        is fixed before any segment row is judged: spreading the budget over the slices that exist
+        (e.g. 13 for intent x5, language x3, channel x2) instead of every possible one (4 x 13 = 52)
+        keeps every slice's error budget fixed in advance and their sum at ``budget_share``."""
+        slots = 0
+        for k, key in enumerate(self.seg_keys):
+            other = 1 + k * (self.n_values + 1) + self.n_values
+            values = self.seg_values.get(key, {})
+            if values:
+                slots += len({s for s in values.values() if s != other}) + 1
+        self.layout_slots = max(slots, 1)
 
     def _segment_slices(self, segs: list[dict[str, str]]) -> np.ndarray:
         """(len(segs), n_keys) slice ids of the conversations' segment values (-1: key absent)."""
@@ -367,6 +402,8 @@ class Judge:
     def _key_index(self, key: str) -> int | None:
         if key in self._keymap:
             return self._keymap[key]
+        if self.layout_slots is not None and not self.seg_values.get(key):
+            return None  # a key first seen after the layout was fixed is not sliced
         if key not in self.seg_keys:
             if self.policy.segments.keys or len(self.seg_keys) >= self.n_keys:
                 return None
@@ -381,7 +418,7 @@ class Judge:
         s = values.get(value)
         if s is None:
             base = 1 + k * (self.n_values + 1)
-            if len(values) < self.n_values:
+            if len(values) < self.n_values and self.layout_slots is None:
                 s = base + len(values)
                 self.slice_names[s] = f"{key}={value}"
             else:
@@ -390,39 +427,64 @@ class Judge:
             values[value] = s
         return s
 
-    def _fix_tails(self, lat: np.ndarray, baseline: np.ndarray) -> None:
+    def _fix_tails(self, lat: np.ndarray, baseline: np.ndarray) -> int:
+        """Collect baseline latencies until there are ``_TAIL_BASELINE_TURNS``; then fix each tail
+        threshold from exactly those, once, from the control arm only. Returns the batch position
+        from which exceedances count (the batch's length while the thresholds are not fixed), so
+        the same turns count whatever the batch boundaries."""
         tails = [m for m in self.metrics if m.kind == "tail" and m.name not in self.tail_q]
         if not tails:
-            return
-        x = lat[baseline & ~np.isnan(lat)]
-        if len(x):
-            self._tail_buf.append(x)
-        if sum(len(b) for b in self._tail_buf) >= _TAIL_BASELINE_TURNS:
-            # Fixed once, from the control arm only, before any exceedance is counted.
-            allx = np.concatenate(self._tail_buf)
-            for m in tails:
-                self.tail_q[m.name] = float(np.quantile(allx, m.quantile or 0.95))
-            self._tail_buf = []
+            return 0
+        pos = np.flatnonzero(baseline & ~np.isnan(lat))
+        room = _TAIL_BASELINE_TURNS - sum(len(b) for b in self._tail_buf)
+        if len(pos) < room:
+            if len(pos):
+                self._tail_buf.append(lat[pos])
+            return len(lat)
+        self._tail_buf.append(lat[pos[:room]])
+        allx = np.concatenate(self._tail_buf)
+        for m in tails:
+            self.tail_q[m.name] = float(np.quantile(allx, m.quantile or 0.95))
+        self._tail_buf = []
+        return int(pos[room - 1]) + 1
 
     # -- evidence -----------------------------------------------------------------------------------
     # One pass of array operations per metric *kind* over every block x metric x slice, then one
     # confidence-sequence call for all judged rate rows; Python only formats the rows.
     def _alpha(self, segment: bool) -> float:
-        return slice_alpha(self.policy, len(self.metrics), self.n_slices - 1, segment)
+        slots = (self.layout_slots or self.n_slices - 1) if self.n_keys else 0
+        return slice_alpha(self.policy, len(self.metrics), slots, segment)
 
     def _blocks(self) -> list[tuple[str, np.ndarray, float]]:
+        """(label, table, alpha fraction) of the cumulative test and of every live restarted one.
+
+        The test restarted at epoch j sees the conversations of epochs j .. now (all live epochs
+        after it): suffix sums of the per-epoch tables, one expansion per epoch."""
         out = [("", self.cum, self.schedule.cumulative_fraction())]
-        for j, frac in self.schedule.live_windows():
-            parts = tuple(e for e in self._cells.epochs if j <= e < j + self.schedule.span)
-            if parts:
-                start_h = j * self.schedule.epoch_s / 3600
-                out.append((f" [restarted at +{start_h:.1f}h]", self._cells.table(parts), frac))
-        return out
+        acc: np.ndarray | None = None
+        restarted = []
+        for j, frac in reversed(self.schedule.live_windows()):
+            if j in self._cells.epochs:
+                t = self._cells.table((j,))
+                acc = t if acc is None else acc + t
+            if acc is not None:
+                restarted.append((f" [restarted at +{j * self.schedule.epoch_s / 3600:.2f}h]", acc, frac))
+        return out + restarted[::-1]
 
     def evidence(self, ts: float) -> RolloutEvidence:
+        """Every metric x slice's verdict with its numbers at event time ``ts``."""
+        return self.look(ts).evidence()
+
+    def look(self, ts: float) -> Look:
+        """The verdicts at event time ``ts`` as arrays; ``Look.evidence()`` formats the rows.
+
+        A look costs a few array operations; the rows (confidence sequences, estimates, reasons)
+        are built only when someone reads them: a decision, the API, the evidence history."""
         conv_arm = self.cum[:, :, :, 0].sum(axis=1)  # (S, 2)
         named = np.fromiter(sorted(s for s in self.slice_names if s), np.int64)
         judged = named[conv_arm[named].min(axis=1) >= self.policy.segments.min_conversations]
+        if self.layout_slots is None:
+            judged = judged[:0]  # no segment row is judged before the layout is fixed
         sl = np.concatenate((np.zeros(1, np.int64), judged))
         base_log_thr = np.where(sl > 0, math.log(1 / self._alpha(True)), math.log(1 / self._alpha(False)))
         blocks = self._blocks()
@@ -450,15 +512,62 @@ class Judge:
             elig[0]
             & np.array([not (m.kind == "tail" and m.name not in self.tail_q) for m in self.metrics])[:, None]
         )
-        margin = np.where(elig, lef - log_thr[:, None, :], -np.inf)
-        k = len(blocks) - 1 - np.argmax(margin[::-1], axis=0)  # (metric, slice)
-        mi, si = np.indices(k.shape)
-        fail = judge & (margin[k, mi, si] >= 0)
+        # The cumulative and the restarted tests of a row are mixed with their alpha fractions as
+        # weights: sum_j w_j E_j is itself an e-process (each E_j is 1 until its epoch starts), so the
+        # row fails when it reaches the row's threshold; the largest term names the test that drove it.
+        weighted = np.where(elig, lef + np.log([b[2] for b in blocks])[:, None, None], -np.inf)
+        with np.errstate(divide="ignore"):
+            mixed = logsumexp(weighted, axis=0)  # (metric, slice); -inf where nothing is eligible
+        k = len(blocks) - 1 - np.argmax(weighted[::-1], axis=0)  # (metric, slice)
+        fail = judge & (mixed >= base_log_thr[None, :])
         k = np.where(fail, k, 0)
         verdict = np.where(fail, 0, np.where(lep[0] >= math.log(1 / self.policy.promote.alpha), 1, 2))
+        return Look(
+            self,
+            ts,
+            sl,
+            [label for label, _, _ in blocks],
+            log_thr,
+            base_log_thr,
+            rhos,
+            x,
+            lef,
+            mixed,
+            diff,
+            hw,
+            n,
+            judge,
+            k,
+            verdict,
+            rate_tc,
+            self._sample_ratio(rhos),
+            int(conv_arm[0, 0]),
+            int(conv_arm[0, 1]),
+            dict(self.slice_names),
+            dict(self.tail_q),
+        )
+
+    def _rows(self, lk: Look) -> RolloutEvidence:
+        """The look's evidence rows (what ``Look.evidence`` returns)."""
+        (sl, log_thr, base_log_thr, rhos, x, mixed, diff, hw, n, judge, k, verdict, rate_tc) = (
+            lk.sl,
+            lk.log_thr,
+            lk.base_log_thr,
+            lk.rhos,
+            lk.x,
+            lk.mixed,
+            lk.diff,
+            lk.hw,
+            lk.n,
+            lk.judge_mask,
+            lk.k,
+            lk.verdict,
+            lk.rate_tc,
+        )
+        ts = lk.ts
         jm, js = np.nonzero(judge)  # judged rows, metric-major like the output
         jk = k[jm, js]
-        thr = log_thr[jk, js]
+        thr = log_thr[jk, js]  # the confidence sequence of the reported block is at its own level
         per_arm = x.sum(axis=2)  # (block, slice, arm, field): the arms' estimates
         num = per_arm[jk, js, :, self._est_cols[0][jm]]  # (row, arm)
         den = per_arm[jk, js, :, self._est_cols[1][jm]]
@@ -471,8 +580,8 @@ class Judge:
             r_at = self._rate_pos[jm[rate_rows]]
             t, c = (a[jk[rate_rows], r_at, js[rate_rows]] for a in rate_tc)
             ci[rate_rows] = np.stack(rate_confidence_sequence(t, c, rhos[1:], thr[rate_rows]), -1)
-        names = [self.slice_names.get(s, "all") for s in sl.tolist()]
-        labels = [label for label, _, _ in blocks]
+        names = [lk.slice_names.get(s, "all") for s in sl.tolist()]
+        labels = lk.labels
         rows: list[MetricEvidence] = []
         at = 0
         row_data = list(
@@ -480,8 +589,8 @@ class Judge:
                 js.tolist(),
                 verdict[jm, js].tolist(),
                 jk.tolist(),
-                thr.tolist(),
-                lef[jk, jm, js].tolist(),
+                base_log_thr[js].tolist(),
+                mixed[jm, js].tolist(),
                 ci.tolist(),
                 est.tolist(),
                 n[jk, jm, js].astype(np.int64).tolist(),
@@ -492,7 +601,7 @@ class Judge:
             if not judge[m, 0]:
                 rows.append(self._nodata(mp, n[0, m, 0]))
             what = (
-                f"{mp.name} (> {self.tail_q[mp.name]:.0f} ms)" if mp.kind == "tail" and counts[m] else mp.name
+                f"{mp.name} (> {lk.tail_q[mp.name]:.0f} ms)" if mp.kind == "tail" and counts[m] else mp.name
             )
             relative = mp.tolerance_mode is ToleranceMode.RELATIVE
             exp_ = relative and mp.kind == "mean"
@@ -530,9 +639,9 @@ class Judge:
             ts,
             ts - self.started_ts,
             tuple(rows),
-            self._sample_ratio(rhos),
-            int(conv_arm[0, 0]),
-            int(conv_arm[0, 1]),
+            lk.sample_ratio,
+            lk.conversations_control,
+            lk.conversations_treatment,
         )
 
     def _mean_tests(
@@ -542,7 +651,7 @@ class Judge:
         cols = np.array([[self.field[m.name] + j for j in range(MEAN_FIELDS)] for m in ms])
         a = np.moveaxis(x[..., cols], 4, 1)  # (block, metric, slice, stratum, arm, field)
         t, c = a[..., 1, :], a[..., 0, :]
-        diff, var = stratified_difference(t, c)  # (block, metric, slice)
+        diff, var = stratified_difference(t, c, pooled=True)  # (block, metric, slice)
         tol, tau, sign = (np.array(p)[None, :, None] for p in zip(*map(mean_params, ms)))
         ptol, ptau, _ = (np.array(p)[None, :, None] for p in zip(*(mean_params(m, True) for m in ms)))
         # FAIL: against "harm <= tolerance"; PASS, a separate e-process: against "harm >= promote margin".
@@ -671,6 +780,8 @@ class Judge:
             "cells": self._cells.to_state(),
             "conv": self.conv.to_state(),
             "watermark": self.watermark,
+            "admitted": self.admitted,
+            "layout_slots": self.layout_slots,
         }
 
     @classmethod
@@ -691,7 +802,61 @@ class Judge:
         j._cells.load(d["cells"])
         j.conv = _Conversations.from_state(d["conv"])
         j.watermark = d["watermark"]
+        # absent from states written before the layout was fixed from traffic: every possible slice
+        j.admitted = d.get("admitted", _LAYOUT_CONVERSATIONS)
+        j.layout_slots = d["layout_slots"] if "admitted" in d else j.n_slices - 1
         return j
+
+
+@dataclass(slots=True)
+class Look:
+    """One look of a canary judge: its verdict arrays at event time ``ts`` (metric x slice), kept
+    as they were; ``evidence()`` formats them into rows on demand (once)."""
+
+    judge: Judge
+    ts: float
+    sl: np.ndarray  # judged slices
+    labels: list[str]  # per block
+    log_thr: np.ndarray  # (block, slice)
+    base_log_thr: np.ndarray  # (slice,): the row's threshold (log)
+    rhos: np.ndarray
+    x: np.ndarray  # (block, slice, stratum, arm, field)
+    lef: np.ndarray  # (block, metric, slice)
+    mixed: np.ndarray  # (metric, slice): log of the row's mixed FAIL e-value
+    diff: np.ndarray
+    hw: np.ndarray
+    n: np.ndarray  # (block, metric, slice, arm)
+    judge_mask: np.ndarray  # (metric, slice): judged rows
+    k: np.ndarray  # (metric, slice): the block reported
+    verdict: np.ndarray  # (metric, slice): 0 fail, 1 pass, 2 inconclusive
+    rate_tc: tuple[np.ndarray, np.ndarray] | None
+    sample_ratio: SampleRatioEvidence | None
+    conversations_control: int
+    conversations_treatment: int
+    slice_names: dict[int, str]
+    tail_q: dict[str, float]
+    _evidence: RolloutEvidence | None = None
+
+    def may_decide(self) -> bool:
+        """Could ``policy.decide`` act on this look? (a failing row, a sample-ratio mismatch, or a
+        promotion that the duration, the sample and every gate's verdict allow)"""
+        if self.judge_mask.any() and (self.verdict[self.judge_mask] == 0).any():
+            return True
+        if self.sample_ratio is not None and self.sample_ratio.mismatch:
+            return True
+        j = self.judge
+        rule = j.policy.promote
+        if not rule.enabled or self.ts - j.started_ts < rule.min_duration_s:
+            return False
+        if min(self.conversations_control, self.conversations_treatment) < rule.min_conversations:
+            return False
+        gates = [i for i, m in enumerate(j.metrics) if m.promote_gate]
+        return bool(gates) and all(self.judge_mask[i, 0] and self.verdict[i, 0] == 1 for i in gates)
+
+    def evidence(self) -> RolloutEvidence:
+        if self._evidence is None:
+            self._evidence = self.judge._rows(self)
+        return self._evidence
 
 
 def _margin(mp: MetricPolicy, verdict: Verdict) -> str:

@@ -50,6 +50,7 @@ from watcher.stats import (
     array_from_state,
     array_to_state,
     cluster_mean,
+    logsumexp,
     mean_deltas,
     msprt_half_width,
     msprt_log_evalue,
@@ -286,14 +287,16 @@ class ShadowJudge:
                     if s == 0:
                         rows.append(self._nodata(m, g))
                     continue
-                margins = [
-                    (pb[0][i] - (base[i] + math.log(1 / frac)), k)
+                # the cumulative and restarted tests mixed with their alpha fractions as weights (an
+                # e-process, as in the canary judge); the largest term names the test that drove it
+                terms = [
+                    (pb[0][i] + math.log(frac), k)
                     for k, (pb, (_, _, frac)) in enumerate(zip(per_block, blocks))
                     if blocks[k][1][s, 0] >= m.min_samples
                 ]
-                best, k = max(margins)
-                fail = best >= 0
-                k = k if fail else 0
+                mixed = float(logsumexp(np.array([t for t, _ in terms])))
+                fail = mixed >= base[i]
+                k = max(terms)[1] if fail else 0
                 verdict = (
                     Verdict.FAIL if fail else Verdict.PASS if lep0[i] >= pass_thr else Verdict.INCONCLUSIVE
                 )
@@ -306,7 +309,8 @@ class ShadowJudge:
                         blocks[k][1][s],
                         per_block[k],
                         i,
-                        base[i] + math.log(1 / blocks[k][2]),
+                        base[i],
+                        mixed,
                     )
                 )
         g = int(self.cum[0, 0])
@@ -345,8 +349,9 @@ class ShadowJudge:
         t: tuple[np.ndarray, ...],
         i: int,
         log_thr: float,
+        lef: float,
     ) -> MetricEvidence:
-        lef, _, eff, lo, hi = (float(a[i]) for a in t)
+        _, _, eff, lo, hi = (float(a[i]) for a in t)
         f, g = self.field[m.name], int(x[0])
         relative = m.tolerance_mode is ToleranceMode.RELATIVE
         if m.kind == "mean":

@@ -24,14 +24,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from watcher.config import Settings
 from watcher.contract import Action, Decision, OtlpCounts, OtlpDecoder, Rejected
 from watcher.engine import BatchResult, Engine, Tasks
 from watcher.errors import ConfigError
-from watcher.http import Api, FlaggerHooks, OtlpReceiver, Peers, auth_middleware
+from watcher.http import (
+    Api,
+    ConnectionGuard,
+    FlaggerHooks,
+    Listening,
+    OtlpReceiver,
+    Peers,
+    auth_middleware,
+    guard_middleware,
+)
 from watcher.http import forwarding_middleware as route_to_owner
 from watcher.kafka import (
     DeadLetters,
@@ -110,7 +118,7 @@ class Daemon:
         self.port: int | None = None
         self.batches_processed = 0
         self.events_consumed = 0
-        self._runner: web.AppRunner | None = None
+        self._listening: Listening | None = None
         self.hooks: FlaggerHooks | None = None
         self._http_up = False
         self._torn = False  # a batch was abandoned part-way at shutdown: no checkpoint after it
@@ -129,6 +137,8 @@ class Daemon:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start_http(self) -> None:
+        http = self.settings.http
+        guard = ConnectionGuard(http.max_connections_per_client, http.client_timeout_s)
         api = Api(
             self.engine,
             registry=self.registry,
@@ -139,7 +149,8 @@ class Daemon:
             deliveries=self.outbox,
             max_body_bytes=self.settings.http.max_body_bytes,
             middlewares=[
-                auth_middleware(self.settings.http),
+                guard_middleware(http, guard),  # before authentication: refused without reading a token
+                auth_middleware(http),
                 *([route_to_owner(self.peers)] if self.peers else []),
             ],
         )
@@ -158,12 +169,8 @@ class Daemon:
             otlp = self.settings.otlp
             decoder = OtlpDecoder(otlp.mapping, max_message_bytes=otlp.max_message_bytes)
             app.add_routes(OtlpReceiver(decoder, self.turns, self._received_spans).routes())
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
-        await site.start()
-        bound = self._runner.addresses  # (host, port, ...) of each listening socket: port 0 is chosen here
-        self.port = int(bound[0][1]) if bound else self.settings.http.port
+        self._listening = await Listening.start(app, http, guard)
+        self.port = self._listening.port  # port 0 is chosen here
         if self.peers is not None:
             self.peers.address = self.settings.http.advertised_url or _own_url(
                 self.settings.http.host, self.port
@@ -267,8 +274,8 @@ class Daemon:
             await grace.bounded("the marker publisher", self.markers.stop())
             await grace.bounded("the OTLP/HTTP turn writer", self.turns.stop())
             await grace.bounded("the dead-letter publisher", self.dead_letters.stop())
-            if self._runner is not None:
-                await grace.bounded("the HTTP server", self._runner.cleanup())
+            if self._listening is not None:
+                await grace.bounded("the HTTP server", self._listening.close())
             self.decision_log.close()
             self.spool.close()
             if self.checkpoints is not None:

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 import watcher
 from watcher.config import TelemetrySettings
 from watcher.contract import Action, OtlpCounts, RejectReason
+from watcher.engine import Unjudged
 
 if TYPE_CHECKING:
     from watcher.engine import EngineView
@@ -233,6 +234,30 @@ class StateCollector(Collector):
         for (agent, env, action, version), ts in registry.marker_times.items():
             markers.add_metric([agent, env, action, version], ts)
         yield from (info, started, ended, weight, markers)
+        yield from self._unjudged()
+
+    def _unjudged(self) -> Iterator[Metric]:
+        """Active rollouts their judge cannot judge, per reason (every reason, 0 included), and which."""
+        count = GaugeMetricFamily(
+            "watcher_rollouts_unjudged", "active rollouts that are not judged, by reason", labels=["reason"]
+        )
+        which = GaugeMetricFamily(
+            "watcher_rollout_unjudged_info",
+            "an active rollout that is not judged, and why (GET /v1/rollouts/{id} has the detail)",
+            labels=[*ROLLOUT_LABELS, "reason"],
+        )
+        per_reason = dict.fromkeys((u.value for u in Unjudged), 0)
+        for r in self._engine.registry.all():
+            cov = self._engine.coverage.get(r.rollout_id)
+            if not r.active or cov is None or cov.problem is None:
+                continue
+            per_reason[cov.problem.value] += 1
+            labels = [r.rollout_id, r.agent_id, r.environment, r.strategy]
+            labels += [r.baseline_version or "", r.canary_version or "", cov.problem.value]
+            which.add_metric(labels, 1)
+        for reason, n in per_reason.items():
+            count.add_metric([reason], n)
+        yield from (count, which)
 
     def _verdicts(self) -> Iterator[Metric]:
         engine = self._engine

@@ -176,6 +176,10 @@ class Scenario:
     strategy: str = "canary"
     switch_s: float = 0.0
     shadow_drop: float = 0.0  # share of shadow turns lost (they stay unpaired)
+    shadow_share: float = 1.0  # share of live conversations mirrored to the shadow version
+    # the ``arm`` every turn carries instead of the strategy's own labels ("live", "baseline", ...; ""
+    # for null): what a router that knows only "live" traffic writes, e.g. during a blue-green switch
+    arm_label: str | None = None
     shadow_shared_noise: float = 0.7  # correlation of a shadow answer's noise with the live answer's
     flag_name: str = "new_prompt"
     flag_variants: tuple[str, str] = ("control", "treatment")
@@ -206,6 +210,7 @@ class Scenario:
             ),
             ("strategy", self.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
             ("shadow_drop", 0 <= self.shadow_drop < 1, "must be in [0, 1)"),
+            ("shadow_share", 0 < self.shadow_share <= 1, "must be in (0, 1]"),
             ("shadow_shared_noise", 0 <= self.shadow_shared_noise <= 1, "must be in [0, 1]"),
             ("switch_s", 0 <= self.switch_s < self.duration_s, "must be in [0, duration_s)"),
             ("max_block_s", self.max_block_s > 0, "must be > 0"),

@@ -113,6 +113,8 @@ class _Plan:
             arm = ["null", "null"]
             name = enc(s.flag_name).decode()
             extra = [f'"flags":{{{name}:{enc(v).decode()}}},' for v in s.flag_variants]
+        if s.arm_label is not None:
+            arm = [enc(s.arm_label).decode() if s.arm_label else "null"] * 2
         self.arm_segment = [
             f'"version":{version[a]},"arm":{arm[a]},"segment":{seg},{extra[a]}'
             for a in (0, 1)
@@ -261,6 +263,9 @@ def _block(
     }
     if s.strategy == "shadow":
         request = ts - latency / 1000  # the shadow answers the same request as the live turn
+        mirrored = keep
+        if s.shadow_share < 1:  # drawn only then: a fully mirrored stream stays byte-identical
+            mirrored = keep & (rng.random(n) < s.shadow_share)[conv]
         shadow = _shadow_rows(
             s,
             plan,
@@ -275,7 +280,7 @@ def _block(
             raw_tokens_out,
             tokens_in,
             request,
-            keep,
+            mirrored,
         )
         shadow["conv"] = (conv + first_conv)[shadow.pop("at")]
         out = {c: np.concatenate((out[c], shadow[c])) for c in out}

@@ -301,12 +301,19 @@ class Registry:
         return arms, changes
 
     def _arm(self, agent: str, env: str, version: str, arm: str | None) -> str:
-        if arm is not None:
+        """A turn's role in the active rollout. ``canary``, ``baseline`` and ``shadow`` are taken as
+        labelled; null and ``live`` (the turn served customers, nothing more) are resolved by version:
+        during a blue-green switch or a canary, a router that knows only live traffic labels both
+        versions ``live``, and each is still judged as what it is."""
+        if arm is not None and arm != "live":
             return arm
         active = self._active.get((agent, env))
         if active is not None:
             if version == active.canary_version:
-                return self._terms(active.strategy).treatment_arm
+                treatment = self._terms(active.strategy).treatment_arm
+                if treatment == "shadow" and arm == "live":
+                    return "live"  # a shadow version that served customers is not a shadow answer
+                return treatment
             if version == active.baseline_version:
                 return "baseline"
         return "live"

@@ -167,16 +167,29 @@ def _cs_grid(rhos: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     return np.log(th).T.copy(), np.log1p(-th).T.copy()
 
 
-def stratified_difference(treat: np.ndarray, ctrl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def stratified_difference(
+    treat: np.ndarray, ctrl: np.ndarray, *, pooled: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Treatment - control mean difference and its cluster-robust variance, pooled over strata.
 
     ``treat``/``ctrl``: (..., R, MEAN_FIELDS). A stratum is a period of constant canary weight: within
     it both arms see the same hours, so time-of-day drift cancels even while the weight ramps.
     Strata are pooled with weights n_t n_c / (n_t + n_c) (outcome-free, like Mantel-Haenszel).
+    With ``pooled`` the treatment's variance is at least what the control's per-conversation spread
+    implies for the treatment's conversations: under the null (same distribution in both arms) the
+    large control arm estimates it far better than a few dozen treatment conversations, whose own
+    estimate is noisy and can be small by chance (docs/statistics.md, "burn-in").
     Returns (difference, variance); NaN where no stratum has >= 2 conversations in both arms.
     """
     mean_t, var_t, g_t = cluster_mean(treat)
     mean_c, var_c, g_c = cluster_mean(ctrl)
+    if pooled:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # var_c = spread_c / (sum n_c)^2 * G_c/(G_c-1): the spread per control conversation, scaled
+            # to the treatment's conversations and turns
+            n_t, n_c = treat[..., 1], ctrl[..., 1]
+            implied = var_c * (n_c * n_c / np.maximum(g_c, 1)) * g_t / np.maximum(n_t * n_t, 1e-300)
+        var_t = np.where(np.isfinite(implied), np.maximum(var_t, implied), var_t)
     ok = (g_t >= 2) & (g_c >= 2)
     w = np.where(ok, g_t * g_c / np.maximum(g_t + g_c, 1), 0.0)
     sw = w.sum(axis=-1)

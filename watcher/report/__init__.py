@@ -1,0 +1,17 @@
+"""The HTML report (layer: between the HTTP side and the outbox). ``render(histories)`` turns rollouts'
+evidence histories (``watcher.engine.RolloutHistory``) into one self-contained HTML page that works
+offline: per rollout its decisions, traffic per arm, each metric x slice's effect with its anytime-valid
+interval over time, and the e-value against its threshold, with markers and decisions on the time axis.
+Plots need the optional extra ``watcher[report]`` (plotly); without it ``render`` raises
+``watcher.errors.ReportUnavailable`` naming the extra. ``watcher replay FILE --report`` and
+``GET /v1/rollouts/{id}/report`` use it; so can any command holding a rollout's history.
+"""
+
+from __future__ import annotations
+
+from watcher.report.html import render, require_plotting
+
+__all__ = [
+    "render",
+    "require_plotting",
+]
