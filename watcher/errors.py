@@ -3,6 +3,7 @@
     WatcherError
     ├── ConfigError          a setting or policy value is invalid (carries ``field``)
     ├── SourceError          the telemetry source cannot be read (broker down, file unreadable)
+    ├── BrokerUnreachable    no broker answers a command that cannot wait (carries ``bootstrap_servers``)
     ├── SinkError            a signal could not be delivered (carries ``retry_after``, ``permanent``)
     ├── CheckpointError      state could not be saved or restored
     │   └── CheckpointUnavailable  the store could not be reached (worth retrying)
@@ -31,6 +32,18 @@ class ConfigError(WatcherError):
 
 class SourceError(WatcherError):
     """The telemetry source cannot be read."""
+
+
+class BrokerUnreachable(WatcherError):
+    """No Kafka broker answered at ``bootstrap_servers``, for a command that does not wait for one
+    (the daemon itself never raises it: it retries until the broker is back)."""
+
+    def __init__(self, bootstrap_servers: str, detail: str, hint: str = "") -> None:
+        super().__init__(
+            f"no Kafka broker answers at {bootstrap_servers} ({detail})" + (f". {hint}" if hint else "")
+        )
+        self.bootstrap_servers = bootstrap_servers
+        self.detail = detail
 
 
 class SinkError(WatcherError):
@@ -65,7 +78,7 @@ class ReportUnavailable(WatcherError):
     def __init__(self, extra: str, missing: str) -> None:
         super().__init__(
             f"the HTML report needs the optional extra '{extra}' ({missing} is not installed): "
-            f"pip install 'watcher[{extra}]'"
+            f"pip install 'rollout-watcher[{extra}]'"
         )
         self.extra = extra
         self.missing = missing

@@ -334,6 +334,14 @@ def _brief(r: dict[str, Any]) -> str:
     return f"{r['judge']}={r['outcome']}" + ("" if r["delay_s"] is None else f"({r['delay_s']:.0f}s)")
 
 
+def results_path(args: argparse.Namespace) -> Path:
+    """Where the results go without --out: the committed file only for a full run of every judge
+    and scenario; a smoke run (--quick) or a subset goes to a temporary file."""
+    if args.quick or args.judges or args.scenarios:
+        return Path(tempfile.gettempdir()) / "watcher-detection-partial.json"
+    return RESULTS
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one calibration and one evaluation seed")
@@ -369,9 +377,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategies", help="everyday: comma-separated strategies (default: all)")
     p.add_argument("--judges", help="comma-separated subset of the judges (default: all)")
     p.add_argument("--scenarios", help="comma-separated subset of scenario names (calibration uses all)")
-    p.add_argument("--out", type=Path, default=RESULTS, help="JSON results (default %(default)s)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"JSON results (default {RESULTS.name} next to this file; with --quick, --judges or --scenarios "
+        "a temporary file, so a smoke run or a subset never replaces the committed figures)",
+    )
     args = p.parse_args(argv)
     started = time.perf_counter()
+    args.out = args.out or results_path(args)
     seeds = list(range(args.first_seed, args.first_seed + (1 if args.quick else args.seeds)))
     cal_seeds = list(
         range(CALIBRATION_FIRST_SEED, CALIBRATION_FIRST_SEED + (1 if args.quick else args.calibration_seeds))

@@ -111,7 +111,7 @@ async def _plain(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
 async def _watcher(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
     from watcher.config.settings import load_settings
     from watcher.engine.engine import Engine
-    from watcher.kafka.source import KafkaSource, MessageBatch, Origins
+    from watcher.kafka import KafkaSource, MessageBatch, Origins
 
     settings = load_settings(environ={})
     engine = Engine(settings)

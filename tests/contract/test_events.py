@@ -109,7 +109,7 @@ def deployment(raw: bytes) -> Deployment:
 def test_reject_reason_is_the_closed_label_vocabulary() -> None:
     assert {r.value for r in RejectReason} == {
         "not_json", "not_object", "too_large", "unknown_schema", "missing_field", "wrong_type",
-        "out_of_range", "bad_timestamp", "not_finite", "invalid_value", "too_late", "bad_otlp",
+        "out_of_range", "bad_timestamp", "not_finite", "invalid_value", "too_late", "too_early", "bad_otlp",
     }  # fmt: skip
     assert RejectReason.NOT_FINITE == "not_finite"  # str Enum: usable directly as a label value
 
@@ -140,6 +140,9 @@ def test_all_is_exactly_the_public_interface() -> None:
             # OTLP traces in: the span-to-turn mapping and the reader of trace requests
             "SpanMapping", "OtlpDecoder", "NullOtlp", "OtlpCounts", "Expansion", "MessageTurns", "OTLP_JSON",
             "OTLP_PROTO", "sniff",
+            # the metric catalogue
+            "CATALOGUE", "MEAN_METRICS", "RATE_METRICS", "SERIES_FAMILIES", "Direction", "Family", "Kind",
+            "MetricDef", "ToleranceMode", "metric_def", "metric_names",
         ]
     )  # fmt: skip
     assert all(hasattr(events, n) for n in events.__all__)
@@ -336,12 +339,19 @@ def test_unknown_fields_are_ignored() -> None:
     "raw",
     [b"", b" ", b"{", b"not json", b"{'a': 1}", enc(turn_dict()) + b" x", b"\xef\xbb\xbf" + enc(turn_dict()),
      b"\xff\xfe\x00", enc(turn_dict(event_id="AAAA")).replace(b"AAAA", b"\xff\xfe"),
-     b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", b"[" * 100_000, b'{"event_id":"\\ud800"}'],
+     b'{"a":' + b"[" * 100_000 + b"]" * 100_000, b"[" * 100_000, b'{"event_id":"\\ud800"}'],
 )  # fmt: skip
 def test_not_json(raw: bytes) -> None:
     r = rejected(raw, max_bytes=1_000_000)
     assert r.reason is R.NOT_JSON
     assert r.raw == raw
+
+
+def test_an_object_whose_only_field_nests_too_deep_is_read_without_it() -> None:
+    # the unknown field is skipped (issue #15, 9): what is left misses the contract's fields
+    raw = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = rejected(raw, max_bytes=1_000_000)
+    assert r.reason is R.MISSING_FIELD and r.raw == raw
 
 
 @pytest.mark.parametrize("raw", [b"[]", b"1", b'"turn"', b"null", b"true", b"[" + enc(turn_dict()) + b"]"])
@@ -617,3 +627,19 @@ def test_constructed_structs_encode_to_valid_contract_json() -> None:
     t = Turn(event_id="e", ts=5.0, agent_id="a", version="v", conversation_id="c")
     assert turn(encode_turn(t)) == t
     assert msgspec.json.decode(encode_turn(t))["ts"] == 5.0
+
+
+@pytest.mark.parametrize("columnar", [True, False])
+def test_a_valid_turn_with_a_deeply_nested_unknown_field_is_accepted(columnar: bool) -> None:
+    # issue #15, 9: a field the contract ignores, nested past the parser's recursion limit, made the
+    # turn unreadable (not_json)
+    deep = b"[" * 5000 + b"]" * 5000
+    raw = enc(turn_dict(quality=0.5))[:-1] + b',"extra":{"x\\"]":' + deep + b'},"more":1}'
+    ok = enc(turn_dict(event_id="e-2"))
+    batch = decode_batch([raw, ok, b"nope"], Deduplicator(), columnar=columnar)
+    assert [(t.event_id, t.quality) for t in batch.turns] == [("e1", 0.5), ("e-2", None)]
+    assert [r.reason for r in batch.rejected] == [R.NOT_JSON]
+    # a field of the contract nested that deep is still refused (it cannot be valid)
+    bad = enc(turn_dict(event_id="e-3"))[:-1] + b',"segment":{"a":' + deep + b"}}"
+    (reject,) = decode_batch([bad], Deduplicator(), columnar=columnar).rejected
+    assert reject.reason is R.NOT_JSON and "nested too deeply" in reject.detail

@@ -45,10 +45,18 @@ def read(request: Any, reader: str, mapping: SpanMapping | None = None) -> Any:
     return decoder.read(request.SerializeToString(), OTLP_PROTO)
 
 
+def decoded(raw: bytes) -> Turn:
+    """A turn message as the contract reads it (ts in float seconds, as decode_batch makes it)."""
+    t = TURN.decode(raw)
+    if t.ts.__class__ is not float:
+        t.ts = t.ts.timestamp()  # type: ignore[attr-defined]
+    return t
+
+
 def turns(request: Any, reader: str, mapping: SpanMapping | None = None) -> list[Turn]:
     out = read(request, reader, mapping)
     assert out.error is None and out.rejected == [], (out.error, out.rejected)
-    return [TURN.decode(t) for t in out.turns]
+    return [decoded(t) for t in out.turns]
 
 
 def rejection(request: Any, reader: str, mapping: SpanMapping | None = None) -> tuple[RejectReason, str]:
@@ -74,7 +82,7 @@ def test_an_sdk_instrumented_agent_needs_no_mapping(reader: str) -> None:
     )
     out = read(request, reader)
     assert out.spans == 9  # three turns and their model and tool calls
-    got = [TURN.decode(t) for t in out.turns]
+    got = [decoded(t) for t in out.turns]
     spans = request.resource_spans[0].scope_spans[0].spans
     invoke = [s for s in spans if s.name.startswith("invoke_agent")]
     assert [t.event_id for t in got] == [s.span_id.hex() for s in invoke]
@@ -90,7 +98,7 @@ def test_an_sdk_instrumented_agent_needs_no_mapping(reader: str) -> None:
         0,
         {"intent": "billing", "language": "de"},
     )
-    assert first.ts == (T0_NS + 812_500_000) / 10**9  # the span's end
+    assert first.ts == (T0_NS + 812_500_000) // 1000 / 10**6  # the span's end, in whole microseconds
     assert (first.latency_ms, first.quality, first.tokens_in, first.tokens_out) == (812.5, 0.83, 512, 128)
     assert (first.error, first.escalated, first.flags) == (False, False, {})
     assert (got[1].error, got[1].flags, got[1].latency_ms, got[1].quality) == (

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -126,7 +127,13 @@ def _values(out: Any) -> Any:
             return {k: norm(v) for k, v in x.items()}
         return x
 
-    turns = [norm(msgspec.json.decode(t)) for t in out.turns]
+    def turn(raw: bytes) -> Any:
+        t = msgspec.json.decode(raw)
+        if isinstance(t.get("ts"), str):  # the C decoder writes RFC 3339 (microseconds), Python a number
+            t["ts"] = datetime.fromisoformat(t["ts"]).timestamp()
+        return norm(t)
+
+    turns = [turn(t) for t in out.turns]
     return out.error, out.spans, turns, [(r, d, bytes(b)) for r, d, b in out.rejected]
 
 

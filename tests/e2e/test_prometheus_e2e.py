@@ -33,10 +33,12 @@ import yaml
 from tests.support.ops import (
     METRIC_RE,
     RULE_FILES,
+    argo_prometheus_query,
     dashboard_queries,
     dashboards,
     e2e_scenarios,
     ended_rollout_markers,
+    flagger_metric_query,
     label_values_query,
     require_tool,
     rules,
@@ -365,6 +367,21 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(
             (a["agent"], a["canary_version"], a["baseline_version"], a["severity"]) for a in rollback
         ] == [("support-bot", "v42", "v41", "critical")]
         assert [a["agent"] for a in by_name["WatcherRolloutPaused"]] == ["sales-bot"]
+
+        # the deployers' Prometheus checks (deploy/argo, deploy/flagger) on the same series: Argo's
+        # query is -1 after a rollback (its failureCondition), 0 while undecided, never empty;
+        # Flagger's is 1 after a rollback (above thresholdRange.max 0), else 0
+        def value(query: str) -> float:
+            found = prom.query(query)
+            assert len(found) == 1, (query, found)
+            return float(found[0]["value"][1])
+
+        argo = {"agent": "support-bot", "environment": "prod", "canary_version": "v42"}
+        assert value(argo_prometheus_query(**argo)) == -1
+        assert value(argo_prometheus_query(**{**argo, "agent": "sales-bot", "canary_version": "v8"})) == 0
+        assert value(argo_prometheus_query(**{**argo, "canary_version": "v999"})) == 0
+        assert value(flagger_metric_query(**argo)) == 1
+        assert value(flagger_metric_query(agent="sales-bot", environment="prod", canary_version="v8")) == 0
         assert {(a["agent"], a["metric"]) for a in by_name["WatcherDriftSignal"]} >= {("faq-bot", "quality")}
         assert [a["sink"] for a in by_name["WatcherDeliveriesFailing"]] == ["misconfigured"]
 

@@ -151,3 +151,27 @@ async def test_decision_query_validation_and_drift(served_srm: Served) -> None:
     assert body["data"]["decision"] == "pause"
     status, body = await served_srm.get("/v1/verdict?agent=nobody")
     assert status == 200 and body["data"]["verdict"] == "inconclusive"
+
+
+async def test_a_marker_older_than_the_rollout_s_weight_says_it_was_not_applied(served_srm: Served) -> None:
+    base = {"agent_id": "docs-bot", "baseline_version": "v41", "canary_version": "v42", "strategy": "canary"}
+    now = 1_795_766_400
+    status, _ = await served_srm.post(
+        "/v1/deployments", {**base, "event_id": "s1", "ts": now, "action": "started", "canary_weight": 0.1}
+    )
+    assert status == 202
+    status, _ = await served_srm.post(
+        "/v1/deployments",
+        {**base, "event_id": "w1", "ts": now + 600, "action": "weight_changed", "canary_weight": 0.3},
+    )
+    assert status == 202
+    example = {
+        **base,
+        "event_id": "dep-77",
+        "ts": now - 9 * 86_400,
+        "action": "started",
+        "canary_weight": 0.1,
+    }
+    status, answer = await served_srm.post("/v1/deployments", example)  # the docs' example, days old
+    assert status == 202 and answer["rollout"]["canary_weight"] == 0.3
+    assert answer["note"].startswith("canary_weight 0.1 not applied: a newer marker")

@@ -18,7 +18,7 @@ from watcher.judges.bluegreen import BlueGreenJudge
 from watcher.judges.policy import Policy, PolicyState, decide, load_policy
 from watcher.sim import strategy_traffic as tf
 from watcher.state.history import VersionHistory
-from watcher.state.tracker import F_CONV, F_Q, F_RATE, LATENCY_MAX
+from watcher.state.tracker import F_CONV, F_RATE, LATENCY_MAX, MEAN_AT
 from watcher.stats import latency_bins as lb
 
 POLICY = load_policy(None).default
@@ -105,7 +105,7 @@ def test_vectorised_history_matches_a_per_conversation_count() -> None:
         assert got[F_CONV] == len(convs)
         assert got[F_RATE["error"]] == sum(any(t.error for t in c) for c in convs.values())
         assert got[F_RATE["escalation"]] == sum(any(t.escalated for t in c) for c in convs.values())
-        assert got[F_Q] == pytest.approx(sum(t.quality for t, _ in mine))
+        assert got[MEAN_AT["quality"]] == pytest.approx(sum(t.quality for t, _ in mine))
         # each conversation once, in the bin of its slowest turn (later, slower turns move it up)
         slowest = [max(t.latency_ms for t in c) for c in convs.values()]
         want = np.bincount(lb.bins_of_log(np.log(slowest)), minlength=lb.N_BINS)

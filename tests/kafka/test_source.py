@@ -16,8 +16,9 @@ from aiokafka.structs import ConsumerRecord
 
 from watcher.backoff import Backoff
 from watcher.errors import ConfigError, SourceError
+from watcher.kafka import KafkaSource, Message, MessageBatch, Source
 from watcher.kafka.embedded import EmbeddedBroker, free_port
-from watcher.kafka.source import FileSource, KafkaSource, Message, Source, messages_from_records
+from watcher.kafka.messages import FileSource, messages_from_records
 
 Produce = Callable[..., Awaitable[list[tuple[int, int]]]]
 
@@ -315,7 +316,6 @@ async def test_file_source_missing_file_is_a_source_error(tmp_path: Path) -> Non
 
 
 def test_message_batch_is_a_lazy_sequence_of_messages() -> None:
-    from watcher.kafka.source import MessageBatch
 
     a = [SimpleNamespace(value=b"a%d" % i, offset=10 + i) for i in range(3)]
     b = [SimpleNamespace(value=b"b%d" % i, offset=5 + i) for i in range(2)]
@@ -368,7 +368,6 @@ def test_buffered_records_reach_the_batch_without_a_consumer_record_each() -> No
     from aiokafka import TopicPartition
 
     from watcher.kafka.fast_fetch import FetchPath, tune_fetcher
-    from watcher.kafka.source import MessageBatch
 
     t0, t1 = TopicPartition("t", 0), TopicPartition("t", 1)
     fetcher = SimpleNamespace(
@@ -401,7 +400,6 @@ def test_buffered_records_reach_the_batch_without_a_consumer_record_each() -> No
 
 
 def test_a_batch_splits_per_partition_number_without_what_the_state_holds() -> None:
-    from watcher.kafka.source import Message, MessageBatch
 
     msgs = [Message(b"t0-%d" % i, "telemetry", 0, 10 + i) for i in range(5)]
     msgs += [Message(b"t1-%d" % i, "telemetry", 1, i) for i in range(3)]

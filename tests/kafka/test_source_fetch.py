@@ -28,11 +28,10 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import ConsumerRecord
 
-from watcher.kafka import fast_fetch
+from watcher.kafka import KafkaSource, Message, MessageBatch, fast_fetch
 from watcher.kafka.embedded import EmbeddedBroker
 from watcher.kafka.fast_fetch import FetchPath, tune_fetcher
 from watcher.kafka.rebalance import NullPartitionListener, Partitions
-from watcher.kafka.source import KafkaSource, Message, MessageBatch
 
 Produce = Callable[..., Awaitable[list[tuple[int, int]]]]
 TP = TopicPartition("t", 0)

@@ -182,7 +182,7 @@ def test_alertmanager_config_is_valid() -> None:
                 "rollout_id": "ro-1",
                 "agent": "support-bot",
             },
-            "pagerduty",
+            "slack",  # watcher's own PagerDuty sink pages for a rollback: one incident, not two
         ),
         (
             {
@@ -195,6 +195,7 @@ def test_alertmanager_config_is_valid() -> None:
         ),
         ({"alertname": "WatcherDriftSignal", "severity": "info", "agent": "faq-bot"}, "slack"),
         ({"alertname": "WatcherDown", "severity": "critical", "instance": "w:8080"}, "pagerduty"),
+        ({"alertname": "WatcherMissing", "severity": "critical"}, "pagerduty"),
         ({"alertname": "WatcherNotReady", "severity": "warning", "instance": "w:8080"}, "slack"),
         ({"alertname": "WatcherCheckpointStale", "severity": "warning", "instance": "w:8080"}, "slack"),
         (
@@ -224,14 +225,18 @@ def test_alertmanager_routes(labels: dict[str, str], receiver: str) -> None:
 
 
 def test_every_rule_severity_reaches_its_receiver() -> None:
-    """Routing by severity only: critical pages, everything else goes to Slack."""
+    """Critical health alerts page, everything else goes to Slack; rollout alerts never page from
+    Alertmanager, because watcher's PagerDuty sink pages for the same rollback with its own dedup key."""
     am = _alertmanager()
     route = am["route"]
     assert route["receiver"] == "slack"
+    assert route["routes"][0] == {"receiver": "slack", "matchers": ['alertname=~"WatcherRollout.+"']}
     assert (
-        route["routes"][0]["matchers"] == ['severity="critical"']
-        and route["routes"][0]["receiver"] == "pagerduty"
+        route["routes"][1]["matchers"] == ['severity="critical"']
+        and route["routes"][1]["receiver"] == "pagerduty"
     )
+    rollout_alerts = {r["alert"] for r in rules() if r["alert"].startswith("WatcherRollout")}
+    assert rollout_alerts == {"WatcherRolloutRollback", "WatcherRolloutPaused"}
     receivers = {r["name"]: r for r in am["receivers"]}
     assert "pagerduty_configs" in receivers["pagerduty"] and "slack_configs" in receivers["slack"]
     assert {r["labels"]["severity"] for r in rules()} <= {"critical", "warning", "info"}
@@ -246,3 +251,5 @@ def test_alertmanager_groups_per_rollout_and_rollback_inhibits_pause() -> None:
     assert len(inhibit) == 1
     assert inhibit[0]["target_matchers"] == ['alertname="WatcherRolloutPaused"']
     assert inhibit[0]["equal"] == ["rollout_id"]
+    down = [r for r in am["inhibit_rules"] if r["source_matchers"] == ['alertname="WatcherDown"']]
+    assert any(r["target_matchers"] == ['alertname="WatcherMissing"'] for r in down)  # one page

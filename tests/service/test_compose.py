@@ -12,8 +12,9 @@ from prometheus_client import CollectorRegistry
 from watcher.config import Settings, load_settings
 from watcher.engine import Engine, Tasks
 from watcher.errors import ConfigError
+from watcher.kafka import KafkaSource
 from watcher.kafka.deadletter import NullDeadLetters
-from watcher.kafka.source import FileSource, KafkaSource
+from watcher.kafka.messages import FileSource
 from watcher.service.compose import build_daemon
 from watcher.service.markers import NullMarkerPublisher
 from watcher.service.partitions import InstancePartitions, TaskPartitions

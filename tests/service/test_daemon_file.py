@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from watcher.config import load_settings
 from watcher.kafka.deadletter import FileDeadLetters
-from watcher.kafka.source import FileSource
+from watcher.kafka.messages import FileSource
 from watcher.service.compose import build_daemon
 from watcher.service.markers import NullMarkerPublisher
 from watcher.sim.presets import PRESETS

@@ -15,8 +15,8 @@ from watcher.config import load_settings
 from watcher.engine import Engine
 from watcher.engine.tasks import Tasks
 from watcher.errors import CheckpointUnavailable
+from watcher.kafka import Message
 from watcher.kafka.embedded import TopicSpec, create_topics
-from watcher.kafka.source import Message
 from watcher.service.compose import build_daemon
 from watcher.service.daemon import Daemon
 from watcher.service.handover import Handover

@@ -14,7 +14,7 @@ from watcher.clock import ManualClock
 from watcher.config import load_settings
 from watcher.engine import Engine, Tasks
 from watcher.errors import CheckpointError, CheckpointUnavailable
-from watcher.kafka.source import Message
+from watcher.kafka import Message
 from watcher.service.handover import Handover, HandoverMetrics
 from watcher.service.partitions import Checkpoints, InstancePartitions, TaskPartitions
 from watcher.sim.presets import PRESETS

@@ -321,7 +321,7 @@ async def test_a_changed_file_is_reloaded_once_when_watched(tmp_path: Path) -> N
     def reloads(result: str) -> float:
         return registry.get_sample_value("watcher_config_reloads_total", {"result": result}) or 0.0
 
-    watching = asyncio.create_task(daemon._watch_config())
+    watching = asyncio.create_task(daemon.reloader.watch())
     try:
         await asyncio.sleep(0.2)
         assert reloads("applied") == reloads("rejected") == 0  # nothing changed, nothing reloaded

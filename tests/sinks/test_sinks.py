@@ -291,6 +291,38 @@ async def test_grafana_region_opened_then_closed_after_a_restart(tmp_path: Path)
     assert rx.arrivals[0].headers["Authorization"] == "Bearer glsa_token"
 
 
+async def test_grafana_tags_fit_for_the_longest_ids(tmp_path: Path) -> None:
+    from watcher.sinks.grafana import fit_tag
+
+    grafana = Grafana("t")
+    rx = await Receiver(grafana.validate, grafana.respond).start()
+    s = GrafanaSettings(name="grafana", url=rx.url, token="t")
+    long_a, long_b = "a" * 127 + "1", "a" * 127 + "2"  # agent ids may have 128 characters
+    try:
+        outbox = await deliver(
+            tmp_path,
+            [s],
+            lambda o: o.enqueue_decisions(
+                [
+                    make_decision(1, agent=long_a, rollout_id="ro-1"),
+                    make_decision(2, agent=long_b, rollout_id="ro-2"),
+                ]
+            ),
+            2,
+        )
+        outbox.close()
+    finally:
+        await rx.stop()
+    assert grafana_errors(rx) == []
+    agents = [next(t for t in a["tags"] if t.startswith("agent:")) for a in grafana.annotations.values()]
+    assert len(set(agents)) == 2 and all(len(t) == 100 for t in agents)  # cut, and still apart
+    assert fit_tag("agent:support-bot") == "agent:support-bot"
+    with pytest.raises(ConfigError, match=r"sinks\[grafana\]\.tags\[0\]: must have at most 100 characters"):
+        sink_settings(
+            [{"name": "grafana", "type": "grafana", "url": rx.url, "token": "t", "tags": ["x" * 101]}]
+        )
+
+
 def grafana_errors(rx: Receiver) -> list[str]:
     return rx.errors
 

@@ -22,7 +22,7 @@ from watcher.contract.dedup import Deduplicator
 from watcher.contract.schema import RejectReason
 from watcher.engine import Engine
 from watcher.kafka.deadletter import FileDeadLetters
-from watcher.kafka.source import FileSource
+from watcher.kafka.messages import FileSource
 from watcher.service.compose import build_daemon
 from watcher.service.markers import NullMarkerPublisher
 from watcher.sim.presets import PRESETS
@@ -194,7 +194,7 @@ def test_judge_and_state_count_a_locally_shuffled_stream_like_the_ordered_one() 
             assert not e.process(stream[i : i + 500]).rejected
     for key in ordered.state.keys():
         a, b = ordered.state.snapshot(key), mixed.state.snapshot(key)
-        assert (a.turns, a.conversations, a.escalations) == (b.turns, b.conversations, b.escalations), key
+        assert (a.turns, a.conversations, a.events) == (b.turns, b.conversations, b.events), key
         assert a.quality_mean == pytest.approx(b.quality_mean)
     (rid,) = ordered.judges
     conversations = [
@@ -265,3 +265,45 @@ def test_columns_of_the_kept_turns_match_a_fresh_extraction() -> None:
     for name in ("ts", "latency", "quality", "first_turn"):
         assert np.array_equal(getattr(cols, name), getattr(fresh, name)), name
     assert cols.conversation_id == fresh.conversation_id and cols.route_keys == fresh.route_keys
+
+
+# -- too early ---------------------------------------------------------------------------------------
+YEAR_2099 = 4_070_908_800.0
+
+
+def test_one_far_future_turn_does_not_silence_its_agent() -> None:
+    # issue #15, 9: one turn stamped in 2099 moved the agent's watermark there; every later turn of
+    # the agent was too late
+    f = LatenessFilter(3600.0, max_future_s=3600.0)
+    first = [turn("a", T0), turn("b", T0 + 10)]
+    assert f.apply(decode_batch(first, Deduplicator()), first, now=T0 + 20) == 0
+    raws = [turn("future", YEAR_2099), turn("c", T0 + 30), turn("d", T0 + 40)]
+    batch = decode_batch(raws, Deduplicator())
+    assert f.apply(batch, raws, now=T0 + 50) == 1
+    assert [t.event_id for t in batch.turns] == ["c", "d"]
+    (reject,) = batch.rejected
+    assert reject.reason is RejectReason.TOO_EARLY and reject.raw == raws[0]
+    assert "ahead of watcher's clock" in reject.detail and "state.max_future_s" in reject.detail
+    assert f.marks["bot"] == T0 + 40
+    later = [turn("e", T0 + 60)]
+    assert f.apply(decode_batch(later, Deduplicator()), later, now=T0 + 70) == 0  # not too late
+
+
+def test_a_stream_ahead_of_the_clock_or_after_a_silence_is_not_too_early() -> None:
+    f = LatenessFilter(3600.0, max_future_s=3600.0)
+    # a demo whose event time runs 10x faster than the clock, or a machine whose clock is behind:
+    # the latest event time accepted moves with the stream
+    for i in range(30):
+        raws = [turn(f"s{i}", T0 + 1200.0 * i)]
+        assert f.apply(decode_batch(raws, Deduplicator()), raws, now=T0 - 86_400.0) == 0
+    # the whole stream silent for three days, then traffic again: the clock moved on too
+    raws = [turn("after", T0 + 30 * 1200.0 + 3 * 86_400.0)]
+    assert f.apply(decode_batch(raws, Deduplicator()), raws, now=T0 + 4 * 86_400.0) == 0
+    # a first batch is compared with its own median: one outlier in it is still caught
+    g = LatenessFilter(3600.0, max_future_s=3600.0)
+    raws = [turn("x", T0), turn("y", T0 + 5), turn("z", YEAR_2099)]
+    batch = decode_batch(raws, Deduplicator())
+    assert g.apply(batch, raws, now=T0 - 86_400.0) == 1 and batch.rejected[0].reason is RejectReason.TOO_EARLY
+    restored = LatenessFilter(3600.0, max_future_s=3600.0)
+    restored.load_state(json.loads(json.dumps(g.to_state())))
+    assert restored.latest == T0 + 5 and restored.marks == g.marks

@@ -54,6 +54,21 @@ def test_lifecycle_started_weight_paused_resumed_promoted() -> None:
     assert reg.marker_times[("bot", "prod", "promoted", "v2")] == 400.0
 
 
+def test_an_older_marker_does_not_undo_a_newer_weight() -> None:
+    """The docs' example marker (days old, weight 0.1) posted during a rollout at 0.3 used to set the
+    weight back to 0.1 without a word: the newest weight in event time wins, the marker is recorded
+    and the answer says what was not applied."""
+    reg = Registry()
+    reg.apply(M("started", 1_000.0, canary_weight=0.1))
+    assert reg.apply(M("weight_changed", 2_000.0, canary_weight=0.3)).rollout.canary_weight == 0.3
+    late = reg.apply(M("started", 500.0, canary_weight=0.1, event_id="dep-77"))
+    assert late.kind == "updated" and late.rollout.canary_weight == 0.3
+    assert "canary_weight 0.1 not applied: a newer marker (ts 2000.0) set it" == late.note
+    assert [m["event_id"] for m in late.rollout.markers][-1] == "dep-77"  # kept in the history
+    newer = reg.apply(M("weight_changed", 3_000.0, canary_weight=0.5))
+    assert newer.rollout.canary_weight == 0.5 and newer.note == ""
+
+
 def test_markers_without_rollout_are_orphans_but_recorded() -> None:
     reg = Registry()
     assert reg.apply(M("paused", 5.0)).kind == "orphan"

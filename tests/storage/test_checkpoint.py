@@ -21,9 +21,9 @@ from watcher.clock import ManualClock
 from watcher.config import Settings, load_settings
 from watcher.engine import Engine
 from watcher.errors import CheckpointError, ConfigError
+from watcher.kafka import Message
 from watcher.kafka.deadletter import NullDeadLetters
 from watcher.kafka.rebalance import NULL_LISTENER, PartitionListener
-from watcher.kafka.source import Message
 from watcher.outbox import Outbox
 from watcher.service.compose import build_daemon
 from watcher.service.daemon import Daemon

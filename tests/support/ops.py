@@ -32,11 +32,13 @@ VAR_RE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
 
 
-def require_tool(name: str) -> str:
+def require_tool(
+    name: str, install: str = "Debian: apt-get install prometheus prometheus-alertmanager"
+) -> str:
     """The binary's path; skip when missing, but fail under CI (CI must install it: see .ci/run)."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (Debian: apt-get install prometheus prometheus-alertmanager)"
+        message = f"{name} is not installed ({install})"
         if os.environ.get("CI"):
             pytest.fail(f"{message}; CI must install it")
         pytest.skip(message)
@@ -153,3 +155,23 @@ def label_values_query(query: str) -> tuple[str, str]:
     m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query.strip(), re.S)
     assert m, f"not a label_values(selector, label) query: {query}"
     return m.group(1), m.group(2)
+
+
+def deploy_docs(*parts: str) -> list[dict[str, Any]]:
+    """The objects of a YAML file under deploy/."""
+    return [d for d in yaml.safe_load_all((ROOT / "deploy" / Path(*parts)).read_text()) if d]
+
+
+def argo_prometheus_query(**args: str) -> str:
+    """The query of deploy/argo/analysistemplate-prometheus.yaml with Argo's ``{{args.x}}`` filled in."""
+    template = deploy_docs("argo", "analysistemplate-prometheus.yaml")[0]
+    defaults = {a["name"]: a.get("value") for a in template["spec"]["args"]}
+    values = {**defaults, **{k.replace("_", "-"): v for k, v in args.items()}}
+    query = template["spec"]["metrics"][0]["provider"]["prometheus"]["query"]
+    return re.sub(r"\{\{args\.([\w-]+)\}\}", lambda m: str(values[m.group(1)]), query)
+
+
+def flagger_metric_query(**variables: str) -> str:
+    """The query of deploy/flagger/metrictemplate.yaml with Flagger's ``{{ variables.x }}`` filled in."""
+    query = deploy_docs("flagger", "metrictemplate.yaml")[0]["spec"]["query"]
+    return re.sub(r"\{\{\s*variables\.(\w+)\s*\}\}", lambda m: variables[m.group(1)], query)

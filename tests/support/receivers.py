@@ -351,6 +351,8 @@ class Grafana:
         tags = body.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
             errors.append("tags: list of non-empty strings expected")
+        elif any(len(t) > 100 for t in tags):  # Grafana keeps tags of at most 100 characters
+            errors.append("tags: longer than 100 characters")
         return errors
 
     def respond(self, method: str, path: str, body: Any) -> tuple[int, Any]:

@@ -3,7 +3,8 @@
 Starts the embedded Kafka-compatible broker on a free loopback port, creates the topics, runs the
 simulator with a canary that regresses in one segment, runs the daemon against it, and draws a live
 table of rollouts, versions, metrics and decisions in the terminal. ``--duration`` stops it by itself;
-Ctrl-C stops everything cleanly (the broker process cannot outlive the demo).
+Ctrl-C stops everything cleanly (the broker process cannot outlive the demo). Its files live in a
+temporary folder removed at the end; ``--decision-log FILE`` keeps the decisions.
 """
 
 from __future__ import annotations
@@ -20,16 +21,46 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from watcher.cli.broker import local_topics
 from watcher.cli.process import install_stop_signals, tune_gc
 from watcher.config import load_settings
 from watcher.contract import Action
 from watcher.engine import EngineView
-from watcher.kafka import EmbeddedBroker, TopicSpec, create_topics
+from watcher.kafka import EmbeddedBroker, create_topics
 from watcher.service import build_daemon
 from watcher.sim import PRESETS, produce
 
 TELEMETRY, DEPLOYMENTS, DEAD_LETTERS = "watcher.telemetry", "watcher.deployments", "watcher.deadletter"
 REFRESH_S = 2.0
+# what a deployer does with each decision (watcher decides; Argo Rollouts or Flagger move the traffic)
+NEXT_STEP = {
+    "rollback": "a deployer shifts all traffic back to {baseline} now",
+    "pause": "a deployer holds {canary} at its weight until someone acknowledges or overrides",
+    "promote": "a deployer sends all traffic to {canary}",
+    "resume": "a deployer goes on with {canary}",
+}
+
+
+def decision_lines(records: list[dict[str, Any]], port: int | None) -> list[str]:
+    """The decisions, oldest first, each with its agent and versions, and what a deployer does."""
+    lines: list[str] = []
+    agent = "<agent>"
+    for r in records:
+        rollout = r.get("rollout") or {}
+        canary, baseline = rollout.get("canary_version") or "?", rollout.get("baseline_version") or "?"
+        agent = rollout.get("agent_id", agent)
+        where = f"{agent}/{rollout.get('environment', '?')}"
+        reason = str(r["reason"]).removeprefix(f"{r['action']}: ")
+        lines.append(f"{r['ts']}  {r['action'].upper():8s} {where} {baseline} -> {canary}: {reason}")
+        step = NEXT_STEP.get(r["action"])
+        if step:
+            lines.append("    -> " + step.format(canary=canary, baseline=baseline))
+    if lines:
+        lines.append(
+            f"Deployers ask GET http://127.0.0.1:{port}/v1/verdict?agent={agent} (Argo Rollouts) or "
+            "the /v1/flagger/* hooks (Flagger): docs/deployers.md"
+        )
+    return lines
 
 
 def render(
@@ -74,12 +105,12 @@ def render(
         lines.append(
             f"{version:10} {arm:9} {('intent=' + seg_value) if seg_value else 'all':24} {snap.turns:7d} "
             f"{_fmt(snap.quality_mean, '.3f'):>8} {_fmt(snap.latency_p95_ms, '.0f'):>8} "
-            f"{_fmt(snap.escalation_rate, '.3f'):>7} {_fmt(snap.error_rate, '.4f'):>7} "
+            f"{_fmt(snap.rates['escalation'], '.3f'):>7} {_fmt(snap.rates['error'], '.4f'):>7} "
             f"{_fmt(share, '.2f'):>6}"
         )
     lines.append("")
     lines.append("decisions:" if decisions else "decisions: none yet (evidence is accumulating)")
-    lines.extend(f"  {d}" for d in decisions[-6:])
+    lines.extend(f"  {d}" for d in decisions[-13:])
     return "\n".join(lines)
 
 
@@ -110,17 +141,10 @@ async def run_demo(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int
     stop = asyncio.Event()
     install_stop_signals(stop)
     workdir = Path(tempfile.mkdtemp(prefix="watcher-demo-"))
+    decision_log = Path(args.decision_log) if args.decision_log else workdir / "decisions.sqlite"
     broker = EmbeddedBroker(log_path=workdir / "broker.log")
-    await broker.start()
     try:
-        await create_topics(
-            broker.bootstrap_servers,
-            [
-                TopicSpec(TELEMETRY, partitions=3),
-                TopicSpec(DEPLOYMENTS),
-                TopicSpec(DEAD_LETTERS),
-            ],
-        )
+        await broker.start()
         settings = load_settings(
             environ={},
             overrides={
@@ -129,13 +153,14 @@ async def run_demo(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int
                 "kafka.deployments_topics": [DEPLOYMENTS],
                 "kafka.dead_letter_topic": DEAD_LETTERS,
                 "http.port": _port_or_any(args.http_port),
-                "judge.decision_log": str(workdir / "decisions.sqlite"),
+                "judge.decision_log": str(decision_log),
                 "outbox.path": str(workdir / "outbox.sqlite"),
                 "spool.path": str(workdir / "spool.sqlite"),
                 "checkpoint.path": str(workdir / "checkpoint.sqlite"),
                 "log_level": "ERROR",
             },
         )
+        await create_topics(broker.bootstrap_servers, local_topics(settings, partitions=3))
         daemon = build_daemon(settings)
         daemon_task = asyncio.create_task(daemon.run(stop))
         scenario = dataclasses.replace(PRESETS["demo"], start_ts=time.time())
@@ -150,8 +175,7 @@ async def run_demo(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=REFRESH_S)
             elapsed = time.monotonic() - started
-            records = daemon.decision_log.list(limit=50)
-            lines = [f"{r['ts']}  {r['action'].upper():8s} {r['reason']}" for r in reversed(records)]
+            lines = decision_lines(list(reversed(daemon.decision_log.list(limit=20))), daemon.port)
             _draw(
                 out,
                 render(
@@ -171,9 +195,13 @@ async def run_demo(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await producer_task
         code = await daemon_task
-        out.write(f"\nstopped; decision log kept in {workdir / 'decisions.sqlite'}\n")
+        kept = (
+            f"decision log kept in {decision_log}"
+            if args.decision_log
+            else "keep the decisions with --decision-log FILE"
+        )
+        out.write(f"\nstopped; {kept}\n")
         return code
     finally:
         await broker.stop()
-        if not (workdir / "decisions.sqlite").exists():
-            shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from watcher.errors import ConfigError, WatcherError
 
@@ -27,10 +27,19 @@ Without --baseline/--candidate the versions come from the input's 'started' mark
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="*", metavar="FILE", help="JSON Lines telemetry (watcher.turn/v1)")
+    p.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="JSON Lines: watcher.turn/v1 turns and markers, or OTLP/JSON trace requests",
+    )
     src = p.add_argument_group("a time range of a Kafka topic (instead of, or with, files)")
     src.add_argument("--topic", help="read this telemetry topic from --since to its end now")
-    src.add_argument("--bootstrap-servers", help="Kafka (default: kafka.bootstrap_servers of the settings)")
+    src.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka (default: kafka.bootstrap_servers of the settings)",
+    )
     src.add_argument(
         "--since",
         metavar="TIME",
@@ -74,6 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Markdown summary for the job page (appended when FILE is $GITHUB_STEP_SUMMARY)",
     )
     out.add_argument("--junit", metavar="FILE", help="JUnit XML, one test case per metric x slice")
+    out.add_argument(
+        "--report",
+        metavar="FILE",
+        help="HTML report: every metric x slice against its margins, plotted (needs watcher[report])",
+    )
     out.add_argument("--dead-letters-out", metavar="FILE", help="rejected input lines, with the reason")
     out.add_argument(
         "--record",
@@ -85,14 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     out.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.epilog = _EPILOG
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-
-    def usage_error(message: str) -> NoReturn:  # 2 means "inconclusive" here: a usage error is 3
-        p.print_usage(sys.stderr)
-        print(f"{p.prog}: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
-
-    p.error = usage_error  # type: ignore[method-assign]  # argparse has no hook for its exit status
+    p.usage_status = EXIT_ERROR  # type: ignore[attr-defined]  # 2 means "inconclusive" here: a usage error is 3
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,6 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     from watcher.service import (
         GateRequest,
         gate_files,
+        gate_html,
         gate_junit,
         gate_kafka_range,
         gate_markdown,
@@ -126,6 +134,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if not args.files and not args.topic:
         raise ConfigError("FILE", "give at least one input file, or --topic and --since")
+    if args.report:
+        from watcher.report import require_plotting
+
+        require_plotting()  # before reading a topic, not after
     now = time.time()
     since = _time(args.since, now, "--since")
     until = _time(args.until, now, "--until")
@@ -162,13 +174,15 @@ def _run(args: argparse.Namespace) -> int:
     gate = run_gate(data, request, policies)
     record = gate.result.decision.to_dict()
     if args.decision_out == "-":
-        print(json.dumps(record, indent=2, default=_json_default))
+        print(json.dumps(record, indent=2))
     elif args.decision_out:
-        _write(args.decision_out, json.dumps(record, indent=2, default=_json_default) + "\n")
+        _write(args.decision_out, json.dumps(record, indent=2) + "\n")
     if args.summary:
         _write(args.summary, gate_markdown(gate), append=_is_step_summary(args.summary))
     if args.junit:
         Path(args.junit).write_bytes(gate_junit(gate))
+    if args.report:
+        _write(args.report, gate_html(gate))
     if args.dead_letters_out:
         with open(args.dead_letters_out, "wb") as fh:
             for r in data.rejections:
@@ -217,10 +231,6 @@ def _is_step_summary(path: str) -> bool:
 def _write(path: str, text: str, *, append: bool = False) -> None:
     with open(path, "a" if append else "w", encoding="utf-8") as fh:
         fh.write(text)
-
-
-def _json_default(x: Any) -> Any:
-    return None  # inf/nan never reach here (the record holds None for them); anything else: null
 
 
 def _print(gate: Any, *, quiet: bool, out: Any) -> None:

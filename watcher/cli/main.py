@@ -1,51 +1,63 @@
-"""Command line: ``watcher run | check-config | simulate | replay | gate | demo``."""
+"""The ``watcher`` command: parses the command line and runs one subcommand.
+
+Subcommands register here with ``set_defaults(handler=...)``; the grammar every one of them shares
+(global options on either side, one-line errors, help layout, argument types) is in
+``watcher.cli.parser``. Exit status: 0 done, 1 a failure while working (e.g. no broker answers),
+2 a mistake in the command line or the configuration, 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import logging
-import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
+from watcher import __version__
+from watcher.cli import configured
 from watcher.cli import gate as gate_cli
+from watcher.cli.broker import add_broker_command
+from watcher.cli.logs import SettingsSecrets, configure_logging
+from watcher.cli.parser import (
+    CommandParser,
+    VersionAction,
+    bootstrap,
+    input_file,
+    output_file,
+    port,
+    positive_int,
+)
 from watcher.cli.process import install_reload_signal, stop_within, tune_gc
+from watcher.config import secret_values
 from watcher.errors import ConfigError, WatcherError
 
+DISTRIBUTION = "rollout-watcher"  # the name on PyPI (the import package and the command are `watcher`)
 
-def _config_source(args: argparse.Namespace) -> Any:
-    """The config file and the command-line overrides: read at start-up, and again on SIGHUP."""
-    from watcher.service import ConfigSource
+DESCRIPTION = """\
+watcher: the safety net between your deployer and your customers when you update a live AI agent.
+It reads conversation telemetry from Kafka, compares each canary with its baseline and decides
+pause, rollback or promote."""
 
-    overrides: dict[str, Any] = {}
-    if getattr(args, "bootstrap_servers", None):
-        overrides["kafka.bootstrap_servers"] = args.bootstrap_servers
-    if getattr(args, "http_port", None) is not None:
-        overrides["http.port"] = args.http_port
-    if getattr(args, "policy", None):
-        overrides["judge.policy_file"] = args.policy
-    return ConfigSource(args.config or os.environ.get("WATCHER_CONFIG"), overrides)
+EPILOG = """\
+examples:
+  watcher demo                                   everything on this machine, with a live table
+  watcher broker                                 a local Kafka-compatible broker on 127.0.0.1:9092
+  watcher run --config watcher.yaml              the daemon
+  watcher check-config --config watcher.yaml     validate; print the settings, secrets masked
+  watcher simulate --preset demo --out traffic.jsonl
+  watcher replay traffic.jsonl                   the daemon's decisions on a file, in event time
+  watcher gate pre-prod.jsonl                    CI/CD: candidate vs baseline; exit 0 pass, 1 fail
 
-
-def _settings(args: argparse.Namespace) -> Any:
-    from watcher.config import load_settings
-
-    source = _config_source(args)
-    return load_settings(source.path, overrides=source.overrides)
-
-
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
-    )
-    logging.getLogger("aiokafka").setLevel(logging.ERROR if level != "DEBUG" else logging.DEBUG)
+'watcher COMMAND --help' describes a command. Documentation: docs/ in the source repository."""
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = configured.settings(args)
     from watcher.judges import load_policy
     from watcher.sinks import sink_settings
 
@@ -58,7 +70,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from watcher.service import replay, summary_table
 
-    settings = _settings(args)
+    settings = configured.settings(args)
     if args.report:
         from watcher.report import require_plotting
 
@@ -104,13 +116,21 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from watcher.config import load_settings
-    from watcher.service import build_daemon
+    settings = configured.settings(args)  # a mistake in the settings is told before the slow imports
+    from watcher.service import ConfigSource, Daemon, build_daemon  # the daemon's imports when it runs
+    from watcher.sinks import sink_settings
 
     tune_gc()
-    source = _config_source(args)
-    settings = load_settings(source.path, overrides=source.overrides)
-    _logging(settings.log_level)
+    source = ConfigSource(configured.config_file(args), configured.overrides(args))
+    # every secret of the settings in force and of their sinks' own settings is masked in the log
+    daemon: Daemon | None = None
+    configure_logging(
+        settings.log_level,
+        SettingsSecrets(
+            lambda: daemon.settings if daemon is not None else settings,
+            lambda now: secret_values((now, sink_settings(now.sinks))),
+        ),
+    )
     stop = asyncio.Event()
     stop_within(stop, settings.shutdown_grace_s)  # before any thread: they inherit its signal mask
     daemon = build_daemon(settings, config_source=source)
@@ -118,83 +138,168 @@ async def _run(args: argparse.Namespace) -> int:
     return await daemon.run(stop)
 
 
+def _simulate(args: argparse.Namespace) -> Any:
+    from watcher.sim import run_simulate
+
+    return run_simulate(args)
+
+
+def _demo(args: argparse.Namespace) -> Any:
+    from watcher.cli.demo import run_demo
+
+    return run_demo(args)
+
+
+def _version_text() -> str:
+    """The version, and a warning when PyPI's unrelated ``watcher`` is installed in the same
+    environment: both install a top-level ``watcher`` package and a ``watcher`` command, so the one
+    installed last overwrites files of the other."""
+    import importlib.metadata  # only for --version: scanning the installed distributions takes time
+
+    text = f"watcher {__version__} ({DISTRIBUTION} on PyPI)"
+    try:
+        other = importlib.metadata.distribution("watcher")
+    except importlib.metadata.PackageNotFoundError:
+        return text
+    return (
+        f"{text}\nwarning: the unrelated PyPI project 'watcher' {other.version} is installed here too and "
+        "shares the 'watcher' package and command: uninstall it (pip uninstall watcher) or give each "
+        "its own environment"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from watcher.sim import add_simulate_arguments
 
-    parser = argparse.ArgumentParser(prog="watcher", description=__doc__)
-    parser.add_argument("--config", help="YAML settings file (or WATCHER_CONFIG)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = CommandParser(prog="watcher", description=DESCRIPTION, epilog=EPILOG, top=True)
+    parser.add_argument(
+        "--version", action=VersionAction, describe=_version_text, help="print the version and exit"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
 
-    run = sub.add_parser("run", help="run the daemon against Kafka")
-    run.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers")
-    run.add_argument("--http-port", type=int, help="override http.port")
-    run.add_argument("--policy", help="policy YAML (default: the bundled policy)")
+    run = commands.add_parser(
+        "run",
+        help="run the daemon against Kafka",
+        description="Consume telemetry from Kafka, judge every rollout and serve the HTTP API until "
+        "SIGTERM or Ctrl-C. SIGHUP reloads the configuration and the policy.",
+    )
+    run.add_argument(
+        "--bootstrap-servers", metavar="HOST:PORT", type=bootstrap, help="override kafka.bootstrap_servers"
+    )
+    run.add_argument("--http-port", metavar="PORT", type=port, help="override http.port")
+    run.add_argument(
+        "--policy", metavar="FILE", type=input_file, help="policy YAML (default: the bundled policy)"
+    )
+    run.set_defaults(handler=_run)
 
-    sub.add_parser("check-config", help="validate and print the effective settings (secrets masked)")
+    check = commands.add_parser(
+        "check-config",
+        help="validate and print the effective settings (secrets masked)",
+        description="Read the settings (file, WATCHER_* variables) and the policy, report the first "
+        "invalid field, or print the effective settings with every secret masked.",
+    )
+    check.add_argument("--policy", metavar="FILE", type=input_file, help="policy YAML to check as well")
+    check.set_defaults(handler=_check_config)
 
-    rep = sub.add_parser("replay", help="run the engine over a JSON Lines file in event time")
-    rep.add_argument("file")
-    rep.add_argument("--policy", help="policy YAML (default: the bundled policy)")
-    rep.add_argument("--decisions-out", help="write every decision record here (JSON Lines)")
-    rep.add_argument("--dead-letters-out", help="write rejected lines here (JSON Lines, with the reason)")
-    rep.add_argument("--batch-size", type=int, default=1000)
+    rep = commands.add_parser(
+        "replay",
+        help="run the engine over a JSON Lines file in event time",
+        description="Run the daemon's engine over a JSON Lines file of turns and markers, in event "
+        "time: the same decisions the daemon would have made.",
+    )
+    rep.add_argument("file", type=input_file, help="JSON Lines file (watcher simulate --out writes one)")
     rep.add_argument(
-        "--report", metavar="FILE", help="write an HTML report of every rollout (needs watcher[report])"
+        "--policy", metavar="FILE", type=input_file, help="policy YAML (default: the bundled policy)"
+    )
+    rep.add_argument(
+        "--decisions-out",
+        metavar="FILE",
+        type=output_file,
+        help="write every decision record here (JSON Lines)",
+    )
+    rep.add_argument(
+        "--dead-letters-out",
+        metavar="FILE",
+        type=output_file,
+        help="write rejected lines here (JSON Lines, with the reason)",
+    )
+    rep.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=positive_int,
+        default=1000,
+        help="lines per batch (default %(default)s)",
+    )
+    rep.add_argument(
+        "--report",
+        metavar="FILE",
+        type=output_file,
+        help="write an HTML report of every rollout (needs rollout-watcher[report])",
     )
     rep.add_argument("--no-segments", action="store_true", help="only the per-version rows")
+    rep.set_defaults(handler=_replay)
 
-    gate = sub.add_parser(
+    gate = commands.add_parser(
         "gate",
         help="pre-production gate: candidate vs baseline on a data set; exit 0 pass, 1 fail, 2 inconclusive",
         description="Compare a candidate version with a baseline on pre-production telemetry, with the "
         "live judge's metrics, segments and policy (docs/gate.md).",
     )
     gate_cli.add_arguments(gate)
+    gate.set_defaults(handler=gate_cli.run)
 
-    sim = sub.add_parser("simulate", help="produce realistic telemetry to Kafka or a JSONL file")
-    add_simulate_arguments(sim)
-
-    demo = sub.add_parser("demo", help="embedded broker + simulator + daemon, with a live table")
-    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    demo.add_argument("--rate", type=float, default=400.0, help="simulated events per second")
-    demo.add_argument("--http-port", type=int, default=8080)
-    demo.add_argument(
-        "--speedup",
-        type=float,
-        default=10.0,
-        help="simulated seconds per real second (event time runs faster than the clock)",
+    sim = commands.add_parser(
+        "simulate",
+        help="produce realistic telemetry to Kafka or a JSONL file",
+        description="Generate a seeded stream of turns and deployment markers, to a file or to Kafka.",
     )
+    add_simulate_arguments(sim)
+    sim.set_defaults(handler=_simulate)
+
+    demo = commands.add_parser(
+        "demo",
+        help="embedded broker + simulator + daemon, with a live table",
+        description="Start a local broker, simulated traffic in which canary v42 hurts billing "
+        "customers, and the daemon, and draw the rollout as a live table. Ctrl-C stops everything.",
+    )
+    demo.add_argument(
+        "--duration", metavar="SECONDS", type=float, default=None, help="stop after this many seconds"
+    )
+    demo.add_argument(
+        "--rate", type=float, default=400.0, help="simulated events per second (default %(default)s)"
+    )
+    demo.add_argument(
+        "--http-port", metavar="PORT", type=port, default=8080, help="API port (default %(default)s)"
+    )
+    demo.add_argument(
+        "--decision-log", metavar="FILE", type=output_file, help="keep the decision log (SQLite) in FILE"
+    )
+    demo.set_defaults(handler=_demo)
+
+    add_broker_command(commands)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
     try:
-        if args.command == "run":
-            return asyncio.run(_run(args))
-        if args.command == "check-config":
-            return _check_config(args)
-        if args.command == "replay":
-            return _replay(args)
-        if args.command == "gate":
-            return gate_cli.run(args)
-        if args.command == "simulate":
-            from watcher.sim import run_simulate
-
-            return asyncio.run(run_simulate(args))
-        if args.command == "demo":
-            from watcher.cli.demo import run_demo
-
-            return asyncio.run(run_demo(args))
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors: argparse has said it
+        return int(exc.code or 0)
+    if not logging.getLogger().handlers:  # a process of its own (not a caller that set up logging)
+        configure_logging("WARNING")  # until a command sets its own level (`run`: log_level)
+    try:
+        result = args.handler(args)
+        if inspect.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result)
     except ConfigError as exc:
-        print(f"watcher: configuration error: {exc}", file=sys.stderr)
+        print(f"watcher {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
     except WatcherError as exc:
-        print(f"watcher: {exc}", file=sys.stderr)
+        print(f"watcher {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 2
 
 
 if __name__ == "__main__":

@@ -2,15 +2,18 @@
 environment (``settings``), with a slice per component; the Flagger hook targets (``hooks``); OTLP
 traces in (``otlp``, with the contract's span-to-turn mapping); one
 validation style for every settings class here and in the packages above (``validate``: frozen
-msgspec structs, ``convert`` naming the dotted field of a bad value, secrets masked by ``plain``).
+msgspec structs, ``convert`` naming the dotted field of a bad value, secrets masked by ``plain``);
+Kafka bootstrap addresses (``addresses``); the secret parts of URLs and free text (``redaction``).
 The ``sinks:`` entries are kept as written and validated by ``watcher.sinks``, where each sink type
 owns its settings. A bad value fails at load naming the field (``ConfigError``).
 """
 
 from __future__ import annotations
 
+from watcher.config.addresses import parse_bootstrap_servers
 from watcher.config.hooks import MAX_NAME, FlaggerTarget, HooksSettings, validate_targets
 from watcher.config.otlp import OtlpSettings
+from watcher.config.redaction import mask_url, redact
 from watcher.config.settings import (
     SINK_NAME,
     CheckpointSettings,
@@ -22,7 +25,7 @@ from watcher.config.settings import (
     check_sink_entries,
     load_settings,
 )
-from watcher.config.validate import MASK, PATTERNS, SECRET, Section, convert, plain
+from watcher.config.validate import MASK, PATTERNS, SECRET, Section, convert, plain, secret_values
 
 __all__ = [
     "CheckpointSettings",
@@ -43,6 +46,10 @@ __all__ = [
     "check_sink_entries",
     "convert",
     "load_settings",
+    "mask_url",
+    "parse_bootstrap_servers",
     "plain",
+    "redact",
+    "secret_values",
     "validate_targets",
 ]

@@ -39,6 +39,10 @@ class HooksSettings(Section, frozen=True):
     """The ``hooks`` section: which deployer objects map to which agent/environment."""
 
     flagger: tuple[FlaggerTarget, ...] = ()
+    # While the instances rebalance (the agent's owner unknown, or this one restoring it), a Flagger
+    # hook waits this long for it to settle, then answers from the last decision it knows: keep it
+    # below the webhooks' `timeout` (Flagger's default 10 s; the examples use 5 s)
+    wait_s: Annotated[float, Meta(ge=0, lt=10)] = 4.0
 
     def __post_init__(self) -> None:
         _unique(self.flagger, "hooks.flagger")

@@ -28,6 +28,7 @@ import msgspec
 import yaml
 from msgspec import Meta
 
+from watcher.config.addresses import parse_bootstrap_servers
 from watcher.config.hooks import HooksSettings
 from watcher.config.otlp import OtlpSettings
 from watcher.config.validate import SECRET, TOPIC_PATTERN, Section, convert, field_type, plain, unwrap
@@ -96,8 +97,7 @@ class KafkaSettings(Section, frozen=True):
     ssl_keyfile: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.bootstrap_servers.strip():
-            raise ConfigError("kafka.bootstrap_servers", "must not be empty")
+        parse_bootstrap_servers(self.bootstrap_servers)
 
     def client_options(self) -> dict[str, Any]:
         """Security settings passed through to aiokafka as they are."""
@@ -148,11 +148,19 @@ class StateSettings(Section, frozen=True):
     # computed after the conversation and producer outages, and stops a replayed spool or a wrong
     # clock from being counted against rollouts that were not running at the time (docs/guarantees.md).
     allowed_lateness_s: Annotated[float, Meta(ge=0)] | None = 3600.0
+    # Turns stamped more than this ahead of both watcher's clock and the latest event time accepted are
+    # dead-lettered as too_early: one message from a producer whose clock runs far ahead must not move
+    # its agent's watermark (and make every later turn too late). None: no bound.
+    max_future_s: Annotated[float, Meta(ge=0)] | None = 3600.0
 
     def __post_init__(self) -> None:
         if self.allowed_lateness_s is not None and not math.isfinite(self.allowed_lateness_s):
             raise ConfigError(
                 "state.allowed_lateness_s", f"must be >= 0 (or null: no limit), got {self.allowed_lateness_s}"
+            )
+        if self.max_future_s is not None and not math.isfinite(self.max_future_s):
+            raise ConfigError(
+                "state.max_future_s", f"must be >= 0 (or null: no bound), got {self.max_future_s}"
             )
 
 

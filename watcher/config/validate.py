@@ -10,7 +10,9 @@ environment) and turns msgspec's errors into a ``ConfigError`` whose ``field`` i
 message says what was expected and what was found, except for a secret's value, which is never shown.
 
 A field is secret when its type is ``Annotated[..., SECRET]``; ``plain(obj)`` is the object as plain
-data with every secret that is set replaced by ``MASK`` (``check-config``'s output).
+data with every secret that is set replaced by ``MASK`` and the secret parts of every URL masked
+(``watcher.config.redaction``: a password in the user info, a ``?token=``, a Slack webhook's path);
+``secret_values(obj)`` collects the same secrets, for masking log lines.
 
 >>> class Http(Section):  # (annotations are resolved in this module's namespace)
 ...     port: typing.Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
@@ -45,6 +47,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from watcher.config.redaction import MIN_SECRET, mask_url, url_secrets
 from watcher.errors import ConfigError
 
 __all__ = [
@@ -56,6 +59,7 @@ __all__ = [
     "convert",
     "field_type",
     "plain",
+    "secret_values",
     "unwrap",
 ]
 
@@ -93,7 +97,12 @@ def plain(obj: Any) -> Any:
             out[str(obj.__struct_config__.tag_field)] = tag
         for f in msgspec.structs.fields(obj):
             value = getattr(obj, f.name)
-            out[f.name] = MASK if value is not None and _secret(f.type) else plain(value)
+            if value is not None and _secret(f.type):
+                out[f.name] = MASK
+            elif isinstance(value, str) and "://" in value:
+                out[f.name] = mask_url(value, path_is_secret=_secret_path(obj, f.name))
+            else:
+                out[f.name] = plain(value)
         return out
     if isinstance(obj, (tuple, list)):
         return [plain(v) for v in obj]
@@ -102,6 +111,34 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, enum.Enum):
         return obj.value
     return obj
+
+
+def secret_values(obj: Any) -> set[str]:
+    """Every secret string in ``obj`` (settings, nested): the ``SECRET`` fields' values and the
+    secret parts of URLs, for ``watcher.config.redaction.redact``."""
+    found: set[str] = set()
+    if isinstance(obj, msgspec.Struct):
+        for f in msgspec.structs.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, str) and value:
+                if _secret(f.type):
+                    found.add(value)
+                elif "://" in value:
+                    found |= url_secrets(value, path_is_secret=_secret_path(obj, f.name))
+            else:
+                found |= secret_values(value)
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            found |= secret_values(item)
+    elif isinstance(obj, Mapping):
+        for item in obj.values():
+            found |= secret_values(item)
+    return {s for s in found if len(s) >= MIN_SECRET}
+
+
+def _secret_path(obj: msgspec.Struct, name: str) -> bool:
+    """A Slack sink's ``url`` is the credential itself, whatever its host."""
+    return name == "url" and obj.__struct_config__.tag == "slack"
 
 
 # -- the type at a path --------------------------------------------------------------------------
@@ -232,6 +269,8 @@ def _shown(raw: Any, path: Sequence[str | int]) -> str:
             node = node[token]
         else:
             return ""
+    if isinstance(node, str) and "://" in node:
+        return repr(mask_url(node))  # a URL may carry a credential even where the field is not secret
     return "" if isinstance(node, (Mapping, list, tuple)) else repr(node)
 
 

@@ -7,8 +7,9 @@
  *
  * The rule is soundness, not completeness: a message is fast only when
  * msgspec.json.Decoder(watcher.event_schema.Turn).decode(raw) certainly succeeds and yields exactly
- * the values returned here. Anything unusual (escapes in the fields read, duplicate keys, numbers that
- * need more than the exact fast path of decimal conversion, odd timestamp spellings, ...) is slow.
+ * the values returned here. Anything unusual (escapes in the fields read, duplicate keys, numbers of
+ * more than 19 significant digits, odd timestamp spellings, ...) is slow. Numbers are converted
+ * exactly (Clinger's case) or, with 16 to 19 digits, by Python's correctly rounding strtod.
  * Unknown keys (forward compatibility: msgspec ignores them) are fast: their values are skipped and
  * validated as msgspec validates a skipped value (skip_value), never more leniently.
  *
@@ -19,6 +20,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -276,12 +278,39 @@ static inline int num_to_double(const Num *x, double *out)
     return 1;
 }
 
+/* More significant digits than the exact case (up to the 19 scan_number takes, as a double's
+   shortest form has 17): Python's own correctly rounding conversion of the text, which gives the
+   double msgspec's correctly rounding parser gives. Only well inside the finite range, and for a
+   short text (the digits, a point, an exponent). 0 = slow. */
+static int long_to_double(const unsigned char *start, const unsigned char *end, const Num *x, double *out)
+{
+    char buf[48];
+    size_t n = (size_t)(end - start);
+    if (n >= sizeof buf || x->exp10 + x->nd > 300 || x->exp10 < -300)
+        return 0;
+    memcpy(buf, start, n);
+    buf[n] = 0;
+    char *stop = NULL;
+    double v = PyOS_string_to_double(buf, &stop, NULL);
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (stop != buf + n || !isfinite(v))
+        return 0;
+    *out = v;
+    return 1;
+}
+
 /* A non-negative float field (an int JSON value is accepted as msgspec does; '-' goes slow, which
    also keeps -0.0 and -0 out). */
 static inline const unsigned char *scan_nonneg(const unsigned char *p, double *out)
 {
+    const unsigned char *start = p;
     Num x;
-    if (!(p = scan_number(p, &x)) || x.neg || !num_to_double(&x, out))
+    if (!(p = scan_number(p, &x)) || x.neg)
+        return NULL;
+    if (!num_to_double(&x, out) && !long_to_double(start, p, &x, out))
         return NULL;
     return p;
 }
@@ -884,8 +913,10 @@ static int parse_turn(const unsigned char *s, Py_ssize_t n, Row *r, Ctx *ctx)
             } else {
                 /* [-62135596800, 253402300800): datetime's range, as event_schema._Ts; a negative
                    zero goes slow (msgspec reads "-0" as an int, 0.0, but "-0.0" as -0.0) */
+                const unsigned char *start = p;
                 if (!(p = scan_number(p, &num)) || (num.neg && num.mant == 0) ||
-                    !num_to_double(&num, &r->ts) || !(r->ts >= -62135596800.0 && r->ts < 253402300800.0))
+                    !(num_to_double(&num, &r->ts) || long_to_double(start, p, &num, &r->ts)) ||
+                    !(r->ts >= -62135596800.0 && r->ts < 253402300800.0))
                     return 0;
             }
             break;

@@ -28,6 +28,7 @@ from watcher.contract.columnar import scan_turns, turn_columns
 from watcher.contract.columns import TurnColumns
 from watcher.contract.dedup import Deduplicator
 from watcher.contract.schema import SCHEMA_DEPLOYMENT, SCHEMA_TURN, Deployment, Rejected, RejectReason, Turn
+from watcher.contract.skim import without_fields
 
 __all__ = ["DecodedBatch", "MarkerCheck", "decode_batch", "decode_deployment"]
 
@@ -53,6 +54,11 @@ class DecodedBatch:
 _TURN_DECODER = msgspec.json.Decoder(Turn)
 _DEPLOYMENT_DECODER = msgspec.json.Decoder(Deployment)
 _ANY_DECODER = msgspec.json.Decoder()
+_TOO_DEEP = "JSON is nested too deeply"
+# the top-level fields a turn or a marker can have: anything else may be cut out unread (``skim``)
+_KNOWN = frozenset(
+    ["schema", *(f.encode_name for t in (Turn, Deployment) for f in msgspec.structs.fields(t))]
+)
 # Deployment ids live in their own namespace of the window, so a producer reusing an id of a turn can
 # never make a marker (rare and critical) disappear as a "duplicate".
 _DEPLOYMENT_KEY = "\x00deployment\x00"
@@ -90,12 +96,14 @@ def decode_batch(
     rejected: list[Rejected] = []
     scanned = scan_turns(raws, max_bytes) if columnar and raws else None
     if scanned is not None:  # none of the messages it left is a turn: markers and rejects
-        duplicates = 0
-        for i in scanned.slow:
-            ev = _decode_slow(raws[i], max_bytes, turn_by_default=True)
-            duplicates += _settle(ev, i, raws, origins, dedup, deployments, rejected, check_marker)
-        turns, cols, dropped = turn_columns(scanned, raws, dedup)
-        return DecodedBatch(turns, deployments, rejected, duplicates + dropped, cols)
+        settled = [(i, _decode_slow(raws[i], max_bytes, turn_by_default=True)) for i in scanned.slow]
+        if not any(isinstance(ev, Turn) for _, ev in settled):
+            duplicates = 0
+            for i, ev in settled:
+                duplicates += _settle(ev, i, raws, origins, dedup, deployments, rejected, check_marker)  # type: ignore[arg-type]
+            turns, cols, dropped = turn_columns(scanned, raws, dedup)
+            return DecodedBatch(turns, deployments, rejected, duplicates + dropped, cols)
+        # a turn only readable without its unknown fields (nested too deeply): the object path
     turns: list[Turn] = []
     duplicates = 0
     try:
@@ -217,6 +225,10 @@ def _decode_slow_unsafe(raw: Any, max_bytes: int, turn_by_default: bool) -> Turn
         return RejectReason.TOO_LARGE, f"message is {len(raw)} bytes, limit is {max_bytes}"
     obj, problem = _generic_decode(raw)
     if problem is not None:
+        if problem[1] == _TOO_DEEP:  # maybe only in a field the contract ignores: cut those out, once
+            reduced = without_fields(_as_bytes(raw), _KNOWN)
+            if reduced is not None:
+                return _decode_slow_unsafe(reduced, max_bytes, turn_by_default)
         return problem
     if not isinstance(obj, dict):
         return RejectReason.NOT_OBJECT, f"expected a JSON object, got {_json_kind(obj)}"
@@ -252,7 +264,7 @@ def _generic_decode(raw: bytes | bytearray | memoryview | str) -> tuple[Any, _Pr
     try:
         return _ANY_DECODER.decode(raw), None
     except RecursionError:
-        return None, (RejectReason.NOT_JSON, "JSON is nested too deeply")
+        return None, (RejectReason.NOT_JSON, _TOO_DEEP)
     except UnicodeDecodeError as e:
         return None, (RejectReason.NOT_JSON, _clip(f"not valid UTF-8: {e}"))
     except (msgspec.DecodeError, ValueError) as e:

@@ -245,7 +245,9 @@ def _map(m: SpanMapping, span: SpanView, resource: dict[str, Any]) -> dict[str, 
     end = span.end_ns or span.start_ns
     turn: dict[str, Any] = {
         "event_id": span.span_id,
-        "ts": end / 1_000_000_000,  # int / int: correctly rounded, like the JSON path's RFC 3339
+        # whole microseconds, as the JSON contract's RFC 3339 times have them (int / int: correctly
+        # rounded, the same double as a JSON turn's)
+        "ts": end // 1000 / 1_000_000,
         "agent_id": _required(m.agent_id, attrs, resource, "agent_id"),
     }
     env = _lookup(m.environment, attrs, resource)

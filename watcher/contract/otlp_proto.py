@@ -2,7 +2,7 @@
 
 This is the reference the C decoder (``watcher.contract._otlpscan``) is held to, and the fallback when
 it is not built: correct, but ~35 µs per turn against the C decoder's ~1 µs (docs/performance.md), as
-every attribute becomes a Python object. It needs ``pip install 'watcher[otlp]'``.
+every attribute becomes a Python object. It needs ``pip install 'rollout-watcher[otlp]'``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def read_proto(raw: bytes, is_turn: Any) -> tuple[list[tuple[dict[str, Any], Spa
     """Like ``otlp_json.read_json``, for the protobuf encoding. Raises ``google.protobuf``'s
     ``DecodeError`` for a malformed request; ``RuntimeError`` without the [otlp] extra."""
     if _Request is None:
-        raise RuntimeError("reading OTLP protobuf needs watcher's C decoder or: pip install 'watcher[otlp]'")
+        raise RuntimeError(
+            "reading OTLP protobuf needs watcher's C decoder or: pip install 'rollout-watcher[otlp]'"
+        )
     request = _Request.FromString(raw)
     turns: list[tuple[dict[str, Any], SpanView]] = []
     total = 0

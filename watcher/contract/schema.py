@@ -56,6 +56,7 @@ class RejectReason(str, Enum):
     NOT_FINITE = "not_finite"
     INVALID_VALUE = "invalid_value"
     TOO_LATE = "too_late"  # reserved for the engine (event time behind its window)
+    TOO_EARLY = "too_early"  # reserved for the engine (event time far ahead of the clock and the stream)
     BAD_OTLP = "bad_otlp"  # an OTLP trace request that cannot be read (watcher.contract.otlp)
 
 

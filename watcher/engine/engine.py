@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from watcher.clock import Clock, SystemClock
 from watcher.config import Settings
 from watcher.contract import (
     Action,
@@ -87,8 +88,12 @@ class Engine:
         policies: PolicySet | None = None,
         strategies: StrategyRegistry = STRATEGIES,
         max_batch_turns: int | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        # watcher's own clock bounds how far ahead of it a turn's event time may be (state.max_future_s);
+        # the rest of the engine runs on event time alone
+        self.clock: Clock = clock if clock is not None else SystemClock()
         # the most turns of OTLP requests applied at once (default: a Kafka batch's message count)
         self.max_batch_turns = max_batch_turns or settings.kafka.max_batch_records
         self.policies = policies if policies is not None else load_policy(settings.judge.policy_file)
@@ -101,7 +106,7 @@ class Engine:
         )
         self.registry = self._new_registry()
         self.drift = DriftMonitor()
-        self.lateness = LatenessFilter(settings.state.allowed_lateness_s)  # per-agent event-time watermarks
+        self.lateness = self._new_lateness()  # per-agent event-time watermarks, and the future bound
         otlp = settings.otlp
         # OTLP trace requests in a batch become turn messages before decoding (watcher.contract.otlp)
         self.otlp: OtlpDecoder | NullOtlp = (
@@ -149,7 +154,8 @@ class Engine:
             columnar=not self._reads_whole_turns(),
             check_marker=self.strategies.check_marker,
         )
-        self.lateness.apply(batch, raws, origins)  # too-late turns leave the batch, as rejected (lateness.py)
+        # too-early and too-late turns leave the batch, as rejected (lateness.py)
+        self.lateness.apply(batch, raws, origins, now=self.clock.now())
         result = BatchResult(
             turns=len(batch.turns),
             deployments=len(batch.deployments),
@@ -182,6 +188,10 @@ class Engine:
         if len(rest):
             self._turns(cols if len(rest) == len(ts) else cols.take(rest), result)
         return result
+
+    def _new_lateness(self) -> LatenessFilter:
+        state = self.settings.state
+        return LatenessFilter(state.allowed_lateness_s, max_future_s=state.max_future_s)
 
     def _turns(self, cols: TurnColumns, result: BatchResult) -> None:
         """Route, count and judge a batch's turns (``cols``: theirs)."""

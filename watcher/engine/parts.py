@@ -141,7 +141,7 @@ def restore(engine: Engine, d: Mapping[str, Any]) -> None:
             engine.strategies.get(rollout.strategy)  # a strategy no longer installed: named here
         history = VersionHistory.from_state(d["history"], min_window=engine.history.min_window)
         drift = DriftMonitor.from_state(d["drift"])
-        lateness = LatenessFilter(engine.settings.state.allowed_lateness_s)
+        lateness = engine._new_lateness()
         if "lateness" in head:  # absent from checkpoints written before allowed lateness existed
             lateness.load_state(head["lateness"])
         ran_with = {rid: policy_from_doc(p) for rid, p in head.get("judge_policies", {}).items()}

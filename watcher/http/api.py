@@ -1,4 +1,5 @@
-"""The HTTP API, on one port: health, Prometheus exposition, rollouts, markers, decisions, verdicts.
+"""The HTTP API, on one port: health, Prometheus exposition, rollouts, markers, decisions, verdicts
+(and the outbox's deliveries, ``watcher.http.deliveries``, mounted on the same app).
 
 Read endpoints answer from in-memory state (well under a second). The verdict endpoint follows Argo
 Rollouts' web-metric rules: always 200 with ``{"data": {"verdict": ...}}``, ``inconclusive`` while the
@@ -9,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -20,10 +20,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from watcher.contract import Action, Decision, Deployment, Rejected, Verdict, decode_deployment
 from watcher.engine import EngineView
 from watcher.errors import ReportUnavailable
+from watcher.http.deliveries import Deliveries, DeliveryRoutes, NoDeliveries
+from watcher.http.replies import error_reply, json_reply, read_object
 from watcher.judges import STRATEGIES, acknowledge, override
 from watcher.report import render
 from watcher.state import Rollout
-from watcher.storage import DecisionLog, json_safe
+from watcher.storage import DecisionLog
 
 log = logging.getLogger(__name__)
 
@@ -32,51 +34,6 @@ MarkerHook = Callable[[Deployment], Awaitable[bool]]  # durable on return; True:
 DecisionHook = Callable[[list[Decision]], Awaitable[None]]
 
 ENGINE: web.AppKey[EngineView] = web.AppKey("engine")
-DELIVERY_STATES = ("pending", "delivered", "failed", "dismissed")
-
-
-class Deliveries(Protocol):
-    """The outbox as the API sees it (``watcher.outbox.Outbox``)."""
-
-    def deliveries(
-        self, *, sink: str | None = None, status: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]: ...
-
-    def delivery(self, seq: int) -> dict[str, Any] | None: ...
-
-    def redrive(self, *, seq: int | None = None, sink: str | None = None) -> list[int]: ...
-
-    def dismiss(self, seq: int, why: str) -> bool: ...
-
-
-class NoDeliveries:
-    """No outbox (tests, a daemon built without one): nothing queued."""
-
-    def deliveries(
-        self, *, sink: str | None = None, status: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        return []
-
-    def delivery(self, seq: int) -> dict[str, Any] | None:
-        return None
-
-    def redrive(self, *, seq: int | None = None, sink: str | None = None) -> list[int]:
-        return []
-
-    def dismiss(self, seq: int, why: str) -> bool:
-        return False
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(json_safe(data), separators=(",", ":")),
-        status=status,
-        content_type="application/json",
-    )
-
-
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return _json({"error": message, **extra}, status=status)
 
 
 class Api:
@@ -121,22 +78,18 @@ class Api:
                 web.post("/v1/deployments", self.deployment),
                 web.get("/v1/decisions", self.decisions),
                 web.get("/v1/drift", self.drift),
-                web.get("/v1/deliveries", self.deliveries),
-                web.get("/v1/deliveries/{id}", self.delivery),
-                web.post("/v1/deliveries/retry", self.redrive_sink),
-                web.post("/v1/deliveries/{id}/retry", self.redrive),
-                web.post("/v1/deliveries/{id}/dismiss", self.dismiss),
             ]
         )
+        app.add_routes(DeliveryRoutes(self.outbox, self.max_body_bytes).routes())
         return app
 
     # -- health ---------------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
+        return json_reply({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
         ready, why = self.readiness()
-        return _json({"ready": ready, "reason": why}, status=200 if ready else 503)
+        return json_reply({"ready": ready, "reason": why}, status=200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
@@ -144,12 +97,12 @@ class Api:
 
     # -- rollouts -------------------------------------------------------------------------------
     async def rollouts(self, request: web.Request) -> web.Response:
-        return _json({"rollouts": [self._summary(r) for r in self.engine.registry.all()]})
+        return json_reply({"rollouts": [self._summary(r) for r in self.engine.registry.all()]})
 
     async def rollout(self, request: web.Request) -> web.Response:
         rollout = self._find(request)
         if rollout is None:
-            return _error(404, "no such rollout", rollout_id=request.match_info["rollout_id"])
+            return error_reply(404, "no such rollout", rollout_id=request.match_info["rollout_id"])
         body = self._summary(rollout)
         body["arms"] = self._arms(rollout)
         evidence = self.engine.evidence.get(rollout.rollout_id)
@@ -158,19 +111,19 @@ class Api:
         coverage = self.engine.coverage.get(rollout.rollout_id)
         # what the judge can use of the rollout's traffic, and why it is not judged when it is not
         body["coverage"] = coverage.to_dict() if coverage else None
-        return _json(body)
+        return json_reply(body)
 
     async def report(self, request: web.Request) -> web.Response:
         """The rollout's HTML report (``watcher.report``), the page ``watcher replay --report`` writes."""
         rollout = self._find(request)
         if rollout is None:
-            return _error(404, "no such rollout", rollout_id=request.match_info["rollout_id"])
+            return error_reply(404, "no such rollout", rollout_id=request.match_info["rollout_id"])
         histories = self.engine.histories([rollout.rollout_id])  # copied here, drawn off the loop
         title = f"watcher: {rollout.agent_id}/{rollout.environment} {rollout.rollout_id}"
         try:
             page = await asyncio.to_thread(render, histories, title=title)
         except ReportUnavailable as exc:
-            return _error(501, str(exc), extra=exc.extra)
+            return error_reply(501, str(exc), extra=exc.extra)
         return web.Response(text=page, content_type="text/html")
 
     async def verdict(self, request: web.Request) -> web.Response:
@@ -178,24 +131,24 @@ class Api:
         if rollout is None:
             # Argo treats an HTTP error as a failed measurement: a rollout watcher has not seen yet
             # (no telemetry so far) is "inconclusive", not an error.
-            return _json(
+            return json_reply(
                 {"data": self._no_verdict("no such rollout (yet)", request.match_info["rollout_id"])}
             )
-        return _json({"data": self._verdict(rollout)})
+        return json_reply({"data": self._verdict(rollout)})
 
     async def verdict_query(self, request: web.Request) -> web.Response:
         q = request.query
         agent, env, version = q.get("agent"), q.get("environment", "prod"), q.get("version")
         if not agent:
-            return _error(400, "query parameter 'agent' is required")
+            return error_reply(400, "query parameter 'agent' is required")
         for r in self.engine.registry.all():
             if (
                 r.agent_id == agent
                 and r.environment == env
                 and (version is None or r.canary_version == version)
             ):
-                return _json({"data": self._verdict(r)})
-        return _json({"data": self._no_verdict("no rollout for this agent/version (yet)")})
+                return json_reply({"data": self._verdict(r)})
+        return json_reply({"data": self._no_verdict("no rollout for this agent/version (yet)")})
 
     async def acknowledge(self, request: web.Request) -> web.Response:
         return await self._human(request, acknowledge_=True)
@@ -206,19 +159,19 @@ class Api:
     async def _human(self, request: web.Request, *, acknowledge_: bool) -> web.Response:
         rollout = self._find(request)
         if rollout is None:
-            return _error(404, "no such rollout", rollout_id=request.match_info["rollout_id"])
+            return error_reply(404, "no such rollout", rollout_id=request.match_info["rollout_id"])
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
         actor = body.get("actor")
         reason = body.get("reason", "")
         if not isinstance(actor, str) or not 0 < len(actor) <= 128:
-            return _error(400, "field 'actor' is required: a string of 1-128 characters")
+            return error_reply(400, "field 'actor' is required: a string of 1-128 characters")
         if not isinstance(reason, str) or len(reason) > 1024:
-            return _error(400, "field 'reason' must be a string of at most 1024 characters")
+            return error_reply(400, "field 'reason' must be a string of at most 1024 characters")
         state = self.engine.policy_states.get(rollout.rollout_id)
         if state is None:
-            return _error(409, "this rollout is not being judged", state=rollout.state.value)
+            return error_reply(409, "this rollout is not being judged", state=rollout.state.value)
         ts = self.engine.state.watermark or rollout.started_ts
         if acknowledge_:
             result = acknowledge(state, actor, reason, ts, rollout.ref())
@@ -226,29 +179,29 @@ class Api:
             try:
                 action = Action(body.get("action"))
             except ValueError:
-                return _error(400, "field 'action' must be one of pause, rollback, promote, resume")
+                return error_reply(400, "field 'action' must be one of pause, rollback, promote, resume")
             if action in (Action.CONTINUE, Action.INCONCLUSIVE):
-                return _error(400, "field 'action' must be one of pause, rollback, promote, resume")
+                return error_reply(400, "field 'action' must be one of pause, rollback, promote, resume")
             result = override(state, action, actor, reason, ts, rollout.ref())
         decision, new_state = result
         if decision is None:
-            return _error(409, "nothing to acknowledge: the rollout is not paused")
+            return error_reply(409, "nothing to acknowledge: the rollout is not paused")
         self.engine.record_override(rollout.rollout_id, decision, new_state)
         if self.on_decisions is not None:
             await self.on_decisions([decision])
-        return _json({"decision": decision.to_dict()}, status=201)
+        return json_reply({"decision": decision.to_dict()}, status=201)
 
     # -- markers --------------------------------------------------------------------------------
     async def deployment(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
-            return _error(413, f"body larger than {self.max_body_bytes} bytes")
+            return error_reply(413, f"body larger than {self.max_body_bytes} bytes")
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"body larger than {self.max_body_bytes} bytes")
+            return error_reply(413, f"body larger than {self.max_body_bytes} bytes")
         marker = decode_deployment(raw, check=STRATEGIES.check_marker)
         if isinstance(marker, Rejected):
-            return _error(400, marker.detail, reason=marker.reason.value)
+            return error_reply(400, marker.detail, reason=marker.reason.value)
         published = False
         if self.on_marker is not None:
             # durable first (the spool, then the deployments topic), applied after: a marker that was
@@ -257,20 +210,20 @@ class Api:
                 published = await self.on_marker(marker)
             except Exception as exc:
                 log.error("marker %s could not be stored, not applied: %s", marker.event_id, exc)
-                return _error(503, f"the marker could not be stored: {exc}", event_id=marker.event_id)
+                return error_reply(503, f"the marker could not be stored: {exc}", event_id=marker.event_id)
         change = self.engine.apply_marker(marker)
         if change is None:
-            return _json({"status": "duplicate", "event_id": marker.event_id}, status=200)
+            return json_reply({"status": "duplicate", "event_id": marker.event_id}, status=200)
         rollout = change.rollout
-        return _json(
-            {
-                "status": change.kind,
-                "event_id": marker.event_id,
-                "published": published,
-                "rollout": self._summary(rollout) if rollout else None,
-            },
-            status=202,
-        )
+        body: dict[str, Any] = {
+            "status": change.kind,
+            "event_id": marker.event_id,
+            "published": published,
+            "rollout": self._summary(rollout) if rollout else None,
+        }
+        if change.note:
+            body["note"] = change.note
+        return json_reply(body, status=202)
 
     # -- decisions ------------------------------------------------------------------------------
     async def decisions(self, request: web.Request) -> web.Response:
@@ -279,10 +232,10 @@ class Api:
             limit = min(int(q.get("limit", "100")), 1000)
             since = float(q["since"]) if "since" in q else None
         except ValueError:
-            return _error(400, "'limit' must be an integer and 'since' a number (Unix seconds)")
+            return error_reply(400, "'limit' must be an integer and 'since' a number (Unix seconds)")
         action = q.get("action")
         if action is not None and action not in {a.value for a in Action}:
-            return _error(400, f"unknown action {action!r}")
+            return error_reply(400, f"unknown action {action!r}")
         records = self.decision_log.list(
             rollout_id=q.get("rollout_id"),
             agent_id=q.get("agent"),
@@ -291,106 +244,21 @@ class Api:
             since=since,
             limit=limit,
         )
-        return _json({"decisions": records})
+        return json_reply({"decisions": records})
 
     async def drift(self, request: web.Request) -> web.Response:
         try:
             limit = min(int(request.query.get("limit", "100")), 1000)
         except ValueError:
-            return _error(400, "'limit' must be an integer")
-        return _json({"drift_signals": self.decision_log.list_drift(limit=limit)})
-
-    async def deliveries(self, request: web.Request) -> web.Response:
-        """``?state=`` (or ``status=``) pending|delivered|failed|dismissed, ``sink=``, ``limit=``."""
-        q = request.query
-        state = q.get("state", q.get("status"))
-        if state is not None and state not in DELIVERY_STATES:
-            return _error(400, f"'state' must be one of {', '.join(DELIVERY_STATES)}; got {state!r}")
-        try:
-            limit = min(int(q.get("limit", "100")), 1000)
-        except ValueError:
-            return _error(400, "'limit' must be an integer")
-        rows = self.outbox.deliveries(sink=q.get("sink"), status=state, limit=limit)
-        return _json({"deliveries": rows})
-
-    def _delivery(self, request: web.Request) -> tuple[int, dict[str, Any]] | web.Response:
-        try:
-            seq = int(request.match_info["id"])
-        except ValueError:
-            seq = -1
-        found = self.outbox.delivery(seq) if seq >= 0 else None
-        if found is None:
-            return _error(404, "no such delivery", id=request.match_info["id"])
-        return seq, found
-
-    async def delivery(self, request: web.Request) -> web.Response:
-        found = self._delivery(request)
-        return found if isinstance(found, web.Response) else _json(found[1])
-
-    async def redrive(self, request: web.Request) -> web.Response:
-        """A failed delivery pending again, with a fresh retry budget (its lane's order kept)."""
-        found = self._delivery(request)
-        if isinstance(found, web.Response):
-            return found
-        seq, row = found
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        if row["status"] != "failed":
-            return _error(409, f"only a failed delivery can be retried; this one is {row['status']}")
-        self.outbox.redrive(seq=seq)
-        log.warning("delivery %s re-driven by %s", seq, body.get("actor") or request.remote)
-        return _json({"delivery": self.outbox.delivery(seq)}, status=202)
-
-    async def redrive_sink(self, request: web.Request) -> web.Response:
-        """Every failed delivery of ``?sink=`` (or of every sink) pending again."""
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        sink = request.query.get("sink")
-        ids = self.outbox.redrive(sink=sink)
-        log.warning(
-            "%d failed deliveries of %s re-driven by %s",
-            len(ids),
-            f"sink {sink}" if sink else "every sink",
-            body.get("actor") or request.remote,
-        )
-        return _json({"retried": ids}, status=202)
-
-    async def dismiss(self, request: web.Request) -> web.Response:
-        """``{"actor", "reason"}``: a failed delivery an operator will not send (kept, not alerting)."""
-        found = self._delivery(request)
-        if isinstance(found, web.Response):
-            return found
-        seq, row = found
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        actor, reason = body.get("actor"), body.get("reason")
-        if not isinstance(actor, str) or not 0 < len(actor) <= 128:
-            return _error(400, "field 'actor' is required: a string of 1-128 characters")
-        if not isinstance(reason, str) or not 0 < len(reason) <= 1024:
-            return _error(400, "field 'reason' is required: a string of 1-1024 characters")
-        if not self.outbox.dismiss(seq, f"dismissed by {actor}: {reason}"):
-            return _error(409, f"only a failed delivery can be dismissed; this one is {row['status']}")
-        return _json({"delivery": self.outbox.delivery(seq)})
+            return error_reply(400, "'limit' must be an integer")
+        return json_reply({"drift_signals": self.decision_log.list_drift(limit=limit)})
 
     # -- helpers --------------------------------------------------------------------------------
     def _find(self, request: web.Request) -> Rollout | None:
         return self.engine.registry.get(request.match_info["rollout_id"])
 
     async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"body larger than {self.max_body_bytes} bytes")
-        try:
-            body = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError, RecursionError):  # (the guard refuses deep ones first)
-            return _error(400, "body is not valid JSON")
-        if not isinstance(body, dict):
-            return _error(400, "body must be a JSON object")
-        return body
+        return await read_object(request, self.max_body_bytes)
 
     def _summary(self, r: Rollout) -> dict[str, Any]:
         d = r.to_dict()

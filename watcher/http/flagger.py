@@ -3,15 +3,16 @@
 Flagger POSTs ``{"name", "namespace", "phase", "checksum", "metadata"}`` to one URL per hook type
 (the body does not say which hook it is) and reads only the status: 200-202 is success, anything
 else a failure, whose meaning depends on the hook. So every answer here is a status chosen per hook
-(``answer``, a pure function of the hook and what watcher knows) plus a JSON body with the reason,
-which Flagger copies into its events for the check hooks.
+(``answer``, a pure function of the hook and what watcher knows) plus a JSON body that starts with
+the reason, which Flagger copies into its events for the check hooks. Non-2xx answers are 4xx:
+Flagger's client drops the body of a 5xx (see ``flagger_protocol.HOLD_STATUS``).
 
     gates   confirm-rollout, confirm-traffic-increase, confirm-promotion: a non-2xx holds Flagger
             (no failed check). Watcher holds while a pause or rollback is latched, while it is not
             ready, and holds promotion until it decided ``promote``.
     checks  pre-rollout, rollout: a non-2xx adds a failed check (rollback at the threshold). They
-            fail only on positive evidence of harm (a latched ``rollback``): no data is not a failure.
-            pre-rollout also fails while watcher is not ready (nobody would be watching the canary).
+            fail only on positive evidence of harm (a latched ``rollback``): no data, a restart or
+            a rebalance is not a failure (confirm-rollout holds a release while watcher is not ready).
     rollback   2xx makes Flagger roll back: only when watcher decided ``rollback``.
     event, post-rollout   errors are only logged; they become deployment markers (see
             ``lifecycle``), applied to the engine and handed to ``on_marker`` (the deployments topic).
@@ -29,6 +30,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from watcher.clock import Clock, SystemClock
@@ -36,6 +38,7 @@ from watcher.config import FlaggerTarget, HooksSettings, validate_targets
 from watcher.contract import Action, Deployment
 from watcher.http.flagger_protocol import (
     FLAGGER_PREFIX,
+    HOLD_STATUS,
     MARKING_HOOKS,
     FlaggerPayload,
     HookAnswer,
@@ -81,6 +84,16 @@ MarkerHook = Callable[[Deployment], Awaitable[bool]]  # durable on return; True:
 Readiness = Callable[[], tuple[bool, str]]
 
 
+@dataclass(frozen=True, slots=True)
+class Known:
+    """The last decision an instance saw for a canary (its own, or in its owner's answer)."""
+
+    action: Action
+    reason: str
+    rollout_id: str
+    at: float  # monotonic
+
+
 # -- the HTTP side ----------------------------------------------------------------------------------
 class FlaggerHooks:
     """Flagger's webhooks on watcher's port: ``app.add_routes(hooks.routes())``."""
@@ -97,6 +110,8 @@ class FlaggerHooks:
         max_body_bytes: int = 65_536,
         marker_timeout_s: float = 0.5,
         peers: Peers | None = None,
+        wait_s: float = 0.0,
+        poll_s: float = 0.1,
     ) -> None:
         validate_targets(targets, "flagger")
         self.engine = engine
@@ -111,6 +126,12 @@ class FlaggerHooks:
         # is applied before the publish, and a publish that takes longer goes on in the background.
         self.marker_timeout_s = marker_timeout_s
         self._publishing: set[asyncio.Task[bool]] = set()
+        # While the group rebalances (the agent's owner unknown, or this instance not ready yet) a
+        # hook waits up to ``wait_s`` for it to settle (keep it below the webhook's ``timeout``),
+        # then answers from the last decision it knows for the canary: never a failed check for it.
+        self.wait_s = wait_s
+        self.poll_s = poll_s
+        self._known: dict[tuple[str, str], Known] = {}
 
     def routes(self) -> list[web.RouteDef]:
         from aiohttp import web
@@ -142,35 +163,104 @@ class FlaggerHooks:
                 },
                 404,
             )
+        deadline = self.clock.monotonic() + self.wait_s
+        while True:
+            final = self.clock.monotonic() >= deadline
+            response = await self._attempt(hook, request, raw, target, payload, final=final)
+            if response is not None:
+                return response
+            await asyncio.sleep(self.poll_s)
+
+    async def _attempt(
+        self,
+        hook: HookType,
+        request: web.Request,
+        raw: bytes,
+        target: FlaggerTarget,
+        payload: FlaggerPayload,
+        *,
+        final: bool,
+    ) -> web.Response | None:
+        """The answer, or None to try again shortly (a rebalance is under way and time is left)."""
         if self.peers is not None and not self.peers.forwarded(request):
             owner = self.peers.owner_of_agent(target.agent_id)
             if owner is not None:  # another instance holds this agent's rollouts: it answers
-                return await self.peers.forward(request, owner, raw)
+                if owner:
+                    forwarded = await self.peers.forward(request, owner, raw)
+                    if forwarded.status < 500:
+                        self._learn(target, forwarded)
+                        return forwarded
+                if not final:
+                    return None
+                why = "the instances are rebalancing: the one that owns this agent does not answer yet"
+                return await self._answer(hook, target, payload, self._recalled(target, why))
         ctx = self.context(target, payload)
+        if not ctx.ready:
+            if not final:
+                return None
+            if ctx.rollout is None:  # e.g. its partition is still being restored here
+                ctx = self._recalled(target, ctx.ready_reason)
+        return await self._answer(hook, target, payload, ctx)
+
+    async def _answer(
+        self, hook: HookType, target: FlaggerTarget, payload: FlaggerPayload, ctx: HookContext
+    ) -> web.Response:
         result = answer(hook, ctx)
+        known = self._known.get((target.namespace, target.name))
+        rollout_id = ctx.rollout.rollout_id if ctx.rollout else None
+        if ctx.rollout is None and known is not None and ctx.action is known.action:
+            rollout_id = known.rollout_id
+        # the reason first: Flagger puts the whole body of a failed check into its event
         body: dict[str, Any] = {
+            "reason": result.reason,
+            "outcome": result.outcome.value,
             "hook": hook.value,
             "canary": payload.canary,
             "agent": target.agent_id,
             "environment": target.environment,
-            "outcome": result.outcome.value,
-            "reason": result.reason,
             "decision": ctx.action.value,
-            "rollout_id": ctx.rollout.rollout_id if ctx.rollout else None,
+            "rollout_id": rollout_id,
             "marker": None,
         }
         status = result.status
-        if hook in MARKING_HOOKS or (hook is HookType.PRE_ROLLOUT and status == 200):
+        if hook in MARKING_HOOKS or (hook is HookType.PRE_ROLLOUT and status == 200 and ctx.ready):
             marker, why = marker_for(target, hook, payload, active=self._active(target), now=self.clock.now())
             body["marker"] = await self._apply(marker, why)
             if body["marker"]["status"] == "failed":
-                status = 503  # not stored, not applied: Flagger calls the hook again
+                # not stored, not applied: a non-2xx, and a 4xx so that Flagger keeps the reason
+                status = HOLD_STATUS
             elif hook is not HookType.PRE_ROLLOUT and body["marker"]["status"] not in (
                 "duplicate",
                 "skipped",
             ):
                 status = 202  # a marker was applied (the pre-rollout check keeps its 200)
+        if ctx.ready and ctx.rollout is not None:
+            self._known[(target.namespace, target.name)] = Known(
+                ctx.action, ctx.reason, ctx.rollout.rollout_id, self.clock.monotonic()
+            )
         return _json(body, status)
+
+    def _learn(self, target: FlaggerTarget, response: web.Response) -> None:
+        """Remember the decision in the owner's answer, for the next rebalance."""
+        try:
+            data = json.loads(response.body or b"{}")  # type: ignore[arg-type]
+            action = Action(data["decision"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if data.get("rollout_id"):
+            reason = str(data.get("reason", ""))
+            self._known[(target.namespace, target.name)] = Known(
+                action, reason, str(data["rollout_id"]), self.clock.monotonic()
+            )
+
+    def _recalled(self, target: FlaggerTarget, why: str) -> HookContext:
+        """Not ready and no local rollout: the last decision this instance knows for the canary."""
+        known = self._known.get((target.namespace, target.name))
+        if known is None:
+            return HookContext(False, why, None)
+        age = self.clock.monotonic() - known.at
+        reason = f"{known.reason} (last known decision, {age:.0f} s old; {why})"
+        return HookContext(False, why, None, known.action, reason)
 
     def context(self, target: FlaggerTarget, payload: FlaggerPayload) -> HookContext:
         ready, why = self.readiness()

@@ -18,6 +18,7 @@ from watcher.state import Rollout
 
 __all__ = [
     "FLAGGER_PREFIX",
+    "HOLD_STATUS",
     "MARKING_HOOKS",
     "FlaggerPayload",
     "HookAnswer",
@@ -87,11 +88,19 @@ _GATES = (HookType.CONFIRM_ROLLOUT, HookType.CONFIRM_TRAFFIC_INCREASE, HookType.
 MARKING_HOOKS = (HookType.EVENT, HookType.POST_ROLLOUT)  # only logged by Flagger: markers, nothing else
 
 
+# Flagger's HTTP client (hashicorp/go-retryablehttp) treats 429 and every 5xx but 501 as "retry": with
+# the default ``retries: 0`` it gives up at once and drops the body, so Flagger's event says "giving up
+# after 1 attempt(s)" instead of watcher's reason. Every non-2xx answer is therefore a 4xx.
+HOLD_STATUS = 409
+
+
 def answer(hook: HookType, ctx: HookContext) -> HookAnswer:
     """The status Flagger gets for ``hook`` given what watcher knows. Pure.
 
     Latched decisions come first: they stand without fresh data, so readiness matters only where
-    watcher would otherwise answer from evidence it may not have caught up with.
+    watcher would otherwise answer from evidence it may not have caught up with. Only a latched
+    ``rollback`` fails a check: watcher being behind, restarting or rebalancing is no evidence
+    against the canary (confirm-rollout holds a new release while watcher is not ready instead).
     """
     why = f": {ctx.reason}" if ctx.reason else ""
     if hook in MARKING_HOOKS:
@@ -99,15 +108,15 @@ def answer(hook: HookType, ctx: HookContext) -> HookAnswer:
     if hook is HookType.ROLLBACK:
         if ctx.action is Action.ROLLBACK:
             return HookAnswer(200, Outcome.ROLLBACK, f"watcher decided rollback{why}")
-        state = "no active rollout" if ctx.rollout is None else f"decision is {ctx.action.value}"
-        return HookAnswer(409, Outcome.NO_ROLLBACK, f"no rollback: {state}")
+        if ctx.rollout is not None:
+            state = f"decision is {ctx.action.value}"
+        else:
+            state = "no active rollout" if ctx.ready else f"watcher is not ready ({ctx.ready_reason})"
+        return HookAnswer(HOLD_STATUS, Outcome.NO_ROLLBACK, f"no rollback: {state}")
     if hook in (HookType.PRE_ROLLOUT, HookType.ROLLOUT):
         if ctx.action is Action.ROLLBACK:
-            return HookAnswer(409, Outcome.FAIL, f"watcher decided rollback{why}")
+            return HookAnswer(HOLD_STATUS, Outcome.FAIL, f"watcher decided rollback{why}")
         if not ctx.ready:
-            if hook is HookType.PRE_ROLLOUT:  # nobody would be watching the canary's first traffic
-                return HookAnswer(503, Outcome.FAIL, f"watcher is not ready: {ctx.ready_reason}")
-            # not having caught up is not evidence of harm: never a failed check (and a rollback) for it
             return HookAnswer(200, Outcome.PASS, f"watcher is not ready ({ctx.ready_reason}): not a failure")
         if ctx.rollout is None:
             return HookAnswer(200, Outcome.PASS, "no active rollout yet: nothing against the canary")
@@ -116,15 +125,21 @@ def answer(hook: HookType, ctx: HookContext) -> HookAnswer:
     if hook is HookType.CONFIRM_PROMOTION and ctx.action is Action.PROMOTE:
         return HookAnswer(200, Outcome.PROCEED, f"watcher decided promote{why}")
     if ctx.action is Action.ROLLBACK:
-        return HookAnswer(409, Outcome.HOLD, f"watcher decided rollback{why}")
+        return HookAnswer(HOLD_STATUS, Outcome.HOLD, f"watcher decided rollback{why}")
     if ctx.action is Action.PAUSE:
-        return HookAnswer(409, Outcome.HOLD, f"watcher paused the rollout{why}; acknowledge or override it")
+        return HookAnswer(
+            HOLD_STATUS, Outcome.HOLD, f"watcher paused the rollout{why}; acknowledge or override it"
+        )
     if not ctx.ready:
-        return HookAnswer(503, Outcome.HOLD, f"watcher is not ready: {ctx.ready_reason}")
+        return HookAnswer(HOLD_STATUS, Outcome.HOLD, f"watcher is not ready: {ctx.ready_reason}")
     if hook is HookType.CONFIRM_PROMOTION:
         if ctx.rollout is None:
-            return HookAnswer(409, Outcome.HOLD, "no active rollout: watcher has not seen this canary yet")
-        return HookAnswer(409, Outcome.HOLD, "evidence is accumulating: watcher has not decided promote yet")
+            return HookAnswer(
+                HOLD_STATUS, Outcome.HOLD, "no active rollout: watcher has not seen this canary yet"
+            )
+        return HookAnswer(
+            HOLD_STATUS, Outcome.HOLD, "evidence is accumulating: watcher has not decided promote yet"
+        )
     return HookAnswer(200, Outcome.PROCEED, "nothing holds the rollout")
 
 

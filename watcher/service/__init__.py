@@ -2,7 +2,8 @@
 composition root; tests pass their own parts); ``Daemon`` runs the consume -> engine -> dead letters,
 decision log, outbox -> checkpoint -> commit loop; ``partitions`` keeps the checkpoints and answers
 rebalances; ``handover`` moves partition state on rebalance; ``markers`` republishes HTTP markers;
-``reload`` applies a new configuration without a restart; ``telemetry`` is watcher's own Prometheus
+``reload`` applies a new configuration without a restart (``Reloader``); ``grace`` bounds the
+shutdown in time; ``telemetry`` is watcher's own Prometheus
 and OpenTelemetry; ``replay`` runs the engine on a file; ``gate``, ``gate_report`` and ``gate_marker``:
 ``watcher gate``, a candidate judged against a baseline on files or a time range of a topic, its
 reports, and its verdict as a deployment marker.
@@ -22,7 +23,7 @@ from watcher.service.gate import (
     run_gate,
 )
 from watcher.service.gate_marker import gate_marker, record_marker
-from watcher.service.gate_report import gate_junit, gate_markdown
+from watcher.service.gate_report import gate_html, gate_junit, gate_markdown
 from watcher.service.reload import ConfigSource
 from watcher.service.replay import replay, summary_table
 
@@ -35,6 +36,7 @@ __all__ = [
     "Parts",
     "build_daemon",
     "gate_files",
+    "gate_html",
     "gate_junit",
     "gate_kafka_range",
     "gate_markdown",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from prometheus_client import CollectorRegistry
 from watcher.config import Settings
 from watcher.contract import Action, Decision, OtlpCounts, OtlpDecoder, Rejected
 from watcher.engine import BatchResult, Engine, Tasks
-from watcher.errors import ConfigError
 from watcher.http import (
     Api,
     ConnectionGuard,
@@ -39,6 +37,7 @@ from watcher.http import (
     Peers,
     auth_middleware,
     guard_middleware,
+    own_url,
 )
 from watcher.http import forwarding_middleware as route_to_owner
 from watcher.kafka import (
@@ -53,11 +52,11 @@ from watcher.kafka import (
     next_offsets,
 )
 from watcher.outbox import Outbox
+from watcher.service.grace import Grace
 from watcher.service.markers import Markers
 from watcher.service.partitions import Checkpoints, TaskPartitions
-from watcher.service.reload import ConfigSource, ReloadMetrics, ReloadResult, fingerprint, plan_reload
+from watcher.service.reload import ConfigSource, Reloader, ReloadMetrics, ReloadResult
 from watcher.service.telemetry import WatcherMetrics
-from watcher.sinks import build_sinks
 from watcher.storage import DecisionLog, Offsets, SqliteSpool
 
 __all__ = ["Daemon", "Parts"]
@@ -113,7 +112,7 @@ class Daemon:
         self.reload_metrics = parts.reload_metrics
         # a checkpoint must never see the state of a batch whose offsets are not yet in ``positions``
         self._lock = parts.lock
-        self._reloading = asyncio.Lock()
+        self.reloader = Reloader(self, parts.reload_metrics)
         self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
         self.port: int | None = None
         self.batches_processed = 0
@@ -162,6 +161,7 @@ class Daemon:
             decision_log=self.decision_log,
             max_body_bytes=self.settings.http.max_body_bytes,
             peers=self.peers,
+            wait_s=self.settings.hooks.wait_s,
         )
         app = api.app()
         app.add_routes(self.hooks.routes())
@@ -172,7 +172,7 @@ class Daemon:
         self._listening = await Listening.start(app, http, guard)
         self.port = self._listening.port  # port 0 is chosen here
         if self.peers is not None:
-            self.peers.address = self.settings.http.advertised_url or _own_url(
+            self.peers.address = self.settings.http.advertised_url or own_url(
                 self.settings.http.host, self.port
             )
         self._http_up = True
@@ -251,8 +251,10 @@ class Daemon:
         await self.source.start(self.partitions)
         outbox_stop = asyncio.Event()
         outbox_task = asyncio.create_task(self.outbox.run(outbox_stop))
-        watcher_task = asyncio.create_task(self._watch_config()) if self.settings.config_watch_s > 0 else None
-        grace = _Grace(self.settings.shutdown_grace_s)
+        watcher_task = (
+            asyncio.create_task(self.reloader.watch()) if self.settings.config_watch_s > 0 else None
+        )
+        grace = Grace(self.settings.shutdown_grace_s)
         try:
             await self._consume(stop, grace)
             if self.checkpointing and not self._torn:
@@ -282,96 +284,15 @@ class Daemon:
                 self.checkpoints.close()
         return 0
 
-    # -- configuration reload (SIGHUP) -----------------------------------------------------------
+    # -- configuration reload (SIGHUP, config_watch_s: watcher.service.reload) --------------------
     async def reload(self) -> ReloadResult:
-        """Read the configuration and the policy file again and apply the policy and the sinks
-        without a restart, keeping every judge's statistics and every pending delivery
-        (``watcher.service.reload``; docs/configuration.md#reloading). Applied between two batches, under the
-        batch lock, so no batch, checkpoint or API override sees half of it. An invalid configuration
-        is rejected whole: logged naming the field, counted, and the configuration in force stays."""
-        async with self._reloading:  # SIGHUPs in quick succession apply one after the other
-            source = self.config_source
-            if source is None:
-                return self._reload_rejected(
-                    "reload",
-                    "this daemon's settings were not loaded from a "
-                    "configuration (built in code): nothing to reload from",
-                )
-            try:
-                plan = plan_reload(
-                    self.settings,
-                    source.path,
-                    source.environ,
-                    overrides=source.overrides,
-                    current_policies=self.engine.policies,
-                )
-                running = {s.name: s for s in self.outbox.sinks}
-                fresh = [
-                    entry
-                    for entry in plan.settings.sinks
-                    if plan.sinks_differ
-                    and (
-                        entry["name"] in plan.sinks_added + plan.sinks_changed or entry["name"] not in running
-                    )
-                ]
-                built = {s.name: s for s in build_sinks(fresh, kafka=self.settings.kafka)}
-            except ConfigError as exc:
-                return self._reload_rejected(exc.field, str(exc))
-            sinks = [built.get(entry["name"]) or running[entry["name"]] for entry in plan.settings.sinks]
-            async with self._lock:
-                try:
-                    kept = self.engine.replace_policies(plan.policies) if plan.policy_changed else {}
-                except Exception as exc:  # a judge that cannot be rebuilt: nothing was replaced
-                    log.exception("configuration reload: the policy could not be applied")
-                    return self._reload_rejected(
-                        "judge.policy_file", f"the policy could not be applied: {exc}"
-                    )
-                swap = await self.outbox.replace_sinks(sinks) if plan.sinks_differ else None
-                self.settings = plan.settings
-                if plan.policy_changed:
-                    if self.checkpoints is not None:
-                        self.checkpoints.mark_all_dirty()
-            self.reload_metrics.applied()
-            log.info("configuration reloaded: %s", plan.summary())
-            for rid, why in kept.items():
-                log.warning("rollout %s keeps the policy it started with until it ends: %s", rid, why)
-            if plan.restart_needed:
-                log.warning(
-                    "configuration reload: %s changed but take effect only after a restart",
-                    ", ".join(plan.restart_needed),
-                )
-            return ReloadResult(True, plan=plan, policies_kept=kept, sinks=swap)
+        """Read the configuration and the policy file again and apply them (``Reloader.reload``)."""
+        return await self.reloader.reload()
 
-    async def _watch_config(self) -> None:
-        """``config_watch_s``: reload when the configuration or the policy file changed (once per
-        change: a rejected file is not retried until it changes again)."""
-        source = self.config_source
-        if source is None or source.path is None:
-            log.warning(
-                "config_watch_s is set but the settings were not loaded from a file: nothing to watch"
-            )
-            return
-
-        def files() -> str:
-            return fingerprint(source.path, self.settings.judge.policy_file)
-
-        seen = files()
-        while True:
-            await asyncio.sleep(self.settings.config_watch_s)
-            try:
-                now = files()
-                if now != seen:
-                    seen = now
-                    log.info("configuration files changed: reloading")
-                    await self.reload()
-                    seen = files()  # the policy file may be another one now
-            except Exception:  # the watcher must outlive any one failure
-                log.exception("watching the configuration files failed")
-
-    def _reload_rejected(self, field: str, message: str) -> ReloadResult:
-        self.reload_metrics.rejected()
-        log.error("configuration reload rejected, the configuration in force stays: %s", message)
-        return ReloadResult(False, error=message, field=field)
+    @property
+    def batch_lock(self) -> asyncio.Lock:
+        """Held by every batch, checkpoint, rebalance and reload: one at a time."""
+        return self._lock
 
     async def _health_ticker(self) -> None:
         """Lag moves while no batch arrives too (an idle or unreachable broker)."""
@@ -380,8 +301,8 @@ class Daemon:
                 self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
             await asyncio.sleep(1.0)
 
-    async def _consume(self, stop: asyncio.Event, grace: _Grace | None = None) -> None:
-        grace = grace or _Grace(self.settings.shutdown_grace_s)
+    async def _consume(self, stop: asyncio.Event, grace: Grace | None = None) -> None:
+        grace = grace or Grace(self.settings.shutdown_grace_s)
         batches = self.source.batches().__aiter__()
         stopper = asyncio.ensure_future(stop.wait())
         ticker = asyncio.ensure_future(self._health_ticker())
@@ -516,46 +437,3 @@ class Daemon:
             m.consumer_lag.labels(topic, str(partition)).set(lag)
         self.batches_processed += 1
         self.events_consumed += len(batch)
-
-
-def _own_url(host: str, port: int) -> str:
-    """How other instances reach this one when ``http.advertised_url`` does not say."""
-    if host in ("", "0.0.0.0", "::"):
-        host = socket.getfqdn()
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-
-
-class _Grace:
-    """The shutdown's time budget: ``start()`` when the stop arrives, then each step gets what is
-    left (or ``share`` of it, to keep time for the steps after it)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._deadline: float | None = None
-
-    def start(self) -> None:
-        if self._deadline is None:
-            self._deadline = time.monotonic() + self.seconds
-
-    def left(self) -> float:
-        self.start()
-        assert self._deadline is not None
-        return max(0.0, self._deadline - time.monotonic())
-
-    async def bounded(self, what: str, step: Any, *, share: float = 1.0) -> bool:
-        """Await ``step`` (a coroutine or future) for at most ``share`` of the time left; False (and
-        logged) when it had to be cancelled or failed."""
-        task = asyncio.ensure_future(step)
-        budget = max(0.5, self.left() * share)
-        try:
-            async with asyncio.timeout(budget):
-                await asyncio.shield(task)
-            return True
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(task, 1.0)
-            log.error("shutdown: %s did not finish within %.1fs; going on without it", what, budget)
-        except Exception:
-            log.exception("shutdown: %s failed; going on", what)
-        return False

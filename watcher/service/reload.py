@@ -14,25 +14,40 @@ in force stays in force.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from watcher.config import Settings, load_settings
+from watcher.engine import Engine, Tasks
 from watcher.errors import ConfigError
 from watcher.judges import PolicySet, load_policy
-from watcher.outbox import SinkSwap
-from watcher.sinks import sink_settings
+from watcher.outbox import Outbox, SinkSwap
+from watcher.service.partitions import Checkpoints
+from watcher.sinks import Sink, build_sinks, sink_settings
 
-__all__ = ["ConfigSource", "ReloadPlan", "ReloadResult", "ReloadMetrics", "plan_reload", "RELOADABLE"]
+__all__ = [
+    "RELOADABLE",
+    "ConfigSource",
+    "ReloadMetrics",
+    "ReloadPlan",
+    "ReloadResult",
+    "Reloadable",
+    "Reloader",
+    "plan_reload",
+]
+
+log = logging.getLogger(__name__)
 
 # dotted settings a reload applies; everything else needs a restart
 RELOADABLE = ("judge.policy_file", "sinks")
@@ -187,3 +202,127 @@ class ReloadMetrics:
 
     def rejected(self) -> None:
         self.reloads.labels("rejected").inc()
+
+
+class Reloadable(Protocol):
+    """What a reload reads and changes in a running daemon (``watcher.service.Daemon`` is one)."""
+
+    settings: Settings  # replaced by the settings in force after the reload
+
+    @property
+    def config_source(self) -> ConfigSource | None: ...
+
+    @property
+    def engine(self) -> Engine | Tasks: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    @property
+    def checkpoints(self) -> Checkpoints | None: ...
+
+    @property
+    def batch_lock(self) -> asyncio.Lock: ...
+
+
+class Reloader:
+    """Applies the configuration read again to a running daemon, on SIGHUP (``reload``) or when the
+    files change (``watch``, every ``config_watch_s``)."""
+
+    def __init__(self, target: Reloadable, metrics: ReloadMetrics) -> None:
+        self.target = target
+        self.metrics = metrics
+        self._serial = asyncio.Lock()  # SIGHUPs in quick succession apply one after the other
+
+    async def reload(self) -> ReloadResult:
+        """Apply the policy and the sinks without a restart, keeping every judge's statistics and
+        every pending delivery (docs/configuration.md#reloading). Applied between two batches, under
+        the batch lock, so no batch, checkpoint or API override sees half of it. An invalid
+        configuration is rejected whole: logged naming the field, counted, and the configuration in
+        force stays."""
+        target = self.target
+        async with self._serial:
+            source = target.config_source
+            if source is None:
+                return self._rejected(
+                    "reload",
+                    "this daemon's settings were not loaded from a configuration (built in code): "
+                    "nothing to reload from",
+                )
+            try:
+                plan = plan_reload(
+                    target.settings,
+                    source.path,
+                    source.environ,
+                    overrides=source.overrides,
+                    current_policies=target.engine.policies,
+                )
+                sinks = _sinks_after(plan, target.outbox.sinks, target.settings)
+            except ConfigError as exc:
+                return self._rejected(exc.field, str(exc))
+            async with target.batch_lock:
+                try:
+                    kept = target.engine.replace_policies(plan.policies) if plan.policy_changed else {}
+                except Exception as exc:  # a judge that cannot be rebuilt: nothing was replaced
+                    log.exception("configuration reload: the policy could not be applied")
+                    return self._rejected("judge.policy_file", f"the policy could not be applied: {exc}")
+                swap = await target.outbox.replace_sinks(sinks) if plan.sinks_differ else None
+                target.settings = plan.settings
+                if plan.policy_changed and target.checkpoints is not None:
+                    target.checkpoints.mark_all_dirty()  # the judges' policies are part of the checkpoint
+            self.metrics.applied()
+            log.info("configuration reloaded: %s", plan.summary())
+            for rid, why in kept.items():
+                log.warning("rollout %s keeps the policy it started with until it ends: %s", rid, why)
+            if plan.restart_needed:
+                log.warning(
+                    "configuration reload: %s changed but take effect only after a restart",
+                    ", ".join(plan.restart_needed),
+                )
+            return ReloadResult(True, plan=plan, policies_kept=kept, sinks=swap)
+
+    async def watch(self) -> None:
+        """``config_watch_s``: reload when the configuration or the policy file changed (once per
+        change: a rejected file is not retried until it changes again)."""
+        source = self.target.config_source
+        if source is None or source.path is None:
+            log.warning(
+                "config_watch_s is set but the settings were not loaded from a file: nothing to watch"
+            )
+            return
+        path = source.path
+
+        def files() -> str:
+            return fingerprint(path, self.target.settings.judge.policy_file)
+
+        seen = files()
+        while True:
+            await asyncio.sleep(self.target.settings.config_watch_s)
+            try:
+                now = files()
+                if now != seen:
+                    seen = now
+                    log.info("configuration files changed: reloading")
+                    await self.reload()
+                    seen = files()  # the policy file may be another one now
+            except Exception:  # the watcher must outlive any one failure
+                log.exception("watching the configuration files failed")
+
+    def _rejected(self, field: str, message: str) -> ReloadResult:
+        self.metrics.rejected()
+        log.error("configuration reload rejected, the configuration in force stays: %s", message)
+        return ReloadResult(False, error=message, field=field)
+
+
+def _sinks_after(plan: ReloadPlan, running: list[Sink], settings: Settings) -> list[Sink]:
+    """The sinks of the new configuration, in its order: a new or changed entry built afresh, an
+    unchanged one the very sink already running (its worker is not touched)."""
+    by_name = {s.name: s for s in running}
+    fresh = [
+        entry
+        for entry in plan.settings.sinks
+        if plan.sinks_differ
+        and (entry["name"] in plan.sinks_added + plan.sinks_changed or entry["name"] not in by_name)
+    ]
+    built = {s.name: s for s in build_sinks(fresh, kafka=settings.kafka)}
+    return [built.get(entry["name"]) or by_name[entry["name"]] for entry in plan.settings.sinks]

@@ -15,6 +15,7 @@ from typing import Any
 
 from watcher.clock import Clock, SystemClock
 from watcher.errors import ConfigError
+from watcher.kafka import unreachable
 from watcher.sim.otlp import otlp_blocks
 from watcher.sim.platform import Platform
 from watcher.sim.platform import events as platform_events
@@ -161,6 +162,7 @@ async def _produce(
     would cap the throughput benchmark's feed at ~30k/s.
     """
     from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
     from aiokafka.partitioner import DefaultPartitioner
 
     producer = AIOKafkaProducer(
@@ -171,7 +173,11 @@ async def _produce(
         max_batch_size=1 << 20,
         max_request_size=8 << 20,  # a trace request of 512 spans is ~300 KB
     )
-    await producer.start()
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        await producer.stop()
+        raise unreachable(bootstrap_servers, exc) from None
     pacer = _Pacer(rate, clock or SystemClock())
     partitioner = DefaultPartitioner()
     where: dict[tuple[str, str], int] = {}  # (topic, key) -> partition

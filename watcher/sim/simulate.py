@@ -1,10 +1,10 @@
 """``watcher simulate``: a scenario's telemetry to a JSON Lines file or to Kafka, optionally paced.
 
-The simulator is six modules: ``watcher.sim.scenario`` (what a stream is made of), ``watcher.sim.traffic``
-(the seeded generator), ``watcher.sim.presets`` (named scenarios), ``watcher.sim.platform`` (many agents:
-Zipf traffic, rollouts of every strategy, churn), ``watcher.sim.output`` (files and Kafka) and this one
-(the command line). Their public names are re-exported here: ``from watcher.sim.simulate import
-PRESETS, generate``.
+The simulator's core is seven modules: ``watcher.sim.scenario`` (what a stream is made of),
+``watcher.sim.traffic`` (the seeded generator), ``watcher.sim.plan`` (its tables and JSON encoding),
+``watcher.sim.presets`` (named scenarios), ``watcher.sim.platform`` (many agents: Zipf traffic, rollouts
+of every strategy, churn), ``watcher.sim.output`` (files and Kafka) and this one (the command line).
+Their public names are re-exported here: ``from watcher.sim.simulate import PRESETS, generate``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import calendar
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from watcher.clock import Clock, SystemClock
+from watcher.config import parse_bootstrap_servers
 from watcher.errors import ConfigError
 from watcher.sim.output import (
     FORMATS,
@@ -322,10 +324,22 @@ async def _run_platform(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(path: Path) -> None:
+    """Before the work: a file in a folder that exists, not a folder."""
+    if not str(path) or path.is_dir():
+        raise ConfigError("--out", f"{str(path)!r} is a directory, not a file")
+    if not path.parent.is_dir():
+        raise ConfigError("--out", f"{path}: folder {path.parent} does not exist")
+
+
 async def run(args: argparse.Namespace) -> int:
     """``watcher simulate``: returns the process exit code. Raises ConfigError on a bad combination."""
-    if bool(args.out) == bool(args.bootstrap_servers):
+    if (args.out is None) == (args.bootstrap_servers is None):  # "" is a mistake, not "not given"
         raise ConfigError("simulate.output", "give exactly one of --out FILE or --bootstrap-servers")
+    if args.bootstrap_servers is not None:
+        parse_bootstrap_servers(args.bootstrap_servers, "--bootstrap-servers")
+    else:
+        _check_writable(Path(args.out))
     if args.rate is not None and args.rate <= 0:
         raise ConfigError("simulate.rate", "must be > 0")
     if getattr(args, "agents", None) is not None:

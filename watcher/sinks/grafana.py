@@ -10,11 +10,14 @@
 
 Tags: ``watcher``, ``agent:<id>``, ``env:<env>``, ``version:<canary>``, ``rollout:<id>`` and the kind
 (``decision:<action>``, ``marker:<action>``, ``drift:<metric>``), plus the configured ``tags``; a
-dashboard finds organisation annotations by these tags. Auth: ``Authorization: Bearer <token>``.
+dashboard finds organisation annotations by these tags. Grafana keeps tags of at most 100 characters
+while agent ids and versions may have 128: a longer tag is cut to 91 characters plus ``~`` and 8 hex
+digits of its hash, so two long ids never share a tag. Auth: ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, ClassVar
 
 from msgspec import Meta
@@ -24,11 +27,20 @@ from watcher.contract import Item, ItemKind
 from watcher.sinks.base import NULL_STATE, HttpUrl, Request, SinkContext, SinkSettings, SinkState, SinkType
 from watcher.sinks.webhook import HttpSink
 
-__all__ = ["GRAFANA", "GrafanaSettings", "GrafanaSink"]
+__all__ = ["GRAFANA", "MAX_TAG", "GrafanaSettings", "GrafanaSink", "fit_tag"]
+
+MAX_TAG = 100  # Grafana's limit on a tag's length
 
 
 def _ms(ts: float) -> int:
     return round(ts * 1000)
+
+
+def fit_tag(tag: str) -> str:
+    """``tag`` if Grafana can keep it, else a cut that stays unique (a hash of the whole tag)."""
+    if len(tag) <= MAX_TAG:
+        return tag
+    return tag[: MAX_TAG - 9] + "~" + hashlib.sha256(tag.encode()).hexdigest()[:8]
 
 
 class GrafanaSettings(SinkSettings, tag="grafana", frozen=True, kw_only=True):
@@ -38,7 +50,7 @@ class GrafanaSettings(SinkSettings, tag="grafana", frozen=True, kw_only=True):
     token: Annotated[Annotated[str, Meta(min_length=1)], SECRET]  # a service-account token
     dashboard_uid: str | None = None  # attach annotations to this dashboard (None: the organisation)
     panel_id: int | None = None
-    tags: tuple[str, ...] = ()  # extra tags
+    tags: tuple[Annotated[str, Meta(min_length=1, max_length=MAX_TAG)], ...] = ()  # extra tags
 
     DEFAULT_KINDS: ClassVar[tuple[ItemKind, ...]] = (ItemKind.DECISION, ItemKind.MARKER)
 
@@ -65,7 +77,7 @@ class GrafanaSink(HttpSink[GrafanaSettings]):
             tags.append(f"version:{version}")
         if rollout_id:
             tags.append(f"rollout:{rollout_id}")
-        return [*tags, kind, *self.settings.tags]
+        return [fit_tag(t) for t in (*tags, kind, *self.settings.tags)]
 
     def _scope(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

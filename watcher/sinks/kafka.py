@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from watcher.config import Topic
+from watcher.config import Topic, parse_bootstrap_servers
 from watcher.contract import Item, ItemKind
 from watcher.errors import SinkError
 from watcher.sinks.base import (
@@ -49,6 +49,11 @@ class KafkaSinkSettings(SinkSettings, tag="kafka", frozen=True, kw_only=True):
     drift_topic: Topic | None = None  # None: drift signals go to `topic` (their `schema` tells them apart)
 
     DEFAULT_KINDS: ClassVar[tuple[ItemKind, ...]] = (ItemKind.DECISION, ItemKind.MARKER, ItemKind.DRIFT)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bootstrap_servers is not None:
+            parse_bootstrap_servers(self.bootstrap_servers, f"sinks[{self.name}].bootstrap_servers")
 
 
 class KafkaSink(FilteredSink[KafkaSinkSettings]):

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from msgspec import Meta
 
 from watcher.clock import Clock, SystemClock
-from watcher.config import SECRET
+from watcher.config import SECRET, redact, secret_values
 from watcher.contract import Item
 from watcher.errors import SinkError
 from watcher.sinks.base import (
@@ -117,6 +117,7 @@ class HttpSink(FilteredSink[S]):
         self._session_factory = session_factory or _default_session
         self._session: Any = None
         self._clock = clock or SystemClock()
+        self._secrets = secret_values(settings)  # masked in the errors this sink reports
 
     def headers(self, request: Request, body: bytes) -> dict[str, str]:
         """Headers of one request; subclasses add authentication or signatures."""
@@ -154,8 +155,8 @@ class HttpSink(FilteredSink[S]):
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.now())
         except TimeoutError:
             raise SinkError(f"no response from {self.name} within {self.timeout_s}s") from None
-        except aiohttp.ClientError as exc:
-            raise SinkError(f"{type(exc).__name__}: {exc}") from None
+        except aiohttp.ClientError as exc:  # its text may hold the URL: kept in the outbox, shown by the API
+            raise SinkError(redact(f"{type(exc).__name__}: {exc}", self._secrets)) from None
         text = raw.decode("utf-8", "replace")
         classify(status, retry_after, text)
         payload: Any = None

@@ -12,12 +12,21 @@ order, so a partition that lags behind the others (catching up after a restart) 
 against their event time. Within a batch the watermark advances turn by turn (a running maximum), so
 the turns rejected do not depend on how the stream was cut into batches: replay and the daemon agree.
 The watermarks are part of the engine's checkpoint: a restart rejects what the first run rejected.
+
+**Too early.** One turn from a producer whose clock runs far ahead (a year 2099 timestamp) would move
+its agent's watermark there, and every later turn of that agent would be too late: one bad message
+would silence the agent. A turn more than ``max_future_s`` ahead of *both* watcher's clock and the
+latest event time the filter accepted (from any agent) is dead-lettered as ``too_early`` instead and
+moves nothing. Both references are needed: the clock alone would refuse a replay of data stamped in
+the future of a machine whose clock is behind, or a demo whose event time runs faster than the clock;
+the event time alone would refuse every turn after a long silence of the whole stream. (The first
+batch, with no accepted event time yet, is compared with its own median.)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -44,21 +53,70 @@ class LatenessFilter:
     (an agent quiet for that long has nothing its next events could be late against).
     """
 
-    def __init__(self, allowed_s: float | None = 3600.0, *, max_agents: int = 100_000) -> None:
+    def __init__(
+        self,
+        allowed_s: float | None = 3600.0,
+        *,
+        max_agents: int = 100_000,
+        max_future_s: float | None = None,
+    ) -> None:
         if allowed_s is not None and not 0 <= allowed_s < math.inf:
             raise ValueError(f"allowed_s must be >= 0 or None, got {allowed_s}")
+        if max_future_s is not None and not 0 <= max_future_s < math.inf:
+            raise ValueError(f"max_future_s must be >= 0 or None, got {max_future_s}")
         self.allowed_s = allowed_s
+        self.max_future_s = max_future_s
         self.max_agents = max_agents
         self.marks: dict[str, float] = {}  # agent_id -> max event ts seen
+        self.latest: float | None = None  # the latest event time accepted, from any agent
 
-    def apply(self, batch: DecodedBatch, raws: Sequence[Any], origins: Sequence[str] | None = None) -> int:
-        """Move the batch's too-late turns to ``batch.rejected`` (in place); returns how many.
+    def apply(
+        self,
+        batch: DecodedBatch,
+        raws: Sequence[Any],
+        origins: Sequence[str] | None = None,
+        *,
+        now: float | None = None,
+    ) -> int:
+        """Move the batch's too-early and too-late turns to ``batch.rejected`` (in place); returns how
+        many. ``now``: watcher's clock (None: event time alone bounds the future).
 
         ``raws``/``origins`` are what ``decode_batch`` was given: the rejected records carry the
-        original bytes and origin of each late turn.
+        original bytes and origin of each turn taken out.
         """
-        if self.allowed_s is None or not batch.turns:
+        if not batch.turns:
             return 0
+        early = self._early(batch, raws, origins, now) if self.max_future_s is not None else 0
+        late = self._late(batch, raws, origins) if self.allowed_s is not None and batch.turns else 0
+        if batch.turns:
+            top = float(batch.columns.ts.max())
+            if math.isfinite(top):
+                self.latest = top if self.latest is None else max(self.latest, top)
+        return early + late
+
+    def _early(
+        self, batch: DecodedBatch, raws: Sequence[Any], origins: Sequence[str] | None, now: float | None
+    ) -> int:
+        assert self.max_future_s is not None
+        ts = batch.columns.ts
+        base = self.latest if self.latest is not None else float(np.median(ts))
+        if now is not None:
+            base = max(base, now)
+        limit = base + self.max_future_s
+        if not float(ts.max()) > limit:  # the usual case: one reduction
+            return 0
+        early = ts > limit
+
+        def why(turn: Turn, i: int) -> str:
+            return (
+                f"event time {rfc3339(turn.ts)} is {turn.ts - base:.0f} s ahead of watcher's clock and "
+                f"of the latest event time accepted ({rfc3339(base)}); the bound is {self.max_future_s:g} s "
+                "(state.max_future_s): a producer's clock runs ahead"
+            )
+
+        return _take_out(batch, raws, origins, early, RejectReason.TOO_EARLY, why)
+
+    def _late(self, batch: DecodedBatch, raws: Sequence[Any], origins: Sequence[str] | None) -> int:
         cols = batch.columns
         ts = cols.ts
         keys = cols.route_keys  # (agent, env, version, arm) per code; shared with routing, not extra work
@@ -86,27 +144,16 @@ class LatenessFilter:
         if late is None:
             return 0
         assert marks is not None
-        gone = np.flatnonzero(late)
-        turns = batch.turns
-        late_turns = [turns[i] for i in gone.tolist()]
-        where = _locate(raws, late_turns)
-        for i, turn, j in zip(gone.tolist(), late_turns, where):
-            wm = float(marks[i])
-            detail = (
+        watermarks = marks
+
+        def why(turn: Turn, i: int) -> str:
+            wm = float(watermarks[i])
+            return (
                 f"event time {rfc3339(turn.ts)} is {wm - turn.ts:.0f} s behind agent {turn.agent_id}'s "
                 f"watermark {rfc3339(wm)}; allowed lateness is {self.allowed_s:g} s"
             )
-            if j is None:  # not found among the raws (an id the encoder escaped oddly): the turn re-encoded
-                raw, origin = encode_turn(turn), ""
-                detail += " (bytes re-encoded)"
-            else:
-                raw, origin = _bytes(raws[j]), _origin(origins, j)
-            batch.rejected.append(Rejected(RejectReason.TOO_LATE, detail, raw, origin))
-        kept = cols.take(np.flatnonzero(~late))
-        # the columns already extracted are sliced, not re-read; DecodedBatch.columns serves them
-        batch.turns = kept.turns
-        batch._columns = kept
-        return len(gone)
+
+        return _take_out(batch, raws, origins, late, RejectReason.TOO_LATE, why)
 
     def _advance(self, agent: str, ts: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """(late mask or None, the watermark each turn was compared with) for one agent's turns."""
@@ -131,13 +178,42 @@ class LatenessFilter:
 
     # -- checkpoint -----------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
-        return {"v": LATENESS_STATE_VERSION, "marks": dict(self.marks)}
+        return {"v": LATENESS_STATE_VERSION, "marks": dict(self.marks), "latest": self.latest}
 
     def load_state(self, d: dict[str, Any]) -> None:
         """Replace the watermarks by a ``to_state()`` dict (ValueError/KeyError/TypeError if malformed)."""
         if d.get("v") != LATENESS_STATE_VERSION:
             raise ValueError(f"unknown lateness state version {d.get('v')!r}")
         self.marks = {str(a): float(t) for a, t in d["marks"].items()}
+        latest = d.get("latest")  # absent in checkpoints before the future bound
+        self.latest = float(latest) if latest is not None else None
+
+
+def _take_out(
+    batch: DecodedBatch,
+    raws: Sequence[Any],
+    origins: Sequence[str] | None,
+    mask: np.ndarray,
+    reason: RejectReason,
+    why: Callable[[Turn, int], str],
+) -> int:
+    """The turns of ``mask`` leave the batch as rejected records with their original bytes."""
+    gone = np.flatnonzero(mask)
+    turns = batch.turns
+    out = [turns[i] for i in gone.tolist()]
+    for i, turn, j in zip(gone.tolist(), out, _locate(raws, out), strict=True):
+        detail = why(turn, i)
+        if j is None:  # not found among the raws (an id the encoder escaped oddly): the turn re-encoded
+            raw, origin = encode_turn(turn), ""
+            detail += " (bytes re-encoded)"
+        else:
+            raw, origin = _bytes(raws[j]), _origin(origins, j)
+        batch.rejected.append(Rejected(reason, detail, raw, origin))
+    kept = batch.columns.take(np.flatnonzero(~mask))
+    # the columns already extracted are sliced, not re-read; DecodedBatch.columns serves them
+    batch.turns = kept.turns
+    batch._columns = kept
+    return len(gone)
 
 
 def _locate(raws: Sequence[Any], late: list[Turn]) -> list[int | None]:

@@ -42,7 +42,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from watcher.contract import TurnColumns
+from watcher.contract import RATE_METRICS, TurnColumns
 from watcher.errors import CheckpointError
 from watcher.stats import (
     DEFAULT_LAYOUT,
@@ -60,8 +60,10 @@ OTHER = "__other__"
 STATE_VERSION = 1
 
 # Columns of the counter matrices. Counts are float64 (exact up to 2**53) so that one matrix holds them all.
-TURNS, CONV, QN, QSUM, QSQ, LN, ESC, ERR, COMP = range(9)
-NSTAT = 9
+# After the fixed ones, one per rate metric of the catalogue: the turns with its event.
+TURNS, CONV, QN, QSUM, QSQ, LN = range(6)
+EVENT_COL = {m.name: LN + 1 + i for i, m in enumerate(RATE_METRICS)}
+NSTAT = LN + 1 + len(RATE_METRICS)
 _NO_BUCKET = -(2**62)  # ring position never used
 _ONE_I64, _ONE_U32 = np.int64(1), np.uint32(1)
 _U32_MAX = float(np.iinfo(np.uint32).max)
@@ -84,12 +86,8 @@ class SeriesSnapshot:
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     latency_p99_ms: float | None
-    escalations: int
-    errors: int
-    compliance_violations: int
-    escalation_rate: float | None
-    error_rate: float | None
-    compliance_rate: float | None
+    events: dict[str, int]  # per rate metric of the catalogue: turns with its event
+    rates: dict[str, float | None]  # ... and their share of the turns
     first_ts: float | None
     last_ts: float | None
 
@@ -106,9 +104,6 @@ def _snapshot(
         std = math.sqrt(max(var, 0.0))
     p50, p95, p99 = layout.quantiles(counts, (0.5, 0.95, 0.99))
 
-    def rate(col: int) -> float | None:
-        return float(stats[col] / turns) if turns else None
-
     return SeriesSnapshot(
         turns=turns,
         conversations=int(stats[CONV]),
@@ -119,12 +114,8 @@ def _snapshot(
         latency_p50_ms=p50,
         latency_p95_ms=p95,
         latency_p99_ms=p99,
-        escalations=int(stats[ESC]),
-        errors=int(stats[ERR]),
-        compliance_violations=int(stats[COMP]),
-        escalation_rate=rate(ESC),
-        error_rate=rate(ERR),
-        compliance_rate=rate(COMP),
+        events={name: int(stats[col]) for name, col in EVENT_COL.items()},
+        rates={name: float(stats[col] / turns) if turns else None for name, col in EVENT_COL.items()},
         first_ts=float(first) if turns else None,
         last_ts=float(last) if turns else None,
     )
@@ -139,9 +130,7 @@ class _Events:
     conv: np.ndarray
     lat: np.ndarray
     q: np.ndarray
-    esc: np.ndarray
-    err: np.ndarray
-    comp: np.ndarray
+    events: list[np.ndarray]  # per rate metric (``EVENT_COL`` order): the turns with its event
 
     def subset(self, sel: np.ndarray) -> _Events:
         return _Events(
@@ -150,9 +139,7 @@ class _Events:
             self.conv[sel],
             self.lat[sel],
             self.q[sel],
-            self.esc[sel],
-            self.err[sel],
-            self.comp[sel],
+            [e[sel] for e in self.events],
         )
 
     def series_sums(self, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,9 +163,8 @@ class _Events:
         sums[:, QSUM] = np.bincount(qfan, weights=qv, minlength=cap)
         sums[:, QSQ] = np.bincount(qfan, weights=qv * qv, minlength=cap)
         sums[:, LN] = count(~np.isnan(self.lat))
-        sums[:, ESC] = count(self.esc)
-        sums[:, ERR] = count(self.err)
-        sums[:, COMP] = count(self.comp)
+        for col, event in zip(EVENT_COL.values(), self.events):
+            sums[:, col] = count(event)
         first = np.full(cap, np.inf)
         last = np.full(cap, -np.inf)
         flat = fan.ravel()
@@ -430,9 +416,7 @@ class MetricsState:
             conv=cols.first_turn,
             lat=cols.latency,
             q=cols.quality,
-            esc=cols.escalated,
-            err=cols.error,
-            comp=cols.compliance,
+            events=[cols.event(name) for name in EVENT_COL],
         )
         sums, first, last = ev.series_sums(self._cap)
         self._cstats += sums
@@ -551,9 +535,7 @@ class MetricsState:
             "latency_p50_ms",
             "latency_p95_ms",
             "latency_p99_ms",
-            "escalation_rate",
-            "error_rate",
-            "compliance_rate",
+            *(f"{name}_rate" for name in EVENT_COL),
             "share",
         ]
         rows = []
@@ -572,9 +554,7 @@ class MetricsState:
                     "latency_p50_ms": s.latency_p50_ms,
                     "latency_p95_ms": s.latency_p95_ms,
                     "latency_p99_ms": s.latency_p99_ms,
-                    "escalation_rate": s.escalation_rate,
-                    "error_rate": s.error_rate,
-                    "compliance_rate": s.compliance_rate,
+                    **{f"{name}_rate": rate for name, rate in s.rates.items()},
                 }
             )
         frame = pd.DataFrame(rows, columns=columns[:-1])
@@ -662,13 +642,14 @@ class MetricsState:
             nb, b = st.layout.n_buckets, st.window_buckets
             for s in d["series"]:
                 slot = st._slot_for(tuple(s["key"]))  # type: ignore[arg-type]
-                st._cstats[slot] = s["stats"]
+                # a checkpoint from before a rate metric was added holds fewer columns: its counts start at 0
+                st._cstats[slot, : len(s["stats"])] = s["stats"]
                 st._cfirst[slot], st._clast[slot] = _ts_in(s["first"], np.inf), _ts_in(s["last"], -np.inf)
                 st._csk[slot] = dense_counts(s["sketch"], nb)
                 for w in s["window"]:
                     p = w["bucket"] % b
                     st._wid[slot, p] = w["bucket"]
-                    st._wstats[slot, p] = w["stats"]
+                    st._wstats[slot, p, : len(w["stats"])] = w["stats"]
                     st._wfirst[slot, p] = _ts_in(w["first"], np.inf)
                     st._wlast[slot, p] = _ts_in(w["last"], -np.inf)
                     st._wsk[slot, p] = dense_counts(w["sketch"], nb)

@@ -166,6 +166,7 @@ class Change:
     kind: str  # "started" | "rebased" | "updated" | "ended" | "orphan" | "gated"
     rollout: Rollout | None
     superseded: Rollout | None = None
+    note: str = ""  # what the marker did not change, and why (shown to whoever posted it)
 
 
 def rollout_id(
@@ -406,9 +407,16 @@ class Registry:
         self, key: tuple[str, str], current: Rollout, record: dict[str, Any], marker: Marker
     ) -> Change:
         weight = current.canary_weight if marker.canary_weight is None else float(marker.canary_weight)
+        note = ""
+        newest = max((m["ts"] for m in current.markers if m.get("canary_weight") is not None), default=None)
+        if marker.canary_weight is not None and newest is not None and marker.ts < newest:
+            # markers arrive out of order (topics, retries, a copied example): the weight is the
+            # newest marker's in event time, not the last one to arrive
+            weight = current.canary_weight
+            note = f"canary_weight {marker.canary_weight} not applied: a newer marker (ts {newest}) set it"
         updated = replace(current, canary_weight=weight, markers=_append(current.markers, record))
         self._active[key] = updated
-        return Change("updated", updated)
+        return Change("updated", updated, note=note)
 
     def _adopt(
         self, key: tuple[str, str], current: Rollout, record: dict[str, Any], marker: Marker
