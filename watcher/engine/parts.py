@@ -34,7 +34,7 @@ from watcher.judges import (
     policy_from_doc,
     policy_to_doc,
 )
-from watcher.state import LatenessFilter, MetricsState, VersionHistory
+from watcher.state import MetricsState, VersionHistory
 
 if TYPE_CHECKING:
     from watcher.engine.engine import Engine
