@@ -37,7 +37,7 @@ from watcher.contract.schema import Turn
 try:  # optional: built from watcher/contract/_turnscan.c when a compiler is present (pyproject.toml)
     from watcher.contract import _turnscan as _native
 except ImportError:  # pragma: no cover - depends on the install
-    _native = None
+    _native = None  # type: ignore[assignment]
 
 __all__ = ["LazyTurns", "ScanResult", "Scanned", "available", "reference_scan", "scan_turns", "turn_columns"]
 
@@ -206,9 +206,8 @@ def turn_columns(
     if unique is not None:  # duplicates leave the batch: keep the first of each, in order
         keep = np.flatnonzero(np.fromiter(unique, bool, len(unique)))
         duplicates = len(unique) - len(keep)
-        index, ts, latency, quality, bits, turn_no, rcode, scode, fcode = (
-            a[keep] for a in (index, ts, latency, quality, bits, turn_no, rcode, scode, fcode)
-        )
+        index, ts, latency, quality, bits = index[keep], ts[keep], latency[keep], quality[keep], bits[keep]
+        turn_no, rcode, scode, fcode = turn_no[keep], rcode[keep], scode[keep], fcode[keep]
         conv_ids = [conv_ids[i] for i in keep.tolist()]
         rcode, route_keys = renumber(rcode, route_keys)
         scode, segments = renumber(scode, segments)  # only the segments still in the batch

@@ -142,7 +142,7 @@ class TurnColumns:
     @cached_property
     def route_keys(self) -> list[tuple[str, str, str, str | None]]:
         self.route_code  # noqa: B018 (sets route_keys)
-        return self.__dict__["route_keys"]  # type: ignore[no-any-return]
+        return self.__dict__["route_keys"]
 
     @cached_property
     def route_first(self) -> np.ndarray:
@@ -213,4 +213,4 @@ def expand(table: Sequence[Any], code: np.ndarray) -> list[Any]:
         return [table[0]] * len(code)
     arr = np.empty(len(table), object)
     arr[:] = table
-    return arr[code].tolist()  # type: ignore[no-any-return]
+    return arr[code].tolist()

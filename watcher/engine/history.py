@@ -166,11 +166,11 @@ class EvidenceMap(dict[str, RolloutEvidence]):
     def __contains__(self, rid: object) -> bool:
         return rid in self._pending or super().__contains__(rid)
 
-    def get(self, rid: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, rid: str, default: Any = None) -> Any:
         self._settle(rid)
         return super().get(rid, default)
 
-    def pop(self, rid: str, default: Any = None) -> Any:  # type: ignore[override]
+    def pop(self, rid: str, default: Any = None) -> Any:
         self._settle(rid)
         return super().pop(rid, default)
 
