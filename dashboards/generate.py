@@ -1120,8 +1120,8 @@ def health() -> dict[str, Any]:
         ),
         timeseries(
             "Checkpoint size",
-            "Size of the last checkpoint written (watcher_checkpoint_bytes): it grows with "
-            "rollouts, versions and segment values held in the state.",
+            "Bytes the last checkpoint wrote (watcher_checkpoint_bytes): the parts that changed since the "
+            "one before (the agents with traffic, the judges that got turns, the dedup window).",
             targets((f"watcher_checkpoint_bytes{{{INST}}}", "{{instance}}")),
             unit="bytes",
             w=6,

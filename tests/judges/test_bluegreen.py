@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import replace
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import beta, norm
 
+from tests.support.state import roundtrip
 from watcher.contract.columns import TurnColumns
 from watcher.contract.verdicts import Action, RolloutRef, Verdict
 from watcher.judges import STRATEGIES
@@ -71,7 +71,7 @@ def test_history_is_bounded_and_keyed_by_version() -> None:
     assert {k[2] for k in h.versions()} == {"v2", "v3"}  # the least recently seen version is forgotten
     ref = h.reference("bot", "prod", "v3", tf.T0, tf.T0 + 1800)
     assert ref["all"][0] > 50 and "intent=billing" in ref
-    h2 = VersionHistory.from_state(json.loads(json.dumps(h.to_state())))
+    h2 = VersionHistory.from_state(roundtrip(h.to_state()))
     for key in ("all", LATENCY_MAX):
         assert (
             h2.reference("bot", "prod", "v3", tf.T0, tf.T0 + 3600)[key]
@@ -173,7 +173,7 @@ def test_without_history_nothing_is_judged_and_state_round_trips() -> None:
     assert decide(PolicyState(), ev, POLICY, REF, CONDUCT)[0] is None
     m, judge, _ = run(tf.Traffic(minutes=20, conv_per_min=30), 2)
     assert judge is not None
-    j2 = BlueGreenJudge.from_state(json.loads(json.dumps(judge.to_state())), POLICY)
+    j2 = BlueGreenJudge.from_state(roundtrip(judge.to_state()), POLICY)
     a, b = judge.evidence(SWITCH + 1200), j2.evidence(SWITCH + 1200)
     assert [r.reason for r in a.metrics] == [r.reason for r in b.metrics]
 
@@ -258,7 +258,7 @@ def test_a_reference_without_latency_histograms_is_judged_without_the_tail() -> 
     judge = BlueGreenJudge(REF, POLICY, SWITCH, history)
     rows = {m.metric: m for m in judge.evidence(SWITCH).metrics}
     assert "no latency distribution" in rows["latency_p95"].reason
-    state = json.loads(json.dumps(judge.to_state()))
+    state = roundtrip(judge.to_state())
     state["v"] = 2
     del state["hist"]
     again = BlueGreenJudge.from_state(state, POLICY)

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 
 from tests.support.judge_sim import T0, Scenario, T, generate
+from tests.support.state import roundtrip
 from watcher.contract.verdicts import Action, Cause, RolloutRef, Verdict
 from watcher.judges.canary import Judge
 from watcher.judges.helpers import mean_params
@@ -68,7 +68,7 @@ def test_state_round_trip_gives_identical_evidence() -> None:
     a = Judge(REF, POLICY, T0)
     for turns, arms, w in batches[:15]:
         a.update(turns, arms, w)
-    b = Judge.from_state(json.loads(json.dumps(a.to_state())), POLICY)
+    b = Judge.from_state(roundtrip(a.to_state()), POLICY)
     for turns, arms, w in batches[15:]:
         a.update(turns, arms, w)
         b.update(turns, arms, w)

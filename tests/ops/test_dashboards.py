@@ -252,7 +252,7 @@ def test_every_metric_used_is_exposed_by_watcher(tmp_path: Path) -> None:
     from watcher.sim.traffic import generate
     from watcher.sinks.base import NullSink
     from watcher.storage import SpoolCollector, SqliteSpool
-    from watcher.storage.checkpoint import CheckpointMetrics
+    from watcher.storage.checkpointer import CheckpointMetrics
 
     engine = Engine(load_settings(environ={}, overrides={}))
     registry = CollectorRegistry()

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 
+from tests.support.state import roundtrip
 from watcher.stats import (
     FAIL_GRID,
     MEAN_FIELDS,
@@ -185,12 +185,10 @@ def test_restart_schedule_spends_at_most_its_share() -> None:
     assert RestartSchedule(1800, 0.5, enabled=False).live_windows() == []
 
 
-def test_states_round_trip_through_json() -> None:
+def test_states_round_trip_through_a_checkpoint() -> None:
     table = np.zeros((3, 2, MEAN_FIELDS))
     table[1, 1] = mean_deltas(np.zeros(1), np.zeros(1), np.array([1.6]), np.array([2.0]))[0]
-    assert np.array_equal(array_from_state(json.loads(json.dumps(array_to_state(table)))), table)
+    assert np.array_equal(array_from_state(roundtrip(array_to_state(table))), table)
     rs = RestartSchedule(60, 0.4)
     rs.current = 7
-    assert (
-        RestartSchedule.from_state(json.loads(json.dumps(rs.to_state()))).live_windows() == rs.live_windows()
-    )
+    assert RestartSchedule.from_state(roundtrip(rs.to_state())).live_windows() == rs.live_windows()

@@ -288,8 +288,7 @@ class Judge:
         k = len(uh)
         rank = np.empty(k, np.int64)
         rank[order] = np.arange(k)
-        base = conv.next
-        conv.next += k
+        base = conv.claim(k)
         new_slots = base + rank
         slots[miss] = new_slots[inv]
         conv.insert(uh, new_slots)

@@ -98,9 +98,11 @@ class Checkpoints:
         )
         return True
 
-    def save(self, *, force: bool = False, only: Sequence[Checkpointer] | None = None) -> Offsets:
+    async def save(self, *, force: bool = False, only: Sequence[Checkpointer] | None = None) -> Offsets:
         """Save every checkpoint that is due (or dirty, when ``force``d); returns the offsets the
-        saved ones cover: those, and only those, may be committed."""
+        saved ones cover: those, and only those, may be committed. The caller holds the batch lock:
+        each state is copied on the event loop in slices (it keeps answering), then written by a
+        worker thread (``Checkpointer.save_async``)."""
         saved: Offsets = {}
         if self._frozen is not None:
             return saved
@@ -111,7 +113,7 @@ class Checkpoints:
             if not (cp.due() or (force and cp.dirty)):
                 continue
             try:
-                saved.update(cp.save())
+                saved.update(await cp.save_async())
             except CheckpointError as exc:  # e.g. disk full: nothing is committed, retried later
                 self.metrics.failures.inc()
                 self.failing_since = self.failing_since or now
@@ -125,7 +127,7 @@ class Checkpoints:
                     exc,
                 )
                 continue
-            self.metrics.saved(cp.last.seconds, cp.last.bytes)
+            self.metrics.saved(cp.last)
             if self.failing_since is not None:
                 log.info(
                     "checkpoints are written again (after %.0fs)", self._clock.now() - self.failing_since
@@ -266,7 +268,7 @@ class TaskPartitions:
         while this member still owns them (the next owner restores the checkpoints)."""
         numbers = {p for _, p in partitions}
         async with self._lock:
-            offsets = self.checkpoints.save(force=True, only=self.handover.leaving(numbers))
+            offsets = await self.checkpoints.save(force=True, only=self.handover.leaving(numbers))
             self.handover.release(numbers)
         return offsets
 

@@ -246,16 +246,35 @@ def restart_alpha(j: int, share: float) -> float:
 
 
 def array_to_state(a: np.ndarray) -> dict[str, Any]:
-    """Sparse JSON-safe form of a numeric array (most cells of a judge's tables are zero)."""
-    flat = a.ravel()
+    """A numeric array for the checkpoint: its raw bytes (msgpack ``bin``), dense or, when at most a
+    third of the cells are nonzero (a judge's tables, a conversation table), the nonzero cells only.
+    Bytes, not lists: a list of Python numbers per cell cost more than the rest of a checkpoint."""
+    a = np.ascontiguousarray(a)
+    flat = a.reshape(-1)
     nz = np.flatnonzero(flat)
-    return {"shape": list(a.shape), "dtype": str(a.dtype), "idx": nz.tolist(), "val": flat[nz].tolist()}
+    d: dict[str, Any] = {"shape": list(a.shape), "dtype": a.dtype.str}
+    if 3 * len(nz) <= len(flat):
+        wide = len(nz) and nz[-1] >= 2**32
+        d["idx64" if wide else "idx"] = (nz if wide else nz.astype(np.uint32)).tobytes()
+        d["val"] = flat[nz].tobytes()
+    else:
+        d["data"] = flat.tobytes()
+    return d
 
 
 def array_from_state(d: dict[str, Any]) -> np.ndarray:
-    a = np.zeros(int(np.prod(d["shape"])), dtype=d["dtype"])
-    a[np.asarray(d["idx"], dtype=np.int64)] = np.asarray(d["val"], dtype=d["dtype"])
-    return a.reshape(d["shape"])
+    """The array of ``array_to_state`` (also its former JSON form: lists of indices and values)."""
+    dtype, shape = np.dtype(d["dtype"]), tuple(d["shape"])
+    if "data" in d:
+        return np.frombuffer(d["data"], dtype).reshape(shape).copy()
+    a = np.zeros(int(np.prod(shape)), dtype)
+    if "idx64" in d:
+        a[np.frombuffer(d["idx64"], np.int64)] = np.frombuffer(d["val"], dtype)
+    elif isinstance(d["idx"], bytes):
+        a[np.frombuffer(d["idx"], np.uint32)] = np.frombuffer(d["val"], dtype)
+    else:  # the JSON form of checkpoints before #13
+        a[np.asarray(d["idx"], dtype=np.int64)] = np.asarray(d["val"], dtype=dtype)
+    return a.reshape(shape)
 
 
 def mean_deltas(s_old: np.ndarray, n_old: np.ndarray, s_new: np.ndarray, n_new: np.ndarray) -> np.ndarray:
