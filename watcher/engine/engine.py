@@ -323,7 +323,7 @@ class Engine:
             strategy = self.strategies.get(rollout.strategy)
             if strategy.arms is not None:  # e.g. a flag's variants within one version
                 my_arms = strategy.arms(rollout, mine.turns, my_arms, mine)
-            treat, ctrl, rest = roles(rollout.strategy, my_arms, strategy.treatment_arm)
+            treat, ctrl, rest = roles(my_arms, strategy.treatment_arm, strategy.control_arms)
             self._assess(rollout, judge, int(treat.sum()), int(ctrl.sum()), rest)
             rid = rollout.rollout_id
             self._judges_touched.add(rid)
@@ -364,7 +364,7 @@ class Engine:
         rid = rollout.rollout_id
         cov = self.coverage.get(rid)
         if cov is None:
-            cov = self.coverage[rid] = Coverage(rollout.strategy)
+            cov = self.coverage[rid] = Coverage(self.strategies.get(rollout.strategy).control_arms)
         cov.add(treatment, control, list(rest))
         reference = getattr(getattr(judge, "ref", None), "mode", None)  # blue-green's reference
         problem, detail = cov.assess(reference)
