@@ -4,11 +4,13 @@
 The JSON files next to this script are what Grafana loads (provisioning or import); this script is
 their source, so that ~60 panels share one datasource reference, one set of template variables and
 one style. tests/test_dashboards.py checks that the committed JSON equals what this script makes.
-Standard library only (no grafanalib): the output is plain dashboard JSON, schemaVersion 39.
+Standard library and watcher's own metric catalogue (no grafanalib): the output is plain dashboard
+JSON, schemaVersion 39.
 
 Every query uses the ``${datasource}`` variable; every metric name is documented in docs/metrics.md
 (tests/test_dashboards.py checks both, tests/test_prometheus_e2e.py runs every query against a
-real Prometheus scraping a real watcher).
+real Prometheus scraping a real watcher). The per-arm panels of the rate metrics come from watcher's
+metric catalogue (``watcher.contract.catalogue``): a rate metric added there gets its panel here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from watcher.contract import RATE_METRICS
 
 HERE = Path(__file__).resolve().parent
 SCHEMA_VERSION = 39
@@ -547,20 +551,16 @@ def rollouts() -> dict[str, Any]:
             "s",
             match=', quantile="0.99"',
         ),
-        arm_panel(
-            "Escalation rate", "watcher_escalation_ratio", "Share of turns handed to a human.", "percentunit"
-        ),
-        arm_panel(
-            "Error rate",
-            "watcher_error_ratio",
-            "Share of turns where the agent failed to answer.",
-            "percentunit",
-        ),
-        arm_panel(
-            "Compliance violation rate",
-            "watcher_compliance_violation_ratio",
-            "Share of turns flagged by a compliance check.",
-            "percentunit",
+        *(
+            arm_panel(
+                f.name.removesuffix("_ratio").replace("_", " ").capitalize() + " rate",
+                f"watcher_{f.name}",
+                f.doc[:1].upper() + f.doc[1:] + ".",
+                "percentunit",
+            )
+            for m in RATE_METRICS
+            for f in m.families
+            if f.stat == "rate"
         ),
         timeseries(
             "Traffic share vs expected canary weight",
@@ -1120,8 +1120,8 @@ def health() -> dict[str, Any]:
         ),
         timeseries(
             "Checkpoint size",
-            "Size of the last checkpoint written (watcher_checkpoint_bytes): it grows with "
-            "rollouts, versions and segment values held in the state.",
+            "Bytes the last checkpoint wrote (watcher_checkpoint_bytes): the parts that changed since the "
+            "one before (the agents with traffic, the judges that got turns, the dedup window).",
             targets((f"watcher_checkpoint_bytes{{{INST}}}", "{{instance}}")),
             unit="bytes",
             w=6,

@@ -70,9 +70,9 @@ class CheckpointUnavailable(CheckpointError):
 
 
 class CheckpointLost(CheckpointError):
-    """A checkpoint was written for ``scope`` but none of its generations can be read (checksum,
-    format, or missing rows; ``reasons`` says why for each). The daemon refuses to start from a fresh
-    state unless the operator asks for it (``watcher run --reset-state``); the unreadable rows are kept."""
+    """A checkpoint was written for ``scope`` but cannot be read (checksum, format, or missing rows;
+    ``reasons`` says why). The daemon refuses to start from a fresh state unless the operator asks for
+    it (``watcher run --reset-state``); the unreadable rows are kept aside."""
 
     def __init__(self, scope: str, reasons: list[str], *, where: str = "") -> None:
         super().__init__(

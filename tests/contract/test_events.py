@@ -140,6 +140,9 @@ def test_all_is_exactly_the_public_interface() -> None:
             # OTLP traces in: the span-to-turn mapping and the reader of trace requests
             "SpanMapping", "OtlpDecoder", "NullOtlp", "OtlpCounts", "Expansion", "MessageTurns", "OTLP_JSON",
             "OTLP_PROTO", "sniff",
+            # the metric catalogue
+            "CATALOGUE", "MEAN_METRICS", "RATE_METRICS", "SERIES_FAMILIES", "Direction", "Family", "Kind",
+            "MetricDef", "ToleranceMode", "metric_def", "metric_names",
         ]
     )  # fmt: skip
     assert all(hasattr(events, n) for n in events.__all__)

@@ -72,8 +72,15 @@ def _streams() -> dict[str, tuple[Scenario, str | None]]:
 
 
 def _digest(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True, default=_hex)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _hex(value: Any) -> str:
+    """Arrays in checkpoint parts are raw bytes."""
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(type(value).__name__)
 
 
 def _evidence(ev: Any) -> dict[str, Any]:
@@ -136,8 +143,8 @@ def run(name: str, tmp: Path) -> dict[str, Any]:
 def _state(engine: Engine) -> dict[str, Any]:
     """The engine's checkpoint state; the deduplicator's ids are sets (in hash order: sorted here)."""
     state = engine.to_state()
-    dedup = state["dedup"]
-    dedup["current"], dedup["previous"] = sorted(dedup["current"]), sorted(dedup["previous"])
+    for part in ("dedup", "dedup-previous"):
+        state[part]["ids"] = sorted(state[part]["ids"])
     return state
 
 

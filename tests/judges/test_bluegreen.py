@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import replace
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import beta, norm
 
+from tests.support.state import roundtrip
 from watcher.contract.columns import TurnColumns
 from watcher.contract.verdicts import Action, RolloutRef, Verdict
 from watcher.judges import STRATEGIES
@@ -18,7 +18,7 @@ from watcher.judges.bluegreen import BlueGreenJudge
 from watcher.judges.policy import Policy, PolicyState, decide, load_policy
 from watcher.sim import strategy_traffic as tf
 from watcher.state.history import VersionHistory
-from watcher.state.tracker import F_CONV, F_Q, F_RATE, LATENCY_MAX
+from watcher.state.tracker import F_CONV, F_RATE, LATENCY_MAX, MEAN_AT
 from watcher.stats import latency_bins as lb
 
 POLICY = load_policy(None).default
@@ -71,7 +71,7 @@ def test_history_is_bounded_and_keyed_by_version() -> None:
     assert {k[2] for k in h.versions()} == {"v2", "v3"}  # the least recently seen version is forgotten
     ref = h.reference("bot", "prod", "v3", tf.T0, tf.T0 + 1800)
     assert ref["all"][0] > 50 and "intent=billing" in ref
-    h2 = VersionHistory.from_state(json.loads(json.dumps(h.to_state())))
+    h2 = VersionHistory.from_state(roundtrip(h.to_state()))
     for key in ("all", LATENCY_MAX):
         assert (
             h2.reference("bot", "prod", "v3", tf.T0, tf.T0 + 3600)[key]
@@ -105,7 +105,7 @@ def test_vectorised_history_matches_a_per_conversation_count() -> None:
         assert got[F_CONV] == len(convs)
         assert got[F_RATE["error"]] == sum(any(t.error for t in c) for c in convs.values())
         assert got[F_RATE["escalation"]] == sum(any(t.escalated for t in c) for c in convs.values())
-        assert got[F_Q] == pytest.approx(sum(t.quality for t, _ in mine))
+        assert got[MEAN_AT["quality"]] == pytest.approx(sum(t.quality for t, _ in mine))
         # each conversation once, in the bin of its slowest turn (later, slower turns move it up)
         slowest = [max(t.latency_ms for t in c) for c in convs.values()]
         want = np.bincount(lb.bins_of_log(np.log(slowest)), minlength=lb.N_BINS)
@@ -173,7 +173,7 @@ def test_without_history_nothing_is_judged_and_state_round_trips() -> None:
     assert decide(PolicyState(), ev, POLICY, REF, CONDUCT)[0] is None
     m, judge, _ = run(tf.Traffic(minutes=20, conv_per_min=30), 2)
     assert judge is not None
-    j2 = BlueGreenJudge.from_state(json.loads(json.dumps(judge.to_state())), POLICY)
+    j2 = BlueGreenJudge.from_state(roundtrip(judge.to_state()), POLICY)
     a, b = judge.evidence(SWITCH + 1200), j2.evidence(SWITCH + 1200)
     assert [r.reason for r in a.metrics] == [r.reason for r in b.metrics]
 
@@ -258,7 +258,7 @@ def test_a_reference_without_latency_histograms_is_judged_without_the_tail() -> 
     judge = BlueGreenJudge(REF, POLICY, SWITCH, history)
     rows = {m.metric: m for m in judge.evidence(SWITCH).metrics}
     assert "no latency distribution" in rows["latency_p95"].reason
-    state = json.loads(json.dumps(judge.to_state()))
+    state = roundtrip(judge.to_state())
     state["v"] = 2
     del state["hist"]
     again = BlueGreenJudge.from_state(state, POLICY)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from tests.support.state import roundtrip
 from watcher.contract.verdicts import Action, RolloutRef, Verdict
 from watcher.judges import STRATEGIES
 from watcher.judges.policy import PolicyState, decide, load_policy
@@ -115,7 +116,6 @@ def test_segment_regression_is_found_in_its_slice() -> None:
 
 
 def test_healthy_shadow_is_promoted_and_state_round_trips() -> None:
-    import json
 
     tr = tf.Traffic(minutes=60, conv_per_min=100, p_error=0.03, p_escalation=0.03, p_compliance=0.03)
     j = ShadowJudge(REF, POLICY, tf.T0)
@@ -124,6 +124,6 @@ def test_healthy_shadow_is_promoted_and_state_round_trips() -> None:
     ev = j.evidence(turns[-1].ts)
     d, _ = decide(PolicyState(), ev, POLICY, REF, CONDUCT)
     assert d is not None and d.action is Action.PROMOTE and "ready for canary traffic" in d.reason
-    j2 = ShadowJudge.from_state(json.loads(json.dumps(j.to_state())), POLICY)
+    j2 = ShadowJudge.from_state(roundtrip(j.to_state()), POLICY)
     ev2 = j2.evidence(turns[-1].ts)
     assert [m.statistic for m in ev2.metrics] == pytest.approx([m.statistic for m in ev.metrics])

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.state import roundtrip
 from watcher.config import load_settings
 from watcher.contract import Deduplicator, Deployment, FlagSpec, RejectReason, decode_batch, decode_deployment
 from watcher.engine import Engine
@@ -95,9 +96,9 @@ def test_a_checkpoint_naming_a_strategy_no_longer_installed_is_refused_with_its_
          "action": "started", "strategy": "shadow", "baseline_version": "v1", "canary_version": "v2"}
     ).encode()  # fmt: skip
     engine.process([raw])
-    state = json.loads(json.dumps(engine.to_state()))
-    state["registry"]["active"][0]["strategy"] = "dark_launch"
-    state["judges"] = {}
+    state = roundtrip(engine.to_state())
+    state["engine"]["registry"]["active"][0]["strategy"] = "dark_launch"
+    state = {part: value for part, value in state.items() if not part.startswith("judge/")}
     with pytest.raises(CheckpointError, match="unknown strategy 'dark_launch'"):
         Engine(load_settings(environ={})).load_state(state)
 
@@ -204,7 +205,7 @@ def test_every_strategys_judge_keeps_the_judge_contract(name: str) -> None:
     ev = judge.evidence(ts)
     assert ev.metrics and ev.rollout_id == rid
     strategy = STRATEGIES.get(name)
-    state = json.loads(json.dumps(judge.to_state()))  # JSON-safe
+    state = roundtrip(judge.to_state())  # as a checkpoint stores it
     restored = strategy.restore(state, POLICY)
     assert restored.evidence(ts) == ev and restored.to_state() == judge.to_state()
     assert judge.with_policy(POLICY).evidence(ts) == ev

@@ -66,6 +66,8 @@ def test_github_workflow_structure() -> None:
     assert "--junit gate.xml" in gate["run"] and '--summary "$GITHUB_STEP_SUMMARY"' in gate["run"]
     upload = next(s for s in jobs["gate"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
     assert upload["if"] == "always()"  # the outputs are kept when the gate blocks, when they matter most
+    kept = upload["with"]["path"].split()
+    assert all(f"{out}" in gate["run"] for out in kept)  # every kept file is one the gate writes
 
 
 def _github_env(doc: dict) -> dict[str, str]:
@@ -94,6 +96,7 @@ def test_github_gate_steps_run_and_pass_then_block_a_regression(tmp_path: Path) 
     )
     assert ET.parse(work / "gate.xml").getroot().tag == "testsuites"
     assert (work / "gate-decision.json").exists()
+    assert (work / "gate.html").read_text().startswith("<!DOCTYPE html>")
     # the same step on a replay in which the candidate regresses: non-zero, so the deploy job never runs
     bad = steps["replay"].replace("--seed 7", "--seed 7 --regression metric=error,size=x4")
     bad = bad.replace("--duration 1800", "--duration 600")
@@ -130,3 +133,5 @@ def test_gitlab_jobs_run_in_order_against_sample_data(tmp_path: Path) -> None:
     assert (work / "gate-summary.md").read_text().startswith("## ✅ watcher gate: PASS")
     suite = ET.parse(work / "gate.xml").getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "0"
+    for kept in doc["gate"]["artifacts"]["paths"]:
+        assert (work / kept).exists(), kept

@@ -34,6 +34,7 @@ from tests.support.ops import (
     substitute,
     variables,
 )
+from watcher.contract import CATALOGUE, SERIES_FAMILIES, Family, metric_def
 
 WATCHER_METRIC_RE = re.compile(r"\bwatcher_[a-z0-9_]+\b")
 # Grafana's built-in interval variables, as the tests substitute them (scrape_interval 1 s there).
@@ -222,6 +223,21 @@ def test_every_metric_used_is_documented_in_metrics_md() -> None:
     assert not missing, f"used in dashboards/alerts but not in docs/metrics.md: {missing}"
 
 
+def test_every_metric_of_the_catalogue_is_on_a_dashboard() -> None:
+    """Each metric of the catalogue has one of its per-series families drawn (per version or per
+    segment; a tail, its mean metric's); a metric added to the catalogue without a panel fails here."""
+    used = set(all_watcher_metric_names())
+
+    def drawn(f: Family) -> bool:
+        names = {p + f.name for p in ("watcher_", "watcher_segment_")}
+        return bool((names | {n + "_total" for n in names}) & used)
+
+    for m in CATALOGUE:
+        families = m.families or metric_def(m.tail_of or m.name).families
+        assert any(map(drawn, families)), f"no dashboard draws the catalogue's {m.name}"
+    assert all(drawn(f) for f, m in SERIES_FAMILIES if m is None)  # turns, conversations, share
+
+
 def test_every_metric_used_is_exposed_by_watcher(tmp_path: Path) -> None:
     """Without Prometheus: the same scenario as the e2e test through the engine, exposed by watcher's own
     collectors — the daemon's, the checkpoint's and the outbox's (the e2e test checks the same against a
@@ -236,7 +252,7 @@ def test_every_metric_used_is_exposed_by_watcher(tmp_path: Path) -> None:
     from watcher.sim.traffic import generate
     from watcher.sinks.base import NullSink
     from watcher.storage import SpoolCollector, SqliteSpool
-    from watcher.storage.checkpoint import CheckpointMetrics
+    from watcher.storage.checkpointer import CheckpointMetrics
 
     engine = Engine(load_settings(environ={}, overrides={}))
     registry = CollectorRegistry()

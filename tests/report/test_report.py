@@ -6,53 +6,19 @@ Chromium missing: skipped locally, a failure under ``CI`` (.ci/run installs Debi
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.browser import dom as _dom
 from watcher.errors import ReportUnavailable
 from watcher.report import render, require_plotting
 from watcher.service import replay
 from watcher.sim.presets import PRESETS
 from watcher.sim.simulate import write_jsonl
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    message = "chromium is not installed (Debian: apt-get install chromium)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI must install it")
-    pytest.skip(message)
-
-
-def _dom(html_file: Path, tmp_path: Path) -> str:
-    """The page's DOM after its scripts ran, in a headless Chromium with no network at all."""
-    out = subprocess.run(
-        [
-            _chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--proxy-server=127.0.0.1:9",  # nothing answers there: the page must not need the network
-            "--virtual-time-budget=15000",
-            "--dump-dom",
-            html_file.as_uri(),
-        ],
-        capture_output=True,
-        timeout=180,
-        check=True,
-    )
-    return out.stdout.decode()
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +61,7 @@ def test_without_the_plotting_extra_the_report_says_which_extra(monkeypatch: pyt
     monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
     with pytest.raises(ReportUnavailable) as err:
         require_plotting()
-    assert err.value.extra == "report" and "pip install 'watcher[report]'" in str(err.value)
+    assert err.value.extra == "report" and "pip install 'rollout-watcher[report]'" in str(err.value)
 
 
 async def test_the_api_serves_the_same_page_for_a_live_rollout(replayed, tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ from watcher.service.handover import Handover, HandoverMetrics
 from watcher.service.partitions import Checkpoints, InstancePartitions, TaskPartitions
 from watcher.sim.presets import PRESETS
 from watcher.sim.traffic import generate
-from watcher.storage.checkpoint import Checkpoint, Checkpointer, CheckpointMetrics, MemoryCheckpointStore
+from watcher.storage.checkpoint import Checkpoint, MemoryCheckpointStore
+from watcher.storage.checkpointer import Checkpointer, CheckpointMetrics
 
 LINES = list(generate(dataclasses.replace(PRESETS["demo"], duration_s=120.0, conversations_per_s=4.0)))
 
@@ -91,7 +92,7 @@ async def test_a_failed_checkpoint_commits_nothing_for_its_partition() -> None:
     _feed(partitions, 0, 0, 300)
     _feed(partitions, 1, 300, 200)
     store.failing_saves.add("partition-0")
-    assert partitions.checkpoints.save(force=True) == {("t", 1): 500}
+    assert await partitions.checkpoints.save(force=True) == {("t", 1): 500}
     assert registry.get_sample_value("watcher_checkpoint_failures_total") == 1
     assert (
         await partitions.revoked({("t", 0)}) == {}

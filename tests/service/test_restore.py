@@ -1,6 +1,6 @@
-"""Restoring the instance's state (``Checkpoints.restore``) from a damaged checkpoint file: the older
-generation with its own offsets (counted), a refusal when nothing is readable, a counted fresh start
-with ``--reset-state``; and ``watcher run``'s refusal as an operator reads it (issue #15, 4)."""
+"""Restoring the instance's state (``Checkpoints.restore``) from a damaged checkpoint file: a refusal,
+a counted fresh start with ``--reset-state``; and ``watcher run``'s refusal as an operator reads it
+(issue #15, 4)."""
 
 from __future__ import annotations
 
@@ -25,27 +25,21 @@ from watcher.storage import Checkpointer, CheckpointMetrics, SqliteCheckpointSto
 LINES = list(generate(dataclasses.replace(PRESETS["demo"], duration_s=120.0, conversations_per_s=4.0)))
 
 
-def _written(path: Path) -> list[str]:
-    """Three generations of a real engine's state, after 100, 200 and 300 messages; their states."""
+def _written(path: Path) -> None:
+    """Checkpoints of a real engine's state, after 100, 200 and 300 messages (incremental)."""
     engine = Engine(load_settings(environ={}))
     store = SqliteCheckpointStore(path)
     cp = Checkpointer(store, engine, owner="g", interval_s=0.0)
-    states = []
     for end in (100, 200, 300):
         engine.process(LINES[end - 100 : end])
         cp.advance({("t", 0): end})
         cp.save()
-        states.append(repr(engine.to_state()["state"]))
     store.close()
-    return states
 
 
-def _damage(path: Path, *generations: int) -> None:
+def _damage(path: Path) -> None:
     db = sqlite3.connect(path)
-    for g in generations:
-        db.execute(
-            "UPDATE checkpoint_generations SET document=substr(document, 1, 1000) WHERE generation=?", (g,)
-        )
+    db.execute("UPDATE checkpoint_parts SET data=substr(data, 1, length(data) - 1)")
     db.commit()
     db.close()
 
@@ -61,36 +55,23 @@ def _restore(path: Path, *, reset_state: bool = False) -> tuple[Checkpoints, Eng
     return checkpoints, engine, registry
 
 
-def test_a_damaged_newest_checkpoint_restores_the_one_before_with_its_offsets(tmp_path: Path) -> None:
-    path = tmp_path / "cp.sqlite"
-    states = _written(path)
-    _damage(path, 3)
-    checkpoints, engine, registry = _restore(path)
-    assert checkpoints.restore() is True
-    assert repr(engine.to_state()["state"]) == states[1]
-    # the partition resumes at the older generation's offset: messages 200-299 are read again
-    assert checkpoints.checkpointer is not None and checkpoints.checkpointer.resume_offset("t", 0) == 200
-    assert registry.get_sample_value("watcher_checkpoint_fallbacks_total") == 1
-    assert registry.get_sample_value("watcher_checkpoint_lost_total") == 0
-
-
 def test_nothing_readable_refuses_to_start_unless_reset_state(tmp_path: Path) -> None:
     path = tmp_path / "cp.sqlite"
     _written(path)
-    _damage(path, 1, 2, 3)
+    _damage(path)
     checkpoints, _, registry = _restore(path)
     with pytest.raises(CheckpointLost):
         checkpoints.restore()
     checkpoints, engine, registry = _restore(path, reset_state=True)
     assert checkpoints.restore() is False
     assert registry.get_sample_value("watcher_checkpoint_lost_total") == 1
-    assert engine.to_state()["state"] == Engine(load_settings(environ={})).to_state()["state"]
+    assert engine.to_state() == Engine(load_settings(environ={})).to_state()
 
 
 def test_watcher_run_refuses_an_unreadable_checkpoint_and_says_what_to_do(tmp_path: Path) -> None:
     path = tmp_path / "cp.sqlite"
     _written(path)
-    _damage(path, 1, 2, 3)
+    _damage(path)
     env = {
         **os.environ,
         "WATCHER_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9",  # never reached: the refusal comes first
@@ -106,9 +87,6 @@ def test_watcher_run_refuses_an_unreadable_checkpoint_and_says_what_to_do(tmp_pa
     assert done.returncode == 1, done.stderr
     assert "no readable checkpoint of 'all'" in done.stderr and "--reset-state" in done.stderr
     assert "Traceback" not in done.stderr
-    db = sqlite3.connect(path)  # nothing overwritten: the three damaged generations are kept aside
-    assert db.execute("SELECT generation FROM checkpoint_quarantine ORDER BY 1").fetchall() == [
-        (1,),
-        (2,),
-        (3,),
-    ]
+    db = sqlite3.connect(path)  # nothing overwritten: the damaged rows are kept aside
+    assert db.execute("SELECT COUNT(*) FROM checkpoint_quarantine WHERE part=''").fetchone() == (1,)
+    assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone() == (0,)

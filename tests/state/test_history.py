@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.state import roundtrip
 from watcher.sim import strategy_traffic as tf
 from watcher.state.history import VersionHistory
 from watcher.state.tracker import F_CONV, LATENCY_MAX
@@ -46,7 +47,7 @@ def test_state_v3_upgrades_to_the_same_references_and_goes_on() -> None:
     t = tf.T(h.watermark, again[1], 9, "v3", {}, 400.0, 0.8, False, False, False)
     h.update([t], ["live"])
     assert h.reference("bot", "prod", "v3", tf.T0 - 3600, tf.T0 + 6 * 3600)["all"][F_CONV] == before
-    assert VersionHistory.from_state(json.loads(json.dumps(h.to_state()))).to_state() == h.to_state()
+    assert VersionHistory.from_state(roundtrip(h.to_state())).to_state() == h.to_state()
 
 
 def test_state_v2_buckets_have_no_latency_histogram_until_new_ones() -> None:

@@ -89,14 +89,17 @@ class Reference:
 def assert_matches(got: SeriesSnapshot, evs: list[T]) -> None:
     assert got.turns == len(evs)
     assert got.conversations == sum(t.turn == 0 for t in evs)
-    assert got.escalations == sum(t.escalated for t in evs)
-    assert got.errors == sum(t.error for t in evs)
-    assert got.compliance_violations == sum(t.compliance_violation for t in evs)
+    assert got.events == {
+        "escalation": sum(t.escalated for t in evs),
+        "error": sum(t.error for t in evs),
+        "compliance": sum(t.compliance_violation for t in evs),
+    }
     if evs:
-        assert got.escalation_rate == pytest.approx(got.escalations / len(evs), abs=1e-12)
+        for name, n in got.events.items():
+            assert got.rates[name] == pytest.approx(n / len(evs), abs=1e-12)
         assert got.first_ts == min(t.ts for t in evs) and got.last_ts == max(t.ts for t in evs)
     else:
-        assert got.escalation_rate is got.first_ts is got.last_ts is None
+        assert set(got.rates.values()) == {None} and got.first_ts is got.last_ts is None
     qs = np.array([t.quality for t in evs if t.quality is not None])
     assert got.quality_n == len(qs)
     if len(qs):
@@ -207,10 +210,10 @@ def test_window_drops_old_buckets_and_counts_late_events_in_cumulative_only() ->
     st.update([T(ts=5.0, escalated=True)], ["baseline"])  # late: bucket 0 already left the window
     assert st.snapshot(overall(), "recent").turns == 2
     cum = st.snapshot(overall())
-    assert (cum.turns, cum.escalations, cum.first_ts, cum.last_ts) == (5, 1, 0.0, 300.0)
+    assert (cum.turns, cum.events["escalation"], cum.first_ts, cum.last_ts) == (5, 1, 0.0, 300.0)
     st.update([T(ts=35.0, escalated=True)], ["baseline"])  # late but bucket 1 is still in the window
     recent = st.snapshot(overall(), "recent")
-    assert (recent.turns, recent.escalations, recent.first_ts) == (3, 1, 35.0)
+    assert (recent.turns, recent.events["escalation"], recent.first_ts) == (3, 1, 35.0)
     assert st.watermark == 300.0  # a late event never moves the watermark back
 
 
@@ -220,7 +223,7 @@ def test_window_empties_when_event_time_moves_far_ahead() -> None:
     st.update([T(ts=10_000.0, agent_id="other")], ["baseline"])  # only another agent's traffic
     recent = st.snapshot(overall(), "recent")
     assert recent.turns == 0 and recent.quality_mean is None and recent.latency_p50_ms is None
-    assert recent.escalation_rate is None and recent.first_ts is None
+    assert recent.rates["escalation"] is None and recent.first_ts is None
     assert st.snapshot(overall()).turns == 1
     # the ring position of bucket 1 is reused by a much later bucket: no stale data may leak in
     st.update([T(ts=10_000.0 + 60.0 * 1000 + 10.0)], ["baseline"])
@@ -316,7 +319,7 @@ def test_none_fields_and_empty_batch() -> None:
     snap = st.snapshot(overall())
     assert (snap.turns, snap.conversations, snap.latency_n, snap.quality_n) == (1, 0, 0, 0)
     assert snap.latency_p50_ms is snap.latency_p99_ms is snap.quality_mean is snap.quality_std is None
-    assert snap.escalation_rate == 0.0
+    assert snap.rates["escalation"] == 0.0
     with pytest.raises(ValueError):
         st.update([T(ts=1.0)], [])
     with pytest.raises(KeyError):
@@ -352,9 +355,9 @@ def test_forget_version_removes_its_series_and_slots_are_reused_clean() -> None:
     st.update([T(ts=50.0, version="v3", segment={"intent": "x"})], ["canary"])
     for window in ("cumulative", "recent"):
         snap = st.snapshot(overall(version="v3", arm="canary"), window)  # type: ignore[arg-type]
-        assert (snap.turns, snap.escalations, snap.latency_n) == (1, 0, 1)
+        assert (snap.turns, snap.events["escalation"], snap.latency_n) == (1, 0, 1)
         snap = st.snapshot(("bot", "prod", "v3", "canary", "intent", "x"), window)  # type: ignore[arg-type]
-        assert (snap.turns, snap.escalations) == (1, 0)
+        assert (snap.turns, snap.events["escalation"]) == (1, 0)
     st.update([T(ts=51.0, version="v1")], ["baseline"])  # a forgotten version may come back, from zero
     assert st.snapshot(overall()).turns == 1
 

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 
+from tests.support.state import roundtrip
 from watcher.stats import (
     FAIL_GRID,
     MEAN_FIELDS,
+    PASS_GRID,
+    SRM_GRID,
     RestartSchedule,
+    array_from_state,
+    array_to_state,
+    cluster_mean,
     mean_deltas,
     msprt_half_width,
     msprt_log_evalue,
@@ -19,14 +24,23 @@ from watcher.stats import (
     stratified_difference,
     theta,
 )
-from watcher.stats.sequential import MeanTest, RateTest, SampleRatioTest
+
+RHO = np.array([0.1])
+
+
+def fail_e(c: float, b: float, r_tol: float, rho: np.ndarray = RHO) -> float:
+    """The judges' FAIL e-value of a rate: against "ratio <= r_tol", alternatives above it."""
+    return float(rate_log_evalue(np.array([c]), np.array([b]), rho, r_tol, r_tol * np.asarray(FAIL_GRID)))
+
+
+def pass_e(c: float, b: float, r_tol: float, rho: np.ndarray = RHO) -> float:
+    """The PASS (non-inferiority) e-value: against "ratio >= r_tol", alternatives below it."""
+    return float(rate_log_evalue(np.array([c]), np.array([b]), rho, r_tol, r_tol / np.asarray(PASS_GRID)))
 
 
 def test_broken_canary_trips_after_a_handful_of_events() -> None:
-    t = RateTest(1.5)
-    for k in range(1, 10):  # noqa: B007 (k is read after the loop)
-        t.update(1, 0, 0.1)
-        if t.log_evalue_fail() >= math.log(1 / 0.001):
+    for k in range(1, 10):
+        if fail_e(k, 0, 1.5) >= math.log(1 / 0.001):
             break
     assert k <= 6  # six canary-only errors at 10 % weight beat alpha = 0.001
 
@@ -66,13 +80,9 @@ def test_rate_confidence_sequence_covers_the_truth_and_shrinks() -> None:
 
 
 def test_non_inferiority_needs_evidence_below_the_tolerance() -> None:
-    t = RateTest(1.5)
-    t.update(100, 900, 0.1)  # ratio ~1 on 1000 events
-    assert t.log_evalue_pass() > math.log(20)
-    assert t.log_evalue_fail() < 0
-    u = RateTest(1.5)
-    u.update(25, 75, 0.1)  # ratio 3
-    assert u.log_evalue_pass() < 0
+    assert pass_e(100, 900, 1.5) > math.log(20)  # ratio ~1 on 1000 events
+    assert fail_e(100, 900, 1.5) < 0
+    assert pass_e(25, 75, 1.5) < 0  # ratio 3
 
 
 def _cluster_sim(
@@ -134,16 +144,33 @@ def test_msprt_and_half_width_agree() -> None:
 
 
 def test_srm_detects_missing_canary_traffic_and_is_quiet_otherwise() -> None:
+    """The judges' sample-ratio e-value: every conversation's arm against the expected weight."""
     rng = np.random.default_rng(1)
-    quiet, loud = SampleRatioTest(), SampleRatioTest()
+    quiet, loud = np.zeros(2), np.zeros(2)  # (treatment, control) conversations
     for _ in range(50):
         n = 200
         t = rng.binomial(n, 0.2)
-        quiet.update(t, n - t, 0.2)
+        quiet += (t, n - t)
         t2 = rng.binomial(n, 0.2 * 0.85)  # 15 % of canary conversations never arrive
-        loud.update(t2, n - t2, 0.2)
-    assert quiet.log_evalue() < math.log(1000)
-    assert loud.log_evalue() > math.log(1000)
+        loud += (t2, n - t2)
+    srm = lambda x: float(rate_log_evalue(x[:1], x[1:], np.array([0.2]), 1.0, np.asarray(SRM_GRID)))
+    assert srm(quiet) < math.log(1000)
+    assert srm(loud) > math.log(1000)
+
+
+def test_cluster_mean_marks_what_cannot_be_estimated_as_nan() -> None:
+    """NaN, not 0 or inf: a mean of 0 is a real score, and 0 * inf is NaN inside a weighted sum."""
+    one = mean_deltas(np.zeros(1), np.zeros(1), np.array([1.6]), np.array([2.0])).sum(axis=0)
+    two = one + mean_deltas(np.zeros(1), np.zeros(1), np.array([0.7]), np.array([1.0])).sum(axis=0)
+    m, v, g = cluster_mean(np.stack([np.zeros(MEAN_FIELDS), one, two]), 1e-12)
+    assert np.isnan(m[0]) and np.isnan(v[0]) and np.isnan(v[1])  # no unit; one conversation
+    assert m[1] == pytest.approx(0.8) and m[2] == pytest.approx(2.3 / 3) and g.tolist() == [0, 1, 2]
+    # sandwich variance: sum (S_i - m n_i)^2 / n^2 * G / (G - 1)
+    want = ((1.6 - m[2] * 2) ** 2 + (0.7 - m[2]) ** 2) / 9 * 2
+    assert v[2] == pytest.approx(want)
+    same = two.copy()
+    same[:] = mean_deltas(np.zeros(2), np.zeros(2), np.array([1.0, 1.0]), np.array([1.0, 1.0])).sum(axis=0)
+    assert cluster_mean(same[None], 1e-12)[1][0] == 1e-12  # a constant metric: the floor, not 0
 
 
 def test_restart_schedule_spends_at_most_its_share() -> None:
@@ -158,29 +185,10 @@ def test_restart_schedule_spends_at_most_its_share() -> None:
     assert RestartSchedule(1800, 0.5, enabled=False).live_windows() == []
 
 
-def test_states_round_trip_through_json() -> None:
-    r = RateTest(1.25)
-    r.update(3, 10, 0.1)
-    r.update(1, 20, 0.3)
-    r2 = RateTest.from_state(json.loads(json.dumps(r.to_state())))
-    assert r2.log_evalue_fail() == r.log_evalue_fail()
-    assert r.to_state()["v"] == 1
-    m = MeanTest(-0.03, 0.06)
-    m.update(
-        np.array([0, 1, 1]),
-        np.array([0, 0, 1]),
-        np.zeros(3),
-        np.zeros(3),
-        np.array([1.6, 1.5, 0.7]),
-        np.array([2.0, 2.0, 1.0]),
-    )
-    m2 = MeanTest.from_state(json.loads(json.dumps(m.to_state())))
-    assert np.array_equal(m.agg, m2.agg)
-    s = SampleRatioTest()
-    s.update(5, 50, 0.1)
-    assert SampleRatioTest.from_state(json.loads(json.dumps(s.to_state()))).log_evalue() == s.log_evalue()
+def test_states_round_trip_through_a_checkpoint() -> None:
+    table = np.zeros((3, 2, MEAN_FIELDS))
+    table[1, 1] = mean_deltas(np.zeros(1), np.zeros(1), np.array([1.6]), np.array([2.0]))[0]
+    assert np.array_equal(array_from_state(roundtrip(array_to_state(table))), table)
     rs = RestartSchedule(60, 0.4)
     rs.current = 7
-    assert (
-        RestartSchedule.from_state(json.loads(json.dumps(rs.to_state()))).live_windows() == rs.live_windows()
-    )
+    assert RestartSchedule.from_state(roundtrip(rs.to_state())).live_windows() == rs.live_windows()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import pickle
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
@@ -32,12 +33,14 @@ from watcher.sim.presets import PRESETS
 from watcher.sim.traffic import generate
 from watcher.storage.checkpoint import (
     Checkpoint,
-    Checkpointer,
     MemoryCheckpointStore,
     NullCheckpointStore,
     decode,
+    decode_part,
     encode,
+    encode_part,
 )
+from watcher.storage.checkpointer import Checkpointer
 from watcher.storage.decisions import SqliteDecisionLog
 from watcher.storage.sqlite_checkpoints import SqliteCheckpointStore
 
@@ -49,37 +52,69 @@ def _lines(strategy: str = "canary", duration_s: float = 600.0, rate: float = 8.
     return list(generate(scenario))
 
 
-def _normal(state: dict[str, Any]) -> str:
-    """An engine state as canonical JSON (the dedup window is a set: its order is not meaningful)."""
-    state = json.loads(json.dumps(state))
-    for gen in ("current", "previous"):
-        state["dedup"][gen] = sorted(state["dedup"][gen])
-    return json.dumps(state, sort_keys=True)
+def _normal(state: dict[str, Any]) -> dict[str, Any]:
+    """An engine state as it reads back from a checkpoint (the dedup window is a set: its order is not
+    meaningful)."""
+    state = decode_part(encode_part(state))
+    for part in ("dedup", "dedup-previous"):
+        state[part]["ids"] = sorted(state[part]["ids"])
+    return state  # type: ignore[no-any-return]
 
 
 # -- the format ---------------------------------------------------------------------------------------
 def test_encode_decode_round_trip_and_versioning() -> None:
-    cp = Checkpoint({"v": 1, "x": [1.5, None, "a"]}, {("t", 0): 12, ("t", 3): 0, ("u", 1): 7}, 1700.5, "g")
-    data = encode(cp)
-    assert decode(data) == cp
-    doc = json.loads(data)
-    assert doc["v"] == 1 and doc["offsets"] == {"t": {"0": 12, "3": 0}, "u": {"1": 7}} and doc["owner"] == "g"
+    cp = Checkpoint(
+        {"engine": {"v": 2}, "x": [1.5, None, "a"], "arr": {"raw": b"\x00\x01"}, "nan": float("nan")},
+        {("t", 0): 12, ("t", 3): 0, ("u", 1): 7},
+        1700.5,
+        "g",
+    )
+    back = decode(encode(cp))
+    assert math.isnan(back.engine.pop("nan")) and back == dataclasses.replace(
+        cp, engine={k: v for k, v in cp.engine.items() if k != "nan"}
+    )
+    with pytest.raises(CheckpointError, match="changed parts only"):
+        encode(dataclasses.replace(cp, kept=frozenset({"y"})))
+    with pytest.raises(CheckpointError, match="malformed|not valid"):
+        decode(encode(cp)[:-3])
+    # never unpickled: a pickle is just invalid input
+    with pytest.raises(CheckpointError):
+        decode(pickle.dumps(cp.engine))
 
-    with pytest.raises(CheckpointError, match="version 2"):
-        decode(json.dumps({**doc, "v": 2}))
+
+def test_a_checkpoint_of_before_13_one_json_document_is_still_read() -> None:
+    doc = {"v": 1, "owner": "g", "written_at": 5.0, "offsets": {"t": {"0": 12}}, "engine": {"v": 1, "x": 2}}
+    cp = decode(json.dumps(doc))
+    assert cp == Checkpoint({"v": 1, "x": 2}, {("t", 0): 12}, 5.0, "g")
+    with pytest.raises(CheckpointError, match="version 3"):
+        decode(json.dumps({**doc, "v": 3}))
     with pytest.raises(CheckpointError, match="offset"):
         decode(json.dumps({**doc, "offsets": {"t": {"0": -1}}}))
     with pytest.raises(CheckpointError, match="malformed"):
         decode(json.dumps({k: v for k, v in doc.items() if k != "engine"}))
-    # never unpickled: a pickle is just invalid input
-    with pytest.raises(CheckpointError, match="not valid JSON"):
-        decode(pickle.dumps(cp.engine))
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), object()])
-def test_a_state_json_cannot_hold_fails_at_save_time(bad: Any) -> None:
-    with pytest.raises(CheckpointError, match="not JSON-safe"):
-        encode(Checkpoint({"v": 1, "value": bad}))
+def test_a_state_msgpack_cannot_hold_fails_at_save_time() -> None:
+    with pytest.raises(CheckpointError, match="cannot be encoded"):
+        encode(Checkpoint({"v": 1, "value": object()}))
+
+
+@pytest.mark.parametrize("make", [MemoryCheckpointStore, "sqlite"])
+def test_stores_keep_unchanged_parts_replace_changed_ones_and_drop_the_rest(
+    make: Any, tmp_path: Path
+) -> None:
+    store = SqliteCheckpointStore(tmp_path / "cp.sqlite") if make == "sqlite" else make()
+    full = Checkpoint({"a": 1, "b": [2], "c": {"x": 3}}, {("t", 0): 5}, 1.0, "g")
+    store.save(full)
+    # only "b" changed, "c" is gone, "d" is new: "a" is kept as it was
+    small = store.save(Checkpoint({"b": [20], "d": 4}, {("t", 0): 9}, 2.0, "g", kept=frozenset({"a"})))
+    assert store.load() == Checkpoint({"a": 1, "b": [20], "d": 4}, {("t", 0): 9}, 2.0, "g")
+    assert small < 100  # the changed parts and the manifest, not the whole state
+    with pytest.raises(CheckpointError, match="kept parts"):
+        store.save(Checkpoint({"b": [0]}, {("t", 0): 10}, 3.0, "g", kept=frozenset({"c"})))
+    assert store.load() == Checkpoint({"a": 1, "b": [20], "d": 4}, {("t", 0): 9}, 2.0, "g")  # untouched
+    assert store.load("other") is None
+    store.close()
 
 
 def test_sqlite_store_replaces_atomically_per_scope_and_survives_reopen(tmp_path: Path) -> None:
@@ -87,26 +122,43 @@ def test_sqlite_store_replaces_atomically_per_scope_and_survives_reopen(tmp_path
     store = SqliteCheckpointStore(path)
     assert store.load() is None
     store.save(Checkpoint({"n": 1}, {("t", 0): 5}, 1.0, "g"))
-    size = store.save(Checkpoint({"n": 2}, {("t", 0): 9}, 2.0, "g"))
+    store.save(Checkpoint({"n": 2}, {("t", 0): 9}, 2.0, "g"))
     store.save(Checkpoint({"n": 99}, {("t", 1): 1}, 2.0, "g"), scope="t/1")
     store.close()
-    assert size == len(encode(Checkpoint({"n": 2}, {("t", 0): 9}, 2.0, "g")))
 
     again = SqliteCheckpointStore(path)
-    assert again.load() == Checkpoint({"n": 2}, {("t", 0): 9}, 2.0, "g", generation=2)
-    assert again.load("t/1") == Checkpoint({"n": 99}, {("t", 1): 1}, 2.0, "g", generation=1)
+    assert again.load() == Checkpoint({"n": 2}, {("t", 0): 9}, 2.0, "g")
+    assert again.load("t/1") == Checkpoint({"n": 99}, {("t", 1): 1}, 2.0, "g")
     again.close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT scope, generation FROM checkpoint_generations ORDER BY 1, 2").fetchall() == [
-        ("all", 1),
-        ("all", 2),
-        ("t/1", 1),
-    ]
+    assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone() == (2,)  # one manifest per scope
+    assert db.execute("SELECT COUNT(*) FROM checkpoint_parts").fetchone() == (2,)
     db.execute("UPDATE checkpoint_meta SET value='9' WHERE key='schema_version'")
     db.commit()
     db.close()
     with pytest.raises(CheckpointError, match="newer"):
         SqliteCheckpointStore(path)
+
+
+def test_sqlite_file_of_before_13_is_read_and_then_written_in_parts(tmp_path: Path) -> None:
+    """A v1 file: schema 1, one JSON document per scope. Read as it is; the next save writes parts."""
+    path = tmp_path / "cp.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE checkpoint_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute(
+        "CREATE TABLE checkpoints (scope TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+        "written_at REAL NOT NULL, document BLOB NOT NULL)"
+    )
+    db.execute("INSERT INTO checkpoint_meta VALUES ('schema_version', '1')")
+    doc = {"v": 1, "owner": "g", "written_at": 5.0, "offsets": {"t": {"0": 12}}, "engine": {"v": 1, "n": 7}}
+    db.execute("INSERT INTO checkpoints VALUES ('all', 1, 5.0, ?)", (json.dumps(doc).encode(),))
+    db.commit()
+    db.close()
+    store = SqliteCheckpointStore(path)
+    assert store.load() == Checkpoint({"v": 1, "n": 7}, {("t", 0): 12}, 5.0, "g")
+    store.save(Checkpoint({"engine": {"v": 2}}, {("t", 0): 13}, 6.0, "g"))
+    assert store.load() == Checkpoint({"engine": {"v": 2}}, {("t", 0): 13}, 6.0, "g")
+    store.close()
 
 
 def test_config_section() -> None:
@@ -156,7 +208,7 @@ def test_engine_restored_mid_stream_continues_exactly_like_an_uninterrupted_one(
         # and count as unpaired after a restart, a loss bounded by the pending pairs at the checkpoint
         ((rid, judge),) = first.judges.items()
         pending = len(judge.pending)  # type: ignore[attr-defined]
-        g, w = got["judges"].pop(rid)["counts"], want["judges"].pop(rid)["counts"]
+        g, w = got.pop(f"judge/{rid}")["counts"], want.pop(f"judge/{rid}")["counts"]
         assert 0 < w["paired"] - g["paired"] <= pending
         assert sum(g.values()) - sum(w.values()) == w["paired"] - g["paired"]  # lost pairs, counted once each
     assert _normal(got) == _normal(want)
@@ -170,11 +222,15 @@ def test_engine_refuses_an_unknown_or_broken_state_and_stays_as_it_was() -> None
     before = _normal(engine.to_state())
     state = engine.to_state()
     with pytest.raises(CheckpointError, match="version 7"):
-        engine.load_state({**state, "v": 7})
+        engine.load_state({**state, "engine": {**state["engine"], "v": 7}})
     with pytest.raises(CheckpointError, match="invalid engine state"):
-        engine.load_state({**state, "policy_states": {"r": {"action": "explode"}}})
+        engine.load_state(
+            {**state, "engine": {**state["engine"], "policy_states": {"r": {"action": "explode"}}}}
+        )
     with pytest.raises(CheckpointError):
         engine.load_state({**state, "dedup": {"v": 1}})
+    with pytest.raises(CheckpointError):
+        engine.load_state({k: v for k, v in state.items() if k != "history"})
     assert _normal(engine.to_state()) == before
 
 

@@ -1,5 +1,5 @@
-"""The Kafka checkpoint store, against the real broker: chunked, one write id per checkpoint, shared
-between instances, safe against a second (zombie) writer."""
+"""The Kafka checkpoint store, against the real broker: chunked, one write id per changed part,
+unchanged parts kept, shared between instances, safe against a second (zombie) writer."""
 
 from __future__ import annotations
 
@@ -60,6 +60,31 @@ async def _send(broker, topic: str, records: list[tuple[bytes, bytes | None]]) -
         await producer.stop()
 
 
+async def test_only_changed_parts_are_sent_and_the_others_kept(stores) -> None:
+    a, b = stores
+    big = [[i, (i * 7919) % 10007 / 10007.0] for i in range(3000)]
+    await asyncio.to_thread(
+        a.save, Checkpoint({"big": big, "small": 1}, {("t", 0): 1}, 1.0, "g"), "partition-4"
+    )
+    sent = await asyncio.to_thread(
+        a.save, Checkpoint({"small": 2}, {("t", 0): 2}, 2.0, "g", frozenset({"big"})), "partition-4"
+    )
+    assert sent < 1000  # the big part stays where it is
+    assert await asyncio.to_thread(b.load, "partition-4") == Checkpoint(
+        {"big": big, "small": 2}, {("t", 0): 2}, 2.0, "g"
+    )
+    with pytest.raises(CheckpointError, match="kept parts"):
+        await asyncio.to_thread(
+            b.save, Checkpoint({}, {("t", 0): 3}, 3.0, "g", frozenset({"nope"})), "partition-4"
+        )
+    # the replaced part's chunks are tombstoned, the kept part's are not
+    live = {k for k in a._view if k.startswith("partition-4#")}
+    manifest = json.loads(a._view["partition-4"])
+    assert live == {
+        f"partition-4#{e['write']}#{i}" for e in manifest["parts"].values() for i in range(e["chunks"])
+    }
+
+
 async def test_a_writer_dying_half_way_leaves_the_previous_checkpoint_intact(stores, broker) -> None:
     a, b = stores
     cp = _checkpoint(3000, "kept")
@@ -90,7 +115,7 @@ async def test_a_zombie_writer_cannot_corrupt_the_owners_checkpoint(stores, brok
         # replaced by a writer that never knew it, so its chunks stay (one write's worth, bounded)
         def chunks(store: KafkaCheckpointStore) -> set[str]:
             m = json.loads(store._view["partition-5"])
-            return {f"partition-5#{m['write']}#{i}" for i in range(m["chunks"])}
+            return {f"partition-5#{e['write']}#{i}" for e in m["parts"].values() for i in range(e["chunks"])}
 
         live = {k for k in reader._view if k.startswith("partition-5#")}
         assert live == chunks(reader) | chunks(zombie)
@@ -102,12 +127,18 @@ async def test_a_version_1_checkpoint_is_still_read(stores, broker) -> None:
     import hashlib
     import zlib
 
-    from watcher.storage.checkpoint import encode
-
     a, b = stores
     assert await asyncio.to_thread(a.load, "partition-7") is None  # the topic exists, as the store made it
     cp = _checkpoint(100, "old")
-    document = encode(cp)
+    document = json.dumps(  # a checkpoint of watcher before #13: one JSON document
+        {
+            "v": 1,
+            "owner": cp.owner,
+            "written_at": cp.written_at,
+            "offsets": {"telemetry": {"3": 200}},
+            "engine": cp.engine,
+        }
+    ).encode()
     manifest = {
         "v": 1,
         "slot": 1,
@@ -121,7 +152,9 @@ async def test_a_version_1_checkpoint_is_still_read(stores, broker) -> None:
         a.topic,
         [(b"partition-7#1#0", zlib.compress(document)), (b"partition-7", json.dumps(manifest).encode())],
     )
-    assert await asyncio.to_thread(b.load, "partition-7") == cp
+    assert await asyncio.to_thread(b.load, "partition-7") == Checkpoint(
+        cp.engine, {("telemetry", 3): 200}, cp.written_at, cp.owner
+    )
     await asyncio.to_thread(b.save, _checkpoint(120, "new"), "partition-7")  # replaces it in the new format
     assert await asyncio.to_thread(a.load, "partition-7") == _checkpoint(120, "new")
 
@@ -137,7 +170,8 @@ async def test_a_manifest_that_does_not_match_its_chunks_is_an_error_not_a_wrong
     await producer.start()
     try:
         manifest = json.loads(a._view["partition-2"])
-        await producer.send_and_wait(a.topic, b"tampered", key=f"partition-2#{manifest['write']}#0".encode())
+        write = manifest["parts"]["rows"]["write"]
+        await producer.send_and_wait(a.topic, b"tampered", key=f"partition-2#{write}#0".encode())
         await producer.send_and_wait(a.topic, b'{"v": 9}', key=b"partition-9")
     finally:
         await producer.stop()

@@ -32,11 +32,13 @@ VAR_RE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
 
 
-def require_tool(name: str, install: str = "apt-get install prometheus prometheus-alertmanager") -> str:
+def require_tool(
+    name: str, install: str = "Debian: apt-get install prometheus prometheus-alertmanager"
+) -> str:
     """The binary's path; skip when missing, but fail under CI (CI must install it: see .ci/run)."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (Debian: {install})"
+        message = f"{name} is not installed ({install})"
         if os.environ.get("CI"):
             pytest.fail(f"{message}; CI must install it")
         pytest.skip(message)

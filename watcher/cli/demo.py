@@ -105,7 +105,7 @@ def render(
         lines.append(
             f"{version:10} {arm:9} {('intent=' + seg_value) if seg_value else 'all':24} {snap.turns:7d} "
             f"{_fmt(snap.quality_mean, '.3f'):>8} {_fmt(snap.latency_p95_ms, '.0f'):>8} "
-            f"{_fmt(snap.escalation_rate, '.3f'):>7} {_fmt(snap.error_rate, '.4f'):>7} "
+            f"{_fmt(snap.rates['escalation'], '.3f'):>7} {_fmt(snap.rates['error'], '.4f'):>7} "
             f"{_fmt(share, '.2f'):>6}"
         )
     lines.append("")

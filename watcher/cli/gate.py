@@ -83,6 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Markdown summary for the job page (appended when FILE is $GITHUB_STEP_SUMMARY)",
     )
     out.add_argument("--junit", metavar="FILE", help="JUnit XML, one test case per metric x slice")
+    out.add_argument(
+        "--report",
+        metavar="FILE",
+        help="HTML report: every metric x slice against its margins, plotted (needs watcher[report])",
+    )
     out.add_argument("--dead-letters-out", metavar="FILE", help="rejected input lines, with the reason")
     out.add_argument(
         "--record",
@@ -117,6 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     from watcher.service import (
         GateRequest,
         gate_files,
+        gate_html,
         gate_junit,
         gate_kafka_range,
         gate_markdown,
@@ -128,6 +134,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if not args.files and not args.topic:
         raise ConfigError("FILE", "give at least one input file, or --topic and --since")
+    if args.report:
+        from watcher.report import require_plotting
+
+        require_plotting()  # before reading a topic, not after
     now = time.time()
     since = _time(args.since, now, "--since")
     until = _time(args.until, now, "--until")
@@ -171,6 +181,8 @@ def _run(args: argparse.Namespace) -> int:
         _write(args.summary, gate_markdown(gate), append=_is_step_summary(args.summary))
     if args.junit:
         Path(args.junit).write_bytes(gate_junit(gate))
+    if args.report:
+        _write(args.report, gate_html(gate))
     if args.dead_letters_out:
         with open(args.dead_letters_out, "wb") as fh:
             for r in data.rejections:

@@ -22,7 +22,7 @@ from watcher import __version__
 from watcher.cli import configured
 from watcher.cli import gate as gate_cli
 from watcher.cli.broker import add_broker_command
-from watcher.cli.logs import configure_logging
+from watcher.cli.logs import SettingsSecrets, configure_logging
 from watcher.cli.parser import (
     CommandParser,
     VersionAction,
@@ -116,14 +116,21 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from watcher.service import ConfigSource, build_daemon  # the daemon's imports only when it runs
+    settings = configured.settings(args)  # a mistake in the settings is told before the slow imports
+    from watcher.service import ConfigSource, Daemon, build_daemon  # the daemon's imports when it runs
     from watcher.sinks import sink_settings
 
     tune_gc()
     source = ConfigSource(configured.config_file(args), configured.overrides(args))
-    settings = configured.settings(args)
-    # every secret of the settings and of the sinks' own settings is masked in the log
-    configure_logging(settings.log_level, secret_values((settings, sink_settings(settings.sinks))))
+    # every secret of the settings in force and of their sinks' own settings is masked in the log
+    daemon: Daemon | None = None
+    configure_logging(
+        settings.log_level,
+        SettingsSecrets(
+            lambda: daemon.settings if daemon is not None else settings,
+            lambda now: secret_values((now, sink_settings(now.sinks))),
+        ),
+    )
     stop = asyncio.Event()
     stop_within(stop, settings.shutdown_grace_s)  # before any thread: they inherit its signal mask
     daemon = build_daemon(settings, config_source=source, reset_state=args.reset_state)
@@ -297,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointLost as exc:
         print(
             f"watcher {args.command}: {exc}\nThe state was not started afresh, so nothing was overwritten "
-            "(unreadable generations are kept in the checkpoint file's checkpoint_quarantine table). "
+            "(the unreadable rows are kept in the checkpoint file's checkpoint_quarantine table). "
             "Restore the file from a backup, or run with --reset-state to start from a fresh state.",
             file=sys.stderr,
         )

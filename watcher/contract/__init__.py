@@ -12,7 +12,9 @@ The package's public face; each concept lives in its own module:
 - ``otlp``: OTLP trace requests (protobuf or JSON) into turn messages (``OtlpDecoder``), with the
   span-to-turn ``SpanMapping`` of ``otlp_mapping``; readers ``otlp_proto`` (and the optional C decoder
   ``_otlpscan``) and ``otlp_json``;
-- ``verdicts``: what comes out: verdicts, actions, evidence and decision records (``watcher.decision/v1``).
+- ``verdicts``: what comes out: verdicts, actions, evidence and decision records (``watcher.decision/v1``);
+- ``catalogue``: the metric catalogue, every conversation metric defined once (``CATALOGUE``,
+  ``metric_def``): its kind, direction, unit, turn field, policy defaults and Prometheus families.
 
 Malformed input is a value (:class:`Rejected`), never an exception.
 
@@ -28,6 +30,19 @@ Malformed input is a value (:class:`Rejected`), never an exception.
 
 from __future__ import annotations
 
+from watcher.contract.catalogue import (
+    CATALOGUE,
+    MEAN_METRICS,
+    RATE_METRICS,
+    SERIES_FAMILIES,
+    Direction,
+    Family,
+    Kind,
+    MetricDef,
+    ToleranceMode,
+    metric_def,
+    metric_names,
+)
 from watcher.contract.columns import TurnColumns, renumber
 from watcher.contract.decode import DecodedBatch, MarkerCheck, decode_batch, decode_deployment
 from watcher.contract.dedup import Deduplicator
@@ -65,6 +80,7 @@ from watcher.contract.verdicts import (
     ArmEstimate,
     Cause,
     Decision,
+    Example,
     MetricEvidence,
     RolloutEvidence,
     RolloutRef,
@@ -77,16 +93,30 @@ from watcher.contract.verdicts import (
 # keep: Action Arm ArmEstimate Cause Decision DecodedBatch Deduplicator Deployment FlagSpec GateOutcome Item
 # keep: ItemKind MarkerAction MarkerCheck MetricEvidence RejectReason Rejected RolloutEvidence RolloutRef
 # keep: SCHEMA_DEADLETTER SCHEMA_DEPLOYMENT SCHEMA_TURN SampleRatioEvidence Severity StrategyName Turn
-# keep: TurnColumns Verdict dead_letter_record decision_id decode_batch decode_deployment
+# keep: Example TurnColumns Verdict dead_letter_record decision_id decode_batch decode_deployment
 # keep: encode_deployment encode_turn renumber OTLP_JSON OTLP_PROTO Expansion MessageTurns NullOtlp
 # keep: OtlpCounts OtlpDecoder SpanMapping sniff
+# keep: CATALOGUE MEAN_METRICS RATE_METRICS SERIES_FAMILIES Direction Family Kind MetricDef ToleranceMode
+# keep: metric_def metric_names
 
 __all__ = [
+    "CATALOGUE",
+    "MEAN_METRICS",
+    "RATE_METRICS",
+    "SERIES_FAMILIES",
+    "Direction",
+    "Family",
+    "Kind",
+    "MetricDef",
+    "ToleranceMode",
+    "metric_def",
+    "metric_names",
     "Action",
     "Arm",
     "ArmEstimate",
     "Cause",
     "Decision",
+    "Example",
     "DecodedBatch",
     "Deduplicator",
     "Deployment",

@@ -29,6 +29,7 @@ from typing import Any, overload
 import msgspec
 import numpy as np
 
+from watcher.contract.catalogue import RATE_METRICS
 from watcher.contract.columns import TurnColumns, renumber
 from watcher.contract.dedup import Deduplicator
 from watcher.contract.schema import Turn
@@ -36,14 +37,16 @@ from watcher.contract.schema import Turn
 try:  # optional: built from watcher/contract/_turnscan.c when a compiler is present (pyproject.toml)
     from watcher.contract import _turnscan as _native
 except ImportError:  # pragma: no cover - depends on the install
-    _native = None
+    _native = None  # type: ignore[assignment]
 
 __all__ = ["LazyTurns", "ScanResult", "Scanned", "available", "reference_scan", "scan_turns", "turn_columns"]
 
 _TURN_DECODER = msgspec.json.Decoder(Turn)
 
 # (fast_index, slow, ts, latency, quality, bits, turn, event_id, conversation_id,
-#  route_code, route_keys, segment_code, segments, flag_code, flag_dicts); see watcher/contract/_turnscan.c
+#  route_code, route_keys, segment_code, segments, flag_code, flag_dicts); see watcher/contract/_turnscan.c.
+# bit i of ``bits`` is the event of the catalogue's i-th rate metric (the scanner's order, checked by
+# tests/contract/test_catalogue.py)
 ScanResult = tuple[
     bytes,
     list[int],
@@ -203,9 +206,8 @@ def turn_columns(
     if unique is not None:  # duplicates leave the batch: keep the first of each, in order
         keep = np.flatnonzero(np.fromiter(unique, bool, len(unique)))
         duplicates = len(unique) - len(keep)
-        index, ts, latency, quality, bits, turn_no, rcode, scode, fcode = (
-            a[keep] for a in (index, ts, latency, quality, bits, turn_no, rcode, scode, fcode)
-        )
+        index, ts, latency, quality, bits = index[keep], ts[keep], latency[keep], quality[keep], bits[keep]
+        turn_no, rcode, scode, fcode = turn_no[keep], rcode[keep], scode[keep], fcode[keep]
         conv_ids = [conv_ids[i] for i in keep.tolist()]
         rcode, route_keys = renumber(rcode, route_keys)
         scode, segments = renumber(scode, segments)  # only the segments still in the batch
@@ -216,9 +218,7 @@ def turn_columns(
         ts=ts,
         latency=latency,
         quality=quality,
-        escalated=(bits & 1).astype(bool),
-        error=(bits & 2).astype(bool),
-        compliance=(bits & 4).astype(bool),
+        **{m.column: (bits & (1 << i)).astype(bool) for i, m in enumerate(RATE_METRICS)},
         first_turn=turn_no == 0,
         conversation_id=conv_ids,
         segment_code=scode,
@@ -272,9 +272,8 @@ def reference_scan(values: list[Any], max_bytes: int) -> ScanResult:
     seg_b, segs = interned((tuple(t.segment.items()), t.segment) for t in rows)
     flag_b, flags = interned((tuple(t.flags.items()), t.flags) for t in rows)
     f64 = lambda xs: np.array([math.nan if x is None else x for x in xs], np.float64).tobytes()
-    bits = np.array(
-        [int(t.escalated) | int(t.error) << 1 | int(t.compliance_violation) << 2 for t in rows], np.uint8
-    )
+    fields = [m.field for m in RATE_METRICS]
+    bits = np.array([sum(int(getattr(t, f)) << i for i, f in enumerate(fields)) for t in rows], np.uint8)
     return (
         np.array(fast, np.int64).tobytes(),
         slow,

@@ -11,26 +11,24 @@ from typing import Any
 
 import numpy as np
 
+from watcher.contract.catalogue import RATE_METRICS, metric_def
+
 __all__ = ["TurnColumns", "expand", "renumber"]
 
 _COL_TS = operator.attrgetter("ts")
 _COL_LAT = operator.attrgetter("latency_ms")
 _COL_Q = operator.attrgetter("quality")
-_COL_ESC = operator.attrgetter("escalated")
-_COL_ERR = operator.attrgetter("error")
-_COL_COMP = operator.attrgetter("compliance_violation")
 _COL_TURN = operator.attrgetter("turn")
 _COL_CID = operator.attrgetter("conversation_id")
 _COL_SEG = operator.attrgetter("segment")
 _COL_FLAGS = operator.attrgetter("flags")
 _COL_VERSION = operator.attrgetter("version")
+_EVENTS = tuple(m.column for m in RATE_METRICS)  # the rate metrics' boolean columns (``event``)
 _COLUMNS = (
     "ts",
     "latency",
     "quality",
-    "escalated",
-    "error",
-    "compliance",
+    *_EVENTS,
     "first_turn",
     "conversation_id",
     "segment_code",
@@ -99,17 +97,16 @@ class TurnColumns:
     def quality(self) -> np.ndarray:
         return np.fromiter(map(_COL_Q, self.turns), np.float64, self.n)
 
-    @cached_property
-    def escalated(self) -> np.ndarray:
-        return np.fromiter(map(_COL_ESC, self.turns), bool, self.n)
-
-    @cached_property
-    def error(self) -> np.ndarray:
-        return np.fromiter(map(_COL_ERR, self.turns), bool, self.n)
-
-    @cached_property
-    def compliance(self) -> np.ndarray:
-        return np.fromiter(map(_COL_COMP, self.turns), bool, self.n)
+    def event(self, name: str) -> np.ndarray:
+        """The boolean column of rate metric ``name``'s event (``catalogue``: escalation -> the turns'
+        ``escalated``), built on first use."""
+        m = metric_def(name)
+        col = self.__dict__.get(m.column)
+        if col is None:
+            col = self.__dict__[m.column] = np.fromiter(
+                map(operator.attrgetter(m.field), self.turns), bool, self.n
+            )
+        return col
 
     @cached_property
     def first_turn(self) -> np.ndarray:
@@ -145,7 +142,7 @@ class TurnColumns:
     @cached_property
     def route_keys(self) -> list[tuple[str, str, str, str | None]]:
         self.route_code  # noqa: B018 (sets route_keys)
-        return self.__dict__["route_keys"]  # type: ignore[no-any-return]
+        return self.__dict__["route_keys"]
 
     @cached_property
     def route_first(self) -> np.ndarray:
@@ -180,7 +177,7 @@ class TurnColumns:
         take = getattr(turns, "take", None)  # LazyTurns: no Turn decoded for the selection
         sub = TurnColumns(take(idx) if take is not None else [turns[i] for i in pos])
         d = self.__dict__
-        for name in ("ts", "latency", "quality", "escalated", "error", "compliance", "first_turn"):
+        for name in ("ts", "latency", "quality", *_EVENTS, "first_turn"):
             if name in d:
                 sub.__dict__[name] = d[name][idx]
         for name, coded in (("conversation_id", None), ("segment", "segment"), ("flags", "flag")):
@@ -216,4 +213,4 @@ def expand(table: Sequence[Any], code: np.ndarray) -> list[Any]:
         return [table[0]] * len(code)
     arr = np.empty(len(table), object)
     arr[:] = table
-    return arr[code].tolist()  # type: ignore[no-any-return]
+    return arr[code].tolist()

@@ -101,8 +101,8 @@ def decode_batch(
             duplicates = 0
             for i, ev in settled:
                 duplicates += _settle(ev, i, raws, origins, dedup, deployments, rejected, check_marker)  # type: ignore[arg-type]
-            turns, cols, dropped = turn_columns(scanned, raws, dedup)
-            return DecodedBatch(turns, deployments, rejected, duplicates + dropped, cols)
+            lazy, cols, dropped = turn_columns(scanned, raws, dedup)
+            return DecodedBatch(lazy, deployments, rejected, duplicates + dropped, cols)
         # a turn only readable without its unknown fields (nested too deeply): the object path
     turns: list[Turn] = []
     duplicates = 0
@@ -250,13 +250,14 @@ def _decode_slow_unsafe(raw: Any, max_bytes: int, turn_by_default: bool) -> Turn
         return _map_validation_error(str(e), obj)
     except Exception as e:  # e.g. non-UTF-8 in a string the generic decoder accepted
         return RejectReason.NOT_JSON, _clip(f"{type(e).__name__}: {e}")
-    if ev.ts.__class__ is not float:
-        ev.ts = ev.ts.timestamp()
+    ts: float | datetime = ev.ts  # a datetime when the message gave RFC 3339 (schema.Turn)
+    if isinstance(ts, datetime):
+        ev.ts = ts.timestamp()
     if isinstance(ev, Deployment):
         rule = _deployment_rule_problem(ev)
         if rule is not None:
             return rule
-    return ev  # type: ignore[no-any-return]
+    return ev
 
 
 def _generic_decode(raw: bytes | bytearray | memoryview | str) -> tuple[Any, _Problem | None]:
@@ -272,7 +273,7 @@ def _generic_decode(raw: bytes | bytearray | memoryview | str) -> tuple[Any, _Pr
     # msgspec refuses NaN, Infinity and numbers that overflow to inf (1e999); the stdlib parser takes
     # them, which lets the rejection name the field and say NOT_FINITE rather than just "malformed".
     try:
-        text = raw.decode("utf-8") if not isinstance(raw, str) else raw
+        text = _as_bytes(raw).decode("utf-8") if not isinstance(raw, str) else raw
         obj = json.loads(text)
     except Exception:
         return None, (RejectReason.NOT_JSON, _clip(first_error))

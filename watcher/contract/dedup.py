@@ -28,6 +28,7 @@ class Deduplicator:
         self.capacity = capacity
         self._current: set[str] = set()
         self._previous: set[str] = set()
+        self.generation = 0  # rotations so far: the previous generation changes only then
 
     def seen(self, event_id: str) -> bool:
         """True if ``event_id`` is in the window; otherwise records it and returns False."""
@@ -68,6 +69,29 @@ class Deduplicator:
     def _rotate(self) -> None:
         self._previous = self._current
         self._current = set()
+        self.generation += 1
+
+    # A checkpoint stores the two generations apart: the previous one changes only at a rotation, so
+    # an incremental checkpoint writes the current generation alone most of the time.
+    def current_state(self) -> dict[str, Any]:
+        return {"v": 2, "capacity": self.capacity, "generation": self.generation, "ids": list(self._current)}
+
+    def previous_state(self) -> dict[str, Any]:
+        return {"generation": self.generation, "ids": list(self._previous)}
+
+    @classmethod
+    def from_parts(cls, current: dict[str, Any], previous: dict[str, Any]) -> Deduplicator:
+        """The inverse of ``current_state`` and ``previous_state`` (of the same generation)."""
+        try:
+            if current.get("v") != 2 or current["generation"] != previous["generation"]:
+                raise ValueError(f"generations {current.get('generation')} and {previous.get('generation')}")
+            dedup = cls(int(current["capacity"]))
+            dedup._current = set(current["ids"])
+            dedup._previous = set(previous["ids"])
+            dedup.generation = int(current["generation"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"deduplicator state: {e}") from e
+        return dedup
 
     def to_state(self) -> dict[str, Any]:
         return {

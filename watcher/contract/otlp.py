@@ -166,7 +166,7 @@ class OtlpDecoder:
             return MessageTurns(error=(RejectReason.TOO_LARGE, detail))
         try:
             if encoding == OTLP_PROTO and self._plan is not None:
-                turns, rejected, spans = _native.read(self._plan, raw)  # type: ignore[union-attr]
+                turns, rejected, spans = _native.read(self._plan, raw)
                 return MessageTurns([*turns], [(RejectReason(r), d, b) for r, d, b in rejected], spans)
             reader = otlp_proto.read_proto if encoding == OTLP_PROTO else otlp_json.read_json
             pairs, spans = reader(raw, self._is_turn)

@@ -88,7 +88,7 @@ def _value(v: _AnyValue | None) -> Any:
         return int(v.intValue)  # a decimal string for 64-bit integers; ValueError if it is not one
     if v.doubleValue is not None:
         d = v.doubleValue
-        return d if d.__class__ is float else _SPECIAL.get(d) if d in _SPECIAL else float(d)  # type: ignore[arg-type]
+        return d if d.__class__ is float else _SPECIAL.get(d) if d in _SPECIAL else float(d)
     if v.bytesValue is not None:
         return v.bytesValue.encode()  # base64 text: kept opaque, never a turn field
     # arrays and key-value lists are never turn fields: only their kind matters (in a rejection)

@@ -180,7 +180,7 @@ def _lookup(keys: _Keys, attrs: dict[str, Any], resource: dict[str, Any]) -> tup
 def _text(found: tuple[str, Any], field_name: str) -> str:
     key, value = found
     if value.__class__ is str:
-        return value  # type: ignore[no-any-return]
+        return value
     if value.__class__ is int:
         return str(value)
     raise _Broken(
@@ -203,7 +203,7 @@ def _number(found: tuple[str, Any], field_name: str) -> float:
 def _integer(found: tuple[str, Any], field_name: str) -> int:
     key, value = found
     if value.__class__ is int:
-        return value  # type: ignore[no-any-return]
+        return value
     raise _Broken(
         RejectReason.WRONG_TYPE, f"{key} ({field_name}): expected an integer, got {value_kind(value)}"
     )
@@ -212,7 +212,7 @@ def _integer(found: tuple[str, Any], field_name: str) -> int:
 def _flag(found: tuple[str, Any], field_name: str) -> bool:
     key, value = found
     if value.__class__ is bool:
-        return value  # type: ignore[no-any-return]
+        return value
     raise _Broken(
         RejectReason.WRONG_TYPE, f"{key} ({field_name}): expected a boolean, got {value_kind(value)}"
     )

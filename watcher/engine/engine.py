@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from watcher.contract import (
     DecodedBatch,
     Deduplicator,
     Deployment,
+    Example,
     Expansion,
     NullOtlp,
     OtlpCounts,
@@ -32,9 +34,9 @@ from watcher.contract import (
     TurnColumns,
     decode_batch,
 )
+from watcher.engine import parts
 from watcher.engine.coverage import Coverage, roles
 from watcher.engine.history import EvidenceHistory, EvidenceMap, RolloutHistory
-from watcher.errors import CheckpointError, ConfigError
 from watcher.judges import (
     STRATEGIES,
     DriftMonitor,
@@ -46,12 +48,9 @@ from watcher.judges import (
     decide,
     layout_change,
     load_policy,
-    policy_from_doc,
-    policy_to_doc,
 )
-from watcher.state import Change, LatenessFilter, MetricsState, Registry, Rollout, VersionHistory
+from watcher.state import Change, LatenessFilter, MetricsState, Registry, Rollout
 
-ENGINE_STATE_VERSION = 1
 _DECIDED = frozenset({Action.ROLLBACK, Action.PROMOTE})  # latched: the policy decides nothing more
 
 log = logging.getLogger(__name__)
@@ -125,6 +124,8 @@ class Engine:
         self.evidence_history = EvidenceHistory()  # each rollout's evidence over time (the report's data)
         self.last_action: dict[str, Action] = {}
         self._last_look: dict[str, float] = {}  # rollout id -> event time of the last evaluation
+        self._judges_touched: set[str] = set()  # judges changed since the last checkpoint (parts.changed)
+        self._parts_generation = 0  # the dedup generation the last checkpoint wrote
         self._seen: dict[str, float] = {}  # rollout id -> latest event time of the turns its judge got
         # observers of every rollout change, whether from a batch, the HTTP API or a deployer hook
         # (the daemon queues signals for them); called synchronously, before the batch is committed
@@ -276,6 +277,7 @@ class Engine:
         self.judges[rollout.rollout_id] = self.strategies.get(rollout.strategy).judge(
             rollout, policy, self.history
         )
+        self._judges_touched.add(rollout.rollout_id)
         self.policy_states[rollout.rollout_id] = PolicyState()
         self._last_look.pop(rollout.rollout_id, None)
         self._seen.pop(rollout.rollout_id, None)
@@ -308,24 +310,25 @@ class Engine:
         ]
         if not judged:
             return decisions
-        parts = (
+        per_agent = (
             self._per_agent(cols, [(r.agent_id, r.environment) for r in judged]) if len(agents) > 1 else None
         )
         for j, rollout in enumerate(judged):
             judge = self.judges[rollout.rollout_id]
-            if parts is None:  # the common case: one agent per partition and batch
+            if per_agent is None:  # the common case: one agent per partition and batch
                 mine, my_arms = cols, arms
             else:  # the turns of this agent
-                idx = parts[j]
+                idx = per_agent[j]
                 mine = cols.take(idx)
                 my_arms = [arms[i] for i in idx.tolist()]
             weight = rollout.canary_weight if rollout.source == "marker" else self._observed_weight(rollout)
             strategy = self.strategies.get(rollout.strategy)
             if strategy.arms is not None:  # e.g. a flag's variants within one version
                 my_arms = strategy.arms(rollout, mine.turns, my_arms, mine)
-            treat, ctrl, rest = roles(rollout.strategy, my_arms, strategy.treatment_arm)
+            treat, ctrl, rest = roles(my_arms, strategy.treatment_arm, strategy.control_arms)
             self._assess(rollout, judge, int(treat.sum()), int(ctrl.sum()), rest)
             rid = rollout.rollout_id
+            self._judges_touched.add(rid)
             step = self.settings.judge.evaluate_every_s
             if step <= 0:  # a look after every batch (not independent of the batch boundaries)
                 judge.update(mine.turns, my_arms, weight, mine)
@@ -363,7 +366,7 @@ class Engine:
         rid = rollout.rollout_id
         cov = self.coverage.get(rid)
         if cov is None:
-            cov = self.coverage[rid] = Coverage(rollout.strategy)
+            cov = self.coverage[rid] = Coverage(self.strategies.get(rollout.strategy).control_arms)
         cov.add(treatment, control, list(rest))
         reference = getattr(getattr(judge, "ref", None), "mode", None)  # blue-green's reference
         problem, detail = cov.assess(reference)
@@ -394,6 +397,8 @@ class Engine:
         conduct = self.strategies.get(rollout.strategy).conduct
         decision, new_state = decide(self.policy_states[rid], evidence, judge.policy, rollout.ref(), conduct)
         self.policy_states[rid] = new_state
+        if decision is not None and decision.trigger is not None:
+            decision = replace(decision, examples=self._examples(judge, decision.trigger))
         if decision is not None or self.evidence_history.due(rid, ts):
             self.evidence_history.add(rid, evidence, decision)
         if decision is None:
@@ -401,12 +406,28 @@ class Engine:
         self.last_action[rid] = decision.action
         return [decision]
 
+    def _examples(self, judge: RolloutJudge, trigger: dict[str, str]) -> tuple[Example, ...]:
+        """The treatment's worst conversations behind a decision's trigger, linked to their traces.
+        Judges that keep no conversations (the ``examples`` method is optional) give none."""
+        cfg = self.settings.judge
+        find = getattr(judge, "examples", None)
+        if find is None or not cfg.examples or trigger.get("metric") is None:
+            return ()
+        link = cfg.trace_link
+        return tuple(
+            Example(cid, value, link.format(conversation_id=quote(cid, safe="")) if link else None)
+            for cid, value in find(trigger["metric"], trigger.get("slice", "all"), cfg.examples)
+        )
+
     def histories(self, rollout_ids: Sequence[str] | None = None) -> list[RolloutHistory]:
         """The rollouts' evidence over time (all known rollouts, oldest first, or these ids)."""
         rollouts = sorted(self.registry.all(), key=lambda r: r.started_ts)
         if rollout_ids is not None:
             rollouts = [r for r in rollouts if r.rollout_id in rollout_ids]
-        return [self.evidence_history.get(r.to_dict()) for r in rollouts]
+        return [
+            self.evidence_history.get(r.to_dict(), gates=self.registry.gates(r.agent_id, r.canary_version))
+            for r in rollouts
+        ]
 
     @staticmethod
     def _per_agent(cols: TurnColumns, agents: list[tuple[str, str]]) -> list[np.ndarray]:
@@ -461,6 +482,7 @@ class Engine:
             rebuilt[rid] = judge.with_policy(new)
         self.policies = policies
         self.judges.update(rebuilt)
+        self._judges_touched.update(rebuilt)
         for rid, judge in rebuilt.items():
             if rid in self._last_look:
                 try:
@@ -475,85 +497,24 @@ class Engine:
 
     # -- checkpoint -----------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
-        """Everything the engine accumulated, as a JSON-safe dict (``watcher.storage.checkpoint`` stores it
-        with the offsets it covers). The evidence is not stored: it is recomputed from the judges."""
-        return {
-            "v": ENGINE_STATE_VERSION,
-            "dedup": self.dedup.to_state(),
-            "state": self.state.to_state(),
-            "registry": self.registry.to_state(),
-            "history": self.history.to_state(),
-            "drift": self.drift.to_state(),
-            "judges": {rid: judge.to_state() for rid, judge in self.judges.items()},
-            "policy_states": {rid: ps.to_state() for rid, ps in self.policy_states.items()},
-            "last_action": {rid: action.value for rid, action in self.last_action.items()},
-            "last_look": dict(self._last_look),
-            "seen": dict(self._seen),
-            "lateness": self.lateness.to_state(),
-            # the policy each judge runs with: a restart with a policy that measures differently keeps it
-            "judge_policies": {rid: policy_to_doc(j.policy) for rid, j in self.judges.items()},
-        }
+        """Everything the engine accumulated, as checkpoint parts ``{name: state}`` (``watcher.engine.parts``;
+        ``watcher.storage.checkpoint`` stores them with the offsets they cover). The evidence is not
+        stored: it is recomputed from the judges."""
+        return dict(item for item in parts.build(self, parts.names(self)) if item is not None)
 
     def load_state(self, d: dict[str, Any]) -> None:
-        """Replace the engine's state by a ``to_state()`` dict; raises ``CheckpointError`` (and leaves
-        the engine as it was) when the dict is of another version or malformed. Judges are restored
-        with the policy their agent has *now* (a changed policy file applies to running rollouts),
-        unless it measures differently from the one the judge ran with (``replace_policies``)."""
-        if not isinstance(d, dict) or d.get("v") != ENGINE_STATE_VERSION:
-            version = d.get("v") if isinstance(d, dict) else type(d).__name__
-            raise CheckpointError(f"engine state: unsupported version {version!r}")
-        try:
-            dedup = Deduplicator.from_state(d["dedup"])
-            state = MetricsState.from_state(d["state"])
-            registry = self._new_registry()
-            registry.load_state(d["registry"])
-            for rollout in registry.active_rollouts():
-                self.strategies.get(rollout.strategy)  # a strategy no longer installed: named here
-            history = VersionHistory.from_state(d["history"])
-            drift = DriftMonitor.from_state(d["drift"])
-            lateness = self._new_lateness()
-            if "lateness" in d:  # absent from checkpoints written before allowed lateness existed
-                lateness.load_state(d["lateness"])
-            ran_with = {rid: policy_from_doc(p) for rid, p in d.get("judge_policies", {}).items()}
-            judges: dict[str, RolloutJudge] = {}
-            for rid, js in d["judges"].items():
-                ref = js["rollout"]
-                policy = self.policies.for_agent(ref["agent_id"], ref["environment"])
-                old = ran_with.get(rid)
-                if old is not None and (why := layout_change(old, policy)) is not None:
-                    log.warning("rollout %s keeps the policy it started with: %s", rid, why)
-                    policy = old
-                judges[rid] = self.strategies.get(ref["strategy"]).restore(js, policy)
-            policy_states = {rid: PolicyState.from_state(ps) for rid, ps in d["policy_states"].items()}
-            last_action = {rid: Action(a) for rid, a in d["last_action"].items()}
-            last_look = {rid: float(ts) for rid, ts in d["last_look"].items()}
-            # absent before looks were on a grid: the grid then resumes from the last look
-            seen = {rid: float(ts) for rid, ts in d.get("seen", last_look).items()}
-        except CheckpointError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, ConfigError) as exc:
-            raise CheckpointError(f"invalid engine state: {exc!r}") from exc
-        self.dedup, self.state, self.registry, self.history, self.drift = (
-            dedup,
-            state,
-            registry,
-            history,
-            drift,
-        )
-        self.lateness = lateness
-        self.judges, self.policy_states, self.last_action, self._last_look = (
-            judges,
-            policy_states,
-            last_action,
-            last_look,
-        )
-        self._seen = seen
-        # the evidence of the last look, as the API showed it before the restart (evidence() only reads);
-        # recomputable, so a judge that cannot produce it now simply shows none until its next look
-        self.evidence = EvidenceMap()
-        for rid, judge in judges.items():
-            if rid in last_look:
-                try:
-                    self.evidence[rid] = judge.evidence(last_look[rid])
-                except Exception:
-                    log.warning("evidence of %s not recomputed after the restore", rid, exc_info=True)
+        """Replace the engine's state by a ``to_state()`` dict (or a checkpoint's v1 document); raises
+        ``CheckpointError`` and leaves the engine as it was when it is of another version or malformed."""
+        parts.restore(self, d)
+
+    def part_names(self) -> set[str]:
+        """The names of every part of the state now."""
+        return parts.names(self)
+
+    def take_changed(self) -> set[str]:
+        """The parts changed since the last call (the next checkpoint writes only these)."""
+        return parts.changed(self)
+
+    def build_parts(self, wanted: set[str]) -> Iterator[tuple[str, Any] | None]:
+        """``(name, state)`` of the wanted parts, ``None`` between them (see ``parts.build``)."""
+        return parts.build(self, wanted)

@@ -42,7 +42,15 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta, norm
 
-from watcher.contract import MetricEvidence, RolloutEvidence, RolloutRef, TurnColumns, Verdict
+from watcher.contract import (
+    MetricEvidence,
+    RolloutEvidence,
+    RolloutRef,
+    ToleranceMode,
+    TurnColumns,
+    Verdict,
+    metric_def,
+)
 from watcher.judges.helpers import (
     VAR_FLOOR,
     VERDICT_SUFFIX,
@@ -54,7 +62,7 @@ from watcher.judges.helpers import (
     nodata_row,
     slice_alpha,
 )
-from watcher.judges.policy import MetricPolicy, Policy, ToleranceMode, load_policy
+from watcher.judges.policy import MetricPolicy, Policy, load_policy
 from watcher.state import (
     DAY,
     F_CONV,
@@ -390,7 +398,8 @@ class BlueGreenJudge:
         f = MEAN_AT[m.name]
         tol, _, sign = mean_params(m)
         ptol, _, _ = mean_params(m, promote=True)
-        per_h = math.log(self.cfg.drift_latency) if m.name == "latency" else self.cfg.drift_quality
+        # recent mode: the time-of-day drift allowed per hour, on the metric's tested scale
+        per_h = math.log(self.cfg.drift_latency) if metric_def(m.name).log_scale else self.cfg.drift_quality
         a_f = self._ref_alpha(self.cfg.ref_share * alpha_row)
         a_p = self._ref_alpha(self.cfg.ref_share * self.policy.promote.alpha)
         nb = len(self.ref.bins)

@@ -26,12 +26,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from watcher.contract import (
+    MEAN_METRICS,
     MetricEvidence,
     RolloutEvidence,
     RolloutRef,
     SampleRatioEvidence,
+    ToleranceMode,
     TurnColumns,
     Verdict,
+    metric_def,
     renumber,
 )
 from watcher.judges.helpers import (
@@ -44,7 +47,7 @@ from watcher.judges.helpers import (
     nodata_row,
     slice_alpha,
 )
-from watcher.judges.policy import MetricPolicy, Policy, ToleranceMode, load_policy
+from watcher.judges.policy import MetricPolicy, Policy, load_policy
 from watcher.judges.tables import _STRATA, _CellSums, _Conversations, _put_rows, id_hashes
 from watcher.stats import (
     FAIL_GRID,
@@ -82,7 +85,6 @@ class TurnLike(Protocol):
     compliance_violation: bool
 
 
-_EVENT_COLUMN = {"escalation": "escalated", "error": "error", "compliance": "compliance"}  # TurnColumns
 _VERDICTS = (Verdict.FAIL, Verdict.PASS, Verdict.INCONCLUSIVE)
 
 
@@ -122,14 +124,15 @@ class Judge:
         self.watermark = started_ts
         self.admitted = 0  # conversations admitted (the first _LAYOUT_CONVERSATIONS fix the layout)
         self.layout_slots: int | None = None  # segment slices sharing the budget, once fixed
-        self._lat_needed = any(
-            m.kind == "tail" or (m.kind == "mean" and m.name != "quality") for m in self.metrics
-        )
+        defs = [metric_def(m.name) for m in self.metrics]
+        # the latency column: read by the tails (of latency, ``catalogue``) and the latency mean
+        self._lat_needed = any(d.column == "latency" for d in defs)
         self._n_tails = sum(m.kind == "tail" for m in self.metrics)
-        # (field, per-conversation sums column, is quality) of the mean metrics; the other mean is log latency
+        # (field, per-conversation sums column, the metric) of the mean metrics; the sums hold (S, n)
+        # per catalogue mean metric, enabled or not, so the table's layout is the catalogue's
         self._means = [
-            (self.field[m.name], 0 if m.name == "quality" else 2, m.name == "quality")
-            for m in self.metrics
+            (self.field[m.name], 2 * MEAN_METRICS.index(d), d)
+            for m, d in zip(self.metrics, defs)
             if m.kind == "mean"
         ]
         rate = [m.kind != "mean" for m in self.metrics]
@@ -199,7 +202,7 @@ class Judge:
         if lat is not None and len(self.tail_q) < self._n_tails:
             counted_from = self._fix_tails(lat, cols.arm_is(arms, "baseline"))
         if self._means:
-            self._mean_sums(cols, u, inv, lat, delta)
+            self._mean_sums(cols, u, inv, delta)
         flags = conv.flags[u]
         for bit, mp in enumerate(self.metrics):
             if mp.kind == "mean":
@@ -210,7 +213,7 @@ class Judge:
                     continue
                 pos = np.flatnonzero(lat[counted_from:] > q) + counted_from
             else:
-                pos = np.flatnonzero(getattr(cols, _EVENT_COLUMN[mp.name]))
+                pos = np.flatnonzero(cols.event(mp.name))
             if not len(pos):
                 continue
             hit = np.zeros(m, bool)
@@ -223,17 +226,18 @@ class Judge:
         if self._cells.n > self._cells.limit:
             self._fold_groups()
 
-    def _mean_sums(
-        self, cols: TurnColumns, u: np.ndarray, inv: np.ndarray, lat: np.ndarray | None, delta: np.ndarray
-    ) -> None:
+    def _mean_sums(self, cols: TurnColumns, u: np.ndarray, inv: np.ndarray, delta: np.ndarray) -> None:
         """Per-conversation running (S, n) of the mean metrics and the cluster-sum increments."""
         conv, m = self.conv, len(u)
         old = np.take(conv.sums, u, axis=0)  # np.take: ~7x faster than fancy-indexing rows
         new = old.copy()
-        for _, k, is_quality in self._means:
+        for _, k, d in self._means:
+            x = getattr(cols, d.column)
+            if d.log_scale:  # judged as ratios of geometric means (latency)
+                x = np.log(np.maximum(x, 1e-3))
             # values on a grid of 1/1024: every sum the judge keeps is then exact in float64, so it
             # does not depend on the order in which batches add them (docs/guarantees.md)
-            x = np.rint((cols.quality if is_quality else np.log(np.maximum(lat, 1e-3))) * _GRID) / _GRID
+            x = np.rint(x * _GRID) / _GRID
             ok = ~np.isnan(x)
             if ok.all():
                 new[:, k] += np.bincount(inv, weights=x, minlength=m)
@@ -284,8 +288,7 @@ class Judge:
         k = len(uh)
         rank = np.empty(k, np.int64)
         rank[order] = np.arange(k)
-        base = conv.next
-        conv.next += k
+        base = conv.claim(k)
         new_slots = base + rank
         slots[miss] = new_slots[inv]
         conv.insert(uh, new_slots)
@@ -475,6 +478,42 @@ class Judge:
     def evidence(self, ts: float) -> RolloutEvidence:
         """Every metric x slice's verdict with its numbers at event time ``ts``."""
         return self.look(ts).evidence()
+
+    def examples(self, metric: str, slice_name: str, k: int) -> list[tuple[str, float | None]]:
+        """The treatment's ``k`` worst conversations on ``metric`` in ``slice_name``, worst first, with
+        their value: the lowest mean quality, the highest mean latency (ms), or, for an event rate or a
+        latency tail, conversations that had the event (a rate: 1.0; a tail: slowest first, with their
+        mean latency when the judge sums latencies, else None).
+        Read from the conversation table (the live generations), so only when a
+        decision asks: a person reading the decision opens these conversations' traces first."""
+        conv = self.conv
+        mp = next((m for m in self.metrics if m.name == metric), None)
+        if mp is None or k <= 0:
+            return []
+        occ = conv.occupied()
+        rows = occ[conv.arm[occ] == 1]
+        if slice_name != "all":
+            sid = next((s for s, name in self.slice_names.items() if name == slice_name), None)
+            if sid is None or not self.n_keys:
+                return []
+            rows = rows[conv.slices[rows, (sid - 1) // (self.n_values + 1)] == sid]
+        sums = conv.sums[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            quality, log_lat = sums[:, 0] / sums[:, 1], sums[:, 2] / sums[:, 3]
+        latency = np.exp(log_lat)
+        if mp.name == "quality":
+            keep, order = ~np.isnan(quality), quality  # lowest first
+        elif mp.kind == "mean":
+            keep, order = ~np.isnan(latency), -latency  # slowest first
+        else:
+            had = (conv.flags[rows] >> self.metrics.index(mp)) & 1 == 1
+            keep, order = had, np.where(np.isnan(latency), 0.0, -latency)  # slowest first when known
+        pos = np.flatnonzero(keep)
+        pos = pos[np.argsort(order[pos], kind="stable")[:k]]  # ties: in the table's order
+        value = quality if mp.name == "quality" else latency if mp.kind != "rate" else np.ones(len(rows))
+        return [
+            (conv.ids[rows[i]] or "", None if math.isnan(value[i]) else float(value[i])) for i in pos.tolist()
+        ]
 
     def look(self, ts: float) -> Look:
         """The verdicts at event time ``ts`` as arrays; ``Look.evidence()`` formats the rows.

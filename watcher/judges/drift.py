@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,13 +51,13 @@ from typing import Any, Protocol
 import numpy as np
 from river.drift import ADWIN
 
-from watcher.contract import TurnColumns, rfc3339
+from watcher.contract import CATALOGUE, Direction, Kind, MetricDef, TurnColumns, rfc3339
 
 DRIFT_SCHEMA = "watcher.drift/v1"
 STATE_VERSION = 1
-METRICS: tuple[str, ...] = ("quality", "latency", "escalation", "error", "compliance")
-_RATE_METRICS = frozenset({"escalation", "error", "compliance"})
-_LOWER_IS_WORSE = frozenset({"quality"})
+# the catalogue's metrics of a version's own stream (a tail needs a control's quantile: not watched)
+_DEFS: dict[str, MetricDef] = {m.name: m for m in CATALOGUE if m.kind is not Kind.TAIL}
+METRICS: tuple[str, ...] = tuple(_DEFS)
 DETECTOR = "adwin"
 
 VersionKey = tuple[str, str, str]  # (agent_id, environment, version)
@@ -280,16 +281,11 @@ class DriftMonitor:
         found.sort(key=lambda f: f[0])
         out = []
         for _, vk, idx in found:
-            matrix = np.column_stack(
-                (
-                    cols.ts[idx],
-                    cols.quality[idx],
-                    cols.latency[idx],
-                    cols.escalated[idx],
-                    cols.error[idx],
-                    cols.compliance[idx],
-                )
-            ).astype(float, copy=False)
+            columns = [
+                (cols.event(d.name) if d.kind is Kind.RATE else getattr(cols, d.column))[idx]
+                for d in _DEFS.values()
+            ]
+            matrix = np.column_stack((cols.ts[idx], *columns)).astype(float, copy=False)
             out.append((vk, matrix))
         return out
 
@@ -315,7 +311,7 @@ class DriftMonitor:
     def _feed(self, key: VersionKey, metric: str, values: np.ndarray, ts: np.ndarray) -> list[DriftSignal]:
         s = self._series.get((key, metric))
         if s is None:
-            s = _Series(rate=metric in _RATE_METRICS, history_blocks=self.history_blocks)
+            s = _Series(rate=_DEFS[metric].kind is Kind.RATE, history_blocks=self.history_blocks)
             self._series[(key, metric)] = s
             s.detector = _new_detector(self.delta)
         size = self.rate_block if s.rate else self.mean_block
@@ -343,10 +339,14 @@ class DriftMonitor:
         before, after, change_ts = _split(list(s.hist))
         s.signals += 1
         up = after > before
-        worse = (not up) if metric in _LOWER_IS_WORSE else up
-        if metric == "latency":
+        d = _DEFS[metric]
+        worse = (not up) if d.direction is Direction.LOWER_IS_WORSE else up
+        if d.log_scale:
             before, after = math.expm1(before), math.expm1(after)
-            shown = f"{before:.0f} ms -> {after:.0f} ms ({(after / before - 1) * 100:+.0f} %, geometric mean)"
+            shown = (
+                f"{before:.0f} {d.unit} -> {after:.0f} {d.unit} ({(after / before - 1) * 100:+.0f} %, "
+                "geometric mean)"
+            )
         elif s.rate:
             shown = f"{before:.2%} -> {after:.2%}"
         else:
@@ -416,7 +416,7 @@ class DriftMonitor:
             if metric not in m.metrics:
                 continue
             key = (item["key"][0], item["key"][1], item["key"][2])
-            s = _Series(rate=metric in _RATE_METRICS, history_blocks=m.history_blocks)
+            s = _Series(rate=_DEFS[metric].kind is Kind.RATE, history_blocks=m.history_blocks)
             s.detector = _new_detector(m.delta)
             s.pend_sum, s.pend_n = float(item["pend_sum"]), int(item["pend_n"])
             s.warm = [float(v) for v in item["warm"]]
@@ -445,24 +445,23 @@ def _scale(warm: list[float], rate_block: int | None) -> tuple[float, float]:
     return mu, max(sd, 1e-9)
 
 
-_COLUMN = {"quality": 1, "latency": 2, "escalation": 3, "error": 4, "compliance": 5}
+_COLUMN = {name: 1 + i for i, name in enumerate(_DEFS)}  # of ``_matrix``: ts, then each metric
+_FIELDS = operator.attrgetter("ts", *(d.field for d in _DEFS.values()))
 
 
 def _matrix(group: Sequence[TurnLike]) -> np.ndarray:
-    """One pass over the turns (the per-event cost: ~0.3 µs): ts and the five metrics, None -> nan."""
-    return np.array(
-        [(t.ts, t.quality, t.latency_ms, t.escalated, t.error, t.compliance_violation) for t in group],
-        dtype=float,
-    )
+    """One pass over the turns (the per-event cost: ~0.3 µs): ts and the metrics, None -> nan."""
+    return np.array(list(map(_FIELDS, group)), dtype=float)
 
 
 def _column(m: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    d = _DEFS[metric]
     values, ts = m[:, _COLUMN[metric]], m[:, 0]
-    if metric in _RATE_METRICS:
+    if d.kind is Kind.RATE:
         return values, ts
     ok = ~np.isnan(values)
     values, ts = values[ok], ts[ok]
-    if metric == "latency":
+    if d.log_scale:
         values = np.log1p(values)  # log1p: a 0 ms latency stays finite
     return values, ts
 

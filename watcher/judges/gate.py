@@ -32,12 +32,13 @@ from watcher.contract import (
     Decision,
     MetricEvidence,
     RolloutRef,
+    ToleranceMode,
     Verdict,
     decision_id,
 )
 from watcher.judges.gate_sample import CONTROL, TREATMENT, GateSample
 from watcher.judges.helpers import fmt, metric_row, moved, nodata_row, opt, slice_alpha
-from watcher.judges.policy import MetricPolicy, Policy, ToleranceMode
+from watcher.judges.policy import MetricPolicy, Policy
 from watcher.stats import (
     binomial_bound,
     binomial_pvalue,

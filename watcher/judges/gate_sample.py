@@ -31,14 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from watcher.contract import TurnColumns
+from watcher.contract import TurnColumns, metric_def
 from watcher.judges.policy import MetricPolicy, Policy
 from watcher.state import SliceMap
 
 __all__ = ["GateSample", "build_sample"]
 
 CONTROL, TREATMENT = 0, 1
-_EVENT = {"escalation": "escalated", "error": "error", "compliance": "compliance"}  # TurnColumns
 
 
 @dataclass
@@ -69,10 +68,10 @@ def _codes(ids: list[Any]) -> tuple[np.ndarray, int]:
 
 
 def _value(cols: TurnColumns, mp: MetricPolicy) -> np.ndarray:
-    """A mean metric's per-turn value as the live judge tests it: quality, or log latency."""
-    if mp.name == "quality":
-        return cols.quality
-    return np.log(np.maximum(cols.latency, 1e-3))
+    """A mean metric's per-turn value as the live judge tests it (``log_scale``: log latency)."""
+    d = metric_def(mp.name)
+    x: np.ndarray = getattr(cols, d.column)
+    return np.log(np.maximum(x, 1e-3)) if d.log_scale else x
 
 
 def _cluster_rows(s: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -160,7 +159,7 @@ def build_sample(
             sample.tail_q[mp.name] = q
             hit = lat > q
         else:
-            hit = np.asarray(getattr(cols, _EVENT[mp.name]), bool)
+            hit = np.asarray(cols.event(mp.name), bool)
         had = np.bincount(unit[hit], minlength=n_units).reshape(n_conv, 2) > 0
         sample.events[mp.name] = per_slice(had.astype(float))
         if paired:

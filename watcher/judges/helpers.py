@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
-from watcher.contract import ArmEstimate, MetricEvidence, Verdict
-from watcher.judges.policy import MetricPolicy, Policy, ToleranceMode
+from watcher.contract import ArmEstimate, MetricEvidence, ToleranceMode, Verdict, metric_def
+from watcher.judges.policy import MetricPolicy, Policy
 
 __all__ = [
     "VAR_FLOOR",
@@ -34,23 +34,19 @@ VERDICT_SUFFIX = {Verdict.PASS: "; non-inferior", Verdict.FAIL: "", Verdict.INCO
 _MAX_LOG_E = 700.0  # exp(700) ~ 1e304: an e-value shown beyond it would overflow a float
 
 
-# Mixing scale of the FAIL mixture SPRT: the size of the excess harm it is tuned to see fastest (the
-# evidence at excess x and variance V is x^2/(2V) * tau^2/(V + tau^2) minus a log term). Tied to the
-# regressions worth stopping (quality -0.05 .. -0.15, latency +10 .. +30 %), not to the tolerance: a
-# small tolerance must not make the test slow on large regressions (docs/statistics.md).
-FAIL_TAU = {"quality": 0.05, "latency": 0.15}
-
-
 def mean_params(mp: MetricPolicy, promote: bool = False) -> tuple[float, float, float]:
     """(tolerance on the tested scale, mixing scale tau, sign: +1 when higher is worse) of a mean
     metric's FAIL test, or with ``promote`` of its PASS test (``promote_tolerance``, its own mixing
-    scale). Relative tolerances are tested on the log scale (log latency)."""
+    scale). Relative tolerances are tested on the log scale (log latency). The FAIL test's scale is the
+    metric's own (``MetricDef.fail_tau``: the size of the excess harm it sees fastest, as the evidence
+    at excess x and variance V is x^2/(2V) * tau^2/(V + tau^2) minus a log term)."""
     raw = mp.pass_tolerance if promote else mp.tolerance
     tol = math.log(raw) if mp.tolerance_mode is ToleranceMode.RELATIVE else raw
     sign = 1.0 if mp.direction.value == "higher_is_worse" else -1.0
     if promote:
         return tol, max(2 * abs(tol), 0.02), sign
-    return tol, FAIL_TAU.get(mp.name, max(2 * abs(tol), 0.02)), sign
+    fail_tau = metric_def(mp.name).fail_tau
+    return tol, max(2 * abs(tol), 0.02) if fail_tau is None else fail_tau, sign
 
 
 def slice_alpha(policy: Policy, n_metrics: int, segment_slices: int, segment: bool) -> float:

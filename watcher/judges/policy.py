@@ -1,7 +1,8 @@
 """Policy: what counts as a regression, and the pure decision function.
 
-``load_policy`` reads the YAML policy (bundled ``default_policy.yaml`` when no file is given) into
-frozen settings; ``decide`` maps (previous state, evidence) to (decision or None, new state) with no
+``load_policy`` reads the YAML policy into frozen settings, on top of the bundled defaults: each
+metric's from the metric catalogue (``watcher.contract.catalogue``), the rest from
+``default_policy.yaml``; ``decide`` maps (previous state, evidence) to (decision or None, new state) with no
 side effects, so replaying the same evidence gives the same decisions and the same ids.
 
 Latching: ``rollback`` and ``promote`` are terminal (only a human override follows them); ``pause``
@@ -12,33 +13,34 @@ above it, so it would otherwise re-pause at once).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
-import yaml
 from msgspec import Meta
 
-from watcher.config import Section, convert
+from watcher.config import Section, convert, read_yaml
 from watcher.contract import (
+    CATALOGUE,
     Action,
     Cause,
     Decision,
+    Direction,
+    Kind,
     MetricEvidence,
     RolloutEvidence,
     RolloutRef,
+    ToleranceMode,
     Verdict,
     decision_id,
+    metric_def,
+    metric_names,
 )
 from watcher.errors import ConfigError
 
 __all__ = [
-    "Direction",
-    "ToleranceMode",
     "MetricPolicy",
     "PromoteRule",
     "SegmentSettings",
@@ -59,23 +61,11 @@ __all__ = [
 ]
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.yaml")
-_TAIL = re.compile(r"^latency_p(\d{2,3})$")
-RATE_METRICS = ("escalation", "error", "compliance")
-
-
-class Direction(str, Enum):
-    LOWER_IS_WORSE = "lower_is_worse"
-    HIGHER_IS_WORSE = "higher_is_worse"
-
-
-class ToleranceMode(str, Enum):
-    ABSOLUTE = "absolute"  # effect = treatment - control
-    RELATIVE = "relative"  # effect = treatment / control
 
 
 @dataclass(frozen=True, slots=True)
 class MetricPolicy:
-    name: str  # quality | latency | latency_pNN | escalation | error | compliance
+    name: str  # a catalogue metric (``watcher.contract.catalogue``): quality, latency, latency_pNN, ...
     direction: Direction
     tolerance: float  # the worst acceptable effect, signed, in effect units (-0.03, 1.10, 1.25 ...)
     tolerance_mode: ToleranceMode
@@ -95,16 +85,14 @@ class MetricPolicy:
         return self.tolerance if self.promote_tolerance is None else self.promote_tolerance
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> Kind:
         """mean (quality, log-latency), rate, or tail (exceedance of a baseline quantile)."""
-        if self.name in ("quality", "latency"):
-            return "mean"
-        return "tail" if _TAIL.match(self.name) else "rate"
+        return metric_def(self.name).kind
 
     @property
     def quantile(self) -> float | None:
-        m = _TAIL.match(self.name)
-        return int(m.group(1)) / 10 ** len(m.group(1)) if m else None
+        """A tail metric's quantile of the control (``latency_p95``: 0.95)."""
+        return metric_def(self.name).quantile
 
     @property
     def action(self) -> Action:
@@ -183,8 +171,8 @@ class _MetricDoc(Section, frozen=True):
 
     tolerance: Annotated[float, Meta(ge=-1e6, le=1e6)]
     promote_tolerance: Annotated[float, Meta(ge=-1e6, le=1e6)] | None = None
-    direction: Direction | None = None  # None: lower_is_worse for quality, higher_is_worse otherwise
-    tolerance_mode: ToleranceMode | None = None  # None: absolute for quality, relative otherwise
+    direction: Direction | None = None  # None: the metric's (the catalogue's)
+    tolerance_mode: ToleranceMode | None = None  # None: the metric's; a metric supports only its own
     critical: bool = False
     min_samples: Annotated[int, Meta(ge=1, le=10**9)] = 30
     on_regression: Literal["pause", "rollback"] = "pause"
@@ -213,7 +201,7 @@ class _PolicyFile(Section, frozen=True):
 
 def load_policy(path: str | Path | None = None) -> PolicySet:
     """Bundled defaults, with the file's ``defaults`` and per-agent ``agents`` merged on top."""
-    base = _read(DEFAULT_POLICY_PATH).defaults
+    base = {**_read(DEFAULT_POLICY_PATH).defaults, "metrics": _catalogue_defaults()}
     doc = _PolicyFile()
     if path is not None:
         doc = _read(Path(path))
@@ -278,6 +266,22 @@ def policy_to_doc(p: Policy) -> dict[str, Any]:
     }
 
 
+def _catalogue_defaults() -> dict[str, dict[str, Any]]:
+    """The bundled policy's metrics, as a policy file would write them: one per catalogue entry."""
+    return {
+        m.name: {
+            "direction": m.direction.value,
+            "tolerance": m.tolerance,
+            "promote_tolerance": m.promote_tolerance,
+            "tolerance_mode": m.tolerance_mode.value,
+            "critical": m.critical,
+            "min_samples": m.min_samples,
+            "on_regression": m.on_regression,
+        }
+        for m in CATALOGUE
+    }
+
+
 def policy_from_doc(doc: dict[str, Any]) -> Policy:
     """A ``policy_to_doc`` dict back to a Policy, validated as a file would be (``ConfigError``)."""
     return _policy(doc, "policy")
@@ -310,10 +314,7 @@ def layout_change(old: Policy, new: Policy) -> str | None:
 
 
 def _read(path: Path) -> _PolicyFile:
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError("policy", f"cannot read {path}: {e}") from e
+    raw = read_yaml(path, "policy") or {}
     if not isinstance(raw, dict):
         raise ConfigError("policy", f"{path} must hold a mapping at the top level")
     return convert(raw, _PolicyFile)
@@ -356,13 +357,13 @@ def _policy(raw: dict[str, Any], where: str) -> Policy:
 
 
 def _metric(name: str, raw: Any, where: str) -> MetricPolicy:
-    if name not in ("quality", "latency", *RATE_METRICS) and not _TAIL.match(name):
-        raise ConfigError(
-            where, "unknown metric (quality, latency, latency_pNN, escalation, error, compliance)"
-        )
+    try:
+        known = metric_def(name)
+    except KeyError:
+        raise ConfigError(where, f"unknown metric ({', '.join(metric_names())})") from None
     d = convert(raw, _MetricDoc, where)
-    direction = d.direction or (Direction.LOWER_IS_WORSE if name == "quality" else Direction.HIGHER_IS_WORSE)
-    mode_default = ToleranceMode.ABSOLUTE if name == "quality" else ToleranceMode.RELATIVE
+    direction = d.direction or known.direction
+    mode_default = known.tolerance_mode
     mode = d.tolerance_mode or mode_default
     # The quality test works on the raw scale, every other test on ratios (log-latency, rate ratios).
     if mode is not mode_default:

@@ -28,7 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from watcher.contract import MetricEvidence, RolloutEvidence, RolloutRef, Verdict
+from watcher.contract import (
+    MetricDef,
+    MetricEvidence,
+    RolloutEvidence,
+    RolloutRef,
+    ToleranceMode,
+    Verdict,
+    metric_def,
+)
 from watcher.judges.helpers import (
     VAR_FLOOR,
     VERDICT_SUFFIX,
@@ -40,7 +48,7 @@ from watcher.judges.helpers import (
     nodata_row,
     slice_alpha,
 )
-from watcher.judges.policy import MetricPolicy, Policy, ToleranceMode, load_policy
+from watcher.judges.policy import MetricPolicy, Policy, load_policy
 from watcher.state import ConvRows, SliceMap
 from watcher.stats import (
     FAIL_GRID,
@@ -73,13 +81,14 @@ class ShadowSettings:
     conversations: int = 50_000  # per generation of the conversation table
 
 
-def _metric_value(t: Any, name: str) -> float:
-    if name == "quality":
-        return math.nan if t.quality is None else float(t.quality)
-    return math.nan if t.latency_ms is None else math.log(max(float(t.latency_ms), 1e-3))
+def _metric_value(t: Any, d: MetricDef) -> float:
+    """A turn's value of mean metric ``d`` on its tested scale (NaN: none)."""
+    v = getattr(t, d.field)
+    if v is None:
+        return math.nan
+    return math.log(max(float(v), 1e-3)) if d.log_scale else float(v)
 
 
-_EVENT = {"escalation": "escalated", "error": "error", "compliance": "compliance_violation"}
 _RATE_F = 3  # shadow-only, live-only, both
 _MEAN_F = (
     MEAN_FIELDS + 2
@@ -200,8 +209,9 @@ class ShadowJudge:
         delta = np.zeros((len(u), self.n_fields))
         delta[:, 0] = np.bincount(inv, weights=new, minlength=len(u))
         for j, m in enumerate(self.means):
-            lv = np.fromiter((_metric_value(t, m.name) for t in live), float, n)
-            sv = np.fromiter((_metric_value(t, m.name) for t in shadow), float, n)
+            d = metric_def(m.name)
+            lv = np.fromiter((_metric_value(t, d) for t in live), float, n)
+            sv = np.fromiter((_metric_value(t, d) for t in shadow), float, n)
             d = sv - lv
             ok = ~np.isnan(d)
             old = conv.sums[u][:, 2 * j : 2 * j + 2]
@@ -221,7 +231,7 @@ class ShadowJudge:
                 le = np.fromiter((t.latency_ms is not None and t.latency_ms > q for t in live), bool, n)
                 se = np.fromiter((t.latency_ms is not None and t.latency_ms > q for t in shadow), bool, n)
             else:
-                attr = _EVENT[m.name]
+                attr = metric_def(m.name).field
                 le = np.fromiter((getattr(t, attr) for t in live), bool, n)
                 se = np.fromiter((getattr(t, attr) for t in shadow), bool, n)
             cand = np.flatnonzero((le | se) & (((bits[inv] >> b) & 1) == 0))

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from watcher.contract import MEAN_METRICS
 from watcher.stats import array_from_state, array_to_state
 
 # what watcher.judges.canary imports; the underscore names are private to the judge
@@ -20,6 +21,7 @@ __all__ = ["_STRATA", "_CellSums", "_Conversations", "_put_rows", "id_hashes"]
 
 _STRATA = 16
 _GROUPS = 4096  # cell groups kept before they are folded into materialised tables
+_FIRST_ROWS = 256  # rows of a new conversation table (doubling as conversations arrive)
 
 
 def id_hashes(ids: list[str]) -> np.ndarray:
@@ -37,28 +39,38 @@ class _Conversations:
     lookup per turn costs ~0.5 us of cache misses on a large table. Two ids with the same 64-bit hash
     would share a row (probability ~1e-14 per turn). ``ids`` keeps slot -> id for the state, which
     stores ids, never hashes (``hash`` of a str is salted per process).
+
+    Sized by traffic (issue #13): generation ``g`` owns slots ``[(g % 2) * cap, ... + cap)``, but the
+    arrays only reach the highest slot used so far (they double as conversations arrive) and the hash
+    tables grow with the conversations they hold (load <= 0.4). A quiet rollout's table is a few
+    kilobytes; a busy one reaches the bound of ``2 * cap`` rows.
     """
 
-    def __init__(self, cap: int, n_keys: int) -> None:
+    def __init__(self, cap: int, n_keys: int, rows: int = _FIRST_ROWS) -> None:
         self.cap = cap
         self.gen = 0
         self.next = 0
-        size = 2 * cap
+        self._n_keys = max(n_keys, 1)
+        size = min(max(rows, 1), 2 * cap)
         self.arm = np.zeros(size, np.int8)
         self.rho = np.zeros(size, np.int16)
         self.epoch = np.zeros(size, np.int64)
-        self.slices = np.full((size, max(n_keys, 1)), -1, np.int16)
+        self.slices = np.full((size, self._n_keys), -1, np.int16)
         self.flags = np.zeros(size, np.uint16)
-        self.sums = np.zeros((size, 4))  # quality S, n; log-latency S, n
+        self.sums = np.zeros((size, 2 * len(MEAN_METRICS)))  # per catalogue mean metric: S, n
         self.group = np.zeros(size, np.int64)  # _CellSums group
+        self.hashes = np.zeros(size, np.int64)  # each slot's id hash (to grow the hash tables)
         self.ids: list[str | None] = [None] * size
-        width = 1 << max(math.ceil(math.log2(2.5 * max(cap, 8))), 4)  # load factor <= 0.4
+        self.scratch = np.zeros(size, np.int64)  # slot -> batch index (see ``batch_index``)
+        self._held = [0, 0]  # ids in each generation's hash table
+        self._tables(_width(min(cap, 64)))
+
+    _ROWS = ("arm", "rho", "epoch", "slices", "flags", "sums", "group")
+
+    def _tables(self, width: int) -> None:
         self.mask = width - 1
         self.keys = np.zeros((2, width), np.int64)  # per generation; 0 = empty
         self.vals = np.zeros((2, width), np.int64)
-        self.scratch = np.zeros(size, np.int64)  # slot -> batch index (see ``batch_index``)
-
-    _ROWS = ("arm", "rho", "epoch", "slices", "flags", "sums", "group")
 
     @property
     def base(self) -> int:
@@ -68,17 +80,37 @@ class _Conversations:
         """Conversations in the current generation."""
         return self.next - self.base
 
+    def claim(self, k: int) -> int:
+        """Reserve the next ``k`` slots of the current generation (growing the arrays); their first."""
+        first = self.next
+        self.next += k
+        self._grow(self.next)
+        return first
+
+    def _grow(self, rows: int) -> None:
+        size = len(self.arm)
+        if rows <= size:
+            return
+        grown = min(max(2 * size, rows), 2 * self.cap)
+        for name in (*self._ROWS, "hashes", "scratch"):
+            a = getattr(self, name)
+            b = np.full((grown, *a.shape[1:]), -1 if name == "slices" else 0, a.dtype)
+            b[:size] = a
+            setattr(self, name, b)
+        self.ids.extend([None] * (grown - size))
+
     def rotate(self) -> None:
         # The oldest generation is forgotten: its conversations keep their contribution to the sums
         # and would count as new conversations if they came back (documented approximation).
         self.gen += 1
         base = self.base
         region = slice(base, base + self.cap)
-        for a in (self.arm, self.rho, self.epoch, self.flags, self.sums, self.group):
+        for a in (self.arm, self.rho, self.epoch, self.flags, self.sums, self.group, self.hashes):
             a[region] = 0
         self.slices[region] = -1
-        self.ids[region] = [None] * self.cap
+        self.ids[region] = [None] * len(self.ids[region])
         self.keys[self.gen % 2] = 0
+        self._held[self.gen % 2] = 0
         self.next = base
 
     def find(self, h: np.ndarray, old: bool = False) -> np.ndarray:
@@ -98,6 +130,14 @@ class _Conversations:
     def insert(self, h: np.ndarray, slots: np.ndarray) -> None:
         """Add distinct, absent hashed ids with their slots to the current generation (``ids``: caller)."""
         t = self.gen % 2
+        self.hashes[slots] = h
+        self._held[t] += len(h)
+        if 5 * self._held[t] > 2 * (self.mask + 1):  # load above 0.4: a table twice as wide
+            self._rehash(_width(self._held[t]))
+        else:
+            self._put(t, h, slots)
+
+    def _put(self, t: int, h: np.ndarray, slots: np.ndarray) -> None:
         keys, vals, mask = self.keys[t], self.vals[t], self.mask
         pos = h & mask
         while len(h):
@@ -107,6 +147,17 @@ class _Conversations:
             vals[pos[won]] = slots[won]
             rest = ~won
             h, slots, pos = h[rest], slots[rest], (pos[rest] + 1) & mask
+
+    def _rehash(self, width: int) -> None:
+        """Both generations' tables at ``width``, from the slots' hashes (the current generation's
+        slots up to ``next``, the old one's that hold an id)."""
+        self._tables(width)
+        for t in (0, 1):
+            lo = t * self.cap
+            hi = self.next if self.gen % 2 == t else lo + self.cap
+            region = self.hashes[lo:hi]
+            slots = np.flatnonzero(region) + lo
+            self._put(t, self.hashes[slots], slots)
 
     def batch_index(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(distinct slots, index of each turn's slot among them): np.unique without sorting.
@@ -138,17 +189,29 @@ class _Conversations:
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> _Conversations:
-        c = cls(d["cap"], 1)
-        for k in cls._ROWS:
-            setattr(c, k, array_from_state(d[k]))
-        for gen, table in ((d["gen"] - 1, d["old"]), (d["gen"], d["cur"])):
-            if table:
-                c.gen = gen
-                c.insert(id_hashes(list(table)), np.fromiter(table.values(), np.int64, len(table)))
-                for cid, s in table.items():
-                    c.ids[s] = cid
+        rows = {k: array_from_state(d[k]) for k in cls._ROWS}
+        c = cls(d["cap"], rows["slices"].shape[1], len(rows["arm"]))
+        for k, a in rows.items():
+            setattr(c, k, a)
+        c._grow(max(d["next"], c._top(d)))
         c.gen, c.next = d["gen"], d["next"]
+        for t, table in ((c.gen % 2, d["cur"]), (1 - c.gen % 2, d["old"])):
+            if table:
+                c.hashes[np.fromiter(table.values(), np.int64, len(table))] = id_hashes(list(table))
+                for cid, slot in table.items():
+                    c.ids[slot] = cid
+            c._held[t] = len(table)
+        c._rehash(_width(max(c._held)))
         return c
+
+    @staticmethod
+    def _top(d: dict[str, Any]) -> int:
+        return 1 + max([*d["cur"].values(), *d["old"].values()], default=-1)
+
+
+def _width(n: int) -> int:
+    """Hash table width for ``n`` ids at load <= 0.4 (a power of two, >= 16)."""
+    return 1 << max(math.ceil(math.log2(2.5 * max(n, 8))), 4)
 
 
 class _CellSums:

@@ -23,7 +23,7 @@ from watcher.service.gate import (
     run_gate,
 )
 from watcher.service.gate_marker import gate_marker, record_marker
-from watcher.service.gate_report import gate_junit, gate_markdown
+from watcher.service.gate_report import gate_html, gate_junit, gate_markdown
 from watcher.service.reload import ConfigSource
 from watcher.service.replay import replay, summary_table
 
@@ -36,6 +36,7 @@ __all__ = [
     "Parts",
     "build_daemon",
     "gate_files",
+    "gate_html",
     "gate_junit",
     "gate_kafka_range",
     "gate_markdown",

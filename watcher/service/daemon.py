@@ -207,7 +207,7 @@ class Daemon:
         """Save every checkpoint that is due, then commit exactly the offsets the saved ones cover
         (the caller holds the batch lock)."""
         assert self.checkpoints is not None
-        saved = self.checkpoints.save(force=force)
+        saved = await self.checkpoints.save(force=force)
         if not saved:
             return False
         assert isinstance(self.source, OffsetSource)  # checkpoints are kept only with one (compose)

@@ -2,6 +2,8 @@
 
 * ``gate_markdown``: for the job page (GitHub Actions' ``$GITHUB_STEP_SUMMARY``, a GitLab artifact or MR
   note): the verdict and its reason first, the overall rows as a table, the segment rows folded.
+* ``gate_html``: the HTML report (``watcher.report``; needs the extra ``watcher[report]``): a forest plot
+  of every row's effect and bounds against its margins, and every row with its reason.
 * ``gate_junit``: one ``testcase`` per metric x slice, so CI systems list failures natively. The layout is
   the common denominator of what GitLab's and the popular GitHub reporters read: ``testsuites`` >
   ``testsuite`` (counts in attributes) > ``testcase`` (``classname``, ``name``, ``time``), a failing row
@@ -16,11 +18,12 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
 from watcher.contract import MetricEvidence, Verdict, rfc3339
+from watcher.report import render_gate
 
 if TYPE_CHECKING:
     from watcher.service.gate import GateRun
 
-__all__ = ["gate_junit", "gate_markdown", "title"]
+__all__ = ["gate_html", "gate_junit", "gate_markdown", "title"]
 
 _ICON = {Verdict.PASS: "✅", Verdict.FAIL: "❌", Verdict.INCONCLUSIVE: "⚠️", Verdict.NODATA: "➖"}
 
@@ -76,7 +79,6 @@ def gate_markdown(run: GateRun) -> str:
     overall = [m for m in rows if m.slice == "all"]
     segments = [m for m in rows if m.slice != "all"]
     counts = {v: sum(m.verdict is v for m in rows) for v in Verdict}
-    data = run.input
     lines = [
         f"## {_ICON[run.result.verdict]} {title(run)}",
         "",
@@ -104,19 +106,47 @@ def gate_markdown(run: GateRun) -> str:
             "",
             "</details>",
         ]
-    rejected = sum(data.rejected.values())
-    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(data.rejected.items()))
     design = "paired by conversation" if run.paired else "unpaired"
     lines += [
         "",
-        f"Input: {data.lines} lines, {len(data.turns)} turns, {data.duplicates} duplicates, "
-        f"{rejected} rejected{f' ({reasons})' if rejected else ''}, {data.outside} outside the time "
-        f"range, {data.other} of other versions; baseline from "
+        f"Input: {_input_line(run)}; baseline from "
         f"{run.baseline_environment}, candidate from {run.environment}; {design}. "
         f"Decision `{d.decision_id}` at {rfc3339(d.ts)} (`watcher.decision/v1`).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _input_line(run: GateRun) -> str:
+    data = run.input
+    rejected = sum(data.rejected.values())
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(data.rejected.items()))
+    return (
+        f"{data.lines} lines, {len(data.turns)} turns, {data.duplicates} duplicates, "
+        f"{rejected} rejected{f' ({reasons})' if rejected else ''}, {data.outside} outside the time "
+        f"range, {data.other} of other versions"
+    )
+
+
+def gate_html(run: GateRun) -> str:
+    """The HTML report of the run (raises ``ReportUnavailable`` without the plotting extra)."""
+    d = run.result.decision
+    rows = run.result.rows
+    counts = {v: sum(m.verdict is v for m in rows) for v in Verdict}
+    facts = [
+        ("agent", run.agent),
+        ("candidate", f"{run.candidate} (turns from {run.environment})"),
+        ("baseline", f"{run.baseline} (turns from {run.baseline_environment})"),
+        ("design", "paired by conversation" if run.paired else "unpaired"),
+        (
+            "rows",
+            f"{len(rows)}: {counts[Verdict.FAIL]} failed, {counts[Verdict.PASS]} non-inferior, "
+            f"{counts[Verdict.INCONCLUSIVE]} inconclusive, {counts[Verdict.NODATA]} without enough data",
+        ),
+        ("input", _input_line(run)),
+        ("decided at", rfc3339(d.ts)),
+    ]
+    return render_gate(d, rows, facts, title=title(run))
 
 
 def gate_junit(run: GateRun) -> bytes:

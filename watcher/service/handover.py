@@ -117,14 +117,6 @@ class Handover:
                 restored = None
             if restored is not None and self.metrics is not None:
                 self.metrics.restored(restored)
-                if restored.skipped:
-                    self.metrics.fallbacks.inc()
-                    log.error(
-                        "partition %d: newest checkpoint unreadable (%s): restored generation %d instead",
-                        partition,
-                        "; ".join(restored.skipped),
-                        restored.generation,
-                    )
             self.checkpointers[partition] = cp
             self.waiting.discard(partition)
             taken.append(partition)

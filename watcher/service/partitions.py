@@ -81,10 +81,10 @@ class Checkpoints:
 
     def restore(self) -> bool:
         """Restore the instance's state from its checkpoint (before consuming); True if there was
-        one. A checkpoint restored from an older generation (the newest could not be read) is counted
-        and logged. One that was written but cannot be read at all (``CheckpointLost``) stops the
-        start-up, unless ``reset_state`` (``watcher run --reset-state``): then the state starts fresh,
-        counted; the unreadable rows stay in the store either way. Partition tasks are restored when
+        one. A checkpoint that was written but cannot be read (``CheckpointLost``) stops the start-up,
+        unless ``reset_state`` (``watcher run --reset-state``): then the state starts fresh, counted;
+        the unreadable rows stay in the store either way. A store that cannot be reached stops the
+        start-up too (the checkpoint may be fine). Partition tasks are restored when
         their partition is assigned."""
         if self.checkpointer is None:
             return False
@@ -99,14 +99,6 @@ class Checkpoints:
         if cp is None:
             return False
         self.metrics.restored(cp)
-        if cp.skipped:
-            self.metrics.fallbacks.inc()
-            log.error(
-                "newest checkpoint unreadable (%s): restored generation %d instead, the batches after it "
-                "are read again",
-                "; ".join(cp.skipped),
-                cp.generation,
-            )
         log.info(
             "state restored from the checkpoint of %s: %s",
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cp.written_at)),
@@ -114,9 +106,11 @@ class Checkpoints:
         )
         return True
 
-    def save(self, *, force: bool = False, only: Sequence[Checkpointer] | None = None) -> Offsets:
+    async def save(self, *, force: bool = False, only: Sequence[Checkpointer] | None = None) -> Offsets:
         """Save every checkpoint that is due (or dirty, when ``force``d); returns the offsets the
-        saved ones cover: those, and only those, may be committed."""
+        saved ones cover: those, and only those, may be committed. The caller holds the batch lock:
+        each state is copied on the event loop in slices (it keeps answering), then written by a
+        worker thread (``Checkpointer.save_async``)."""
         saved: Offsets = {}
         if self._frozen is not None:
             return saved
@@ -127,7 +121,7 @@ class Checkpoints:
             if not (cp.due() or (force and cp.dirty)):
                 continue
             try:
-                saved.update(cp.save())
+                saved.update(await cp.save_async())
             except CheckpointError as exc:  # e.g. disk full: nothing is committed, retried later
                 self.metrics.failures.inc()
                 self.failing_since = self.failing_since or now
@@ -141,7 +135,7 @@ class Checkpoints:
                     exc,
                 )
                 continue
-            self.metrics.saved(cp.last.seconds, cp.last.bytes)
+            self.metrics.saved(cp.last)
             if self.failing_since is not None:
                 log.info(
                     "checkpoints are written again (after %.0fs)", self._clock.now() - self.failing_since
@@ -282,7 +276,7 @@ class TaskPartitions:
         while this member still owns them (the next owner restores the checkpoints)."""
         numbers = {p for _, p in partitions}
         async with self._lock:
-            offsets = self.checkpoints.save(force=True, only=self.handover.leaving(numbers))
+            offsets = await self.checkpoints.save(force=True, only=self.handover.leaving(numbers))
             self.handover.release(numbers)
         return offsets
 

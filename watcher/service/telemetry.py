@@ -8,7 +8,7 @@ pays nothing for them. watcher's own health counters are updated once per batch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -17,11 +17,12 @@ from prometheus_client.registry import Collector
 
 import watcher
 from watcher.config import TelemetrySettings
-from watcher.contract import Action, OtlpCounts, RejectReason
+from watcher.contract import SERIES_FAMILIES, Action, Family, MetricDef, OtlpCounts, RejectReason
 from watcher.engine import Unjudged
 
 if TYPE_CHECKING:
     from watcher.engine import EngineView
+    from watcher.state import SeriesSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +32,6 @@ ROLLOUT_LABELS = ["rollout_id", "agent", "environment", "strategy", "baseline_ve
 WINDOWS: tuple[Literal["cumulative", "recent"], ...] = ("cumulative", "recent")
 OTLP_OUTCOMES = ("turn", "ignored", "rejected")
 QUANTILES = (("0.5", "latency_p50_ms"), ("0.95", "latency_p95_ms"), ("0.99", "latency_p99_ms"))
-RATES = (
-    ("escalation_ratio", "escalation_rate", "share of turns handed to a human"),
-    ("error_ratio", "error_rate", "share of turns where the agent failed to answer"),
-    ("compliance_violation_ratio", "compliance_rate", "share of turns flagged by a compliance check"),
-)
-COUNTS = (
-    ("turns", "turns", "agent turns"),
-    ("conversations", "conversations", "conversations (counted at their first turn)"),
-    ("turn_escalations", "escalations", "turns handed to a human"),
-    ("turn_errors", "errors", "turns where the agent failed to answer"),
-    ("turn_compliance_violations", "compliance_violations", "turns flagged by a compliance check"),
-)
 
 
 class WatcherMetrics:
@@ -136,61 +125,46 @@ class StateCollector(Collector):
             log.exception("collecting state metrics failed")
 
     def _series(self) -> Iterator[Metric]:
+        """Every family of the metric catalogue (``SERIES_FAMILIES``) for every series: per version
+        ``watcher_<family>``, per segment ``watcher_segment_<family>``."""
         state = self._engine.state
-        families: dict[str, Metric] = {}
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
 
-        def family(kind: type, name: str, doc: str, labels: list[str]) -> Any:
+        def add(f: Family, prefix: str, labels: list[str], values: list[str], value: float) -> None:
+            name = prefix + f.name
             if name not in families:
-                families[name] = kind(name, doc, labels=labels)
-            return families[name]
+                kind = CounterMetricFamily if f.type == "counter" else GaugeMetricFamily
+                families[name] = kind(name, f.doc, labels=[*labels, *f.labels])
+            families[name].add_metric(values, value)
 
-        shares: dict[tuple[str, str, str], dict[tuple[str, str], float]] = {}
+        shares: dict[tuple[str, str, str], Mapping[tuple[str, str], float]] = {}
         for key in state.keys():
             agent, env, version, arm, seg_key, seg_value = key
             segmented = bool(seg_key)
             prefix = "watcher_segment_" if segmented else "watcher_"
             labels = SEGMENT_LABELS if segmented else VERSION_LABELS
             values = [agent, env, version, arm, *([seg_key, seg_value] if segmented else [])]
-            cumulative = state.snapshot(key, "cumulative")
-            for name, attr, doc in COUNTS:
-                family(CounterMetricFamily, prefix + name, doc, labels).add_metric(
-                    values, float(getattr(cumulative, attr) or 0)
-                )
-            for window in WINDOWS:
-                snap = cumulative if window == "cumulative" else state.snapshot(key, window)
-                wl = [*values, window]
-                wlabels = [*labels, "window"]
-                if snap.quality_mean is not None:
-                    family(
-                        GaugeMetricFamily, prefix + "quality_mean", "mean LLM-judge quality score", wlabels
-                    ).add_metric(wl, snap.quality_mean)
-                    family(
-                        GaugeMetricFamily, prefix + "quality_stddev", "std deviation of quality", wlabels
-                    ).add_metric(wl, snap.quality_std or 0.0)
-                for q, attr in QUANTILES:
-                    value = getattr(snap, attr)
-                    if value is not None:
-                        family(
-                            GaugeMetricFamily,
-                            prefix + "latency_seconds",
-                            "turn latency quantile",
-                            [*wlabels, "quantile"],
-                        ).add_metric([*wl, q], value / 1000.0)
-                for name, attr, doc in RATES:
-                    value = getattr(snap, attr)
-                    if value is not None:
-                        family(GaugeMetricFamily, prefix + name, doc, wlabels).add_metric(wl, value)
-                if not segmented:
-                    if (agent, env, window) not in shares:
-                        shares[(agent, env, window)] = state.traffic_share(agent, env, window)
-                    share = shares[(agent, env, window)].get((version, arm))
-                    if share is not None:
-                        family(
-                            GaugeMetricFamily,
-                            "watcher_traffic_share_ratio",
-                            "share of the agent's turns",
-                            wlabels,
-                        ).add_metric(wl, share)
+            snaps = {"cumulative": state.snapshot(key, "cumulative")}
+            for f, m in SERIES_FAMILIES:
+                if f.type == "counter":  # cumulative, no window label
+                    for extra, value in _stat(f, m, snaps["cumulative"]):
+                        add(f, prefix, labels, [*values, *extra], value)
+                    continue
+                if f.stat == "share" and segmented:
+                    continue
+                for window in WINDOWS:
+                    if window not in snaps:
+                        snaps[window] = state.snapshot(key, window)
+                    wl = [*values, window]
+                    if f.stat == "share":
+                        if (agent, env, window) not in shares:
+                            shares[(agent, env, window)] = state.traffic_share(agent, env, window)
+                        share = shares[(agent, env, window)].get((version, arm))
+                        if share is not None:
+                            add(f, prefix, [*labels, "window"], wl, share)
+                        continue
+                    for extra, value in _stat(f, m, snaps[window]):
+                        add(f, prefix, [*labels, "window"], [*wl, *extra], value)
         yield from families.values()
 
     def _rollouts(self) -> Iterator[Metric]:
@@ -305,6 +279,28 @@ class StateCollector(Collector):
                 if m.upper is not None:
                     upper.add_metric(values, m.upper)
         yield from (verdict, effect, lower, upper, evalue, threshold, mverdict)
+
+
+def _stat(f: Family, m: MetricDef | None, snap: SeriesSnapshot) -> list[tuple[tuple[str, ...], float]]:
+    """The samples of family ``f`` in one series' snapshot: (extra label values, value); none when the
+    statistic has no value yet (no quality score, no latency, no turn)."""
+    stat = f.stat
+    if stat in ("turns", "conversations"):
+        return [((), float(getattr(snap, stat)))]
+    assert m is not None, f.name
+    if stat == "events":
+        return [((), float(snap.events[m.name]))]
+    if stat == "rate":
+        rate = snap.rates[m.name]
+        return [] if rate is None else [((), rate)]
+    if stat == "mean":  # the mean metric with a mean in the state: quality
+        return [] if snap.quality_mean is None else [((), snap.quality_mean)]
+    if stat == "stddev":
+        return [] if snap.quality_mean is None else [((), snap.quality_std or 0.0)]
+    if stat == "quantiles":  # latency, from the series' sketch, in seconds
+        found = [(q, getattr(snap, attr)) for q, attr in QUANTILES]
+        return [((q,), v / 1000.0) for q, v in found if v is not None]
+    raise ValueError(f"no series statistic {stat!r} (family {f.name})")
 
 
 def setup_tracing(settings: TelemetrySettings) -> Any:

@@ -1,6 +1,7 @@
 """The simulator (layer: beside the service). ``scenario`` (the model: arms, regressions, segments),
-``traffic`` (the seeded generator), ``presets`` (named scenarios) and ``simulate`` (``watcher
-simulate``: JSON Lines out or produced to Kafka).
+``traffic`` (the seeded generator), ``plan`` (what a scenario fixes once, and the JSON lines),
+``presets`` (named scenarios) and ``simulate`` (``watcher simulate``: JSON Lines out or produced to
+Kafka).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """``watcher simulate``: a scenario's telemetry to a JSON Lines file or to Kafka, optionally paced.
 
-The simulator is six modules: ``watcher.sim.scenario`` (what a stream is made of), ``watcher.sim.traffic``
-(the seeded generator), ``watcher.sim.presets`` (named scenarios), ``watcher.sim.platform`` (many agents:
-Zipf traffic, rollouts of every strategy, churn), ``watcher.sim.output`` (files and Kafka) and this one
-(the command line). Their public names are re-exported here: ``from watcher.sim.simulate import
-PRESETS, generate``.
+The simulator's core is seven modules: ``watcher.sim.scenario`` (what a stream is made of),
+``watcher.sim.traffic`` (the seeded generator), ``watcher.sim.plan`` (its tables and JSON encoding),
+``watcher.sim.presets`` (named scenarios), ``watcher.sim.platform`` (many agents: Zipf traffic, rollouts
+of every strategy, churn), ``watcher.sim.output`` (files and Kafka) and this one (the command line).
+Their public names are re-exported here: ``from watcher.sim.simulate import PRESETS, generate``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import numpy as np
 
 from watcher.contract import TurnColumns
 from watcher.state.slices import ConvRows, SliceMap
-from watcher.state.tracker import DAY, F_CONV, LATENCY_MAX, N_FIELDS, conv_cols, conversation_deltas
+from watcher.state.tracker import DAY, F_CONV, LATENCY_MAX, N_FIELDS, SUMS, conv_cols, conversation_deltas
 from watcher.stats import N_BINS, array_from_state, array_to_state
 
 __all__ = ["NullHistory", "VersionHistory"]
@@ -128,7 +128,7 @@ class VersionHistory:
         self.watermark = -math.inf
         self._cap = conversations
         self._width = conv_cols(SliceMap((), max_keys, max_values))  # vid, bucket, bits, slices..., max
-        self.conv = ConvRows(conversations, 4, self._width)  # keyed by (agent-env code, conversation id)
+        self.conv = ConvRows(conversations, SUMS, self._width)  # keyed by (agent-env code, conversation id)
         self._ae: dict[tuple[str, str], int] = {}  # small integer per (agent, environment)
         self._ids: dict[tuple[str, str, str], int] = {}  # per kept version (hash() is salted)
         self._rev: dict[int, tuple[str, str, str]] = {}

@@ -33,7 +33,7 @@ Memory is fixed per series (see docs/state.md): segment values per (agent, env, 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import attrgetter
@@ -42,9 +42,17 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from watcher.contract import TurnColumns
+from watcher.contract import RATE_METRICS, TurnColumns
 from watcher.errors import CheckpointError
-from watcher.stats import DEFAULT_LAYOUT, QuantileSketch, SketchLayout, dense_counts, sparse_counts
+from watcher.stats import (
+    DEFAULT_LAYOUT,
+    QuantileSketch,
+    SketchLayout,
+    array_from_state,
+    array_to_state,
+    dense_counts,
+    sparse_counts,
+)
 
 SeriesKey = tuple[str, str, str, str, str, str]
 Window = Literal["cumulative", "recent"]
@@ -52,8 +60,10 @@ OTHER = "__other__"
 STATE_VERSION = 1
 
 # Columns of the counter matrices. Counts are float64 (exact up to 2**53) so that one matrix holds them all.
-TURNS, CONV, QN, QSUM, QSQ, LN, ESC, ERR, COMP = range(9)
-NSTAT = 9
+# After the fixed ones, one per rate metric of the catalogue: the turns with its event.
+TURNS, CONV, QN, QSUM, QSQ, LN = range(6)
+EVENT_COL = {m.name: LN + 1 + i for i, m in enumerate(RATE_METRICS)}
+NSTAT = LN + 1 + len(RATE_METRICS)
 _NO_BUCKET = -(2**62)  # ring position never used
 _ONE_I64, _ONE_U32 = np.int64(1), np.uint32(1)
 _U32_MAX = float(np.iinfo(np.uint32).max)
@@ -76,12 +86,8 @@ class SeriesSnapshot:
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     latency_p99_ms: float | None
-    escalations: int
-    errors: int
-    compliance_violations: int
-    escalation_rate: float | None
-    error_rate: float | None
-    compliance_rate: float | None
+    events: dict[str, int]  # per rate metric of the catalogue: turns with its event
+    rates: dict[str, float | None]  # ... and their share of the turns
     first_ts: float | None
     last_ts: float | None
 
@@ -98,9 +104,6 @@ def _snapshot(
         std = math.sqrt(max(var, 0.0))
     p50, p95, p99 = layout.quantiles(counts, (0.5, 0.95, 0.99))
 
-    def rate(col: int) -> float | None:
-        return float(stats[col] / turns) if turns else None
-
     return SeriesSnapshot(
         turns=turns,
         conversations=int(stats[CONV]),
@@ -111,12 +114,8 @@ def _snapshot(
         latency_p50_ms=p50,
         latency_p95_ms=p95,
         latency_p99_ms=p99,
-        escalations=int(stats[ESC]),
-        errors=int(stats[ERR]),
-        compliance_violations=int(stats[COMP]),
-        escalation_rate=rate(ESC),
-        error_rate=rate(ERR),
-        compliance_rate=rate(COMP),
+        events={name: int(stats[col]) for name, col in EVENT_COL.items()},
+        rates={name: float(stats[col] / turns) if turns else None for name, col in EVENT_COL.items()},
         first_ts=float(first) if turns else None,
         last_ts=float(last) if turns else None,
     )
@@ -131,9 +130,7 @@ class _Events:
     conv: np.ndarray
     lat: np.ndarray
     q: np.ndarray
-    esc: np.ndarray
-    err: np.ndarray
-    comp: np.ndarray
+    events: list[np.ndarray]  # per rate metric (``EVENT_COL`` order): the turns with its event
 
     def subset(self, sel: np.ndarray) -> _Events:
         return _Events(
@@ -142,9 +139,7 @@ class _Events:
             self.conv[sel],
             self.lat[sel],
             self.q[sel],
-            self.esc[sel],
-            self.err[sel],
-            self.comp[sel],
+            [e[sel] for e in self.events],
         )
 
     def series_sums(self, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,9 +163,8 @@ class _Events:
         sums[:, QSUM] = np.bincount(qfan, weights=qv, minlength=cap)
         sums[:, QSQ] = np.bincount(qfan, weights=qv * qv, minlength=cap)
         sums[:, LN] = count(~np.isnan(self.lat))
-        sums[:, ESC] = count(self.esc)
-        sums[:, ERR] = count(self.err)
-        sums[:, COMP] = count(self.comp)
+        for col, event in zip(EVENT_COL.values(), self.events):
+            sums[:, col] = count(event)
         first = np.full(cap, np.inf)
         last = np.full(cap, -np.inf)
         flat = fan.ravel()
@@ -240,6 +234,8 @@ class MetricsState:
         self._width = self.window_seconds / self.window_buckets
         self.watermark: float | None = None
         self._index: dict[SeriesKey, int] = {}
+        self._by_agent: dict[tuple[str, str], dict[SeriesKey, None]] = {}  # (agent, env) -> its series
+        self._touched: set[tuple[str, str]] = set()  # agents changed since ``take_touched``
         self._free: list[int] = []
         self._seg_keys: dict[tuple[str, str], set[str]] = {}
         self._seg_values: dict[tuple[str, str, str], set[str]] = {}
@@ -284,6 +280,7 @@ class MetricsState:
             if not self._free:
                 self._alloc(self._cap + self._cap // 2)
             slot = self._index[key] = self._free.pop()
+            self._by_agent.setdefault((key[0], key[1]), {})[key] = None
         return slot
 
     def _fold(self, agent: str, env: str, key: str, value: str) -> str | None:
@@ -363,6 +360,8 @@ class MetricsState:
             if (ocode < 0).any():
                 ocode = table.learn(list(zip(map(_G_KEY, turns), arms)), ocode)
         fan[:, 0] = self._oslot_of(ocode, table)
+        values = table.values
+        self._touched.update(values[o][0][:2] for o in np.unique(ocode).tolist())  # agents, for checkpoints
         for j, (key, col) in enumerate(zip(seg_keys, seg_cols), start=1):
             vt = self._values_of(key)
             vcode = np.fromiter(map(vt.codes.get, col, repeat(-1)), dtype=np.intp, count=len(col))
@@ -417,9 +416,7 @@ class MetricsState:
             conv=cols.first_turn,
             lat=cols.latency,
             q=cols.quality,
-            esc=cols.escalated,
-            err=cols.error,
-            comp=cols.compliance,
+            events=[cols.event(name) for name in EVENT_COL],
         )
         sums, first, last = ev.series_sums(self._cap)
         self._cstats += sums
@@ -538,9 +535,7 @@ class MetricsState:
             "latency_p50_ms",
             "latency_p95_ms",
             "latency_p99_ms",
-            "escalation_rate",
-            "error_rate",
-            "compliance_rate",
+            *(f"{name}_rate" for name in EVENT_COL),
             "share",
         ]
         rows = []
@@ -559,9 +554,7 @@ class MetricsState:
                     "latency_p50_ms": s.latency_p50_ms,
                     "latency_p95_ms": s.latency_p95_ms,
                     "latency_p99_ms": s.latency_p99_ms,
-                    "escalation_rate": s.escalation_rate,
-                    "error_rate": s.error_rate,
-                    "compliance_rate": s.compliance_rate,
+                    **{f"{name}_rate": rate for name, rate in s.rates.items()},
                 }
             )
         frame = pd.DataFrame(rows, columns=columns[:-1])
@@ -574,13 +567,20 @@ class MetricsState:
     # ---- lifecycle -----------------------------------------------------------------------------
     def reset_cumulative(self, agent_id: str, environment: str) -> None:
         """Zero the cumulative part of every series of the agent/env (the recent window is kept)."""
-        slots = [s for k, s in self._index.items() if k[0] == agent_id and k[1] == environment]
+        slots = [self._index[k] for k in self._by_agent.get((agent_id, environment), ())]
         self._clear_cumulative(slots)
+        self._touched.add((agent_id, environment))
 
     def forget_version(self, agent_id: str, environment: str, version: str) -> None:
         """Drop every series of a version (retired versions leave /metrics)."""
-        gone = [k for k in self._index if k[0] == agent_id and k[1] == environment and k[2] == version]
+        mine = self._by_agent.get((agent_id, environment), {})
+        gone = [k for k in mine if k[2] == version]
         slots = [self._index.pop(k) for k in gone]
+        for k in gone:
+            del mine[k]
+        if not mine:
+            self._by_agent.pop((agent_id, environment), None)
+        self._touched.add((agent_id, environment))
         self._clear_cumulative(slots)
         self._wid[slots] = _NO_BUCKET
         self._free.extend(slots)
@@ -642,13 +642,14 @@ class MetricsState:
             nb, b = st.layout.n_buckets, st.window_buckets
             for s in d["series"]:
                 slot = st._slot_for(tuple(s["key"]))  # type: ignore[arg-type]
-                st._cstats[slot] = s["stats"]
+                # a checkpoint from before a rate metric was added holds fewer columns: its counts start at 0
+                st._cstats[slot, : len(s["stats"])] = s["stats"]
                 st._cfirst[slot], st._clast[slot] = _ts_in(s["first"], np.inf), _ts_in(s["last"], -np.inf)
                 st._csk[slot] = dense_counts(s["sketch"], nb)
                 for w in s["window"]:
                     p = w["bucket"] % b
                     st._wid[slot, p] = w["bucket"]
-                    st._wstats[slot, p] = w["stats"]
+                    st._wstats[slot, p, : len(w["stats"])] = w["stats"]
                     st._wfirst[slot, p] = _ts_in(w["first"], np.inf)
                     st._wlast[slot, p] = _ts_in(w["last"], -np.inf)
                     st._wsk[slot, p] = dense_counts(w["sketch"], nb)
@@ -656,11 +657,121 @@ class MetricsState:
             raise CheckpointError(f"invalid metrics state: {exc!r}") from exc
         return st
 
+    # ---- checkpoint by agent -------------------------------------------------------------------
+    # An incremental checkpoint stores each (agent, environment)'s series apart, as arrays (raw bytes):
+    # only the agents a batch touched are written again.
+    def agents(self) -> list[tuple[str, str]]:
+        """The (agent, environment)s with series."""
+        return list(self._by_agent)
+
+    def take_touched(self) -> set[tuple[str, str]]:
+        """The (agent, environment)s whose series changed since the last call (and forget them)."""
+        touched, self._touched = self._touched, set()
+        return touched
+
+    def meta_state(self) -> dict[str, Any]:
+        return {
+            "v": 2,
+            "window_seconds": self.window_seconds,
+            "window_buckets": self.window_buckets,
+            "max_segment_values": self.max_segment_values,
+            "max_segment_keys": self.max_segment_keys,
+            "layout": self.layout.to_state(),
+            "watermark": self.watermark,
+        }
+
+    def agent_state(self, agent: str, env: str) -> dict[str, Any]:
+        """One (agent, environment)'s series: keys, and their rows of every matrix (window positions
+        that left the window are written empty)."""
+        keys = list(self._by_agent.get((agent, env), ()))
+        slots = np.fromiter((self._index[k] for k in keys), np.intp, len(keys))
+        wid = self._wid[slots]
+        stale = wid < self._window_low()
+        wstats, wfirst, wlast, wsk = (
+            self._wstats[slots],
+            self._wfirst[slots],
+            self._wlast[slots],
+            self._wsk[slots],
+        )
+        if stale.any():
+            wid[stale], wstats[stale], wfirst[stale], wlast[stale], wsk[stale] = (
+                _NO_BUCKET,
+                0.0,
+                np.inf,
+                -np.inf,
+                0,
+            )
+        seg_keys = sorted(self._seg_keys.get((agent, env), ()))
+        return {
+            "agent": agent,
+            "environment": env,
+            "keys": [list(k[2:]) for k in keys],
+            "segment_keys": seg_keys,
+            "segment_values": {k: sorted(self._seg_values.get((agent, env, k), ())) for k in seg_keys},
+            "stats": array_to_state(self._cstats[slots]),
+            "first": array_to_state(self._cfirst[slots]),
+            "last": array_to_state(self._clast[slots]),
+            "sketch": array_to_state(self._csk[slots]),
+            "wid": array_to_state(wid),
+            "wstats": array_to_state(wstats),
+            "wfirst": array_to_state(wfirst),
+            "wlast": array_to_state(wlast),
+            "wsk": array_to_state(wsk),
+        }
+
+    def _window_low(self) -> int:
+        if self.watermark is None:
+            return _NO_BUCKET + 1
+        return math.floor(self.watermark / self._width) - self.window_buckets + 1
+
+    @classmethod
+    def from_parts(cls, meta: dict[str, Any], agents: Iterable[dict[str, Any]]) -> MetricsState:
+        """The inverse of ``meta_state`` and every ``agent_state``."""
+        if meta.get("v") != 2:
+            raise CheckpointError(f"unsupported metrics state version {meta.get('v')!r}")
+        try:
+            st = cls(
+                window_seconds=meta["window_seconds"],
+                window_buckets=meta["window_buckets"],
+                max_segment_values=meta["max_segment_values"],
+                max_segment_keys=meta["max_segment_keys"],
+                layout=SketchLayout(**meta["layout"]),
+            )
+            st.watermark = meta["watermark"]
+            for d in agents:
+                a, e = d["agent"], d["environment"]
+                if d["segment_keys"]:
+                    st._seg_keys[(a, e)] = set(d["segment_keys"])
+                for k, vs in d["segment_values"].items():
+                    st._seg_values[(a, e, k)] = set(vs)
+                keys = [(a, e, *k) for k in d["keys"]]
+                slots = np.fromiter((st._slot_for(k) for k in keys), np.intp, len(keys))  # type: ignore[arg-type]
+                for name in ("stats", "first", "last", "sketch", "wid", "wstats", "wfirst", "wlast", "wsk"):
+                    getattr(st, _MATRIX[name])[slots] = array_from_state(d[name])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"invalid metrics state: {exc!r}") from exc
+        st._touched.clear()
+        return st
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the numpy matrices (all allocated slots, used or free)."""
         names = ("_cstats", "_cfirst", "_clast", "_csk", "_wid", "_wstats", "_wfirst", "_wlast", "_wsk")
         return sum(getattr(self, a).nbytes for a in names)
+
+
+# the matrix behind each array of ``agent_state``
+_MATRIX = {
+    "stats": "_cstats",
+    "first": "_cfirst",
+    "last": "_clast",
+    "sketch": "_csk",
+    "wid": "_wid",
+    "wstats": "_wstats",
+    "wfirst": "_wfirst",
+    "wlast": "_wlast",
+    "wsk": "_wsk",
+}
 
 
 def _ts_out(x: float) -> float | None:

@@ -15,20 +15,18 @@ from collections.abc import Callable
 
 import numpy as np
 
-from watcher.contract import TurnColumns
+from watcher.contract import MEAN_METRICS, RATE_METRICS, TurnColumns
 from watcher.state.slices import ConvRows, SliceMap
 from watcher.stats import MEAN_FIELDS, bins_of_log, mean_deltas
 
 __all__ = [
     "DAY",
     "F_CONV",
-    "F_L",
-    "F_Q",
     "F_RATE",
     "LATENCY_MAX",
     "MEAN_AT",
     "N_FIELDS",
-    "RATES",
+    "SUMS",
     "Table",
     "Tracker",
     "conv_cols",
@@ -37,14 +35,13 @@ __all__ = [
 ]
 
 DAY = 86400.0
-MEANS = ("quality", "latency")
-RATES = ("escalation", "error", "compliance")
-_EVENT_COLUMN = {"escalation": "escalated", "error": "error", "compliance": "compliance"}  # TurnColumns
 # fields: conversations; 6 cluster sums per mean metric; first-event conversations per rate metric
-F_CONV, F_Q, F_L = 0, 1, 1 + MEAN_FIELDS
-F_RATE = {name: 1 + 2 * MEAN_FIELDS + i for i, name in enumerate(RATES)}
-N_FIELDS = 1 + 2 * MEAN_FIELDS + len(RATES)
-MEAN_AT = {"quality": F_Q, "latency": F_L}
+# (the metric catalogue's, in its order)
+F_CONV = 0
+MEAN_AT = {m.name: 1 + j * MEAN_FIELDS for j, m in enumerate(MEAN_METRICS)}
+F_RATE = {m.name: 1 + len(MEAN_METRICS) * MEAN_FIELDS + i for i, m in enumerate(RATE_METRICS)}
+N_FIELDS = 1 + len(MEAN_METRICS) * MEAN_FIELDS + len(RATE_METRICS)
+SUMS = 2 * len(MEAN_METRICS)  # a conversation's running (S, n) per mean metric
 # the reserved key of ``reference()``'s answer holding the histogram of conversations' slowest turn
 # (not a slice name: those are "all" or "key=value")
 LATENCY_MAX = "~latency_max"
@@ -80,19 +77,22 @@ def conversation_deltas(
     delta[:, F_CONV] = np.bincount(inv, weights=new, minlength=m)
     old = conv.sums[u]
     new_sums = old.copy()
-    loglat = np.log(np.maximum(cols.latency, 1e-3))
-    for j, x in enumerate((cols.quality, loglat)):
+    loglat = np.log(np.maximum(cols.latency, 1e-3))  # also the slowest turns' histogram's
+    for j, d in enumerate(MEAN_METRICS):
+        x = getattr(cols, d.column)
+        if d.log_scale:
+            x = loglat if d.column == "latency" else np.log(np.maximum(x, 1e-3))
         ok = ~np.isnan(x)
         new_sums[:, 2 * j] += np.bincount(inv[ok], weights=x[ok], minlength=m)
         new_sums[:, 2 * j + 1] += np.bincount(inv[ok], minlength=m)
-        f = MEAN_AT[MEANS[j]]
+        f = MEAN_AT[d.name]
         delta[:, f : f + MEAN_FIELDS] = mean_deltas(
             old[:, 2 * j], old[:, 2 * j + 1], new_sums[:, 2 * j], new_sums[:, 2 * j + 1]
         )
     conv.sums[u] = new_sums
     bits = conv.cols[u, 2]
-    for b, name in enumerate(RATES):
-        pos = np.flatnonzero(getattr(cols, _EVENT_COLUMN[name]))
+    for b, name in enumerate(F_RATE):
+        pos = np.flatnonzero(cols.event(name))
         if len(pos):
             hit = np.zeros(m, bool)
             hit[inv[pos]] = True
@@ -119,8 +119,8 @@ class Tracker:
 
     def __init__(self, cap: int, slices: SliceMap) -> None:
         self.slices = slices
-        # sums: q S,n, loglat S,n; cols: group, bucket, bits, slices..., max latency bin + 1 (0: none)
-        self.conv = ConvRows(cap, 4, conv_cols(slices))
+        # sums: (S, n) per mean metric; cols: group, bucket, bits, slices..., max latency bin + 1 (0: none)
+        self.conv = ConvRows(cap, SUMS, conv_cols(slices))
         self.mx = conv_cols(slices) - 1
 
     def add(self, cols: TurnColumns, groups: np.ndarray, buckets: np.ndarray, table: Table) -> None:

@@ -15,14 +15,12 @@ judge may look after every batch. docs/statistics.md derives each piece and cite
 * Late regressions: ``RestartSchedule`` restarts every test at epoch boundaries and spends
   alpha_j = share * alpha / (j (j + 1)) on the test restarted at epoch j (sum <= share * alpha).
 
-Functions accept leading "slice" dimensions so the judge evaluates all segments in one numpy call;
-the small classes are the scalar, checkpointable faces of the same functions.
+Functions accept leading "slice" dimensions so the judge evaluates all segments in one numpy call.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -35,11 +33,7 @@ __all__ = [
     "SRM_GRID",
     "MEAN_FIELDS",
     "cluster_mean",
-    "RateTest",
-    "MeanTest",
-    "SampleRatioTest",
     "RestartSchedule",
-    "MeanResult",
     "theta",
     "rate_log_evalue",
     "rate_confidence_sequence",
@@ -252,181 +246,35 @@ def restart_alpha(j: int, share: float) -> float:
 
 
 def array_to_state(a: np.ndarray) -> dict[str, Any]:
-    """Sparse JSON-safe form of a numeric array (most cells of a judge's tables are zero)."""
-    flat = a.ravel()
+    """A numeric array for the checkpoint: its raw bytes (msgpack ``bin``), dense or, when at most a
+    third of the cells are nonzero (a judge's tables, a conversation table), the nonzero cells only.
+    Bytes, not lists: a list of Python numbers per cell cost more than the rest of a checkpoint."""
+    a = np.ascontiguousarray(a)
+    flat = a.reshape(-1)
     nz = np.flatnonzero(flat)
-    return {"shape": list(a.shape), "dtype": str(a.dtype), "idx": nz.tolist(), "val": flat[nz].tolist()}
+    d: dict[str, Any] = {"shape": list(a.shape), "dtype": a.dtype.str}
+    if 3 * len(nz) <= len(flat):
+        wide = len(nz) and nz[-1] >= 2**32
+        d["idx64" if wide else "idx"] = (nz if wide else nz.astype(np.uint32)).tobytes()
+        d["val"] = flat[nz].tobytes()
+    else:
+        d["data"] = flat.tobytes()
+    return d
 
 
 def array_from_state(d: dict[str, Any]) -> np.ndarray:
-    a = np.zeros(int(np.prod(d["shape"])), dtype=d["dtype"])
-    a[np.asarray(d["idx"], dtype=np.int64)] = np.asarray(d["val"], dtype=d["dtype"])
-    return a.reshape(d["shape"])
-
-
-class _RhoTable:
-    """Distinct assignment probabilities seen, bounded (a ramp has a handful of steps)."""
-
-    def __init__(self, rhos: list[float] | None = None, capacity: int = 32) -> None:
-        self.rhos: list[float] = list(rhos or [])
-        self.capacity = capacity
-
-    def index(self, rho: float) -> int:
-        rho = round(float(rho), 6)
-        if rho in self.rhos:
-            return self.rhos.index(rho)
-        if len(self.rhos) < self.capacity:
-            self.rhos.append(rho)
-            return len(self.rhos) - 1
-        return int(np.argmin([abs(r - rho) for r in self.rhos]))
-
-
-class RateTest:
-    """Conditional e-test of a rate ratio against a tolerance, with its confidence sequence.
-
-    ``update(treatment_events, control_events, rho)`` takes counts of conversations having their
-    first event, under assignment probability ``rho``. ``direction`` "higher_is_worse" fails when
-    the ratio exceeds ``r_tol``.
-    """
-
-    def __init__(self, r_tol: float = 1.0, *, direction: str = "higher_is_worse", capacity: int = 32) -> None:
-        self.r_tol = r_tol
-        self.direction = direction
-        self._rho = _RhoTable(capacity=capacity)
-        self.counts = np.zeros((capacity, 2))  # [:, 0] control, [:, 1] treatment
-
-    def update(self, treatment_events: float, control_events: float, rho: float) -> None:
-        if not 0.0 < rho < 1.0:
-            return
-        i = self._rho.index(rho)
-        self.counts[i, 1] += treatment_events
-        self.counts[i, 0] += control_events
-
-    def _cbr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        k = len(self._rho.rhos)
-        return self.counts[:k, 1], self.counts[:k, 0], np.asarray(self._rho.rhos)
-
-    def log_evalue_fail(self) -> float:
-        c, b, rhos = self._cbr()
-        if not len(rhos):
-            return 0.0
-        up = self.direction == "higher_is_worse"
-        alts = self.r_tol * np.asarray(FAIL_GRID) if up else self.r_tol / np.asarray(FAIL_GRID)
-        return float(rate_log_evalue(c, b, rhos, self.r_tol, alts))
-
-    def log_evalue_pass(self) -> float:
-        c, b, rhos = self._cbr()
-        if not len(rhos):
-            return 0.0
-        up = self.direction == "higher_is_worse"
-        alts = self.r_tol / np.asarray(PASS_GRID) if up else self.r_tol * np.asarray(PASS_GRID)
-        return float(rate_log_evalue(c, b, rhos, self.r_tol, alts))
-
-    def confidence_sequence(self, alpha: float) -> tuple[float, float, float]:
-        """(lower, upper, mle) of the ratio; NaN for an unbounded side."""
-        c, b, rhos = self._cbr()
-        if not len(rhos):
-            return math.nan, math.nan, math.nan
-        lo, hi, mle = rate_confidence_sequence(c, b, rhos, math.log(1 / alpha))
-        return float(lo), float(hi), float(mle)
-
-    def to_state(self) -> dict[str, Any]:
-        return {
-            "v": 1,
-            "r_tol": self.r_tol,
-            "direction": self.direction,
-            "rhos": self._rho.rhos,
-            "capacity": self._rho.capacity,
-            "counts": array_to_state(self.counts),
-        }
-
-    @classmethod
-    def from_state(cls, d: dict[str, Any]) -> RateTest:
-        t = cls(d["r_tol"], direction=d["direction"], capacity=d["capacity"])
-        t._rho = _RhoTable(d["rhos"], d["capacity"])
-        t.counts = array_from_state(d["counts"])
-        return t
-
-
-class SampleRatioTest(RateTest):
-    """e-process against "each conversation is treatment with probability rho" (two-sided).
-
-    Fed with conversation counts per arm; rho may change (each conversation keeps the weight it was
-    assigned under). Mismatch = broken routing, missing telemetry from an arm, mislabelled arms.
-    """
-
-    def __init__(self, capacity: int = 32) -> None:
-        super().__init__(1.0, capacity=capacity)
-
-    def log_evalue(self) -> float:
-        c, b, rhos = self._cbr()
-        if not len(rhos):
-            return 0.0
-        return float(rate_log_evalue(c, b, rhos, 1.0, np.asarray(SRM_GRID)))
-
-    @classmethod
-    def from_state(cls, d: dict[str, Any]) -> SampleRatioTest:
-        t = cls(capacity=d["capacity"])
-        t._rho = _RhoTable(d["rhos"], d["capacity"])
-        t.counts = array_from_state(d["counts"])
-        return t
-
-
-@dataclass(frozen=True, slots=True)
-class MeanResult:
-    difference: float  # treatment - control (NaN when not estimable)
-    variance: float
-    log_e_fail: float  # against "harm <= tolerance"
-    log_e_pass: float  # against "harm >= tolerance" (non-inferiority)
-
-
-class MeanTest:
-    """Mixture SPRT on a difference of means with the conversation as the cluster.
-
-    Per arm and stratum it keeps sum S_i, sum n_i, sum S_i^2, sum S_i n_i, sum n_i^2 and the number of
-    conversations, updated exactly and online from each conversation's old and new (S_i, n_i).
-    ``tolerance`` is the largest acceptable treatment - control change on the harmful side
-    (negative for lower_is_worse), ``tau`` the mixing scale.
-    """
-
-    def __init__(
-        self, tolerance: float, tau: float, *, direction: str = "lower_is_worse", strata: int = 8
-    ) -> None:
-        self.tolerance = tolerance
-        self.tau = tau
-        self.direction = direction
-        self.agg = np.zeros((2, strata, MEAN_FIELDS))
-
-    def update(
-        self,
-        arm: np.ndarray,
-        stratum: np.ndarray,
-        s_old: np.ndarray,
-        n_old: np.ndarray,
-        s_new: np.ndarray,
-        n_new: np.ndarray,
-    ) -> None:
-        delta = mean_deltas(s_old, n_old, s_new, n_new)
-        np.add.at(self.agg, (np.asarray(arm), np.asarray(stratum)), delta)
-
-    def result(self) -> MeanResult:
-        diff, var = stratified_difference(self.agg[1], self.agg[0])
-        return mean_result(float(diff), float(var), self.tolerance, self.tau, self.direction)
-
-    def to_state(self) -> dict[str, Any]:
-        return {
-            "v": 1,
-            "tolerance": self.tolerance,
-            "tau": self.tau,
-            "direction": self.direction,
-            "agg": array_to_state(self.agg),
-        }
-
-    @classmethod
-    def from_state(cls, d: dict[str, Any]) -> MeanTest:
-        t = cls(d["tolerance"], d["tau"], direction=d["direction"])
-        t.agg = array_from_state(d["agg"])
-        return t
+    """The array of ``array_to_state`` (also its former JSON form: lists of indices and values)."""
+    dtype, shape = np.dtype(d["dtype"]), tuple(d["shape"])
+    if "data" in d:
+        return np.frombuffer(d["data"], dtype).reshape(shape).copy()
+    a = np.zeros(int(np.prod(shape)), dtype)
+    if "idx64" in d:
+        a[np.frombuffer(d["idx64"], np.int64)] = np.frombuffer(d["val"], dtype)
+    elif isinstance(d["idx"], bytes):
+        a[np.frombuffer(d["idx"], np.uint32)] = np.frombuffer(d["val"], dtype)
+    else:  # the JSON form of checkpoints before #13
+        a[np.asarray(d["idx"], dtype=np.int64)] = np.asarray(d["val"], dtype=dtype)
+    return a.reshape(shape)
 
 
 def mean_deltas(s_old: np.ndarray, n_old: np.ndarray, s_new: np.ndarray, n_new: np.ndarray) -> np.ndarray:
@@ -442,17 +290,6 @@ def mean_deltas(s_old: np.ndarray, n_old: np.ndarray, s_new: np.ndarray, n_new: 
         ],
         axis=-1,
     )
-
-
-def mean_result(diff: Any, var: Any, tolerance: float, tau: float, direction: str) -> Any:
-    """Fail/pass e-values of a (vector of) difference(s); works on floats and arrays alike."""
-    sign = 1.0 if direction == "higher_is_worse" else -1.0
-    excess = sign * (np.asarray(diff) - tolerance)  # > 0: worse than tolerated
-    fail = msprt_log_evalue(excess, var, tau)
-    ok = msprt_log_evalue(-excess, var, tau)
-    if np.ndim(fail) == 0:
-        return MeanResult(float(diff), float(var), float(fail), float(ok))
-    return fail, ok
 
 
 class RestartSchedule:

@@ -1,20 +1,14 @@
-"""Storage (layer: I/O). ``checkpoint``: the engine's state with the offsets it covers, and the
-checkpointer; ``sqlite_checkpoints``: the embedded store (generations, checksums, quarantine);
-``kafka_checkpoints``: the same store in a compacted Kafka topic;
+"""Storage (layer: I/O). ``checkpoint``: the engine's state parts with the offsets they cover, the
+format and the stores (SQLite); ``checkpointer``: when to checkpoint, and the snapshot on the event
+loop in slices, written in a worker thread; ``kafka_checkpoints``: the same store in a compacted Kafka topic;
 ``decisions``: the append-only decision log; ``spool``: records waiting for Kafka (dead letters,
 markers), and their metrics; ``sqlite``: opening watcher's SQLite files one way.
 """
 
 from __future__ import annotations
 
-from watcher.storage.checkpoint import (
-    SCOPE_ALL,
-    Checkpoint,
-    Checkpointer,
-    CheckpointMetrics,
-    CheckpointStore,
-    Offsets,
-)
+from watcher.storage.checkpoint import SCOPE_ALL, Checkpoint, CheckpointStore, Offsets
+from watcher.storage.checkpointer import Checkpointer, CheckpointMetrics
 from watcher.storage.decisions import DecisionLog, SqliteDecisionLog, json_safe
 from watcher.storage.kafka_checkpoints import KafkaCheckpointStore
 from watcher.storage.spool import SpoolCollector, SqliteSpool

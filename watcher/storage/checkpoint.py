@@ -1,20 +1,27 @@
 """Checkpoints: the engine's state together with the Kafka offsets it covers.
 
-A checkpoint is one JSON document, ``{"v": 1, "engine": Engine.to_state(), "offsets": {topic:
-{partition: next_offset}}, "written_at": unix}``, written in one SQLite transaction (WAL), so a
-reader sees the previous checkpoint or the new one, never half of one, whatever moment the process
-is killed at. The daemon writes one at most every ``checkpoint.interval_s`` and *always before it
-commits offsets to Kafka*; it commits exactly the offsets of the checkpoint it has just written. On
-start it restores the engine from the checkpoint and seeks each assigned partition to the
-checkpoint's offset, so the batches processed after the last checkpoint are read again into the
-state they had not reached yet: every event counts exactly once in the state (docs/guarantees.md).
+A checkpoint is the engine's state in named *parts* (``watcher.engine.parts``: the rollouts and
+policies, one part per agent's series, one per judge, the dedup window, ...), each encoded with
+msgspec's MessagePack (arrays as raw bytes), and the offsets it covers, per partition. The daemon
+writes one at most every ``checkpoint.interval_s`` and *always before it commits offsets to Kafka*; it
+commits exactly the offsets of the checkpoint it has just written. On start it restores the engine
+from the checkpoint and seeks each assigned partition to the checkpoint's offset, so the batches
+processed after the last checkpoint are read again into the state they had not reached yet: every
+event counts exactly once in the state (docs/guarantees.md).
 
 Why not the committed offsets alone: a crash between the checkpoint and the commit leaves Kafka's
 offsets behind the state; seeking to the checkpoint's own offsets makes the pair atomic.
 
-Safe by construction: the document is JSON (``allow_nan=False``: a component that emitted a
-non-finite float fails loudly at save time, not silently at restore), versioned, and decoded with
-``json.loads`` only; nothing from the file is ever unpickled or evaluated.
+**Incremental.** A checkpoint carries the parts changed since the store's previous checkpoint of the
+same scope and names the others (``kept``): the store keeps those as they were and drops the parts
+the state no longer has. The SQLite store writes the offsets, the changed parts and the deletions in
+one transaction (WAL), so a reader sees the previous checkpoint or the new one, never half of one,
+whatever moment the process is killed at. With thousands of agents a checkpoint writes the agents
+that had traffic since the last one, not all of them (``watcher.storage.checkpointer`` also keeps
+the event loop free while it happens).
+
+Safe by construction: MessagePack through msgspec, versioned, nothing unpickled or evaluated. A
+checkpoint of watcher before #13 (one JSON document, ``{"v": 1, "engine": {...}}``) is still read.
 
 Rows are keyed by a ``scope``: ``"all"`` when one instance keeps one state (``checkpoint.scope:
 instance``), ``"partition-<p>"`` per partition task when several instances share a consumer group
@@ -25,79 +32,150 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import msgspec
 
-from watcher.clock import Clock, SystemClock
-from watcher.errors import CheckpointError, CheckpointLost
+from watcher.errors import CheckpointError
 
 __all__ = [
     "CHECKPOINT_VERSION",
     "Checkpoint",
-    "CheckpointMetrics",
     "CheckpointStore",
-    "Checkpointer",
     "MemoryCheckpointStore",
     "NullCheckpointStore",
     "Offsets",
     "SCOPE_ALL",
     "decode",
+    "decode_part",
     "encode",
+    "encode_part",
+    "read_manifest",
 ]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # v1: one JSON document (still read)
 SCOPE_ALL = "all"  # the one row of a single instance
+_MAGIC = b"WCP\x02"  # a v2 document or manifest starts with these bytes (a v1 document with "{")
 
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> next offset to read
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
 
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """The engine's ``to_state()`` and, per partition, the offset of the first message it has not seen."""
+    """The engine's state parts and, per partition, the offset of the first message it has not seen.
+
+    ``engine`` maps part names to their state (``Engine.to_state()``); a checkpoint of only the
+    parts that changed names the others in ``kept`` (the store holds them from its previous save of
+    the scope). A checkpoint restored from a v1 document has its whole state under the v1 keys.
+    """
 
     engine: dict[str, Any]
     offsets: Offsets = field(default_factory=dict)
     written_at: float = 0.0
     owner: str = ""  # the consumer group whose offsets these are: another group's checkpoint is not used
-    # set by a store that keeps generations: which one this is, and why newer ones were not used
-    generation: int = 0
-    skipped: tuple[str, ...] = ()
+    kept: frozenset[str] = frozenset()
+
+
+def encode_part(state: Any) -> bytes:
+    """One part's bytes; raises ``CheckpointError`` on a value MessagePack cannot hold."""
+    try:
+        return _encoder.encode(state)
+    except (TypeError, ValueError, OverflowError) as exc:  # a type leaked from a component
+        raise CheckpointError(f"the engine state cannot be encoded: {exc}") from exc
+
+
+def decode_part(data: bytes) -> Any:
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise CheckpointError(f"a checkpoint part is not valid MessagePack: {exc}") from exc
+
+
+def _manifest(cp: Checkpoint, parts: list[str]) -> bytes:
+    return _MAGIC + encode_part(
+        {
+            "v": CHECKPOINT_VERSION,
+            "owner": cp.owner,
+            "written_at": cp.written_at,
+            "offsets": [[t, p, int(o)] for (t, p), o in sorted(cp.offsets.items())],
+            "parts": parts,
+        }
+    )
+
+
+def read_manifest(data: bytes) -> tuple[Checkpoint, list[str]]:
+    """A stored manifest's checkpoint (offsets, owner, time; no parts) and the names of its parts."""
+    if not data.startswith(_MAGIC):
+        raise CheckpointError("not a watcher checkpoint")
+    doc = decode_part(data[len(_MAGIC) :])
+    if not isinstance(doc, dict) or doc.get("v") != CHECKPOINT_VERSION:
+        version = doc.get("v") if isinstance(doc, dict) else type(doc).__name__
+        raise CheckpointError(
+            f"unsupported checkpoint version {version!r} (this watcher reads v{CHECKPOINT_VERSION} and v1)"
+        )
+    try:
+        offsets: Offsets = {}
+        for topic, partition, offset in doc["offsets"]:
+            if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+                raise ValueError(f"offset of {topic}/{partition} is {offset!r}")
+            offsets[(str(topic), int(partition))] = offset
+        parts = [str(p) for p in doc["parts"]]
+        cp = Checkpoint({}, offsets, float(doc.get("written_at") or 0.0), str(doc.get("owner") or ""))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"malformed checkpoint: {exc}") from exc
+    return cp, parts
 
 
 def encode(cp: Checkpoint) -> bytes:
-    """The checkpoint as compact JSON; raises ``CheckpointError`` on a value JSON cannot hold."""
-    by_topic: dict[str, dict[str, int]] = {}
-    for (topic, partition), offset in sorted(cp.offsets.items()):
-        by_topic.setdefault(topic, {})[str(partition)] = int(offset)
-    doc = {
-        "v": CHECKPOINT_VERSION,
-        "owner": cp.owner,
-        "written_at": cp.written_at,
-        "offsets": by_topic,
-        "engine": cp.engine,
-    }
-    try:
-        return json.dumps(doc, allow_nan=False, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:  # NaN/inf or a non-JSON type leaked from a component
-        raise CheckpointError(f"the engine state is not JSON-safe: {exc}") from exc
+    """A whole checkpoint as one document (the manifest, then each part's length and bytes)."""
+    if cp.kept:
+        raise CheckpointError("a checkpoint of changed parts only cannot be encoded alone")
+    names = sorted(cp.engine)
+    out = [_manifest(cp, names)]
+    blobs = [encode_part(cp.engine[n]) for n in names]
+    out.append(encode_part(blobs))
+    header = len(out[0]).to_bytes(8, "little")
+    return header + b"".join(out)
 
 
 def decode(data: bytes | str) -> Checkpoint:
-    """The inverse of ``encode``; raises ``CheckpointError`` on another version or a malformed document."""
+    """The inverse of ``encode``, and v1 documents (JSON); raises ``CheckpointError`` on another
+    version or a malformed document."""
+    if isinstance(data, str):
+        data = data.encode()
+    if data[:1] == b"{":
+        return _decode_v1(data)
+    try:
+        size = int.from_bytes(data[:8], "little")
+        cp, names = read_manifest(data[8 : 8 + size])
+        blobs = decode_part(data[8 + size :])
+        if not isinstance(blobs, list) or len(blobs) != len(names):
+            raise CheckpointError("malformed checkpoint: parts do not match the manifest")
+    except (IndexError, ValueError) as exc:
+        raise CheckpointError(f"malformed checkpoint: {exc}") from exc
+    return _with_parts(cp, {n: decode_part(b) for n, b in zip(names, blobs)})
+
+
+def _with_parts(cp: Checkpoint, parts: dict[str, Any]) -> Checkpoint:
+    return Checkpoint(parts, cp.offsets, cp.written_at, cp.owner)
+
+
+def _decode_v1(data: bytes) -> Checkpoint:
+    """A checkpoint written before #13: ``{"v": 1, "engine": {...}, "offsets": {topic: {p: o}}}``."""
     try:
         doc = json.loads(data)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("v") != CHECKPOINT_VERSION:
+    if not isinstance(doc, dict) or doc.get("v") != 1:
         version = doc.get("v") if isinstance(doc, dict) else type(doc).__name__
         raise CheckpointError(
-            f"unsupported checkpoint version {version!r} (this watcher reads v{CHECKPOINT_VERSION})"
+            f"unsupported checkpoint version {version!r} (this watcher reads v{CHECKPOINT_VERSION} and v1)"
         )
     try:
         offsets: Offsets = {}
@@ -117,11 +195,15 @@ def decode(data: bytes | str) -> Checkpoint:
 
 
 class CheckpointStore(Protocol):
-    """Where checkpoints live: the latest readable one per scope is loaded.
+    """Where checkpoints live: the latest one per scope survives, older ones are replaced.
 
-    ``load`` returns None only when no checkpoint was ever written for the scope (as far as the store
-    can tell); one that was written but cannot be read raises ``CheckpointLost`` (never None: the
-    daemon must not start fresh and overwrite it), an unreachable store ``CheckpointUnavailable``.
+    ``save`` of a checkpoint with ``kept`` parts keeps those parts from the scope's previous
+    checkpoint (a ``CheckpointError`` if the store does not hold one of them: the caller then saves
+    every part) and drops the parts named neither in ``engine`` nor in ``kept``.
+
+    ``load`` returns None only when no checkpoint was written for the scope (as far as the store can
+    tell); one that was written but cannot be read raises ``CheckpointLost`` (never None: the daemon
+    must not start fresh and overwrite it), an unreachable store ``CheckpointUnavailable``.
     """
 
     def load(self, scope: str = SCOPE_ALL) -> Checkpoint | None: ...
@@ -145,178 +227,31 @@ class NullCheckpointStore:
 
 
 class MemoryCheckpointStore:
-    """For tests: the encoded bytes are kept, so a restore exercises the real decoding."""
+    """For tests: the encoded parts are kept, so a restore exercises the real decoding."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, bytes] = {}
+        self.rows: dict[str, tuple[bytes, dict[str, bytes]]] = {}  # scope -> (manifest, part -> bytes)
         self.saves = 0
 
     def load(self, scope: str = SCOPE_ALL) -> Checkpoint | None:
-        data = self.rows.get(scope)
-        return decode(data) if data is not None else None
+        row = self.rows.get(scope)
+        if row is None:
+            return None
+        cp, names = read_manifest(row[0])
+        return _with_parts(cp, {n: decode_part(row[1][n]) for n in names})
 
     def save(self, cp: Checkpoint, scope: str = SCOPE_ALL) -> int:
-        data = encode(cp)
-        self.rows[scope] = data
+        previous = self.rows.get(scope, (b"", {}))[1]
+        missing = cp.kept - previous.keys()
+        if missing:
+            raise CheckpointError(f"checkpoint {scope}: kept parts not in the store: {sorted(missing)[:3]}")
+        parts = {n: previous[n] for n in cp.kept}
+        fresh = {n: encode_part(v) for n, v in cp.engine.items()}
+        parts.update(fresh)
+        manifest = _manifest(cp, sorted(parts))
+        self.rows[scope] = (manifest, parts)
         self.saves += 1
-        return len(data)
+        return len(manifest) + sum(map(len, fresh.values()))
 
     def close(self) -> None:
         return None
-
-
-class Stateful(Protocol):
-    """What is checkpointed (``watcher.engine.Engine`` fits)."""
-
-    def to_state(self) -> dict[str, Any]: ...
-
-    def load_state(self, d: dict[str, Any]) -> None: ...
-
-
-@dataclass(slots=True)
-class SaveStats:
-    seconds: float = 0.0
-    bytes: int = 0
-    count: int = 0
-
-
-class Checkpointer:
-    """When to checkpoint, and the positions the state covers.
-
-    The daemon calls ``advance(offsets)`` after each batch it has fully handled, ``due()`` to ask
-    whether the interval has passed, and ``save()`` right before it commits ``positions``.
-    ``positions`` is also where a partition resumes when it is (re)assigned: on start that is the
-    restored checkpoint's offset; after a reconnect in the same process, the offset after the last
-    batch in the state (never the committed offset, which may be behind the in-memory state).
-    """
-
-    def __init__(
-        self,
-        store: CheckpointStore,
-        target: Stateful,
-        *,
-        owner: str = "",
-        interval_s: float = 5.0,
-        clock: Clock | None = None,
-        scope: str = SCOPE_ALL,
-    ) -> None:
-        self.store = store
-        self.owner = owner
-        self.scope = scope
-        self.target = target
-        self.interval_s = interval_s
-        self._clock = clock or SystemClock()
-        self.positions: Offsets = {}
-        self.checkpointed: Offsets = {}  # the offsets of the last checkpoint written or restored
-        self._last_save = self._clock.now()
-        self._urgent = False  # state changed outside the offsets (an API override): save soon
-        self.last = SaveStats()
-        self.restored: Checkpoint | None = None
-
-    def restore(self) -> Checkpoint | None:
-        """Load the latest checkpoint into the target; None (and a fresh state) when there is none
-        or it belongs to another consumer group (its offsets would mean nothing to this one)."""
-        cp = self.store.load(self.scope)
-        if cp is None:
-            return None
-        if cp.owner != self.owner:
-            log.warning(
-                "checkpoint of consumer group %r ignored (this is %r): starting from a fresh state",
-                cp.owner,
-                self.owner,
-            )
-            return None
-        try:
-            self.target.load_state(cp.engine)  # leaves the target as it was when it raises
-        except CheckpointError as exc:  # the bytes are intact (checksum) but not a state this version reads
-            if isinstance(exc, CheckpointLost):
-                raise
-            reasons = [*cp.skipped, f"generation {cp.generation}: {exc}"]
-            raise CheckpointLost(self.scope, reasons) from exc
-        self.positions = dict(cp.offsets)
-        self.checkpointed = dict(cp.offsets)
-        self.restored = cp
-        return cp
-
-    def advance(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        """The state now covers these next offsets (per partition, only ever forwards)."""
-        for key, offset in offsets.items():
-            if offset > self.positions.get(key, -1):
-                self.positions[key] = offset
-
-    def rewind(self, key: tuple[str, int], offset: int) -> None:
-        """The partition reads from ``offset`` now, backwards too (its log was emptied or truncated)."""
-        self.positions[key] = offset
-
-    def mark_dirty(self) -> None:
-        """The state changed without new offsets (an override over HTTP): checkpoint at once."""
-        self._urgent = True
-
-    @property
-    def dirty(self) -> bool:
-        return self._urgent or self.positions != self.checkpointed
-
-    def due(self) -> bool:
-        return self._urgent or (self.dirty and self._clock.now() - self._last_save >= self.interval_s)
-
-    def resume_offset(self, topic: str, partition: int) -> int | None:
-        return self.positions.get((topic, partition))
-
-    def save(self) -> Offsets:
-        """Write a checkpoint of the target at ``positions``; returns the offsets it covers."""
-        started = time.perf_counter()
-        offsets = dict(self.positions)
-        size = self.store.save(
-            Checkpoint(self.target.to_state(), offsets, self._clock.now(), self.owner), self.scope
-        )
-        self.checkpointed = offsets
-        self._urgent = False
-        self._last_save = self._clock.now()
-        seconds = time.perf_counter() - started
-        self.last = SaveStats(seconds, size, self.last.count + 1)
-        if seconds > 0.2:
-            log.info("checkpoint took %.0f ms (%.1f MB)", seconds * 1e3, size / 1e6)
-        return offsets
-
-
-class CheckpointMetrics:
-    """The daemon's own checkpoint health (``watcher_checkpoint_*``)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.duration = Histogram(
-            "watcher_checkpoint_duration_seconds",
-            "Time to serialise and write a checkpoint",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0),
-            registry=registry,
-        )
-        self.size = Gauge(
-            "watcher_checkpoint_bytes", "Size of the last checkpoint written", registry=registry
-        )
-        self.last = Gauge(
-            "watcher_checkpoint_last_timestamp_seconds",
-            "When the last checkpoint was written or restored (Unix time)",
-            registry=registry,
-        )
-        self.failures = Counter(
-            "watcher_checkpoint_failures_total",
-            "Checkpoints that could not be written (offsets were not committed)",
-            registry=registry,
-        )
-        self.fallbacks = Counter(
-            "watcher_checkpoint_fallbacks_total",
-            "Restores from an older checkpoint generation because the newest could not be read",
-            registry=registry,
-        )
-        self.lost = Counter(
-            "watcher_checkpoint_lost_total",
-            "Restores that found no readable checkpoint where one was written (the state started fresh)",
-            registry=registry,
-        )
-
-    def saved(self, seconds: float, size: int) -> None:
-        self.duration.observe(seconds)
-        self.size.set(size)
-        self.last.set(time.time())
-
-    def restored(self, cp: Checkpoint) -> None:
-        self.last.set(cp.written_at)

@@ -5,13 +5,15 @@ of each scope (``partition-<p>``), and the next owner of a partition reads it ba
 document is several MB (mostly JSON that compresses ~10x) while a Kafka record is limited to about
 1 MB, so a checkpoint is written as records under fixed keys:
 
-* ``<scope>#<write>#<i>``: the zlib-compressed document, cut into chunks of ``chunk_bytes``, under
-  a write id of its own (random);
-* ``<scope>``: a manifest ``{"v": 2, "write", "chunks", "bytes", "sha256", "written_at"}``, written
-  last, after every chunk is acknowledged by the broker (``acks=all``);
-* then tombstones for the chunks of the manifest it replaced (compaction removes them).
+* ``<scope>#<write>#<i>``: each part of the state that changed (``watcher.engine.parts``), zlib-
+  compressed and cut into chunks of ``chunk_bytes``, under a write id of its own (random);
+* ``<scope>``: a manifest ``{"v": 3, "offsets", "owner", "written_at", "parts": {part: {"write",
+  "chunks", "bytes", "sha256"}}}``, written last, after every chunk is acknowledged by the broker
+  (``acks=all``); a part that did not change keeps the entry (and the chunks) of the manifest before;
+* then tombstones for the chunks of the parts it replaced or dropped (compaction removes them).
 
-A write never touches the chunks of any other write: a writer that dies half-way leaves the
+So a checkpoint of thousands of agents sends the agents that had traffic since the last one, not
+the whole state. A write never touches the chunks of any other write: a writer that dies half-way leaves the
 previous manifest pointing at intact chunks, and two writers of one scope (an instance paused past
 its session timeout that wakes up and checkpoints a partition that has moved on: a "zombie") cannot
 corrupt each other's checkpoint; whichever manifest lands last is a whole, consistent checkpoint of
@@ -19,8 +21,9 @@ that partition's stream. (Version 1 manifests, with two alternating slots, are s
 Compaction keeps the latest record per key, which is all a reader needs. The reader keeps a view of the
 latest record
 per key and only reads what was appended since its last look, up to a sync record it appends first. The
-SHA-256 of the document guards
-against a manifest from a newer writer meeting chunks from an older one.
+SHA-256 of each part guards
+against a manifest from a newer writer meeting chunks from an older one. (Manifests of version 2, a
+whole JSON document, are still read.)
 
 aiokafka is asynchronous and ``CheckpointStore`` is not (the SQLite store writes synchronously as
 well): the store runs its own event loop in a thread and ``save``/``load`` wait for it, so a save
@@ -40,13 +43,13 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from watcher.errors import CheckpointError, CheckpointLost, CheckpointUnavailable
-from watcher.storage.checkpoint import SCOPE_ALL, Checkpoint, decode, encode
+from watcher.storage.checkpoint import SCOPE_ALL, Checkpoint, decode, decode_part, encode_part
 
 __all__ = ["KafkaCheckpointStore", "MANIFEST_VERSION"]
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 DEFAULT_CHUNK_BYTES = 512 * 1024  # well under Kafka's default 1 MB record limit
 _SYNC_KEY = b"__sync__"  # a reader's "read up to here" mark (compaction keeps only the last one)
 
@@ -85,23 +88,37 @@ class KafkaCheckpointStore:
 
     # -- CheckpointStore --------------------------------------------------------------------------
     def load(self, scope: str = SCOPE_ALL) -> Checkpoint | None:
+        """The scope's checkpoint; ``CheckpointLost`` when its manifest is there but it cannot be read
+        (chunks missing or not matching their SHA-256): never read as "no checkpoint yet"."""
+        try:
+            return self._load(scope)
+        except CheckpointUnavailable:
+            raise
+        except CheckpointError as exc:
+            raise CheckpointLost(scope, [str(exc)], where=f"topic {self.topic}") from exc
+
+    def _load(self, scope: str) -> Checkpoint | None:
         with self._lock:
             self._run(self._catch_up())
-            manifest = self._view.get(scope)
-            if manifest is None:
+            raw = self._view.get(scope)
+            if raw is None:
                 return None
-            try:
-                return decode(self._assemble(scope, manifest))
-            except CheckpointUnavailable:
-                raise
-            except CheckpointError as exc:  # written, but not readable: never read as "none yet"
-                raise CheckpointLost(scope, [str(exc)], where=f"topic {self.topic}") from exc
+            manifest = self._manifest(scope, raw)
+            if manifest["v"] != MANIFEST_VERSION:  # v1, v2: one document
+                return decode(
+                    self._assemble(scope, manifest["write" if manifest["v"] == 2 else "slot"], manifest)
+                )
+            parts = {
+                name: decode_part(self._assemble(scope, name, entry))
+                for name, entry in manifest["parts"].items()
+            }
+        offsets = {(str(t), int(p)): int(o) for t, p, o in manifest["offsets"]}
+        return Checkpoint(parts, offsets, float(manifest["written_at"]), str(manifest["owner"]))
 
     def save(self, cp: Checkpoint, scope: str = SCOPE_ALL) -> int:
-        document = encode(cp)
+        fresh = {name: encode_part(state) for name, state in cp.engine.items()}
         with self._lock:
-            self._run(self._write(scope, document, cp.written_at))
-        return len(document)
+            return self._run(self._write(scope, cp, fresh))
 
     def close(self) -> None:
         with self._lock:
@@ -172,43 +189,66 @@ class KafkaCheckpointStore:
         self._producer, self._consumer = producer, consumer
         self._ready = True
 
-    async def _write(self, scope: str, document: bytes, written_at: float) -> None:
+    async def _write(self, scope: str, cp: Checkpoint, fresh: dict[str, bytes]) -> int:
         await self._ensure()
         # The manifest this write replaces, as this instance knows it (it loaded the scope when the
-        # partition was assigned and has written it since): its chunks are tombstoned afterwards.
+        # partition was assigned and has written it since): kept parts keep its entries, the chunks of
+        # the parts replaced or gone are tombstoned afterwards.
         try:
             previous = self._manifest(scope, self._view[scope]) if self._view.get(scope) else None
         except CheckpointError:
             previous = None
-        write = os.urandom(8).hex()
-        packed = zlib.compress(document, 1)
-        chunks = [packed[i : i + self.chunk_bytes] for i in range(0, len(packed), self.chunk_bytes)] or [b""]
-        sends = [
-            await self._producer.send(self.topic, chunk, partition=0, key=f"{scope}#{write}#{i}".encode())
-            for i, chunk in enumerate(chunks)
-        ]
+        before: dict[str, Any] = previous["parts"] if previous is not None and previous["v"] == 3 else {}
+        missing = cp.kept - before.keys()
+        if missing:
+            raise CheckpointError(f"checkpoint {scope}: kept parts not in the topic: {sorted(missing)[:3]}")
+        entries = {name: before[name] for name in cp.kept}
+        sends, chunks_of = [], {}
+        for name, document in fresh.items():
+            write = os.urandom(8).hex()
+            packed = zlib.compress(document, 1)
+            chunks = [packed[i : i + self.chunk_bytes] for i in range(0, len(packed), self.chunk_bytes)] or [
+                b""
+            ]
+            for i, chunk in enumerate(chunks):
+                key = f"{scope}#{write}#{i}"
+                sends.append(await self._producer.send(self.topic, chunk, partition=0, key=key.encode()))
+                chunks_of[key] = chunk
+            entries[name] = {
+                "write": write,
+                "chunks": len(chunks),
+                "bytes": len(document),
+                "sha256": hashlib.sha256(document).hexdigest(),
+            }
         await asyncio.gather(*sends)  # every chunk acknowledged before the manifest points at them
         manifest = {
             "v": MANIFEST_VERSION,
-            "write": write,
-            "chunks": len(chunks),
-            "bytes": len(document),
-            "sha256": hashlib.sha256(document).hexdigest(),
-            "written_at": written_at,
+            "written_at": cp.written_at,
+            "owner": cp.owner,
+            "offsets": [[t, p, int(o)] for (t, p), o in sorted(cp.offsets.items())],
+            "parts": entries,
         }
         raw = json.dumps(manifest).encode()
         await self._producer.send_and_wait(self.topic, raw, partition=0, key=scope.encode())
-        self._view.update({f"{scope}#{write}#{i}": chunk for i, chunk in enumerate(chunks)})
+        self._view.update(chunks_of)
         self._view[scope] = raw
-        if previous is not None:  # the replaced checkpoint's chunks: compaction drops them
+        # the chunks no manifest points at any more: compaction drops them
+        stale = [
+            f"{scope}#{e['write']}#{i}"
+            for name, e in before.items()
+            if entries.get(name) is not e
+            for i in range(int(e["chunks"]))
+        ]
+        if previous is not None and previous["v"] != MANIFEST_VERSION:
             old = _chunk_prefix(scope, previous)
-            tombstones = [
-                await self._producer.send(self.topic, None, partition=0, key=f"{old}{i}".encode())
-                for i in range(int(previous["chunks"]))
-            ]
-            await asyncio.gather(*tombstones)
-            for i in range(int(previous["chunks"])):
-                self._view.pop(f"{old}{i}", None)
+            stale += [f"{old}{i}" for i in range(int(previous["chunks"]))]
+        if stale:
+            await asyncio.gather(
+                *[await self._producer.send(self.topic, None, partition=0, key=k.encode()) for k in stale]
+            )
+            for k in stale:
+                self._view.pop(k, None)
+        return len(raw) + sum(map(len, fresh.values()))
 
     async def _catch_up(self) -> None:
         """Read what was appended since the last look into the view, up to now.
@@ -237,33 +277,39 @@ class KafkaCheckpointStore:
     def _manifest(self, scope: str, raw: bytes | None) -> dict[str, Any]:
         try:
             manifest = json.loads(raw or b"")
-            if not isinstance(manifest, dict) or manifest.get("v") not in (1, MANIFEST_VERSION):
+            if not isinstance(manifest, dict) or manifest.get("v") not in (1, 2, MANIFEST_VERSION):
                 raise ValueError(f"unsupported manifest {manifest!r:.80}")
-            _chunk_prefix(scope, manifest), int(manifest["chunks"]), str(manifest["sha256"])
-        except (ValueError, TypeError, KeyError) as exc:
+            if manifest["v"] == MANIFEST_VERSION:
+                for entry in manifest["parts"].values():
+                    _chunk_prefix(scope, entry), int(entry["chunks"]), str(entry["sha256"])
+                manifest["offsets"], manifest["written_at"], manifest["owner"]
+            else:
+                _chunk_prefix(scope, manifest), int(manifest["chunks"]), str(manifest["sha256"])
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise CheckpointError(f"checkpoint manifest of {scope!r} is malformed: {exc}") from exc
         return manifest
 
-    def _assemble(self, scope: str, raw: bytes) -> bytes:
-        manifest = self._manifest(scope, raw)
-        prefix, count = _chunk_prefix(scope, manifest), int(manifest["chunks"])
-        parts = []
+    def _assemble(self, scope: str, what: Any, entry: Mapping[str, Any]) -> bytes:
+        """The document (v1, v2) or the part (v3) an entry of a manifest describes."""
+        prefix, count = _chunk_prefix(scope, entry), int(entry["chunks"])
+        chunks = []
         for i in range(count):
             chunk = self._view.get(f"{prefix}{i}")
             if chunk is None:
-                raise CheckpointError(f"checkpoint of {scope!r}: chunk {i} of {count} is missing")
-            parts.append(chunk)
+                raise CheckpointError(f"checkpoint of {scope!r}: chunk {i} of {count} of {what} is missing")
+            chunks.append(chunk)
         try:
-            document = zlib.decompress(b"".join(parts))
+            document = zlib.decompress(b"".join(chunks))
         except zlib.error as exc:
             raise CheckpointError(f"checkpoint of {scope!r} does not decompress: {exc}") from exc
-        if hashlib.sha256(document).hexdigest() != manifest["sha256"]:
-            raise CheckpointError(f"checkpoint of {scope!r}: its chunks do not match its manifest")
+        if hashlib.sha256(document).hexdigest() != entry["sha256"]:
+            raise CheckpointError(f"checkpoint of {scope!r}: the chunks of {what} do not match its manifest")
         return document
 
 
 def _chunk_prefix(scope: str, manifest: Mapping[str, Any]) -> str:
-    """The keys of a manifest's chunks, up to the chunk number: its write id (v2) or slot (v1)."""
+    """The keys of a manifest's chunks, up to the chunk number: its write id (v2, and each part's in
+    v3) or slot (v1)."""
     if manifest.get("v") == 1:
         return f"{scope}#{int(manifest['slot'])}#"
     write = manifest["write"]
