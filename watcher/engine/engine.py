@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from watcher.contract import (
     DecodedBatch,
     Deduplicator,
     Deployment,
+    Example,
     Expansion,
     NullOtlp,
     OtlpCounts,
@@ -395,6 +397,8 @@ class Engine:
         conduct = self.strategies.get(rollout.strategy).conduct
         decision, new_state = decide(self.policy_states[rid], evidence, judge.policy, rollout.ref(), conduct)
         self.policy_states[rid] = new_state
+        if decision is not None and decision.trigger is not None:
+            decision = replace(decision, examples=self._examples(judge, decision.trigger))
         if decision is not None or self.evidence_history.due(rid, ts):
             self.evidence_history.add(rid, evidence, decision)
         if decision is None:
@@ -402,12 +406,28 @@ class Engine:
         self.last_action[rid] = decision.action
         return [decision]
 
+    def _examples(self, judge: RolloutJudge, trigger: dict[str, str]) -> tuple[Example, ...]:
+        """The treatment's worst conversations behind a decision's trigger, linked to their traces.
+        Judges that keep no conversations (the ``examples`` method is optional) give none."""
+        cfg = self.settings.judge
+        find = getattr(judge, "examples", None)
+        if find is None or not cfg.examples or trigger.get("metric") is None:
+            return ()
+        link = cfg.trace_link
+        return tuple(
+            Example(cid, value, link.format(conversation_id=quote(cid, safe="")) if link else None)
+            for cid, value in find(trigger["metric"], trigger.get("slice", "all"), cfg.examples)
+        )
+
     def histories(self, rollout_ids: Sequence[str] | None = None) -> list[RolloutHistory]:
         """The rollouts' evidence over time (all known rollouts, oldest first, or these ids)."""
         rollouts = sorted(self.registry.all(), key=lambda r: r.started_ts)
         if rollout_ids is not None:
             rollouts = [r for r in rollouts if r.rollout_id in rollout_ids]
-        return [self.evidence_history.get(r.to_dict()) for r in rollouts]
+        return [
+            self.evidence_history.get(r.to_dict(), gates=self.registry.gates(r.agent_id, r.canary_version))
+            for r in rollouts
+        ]
 
     @staticmethod
     def _per_agent(cols: TurnColumns, agents: list[tuple[str, str]]) -> list[np.ndarray]:

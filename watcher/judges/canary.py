@@ -479,6 +479,42 @@ class Judge:
         """Every metric x slice's verdict with its numbers at event time ``ts``."""
         return self.look(ts).evidence()
 
+    def examples(self, metric: str, slice_name: str, k: int) -> list[tuple[str, float | None]]:
+        """The treatment's ``k`` worst conversations on ``metric`` in ``slice_name``, worst first, with
+        their value: the lowest mean quality, the highest mean latency (ms), or, for an event rate or a
+        latency tail, conversations that had the event (a rate: 1.0; a tail: slowest first, with their
+        mean latency when the judge sums latencies, else None).
+        Read from the conversation table (the live generations), so only when a
+        decision asks: a person reading the decision opens these conversations' traces first."""
+        conv = self.conv
+        mp = next((m for m in self.metrics if m.name == metric), None)
+        if mp is None or k <= 0:
+            return []
+        occ = conv.occupied()
+        rows = occ[conv.arm[occ] == 1]
+        if slice_name != "all":
+            sid = next((s for s, name in self.slice_names.items() if name == slice_name), None)
+            if sid is None or not self.n_keys:
+                return []
+            rows = rows[conv.slices[rows, (sid - 1) // (self.n_values + 1)] == sid]
+        sums = conv.sums[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            quality, log_lat = sums[:, 0] / sums[:, 1], sums[:, 2] / sums[:, 3]
+        latency = np.exp(log_lat)
+        if mp.name == "quality":
+            keep, order = ~np.isnan(quality), quality  # lowest first
+        elif mp.kind == "mean":
+            keep, order = ~np.isnan(latency), -latency  # slowest first
+        else:
+            had = (conv.flags[rows] >> self.metrics.index(mp)) & 1 == 1
+            keep, order = had, np.where(np.isnan(latency), 0.0, -latency)  # slowest first when known
+        pos = np.flatnonzero(keep)
+        pos = pos[np.argsort(order[pos], kind="stable")[:k]]  # ties: in the table's order
+        value = quality if mp.name == "quality" else latency if mp.kind != "rate" else np.ones(len(rows))
+        return [
+            (conv.ids[rows[i]] or "", None if math.isnan(value[i]) else float(value[i])) for i in pos.tolist()
+        ]
+
     def look(self, ts: float) -> Look:
         """The verdicts at event time ``ts`` as arrays; ``Look.evidence()`` formats the rows.
 
