@@ -25,13 +25,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
-import yaml
 from msgspec import Meta
 
 from watcher.config.addresses import parse_bootstrap_servers
 from watcher.config.hooks import HooksSettings
 from watcher.config.otlp import OtlpSettings
-from watcher.config.validate import SECRET, TOPIC_PATTERN, Section, convert, field_type, plain, unwrap
+from watcher.config.validate import (
+    SECRET,
+    TOPIC_PATTERN,
+    Section,
+    convert,
+    field_type,
+    plain,
+    read_yaml,
+    unwrap,
+)
 from watcher.errors import ConfigError
 
 __all__ = [
@@ -323,14 +331,7 @@ def load_settings(
     """YAML file (optional) < environment (``WATCHER_...``) < explicit overrides (dotted keys)."""
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
+        loaded = read_yaml(path, "config")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("config", f"{path} must hold a mapping at the top level")
         raw = loaded or {}
