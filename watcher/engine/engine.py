@@ -424,7 +424,10 @@ class Engine:
         rollouts = sorted(self.registry.all(), key=lambda r: r.started_ts)
         if rollout_ids is not None:
             rollouts = [r for r in rollouts if r.rollout_id in rollout_ids]
-        return [self.evidence_history.get(r.to_dict()) for r in rollouts]
+        return [
+            self.evidence_history.get(r.to_dict(), gates=self.registry.gates(r.agent_id, r.canary_version))
+            for r in rollouts
+        ]
 
     @staticmethod
     def _per_agent(cols: TurnColumns, agents: list[tuple[str, str]]) -> list[np.ndarray]:
