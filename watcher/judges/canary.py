@@ -19,9 +19,9 @@ vectorised hash table; increments are summed per *group* of conversations feedin
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -248,14 +248,14 @@ class Judge:
         _put_rows(conv.sums, u, new)
         ks = [k for _, k, _ in self._means]
         ns = [k + 1 for k in ks]
-        d = mean_deltas(
+        deltas = mean_deltas(
             np.take(old, ks, axis=1),
             np.take(old, ns, axis=1),
             np.take(new, ks, axis=1),
             np.take(new, ns, axis=1),
         )  # (m, metric, fields)
         for j, (col, _, _) in enumerate(self._means):
-            delta[:, col : col + MEAN_FIELDS] = d[:, j]
+            delta[:, col : col + MEAN_FIELDS] = deltas[:, j]
 
     def _fold_groups(self) -> None:
         cells, conv = self._cells, self.conv
@@ -378,12 +378,12 @@ class Judge:
         for key, k in keymap.items():
             vals = cols.get(key) or [seg.get(key) for seg in segs]
             known = self.seg_values.setdefault(key, {})  # a restored judge maps configured keys not yet seen
-            sl = list(map(known.get, vals))
+            sl = list(map(cast("Callable[[str | None], int | None]", known.get), vals))  # None: absent
             if None in sl:  # new values (slices allocated in order of first appearance) or absent key
                 for i, (x, v) in enumerate(zip(sl, vals)):
                     if x is None:
                         sl[i] = -1 if v is None else (known.get(v) or self._value_slice(key, k, v))
-            out[:, k] = sl
+            out[:, k] = cast("list[int]", sl)  # every None was replaced just above
         return out
 
     def _set_weight(self, w: float | None, ts: float) -> None:
@@ -542,9 +542,10 @@ class Judge:
                 self._mean_tests(x, log_thr, [self.metrics[i] for i in mean_at])
             )
         if rate_at:
-            lef[:, rate_at], lep[:, rate_at], n[:, rate_at], *rate_tc = self._rate_tests(
+            lef[:, rate_at], lep[:, rate_at], n[:, rate_at], t_counts, c_counts = self._rate_tests(
                 x, rhos, [self.metrics[i] for i in rate_at]
             )
+            rate_tc = (t_counts, c_counts)
         # Verdicts of every metric x slice at once. The largest margin over the blocks wins, on a tie
         # the later (more recent) block, as max((margin, k)) would; PASS is judged on the cumulative block.
         elig = n.min(axis=-1) >= np.array([m.min_samples for m in self.metrics])[:, None]
