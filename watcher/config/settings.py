@@ -188,9 +188,9 @@ class JudgeSettings(Section, frozen=True):
     # a pause or rollback names this many of the treatment's worst conversations on the metric and in
     # the slice that decided (0: none), so a person starts from the conversations, not the numbers
     examples: Annotated[int, Meta(ge=0, le=50)] = 5
-    # each example's link to its traces: a URL with {conversation_id} (URL-quoted) in it, e.g. Grafana
-    # Explore on Tempo with a TraceQL query on gen_ai.conversation.id, a Jaeger search by tag, or a
-    # Langfuse session (docs/otlp.md); None: examples without links
+    # each example's link to its traces: a URL with {trace_id} (the trace of the conversation's latest
+    # turn, when its turns carry one: OTLP input) and/or {conversation_id}, URL-quoted, e.g. a Tempo
+    # trace, a Jaeger search by tag, a Langfuse session (docs/otlp.md); None: examples without links
     trace_link: str | None = None
 
     def __post_init__(self) -> None:
@@ -198,13 +198,16 @@ class JudgeSettings(Section, frozen=True):
             raise ConfigError("judge.policy_file", f"no such file: {self.policy_file}")
         if self.trace_link is not None:
             try:
-                self.trace_link.format(conversation_id="c")
+                self.trace_link.format(conversation_id="c", trace_id="t")
             except (KeyError, IndexError, ValueError) as e:
                 raise ConfigError(
-                    "judge.trace_link", f"{self.trace_link!r}: only {{conversation_id}} is filled in ({e!r})"
+                    "judge.trace_link",
+                    f"{self.trace_link!r}: only {{trace_id}} and {{conversation_id}} are filled in ({e!r})",
                 ) from None
-            if "{conversation_id}" not in self.trace_link:
-                raise ConfigError("judge.trace_link", f"{self.trace_link!r} has no {{conversation_id}}")
+            if "{trace_id}" not in self.trace_link and "{conversation_id}" not in self.trace_link:
+                raise ConfigError(
+                    "judge.trace_link", f"{self.trace_link!r} has no {{trace_id}} or {{conversation_id}}"
+                )
 
 
 class OutboxSettings(Section, frozen=True):
@@ -336,14 +339,31 @@ def load_settings(
             raise ConfigError("config", f"{path} must hold a mapping at the top level")
         raw = loaded or {}
     env = os.environ if environ is None else environ
+    from_env: dict[str, str] = {}  # dotted field -> the variable that set it, named in an error
     for name, value in env.items():
         if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
             dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-            _set_dotted(raw, dotted, _from_text(dotted, value))
+            from_env[dotted] = name
+            try:
+                _set_dotted(raw, dotted, _from_text(dotted, value))
+            except ConfigError as exc:
+                raise _from_variable(exc, name) from None
     for dotted, value in (overrides or {}).items():
+        from_env.pop(dotted, None)
         _set_dotted(raw, dotted, value)
-    # strict=False: "9100" is a port and "true" a boolean, as environment variables spell them
-    return convert(raw, Settings, strict=False)
+    try:
+        # strict=False: "9100" is a port and "true" a boolean, as environment variables spell them
+        return convert(raw, Settings, strict=False)
+    except ConfigError as exc:
+        if exc.field not in from_env:
+            raise
+        raise _from_variable(exc, from_env[exc.field]) from None
+
+
+def _from_variable(exc: ConfigError, name: str) -> ConfigError:
+    """The error, saying it comes from the environment variable ``name``: the field alone ("nope:
+    unknown setting") does not tell a person where to look."""
+    return ConfigError(exc.field, f"{exc.message} (from the environment variable {name})")
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
