@@ -32,7 +32,7 @@ from watcher.contract import (
     TurnColumns,
     decode_batch,
 )
-from watcher.engine import parts
+from watcher.engine import parts, retire
 from watcher.engine.coverage import Coverage, roles
 from watcher.engine.history import EvidenceHistory, EvidenceMap, RolloutHistory
 from watcher.judges import (
@@ -125,6 +125,9 @@ class Engine:
         self._judges_touched: set[str] = set()  # judges changed since the last checkpoint (parts.changed)
         self._parts_generation = 0  # the dedup generation the last checkpoint wrote
         self._seen: dict[str, float] = {}  # rollout id -> latest event time of the turns its judge got
+        # versions that ended rollouts retired (they leave the state when quiet: watcher.engine.retire)
+        self.retired_versions: dict[tuple[str, str, str], float] = {}  # -> event time it was retired
+        self._next_sweep = -math.inf  # event time of the next retired-version sweep
         # observers of every rollout change, whether from a batch, the HTTP API or a deployer hook
         # (the daemon queues signals for them); called synchronously, before the batch is committed
         self.change_listeners: list[Callable[[Change], None]] = []
@@ -209,6 +212,10 @@ class Engine:
         if any(arm == "live" or (a, e, v) in watched for (a, e, v, _), arm in routes.items()):
             result.drift_signals.extend(self.drift.update(turns, arms, cols))
         result.decisions.extend(self._judge(turns, arms, agents, cols))
+        wm = self.state.watermark
+        if wm is not None and wm >= self._next_sweep:
+            self._next_sweep = wm + retire.SWEEP_EVERY_S
+            retire.sweep(self, wm)
 
     def _new_registry(self) -> Registry:
         rollouts = self.settings.rollouts
@@ -281,6 +288,8 @@ class Engine:
         self._seen.pop(rollout.rollout_id, None)
 
     def _retire(self, rollout: Rollout) -> None:
+        # the last look's evidence is built now: a deferred one would keep the judge's tables alive
+        self.evidence.get(rollout.rollout_id)
         self.judges.pop(rollout.rollout_id, None)
         self.coverage.pop(rollout.rollout_id, None)
         self._last_look.pop(rollout.rollout_id, None)
@@ -289,6 +298,11 @@ class Engine:
         live = rollout.canary_version if rollout.state.value == "promoted" else rollout.baseline_version
         if live:
             self.drift.watch(rollout.agent_id, rollout.environment, live)
+        key = (rollout.agent_id, rollout.environment)
+        old = retire.retired_version(rollout)
+        if old and old != live:
+            self.retired_versions[(*key, old)] = rollout.ended_ts or rollout.started_ts
+        self.retired_versions.pop((*key, live or ""), None)  # a version rolled back once may be live again
 
     def _judge(
         self,
