@@ -4,6 +4,7 @@ readable help, and one-line errors with a non-zero status for every everyday mis
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import subprocess
 import sys
@@ -121,6 +122,29 @@ def test_everyday_mistakes_are_one_line_and_a_non_zero_status(
     lines = err.strip().splitlines()
     assert len(lines) <= 2 and (len(lines) == 1 or lines[1].startswith("Try 'watcher"))
     assert not (tmp_path / "missing").exists()
+
+
+def test_an_api_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    # the daemon used to end in an OSError traceback from the HTTP server's bind
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "watcher", "run", "--bootstrap-servers", f"127.0.0.1:{_closed_port()}"]
+            + ["--http-port", str(port)],
+            cwd=tmp_path,
+            env={k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"watcher run: configuration error: http.port: cannot listen on 127.0.0.1:{port}: the port is in "
+        "use (another watcher?); choose another one (--http-port, http.port or WATCHER_HTTP__PORT; 0 "
+        "picks a free one)"
+    )
 
 
 def test_a_missing_output_folder_fails_before_the_work(

@@ -67,6 +67,8 @@ def test_errors_are_one_line_and_exit_3(files, capsys, argv, message) -> None:
 def test_usage_errors_exit_3_not_2(files) -> None:
     """2 means inconclusive: argparse's usage error must not look like it."""
     assert main(["gate", files["small"], "--segments", "some"]) == 3
+    # an unknown option is the gate's usage error too (left to the top parser it exited 2)
+    assert main(["gate", files["small"], "--junit-out", "x.xml"]) == 3
 
 
 def test_junit_one_case_per_row_failures_and_skips(files, tmp_path) -> None:

@@ -52,6 +52,9 @@ def test_yaml_then_environment_then_overrides(tmp_path) -> None:
         ("shutdown_grace_s: 0.1\n", "shutdown_grace_s"),
         ("telemetry:\n  traces_exporter: otlp\n", "telemetry.otlp_endpoint"),
         ("judge:\n  policy_file: /nonexistent/policy.yaml\n", "judge.policy_file"),
+        ("judge:\n  trace_link: 'https://t/{trace}'\n", "judge.trace_link"),  # not a placeholder we fill
+        ("judge:\n  trace_link: 'https://t/search'\n", "judge.trace_link"),  # no {conversation_id}
+        ("judge:\n  examples: -1\n", "judge.examples"),
         ("log_level: LOUD\n", "log_level"),
     ],
 )
@@ -73,8 +76,12 @@ def test_bad_environment_value_names_the_field() -> None:
 def test_not_yaml_and_missing_file(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("kafka: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError) as info:
         load_settings(bad, environ={})
+    # one line, where and what (PyYAML's own report is four lines about a "<unicode string>")
+    assert str(info.value) == (
+        f"config: {bad} is not valid YAML at line 2, column 1: expected ',' or ']', but got '<stream end>'"
+    )
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "missing.yaml", environ={})
 

@@ -135,8 +135,9 @@ def test_all_is_exactly_the_public_interface() -> None:
             "Rejected", "RejectReason", "Turn", "TurnColumns", "dead_letter_record", "decode_batch",
             "decode_deployment", "encode_deployment", "encode_turn", "renumber",
             # what comes out: verdicts, decision records and the items sinks receive
-            "Action", "ArmEstimate", "Cause", "Decision", "MetricEvidence", "RolloutEvidence", "RolloutRef",
-            "SampleRatioEvidence", "Verdict", "decision_id", "rfc3339", "Item", "ItemKind", "Severity",
+            "Action", "ArmEstimate", "Cause", "Decision", "Example", "MetricEvidence", "RolloutEvidence",
+            "RolloutRef", "SampleRatioEvidence", "Verdict", "decision_id", "rfc3339", "Item", "ItemKind",
+            "Severity",
             # OTLP traces in: the span-to-turn mapping and the reader of trace requests
             "SpanMapping", "OtlpDecoder", "NullOtlp", "OtlpCounts", "Expansion", "MessageTurns", "OTLP_JSON",
             "OTLP_PROTO", "sniff",

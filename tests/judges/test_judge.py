@@ -178,3 +178,30 @@ def test_every_judge_shares_the_promote_margin_helper() -> None:
     assert mean_params(lat, promote=True)[:2] == (math.log(1.10), 2 * math.log(1.10))  # PASS: the margin
     q = POLICY.metric("quality")
     assert mean_params(q, promote=True) == (-0.03, 0.06, -1.0)
+
+
+def test_examples_are_the_treatments_worst_conversations_in_the_slice() -> None:
+    j = Judge(REF, POLICY, T0)
+    turns = [
+        turn("bad-billing", 1, "canary", quality=0.1, latency_ms=900.0, error=True),
+        turn("worse-billing", 2, "canary", quality=0.05),
+        turn("bad-baseline", 3, "baseline", quality=0.0, latency_ms=5000.0, error=True),
+        turn("bad-sales", 4, "canary", quality=0.0, segment={"intent": "sales"}, latency_ms=2000.0),
+        turn("ok-billing", 5, "canary", quality=0.9, latency_ms=100.0, error=True),
+        turn("worse-billing", 6, "canary", quality=0.07),  # the conversation's mean: 0.06
+    ]
+    j.update(turns, [t.arm for t in turns], 0.2)
+    # the lowest mean quality first; a baseline conversation and another segment are never examples
+    assert [c for c, _ in j.examples("quality", "intent=billing", 5)] == [
+        "worse-billing",
+        "bad-billing",
+        "ok-billing",
+    ]
+    [(cid, q)] = j.examples("quality", "intent=billing", 1)
+    assert cid == "worse-billing" and abs(q - 0.06) < 1e-3  # values on the judge's grid of 1/1024
+    assert j.examples("quality", "all", 1)[0][0] == "bad-sales"
+    assert [c for c, _ in j.examples("latency", "all", 2)] == ["bad-sales", "bad-billing"]
+    assert abs(j.examples("latency", "all", 1)[0][1] - 2000.0) < 2.0  # ms, the conversation's geometric mean
+    # a rate: the conversations that had the event, whatever their other metrics
+    assert [c for c, _ in j.examples("error", "intent=billing", 5)] == ["bad-billing", "ok-billing"]
+    assert j.examples("error", "intent=nowhere", 5) == [] and j.examples("nometric", "all", 5) == []

@@ -112,10 +112,16 @@ async def test_the_rollout_shows_the_gates_its_version_passed(api, tmp_path, cap
             (rollout,) = (await r.json())["rollouts"]
         async with http.get(f"{base}/v1/rollouts/{rollout['rollout_id']}") as r:
             detail = await r.json()
+        async with http.get(f"{base}/v1/rollouts/{rollout['rollout_id']}/report") as r:
+            page = await r.text()
     assert rollout["canary_version"] == "v42" and rollout["environment"] == "prod"
     (gate,) = detail["gates"]
     assert (gate["environment"], gate["verdict"], gate["baseline_version"]) == ("staging", "pass", "v41")
     assert gate["decision_id"].startswith("dec-") and gate["actor"] == "watcher gate"
+    # the rollout's HTML report shows the same verdict in its header
+    assert "Gate verdicts recorded for v42 before this rollout" in page
+    row = page.split("Gate verdicts recorded for v42", 1)[1].split("</table>", 1)[0]
+    assert all(f"<td>{v}</td>" in row for v in ("staging", "pass", "v41", gate["decision_id"]))
 
 
 def test_record_to_a_file_and_a_failed_record_is_exit_3(tmp_path, capsys) -> None:

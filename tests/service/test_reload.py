@@ -125,7 +125,7 @@ def test_plan_rejects_an_invalid_policy_naming_its_field_and_file(tmp_path: Path
         plan_reload(old, config, {})
     assert info.value.field == "defaults.alpha" and str(policy) in str(info.value)
     _write(policy, "version: 1\ndefaults: {alpha: 0.01\n")  # broken YAML
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="not valid YAML at line 3"):
         plan_reload(old, config, {})
 
 

@@ -136,6 +136,16 @@ async def test_slack_one_valid_message_per_decision_within_limits(tmp_path: Path
     assert (
         fields["*Canary*"] == "n=203, estimate 0.6351" and fields["*Baseline*"] == "n=1985, estimate 0.7301"
     )
+    # the trigger's worst canary conversations, linked to their traces when a trace link is configured
+    (examples,) = [
+        b["text"]["text"] for b in pause["blocks"] if "Worst canary" in b.get("text", {}).get("text", "")
+    ]
+    assert examples.split("\n") == [
+        "*Worst canary conversations* on quality:",
+        "• <https://grafana.example/explore?q=conv-17|`conv-17`> (0.125)",
+        "• `conv-4` (0.25)",
+    ]
+    assert not any("Worst canary" in b.get("text", {}).get("text", "") for b in promote["blocks"])
     links = pause["blocks"][-1]["elements"][0]["text"]
     assert "<https://watcher.example/v1/rollouts/ro-0123456789abcdef|Rollout in watcher>" in links
     assert "https://grafana.example/d/w?var-agent=support-bot&env=prod" in links

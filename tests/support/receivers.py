@@ -427,6 +427,7 @@ def make_decision(
         ArmEstimate,
         Cause,
         Decision,
+        Example,
         MetricEvidence,
         RolloutRef,
         SampleRatioEvidence,
@@ -435,6 +436,11 @@ def make_decision(
     )
 
     act = Action(action)
+    harm = act in (Action.PAUSE, Action.ROLLBACK)
+    examples = (
+        Example("conv-17", 0.125, "https://grafana.example/explore?q=conv-17"),
+        Example("conv-4", 0.25),  # no trace link configured
+    )
     evidence = []
     for i in range(rows):
         verdict = Verdict.FAIL if i == fail_at else (Verdict.INCONCLUSIVE if i % 2 else Verdict.PASS)
@@ -470,8 +476,9 @@ def make_decision(
         reason=f"{action}: quality in all fell 0.095 (-0.149..-0.0413, e=2.79e+08 >= 2.08e+05) #{n}",
         evidence=tuple(evidence),
         sample_ratio=SampleRatioEvidence(0.1, 0.0973, 2124, 19716, 0.0036, 1000.0, False, "sample ratio ok"),
-        trigger={"metric": "quality", "slice": "all"} if act in (Action.PAUSE, Action.ROLLBACK) else None,
+        trigger={"metric": "quality", "slice": "all"} if harm else None,
         sequence=n,
+        examples=examples if harm else (),
     )
 
 

@@ -75,6 +75,7 @@ class CommandParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, top: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
+        self._top = top
         self._add_global_options(top)
 
     def _add_global_options(self, top: bool) -> None:
@@ -88,6 +89,14 @@ class CommandParser(argparse.ArgumentParser):
             default=default,
             help="YAML settings file (default: $WATCHER_CONFIG, else built-in defaults)",
         )
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """A subcommand reports its own unknown options: under its name, with its help and its exit
+        status (left to the top parser they exit 2, which ``watcher gate`` means as "inconclusive")."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and not self._top:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
         """One line: what is wrong, and where help is."""

@@ -25,7 +25,7 @@ from watcher.config.settings import (
     check_sink_entries,
     load_settings,
 )
-from watcher.config.validate import MASK, PATTERNS, SECRET, Section, convert, plain, secret_values
+from watcher.config.validate import MASK, PATTERNS, SECRET, Section, convert, plain, read_yaml, secret_values
 
 __all__ = [
     "CheckpointSettings",
@@ -49,6 +49,7 @@ __all__ = [
     "mask_url",
     "parse_bootstrap_servers",
     "plain",
+    "read_yaml",
     "redact",
     "secret_values",
     "validate_targets",

@@ -25,13 +25,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
-import yaml
 from msgspec import Meta
 
 from watcher.config.addresses import parse_bootstrap_servers
 from watcher.config.hooks import HooksSettings
 from watcher.config.otlp import OtlpSettings
-from watcher.config.validate import SECRET, TOPIC_PATTERN, Section, convert, field_type, plain, unwrap
+from watcher.config.validate import (
+    SECRET,
+    TOPIC_PATTERN,
+    Section,
+    convert,
+    field_type,
+    plain,
+    read_yaml,
+    unwrap,
+)
 from watcher.errors import ConfigError
 
 __all__ = [
@@ -185,10 +193,26 @@ class JudgeSettings(Section, frozen=True):
     # makes the daemon's decisions (docs/guarantees.md); 0: after every batch. Its statistics are updated
     # with every batch; this only spaces out the looks (a look costs a few ms)
     evaluate_every_s: Annotated[float, Meta(ge=0)] = 30.0
+    # a pause or rollback names this many of the treatment's worst conversations on the metric and in
+    # the slice that decided (0: none), so a person starts from the conversations, not the numbers
+    examples: Annotated[int, Meta(ge=0, le=50)] = 5
+    # each example's link to its traces: a URL with {conversation_id} (URL-quoted) in it, e.g. Grafana
+    # Explore on Tempo with a TraceQL query on gen_ai.conversation.id, a Jaeger search by tag, or a
+    # Langfuse session (docs/otlp.md); None: examples without links
+    trace_link: str | None = None
 
     def __post_init__(self) -> None:
         if self.policy_file is not None and not Path(self.policy_file).is_file():
             raise ConfigError("judge.policy_file", f"no such file: {self.policy_file}")
+        if self.trace_link is not None:
+            try:
+                self.trace_link.format(conversation_id="c")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(
+                    "judge.trace_link", f"{self.trace_link!r}: only {{conversation_id}} is filled in ({e!r})"
+                ) from None
+            if "{conversation_id}" not in self.trace_link:
+                raise ConfigError("judge.trace_link", f"{self.trace_link!r} has no {{conversation_id}}")
 
 
 class OutboxSettings(Section, frozen=True):
@@ -315,14 +339,7 @@ def load_settings(
     """YAML file (optional) < environment (``WATCHER_...``) < explicit overrides (dotted keys)."""
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
+        loaded = read_yaml(path, "config")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("config", f"{path} must hold a mapping at the top level")
         raw = loaded or {}

@@ -43,9 +43,11 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import yaml
 
 from watcher.config.redaction import MIN_SECRET, mask_url, url_secrets
 from watcher.errors import ConfigError
@@ -59,6 +61,7 @@ __all__ = [
     "convert",
     "field_type",
     "plain",
+    "read_yaml",
     "secret_values",
     "unwrap",
 ]
@@ -301,3 +304,22 @@ def _constraint(type_name: str, rest: str) -> str:
 
 def _is_struct(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+
+
+def read_yaml(path: str | Path, field: str) -> Any:
+    """The YAML document in ``path``. A file that cannot be read or parsed is a ``ConfigError`` on
+    ``field`` in one line, saying where (line, column) and what, instead of PyYAML's multi-line report
+    about a "<unicode string>"."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(field, f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = exc.problem or exc.context or "cannot be parsed"
+        raise ConfigError(field, f"{path} is not valid YAML{where}: {what}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(field, f"{path} is not valid YAML: {exc}") from None

@@ -80,6 +80,7 @@ from watcher.contract.verdicts import (
     ArmEstimate,
     Cause,
     Decision,
+    Example,
     MetricEvidence,
     RolloutEvidence,
     RolloutRef,
@@ -92,7 +93,7 @@ from watcher.contract.verdicts import (
 # keep: Action Arm ArmEstimate Cause Decision DecodedBatch Deduplicator Deployment FlagSpec GateOutcome Item
 # keep: ItemKind MarkerAction MarkerCheck MetricEvidence RejectReason Rejected RolloutEvidence RolloutRef
 # keep: SCHEMA_DEADLETTER SCHEMA_DEPLOYMENT SCHEMA_TURN SampleRatioEvidence Severity StrategyName Turn
-# keep: TurnColumns Verdict dead_letter_record decision_id decode_batch decode_deployment
+# keep: Example TurnColumns Verdict dead_letter_record decision_id decode_batch decode_deployment
 # keep: encode_deployment encode_turn renumber OTLP_JSON OTLP_PROTO Expansion MessageTurns NullOtlp
 # keep: OtlpCounts OtlpDecoder SpanMapping sniff
 # keep: CATALOGUE MEAN_METRICS RATE_METRICS SERIES_FAMILIES Direction Family Kind MetricDef ToleranceMode
@@ -115,6 +116,7 @@ __all__ = [
     "ArmEstimate",
     "Cause",
     "Decision",
+    "Example",
     "DecodedBatch",
     "Deduplicator",
     "Deployment",

@@ -131,6 +131,19 @@ class RolloutRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Example:
+    """A conversation behind a decision: one of the treatment's worst on the metric that decided, in
+    the slice that decided, with its value on that metric and a link to its traces (``judge.trace_link``)."""
+
+    conversation_id: str
+    value: float | None  # mean quality or latency (ms; a tail too), 1.0 for a rate: it had the event
+    url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _rounded(asdict(self))
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """A decision record (``watcher.decision/v1``); see docs/decisions.md."""
 
@@ -145,6 +158,7 @@ class Decision:
     trigger: dict[str, str] | None = None  # {"metric": ..., "slice": ...} of the evidence that decided
     actor: str = "watcher"
     sequence: int = 0  # n-th decision of this rollout, from 1
+    examples: tuple[Example, ...] = ()  # the trigger's worst treatment conversations (worst first)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -161,6 +175,7 @@ class Decision:
             "sequence": self.sequence,
             "evidence": [m.to_dict() for m in self.evidence],
             "sample_ratio": self.sample_ratio.to_dict() if self.sample_ratio else None,
+            "examples": [x.to_dict() for x in self.examples],
         }
 
 
@@ -192,6 +207,7 @@ __all__ = [
     "ArmEstimate",
     "Cause",
     "Decision",
+    "Example",
     "MetricEvidence",
     "RolloutEvidence",
     "RolloutRef",

@@ -12,6 +12,7 @@ A problem (``Unjudged``) is declared once there is enough traffic to say (``_ENO
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -45,18 +46,16 @@ class Unjudged(str, Enum):
 
 
 _UNUSED_BY_ARM = {"live": Unused.OTHER_VERSION, "other": Unused.NO_FLAG}
-# the control arms a built-in strategy's judge compares with (others: "baseline"); blue-green compares
-# with the old version's history before the switch, not with turns
-_CONTROL = {"shadow": ("live", "baseline"), "blue_green": ()}
 
 
 def roles(
-    strategy: str, arms: list[str], treatment_arm: str = "canary"
+    arms: Sequence[str], treatment_arm: str, control_arms: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(treatment mask, control mask, the arms of the other turns) of the turns a judge receives."""
+    """(treatment mask, control mask, the arms of the other turns) of the turns a judge receives;
+    the arms are the strategy's (``Strategy.treatment_arm``, ``Strategy.control_arms``)."""
     a = np.asarray(arms, dtype=object)
     treat = a == treatment_arm
-    ctrl = np.isin(a, _CONTROL.get(strategy, ("baseline",)))
+    ctrl = np.isin(a, control_arms)
     rest = a[~(treat | ctrl)].tolist()
     return treat, ctrl, rest
 
@@ -65,7 +64,9 @@ def roles(
 class Coverage:
     """One rollout's counts since it started, and its problem, if any."""
 
-    strategy: str
+    # the strategy's control arms; none: its judge compares with the old version's history before the
+    # switch (blue-green), so the old version's ("baseline") turns are not a missing control
+    control_arms: tuple[str, ...]
     treatment: int = 0
     control: int = 0
     unused: Counter[str] = field(default_factory=Counter)
@@ -77,7 +78,7 @@ class Coverage:
         self.control += control
         for arm, n in Counter(rest).items():
             reason = _UNUSED_BY_ARM.get(arm, Unused.UNUSABLE_ARM)
-            if self.strategy == "blue_green" and arm == "baseline":
+            if not self.control_arms and arm == "baseline":
                 reason = Unused.OLD_VERSION
             self.unused[reason.value] += n
 
@@ -91,7 +92,7 @@ class Coverage:
             return None, ""
         if self.treatment == 0:
             return Unjudged.NO_TREATMENT, f"{total} turns, none of the treatment (unused: {unused})"
-        if self.strategy != "blue_green" and self.control == 0 and self.treatment >= _MIN_TREATMENT:
+        if self.control_arms and self.control == 0 and self.treatment >= _MIN_TREATMENT:
             return Unjudged.NO_CONTROL, f"{self.treatment} treatment turns, no control turn to compare with"
         if 2 * sum(self.unused.values()) > total:
             return Unjudged.UNUSED_TURNS, f"most turns cannot be used: {unused} of {total}"

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from watcher.contract import (
     DecodedBatch,
     Deduplicator,
     Deployment,
+    Example,
     Expansion,
     NullOtlp,
     OtlpCounts,
@@ -337,7 +339,7 @@ class Engine:
             strategy = self.strategies.get(rollout.strategy)
             if strategy.arms is not None:  # e.g. a flag's variants within one version
                 my_arms = strategy.arms(rollout, mine.turns, my_arms, mine)
-            treat, ctrl, rest = roles(rollout.strategy, my_arms, strategy.treatment_arm)
+            treat, ctrl, rest = roles(my_arms, strategy.treatment_arm, strategy.control_arms)
             self._assess(rollout, judge, int(treat.sum()), int(ctrl.sum()), rest)
             rid = rollout.rollout_id
             self._judges_touched.add(rid)
@@ -378,7 +380,7 @@ class Engine:
         rid = rollout.rollout_id
         cov = self.coverage.get(rid)
         if cov is None:
-            cov = self.coverage[rid] = Coverage(rollout.strategy)
+            cov = self.coverage[rid] = Coverage(self.strategies.get(rollout.strategy).control_arms)
         cov.add(treatment, control, list(rest))
         reference = getattr(getattr(judge, "ref", None), "mode", None)  # blue-green's reference
         problem, detail = cov.assess(reference)
@@ -409,6 +411,8 @@ class Engine:
         conduct = self.strategies.get(rollout.strategy).conduct
         decision, new_state = decide(self.policy_states[rid], evidence, judge.policy, rollout.ref(), conduct)
         self.policy_states[rid] = new_state
+        if decision is not None and decision.trigger is not None:
+            decision = replace(decision, examples=self._examples(judge, decision.trigger))
         if decision is not None or self.evidence_history.due(rid, ts):
             self.evidence_history.add(rid, evidence, decision)
         if decision is None:
@@ -416,12 +420,28 @@ class Engine:
         self.last_action[rid] = decision.action
         return [decision]
 
+    def _examples(self, judge: RolloutJudge, trigger: dict[str, str]) -> tuple[Example, ...]:
+        """The treatment's worst conversations behind a decision's trigger, linked to their traces.
+        Judges that keep no conversations (the ``examples`` method is optional) give none."""
+        cfg = self.settings.judge
+        find = getattr(judge, "examples", None)
+        if find is None or not cfg.examples or trigger.get("metric") is None:
+            return ()
+        link = cfg.trace_link
+        return tuple(
+            Example(cid, value, link.format(conversation_id=quote(cid, safe="")) if link else None)
+            for cid, value in find(trigger["metric"], trigger.get("slice", "all"), cfg.examples)
+        )
+
     def histories(self, rollout_ids: Sequence[str] | None = None) -> list[RolloutHistory]:
         """The rollouts' evidence over time (all known rollouts, oldest first, or these ids)."""
         rollouts = sorted(self.registry.all(), key=lambda r: r.started_ts)
         if rollout_ids is not None:
             rollouts = [r for r in rollouts if r.rollout_id in rollout_ids]
-        return [self.evidence_history.get(r.to_dict()) for r in rollouts]
+        return [
+            self.evidence_history.get(r.to_dict(), gates=self.registry.gates(r.agent_id, r.canary_version))
+            for r in rollouts
+        ]
 
     @staticmethod
     def _per_agent(cols: TurnColumns, agents: list[tuple[str, str]]) -> list[np.ndarray]:

@@ -57,6 +57,8 @@ class RolloutHistory:
     points: list[EvidencePoint] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     note: str | None = None  # why the rollout is not (fully) judged, when it is not
+    # the gate verdicts recorded for the treatment version before it got here (``watcher gate --record``)
+    gates: list[dict[str, Any]] = field(default_factory=list)
 
 
 def point(evidence: RolloutEvidence) -> EvidencePoint:
@@ -125,10 +127,12 @@ class EvidenceHistory:
         self._decisions.pop(rid, None)
         self._step.pop(rid, None)
 
-    def get(self, rollout: dict[str, Any], note: str | None = None) -> RolloutHistory:
+    def get(
+        self, rollout: dict[str, Any], note: str | None = None, gates: list[dict[str, Any]] | None = None
+    ) -> RolloutHistory:
         rid = rollout["rollout_id"]
         return RolloutHistory(
-            rollout, list(self._points.get(rid, [])), list(self._decisions.get(rid, [])), note
+            rollout, list(self._points.get(rid, [])), list(self._decisions.get(rid, [])), note, gates or []
         )
 
     def rollout_ids(self) -> list[str]:

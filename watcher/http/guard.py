@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import re
@@ -49,6 +50,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from watcher.config import HttpSettings
+from watcher.errors import ConfigError
 
 __all__ = ["MAX_JSON_DEPTH", "ConnectionGuard", "Listening", "json_depth", "middleware", "quiet_parse_errors"]
 
@@ -241,6 +243,23 @@ class ConnectionGuard:
         return len(stale)
 
 
+def _listen_error(http: HttpSettings, exc: OSError) -> ConfigError:
+    where = f"{http.host}:{http.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            "http.port",
+            f"cannot listen on {where}: the port is in use (another watcher?); "
+            "choose another one (--http-port, http.port or WATCHER_HTTP__PORT; 0 picks a free one)",
+        )
+    if exc.errno == errno.EACCES:
+        return ConfigError("http.port", f"cannot listen on {where}: ports below 1024 need privileges")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(
+            "http.host", f"cannot listen on {where}: no interface of this machine has that address"
+        )
+    return ConfigError("http.host", f"cannot listen on {where}: {exc.strerror or exc}")
+
+
 class Listening:
     """An aiohttp application served behind the guard: ``await Listening.start(app, http)``, then
     ``port`` (the bound one, for ``http.port: 0``) and ``await close()``."""
@@ -264,9 +283,15 @@ class Listening:
         await runner.setup()
         assert runner.server is not None
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            guard.protocol(runner.server), http.host, http.port, reuse_address=True
-        )
+        try:
+            server = await loop.create_server(
+                guard.protocol(runner.server), http.host, http.port, reuse_address=True
+            )
+        except (
+            OSError
+        ) as exc:  # a port taken or privileged, a host not of this machine: told, not a traceback
+            await runner.cleanup()
+            raise _listen_error(http, exc) from exc
 
         async def sweeping() -> None:
             while True:

@@ -19,9 +19,9 @@ vectorised hash table; increments are summed per *group* of conversations feedin
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -248,14 +248,14 @@ class Judge:
         _put_rows(conv.sums, u, new)
         ks = [k for _, k, _ in self._means]
         ns = [k + 1 for k in ks]
-        d = mean_deltas(
+        deltas = mean_deltas(
             np.take(old, ks, axis=1),
             np.take(old, ns, axis=1),
             np.take(new, ks, axis=1),
             np.take(new, ns, axis=1),
         )  # (m, metric, fields)
         for j, (col, _, _) in enumerate(self._means):
-            delta[:, col : col + MEAN_FIELDS] = d[:, j]
+            delta[:, col : col + MEAN_FIELDS] = deltas[:, j]
 
     def _fold_groups(self) -> None:
         cells, conv = self._cells, self.conv
@@ -378,12 +378,12 @@ class Judge:
         for key, k in keymap.items():
             vals = cols.get(key) or [seg.get(key) for seg in segs]
             known = self.seg_values.setdefault(key, {})  # a restored judge maps configured keys not yet seen
-            sl = list(map(known.get, vals))
+            sl = list(map(cast("Callable[[str | None], int | None]", known.get), vals))  # None: absent
             if None in sl:  # new values (slices allocated in order of first appearance) or absent key
                 for i, (x, v) in enumerate(zip(sl, vals)):
                     if x is None:
                         sl[i] = -1 if v is None else (known.get(v) or self._value_slice(key, k, v))
-            out[:, k] = sl
+            out[:, k] = cast("list[int]", sl)  # every None was replaced just above
         return out
 
     def _set_weight(self, w: float | None, ts: float) -> None:
@@ -479,6 +479,42 @@ class Judge:
         """Every metric x slice's verdict with its numbers at event time ``ts``."""
         return self.look(ts).evidence()
 
+    def examples(self, metric: str, slice_name: str, k: int) -> list[tuple[str, float | None]]:
+        """The treatment's ``k`` worst conversations on ``metric`` in ``slice_name``, worst first, with
+        their value: the lowest mean quality, the highest mean latency (ms), or, for an event rate or a
+        latency tail, conversations that had the event (a rate: 1.0; a tail: slowest first, with their
+        mean latency when the judge sums latencies, else None).
+        Read from the conversation table (the live generations), so only when a
+        decision asks: a person reading the decision opens these conversations' traces first."""
+        conv = self.conv
+        mp = next((m for m in self.metrics if m.name == metric), None)
+        if mp is None or k <= 0:
+            return []
+        occ = conv.occupied()
+        rows = occ[conv.arm[occ] == 1]
+        if slice_name != "all":
+            sid = next((s for s, name in self.slice_names.items() if name == slice_name), None)
+            if sid is None or not self.n_keys:
+                return []
+            rows = rows[conv.slices[rows, (sid - 1) // (self.n_values + 1)] == sid]
+        sums = conv.sums[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            quality, log_lat = sums[:, 0] / sums[:, 1], sums[:, 2] / sums[:, 3]
+        latency = np.exp(log_lat)
+        if mp.name == "quality":
+            keep, order = ~np.isnan(quality), quality  # lowest first
+        elif mp.kind == "mean":
+            keep, order = ~np.isnan(latency), -latency  # slowest first
+        else:
+            had = (conv.flags[rows] >> self.metrics.index(mp)) & 1 == 1
+            keep, order = had, np.where(np.isnan(latency), 0.0, -latency)  # slowest first when known
+        pos = np.flatnonzero(keep)
+        pos = pos[np.argsort(order[pos], kind="stable")[:k]]  # ties: in the table's order
+        value = quality if mp.name == "quality" else latency if mp.kind != "rate" else np.ones(len(rows))
+        return [
+            (conv.ids[rows[i]] or "", None if math.isnan(value[i]) else float(value[i])) for i in pos.tolist()
+        ]
+
     def look(self, ts: float) -> Look:
         """The verdicts at event time ``ts`` as arrays; ``Look.evidence()`` formats the rows.
 
@@ -506,9 +542,10 @@ class Judge:
                 self._mean_tests(x, log_thr, [self.metrics[i] for i in mean_at])
             )
         if rate_at:
-            lef[:, rate_at], lep[:, rate_at], n[:, rate_at], *rate_tc = self._rate_tests(
+            lef[:, rate_at], lep[:, rate_at], n[:, rate_at], t_counts, c_counts = self._rate_tests(
                 x, rhos, [self.metrics[i] for i in rate_at]
             )
+            rate_tc = (t_counts, c_counts)
         # Verdicts of every metric x slice at once. The largest margin over the blocks wins, on a tie
         # the later (more recent) block, as max((margin, k)) would; PASS is judged on the cumulative block.
         elig = n.min(axis=-1) >= np.array([m.min_samples for m in self.metrics])[:, None]

@@ -9,6 +9,7 @@ live here, once, so that the judges' numbers and texts stay consistent with each
 from __future__ import annotations
 
 import math
+from typing import SupportsFloat
 
 from watcher.contract import ArmEstimate, MetricEvidence, ToleranceMode, Verdict, metric_def
 from watcher.judges.policy import MetricPolicy, Policy
@@ -77,7 +78,7 @@ def fmt(x: float | None) -> str:
     return f"{x:.3g}" if abs(x) >= 0.01 or x == 0 else f"{x:.2e}"
 
 
-def opt(x: float | None) -> float | None:
+def opt(x: SupportsFloat | None) -> float | None:
     """A number in a record: None when there is none (records are JSON: no NaN, no inf)."""
     return float(x) if x is not None and math.isfinite(x) else None
 

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
-import yaml
 from msgspec import Meta
 
-from watcher.config import Section, convert
+from watcher.config import Section, convert, read_yaml
 from watcher.contract import (
     CATALOGUE,
     Action,
@@ -315,10 +314,7 @@ def layout_change(old: Policy, new: Policy) -> str | None:
 
 
 def _read(path: Path) -> _PolicyFile:
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError("policy", f"cannot read {path}: {e}") from e
+    raw = read_yaml(path, "policy") or {}
     if not isinstance(raw, dict):
         raise ConfigError("policy", f"{path} must hold a mapping at the top level")
     return convert(raw, _PolicyFile)

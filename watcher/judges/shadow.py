@@ -272,7 +272,8 @@ class ShadowJudge:
         for j, frac in self.schedule.live_windows():
             parts = [t for e, t in self.epochs.items() if j <= e < j + self.schedule.span]
             if parts:
-                out.append((f" [restarted at +{j * self.schedule.epoch_s / 3600:.1f}h]", sum(parts), frac))
+                total = sum(parts[1:], parts[0])  # = sum(parts), typed as an array
+                out.append((f" [restarted at +{j * self.schedule.epoch_s / 3600:.1f}h]", total, frac))
         return out
 
     def evidence(self, ts: float) -> RolloutEvidence:

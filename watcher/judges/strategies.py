@@ -4,9 +4,10 @@ A ``Strategy`` names everything the rest of watcher needs to know about it: the 
 (``judge``) and restores from a checkpoint (``restore``), the arms its judge sees (``arms``), what the
 engine must give that judge (whole ``Turn`` objects, the versions' history), how its decisions read
 (``conduct``), the arm of its treatment's unlabelled turns and its treatment's share when a marker
-gives none (``treatment_arm``, ``start_weight``: the rollout registry), and the rules its start
-marker must meet (``check``). The engine, the decoder and the rollout registry read these; none of
-them names a strategy.
+gives none (``treatment_arm``, ``start_weight``: the rollout registry), the arms its judge compares
+the treatment with (``control_arms``: the engine's coverage), and the rules its start marker must
+meet (``check``). The engine, the decoder and the rollout registry read these; none of them names a
+strategy.
 
 Built in (docs/strategies/): ``canary`` (the concurrent judge, ``watcher.judges.canary``), ``flag``
 (the same judge on the flag's variants within one version: treatment -> "canary", control ->
@@ -67,6 +68,8 @@ class Strategy:
     history: Callable[[], VersionHistory] | None = None
     conduct: Conduct = Conduct()
     treatment_arm: str = "canary"  # the arm of the treatment version's turns that carry none
+    # the arms its judge compares the treatment with (none: it compares with the versions' history)
+    control_arms: tuple[str, ...] = ("baseline",)
     start_weight: float | None = None  # the treatment's share when the start marker gives none
     check: Callable[[Deployment], MarkerProblem | None] | None = None  # on its start markers
     description: str = ""
@@ -235,6 +238,7 @@ BUILT_IN: tuple[Strategy, ...] = (
             },
         ),
         treatment_arm="shadow",
+        control_arms=("live", "baseline"),
         description="each shadow turn paired with the live turn it copies (docs/strategies/shadow.md)",
     ),
     Strategy(
@@ -250,6 +254,7 @@ BUILT_IN: tuple[Strategy, ...] = (
             }
         ),
         start_weight=1.0,  # the switch moves all traffic to green
+        control_arms=(),  # green is compared with blue's history before the switch, not with turns
         description="green after the switch vs blue before it (docs/strategies/blue_green.md)",
     ),
 )

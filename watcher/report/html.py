@@ -1,7 +1,8 @@
 """One self-contained HTML page from rollouts' evidence histories (plotly, embedded: works offline).
 
 Per rollout: a header (strategy, versions, weight, state, why it is not judged when it is not), the
-decisions with their reasons, then three figures on one event-time axis with the deployment markers
+gate verdicts its treatment version got before it (``watcher gate --record``), the decisions with
+their reasons, then three figures on one event-time axis with the deployment markers
 (dashed) and watcher's decisions (solid, coloured by action):
 
 * traffic: conversations per arm since the rollout started;
@@ -101,6 +102,7 @@ def _header(h: RolloutHistory) -> str:
     out.append("</table>")
     if h.note:
         out.append(f"<p class='note'>{html.escape(h.note)}</p>")
+    out.append(_gates(h.gates, str(r.get("canary_version"))))
     if h.decisions:
         out.append("<table><tr><th>event time</th><th>action</th><th>reason</th></tr>")
         for d in h.decisions:
@@ -113,6 +115,35 @@ def _header(h: RolloutHistory) -> str:
     else:
         out.append("<p>No decision.</p>")
     return "\n".join(out)
+
+
+def _gates(gates: list[dict[str, Any]], version: str) -> str:
+    """What the treatment version passed (or not) before this rollout: ``watcher gate --record``."""
+    if not gates:
+        return f"<p>No gate verdict recorded for {html.escape(version)} (watcher gate --record).</p>"
+    out = [
+        f"<p>Gate verdicts recorded for {html.escape(version)} before this rollout:</p><table>"
+        "<tr><th>gated at</th><th>environment</th><th>verdict</th><th>against</th><th>decision</th></tr>"
+    ]
+    for g in gates:
+        verdict = str(g.get("verdict"))
+        ts = g.get("ts")
+        when = _t(ts).isoformat() if isinstance(ts, int | float) else "?"
+        cells = [
+            when,
+            str(g.get("environment")),
+            verdict,
+            str(g.get("baseline_version")),
+            str(g.get("decision_id")),
+        ]
+        colour = _VERDICT_COLOUR.get(verdict, "#fff")
+        out.append(
+            f"<tr style='background:{colour}'>"
+            + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+            + "</tr>"
+        )
+    out.append("</table>")
+    return "".join(out)
 
 
 def _chosen_rows(points: list[EvidencePoint]) -> list[tuple[str, str]]:

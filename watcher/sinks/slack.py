@@ -122,6 +122,17 @@ def evidence_text(evidence: list[dict[str, Any]], max_rows: int) -> str:
     return "\n".join([title, *shown, *tail])
 
 
+def examples_text(examples: list[dict[str, Any]], row: dict[str, Any] | None) -> str:
+    """The trigger's worst canary conversations, each a link to its traces when there is one."""
+    metric = esc(row["metric"]) if row else "the metric"
+    lines = [f"*Worst canary conversations* on {metric}:"]
+    for x in examples:
+        cid = esc(str(x.get("conversation_id")))
+        name = f"<{x['url']}|`{cid}`>" if x.get("url") else f"`{cid}`"
+        lines.append(truncate(f"• {name} ({num(x.get('value'))})", ROW_MAX))
+    return truncate("\n".join(lines), SECTION_MAX)
+
+
 def _evalue(row: dict[str, Any]) -> str:
     # a null statistic is an e-value that overflowed (JSON has no infinity)
     stat = row.get("statistic")
@@ -178,6 +189,9 @@ def render_decision(
     sr = record.get("sample_ratio")
     if sr and sr.get("mismatch"):
         blocks.append(_section(f"*Sample ratio*: {esc(sr.get('reason') or '')}"))
+    examples = record.get("examples") or []
+    if examples:
+        blocks.append(_section(examples_text(examples, row)))
     evidence = record.get("evidence") or []
     if evidence:
         blocks.append({"type": "divider"})

@@ -46,7 +46,7 @@ class _Cells:
 
     def __init__(self, shape: tuple[int, ...], dtype: type, first: int) -> None:
         self.index: dict[int, int] = {}
-        self.values = np.zeros((first, *shape), dtype)
+        self.values: np.ndarray = np.zeros((first, *shape), dtype)
         self.free: list[int] = list(range(first - 1, -1, -1))
 
     def __len__(self) -> int:

@@ -215,6 +215,19 @@ class _Codes:
 class MetricsState:
     """Per-series statistics, cumulative and over a recent event-time window, updated per batch."""
 
+    # One row per series slot, grown together by ``_alloc``: the cumulative statistics, first and last
+    # event times and latency sketch (``_c*``), and per ring bucket the window's (``_w*``; ``_wid``: the
+    # bucket each ring position holds, ``_NO_BUCKET`` when empty).
+    _cstats: np.ndarray
+    _cfirst: np.ndarray
+    _clast: np.ndarray
+    _csk: np.ndarray
+    _wid: np.ndarray
+    _wstats: np.ndarray
+    _wfirst: np.ndarray
+    _wlast: np.ndarray
+    _wsk: np.ndarray
+
     def __init__(
         self,
         *,
@@ -250,23 +263,23 @@ class MetricsState:
     def _alloc(self, cap: int) -> None:
         b, nb, old = self.window_buckets, self.layout.n_buckets, self._cap
 
-        def grow(name: str, shape: tuple[int, ...], fill: float, dtype: type) -> None:
-            new = np.full((cap, *shape), fill, dtype=dtype)
+        def grow(name: str, shape: tuple[int, ...], fill: float, dtype: type) -> np.ndarray:
+            new: np.ndarray = np.full((cap, *shape), fill, dtype=dtype)
             if old:
                 new[:old] = getattr(self, name)
-            setattr(self, name, new)
+            return new
 
-        grow("_cstats", (NSTAT,), 0.0, np.float64)
-        grow("_cfirst", (), np.inf, np.float64)
-        grow("_clast", (), -np.inf, np.float64)
-        grow("_csk", (nb,), 0, np.int64)
-        grow("_wid", (b,), _NO_BUCKET, np.int64)
-        grow("_wstats", (b, NSTAT), 0.0, np.float64)
-        grow("_wfirst", (b,), np.inf, np.float64)
-        grow("_wlast", (b,), -np.inf, np.float64)
+        self._cstats = grow("_cstats", (NSTAT,), 0.0, np.float64)
+        self._cfirst = grow("_cfirst", (), np.inf, np.float64)
+        self._clast = grow("_clast", (), -np.inf, np.float64)
+        self._csk = grow("_csk", (nb,), 0, np.int64)
+        self._wid = grow("_wid", (b,), _NO_BUCKET, np.int64)
+        self._wstats = grow("_wstats", (b, NSTAT), 0.0, np.float64)
+        self._wfirst = grow("_wfirst", (b,), np.inf, np.float64)
+        self._wlast = grow("_wlast", (b,), -np.inf, np.float64)
         # uint32 halves the largest matrix: one series' ring bucket would need 4e9 latencies to overflow
         # (guarded in _add_window); the cumulative sketch stays int64.
-        grow("_wsk", (b, nb), 0, np.uint32)
+        self._wsk = grow("_wsk", (b, nb), 0, np.uint32)
         self._free.extend(range(cap - 1, max(old, _TRASH + 1) - 1, -1))
         self._cap = cap
 
@@ -357,8 +370,8 @@ class MetricsState:
                 kcode = table.learn(okeys, kcode)
             ocode = kcode[cols.route_code]
         else:
-            okeys = zip(map(_G_KEY, turns), arms)
-            ocode = np.fromiter(map(table.codes.get, okeys, repeat(-1)), dtype=np.intp, count=n)
+            gkeys = zip(map(_G_KEY, turns), arms)
+            ocode = np.fromiter(map(table.codes.get, gkeys, repeat(-1)), dtype=np.intp, count=n)
             if (ocode < 0).any():
                 ocode = table.learn(list(zip(map(_G_KEY, turns), arms)), ocode)
         fan[:, 0] = self._oslot_of(ocode, table)
@@ -660,7 +673,7 @@ class MetricsState:
             st._seg_values = {(a, e, k): set(vs) for a, e, k, vs in d["segment_values"]}
             nb, b = st.layout.n_buckets, st.window_buckets
             for s in d["series"]:
-                slot = st._slot_for(tuple(s["key"]))  # type: ignore[arg-type]
+                slot = st._slot_for(tuple(s["key"]))
                 # a checkpoint from before a rate metric was added holds fewer columns: its counts start at 0
                 st._cstats[slot, : len(s["stats"])] = s["stats"]
                 st._cfirst[slot], st._clast[slot] = _ts_in(s["first"], np.inf), _ts_in(s["last"], -np.inf)
@@ -770,7 +783,7 @@ class MetricsState:
                 for v, t in d.get("version_last", {}).items():
                     st._version_last[(a, e, v)] = float(t)
                 keys = [(a, e, *k) for k in d["keys"]]
-                slots = np.fromiter((st._slot_for(k) for k in keys), np.intp, len(keys))  # type: ignore[arg-type]
+                slots = np.fromiter((st._slot_for(k) for k in keys), np.intp, len(keys))
                 for name in ("stats", "first", "last", "sketch", "wid", "wstats", "wfirst", "wlast", "wsk"):
                     getattr(st, _MATRIX[name])[slots] = array_from_state(d[name])
         except (KeyError, TypeError, ValueError) as exc:

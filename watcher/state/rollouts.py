@@ -46,18 +46,38 @@ MAX_GATES_PER_VERSION = 20
 
 
 class Marker(Protocol):
-    """What the registry reads of a deployment marker (``events.Deployment``)."""
+    """What the registry reads of a deployment marker (``events.Deployment``; read-only, so that its
+    ``Literal`` fields satisfy these ``str`` ones)."""
 
-    event_id: str
-    ts: float
-    agent_id: str
-    environment: str
-    action: str
-    strategy: str | None
-    baseline_version: str | None
-    canary_version: str | None
-    canary_weight: float | None
-    actor: str | None
+    @property
+    def event_id(self) -> str: ...
+
+    @property
+    def ts(self) -> float: ...
+
+    @property
+    def agent_id(self) -> str: ...
+
+    @property
+    def environment(self) -> str: ...
+
+    @property
+    def action(self) -> str: ...
+
+    @property
+    def strategy(self) -> str | None: ...
+
+    @property
+    def baseline_version(self) -> str | None: ...
+
+    @property
+    def canary_version(self) -> str | None: ...
+
+    @property
+    def canary_weight(self) -> float | None: ...
+
+    @property
+    def actor(self) -> str | None: ...
 
 
 class StrategyTerms(Protocol):

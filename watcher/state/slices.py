@@ -8,7 +8,7 @@ kept in arrays and old conversations age out.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class SliceMap:
                 for i, (x, seg) in enumerate(zip(col, segs)):
                     if x is None:
                         col[i] = known.get(seg[key]) or self._new(key, k, seg[key])
-            out[:, k] = col
+            out[:, k] = cast("list[int]", col)  # every None was replaced just above
         return out
 
     def _new(self, key: str, k: int, value: str) -> int:

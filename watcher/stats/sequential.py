@@ -215,7 +215,7 @@ def cluster_mean(a: np.ndarray, var_floor: float = 0.0) -> tuple[np.ndarray, np.
     return m, np.maximum(var, var_floor), g
 
 
-def msprt_log_evalue(x: np.ndarray | float, var: np.ndarray | float, tau: float) -> np.ndarray:
+def msprt_log_evalue(x: np.ndarray | float, var: np.ndarray | float, tau: np.ndarray | float) -> np.ndarray:
     """log of the one-sided normal-mixture SPRT against "mean <= 0" (half-normal mixture, scale tau).
 
     Lambda = 2 sqrt(V/(V+tau^2)) exp(tau^2 x^2 / (2V(V+tau^2))) Phi(x tau / sqrt(V(V+tau^2))).
@@ -233,7 +233,9 @@ def msprt_log_evalue(x: np.ndarray | float, var: np.ndarray | float, tau: float)
     return np.where(np.isfinite(x) & np.isfinite(v), out, 0.0)
 
 
-def msprt_half_width(var: np.ndarray | float, tau: float, log_threshold: np.ndarray | float) -> np.ndarray:
+def msprt_half_width(
+    var: np.ndarray | float, tau: np.ndarray | float, log_threshold: np.ndarray | float
+) -> np.ndarray:
     """Half-width of the two-sided normal-mixture confidence sequence at threshold exp(log_threshold)."""
     v = np.asarray(var, dtype=float)
     t2 = tau * tau
