@@ -6,7 +6,8 @@
     ├── BrokerUnreachable    no broker answers a command that cannot wait (carries ``bootstrap_servers``)
     ├── SinkError            a signal could not be delivered (carries ``retry_after``, ``permanent``)
     ├── CheckpointError      state could not be saved or restored
-    │   └── CheckpointUnavailable  the store could not be reached (worth retrying)
+    │   ├── CheckpointUnavailable  the store could not be reached (worth retrying)
+    │   └── CheckpointLost   no readable checkpoint where one was written (carries ``scope``, ``reasons``)
     ├── EmbeddedBrokerError  the embedded broker could not be started
     └── ReportUnavailable    the HTML report needs an optional extra that is not installed (``extra``)
 
@@ -66,6 +67,20 @@ class CheckpointError(WatcherError):
 class CheckpointUnavailable(CheckpointError):
     """The checkpoint store could not be reached (locked, I/O, broker down): the checkpoint may be
     fine, so a restore is worth retrying rather than starting from a fresh state."""
+
+
+class CheckpointLost(CheckpointError):
+    """A checkpoint was written for ``scope`` but cannot be read (checksum, format, or missing rows;
+    ``reasons`` says why). The daemon refuses to start from a fresh state unless the operator asks for
+    it (``watcher run --reset-state``); the unreadable rows are kept aside."""
+
+    def __init__(self, scope: str, reasons: list[str], *, where: str = "") -> None:
+        super().__init__(
+            f"no readable checkpoint of {scope!r}{f' in {where}' if where else ''}: {'; '.join(reasons)}"
+        )
+        self.scope = scope
+        self.reasons = list(reasons)
+        self.where = where
 
 
 class EmbeddedBrokerError(WatcherError):

@@ -123,7 +123,10 @@ def test_environment_text_is_read_as_the_fields_type() -> None:
     assert s.kafka.deployments_topics == () and s.http.advertised_url is None
     with pytest.raises(ConfigError) as info:
         load_settings(environ={"WATCHER_KAFKA__MAX_BATCH_RECORDS": "0"})
-    assert (info.value.field, info.value.message) == ("kafka.max_batch_records", "must be >= 1, got '0'")
+    assert (info.value.field, info.value.message) == (
+        "kafka.max_batch_records",
+        "must be >= 1, got '0' (from the environment variable WATCHER_KAFKA__MAX_BATCH_RECORDS)",
+    )
     with pytest.raises(ConfigError) as info:
         load_settings(environ={"WATCHER_KAFKA__NOPE": "1"})
     assert info.value.field == "kafka.nope" and "bootstrap_servers" in info.value.message
@@ -163,3 +166,22 @@ def test_sinks_are_kept_as_written_and_their_names_checked_at_load() -> None:
         with pytest.raises(ConfigError) as info:
             load_settings(environ={}, overrides={"sinks": sinks})
         assert info.value.field == field, sinks
+
+
+def test_a_mistake_in_an_environment_variable_names_the_variable() -> None:
+    # "nope: unknown setting" alone sends a person looking through a YAML file that has no "nope"
+    for environ, field in (
+        ({"WATCHER_NOPE": "1"}, "nope"),
+        ({"WATCHER_HTTP__PORT": "eighty"}, "http.port"),
+        ({"WATCHER_KAFKA__BOOTSTRAP_SERVERS": "h:0x"}, "kafka.bootstrap_servers"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, environ=environ)
+        (name,) = environ
+        assert info.value.field == field
+        assert str(info.value).endswith(f"(from the environment variable {name})")
+    # a command-line override of the same field replaces the variable: no error, no blame
+    assert (
+        load_settings(None, environ={"WATCHER_HTTP__PORT": "eighty"}, overrides={"http.port": 9}).http.port
+        == 9
+    )

@@ -7,7 +7,8 @@ import dataclasses
 from prometheus_client import CollectorRegistry, generate_latest
 
 from watcher.config import load_settings
-from watcher.engine import Engine, Unjudged
+from watcher.engine import Coverage, Engine, Unjudged, Unused
+from watcher.judges import STRATEGIES
 from watcher.service.telemetry import StateCollector
 from watcher.sim.presets import PRESETS, STRATEGY_PRESETS
 from watcher.sim.scenario import Regression
@@ -69,3 +70,20 @@ def test_blue_green_without_history_says_it_has_no_reference() -> None:
     engine, decisions = _run(sc)
     (cov,) = engine.coverage.values()
     assert cov.problem is Unjudged.NO_REFERENCE and not decisions
+
+
+def test_coverage_reads_the_strategys_control_arms_not_its_name() -> None:
+    # the built-in registrations: blue-green compares with history, so it has no control arm
+    assert STRATEGIES.get("blue_green").control_arms == ()
+    assert STRATEGIES.get("shadow").control_arms == ("live", "baseline")
+    assert STRATEGIES.get("canary").control_arms == ("baseline",)
+    # turns only of the treatment: a missing control for a strategy that compares with turns...
+    with_turns = Coverage(("baseline",))
+    with_turns.add(250, 0, [])
+    assert with_turns.assess()[0] is Unjudged.NO_CONTROL
+    # ...and nothing missing for one that compares with history, whose old-version turns are counted
+    # as such (any strategy so registered, whatever its name)
+    with_history = Coverage(())
+    with_history.add(250, 0, ["baseline"] * 10)
+    assert with_history.assess() == (None, "")
+    assert with_history.unused == {Unused.OLD_VERSION.value: 10}

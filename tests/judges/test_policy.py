@@ -281,3 +281,15 @@ def test_properties_determinism_latching_and_terminal_rollback(stream: list[Roll
         assert a not in (Action.ROLLBACK, Action.PROMOTE)  # terminal: nothing follows
         assert not (a is Action.PAUSE and b is not Action.ROLLBACK)  # a pause only escalates
     assert all(d.action is not Action.CONTINUE for d in emitted)
+
+
+def test_a_mistake_in_a_policy_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\ndefaults:\n  alpha: 7\n")
+    with pytest.raises(ConfigError) as info:
+        load_policy(path)
+    assert info.value.field == "defaults.alpha" and str(info.value).endswith(f"(policy file {path})")
+    path.write_text("defaults: {alpha: 0.01\n")  # broken YAML: the file is named once
+    with pytest.raises(ConfigError) as info:
+        load_policy(path)
+    assert str(info.value).count(str(path)) == 1 and "at line 2, column 1" in str(info.value)

@@ -12,7 +12,15 @@ import pytest
 from watcher.backoff import Backoff
 from watcher.cli.logs import configure_logging
 from watcher.clock import ManualClock
-from watcher.kafka import ConnectionReport, KafkaClientNoise, KafkaSource, local_broker_hint, unreachable
+from watcher.kafka import (
+    ConnectionReport,
+    KafkaClientNoise,
+    KafkaSource,
+    OutRecord,
+    RecordProducer,
+    local_broker_hint,
+    unreachable,
+)
 
 
 def test_one_warning_then_debug_then_a_reminder(caplog: pytest.LogCaptureFixture) -> None:
@@ -84,6 +92,33 @@ async def test_a_source_without_broker_logs_one_warning(
     loud = [line for line in lines if " WARNING " in line or " ERROR " in line]
     assert len(loud) == 1 and " WARNING watcher.kafka.source: cannot connect" in loud[0], lines
     assert "watcher broker" in loud[0]
+
+
+async def test_a_producer_without_broker_warns_once_for_all_the_sends_retried(
+    capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    # the markers' and dead letters' producers are retried by their callers every few seconds
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    configure_logging("INFO")
+    producer = RecordProducer(
+        f"127.0.0.1:{port}",
+        what="markers",
+        client_options={"request_timeout_ms": 500, "retry_backoff_ms": 20},
+    )
+    record = OutRecord("watcher.deployments", None, b"{}")
+    for _ in range(3):
+        assert await producer.send([record]) == [record]
+    await producer.stop()
+    assert producer.last_error is not None and "cannot connect to Kafka" in producer.last_error
+    lines = capsys.readouterr().err.splitlines()
+    loud = [line for line in lines if " WARNING " in line or " ERROR " in line]
+    assert len(loud) == 1, lines
+    assert (
+        " WARNING watcher.kafka.producer: cannot connect to Kafka (markers)" in loud[0]
+        and "watcher broker" in loud[0]
+    )
 
 
 def test_other_client_errors_still_pass() -> None:

@@ -18,7 +18,8 @@ from watcher.kafka.messages import FileSource
 from watcher.service.compose import build_daemon
 from watcher.service.markers import NullMarkerPublisher
 from watcher.service.partitions import InstancePartitions, TaskPartitions
-from watcher.storage.checkpoint import MemoryCheckpointStore, SqliteCheckpointStore
+from watcher.storage import SqliteCheckpointStore
+from watcher.storage.checkpoint import MemoryCheckpointStore
 from watcher.storage.decisions import MemoryDecisionLog
 
 

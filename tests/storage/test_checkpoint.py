@@ -35,7 +35,6 @@ from watcher.storage.checkpoint import (
     Checkpoint,
     MemoryCheckpointStore,
     NullCheckpointStore,
-    SqliteCheckpointStore,
     decode,
     decode_part,
     encode,
@@ -43,6 +42,7 @@ from watcher.storage.checkpoint import (
 )
 from watcher.storage.checkpointer import Checkpointer
 from watcher.storage.decisions import SqliteDecisionLog
+from watcher.storage.sqlite_checkpoints import SqliteCheckpointStore
 
 
 def _lines(strategy: str = "canary", duration_s: float = 600.0, rate: float = 8.0) -> list[bytes]:

@@ -34,7 +34,7 @@ from watcher.cli.parser import (
 )
 from watcher.cli.process import install_reload_signal, stop_within, tune_gc
 from watcher.config import secret_values
-from watcher.errors import ConfigError, WatcherError
+from watcher.errors import CheckpointLost, ConfigError, WatcherError
 
 DISTRIBUTION = "rollout-watcher"  # the name on PyPI (the import package and the command are `watcher`)
 
@@ -133,7 +133,7 @@ async def _run(args: argparse.Namespace) -> int:
     )
     stop = asyncio.Event()
     stop_within(stop, settings.shutdown_grace_s)  # before any thread: they inherit its signal mask
-    daemon = build_daemon(settings, config_source=source)
+    daemon = build_daemon(settings, config_source=source, reset_state=args.reset_state)
     install_reload_signal(daemon.reload)  # SIGHUP: policy and sinks again, without a restart
     return await daemon.run(stop)
 
@@ -189,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--http-port", metavar="PORT", type=port, help="override http.port")
     run.add_argument(
         "--policy", metavar="FILE", type=input_file, help="policy YAML (default: the bundled policy)"
+    )
+    run.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="start from a fresh state when the checkpoint cannot be read (it is kept aside, not "
+        "overwritten); without it such a start is refused",
     )
     run.set_defaults(handler=_run)
 
@@ -295,6 +301,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"watcher {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
+    except CheckpointLost as exc:
+        print(
+            f"watcher {args.command}: {exc}\nThe state was not started afresh, so nothing was overwritten "
+            "(the unreadable rows are kept in the checkpoint file's checkpoint_quarantine table). "
+            "Restore the file from a backup, or run with --reset-state to start from a fresh state.",
+            file=sys.stderr,
+        )
+        return 1
     except WatcherError as exc:
         print(f"watcher {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -344,14 +344,31 @@ def load_settings(
             raise ConfigError("config", f"{path} must hold a mapping at the top level")
         raw = loaded or {}
     env = os.environ if environ is None else environ
+    from_env: dict[str, str] = {}  # dotted field -> the variable that set it, named in an error
     for name, value in env.items():
         if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
             dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-            _set_dotted(raw, dotted, _from_text(dotted, value))
+            from_env[dotted] = name
+            try:
+                _set_dotted(raw, dotted, _from_text(dotted, value))
+            except ConfigError as exc:
+                raise _from_variable(exc, name) from None
     for dotted, value in (overrides or {}).items():
+        from_env.pop(dotted, None)
         _set_dotted(raw, dotted, value)
-    # strict=False: "9100" is a port and "true" a boolean, as environment variables spell them
-    return convert(raw, Settings, strict=False)
+    try:
+        # strict=False: "9100" is a port and "true" a boolean, as environment variables spell them
+        return convert(raw, Settings, strict=False)
+    except ConfigError as exc:
+        if exc.field not in from_env:
+            raise
+        raise _from_variable(exc, from_env[exc.field]) from None
+
+
+def _from_variable(exc: ConfigError, name: str) -> ConfigError:
+    """The error, saying it comes from the environment variable ``name``: the field alone ("nope:
+    unknown setting") does not tell a person where to look."""
+    return ConfigError(exc.field, f"{exc.message} (from the environment variable {name})")
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:

@@ -200,7 +200,18 @@ class _PolicyFile(Section, frozen=True):
 
 
 def load_policy(path: str | Path | None = None) -> PolicySet:
-    """Bundled defaults, with the file's ``defaults`` and per-agent ``agents`` merged on top."""
+    """Bundled defaults, with the file's ``defaults`` and per-agent ``agents`` merged on top. A bad
+    value is a ``ConfigError`` on its field in the file ("defaults.alpha"), and says which file."""
+    try:
+        return _load_policy(path)
+    except ConfigError as exc:
+        where = str(path) if path is not None else "the bundled policy"
+        if where in exc.message:
+            raise
+        raise ConfigError(exc.field, f"{exc.message} (policy file {where})") from None
+
+
+def _load_policy(path: str | Path | None) -> PolicySet:
     base = {**_read(DEFAULT_POLICY_PATH).defaults, "metrics": _catalogue_defaults()}
     doc = _PolicyFile()
     if path is not None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from watcher.errors import ConfigError
+from watcher.kafka.reachability import ConnectionReport
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -58,6 +59,8 @@ class RecordProducer:
         self.what = what
         self._options = options
         self._factory = producer_factory
+        # a broker away: one warning, then a reminder a minute, not one per send the callers retry
+        self._report = ConnectionReport(bootstrap_servers, log, what=f"Kafka ({what})")
         self._producer: AIOKafkaProducer | None = None
         self.last_error: str | None = None  # why the last send left records unacknowledged
 
@@ -121,9 +124,10 @@ class RecordProducer:
             raise
         except Exception as exc:
             self.last_error = f"cannot connect to Kafka at {self.bootstrap_servers}: {_describe(exc)}"
-            log.warning("%s: %s", self.what, self.last_error)
+            self._report.failed(exc)
             await _stop_quietly(producer)
             return None
+        self._report.connected()
         self._producer = producer
         return producer
 

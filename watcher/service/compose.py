@@ -75,12 +75,15 @@ def build_daemon(
     outbox: Outbox | None = None,
     checkpoint_store: CheckpointStore | None = None,
     tracer: Any = None,
+    reset_state: bool = False,
 ) -> Daemon:
     """The daemon for ``settings``; any part given is used instead of the one the settings describe.
 
     ``config_source``: where the settings came from, so a reload reads them the same way (None: built
-    in code, nothing to reload from). ``engine`` with ``checkpoint.scope: partition`` lends its
-    policies to the partition tasks. Raises ``ConfigError`` when the parts cannot work together.
+    in code, nothing to reload from). ``reset_state``: a checkpoint that was written but cannot be
+    read means a fresh state, instead of a refusal to start (``watcher run --reset-state``).
+    ``engine`` with ``checkpoint.scope: partition`` lends its policies to the partition tasks.
+    Raises ``ConfigError`` when the parts cannot work together.
     """
     registry = registry if registry is not None else CollectorRegistry()
     cp = settings.checkpoint
@@ -117,7 +120,7 @@ def build_daemon(
         if tasks is None:
             assert engine is not None
             checkpointer = Checkpointer(store, engine, owner=owner, interval_s=cp.interval_s, scope=SCOPE_ALL)
-            checkpoints = Checkpoints(store, metrics, checkpointer=checkpointer)
+            checkpoints = Checkpoints(store, metrics, checkpointer=checkpointer, reset_state=reset_state)
             partitions = InstancePartitions(handover_metrics, checkpointer)
         else:
             handover = Handover(

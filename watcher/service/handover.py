@@ -105,11 +105,15 @@ class Handover:
                 self.waiting.add(partition)
                 continue
             except CheckpointError as exc:
+                # a partition cannot refuse to be assigned: it starts fresh, counted and alerted on
+                # (WatcherCheckpointLost); the unreadable rows stay in the store
                 log.error(
                     "partition %d: checkpoint not restored (%s): starting it from a fresh state",
                     partition,
                     exc,
                 )
+                if self.metrics is not None:
+                    self.metrics.lost.inc()
                 restored = None
             if restored is not None and self.metrics is not None:
                 self.metrics.restored(restored)

@@ -26,7 +26,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from watcher.backoff import Backoff, Retries
 from watcher.clock import Clock, SystemClock
-from watcher.errors import CheckpointError
+from watcher.errors import CheckpointError, CheckpointLost
 from watcher.kafka import Partitions
 from watcher.service.handover import Handover, HandoverMetrics
 from watcher.storage import Checkpointer, CheckpointMetrics, CheckpointStore, Offsets
@@ -56,6 +56,7 @@ class Checkpoints:
         checkpointer: Checkpointer | None = None,
         handover: Handover | None = None,
         clock: Clock | None = None,
+        reset_state: bool = False,
     ) -> None:
         if (checkpointer is None) == (handover is None):
             raise ValueError("checkpoints are kept either for the instance or per partition task")
@@ -70,6 +71,7 @@ class Checkpoints:
         self.last_error: str | None = None
         self._frozen: str | None = None  # why no checkpoint may be written any more (a torn state)
         self.not_ready_after_s = NOT_READY_AFTER_S
+        self.reset_state = reset_state  # an unreadable checkpoint means a fresh state (not a refusal)
 
     def all(self) -> list[Checkpointer]:
         if self.checkpointer is not None:
@@ -79,14 +81,20 @@ class Checkpoints:
 
     def restore(self) -> bool:
         """Restore the instance's state from its checkpoint (before consuming); True if there was
-        one. An unreadable checkpoint is logged and left alone: the daemon starts from a fresh state
-        at the committed offsets. Partition tasks are restored when their partition is assigned."""
+        one. A checkpoint that was written but cannot be read (``CheckpointLost``) stops the start-up,
+        unless ``reset_state`` (``watcher run --reset-state``): then the state starts fresh, counted;
+        the unreadable rows stay in the store either way. A store that cannot be reached stops the
+        start-up too (the checkpoint may be fine). Partition tasks are restored when
+        their partition is assigned."""
         if self.checkpointer is None:
             return False
         try:
             cp = self.checkpointer.restore()
-        except CheckpointError as exc:
-            log.error("checkpoint not restored (%s): starting from a fresh state", exc)
+        except CheckpointLost as exc:
+            if not self.reset_state:
+                raise
+            self.metrics.lost.inc()
+            log.error("%s: starting from a fresh state, as --reset-state asks", exc)
             return False
         if cp is None:
             return False

@@ -7,12 +7,13 @@ markers), and their metrics; ``sqlite``: opening watcher's SQLite files one way.
 
 from __future__ import annotations
 
-from watcher.storage.checkpoint import SCOPE_ALL, Checkpoint, CheckpointStore, Offsets, SqliteCheckpointStore
+from watcher.storage.checkpoint import SCOPE_ALL, Checkpoint, CheckpointStore, Offsets
 from watcher.storage.checkpointer import Checkpointer, CheckpointMetrics
 from watcher.storage.decisions import DecisionLog, SqliteDecisionLog, json_safe
 from watcher.storage.kafka_checkpoints import KafkaCheckpointStore
 from watcher.storage.spool import SpoolCollector, SqliteSpool
 from watcher.storage.sqlite import open_store
+from watcher.storage.sqlite_checkpoints import SqliteCheckpointStore
 
 __all__ = [
     "Checkpoint",

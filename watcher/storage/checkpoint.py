@@ -32,16 +32,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sqlite3
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
 
-from watcher.errors import CheckpointError, CheckpointUnavailable
-from watcher.storage.sqlite import open_store
+from watcher.errors import CheckpointError
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -51,7 +47,6 @@ __all__ = [
     "NullCheckpointStore",
     "Offsets",
     "SCOPE_ALL",
-    "SqliteCheckpointStore",
     "decode",
     "decode_part",
     "encode",
@@ -205,6 +200,10 @@ class CheckpointStore(Protocol):
     ``save`` of a checkpoint with ``kept`` parts keeps those parts from the scope's previous
     checkpoint (a ``CheckpointError`` if the store does not hold one of them: the caller then saves
     every part) and drops the parts named neither in ``engine`` nor in ``kept``.
+
+    ``load`` returns None only when no checkpoint was written for the scope (as far as the store can
+    tell); one that was written but cannot be read raises ``CheckpointLost`` (never None: the daemon
+    must not start fresh and overwrite it), an unreachable store ``CheckpointUnavailable``.
     """
 
     def load(self, scope: str = SCOPE_ALL) -> Checkpoint | None: ...
@@ -256,111 +255,3 @@ class MemoryCheckpointStore:
 
     def close(self) -> None:
         return None
-
-
-_DDL = (
-    "CREATE TABLE IF NOT EXISTS checkpoint_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS checkpoints (scope TEXT PRIMARY KEY, version INTEGER NOT NULL, "
-    "written_at REAL NOT NULL, document BLOB NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS checkpoint_parts (scope TEXT NOT NULL, part TEXT NOT NULL, "
-    "data BLOB NOT NULL, PRIMARY KEY (scope, part))",
-)
-_STORE_SCHEMA = 2  # 2: parts in rows of their own (a v1 file gets the table; its v1 documents are read)
-
-
-class SqliteCheckpointStore:
-    """The embedded default: one SQLite file (WAL); per scope a manifest row (``checkpoints``) and a
-    row per part (``checkpoint_parts``), replaced together in one transaction.
-
-    ``synchronous=FULL``: the commit that makes a checkpoint current is on disk before the offsets
-    it covers are committed to Kafka (a power loss must not leave Kafka ahead of the file). The
-    connection may be used from the checkpointer's writer thread: a lock serialises its users.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = str(path)
-        self._lock = threading.Lock()
-        self._db = open_store(
-            self.path,
-            _DDL,
-            meta_table="checkpoint_meta",
-            schema_version=_STORE_SCHEMA,
-            what="checkpoint file",
-            synchronous="FULL",
-        )
-        with self._lock:
-            self._db.execute(
-                "UPDATE checkpoint_meta SET value=? WHERE key='schema_version'", (str(_STORE_SCHEMA),)
-            )
-
-    def load(self, scope: str = SCOPE_ALL) -> Checkpoint | None:
-        with self._lock:
-            try:
-                row = self._db.execute("SELECT document FROM checkpoints WHERE scope=?", (scope,)).fetchone()
-                if row is None:
-                    return None
-                document = bytes(row[0])
-                if document[:1] == b"{":
-                    return decode(document)
-                cp, names = read_manifest(document)
-                parts = dict(
-                    self._db.execute(
-                        "SELECT part, data FROM checkpoint_parts WHERE scope=?", (scope,)
-                    ).fetchall()
-                )
-            except sqlite3.Error as exc:
-                if isinstance(exc, sqlite3.OperationalError):  # locked, I/O: the file may be fine
-                    raise CheckpointUnavailable(f"cannot read checkpoint file {self.path}: {exc}") from exc
-                raise CheckpointError(f"cannot read checkpoint file {self.path}: {exc}") from exc
-        missing = [n for n in names if n not in parts]
-        if missing:
-            raise CheckpointError(f"checkpoint {scope} in {self.path}: parts missing: {missing[:3]}")
-        return _with_parts(cp, {n: decode_part(bytes(parts[n])) for n in names})
-
-    def save(self, cp: Checkpoint, scope: str = SCOPE_ALL) -> int:
-        fresh = {n: encode_part(v) for n, v in cp.engine.items()}
-        names = sorted({*fresh, *cp.kept})
-        manifest = _manifest(cp, names)
-        with self._lock:
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    held = {
-                        r[0] for r in db.execute("SELECT part FROM checkpoint_parts WHERE scope=?", (scope,))
-                    }
-                    if cp.kept - held:
-                        raise CheckpointError(
-                            f"checkpoint {scope}: kept parts not in {self.path}: {sorted(cp.kept - held)[:3]}"
-                        )
-                    db.executemany(
-                        "INSERT INTO checkpoint_parts VALUES (?, ?, ?) ON CONFLICT (scope, part) "
-                        "DO UPDATE SET data=excluded.data",
-                        [(scope, n, b) for n, b in fresh.items()],
-                    )
-                    gone = held - set(names)
-                    if gone:
-                        db.executemany(
-                            "DELETE FROM checkpoint_parts WHERE scope=? AND part=?",
-                            [(scope, n) for n in gone],
-                        )
-                    db.execute(
-                        "INSERT INTO checkpoints VALUES (?, ?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
-                        "version=excluded.version, written_at=excluded.written_at, "
-                        "document=excluded.document",
-                        (scope, CHECKPOINT_VERSION, cp.written_at, manifest),
-                    )
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise CheckpointError(f"cannot write checkpoint file {self.path}: {exc}") from exc
-        return len(manifest) + sum(map(len, fresh.values()))
-
-    def close(self) -> None:
-        with self._lock:
-            try:
-                self._db.close()
-            except sqlite3.Error:  # closing is best effort
-                pass

@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from watcher.clock import Clock, SystemClock
-from watcher.errors import CheckpointError
+from watcher.errors import CheckpointError, CheckpointLost
 from watcher.storage.checkpoint import SCOPE_ALL, Checkpoint, CheckpointStore, Offsets
 
 __all__ = ["SLICE_S", "CheckpointMetrics", "Checkpointer", "Snapshot", "Stateful"]
@@ -123,7 +123,10 @@ class Checkpointer:
                 self.owner,
             )
             return None
-        self.target.load_state(cp.engine)
+        try:
+            self.target.load_state(cp.engine)  # leaves the target as it was when it raises
+        except CheckpointError as exc:  # read whole, but not a state this version can restore
+            raise CheckpointLost(self.scope, [str(exc)]) from exc
         self.positions = dict(cp.offsets)
         self.checkpointed = dict(cp.offsets)
         self.restored = cp
@@ -257,6 +260,11 @@ class CheckpointMetrics:
         self.failures = Counter(
             "watcher_checkpoint_failures_total",
             "Checkpoints that could not be written (offsets were not committed)",
+            registry=registry,
+        )
+        self.lost = Counter(
+            "watcher_checkpoint_lost_total",
+            "Restores that found a checkpoint written but unreadable and started from a fresh state",
             registry=registry,
         )
 

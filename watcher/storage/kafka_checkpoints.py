@@ -42,7 +42,7 @@ import zlib
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
-from watcher.errors import CheckpointError, CheckpointUnavailable
+from watcher.errors import CheckpointError, CheckpointLost, CheckpointUnavailable
 from watcher.storage.checkpoint import SCOPE_ALL, Checkpoint, decode, decode_part, encode_part
 
 __all__ = ["KafkaCheckpointStore", "MANIFEST_VERSION"]
@@ -88,6 +88,16 @@ class KafkaCheckpointStore:
 
     # -- CheckpointStore --------------------------------------------------------------------------
     def load(self, scope: str = SCOPE_ALL) -> Checkpoint | None:
+        """The scope's checkpoint; ``CheckpointLost`` when its manifest is there but it cannot be read
+        (chunks missing or not matching their SHA-256): never read as "no checkpoint yet"."""
+        try:
+            return self._load(scope)
+        except CheckpointUnavailable:
+            raise
+        except CheckpointError as exc:
+            raise CheckpointLost(scope, [str(exc)], where=f"topic {self.topic}") from exc
+
+    def _load(self, scope: str) -> Checkpoint | None:
         with self._lock:
             self._run(self._catch_up())
             raw = self._view.get(scope)
