@@ -37,10 +37,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import attrgetter
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from watcher.contract import RATE_METRICS, TurnColumns
 from watcher.errors import CheckpointError
@@ -53,6 +52,9 @@ from watcher.stats import (
     dense_counts,
     sparse_counts,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SeriesKey = tuple[str, str, str, str, str, str]
 Window = Literal["cumulative", "recent"]
@@ -554,6 +556,8 @@ class MetricsState:
     def summary_frame(self, window: Window = "cumulative") -> pd.DataFrame:
         """One row per series (replay's table); ``share`` is the series' share of the turns of the
         same agent, environment and segment across versions and arms."""
+        import pandas as pd  # lazily: pandas costs a second of start-up, only reports need it
+
         columns = [
             "agent",
             "environment",
