@@ -19,6 +19,7 @@ import watcher
 from watcher.config import TelemetrySettings
 from watcher.contract import SERIES_FAMILIES, Action, Family, MetricDef, OtlpCounts, RejectReason
 from watcher.engine import Unjudged
+from watcher.service.looplag import LAG_BUCKETS
 
 if TYPE_CHECKING:
     from watcher.engine import EngineView
@@ -76,6 +77,12 @@ class WatcherMetrics:
             "watcher_batch_duration_seconds",
             "Time to process one batch (decode, state, judge)",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
+        self.loop_lag = Histogram(
+            "watcher_event_loop_lag_seconds",
+            "How late a timer due every 50 ms fires: how long the event loop was held (batches, checkpoints)",
+            buckets=LAG_BUCKETS,
             registry=registry,
         )
         self.batch_events = Histogram(
