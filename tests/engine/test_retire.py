@@ -42,6 +42,9 @@ def _sizes(engine: Engine) -> dict[str, int]:
         "versions": len(engine.state.version_last()),
         "marker_times": len(engine.registry.marker_times),
         "metrics_lines": sum(1 for line in text.splitlines() if not line.startswith("#")),
+        "exposed_versions": int(
+            float(next(ln for ln in text.splitlines() if ln.startswith("watcher_state_versions ")).split()[1])
+        ),
         "retired": len(engine.retired_versions),
         "last_action": len(engine.last_action),
     }
@@ -77,6 +80,7 @@ def test_a_week_of_churn_keeps_the_state_and_metrics_at_their_level() -> None:
     assert len(days) >= 7
     # ~24 versions per agent and day were shipped; the state holds the live ones and the canaries
     assert all(day["versions"] <= 2 * WEEK.agents for day in days), days
+    assert all(day["exposed_versions"] == day["versions"] for day in days), days
     for k in ("series", "metrics_lines", "marker_times"):  # no growth after the first two days
         level = max(day[k] for day in days[:2])
         assert all(day[k] <= 1.5 * level for day in days[2:]), (k, days)

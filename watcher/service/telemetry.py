@@ -23,7 +23,7 @@ from watcher.service.looplag import LAG_BUCKETS
 
 if TYPE_CHECKING:
     from watcher.engine import EngineView
-    from watcher.state import SeriesSnapshot
+    from watcher.state import SeriesKey, SeriesSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,17 @@ class WatcherMetrics:
         self.otlp_spans.labels("rejected").inc(counts.rejected)
 
 
+def _sizes(keys: list[SeriesKey]) -> Iterator[Metric]:
+    """What the state holds: series, versions and agents (retired and idle versions leave it)."""
+    versions = {k[:3] for k in keys}
+    for name, doc, value in (
+        ("watcher_state_series", "series in the state (one per version, arm and segment value)", len(keys)),
+        ("watcher_state_versions", "(agent, environment, version)s in the state", len(versions)),
+        ("watcher_state_agents", "(agent, environment)s in the state", len({k[:2] for k in versions})),
+    ):
+        yield GaugeMetricFamily(name, doc, value=value)
+
+
 class StateCollector(Collector):
     """Exposes the engine's per-series state, rollouts and verdicts, computed at scrape time."""
 
@@ -145,7 +156,9 @@ class StateCollector(Collector):
             families[name].add_metric(values, value)
 
         shares: dict[tuple[str, str, str], Mapping[tuple[str, str], float]] = {}
-        for key in state.keys():
+        keys = state.keys()
+        yield from _sizes(keys)
+        for key in keys:
             agent, env, version, arm, seg_key, seg_value = key
             segmented = bool(seg_key)
             prefix = "watcher_segment_" if segmented else "watcher_"
