@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -66,6 +67,9 @@ class BatchResult:
     drift_signals: list[DriftSignal] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     otlp: OtlpCounts | None = None  # what the batch's OTLP trace requests held, if it had any
+    # CPU seconds of the batch per stage (decode, state, judge): watcher_engine_seconds_total, the
+    # judge's share of the work (thread time, so other threads' work is not counted)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def merge(self, other: BatchResult) -> None:
         """Add another engine's result for the same batch (one engine per partition)."""
@@ -80,6 +84,8 @@ class BatchResult:
             if self.otlp is None:
                 self.otlp = OtlpCounts()
             self.otlp.add(other.otlp)
+        for stage, s in other.seconds.items():
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + s
 
 
 class Engine:
@@ -151,6 +157,7 @@ class Engine:
         return result
 
     def _process(self, raws: Sequence[bytes], origins: Sequence[str] | None) -> BatchResult:
+        started = time.thread_time()
         batch: DecodedBatch = decode_batch(
             raws,
             self.dedup,
@@ -166,6 +173,7 @@ class Engine:
             deployments=len(batch.deployments),
             duplicates=batch.duplicates,
             rejected=batch.rejected,
+            seconds={"decode": time.thread_time() - started},
         )
         # one posted over HTTP and read back from the deployments topic is not applied twice
         fresh = (m for m in batch.deployments if not self.registry.knows(m.event_id))
@@ -200,6 +208,7 @@ class Engine:
 
     def _turns(self, cols: TurnColumns, result: BatchResult) -> None:
         """Route, count and judge a batch's turns (``cols``: theirs)."""
+        counting = time.thread_time()
         turns = cols.turns
         arms, started = self.registry.route(turns, cols)
         for change in started:
@@ -213,7 +222,12 @@ class Engine:
         watched = self.drift.watched()
         if any(arm == "live" or (a, e, v) in watched for (a, e, v, _), arm in routes.items()):
             result.drift_signals.extend(self.drift.update(turns, arms, cols))
+        judging = time.thread_time()
         result.decisions.extend(self._judge(turns, arms, agents, cols))
+        done = time.thread_time()
+        seconds = result.seconds
+        seconds["state"] = seconds.get("state", 0.0) + judging - counting
+        seconds["judge"] = seconds.get("judge", 0.0) + done - judging
         wm = self.state.watermark
         if wm is not None and wm >= self._next_sweep:
             self._next_sweep = wm + retire.SWEEP_EVERY_S

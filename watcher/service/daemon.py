@@ -427,6 +427,8 @@ class Daemon:
                 by_topic[msg.topic] = by_topic.get(msg.topic, 0) + 1
         for topic, n in by_topic.items():
             m.events_consumed.labels(topic).inc(n)
+        for stage, cpu in result.seconds.items():
+            m.engine_seconds.labels(stage).inc(cpu)
         for r in result.rejected:
             m.events_rejected.labels(r.reason.value).inc()
         if result.duplicates:

@@ -79,6 +79,12 @@ class WatcherMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=registry,
         )
+        self.engine_seconds = Counter(
+            "watcher_engine_seconds_total",
+            "CPU seconds of the engine per stage (decode, state, judge)",
+            ["stage"],
+            registry=registry,
+        )
         self.loop_lag = Histogram(
             "watcher_event_loop_lag_seconds",
             "How late a timer due every 50 ms fires: how long the event loop was held (batches, checkpoints)",
