@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # reinstalled when the package definition or the C extensions (built by pip, watcher/contract/_*.c) change
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml watcher/contract/_turnscan.c watcher/contract/_otlpscan.c | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast lint bench bench-throughput bench-detection bench-strategies check-config clean
+.PHONY: demo test test-fast test-chaos lint bench bench-throughput bench-detection bench-strategies check-config clean
 
 $(STAMP): pyproject.toml watcher/contract/_turnscan.c watcher/contract/_otlpscan.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,12 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not slow and not e2e" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not slow and not e2e and not chaos" $(PYTEST_ARGS)
+
+# the chaos suite's long profile (minutes of receiver faults, a SIGKILL every 30 s; `make test` runs
+# its CI profile): figures in docs/guarantees.md
+test-chaos: $(STAMP)
+	CHAOS_PROFILE=long $(VENV)/bin/pytest -q -s -m chaos $(PYTEST_ARGS)
 
 bench: bench-throughput bench-detection bench-strategies
 

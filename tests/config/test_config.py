@@ -53,7 +53,7 @@ def test_yaml_then_environment_then_overrides(tmp_path) -> None:
         ("telemetry:\n  traces_exporter: otlp\n", "telemetry.otlp_endpoint"),
         ("judge:\n  policy_file: /nonexistent/policy.yaml\n", "judge.policy_file"),
         ("judge:\n  trace_link: 'https://t/{trace}'\n", "judge.trace_link"),  # not a placeholder we fill
-        ("judge:\n  trace_link: 'https://t/search'\n", "judge.trace_link"),  # no {conversation_id}
+        ("judge:\n  trace_link: 'https://t/search'\n", "judge.trace_link"),  # neither id
         ("judge:\n  examples: -1\n", "judge.examples"),
         ("log_level: LOUD\n", "log_level"),
     ],

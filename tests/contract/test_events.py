@@ -118,7 +118,7 @@ def test_struct_attributes_are_the_contract_field_names() -> None:
     assert Turn.__struct_fields__ == (
         "event_id", "ts", "agent_id", "environment", "version", "arm", "conversation_id", "turn",
         "segment", "latency_ms", "quality", "escalated", "error", "compliance_violation", "flags",
-        "tokens_in", "tokens_out", "cost_usd",
+        "tokens_in", "tokens_out", "cost_usd", "trace_id",
     )  # fmt: skip
     assert Deployment.__struct_fields__ == (
         "event_id", "ts", "agent_id", "environment", "action", "strategy", "baseline_version",
@@ -329,8 +329,17 @@ def test_booleans_are_real_booleans() -> None:
 
 
 def test_unknown_fields_are_ignored() -> None:
-    raw = enc(turn_dict(extra={"deep": [1, {"x": None}]}, trace_id="abc", quality_v2=5))
+    raw = enc(turn_dict(extra={"deep": [1, {"x": None}]}, span_id="abc", quality_v2=5))
     assert turn(raw) == turn(enc(turn_dict()))
+
+
+def test_trace_id_is_optional_and_bounded() -> None:
+    assert turn(enc(turn_dict(trace_id="4bf92f3577b34da6a3ce929d0e0e4736"))).trace_id == (
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    )
+    assert turn(enc(turn_dict(trace_id=None))).trace_id is None
+    for bad in ("", "x" * 65, 7):
+        assert isinstance(one(enc(turn_dict(trace_id=bad))), Rejected), bad
 
 
 # ---- framing: not JSON, not an object, too large --------------------------------------------------------

@@ -63,12 +63,13 @@ class Scan:
     segments: list[dict[str, str]]
     flag_code: list[int]
     flag_dicts: list[dict[str, str]]
+    trace_id: list[str | None] | None
 
 
 def scan(values: list[Any], max_bytes: int = MAX) -> Scan:
     out = _turnscan.scan(values, max_bytes)
-    assert isinstance(out, tuple) and len(out) == 15
-    fast, slow, ts, lat, q, bits, turn, eids, cids, rcode, rkeys, scode, segs, fcode, fdicts = out
+    assert isinstance(out, tuple) and len(out) == 16
+    fast, slow, ts, lat, q, bits, turn, eids, cids, rcode, rkeys, scode, segs, fcode, fdicts, tids = out
     n = len(fast) // 8
     for b, size in (
         (fast, 8),
@@ -83,6 +84,7 @@ def scan(values: list[Any], max_bytes: int = MAX) -> Scan:
     ):
         assert type(b) is bytes and len(b) == n * size
     assert type(slow) is list and type(eids) is list and type(cids) is list and len(eids) == len(cids) == n
+    assert tids is None or (type(tids) is list and len(tids) == n and tids.count(None) < n)
 
     def i64(b: bytes) -> list[int]:
         return list(struct.unpack(f"={n}q", b))
@@ -106,6 +108,7 @@ def scan(values: list[Any], max_bytes: int = MAX) -> Scan:
         segs,
         i64(fcode),
         fdicts,
+        tids,
     )
 
 
@@ -141,6 +144,7 @@ def check(values: list[Any], max_bytes: int = MAX) -> Scan:
         assert s.turn[j] == t.turn, raw
         assert type(s.event_id[j]) is str and s.event_id[j] == t.event_id, raw
         assert type(s.conversation_id[j]) is str and s.conversation_id[j] == t.conversation_id, raw
+        assert (None if s.trace_id is None else s.trace_id[j]) == t.trace_id, raw
         key = s.route_keys[s.route_code[j]]
         assert type(key) is tuple and key == (t.agent_id, t.environment, t.version, t.arm), raw
         assert all(type(x) is str for x in key[:3]) and (key[3] is None or type(key[3]) is str)
@@ -224,6 +228,7 @@ def test_encoded_turns_are_exact() -> None:
                 tokens_in=rnd.choice([None, 5]),
                 tokens_out=rnd.choice([None, 7]),
                 cost_usd=rnd.choice([None, 0.0021, rnd.random()]),
+                trace_id=rnd.choice([None, "4bf92f3577b34da6a3ce929d0e0e4736", "t" * 64]),
             )
         )
     values = [encode_turn(t) for t in turns]
@@ -514,8 +519,10 @@ def _ts(rnd: random.Random) -> str:
 
 def _clean(rnd: random.Random, field: str) -> bytes:
     """A value the contract accepts, often a boundary one."""
+    if field == "trace_id" and rnd.random() < 0.2:
+        return b"null"
     if field in _RAW_OK:
-        top = 256 if field == "conversation_id" else 128
+        top = 256 if field == "conversation_id" else 64 if field == "trace_id" else 128
         text = rnd.choice(
             [
                 "a",
@@ -532,6 +539,7 @@ def _clean(rnd: random.Random, field: str) -> bytes:
                 "é" * (top - 1) + "x",
             ]
             + (["", "prod"] if field == "environment" else [])
+            + (["4bf92f3577b34da6a3ce929d0e0e4736"] if field == "trace_id" else [])
         )
         return _js(text).encode()
     if field == "ts":
@@ -626,7 +634,7 @@ def _value(rnd: random.Random, field: str) -> bytes:
     )
 
 
-_RAW_OK = {"event_id", "agent_id", "version", "conversation_id", "environment"}
+_RAW_OK = {"event_id", "agent_id", "version", "conversation_id", "environment", "trace_id"}
 
 
 def _value_text(rnd: random.Random, field: str, raw_strings: bool = True) -> bytes:
@@ -686,6 +694,7 @@ _OPTIONAL = [
     "tokens_in",
     "tokens_out",
     "cost_usd",
+    "trace_id",
     "schema",
 ]
 
@@ -901,7 +910,7 @@ _UNK_NUM_BAD = [
 _UNK_LIT_OK = [b"true", b"false", b"null"]
 _UNK_LIT_BAD = [b"nul", b"nulll", b"True", b"tru", b"falsee", b"NULL", b"t", b"undefined", b"'x'"]
 _UNK_KEYS_OK = [
-    b"trace_id",
+    b"span_id",
     b"tenant",
     b"meta",
     b"x",
@@ -1114,14 +1123,16 @@ def test_realistic_events_with_unknown_fields_are_fast(realistic: list[bytes]) -
             values.append(b"{" + a + b"," + trace + _META + b',"ts":' + b + b"}")
     fast = 0
     for k in range(0, len(values), 2_000):
-        fast += len(check(values[k : k + 2_000]).fast)
+        s = check(values[k : k + 2_000])
+        fast += len(s.fast)
+        assert s.trace_id is not None and all(t is not None and len(t) == 32 for t in s.trace_id)
     assert fast >= 0.99 * len(values), f"only {fast} of {len(values)} turns with unknown fields were fast"
 
 
 @pytest.mark.parametrize(
     "extra",
     [
-        b'"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"',
+        b'"span_id":"00f067aa0ba902b7"',
         _META,
         b'"x":1e999,"y":-1e-999,"z":' + b"9" * 400,
         b'"x":"\\ud83d\\ude00\\u0000\\/\\b"',

@@ -6,6 +6,7 @@ import numpy as np
 
 from tests.support.judge_sim import T0, Scenario, T, generate
 from tests.support.state import roundtrip
+from watcher.contract.schema import Turn
 from watcher.contract.verdicts import Action, Cause, RolloutRef, Verdict
 from watcher.judges.canary import Judge
 from watcher.judges.helpers import mean_params
@@ -192,16 +193,35 @@ def test_examples_are_the_treatments_worst_conversations_in_the_slice() -> None:
     ]
     j.update(turns, [t.arm for t in turns], 0.2)
     # the lowest mean quality first; a baseline conversation and another segment are never examples
-    assert [c for c, _ in j.examples("quality", "intent=billing", 5)] == [
+    assert [c for c, *_ in j.examples("quality", "intent=billing", 5)] == [
         "worse-billing",
         "bad-billing",
         "ok-billing",
     ]
-    [(cid, q)] = j.examples("quality", "intent=billing", 1)
-    assert cid == "worse-billing" and abs(q - 0.06) < 1e-3  # values on the judge's grid of 1/1024
+    [(cid, q, trace)] = j.examples("quality", "intent=billing", 1)
+    assert cid == "worse-billing" and abs(q - 0.06) < 1e-3 and trace is None  # q on the grid of 1/1024
     assert j.examples("quality", "all", 1)[0][0] == "bad-sales"
-    assert [c for c, _ in j.examples("latency", "all", 2)] == ["bad-sales", "bad-billing"]
+    assert [c for c, *_ in j.examples("latency", "all", 2)] == ["bad-sales", "bad-billing"]
     assert abs(j.examples("latency", "all", 1)[0][1] - 2000.0) < 2.0  # ms, the conversation's geometric mean
     # a rate: the conversations that had the event, whatever their other metrics
-    assert [c for c, _ in j.examples("error", "intent=billing", 5)] == ["bad-billing", "ok-billing"]
+    assert [c for c, *_ in j.examples("error", "intent=billing", 5)] == ["bad-billing", "ok-billing"]
     assert j.examples("error", "intent=nowhere", 5) == [] and j.examples("nometric", "all", 5) == []
+
+
+def test_examples_carry_the_trace_of_the_conversations_latest_turn() -> None:
+    j = Judge(REF, POLICY, T0)
+
+    def t(i: int, cid: str, trace: str | None, arm: str = "canary") -> Turn:
+        return Turn(
+            event_id=f"e{i}", ts=T0 + i, agent_id="bot", version="v2", conversation_id=cid, turn=i,
+            arm=arm, quality=0.1 * i, segment={"intent": "billing"}, trace_id=trace,
+        )  # fmt: skip
+
+    first = [t(1, "a", "trace-a1"), t(2, "b", None), t(3, "c", "trace-c", "baseline")]
+    j.update(first, [x.arm or "" for x in first], 0.2)
+    # the treatment's conversations only, lowest quality first, each with its trace
+    assert [(c, tr) for c, _, tr in j.examples("quality", "all", 5)] == [("a", "trace-a1"), ("b", None)]
+    j.update([t(4, "a", "trace-a4")], ["canary"], 0.2)  # a's mean is now 0.25: b first; a's latest trace
+    assert [(c, tr) for c, _, tr in j.examples("quality", "all", 5)] == [("b", None), ("a", "trace-a4")]
+    restored = Judge.from_state(roundtrip(j.to_state()), POLICY)  # the traces survive a restart
+    assert restored.examples("quality", "all", 5) == j.examples("quality", "all", 5)

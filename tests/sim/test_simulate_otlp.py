@@ -3,6 +3,7 @@ same decisions."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,8 @@ def _turn_values(raw: bytes) -> tuple[Any, ...]:
     if t.ts.__class__ is not float:
         t.ts = t.ts.timestamp()  # type: ignore[attr-defined]
     values = msgspec.structs.asdict(t)
+    if t.trace_id is None:  # a JSON turn: its trace in OTLP is derived from its event id
+        values["trace_id"] = hashlib.blake2b(t.event_id.encode(), digest_size=40).digest()[:16].hex()
     del values["event_id"]  # a span id in OTLP
     return tuple(sorted((k, repr(v)) for k, v in values.items()))
 
@@ -84,6 +87,17 @@ def test_the_same_regression_gives_the_same_decision_in_both_formats(tmp_path: P
             b["decision_id"],
         )
         assert abs(a["ts_unix"] - b["ts_unix"]) <= 10.0  # one look of the judge at most
+    # the examples of the OTLP decision point at the traces of their conversations' turns; JSON
+    # turns (without a trace_id) give examples without one
+    traces: dict[str, set[str]] = {}
+    for line in (tmp_path / "json.jsonl").read_bytes().splitlines():
+        t = msgspec.json.decode(line)
+        if t.get("schema") == "watcher.turn/v1":
+            trace = hashlib.blake2b(t["event_id"].encode(), digest_size=40).digest()[:16].hex()
+            traces.setdefault(t["conversation_id"], set()).add(trace)
+    examples = [x for d in decisions["otlp"] for x in d["examples"]]
+    assert examples and all(x["trace_id"] in traces[x["conversation_id"]] for x in examples)
+    assert all(x["trace_id"] is None for d in decisions["json"] for x in d["examples"])
 
 
 def test_cli_writes_otlp_json_lines_and_refuses_protobuf_in_a_file(

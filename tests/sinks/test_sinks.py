@@ -142,7 +142,7 @@ async def test_slack_one_valid_message_per_decision_within_limits(tmp_path: Path
     ]
     assert examples.split("\n") == [
         "*Worst canary conversations* on quality:",
-        "• <https://grafana.example/explore?q=conv-17|`conv-17`> (0.125)",
+        "• <https://tempo.example/4bf92f35|`conv-17`> (0.125, trace `4bf92f3577b34da6a3ce929d0e0e4736`)",
         "• `conv-4` (0.25)",
     ]
     assert not any("Worst canary" in b.get("text", {}).get("text", "") for b in promote["blocks"])

@@ -438,8 +438,8 @@ def make_decision(
     act = Action(action)
     harm = act in (Action.PAUSE, Action.ROLLBACK)
     examples = (
-        Example("conv-17", 0.125, "https://grafana.example/explore?q=conv-17"),
-        Example("conv-4", 0.25),  # no trace link configured
+        Example("conv-17", 0.125, "4bf92f3577b34da6a3ce929d0e0e4736", "https://tempo.example/4bf92f35"),
+        Example("conv-4", 0.25),  # no trace id, no link
     )
     evidence = []
     for i in range(rows):

@@ -196,9 +196,9 @@ class JudgeSettings(Section, frozen=True):
     # a pause or rollback names this many of the treatment's worst conversations on the metric and in
     # the slice that decided (0: none), so a person starts from the conversations, not the numbers
     examples: Annotated[int, Meta(ge=0, le=50)] = 5
-    # each example's link to its traces: a URL with {conversation_id} (URL-quoted) in it, e.g. Grafana
-    # Explore on Tempo with a TraceQL query on gen_ai.conversation.id, a Jaeger search by tag, or a
-    # Langfuse session (docs/otlp.md); None: examples without links
+    # each example's link to its traces: a URL with {trace_id} (the trace of the conversation's latest
+    # turn, when its turns carry one: OTLP input) and/or {conversation_id}, URL-quoted, e.g. a Tempo
+    # trace, a Jaeger search by tag, a Langfuse session (docs/otlp.md); None: examples without links
     trace_link: str | None = None
 
     def __post_init__(self) -> None:
@@ -206,13 +206,16 @@ class JudgeSettings(Section, frozen=True):
             raise ConfigError("judge.policy_file", f"no such file: {self.policy_file}")
         if self.trace_link is not None:
             try:
-                self.trace_link.format(conversation_id="c")
+                self.trace_link.format(conversation_id="c", trace_id="t")
             except (KeyError, IndexError, ValueError) as e:
                 raise ConfigError(
-                    "judge.trace_link", f"{self.trace_link!r}: only {{conversation_id}} is filled in ({e!r})"
+                    "judge.trace_link",
+                    f"{self.trace_link!r}: only {{trace_id}} and {{conversation_id}} are filled in ({e!r})",
                 ) from None
-            if "{conversation_id}" not in self.trace_link:
-                raise ConfigError("judge.trace_link", f"{self.trace_link!r} has no {{conversation_id}}")
+            if "{trace_id}" not in self.trace_link and "{conversation_id}" not in self.trace_link:
+                raise ConfigError(
+                    "judge.trace_link", f"{self.trace_link!r} has no {{trace_id}} or {{conversation_id}}"
+                )
 
 
 class OutboxSettings(Section, frozen=True):

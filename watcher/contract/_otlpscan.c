@@ -784,8 +784,8 @@ static int required(const Plan *pl, Work *w, Out *o, Problem *pr, int f)
     } while (0)
 
 typedef struct {
-    const uint8_t *span_id, *name;
-    size_t span_id_n, name_n;
+    const uint8_t *span_id, *name, *trace_id;
+    size_t span_id_n, name_n, trace_id_n;
     uint64_t start, end;
     int status;
     Val quality_event; /* the first evaluation event's score, if any */
@@ -1197,7 +1197,7 @@ static int read_span(Ctx *c, const uint8_t *p, size_t n)
 {
     const Plan *pl = c->pl;
     Work *w = c->w;
-    SpanInfo si = {(const uint8_t *)"", (const uint8_t *)"", 0, 0, 0, 0, 0, {0}, 0};
+    SpanInfo si = {(const uint8_t *)"", (const uint8_t *)"", (const uint8_t *)"", 0, 0, 0, 0, 0, 0, {0}, 0};
     Val op = {0}, flag = {0};
     Buf b = {p, p + n};
     Field f;
@@ -1243,6 +1243,12 @@ static int read_span(Ctx *c, const uint8_t *p, size_t n)
     b.p = p;
     while ((r = next_field(&b, &f)) > 0) {
         switch (f.num) {
+        case 1:
+            if (f.wt == 2) {
+                si.trace_id = f.p;
+                si.trace_id_n = f.n;
+            }
+            break;
         case 2:
             if (f.wt == 2) {
                 si.span_id = f.p;
@@ -1309,6 +1315,17 @@ static int read_span(Ctx *c, const uint8_t *p, size_t n)
         return -1;
     if (m > 0)
         return add_reject(c, &pr, &si, p, n);
+    if (si.trace_id_n && si.trace_id_n <= 32) { /* the trace id, last (as map_span): 64 hex digits at most */
+        o->n--;                                 /* the closing brace */
+        if (OUT_LIT(o, ",\"trace_id\":\"") < 0 || out_grow(o, si.trace_id_n * 2 + 2) < 0)
+            return -1;
+        for (size_t i = 0; i < si.trace_id_n; i++) {
+            o->p[o->n++] = HEX[si.trace_id[i] >> 4];
+            o->p[o->n++] = HEX[si.trace_id[i] & 15];
+        }
+        if (OUT_LIT(o, "\"}") < 0)
+            return -1;
+    }
     PyObject *turn = PyBytes_FromStringAndSize(o->p, (Py_ssize_t)o->n);
     if (!turn)
         return -1;

@@ -46,6 +46,7 @@ typedef struct {
 
 typedef struct {
     Span event_id, agent_id, environment, version, conversation_id;
+    Span trace_id; /* n == 0: null or absent */
     int arm; /* 0 = null/absent, 1.. = index in ARM_NAMES */
     Span segment_raw, flags_raw;
     Span seg_k[SEG_MAX], seg_v[SEG_MAX];
@@ -59,7 +60,7 @@ typedef struct {
 enum {
     F_EVENT_ID, F_TS, F_AGENT_ID, F_ENVIRONMENT, F_VERSION, F_ARM, F_CONVERSATION_ID, F_TURN,
     F_SEGMENT, F_LATENCY, F_QUALITY, F_ESCALATED, F_ERROR, F_COMPLIANCE, F_FLAGS, F_TOKENS_IN,
-    F_TOKENS_OUT, F_COST, F_SCHEMA,
+    F_TOKENS_OUT, F_COST, F_TRACE_ID, F_SCHEMA,
     F_UNKNOWN /* a key that is neither a Turn field nor "schema": its value is skipped */
 };
 #define KNOWN_BITS ((1u << F_UNKNOWN) - 1) /* duplicate check: known fields only */
@@ -725,7 +726,9 @@ static inline int field_id(const unsigned char *k, Py_ssize_t n)
     case 5: return IS("error") ? F_ERROR : IS("flags") ? F_FLAGS : -1;
     case 6: return IS("schema") ? F_SCHEMA : -1;
     case 7: return IS("version") ? F_VERSION : IS("segment") ? F_SEGMENT : IS("quality") ? F_QUALITY : -1;
-    case 8: return IS("event_id") ? F_EVENT_ID : IS("agent_id") ? F_AGENT_ID : IS("cost_usd") ? F_COST : -1;
+    case 8:
+        return IS("event_id") ? F_EVENT_ID : IS("agent_id") ? F_AGENT_ID : IS("cost_usd") ? F_COST
+             : IS("trace_id") ? F_TRACE_ID : -1;
     case 9: return IS("escalated") ? F_ESCALATED : IS("tokens_in") ? F_TOKENS_IN : -1;
     case 10: return IS("latency_ms") ? F_LATENCY : IS("tokens_out") ? F_TOKENS_OUT : -1;
     case 11: return IS("environment") ? F_ENVIRONMENT : -1;
@@ -740,9 +743,9 @@ static inline int field_id(const unsigned char *k, Py_ssize_t n)
 static const char FIELD_KEYS[F_SCHEMA + 1][24] = {
     "event_id\"", "ts\"", "agent_id\"", "environment\"", "version\"", "arm\"", "conversation_id\"",
     "turn\"", "segment\"", "latency_ms\"", "quality\"", "escalated\"", "error\"",
-    "compliance_violation\"", "flags\"", "tokens_in\"", "tokens_out\"", "cost_usd\"", "schema\"",
+    "compliance_violation\"", "flags\"", "tokens_in\"", "tokens_out\"", "cost_usd\"", "trace_id\"", "schema\"",
 };
-static const Py_ssize_t FIELD_LENS[F_SCHEMA + 1] = {8, 2, 8, 11, 7, 3, 15, 4, 7, 10, 7, 9, 5, 20, 5, 9, 10, 8, 6};
+static const Py_ssize_t FIELD_LENS[F_SCHEMA + 1] = {8, 2, 8, 11, 7, 3, 15, 4, 7, 10, 7, 9, 5, 20, 5, 9, 10, 8, 8, 6};
 
 #define ORDER_LEN 24
 #define NO_FIELD 0xFF
@@ -837,6 +840,7 @@ static int parse_turn(const unsigned char *s, Py_ssize_t n, Row *r, Ctx *ctx)
     r->latency = r->quality = Py_NAN;
     r->turn = 0;
     r->bits = 0;
+    r->trace_id.n = 0;
 
     SKIP_WS(p);
     if (*p != '{')
@@ -882,6 +886,12 @@ static int parse_turn(const unsigned char *s, Py_ssize_t n, Row *r, Ctx *ctx)
         case F_AGENT_ID: p = scan_id_cached(p, end, &r->agent_id, 128, &ctx->agent_id); break;
         case F_VERSION: p = scan_id_cached(p, end, &r->version, 128, &ctx->version); break;
         case F_CONVERSATION_ID: p = scan_id(p, end, &r->conversation_id, 256); break;
+        case F_TRACE_ID:
+            if (*p == 'n')
+                p = scan_null(p);
+            else
+                p = scan_id(p, end, &r->trace_id, 64);
+            break;
         case F_ENVIRONMENT: {
             const unsigned char *q = same_str(p, end, &ctx->environment, &r->environment);
             if (q)
@@ -1199,12 +1209,13 @@ PyDoc_STRVAR(scan_doc,
 "Sort watcher.turn/v1 messages into fast rows (decoded into columns) and slow indices.\n"
 "A message is fast only if msgspec's Turn decoder certainly accepts it with these same values.\n"
 "Returns (fast_index, slow, ts, latency, quality, bits, turn, event_id, conversation_id,\n"
-"route_code, route_keys, segment_code, segments, flag_code, flag_dicts); n = fast rows:\n"
+"route_code, route_keys, segment_code, segments, flag_code, flag_dicts, trace_id); n = fast rows:\n"
 "fast_index, turn, route_code, segment_code, flag_code: bytes of n int64; ts, latency, quality:\n"
 "bytes of n float64 (NaN for null/absent); bits: n uint8 (1 escalated, 2 error,\n"
 "4 compliance_violation); event_id, conversation_id: lists of n str; slow: ascending list of int;\n"
 "route_keys: (agent_id, environment, version, arm or None) per code in order of first appearance;\n"
-"segments, flag_dicts: one dict per distinct raw object text (code order).");
+"segments, flag_dicts: one dict per distinct raw object text (code order); trace_id: a list of n\n"
+"str or None, or None when no fast row has one.");
 
 enum { C_IDX, C_TS, C_LAT, C_Q, C_TURN, C_ROUTE, C_SEG, C_FLAG, N_COLS8 };
 
@@ -1227,7 +1238,8 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t alloc = total ? total : 1;
 
     PyObject *result = NULL, *slow = NULL, *routes = NULL, *segs = NULL, *flags = NULL;
-    PyObject **eids = NULL, **cids = NULL;
+    PyObject **eids = NULL, **cids = NULL, **tids = NULL;
+    Py_ssize_t ntrace = 0; /* fast rows with a trace id */
     uint8_t *bits = NULL;
     void *cols[N_COLS8] = {NULL};
     Table rt, st, ft;
@@ -1245,8 +1257,9 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             goto nomem;
     eids = PyMem_Calloc((size_t)alloc, sizeof(PyObject *));
     cids = PyMem_Calloc((size_t)alloc, sizeof(PyObject *));
+    tids = PyMem_Calloc((size_t)alloc, sizeof(PyObject *));
     bits = PyMem_Malloc((size_t)alloc);
-    if (!eids || !cids || !bits)
+    if (!eids || !cids || !tids || !bits)
         goto nomem;
     if (table_init(&rt, 1) < 0 || (tables = 1, table_init(&st, 0) < 0) || (tables = 2, table_init(&ft, 0) < 0))
         goto fail;
@@ -1295,6 +1308,11 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
         if (!(eids[nfast] = make_str(&r->event_id)) || !(cids[nfast] = make_str(&r->conversation_id)))
             goto fail_row;
+        if (r->trace_id.n) {
+            if (!(tids[nfast] = make_str(&r->trace_id)))
+                goto fail_row;
+            ntrace++;
+        }
         idx[nfast] = i;
         ts[nfast] = r->ts;
         lat[nfast] = r->latency;
@@ -1305,16 +1323,29 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
 
     {
+        PyObject *tid_list = Py_None;
+        Py_INCREF(Py_None);
+        if (ntrace) { /* rows without one: None */
+            for (Py_ssize_t j = 0; j < nfast; j++)
+                if (!tids[j]) {
+                    Py_INCREF(Py_None);
+                    tids[j] = Py_None;
+                }
+            Py_DECREF(Py_None);
+            if (!(tid_list = list_of(tids, nfast)))
+                goto fail;
+        }
         PyObject *eid_list = list_of(eids, nfast);
         PyObject *cid_list = eid_list ? list_of(cids, nfast) : NULL;
         if (!cid_list) {
             Py_XDECREF(eid_list); /* frees the event ids it took; cids[] still owns the rest */
+            Py_DECREF(tid_list);
             goto fail;
         }
-        result = Py_BuildValue("(NONNNNNNNNONONO)", bytes_of(idx, nfast, 8), slow, bytes_of(ts, nfast, 8),
+        result = Py_BuildValue("(NONNNNNNNNONONON)", bytes_of(idx, nfast, 8), slow, bytes_of(ts, nfast, 8),
                                bytes_of(lat, nfast, 8), bytes_of(q, nfast, 8), bytes_of(bits, nfast, 1),
                                bytes_of(turn, nfast, 8), eid_list, cid_list, bytes_of(rcode, nfast, 8), routes,
-                               bytes_of(scode, nfast, 8), segs, bytes_of(fcode, nfast, 8), flags);
+                               bytes_of(scode, nfast, 8), segs, bytes_of(fcode, nfast, 8), flags, tid_list);
         nfast = 0; /* "N" stole the lists (or freed them if the tuple failed) */
     }
     goto done;
@@ -1325,12 +1356,14 @@ nomem:
 fail_row:
     Py_CLEAR(eids[nfast]);
     Py_CLEAR(cids[nfast]);
+    Py_CLEAR(tids[nfast]);
 fail:
     result = NULL;
 done:
     for (Py_ssize_t j = 0; j < nfast; j++) {
         Py_XDECREF(eids[j]);
         Py_XDECREF(cids[j]);
+        Py_XDECREF(tids[j]);
     }
     if (tables >= 1) table_free(&rt);
     if (tables >= 2) table_free(&st);
@@ -1343,6 +1376,7 @@ done:
         PyMem_Free(cols[c]);
     PyMem_Free(eids);
     PyMem_Free(cids);
+    PyMem_Free(tids);
     PyMem_Free(bits);
     PyMem_Free(r);
     Py_DECREF(items);

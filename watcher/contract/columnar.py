@@ -44,7 +44,8 @@ __all__ = ["LazyTurns", "ScanResult", "Scanned", "available", "reference_scan", 
 _TURN_DECODER = msgspec.json.Decoder(Turn)
 
 # (fast_index, slow, ts, latency, quality, bits, turn, event_id, conversation_id,
-#  route_code, route_keys, segment_code, segments, flag_code, flag_dicts); see watcher/contract/_turnscan.c.
+#  route_code, route_keys, segment_code, segments, flag_code, flag_dicts, trace_id); see
+#  watcher/contract/_turnscan.c (trace_id: None when no turn of the batch has one).
 # bit i of ``bits`` is the event of the catalogue's i-th rate metric (the scanner's order, checked by
 # tests/contract/test_catalogue.py)
 ScanResult = tuple[
@@ -63,6 +64,7 @@ ScanResult = tuple[
     list[dict[str, str]],
     bytes,
     list[dict[str, str]],
+    "list[str | None] | None",
 ]
 Scanner = Callable[[list[Any], int], ScanResult]
 
@@ -190,6 +192,7 @@ def turn_columns(
         segments,
         fcode_b,
         flag_dicts,
+        trace_ids,
     ) = scanned.result
     index = np.frombuffer(fast_index, np.int64)
     # copies: views of the scanner's bytes would be read-only, unlike the object path's columns
@@ -209,6 +212,8 @@ def turn_columns(
         index, ts, latency, quality, bits = index[keep], ts[keep], latency[keep], quality[keep], bits[keep]
         turn_no, rcode, scode, fcode = turn_no[keep], rcode[keep], scode[keep], fcode[keep]
         conv_ids = [conv_ids[i] for i in keep.tolist()]
+        if trace_ids is not None:
+            trace_ids = [trace_ids[i] for i in keep.tolist()]
         rcode, route_keys = renumber(rcode, route_keys)
         scode, segments = renumber(scode, segments)  # only the segments still in the batch
         fcode, flag_dicts = renumber(fcode, flag_dicts)
@@ -221,6 +226,7 @@ def turn_columns(
         **{m.column: (bits & (1 << i)).astype(bool) for i, m in enumerate(RATE_METRICS)},
         first_turn=turn_no == 0,
         conversation_id=conv_ids,
+        trace_id=trace_ids,
         segment_code=scode,
         segment_table=segments,
         flag_code=fcode,
@@ -273,6 +279,7 @@ def reference_scan(values: list[Any], max_bytes: int) -> ScanResult:
     flag_b, flags = interned((tuple(t.flags.items()), t.flags) for t in rows)
     f64 = lambda xs: np.array([math.nan if x is None else x for x in xs], np.float64).tobytes()
     fields = [m.field for m in RATE_METRICS]
+    traces = [t.trace_id for t in rows]
     bits = np.array([sum(int(getattr(t, f)) << i for i, f in enumerate(fields)) for t in rows], np.uint8)
     return (
         np.array(fast, np.int64).tobytes(),
@@ -290,4 +297,5 @@ def reference_scan(values: list[Any], max_bytes: int) -> ScanResult:
         segs,
         flag_b,
         flags,
+        traces if traces.count(None) < len(traces) else None,
     )

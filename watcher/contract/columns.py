@@ -20,6 +20,7 @@ _COL_LAT = operator.attrgetter("latency_ms")
 _COL_Q = operator.attrgetter("quality")
 _COL_TURN = operator.attrgetter("turn")
 _COL_CID = operator.attrgetter("conversation_id")
+_COL_TRACE = operator.attrgetter("trace_id")
 _COL_SEG = operator.attrgetter("segment")
 _COL_FLAGS = operator.attrgetter("flags")
 _COL_VERSION = operator.attrgetter("version")
@@ -31,6 +32,7 @@ _COLUMNS = (
     *_EVENTS,
     "first_turn",
     "conversation_id",
+    "trace_id",
     "segment_code",
     "segment_table",
     "flag_code",
@@ -118,6 +120,15 @@ class TurnColumns:
         return list(map(_COL_CID, self.turns))
 
     @cached_property
+    def trace_id(self) -> list[str | None] | None:
+        """Each turn's trace id, or None when no turn of the batch has one (JSON turns seldom do)."""
+        try:
+            ids = list(map(_COL_TRACE, self.turns))
+        except AttributeError:  # objects without the attribute (a test's TurnLike)
+            return None
+        return ids if ids.count(None) < len(ids) else None
+
+    @cached_property
     def segment(self) -> list[dict[str, str]]:
         coded = self.coded("segment")
         if coded is not None:  # one shared dict per distinct segment, gathered in C
@@ -188,6 +199,9 @@ class TurnColumns:
             elif name in d:
                 col = d[name]
                 sub.__dict__[name] = [col[i] for i in pos]
+        if "trace_id" in d:  # None (no trace ids) stays None: never read from the turns again
+            traces = [d["trace_id"][i] for i in pos] if d["trace_id"] is not None else []
+            sub.__dict__["trace_id"] = traces if traces.count(None) < len(traces) else None
         if "route_code" in d:  # renumbered: codes stay in order of first appearance
             sub.__dict__["route_code"], sub.__dict__["route_keys"] = renumber(
                 d["route_code"][idx], d["route_keys"]

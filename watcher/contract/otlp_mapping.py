@@ -293,6 +293,8 @@ def _map(m: SpanMapping, span: SpanView, resource: dict[str, Any]) -> dict[str, 
     cost = _lookup(m.cost_usd, attrs, resource)
     if cost is not None:
         turn["cost_usd"] = _number(cost, "cost_usd")
+    if span.trace_id and len(span.trace_id) <= 64:  # decisions link their examples to the trace
+        turn["trace_id"] = span.trace_id
     return turn
 
 

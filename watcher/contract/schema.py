@@ -111,6 +111,9 @@ class Turn(Struct, kw_only=True, tag_field="schema", tag=SCHEMA_TURN, gc=False):
     tokens_in: _Count | None = None
     tokens_out: _Count | None = None
     cost_usd: _NonNeg | None = None
+    # the trace the turn belongs to (OTLP input: the span's trace id, 32 hex digits): decisions link
+    # their example conversations to it
+    trace_id: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
 
 
 class FlagSpec(Struct, kw_only=True, gc=False):

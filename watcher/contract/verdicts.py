@@ -137,6 +137,7 @@ class Example:
 
     conversation_id: str
     value: float | None  # mean quality or latency (ms; a tail too), 1.0 for a rate: it had the event
+    trace_id: str | None = None  # the trace of the conversation's latest turn (turns that carry one)
     url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -441,10 +441,9 @@ class Engine:
         find = getattr(judge, "examples", None)
         if find is None or not cfg.examples or trigger.get("metric") is None:
             return ()
-        link = cfg.trace_link
         return tuple(
-            Example(cid, value, link.format(conversation_id=quote(cid, safe="")) if link else None)
-            for cid, value in find(trigger["metric"], trigger.get("slice", "all"), cfg.examples)
+            Example(cid, value, trace, _link(cfg.trace_link, cid, trace))
+            for cid, value, trace in find(trigger["metric"], trigger.get("slice", "all"), cfg.examples)
         )
 
     def histories(self, rollout_ids: Sequence[str] | None = None) -> list[RolloutHistory]:
@@ -546,3 +545,13 @@ class Engine:
     def build_parts(self, wanted: set[str]) -> Iterator[tuple[str, Any] | None]:
         """``(name, state)`` of the wanted parts, ``None`` between them (see ``parts.build``)."""
         return parts.build(self, wanted)
+
+
+def _link(template: str | None, conversation_id: str, trace_id: str | None) -> str | None:
+    """An example's link (``judge.trace_link``, ids URL-quoted); None without a template, or when the
+    template needs a trace id and the conversation's turns carry none."""
+    if template is None or (trace_id is None and "{trace_id}" in template):
+        return None
+    return template.format(
+        conversation_id=quote(conversation_id, safe=""), trace_id=quote(trace_id or "", safe="")
+    )

@@ -146,6 +146,9 @@ class Judge:
         )
         self._grid_key: tuple[float, ...] | None = None  # cache of _rate_grid
         self._grid: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
+        # conversation id -> the trace of its latest turn (turns with a trace id: OTLP input), for the
+        # examples of a decision; holds the conversation table's ids only (pruned when it rotates)
+        self.traces: dict[str, str | None] = {}
 
     @property
     def cum(self) -> np.ndarray:
@@ -188,7 +191,13 @@ class Judge:
         conv = self.conv
         if len(conv) > conv.cap - n:
             conv.rotate()
+            if self.traces:
+                live = set(conv.ids)
+                self.traces = {c: t for c, t in self.traces.items() if c in live}
         cids = cols.conversation_id
+        tids = cols.trace_id
+        if tids is not None:  # C-speed: one dict update per batch
+            self.traces.update(zip(cids, tids))
         h = id_hashes(cids)
         slots = conv.find(h)
         fresh = self._admit(h, cids, slots, cols, arms, ts) if (slots < 0).any() else None
@@ -479,11 +488,12 @@ class Judge:
         """Every metric x slice's verdict with its numbers at event time ``ts``."""
         return self.look(ts).evidence()
 
-    def examples(self, metric: str, slice_name: str, k: int) -> list[tuple[str, float | None]]:
+    def examples(self, metric: str, slice_name: str, k: int) -> list[tuple[str, float | None, str | None]]:
         """The treatment's ``k`` worst conversations on ``metric`` in ``slice_name``, worst first, with
         their value: the lowest mean quality, the highest mean latency (ms), or, for an event rate or a
         latency tail, conversations that had the event (a rate: 1.0; a tail: slowest first, with their
-        mean latency when the judge sums latencies, else None).
+        mean latency when the judge sums latencies, else None), and the trace of each one's latest turn
+        (None without trace ids).
         Read from the conversation table (the live generations), so only when a
         decision asks: a person reading the decision opens these conversations' traces first."""
         conv = self.conv
@@ -511,9 +521,11 @@ class Judge:
         pos = np.flatnonzero(keep)
         pos = pos[np.argsort(order[pos], kind="stable")[:k]]  # ties: in the table's order
         value = quality if mp.name == "quality" else latency if mp.kind != "rate" else np.ones(len(rows))
-        return [
-            (conv.ids[rows[i]] or "", None if math.isnan(value[i]) else float(value[i])) for i in pos.tolist()
-        ]
+        out = []
+        for i in pos.tolist():
+            cid = conv.ids[rows[i]] or ""
+            out.append((cid, None if math.isnan(value[i]) else float(value[i]), self.traces.get(cid)))
+        return out
 
     def look(self, ts: float) -> Look:
         """The verdicts at event time ``ts`` as arrays; ``Look.evidence()`` formats the rows.
@@ -823,6 +835,7 @@ class Judge:
             "watermark": self.watermark,
             "admitted": self.admitted,
             "layout_slots": self.layout_slots,
+            **({"traces": self.traces} if self.traces else {}),
         }
 
     @classmethod
@@ -846,6 +859,7 @@ class Judge:
         # absent from states written before the layout was fixed from traffic: every possible slice
         j.admitted = d.get("admitted", _LAYOUT_CONVERSATIONS)
         j.layout_slots = d["layout_slots"] if "admitted" in d else j.n_slices - 1
+        j.traces = dict(d.get("traces", {}))
         return j
 
 

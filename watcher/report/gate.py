@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from watcher.contract import Decision, MetricEvidence, Verdict
-from watcher.report.html import _CSS, _plotly
+from watcher.report.html import _ACTION_COLOUR, _CSS, _VERDICT_COLOUR, _plotly
 
 __all__ = ["render_gate"]
 
@@ -28,8 +28,6 @@ _MARKER = {
     Verdict.INCONCLUSIVE: "#616161",
     Verdict.NODATA: "#bdbdbd",
 }
-_ROW_COLOUR = {Verdict.FAIL: "#ffebee", Verdict.PASS: "#e8f5e9"}
-_ACTION_COLOUR = {"rollback": "#c62828", "promote": "#2e7d32", "inconclusive": "#616161"}
 
 
 def render_gate(
@@ -42,7 +40,7 @@ def render_gate(
     """The HTML page of one gate run: ``facts`` (label, value) head it, then the plot and the rows."""
     go, make_subplots = _plotly()
     action = decision.action.value
-    colour = _ACTION_COLOUR.get(action, "#222")
+    colour = _ACTION_COLOUR.get(action, "#616161")  # inconclusive: grey
     head = ["<table>"]
     head += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts]
     head.append("</table>")
@@ -188,7 +186,7 @@ def _table(rows: Sequence[MetricEvidence]) -> str:
         "<th>effect</th><th>bounds</th><th>fail / pass margin</th><th>reason</th></tr>"
     ]
     for m in rows:
-        bg = _ROW_COLOUR.get(m.verdict, "#fff")
+        bg = _VERDICT_COLOUR.get(m.verdict.value, "#fff")
         cells = [
             m.metric + (" (critical)" if m.critical else ""),
             m.slice,

@@ -129,7 +129,8 @@ def examples_text(examples: list[dict[str, Any]], row: dict[str, Any] | None) ->
     for x in examples:
         cid = esc(str(x.get("conversation_id")))
         name = f"<{x['url']}|`{cid}`>" if x.get("url") else f"`{cid}`"
-        lines.append(truncate(f"• {name} ({num(x.get('value'))})", ROW_MAX))
+        trace = f", trace `{esc(str(x['trace_id']))}`" if x.get("trace_id") else ""
+        lines.append(truncate(f"• {name} ({num(x.get('value'))}{trace})", ROW_MAX))
     return truncate("\n".join(lines), SECTION_MAX)
 
 
