@@ -205,15 +205,17 @@ async def _consume(
     group = f"scale-{uuid.uuid4().hex[:8]}"
     scope = "partition" if instances > 1 else "instance"
     config = _config(tmp, bootstrap, topics, group, scope, agents[0])
-    daemons = [
-        await _start(config, tmp / f"{group}-{i}.log", tmp / f"{group}-{i}-spool.sqlite")
-        for i in range(instances)
-    ]
+    daemons: list[tuple[asyncio.subprocess.Process, int]] = []
+    # (cpu, wall) as each daemon's API is up, before it joins the group and consumes: its import and
+    # start-up are not counted, its restore and everything it does while consuming are
+    started: list[tuple[float, float]] = []
+    for i in range(instances):
+        daemons.append(await _start(config, tmp / f"{group}-{i}.log", tmp / f"{group}-{i}-spool.sqlite"))
+        started.append((_cpu(daemons[-1][0].pid), time.perf_counter()))
     runs = [Run(f"{label}[{i}]" if instances > 1 else label) for i in range(instances)]
     stop = asyncio.Event()
     latencies: dict[str, list[float]] = {}
     prober = asyncio.create_task(_probe([p for _, p in daemons], agents, stop, latencies))
-    started: list[tuple[float, float] | None] = [None] * instances  # (cpu, wall) at the first event
     consumed = [0.0] * instances
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
@@ -226,12 +228,10 @@ async def _consume(
                         raise RuntimeError(f"{label}: daemon {i} exited {proc.returncode}")
                     samples = _parse(await (await http.get(f"http://127.0.0.1:{port}/metrics")).text())
                     consumed[i] = _sum(samples, "watcher_events_consumed_total")
-                    if consumed[i] and started[i] is None:
-                        started[i] = (_cpu(proc.pid), time.perf_counter())
-                await asyncio.sleep(2.0)  # a scrape of thousands of agents' series costs the daemon too
+                await asyncio.sleep(5.0)  # a scrape of thousands of agents' series costs the daemon too
             await asyncio.sleep(1.0)  # the last checkpoint interval's probes
             for i, (proc, port) in enumerate(daemons):
-                run, (cpu0, t0) = runs[i], started[i] or (0.0, time.perf_counter())
+                run, (cpu0, t0) = runs[i], started[i]
                 run.cpu_s, run.wall_s = _cpu(proc.pid) - cpu0, time.perf_counter() - t0
                 run.peak_rss = _hwm(proc.pid)
                 run.samples = _parse(await (await http.get(f"http://127.0.0.1:{port}/metrics")).text())
