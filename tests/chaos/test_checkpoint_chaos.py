@@ -40,6 +40,19 @@ async def _metrics(port: int, name: str, at_least: float, timeout: float = 40.0)
             await asyncio.sleep(0.2)
 
 
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM: the daemon must end within its grace, with 0 (killed if it does not)."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError("the daemon did not end within 20 s of SIGTERM") from None
+        assert code == 0
+
+
 def _flip(path: Path) -> str:
     """Flip a bit of the largest checkpoint part in ``path``; returns the part's name."""
     db = sqlite3.connect(path)
@@ -70,12 +83,8 @@ async def test_a_damaged_checkpoint_falls_back_to_its_copy_else_refuses_until_re
         port = await api_port(tmp_path / "run-0.log", proc)
         turns = await _metrics(port, "watcher_turns_total", len(lines) - 1)
         assert turns == len(lines) - 1  # every line but the marker
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await _stop(proc)
 
     _flip(checkpoint)  # the backup copy (<path>.1, made at the first checkpoint) is intact
 
@@ -87,12 +96,8 @@ async def test_a_damaged_checkpoint_falls_back_to_its_copy_else_refuses_until_re
         assert await _metrics(port, "watcher_turns_total", turns) == turns
         await asyncio.sleep(1.0)  # a batch counted twice would show now
         assert await _metrics(port, "watcher_turns_total", 0) == turns
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await _stop(proc)
 
     copies = sorted(tmp_path.glob("checkpoint.sqlite.[0-9]"))
     assert copies, "no backup copy was made"
@@ -128,9 +133,5 @@ async def test_a_damaged_checkpoint_falls_back_to_its_copy_else_refuses_until_re
             while (await http.get(f"http://127.0.0.1:{port}/readyz")).status != 200:
                 assert time.monotonic() < deadline, "never ready after --reset-state"
                 await asyncio.sleep(0.2)
-        fresh.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(fresh.wait(), 20) == 0
     finally:
-        if fresh.returncode is None:
-            fresh.kill()
-            await fresh.wait()
+        await _stop(fresh)
