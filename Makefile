@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # reinstalled when the package definition or the C extensions (built by pip, watcher/contract/_*.c) change
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml watcher/contract/_turnscan.c watcher/contract/_otlpscan.c | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast test-chaos lint bench bench-throughput bench-detection bench-strategies check-config clean
+.PHONY: demo test test-fast test-chaos lint bench bench-throughput bench-detection bench-strategies bench-scale check-config clean
 
 $(STAMP): pyproject.toml watcher/contract/_turnscan.c watcher/contract/_otlpscan.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench-detection: $(STAMP)
 
 bench-strategies: $(STAMP)
 	$(PY) -m bench.strategies $(BENCH_ARGS)
+
+bench-scale: $(STAMP)
+	$(PY) -m bench.scale $(BENCH_ARGS)
 
 check-config: $(STAMP)
 	$(VENV)/bin/watcher check-config

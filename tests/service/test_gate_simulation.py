@@ -53,7 +53,7 @@ def test_healthy_candidates_are_never_blocked_by_a_false_failure(paired: bool) -
 
 def test_a_candidate_at_the_margin_rarely_passes_and_one_inside_it_does() -> None:
     """Quality exactly at the margin (-0.03, one margin for both tests): a pass would be a false
-    promotion, bounded by promote.alpha = 5 % (at most 3 of 20 seeds; bench/gate: 2 of 40); at -0.01
+    promotion, bounded by promote.alpha = 5 % (at most 3 of 20 seeds; bench/gate: 8 of 120); at -0.01
     the same data size passes (the test is not vacuous)."""
     policies = quality_only(BUNDLED, -0.03)
     # a baseline mean of 0.6: quality is clipped to [0, 1], and near 1 the clipping shrinks a -0.03

@@ -160,6 +160,14 @@ class StateSettings(Section, frozen=True):
     # dead-lettered as too_early: one message from a producer whose clock runs far ahead must not move
     # its agent's watermark (and make every later turn too late). None: no bound.
     max_future_s: Annotated[float, Meta(ge=0)] | None = 3600.0
+    # A retired version (the canary of a rollout rolled back or aborted, the baseline a promotion
+    # replaced) leaves the state, /metrics and the drift detectors once it has had no turn for this long
+    # in event time (its late turns are still counted meanwhile): a platform that ships many times a
+    # week does not grow without bound.
+    retired_after_s: Annotated[float, Meta(ge=0)] = 900.0
+    # Any version without a turn for this long (event time) leaves them too (it starts afresh with its
+    # next turn); None: never.
+    idle_after_s: Annotated[float, Meta(gt=0)] | None = 7 * 86400.0
 
     def __post_init__(self) -> None:
         if self.allowed_lateness_s is not None and not math.isfinite(self.allowed_lateness_s):

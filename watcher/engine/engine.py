@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,7 +35,7 @@ from watcher.contract import (
     TurnColumns,
     decode_batch,
 )
-from watcher.engine import parts
+from watcher.engine import parts, retire
 from watcher.engine.coverage import Coverage, roles
 from watcher.engine.history import EvidenceHistory, EvidenceMap, RolloutHistory
 from watcher.judges import (
@@ -66,6 +67,9 @@ class BatchResult:
     drift_signals: list[DriftSignal] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     otlp: OtlpCounts | None = None  # what the batch's OTLP trace requests held, if it had any
+    # CPU seconds of the batch per stage (decode, state, judge): watcher_engine_seconds_total, the
+    # judge's share of the work (thread time, so other threads' work is not counted)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def merge(self, other: BatchResult) -> None:
         """Add another engine's result for the same batch (one engine per partition)."""
@@ -80,6 +84,8 @@ class BatchResult:
             if self.otlp is None:
                 self.otlp = OtlpCounts()
             self.otlp.add(other.otlp)
+        for stage, s in other.seconds.items():
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + s
 
 
 class Engine:
@@ -127,6 +133,9 @@ class Engine:
         self._judges_touched: set[str] = set()  # judges changed since the last checkpoint (parts.changed)
         self._parts_generation = 0  # the dedup generation the last checkpoint wrote
         self._seen: dict[str, float] = {}  # rollout id -> latest event time of the turns its judge got
+        # versions that ended rollouts retired (they leave the state when quiet: watcher.engine.retire)
+        self.retired_versions: dict[tuple[str, str, str], float] = {}  # -> event time it was retired
+        self._next_sweep = -math.inf  # event time of the next retired-version sweep
         # observers of every rollout change, whether from a batch, the HTTP API or a deployer hook
         # (the daemon queues signals for them); called synchronously, before the batch is committed
         self.change_listeners: list[Callable[[Change], None]] = []
@@ -148,6 +157,7 @@ class Engine:
         return result
 
     def _process(self, raws: Sequence[bytes], origins: Sequence[str] | None) -> BatchResult:
+        started = time.thread_time()
         batch: DecodedBatch = decode_batch(
             raws,
             self.dedup,
@@ -163,6 +173,7 @@ class Engine:
             deployments=len(batch.deployments),
             duplicates=batch.duplicates,
             rejected=batch.rejected,
+            seconds={"decode": time.thread_time() - started},
         )
         # one posted over HTTP and read back from the deployments topic is not applied twice
         fresh = (m for m in batch.deployments if not self.registry.knows(m.event_id))
@@ -197,6 +208,7 @@ class Engine:
 
     def _turns(self, cols: TurnColumns, result: BatchResult) -> None:
         """Route, count and judge a batch's turns (``cols``: theirs)."""
+        counting = time.thread_time()
         turns = cols.turns
         arms, started = self.registry.route(turns, cols)
         for change in started:
@@ -210,7 +222,16 @@ class Engine:
         watched = self.drift.watched()
         if any(arm == "live" or (a, e, v) in watched for (a, e, v, _), arm in routes.items()):
             result.drift_signals.extend(self.drift.update(turns, arms, cols))
+        judging = time.thread_time()
         result.decisions.extend(self._judge(turns, arms, agents, cols))
+        done = time.thread_time()
+        seconds = result.seconds
+        seconds["state"] = seconds.get("state", 0.0) + judging - counting
+        seconds["judge"] = seconds.get("judge", 0.0) + done - judging
+        wm = self.state.watermark
+        if wm is not None and wm >= self._next_sweep:
+            self._next_sweep = wm + retire.SWEEP_EVERY_S
+            retire.sweep(self, wm)
 
     def _new_registry(self) -> Registry:
         rollouts = self.settings.rollouts
@@ -283,6 +304,8 @@ class Engine:
         self._seen.pop(rollout.rollout_id, None)
 
     def _retire(self, rollout: Rollout) -> None:
+        # the last look's evidence is built now: a deferred one would keep the judge's tables alive
+        self.evidence.get(rollout.rollout_id)
         self.judges.pop(rollout.rollout_id, None)
         self.coverage.pop(rollout.rollout_id, None)
         self._last_look.pop(rollout.rollout_id, None)
@@ -291,6 +314,11 @@ class Engine:
         live = rollout.canary_version if rollout.state.value == "promoted" else rollout.baseline_version
         if live:
             self.drift.watch(rollout.agent_id, rollout.environment, live)
+        key = (rollout.agent_id, rollout.environment)
+        old = retire.retired_version(rollout)
+        if old and old != live:
+            self.retired_versions[(*key, old)] = rollout.ended_ts or rollout.started_ts
+        self.retired_versions.pop((*key, live or ""), None)  # a version rolled back once may be live again
 
     def _judge(
         self,

@@ -91,6 +91,7 @@ def _part(engine: Engine, name: str) -> Any:
             "last_action": {rid: action.value for rid, action in engine.last_action.items()},
             "last_look": dict(engine._last_look),
             "seen": dict(engine._seen),
+            "retired": [[*k, ts] for k, ts in engine.retired_versions.items()],
             "lateness": engine.lateness.to_state(),
             # the policy each judge runs with: a restart with a policy that measures differently keeps it
             "judge_policies": {rid: policy_to_doc(j.policy) for rid, j in engine.judges.items()},
@@ -159,6 +160,9 @@ def restore(engine: Engine, d: Mapping[str, Any]) -> None:
         last_look = {rid: float(ts) for rid, ts in head["last_look"].items()}
         # absent before looks were on a grid: the grid then resumes from the last look
         seen = {rid: float(ts) for rid, ts in head.get("seen", last_look).items()}
+        retired = {
+            (str(a), str(e), str(v)): float(ts) for a, e, v, ts in head.get("retired", ())
+        }  # since #13
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, ConfigError) as exc:
@@ -178,6 +182,7 @@ def restore(engine: Engine, d: Mapping[str, Any]) -> None:
         last_look,
     )
     engine._seen = seen
+    engine.retired_versions = retired
     engine._parts_generation = dedup.generation
     engine._judges_touched = set()
     # the evidence of the last look, as the API showed it before the restart (evidence() only reads);

@@ -21,15 +21,16 @@ from __future__ import annotations
 
 from collections import ChainMap
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from watcher.contract import Decision, Deployment
 from watcher.engine.engine import Engine
 from watcher.engine.history import RolloutHistory
 from watcher.judges import PolicySet, PolicyState
 from watcher.state import Change, MetricsState, Rollout, SeriesKey, SeriesSnapshot, Window
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["SCOPE_PREFIX", "Tasks", "partition_for", "scope_of"]
 
@@ -224,6 +225,8 @@ class _States:
         return max(marks) if marks else None
 
     def summary_frame(self, window: Window = "cumulative") -> pd.DataFrame:
+        import pandas as pd  # lazily: pandas costs a second of start-up, only reports need it
+
         frames = [e.state.summary_frame(window) for e in self._tasks.engines.values()]
         filled = [f for f in frames if not f.empty]
         if not filled:  # an empty frame with the columns (no task yet: an empty state's)

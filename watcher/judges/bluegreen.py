@@ -40,7 +40,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
-from scipy.stats import beta, norm
 
 from watcher.contract import (
     MetricEvidence,
@@ -330,6 +329,8 @@ class BlueGreenJudge:
 
     def _z(self, a: float) -> float:
         if a not in self._z_cache:
+            from scipy.stats import norm  # lazily: scipy.stats costs a second of start-up
+
             self._z_cache[a] = float(norm.isf(a))
         return self._z_cache[a]
 
@@ -430,6 +431,8 @@ class BlueGreenJudge:
             if name not in ref or ref[name][F_CONV] <= 0:
                 continue
             k, n = float(ref[name][f]), float(ref[name][F_CONV])
+            from scipy.stats import beta  # lazily: scipy.stats costs a second of start-up
+
             upper = lambda a, k=k, n=n: float(beta.isf(a, k + 1, n - k)) if k < n else 1.0
             lower = lambda a, k=k, n=n: float(beta.ppf(a, k, n - k + 1)) if k > 0 else 0.0
             allow = self.cfg.drift_rate ** self.ref.distance_h[h] if self.ref.mode == "recent" else 1.0

@@ -46,12 +46,14 @@ import operator
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from river.drift import ADWIN
 
 from watcher.contract import CATALOGUE, Direction, Kind, MetricDef, TurnColumns, rfc3339
+
+if TYPE_CHECKING:
+    from river.drift import ADWIN
 
 DRIFT_SCHEMA = "watcher.drift/v1"
 STATE_VERSION = 1
@@ -142,6 +144,10 @@ class _Series:
 
 
 def _new_detector(delta: float = 0.002) -> ADWIN:
+    # imported when the first detector is made: river (and the scipy.stats it loads) take seconds to
+    # import, which commands that never watch a version (check-config, --help) should not pay
+    from river.drift import ADWIN
+
     # clock=1: one update per block is already rare; checking every 32 blocks would add delay.
     return ADWIN(delta=delta, clock=1)
 

@@ -53,6 +53,7 @@ from watcher.kafka import (
 )
 from watcher.outbox import Outbox
 from watcher.service.grace import Grace
+from watcher.service.looplag import LoopLag
 from watcher.service.markers import Markers
 from watcher.service.partitions import Checkpoints, TaskPartitions
 from watcher.service.reload import ConfigSource, Reloader, ReloadMetrics, ReloadResult
@@ -251,6 +252,7 @@ class Daemon:
         await self.source.start(self.partitions)
         outbox_stop = asyncio.Event()
         outbox_task = asyncio.create_task(self.outbox.run(outbox_stop))
+        lag_task = asyncio.create_task(LoopLag(self.metrics.loop_lag).run())
         watcher_task = (
             asyncio.create_task(self.reloader.watch()) if self.settings.config_watch_s > 0 else None
         )
@@ -262,6 +264,7 @@ class Daemon:
                 await grace.bounded("the last checkpoint", self.checkpoint(force=True), share=0.5)
         finally:
             grace.start()  # an error, not a stop: the same bounded clean-up
+            lag_task.cancel()
             if watcher_task is not None:
                 watcher_task.cancel()
             outbox_stop.set()
@@ -424,6 +427,8 @@ class Daemon:
                 by_topic[msg.topic] = by_topic.get(msg.topic, 0) + 1
         for topic, n in by_topic.items():
             m.events_consumed.labels(topic).inc(n)
+        for stage, cpu in result.seconds.items():
+            m.engine_seconds.labels(stage).inc(cpu)
         for r in result.rejected:
             m.events_rejected.labels(r.reason.value).inc()
         if result.duplicates:

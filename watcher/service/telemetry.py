@@ -19,10 +19,11 @@ import watcher
 from watcher.config import TelemetrySettings
 from watcher.contract import SERIES_FAMILIES, Action, Family, MetricDef, OtlpCounts, RejectReason
 from watcher.engine import Unjudged
+from watcher.service.looplag import LAG_BUCKETS
 
 if TYPE_CHECKING:
     from watcher.engine import EngineView
-    from watcher.state import SeriesSnapshot
+    from watcher.state import SeriesKey, SeriesSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,18 @@ class WatcherMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=registry,
         )
+        self.engine_seconds = Counter(
+            "watcher_engine_seconds_total",
+            "CPU seconds of the engine per stage (decode, state, judge)",
+            ["stage"],
+            registry=registry,
+        )
+        self.loop_lag = Histogram(
+            "watcher_event_loop_lag_seconds",
+            "How late a timer due every 50 ms fires: how long the event loop was held (batches, checkpoints)",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
         self.batch_events = Histogram(
             "watcher_batch_events",
             "Messages per batch",
@@ -110,6 +123,17 @@ class WatcherMetrics:
         self.otlp_spans.labels("rejected").inc(counts.rejected)
 
 
+def _sizes(keys: list[SeriesKey]) -> Iterator[Metric]:
+    """What the state holds: series, versions and agents (retired and idle versions leave it)."""
+    versions = {k[:3] for k in keys}
+    for name, doc, value in (
+        ("watcher_state_series", "series in the state (one per version, arm and segment value)", len(keys)),
+        ("watcher_state_versions", "(agent, environment, version)s in the state", len(versions)),
+        ("watcher_state_agents", "(agent, environment)s in the state", len({k[:2] for k in versions})),
+    ):
+        yield GaugeMetricFamily(name, doc, value=value)
+
+
 class StateCollector(Collector):
     """Exposes the engine's per-series state, rollouts and verdicts, computed at scrape time."""
 
@@ -138,7 +162,9 @@ class StateCollector(Collector):
             families[name].add_metric(values, value)
 
         shares: dict[tuple[str, str, str], Mapping[tuple[str, str], float]] = {}
-        for key in state.keys():
+        keys = state.keys()
+        yield from _sizes(keys)
+        for key in keys:
             agent, env, version, arm, seg_key, seg_value = key
             segmented = bool(seg_key)
             prefix = "watcher_segment_" if segmented else "watcher_"

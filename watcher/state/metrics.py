@@ -37,10 +37,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import attrgetter
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from watcher.contract import RATE_METRICS, TurnColumns
 from watcher.errors import CheckpointError
@@ -53,6 +52,9 @@ from watcher.stats import (
     dense_counts,
     sparse_counts,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SeriesKey = tuple[str, str, str, str, str, str]
 Window = Literal["cumulative", "recent"]
@@ -249,6 +251,8 @@ class MetricsState:
         self._index: dict[SeriesKey, int] = {}
         self._by_agent: dict[tuple[str, str], dict[SeriesKey, None]] = {}  # (agent, env) -> its series
         self._touched: set[tuple[str, str]] = set()  # agents changed since ``take_touched``
+        # (agent, env, version) -> event time of its latest turn: retired and idle versions leave the state
+        self._version_last: dict[tuple[str, str, str], float] = {}
         self._free: list[int] = []
         self._seg_keys: dict[tuple[str, str], set[str]] = {}
         self._seg_values: dict[tuple[str, str, str], set[str]] = {}
@@ -373,8 +377,7 @@ class MetricsState:
             if (ocode < 0).any():
                 ocode = table.learn(list(zip(map(_G_KEY, turns), arms)), ocode)
         fan[:, 0] = self._oslot_of(ocode, table)
-        values = table.values
-        self._touched.update(values[o][0][:2] for o in np.unique(ocode).tolist())  # agents, for checkpoints
+        self._seen_versions(table.values, ocode, cols.ts)
         for j, (key, col) in enumerate(zip(seg_keys, seg_cols), start=1):
             vt = self._values_of(key)
             vcode = np.fromiter(map(vt.codes.get, col, repeat(-1)), dtype=np.intp, count=len(col))
@@ -392,6 +395,23 @@ class MetricsState:
                 slots = vt.lut[ocode, vcode]
             fan[:, j] = slots
         return fan
+
+    def _seen_versions(self, values: list[Any], ocode: np.ndarray, ts: np.ndarray) -> None:
+        """Note the batch's agents (for checkpoints) and each version's latest turn: per distinct
+        (agent, env, version, arm) of the batch, not per turn."""
+        codes, inv = np.unique(ocode, return_inverse=True)
+        latest = np.full(len(codes), -np.inf)
+        np.fmax.at(latest, inv, ts)
+        seen = self._version_last
+        for o, t in zip(codes.tolist(), latest.tolist()):
+            key = values[o][0]  # (agent, env, version)
+            self._touched.add(key[:2])
+            if t > seen.get(key, -math.inf):
+                seen[key] = t
+
+    def version_last(self) -> dict[tuple[str, str, str], float]:
+        """(agent, environment, version) -> event time of its latest turn (read-only)."""
+        return self._version_last
 
     def _segment_columns(self, segs: list[Any]) -> tuple[tuple[str, ...], list[list[Any]]]:
         """Segment keys present in the batch and each key's value per turn (None where absent)."""
@@ -536,6 +556,8 @@ class MetricsState:
     def summary_frame(self, window: Window = "cumulative") -> pd.DataFrame:
         """One row per series (replay's table); ``share`` is the series' share of the turns of the
         same agent, environment and segment across versions and arms."""
+        import pandas as pd  # lazily: pandas costs a second of start-up, only reports need it
+
         columns = [
             "agent",
             "environment",
@@ -586,6 +608,7 @@ class MetricsState:
 
     def forget_version(self, agent_id: str, environment: str, version: str) -> None:
         """Drop every series of a version (retired versions leave /metrics)."""
+        self._version_last.pop((agent_id, environment, version), None)
         mine = self._by_agent.get((agent_id, environment), {})
         gone = [k for k in mine if k[2] == version]
         slots = [self._index.pop(k) for k in gone]
@@ -668,6 +691,8 @@ class MetricsState:
                     st._wsk[slot, p] = dense_counts(w["sketch"], nb)
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"invalid metrics state: {exc!r}") from exc
+        if st.watermark is not None:  # the one-document form did not record each version's latest turn
+            st._version_last = dict.fromkeys((k[:3] for k in st._index), float(st.watermark))
         return st
 
     # ---- checkpoint by agent -------------------------------------------------------------------
@@ -715,12 +740,14 @@ class MetricsState:
                 0,
             )
         seg_keys = sorted(self._seg_keys.get((agent, env), ()))
+        last, versions = self._version_last, dict.fromkeys(k[2] for k in keys)
         return {
             "agent": agent,
             "environment": env,
             "keys": [list(k[2:]) for k in keys],
             "segment_keys": seg_keys,
             "segment_values": {k: sorted(self._seg_values.get((agent, env, k), ())) for k in seg_keys},
+            "version_last": {v: last[(agent, env, v)] for v in versions if (agent, env, v) in last},
             "stats": array_to_state(self._cstats[slots]),
             "first": array_to_state(self._cfirst[slots]),
             "last": array_to_state(self._clast[slots]),
@@ -757,6 +784,8 @@ class MetricsState:
                     st._seg_keys[(a, e)] = set(d["segment_keys"])
                 for k, vs in d["segment_values"].items():
                     st._seg_values[(a, e, k)] = set(vs)
+                for v, t in d.get("version_last", {}).items():
+                    st._version_last[(a, e, v)] = float(t)
                 keys = [(a, e, *k) for k in d["keys"]]
                 slots = np.fromiter((st._slot_for(k) for k in keys), np.intp, len(keys))
                 for name in ("stats", "first", "last", "sketch", "wid", "wstats", "wfirst", "wlast", "wsk"):

@@ -400,6 +400,11 @@ class Registry:
         while len(self._gates) > MAX_GATED_VERSIONS:
             del self._gates[next(iter(self._gates))]
 
+    def forget_version(self, agent_id: str, environment: str, version: str) -> None:
+        """A retired version's marker times leave /metrics (the rollouts that name it stay, bounded)."""
+        for key in [k for k in self.marker_times if k[3] == version and k[:2] == (agent_id, environment)]:
+            del self.marker_times[key]
+
     # -- persistence ----------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         return {

@@ -22,8 +22,9 @@ same shape; "harm up" means a larger ratio or difference is worse.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from scipy import stats as _st
 
 from watcher.stats.sequential import cluster_mean, stratified_difference, theta
 
@@ -39,6 +40,14 @@ __all__ = [
 ]
 
 
+def _st() -> Any:
+    """scipy.stats, imported when first used: it costs a second of start-up that commands which never
+    compute a fixed-sample test should not pay."""
+    import scipy.stats
+
+    return scipy.stats
+
+
 def binomial_pvalue(
     c: np.ndarray, b: np.ndarray, rho: np.ndarray, r0: np.ndarray, up: np.ndarray
 ) -> np.ndarray:
@@ -51,7 +60,7 @@ def binomial_pvalue(
     k = c + b
     th = theta(r0, rho)
     # sf(c - 1) = P(X >= c); cdf(c) = P(X <= c)
-    p = np.where(up, _st.binom.sf(c - 1, k, th), _st.binom.cdf(c, k, th))
+    p = np.where(up, _st().binom.sf(c - 1, k, th), _st().binom.cdf(c, k, th))
     return np.where(k > 0, np.minimum(p, 1.0), 1.0)
 
 
@@ -64,8 +73,8 @@ def binomial_bound(c: np.ndarray, b: np.ndarray, alpha: float | np.ndarray, uppe
     c, b = np.asarray(c, float), np.asarray(b, float)
     a = np.broadcast_to(np.asarray(alpha, float), np.broadcast(c, b).shape)
     with np.errstate(invalid="ignore"):
-        lo = np.where(c > 0, _st.beta.ppf(a, np.maximum(c, 1), b + 1), 0.0)
-        hi = np.where(b > 0, _st.beta.ppf(1 - a, c + 1, np.maximum(b, 1)), 1.0)
+        lo = np.where(c > 0, _st().beta.ppf(a, np.maximum(c, 1), b + 1), 0.0)
+        hi = np.where(b > 0, _st().beta.ppf(1 - a, c + 1, np.maximum(b, 1)), 1.0)
     return np.where(upper, hi, lo)
 
 
@@ -110,12 +119,12 @@ def mean_pvalue(s: MeanSample, margin: np.ndarray, up: np.ndarray, harm_null: bo
     sign = np.where(up, 1.0, -1.0) * (1.0 if harm_null else -1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         t = sign * (s.diff - margin) / np.sqrt(s.var)
-        p = _st.t.sf(t, np.maximum(s.df, 1))
+        p = _st().t.sf(t, np.maximum(s.df, 1))
     return np.where(np.isfinite(t) & (s.df >= 1), p, 1.0)
 
 
 def mean_bound(s: MeanSample, alpha: float | np.ndarray, upper: np.ndarray) -> np.ndarray:
     """One-sided (1 - alpha) confidence bound of the difference, upper or lower."""
     with np.errstate(invalid="ignore"):
-        q = _st.t.ppf(1 - np.asarray(alpha, float), np.maximum(s.df, 1)) * np.sqrt(s.var)
+        q = _st().t.ppf(1 - np.asarray(alpha, float), np.maximum(s.df, 1)) * np.sqrt(s.var)
     return np.where(upper, s.diff + q, s.diff - q)

@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta
 
 __all__ = [
     "RATIO",
@@ -116,6 +115,8 @@ def tail_reference(hist: np.ndarray, q: float, a_upper: float, a_lower: float) -
     j = rank_threshold(hist, k)
     if not 0 < j < N_BINS - 1:
         return None  # the threshold sits in a clamped end bin (below 1 ms / above 10 min): not judged
+    from scipy.stats import beta  # lazily: scipy.stats costs a second of start-up
+
     return TailReference(
         j,
         n,

@@ -25,7 +25,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy.special import log_ndtr
 
 __all__ = [
     "FAIL_GRID",
@@ -220,6 +219,8 @@ def msprt_log_evalue(x: np.ndarray | float, var: np.ndarray | float, tau: np.nda
 
     Lambda = 2 sqrt(V/(V+tau^2)) exp(tau^2 x^2 / (2V(V+tau^2))) Phi(x tau / sqrt(V(V+tau^2))).
     """
+    from scipy.special import log_ndtr  # lazily: scipy.special costs a quarter of a second of start-up
+
     x = np.asarray(x, dtype=float)
     v = np.asarray(var, dtype=float)
     t2 = tau * tau
