@@ -1,9 +1,11 @@
 """Chaos: a checkpoint file damaged between two runs of ``watcher run`` (real processes, real broker).
 
-The first run consumes a stream with a rollback and stops; a bit of a checkpoint part is flipped.
-The next start must refuse (exit 1, the reason, ``--reset-state`` named, nothing overwritten); a
-start with ``--reset-state`` must come up ready from a fresh state and say so in
-``watcher_checkpoint_lost_total``. Before the fix, the damaged checkpoint was started over silently.
+The first run consumes a stream and stops; a bit of a checkpoint part is flipped. The next start
+must restore the backup copy and count every turn once (``watcher_checkpoint_fallbacks_total``).
+With the copies damaged too, a start must refuse (exit 1, the reason, ``--reset-state`` named,
+nothing overwritten); a start with ``--reset-state`` must come up ready from a fresh state and say
+so in ``watcher_checkpoint_lost_total``. Before the fix, the damaged checkpoint was started over
+silently.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import signal
 import sqlite3
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -37,7 +40,19 @@ async def _metrics(port: int, name: str, at_least: float, timeout: float = 40.0)
             await asyncio.sleep(0.2)
 
 
-async def test_a_damaged_checkpoint_refuses_the_start_until_reset_state(
+def _flip(path: Path) -> str:
+    """Flip a bit of the largest checkpoint part in ``path``; returns the part's name."""
+    db = sqlite3.connect(path)
+    part, data = db.execute("SELECT part, data FROM checkpoint_parts ORDER BY length(data) DESC").fetchone()
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0x01
+    db.execute("UPDATE checkpoint_parts SET data=? WHERE part=?", (bytes(flipped), part))
+    db.commit()
+    db.close()
+    return str(part)
+
+
+async def test_a_damaged_checkpoint_falls_back_to_its_copy_else_refuses_until_reset_state(
     broker, unique_topic, produce, tmp_path
 ) -> None:
     lines = list(generate(dataclasses.replace(PRESETS["demo"], duration_s=300.0)))
@@ -54,7 +69,7 @@ async def test_a_damaged_checkpoint_refuses_the_start_until_reset_state(
     try:
         port = await api_port(tmp_path / "run-0.log", proc)
         turns = await _metrics(port, "watcher_turns_total", len(lines) - 1)
-        assert turns >= len(lines) - 1
+        assert turns == len(lines) - 1  # every line but the marker
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
@@ -62,23 +77,38 @@ async def test_a_damaged_checkpoint_refuses_the_start_until_reset_state(
             proc.kill()
             await proc.wait()
 
-    db = sqlite3.connect(checkpoint)
-    part, data = db.execute("SELECT part, data FROM checkpoint_parts ORDER BY length(data) DESC").fetchone()
-    flipped = bytearray(data)
-    flipped[len(flipped) // 2] ^= 0x01
-    db.execute("UPDATE checkpoint_parts SET data=? WHERE part=?", (bytes(flipped), part))
-    db.commit()
-    db.close()
+    _flip(checkpoint)  # the backup copy (<path>.1, made at the first checkpoint) is intact
 
-    refused = await start_watcher(env, tmp_path / "run-1.log")
+    proc = await start_watcher(env, tmp_path / "run-1.log")
+    try:
+        port = await api_port(tmp_path / "run-1.log", proc)
+        assert await _metrics(port, "watcher_checkpoint_fallbacks_total", 1) == 1
+        # the batches after the copy's offsets are read again: every turn counted, once
+        assert await _metrics(port, "watcher_turns_total", turns) == turns
+        await asyncio.sleep(1.0)  # a batch counted twice would show now
+        assert await _metrics(port, "watcher_turns_total", 0) == turns
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    copies = sorted(tmp_path.glob("checkpoint.sqlite.[0-9]"))
+    assert copies, "no backup copy was made"
+    for copy in copies:
+        _flip(copy)
+    part = _flip(checkpoint)
+    refused = await start_watcher(env, tmp_path / "run-2.log")
     assert await asyncio.wait_for(refused.wait(), 30) == 1
-    said = (tmp_path / "run-1.log").read_text()
+    said = (tmp_path / "run-2.log").read_text()
     assert "no readable checkpoint" in said and "SHA-256" in said and "--reset-state" in said
     db = sqlite3.connect(checkpoint)
-    assert db.execute("SELECT COUNT(*) FROM checkpoint_quarantine WHERE part=?", (part,)).fetchone() == (1,)
+    # kept aside twice: at the fall-back, and now
+    assert db.execute("SELECT COUNT(*) FROM checkpoint_quarantine WHERE part=?", (part,)).fetchone() == (2,)
     db.close()
 
-    log = open(tmp_path / "run-2.log", "wb")
+    log = open(tmp_path / "run-3.log", "wb")
     fresh = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -91,7 +121,7 @@ async def test_a_damaged_checkpoint_refuses_the_start_until_reset_state(
     )
     log.close()
     try:
-        port = await api_port(tmp_path / "run-2.log", fresh)
+        port = await api_port(tmp_path / "run-3.log", fresh)
         assert await _metrics(port, "watcher_checkpoint_lost_total", 1) == 1
         async with aiohttp.ClientSession() as http:
             deadline = time.monotonic() + 30

@@ -37,6 +37,10 @@ def _written(path: Path) -> None:
     store.close()
 
 
+def _turns(engine: Engine) -> dict[tuple[str, ...], int]:
+    return {k: engine.state.snapshot(k, "cumulative").turns for k in engine.state.keys()}
+
+
 def _damage(path: Path) -> None:
     db = sqlite3.connect(path)
     db.execute("UPDATE checkpoint_parts SET data=substr(data, 1, length(data) - 1)")
@@ -90,3 +94,30 @@ def test_watcher_run_refuses_an_unreadable_checkpoint_and_says_what_to_do(tmp_pa
     db = sqlite3.connect(path)  # nothing overwritten: the damaged rows are kept aside
     assert db.execute("SELECT COUNT(*) FROM checkpoint_quarantine WHERE part=''").fetchone() == (1,)
     assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone() == (0,)
+
+
+def test_a_damaged_checkpoint_restores_the_backup_with_its_offsets_counted(tmp_path: Path) -> None:
+    path = tmp_path / "cp.sqlite"
+    engine = Engine(load_settings(environ={}))
+    store = SqliteCheckpointStore(path, backups=2, backup_interval_s=3600.0)  # one copy: the first save's
+    cp = Checkpointer(store, engine, owner="g", interval_s=0.0)
+    engine.process(LINES[:100])
+    cp.advance({("t", 0): 100})
+    cp.save()
+    at_backup = _turns(engine)
+    engine.process(LINES[100:300])
+    cp.advance({("t", 0): 300})
+    cp.save()
+    store.close()
+    _damage(path)
+
+    restored = Engine(load_settings(environ={}))
+    registry = CollectorRegistry()
+    store = SqliteCheckpointStore(path, backups=2)
+    checkpointer = Checkpointer(store, restored, owner="g")
+    checkpoints = Checkpoints(store, CheckpointMetrics(registry), checkpointer=checkpointer)
+    assert checkpoints.restore() is True
+    assert _turns(restored) == at_backup and sum(at_backup.values()) > 0
+    assert checkpointer.resume_offset("t", 0) == 100  # messages 100-299 are read again
+    assert registry.get_sample_value("watcher_checkpoint_fallbacks_total") == 1
+    assert registry.get_sample_value("watcher_checkpoint_lost_total") == 0

@@ -118,3 +118,43 @@ def test_a_file_written_before_checksums_is_read_and_upgraded(tmp_path: Path) ->
     db = sqlite3.connect(path)
     assert db.execute("SELECT value FROM checkpoint_meta WHERE key='schema_version'").fetchone() == ("3",)
     assert db.execute("SELECT COUNT(*) FROM checkpoint_parts WHERE sha256 IS NULL").fetchone() == (0,)
+
+
+def test_an_unreadable_checkpoint_falls_back_to_the_newest_readable_backup(tmp_path: Path) -> None:
+    path = tmp_path / "cp.sqlite"
+    store = SqliteCheckpointStore(path, backups=2, backup_interval_s=0.0)  # a copy after every save
+    for n in (100, 200, 300):
+        store.save(_cp(n))
+    store.close()
+    assert (tmp_path / "cp.sqlite.1").exists() and (tmp_path / "cp.sqlite.2").exists()
+    _damage(path, "bit flip")
+    _damage(tmp_path / "cp.sqlite.1", "bit flip")  # the newest copy is damaged too: the next one
+
+    store = SqliteCheckpointStore(path, backups=2, backup_interval_s=3600.0)
+    cp = store.load()
+    assert cp is not None and cp.engine == _cp(200).engine and cp.offsets == {("t", 0): 200}
+    assert len(cp.skipped) == 2 and "SHA-256" in cp.skipped[0] and "cp.sqlite.1" in cp.skipped[1]
+    assert [p for p, _ in store.quarantined()] != []  # the damaged rows are kept aside in the file
+    # the store does not hold the restored parts: the next save is a whole one, and readable
+    store.save(_cp(201))
+    assert store.load() == _cp(201)
+
+
+def test_without_a_readable_backup_the_checkpoint_is_lost(tmp_path: Path) -> None:
+    path = tmp_path / "cp.sqlite"
+    store = SqliteCheckpointStore(path, backups=1, backup_interval_s=0.0)
+    store.save(_cp(100))
+    store.close()
+    _damage(path, "bit flip")
+    _damage(tmp_path / "cp.sqlite.1", "bit flip")
+    with pytest.raises(CheckpointLost, match="backup .*cp.sqlite.1"):
+        SqliteCheckpointStore(path, backups=1).load()
+
+
+def test_backups_are_made_at_most_every_interval(tmp_path: Path) -> None:
+    path = tmp_path / "cp.sqlite"
+    store = SqliteCheckpointStore(path, backups=2, backup_interval_s=3600.0)
+    store.save(_cp(100))
+    store.save(_cp(200))
+    assert SqliteCheckpointStore(tmp_path / "cp.sqlite.1").load() == _cp(100)  # the first save's copy
+    assert not (tmp_path / "cp.sqlite.2").exists()

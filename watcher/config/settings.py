@@ -238,6 +238,10 @@ class CheckpointSettings(Section, frozen=True):
     # compacted topic on the cluster every instance reaches: several hosts)
     store: Literal["sqlite", "kafka"] = "sqlite"
     topic: Topic = "watcher.checkpoints"
+    # SQLite store: whole-file copies (<path>.1, .2...) made at most every backup_interval_s; a
+    # checkpoint that cannot be read falls back to the newest readable copy (docs/guarantees.md)
+    backups: Annotated[int, Meta(ge=0, le=20)] = 2
+    backup_interval_s: Annotated[float, Meta(ge=0)] = 600.0
 
     def __post_init__(self) -> None:
         if self.enabled and not self.path.strip():

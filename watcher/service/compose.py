@@ -264,4 +264,4 @@ def _checkpoint_store(settings: Settings) -> CheckpointStore:
         return KafkaCheckpointStore(
             settings.kafka.bootstrap_servers, cp.topic, client_options=settings.kafka.client_options()
         )
-    return SqliteCheckpointStore(cp.path)
+    return SqliteCheckpointStore(cp.path, backups=cp.backups, backup_interval_s=cp.backup_interval_s)

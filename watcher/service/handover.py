@@ -117,6 +117,8 @@ class Handover:
                 restored = None
             if restored is not None and self.metrics is not None:
                 self.metrics.restored(restored)
+                if restored.skipped:  # from a backup copy (logged by the store)
+                    self.metrics.fallbacks.inc()
             self.checkpointers[partition] = cp
             self.waiting.discard(partition)
             taken.append(partition)

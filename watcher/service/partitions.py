@@ -99,6 +99,9 @@ class Checkpoints:
         if cp is None:
             return False
         self.metrics.restored(cp)
+        if cp.skipped:
+            self.metrics.fallbacks.inc()
+            log.error("checkpoint restored from a backup copy (%s)", "; ".join(cp.skipped))
         log.info(
             "state restored from the checkpoint of %s: %s",
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cp.written_at)),

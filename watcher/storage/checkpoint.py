@@ -80,6 +80,8 @@ class Checkpoint:
     written_at: float = 0.0
     owner: str = ""  # the consumer group whose offsets these are: another group's checkpoint is not used
     kept: frozenset[str] = frozenset()
+    # set by a store that fell back to an older copy: why the newer checkpoint was not used
+    skipped: tuple[str, ...] = ()
 
 
 def encode_part(state: Any) -> bytes:

@@ -132,6 +132,8 @@ class Checkpointer:
         self.restored = cp
         # the parts of a v1 document are not the target's parts: the first save writes them all
         self._stored = isinstance(self.target, Incremental) and "engine" in cp.engine
+        if cp.skipped:  # restored from a backup copy: the store does not hold these parts
+            self._stored = False
         return cp
 
     def advance(self, offsets: Mapping[tuple[str, int], int]) -> None:
@@ -260,6 +262,11 @@ class CheckpointMetrics:
         self.failures = Counter(
             "watcher_checkpoint_failures_total",
             "Checkpoints that could not be written (offsets were not committed)",
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "watcher_checkpoint_fallbacks_total",
+            "Restores from a backup copy because the checkpoint could not be read",
             registry=registry,
         )
         self.lost = Counter(

@@ -14,11 +14,20 @@ whose row are missing, raises ``CheckpointLost``, never "no checkpoint yet": the
 start unless told to start fresh (``watcher run --reset-state``). Its rows are first moved, bytes
 and reason, to ``checkpoint_quarantine``, so the fresh state's checkpoints never overwrite them.
 Rows written before checksums existed (schema 2) have none and are read as they are.
+
+**Backups to fall back to.** With ``backups`` > 0, at most every ``backup_interval_s`` a save ends
+with an online copy of the whole file (SQLite's backup API) to ``<path>.1``, the older copies moving
+to ``<path>.2``... A checkpoint that cannot be read in the file is then looked for in the copies,
+newest first: the first readable one is restored, with its own (older) offsets, so the batches after
+it are read again and every event still counts once. The returned checkpoint's ``skipped`` says why
+the newer one was not used (the daemon counts it: ``watcher_checkpoint_fallbacks_total``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import os
 import sqlite3
 import threading
@@ -39,6 +48,8 @@ from watcher.storage.checkpoint import (
 from watcher.storage.sqlite import open_store
 
 __all__ = ["SqliteCheckpointStore"]
+
+log = logging.getLogger(__name__)
 
 _DDL = (
     "CREATE TABLE IF NOT EXISTS checkpoint_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -62,8 +73,13 @@ def _sha(data: bytes) -> str:
 class SqliteCheckpointStore:
     """``CheckpointStore`` in one SQLite file: incremental parts, checksums, quarantine (module docstring)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, backups: int = 0, backup_interval_s: float = 600.0
+    ) -> None:
         self.path = str(path)
+        self.backups = backups
+        self.backup_interval_s = backup_interval_s
+        self._backed_up_at: float | None = None  # time.monotonic() of the last copy (None: not yet)
         self._lock = threading.Lock()
         self._db = open_store(
             self.path,
@@ -88,6 +104,37 @@ class SqliteCheckpointStore:
                 ) from exc
 
     def load(self, scope: str = SCOPE_ALL) -> Checkpoint | None:
+        try:
+            return self._load_locked(scope)
+        except CheckpointLost as lost:
+            return self._from_backup(scope, lost)
+
+    def _from_backup(self, scope: str, lost: CheckpointLost) -> Checkpoint:
+        """The newest readable copy's checkpoint of ``scope``; ``lost`` again when there is none."""
+        reasons = list(lost.reasons)
+        for i in range(1, self.backups + 1):
+            copy = f"{self.path}.{i}"
+            if not os.path.exists(copy):
+                continue
+            try:
+                store = SqliteCheckpointStore(copy)
+                try:
+                    cp = store.load(scope)
+                finally:
+                    store.close()
+            except CheckpointError as exc:
+                reasons.append(f"backup {copy}: {exc}")
+                continue
+            if cp is None:
+                reasons.append(f"backup {copy}: no checkpoint of {scope!r}")
+                continue
+            log.error(
+                "checkpoint of %r in %s unreadable (%s): restored from %s", scope, self.path, lost, copy
+            )
+            return dataclasses.replace(cp, skipped=(*cp.skipped, *reasons))
+        raise CheckpointLost(scope, reasons, where=self.path) from lost
+
+    def _load_locked(self, scope: str) -> Checkpoint | None:
         with self._lock:
             try:
                 return self._load(scope)
@@ -191,7 +238,30 @@ class SqliteCheckpointStore:
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise CheckpointError(f"cannot write checkpoint file {self.path}: {exc}") from exc
+            self._back_up()
         return len(manifest) + sum(map(len, fresh.values()))
+
+    def _back_up(self) -> None:
+        """Copy the file to ``<path>.1`` (older copies move up) when ``backup_interval_s`` has passed.
+        A copy that fails is logged, not raised: the checkpoint itself is written."""
+        now = time.monotonic()
+        if self.backups <= 0 or (
+            self._backed_up_at is not None and now - self._backed_up_at < self.backup_interval_s
+        ):
+            return
+        self._backed_up_at = now
+        try:
+            for i in range(self.backups, 1, -1):
+                if os.path.exists(f"{self.path}.{i - 1}"):
+                    os.replace(f"{self.path}.{i - 1}", f"{self.path}.{i}")
+            target = sqlite3.connect(f"{self.path}.1.tmp")
+            try:
+                self._db.backup(target)
+            finally:
+                target.close()
+            os.replace(f"{self.path}.1.tmp", f"{self.path}.1")
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("checkpoint backup of %s failed (the checkpoint is written): %s", self.path, exc)
 
     def quarantined(self, scope: str = SCOPE_ALL) -> list[tuple[str, str]]:
         """The rows of ``scope`` kept aside as unreadable: (part, reason); part '' is a manifest."""
