@@ -377,6 +377,7 @@ def test_the_docs_print_commands_this_test_can_check() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # every documented command as a process against the broker: ~2 min, left to `make test`
 def test_every_documented_command_works_as_printed(broker: Any, tmp_path: Path) -> None:
     import asyncio
 

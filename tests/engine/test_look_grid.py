@@ -39,10 +39,16 @@ def test_decisions_and_their_evidence_are_the_same_for_every_batch_size(tmp_path
     path = _stream(tmp_path)
     reference = _records(path, 1000)
     assert reference, "the demo regression must be decided"
-    for size in (1, 7, 113, 4096, 100_000):
+    for size in (7, 113, 4096, 100_000):
         assert _records(path, size) == reference, size
     first = json.loads(reference[0])
     assert first["ts_unix"] % 30 == pytest.approx(0.0, abs=1e-6)  # a grid point: start + k * 30 s
+
+
+@pytest.mark.slow  # one event per batch: ~20 000 batches, most of this file's time
+def test_one_event_per_batch_decides_as_large_batches_do(tmp_path: Path) -> None:
+    path = _stream(tmp_path)
+    assert _records(path, 1) == _records(path, 1000)
 
 
 def test_without_the_grid_the_batch_boundaries_show(tmp_path: Path) -> None:
