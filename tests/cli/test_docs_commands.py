@@ -220,6 +220,10 @@ def _output(argv: list[str]) -> str | None:
     return argv[argv.index("--out") + 1] if "--out" in argv[:-1] else None
 
 
+def _terminal_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_watcher(command: Command, scratch: Scratch) -> None:
     """Run it; one that needs longer than ``BUDGET_S`` (a paced or very large simulation) must have
     shown that it works by then (its output file growing, no error) and stop cleanly on Ctrl-C."""
@@ -232,7 +236,11 @@ def run_watcher(command: Command, scratch: Scratch) -> None:
     if out_file:
         (scratch.root / out_file).unlink(missing_ok=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, cwd=scratch.root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # as typed in a terminal: a run started in the background of a shell inherits SIGINT ignored,
+        # and Ctrl-C below would then not reach the command
+        proc = subprocess.Popen(
+            argv, cwd=scratch.root, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_terminal_sigint
+        )
     try:
         # a simulation paced in real time or of a whole platform may run for an hour: BUDGET_S, then
         # it must show progress; anything else must finish (a loaded machine gets four minutes)
