@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.daemon import daemon_topics
 from tests.support.ops import (
     METRIC_RE,
     RULE_FILES,
@@ -47,7 +48,6 @@ from tests.support.ops import (
 )
 from tests.support.receivers import WebhookReceiver
 from watcher.config import load_settings
-from watcher.kafka.embedded import TopicSpec, create_topics
 from watcher.service.compose import build_daemon
 from watcher.sim.simulate import produce as simulate_produce
 
@@ -150,19 +150,7 @@ def prometheus_binary() -> str:
 async def test_dashboards_and_alerts_against_a_real_prometheus(
     prometheus_binary: str, broker: Any, unique_topic: Any, tmp_path: Path
 ) -> None:
-    topics = {
-        "telemetry": unique_topic("telemetry"),
-        "deployments": unique_topic("deployments"),
-        "deadletter": unique_topic("deadletter"),
-    }
-    await create_topics(
-        broker.bootstrap_servers,
-        [
-            TopicSpec(topics["telemetry"], partitions=3),
-            TopicSpec(topics["deployments"]),
-            TopicSpec(topics["deadletter"]),
-        ],
-    )
+    topics = await daemon_topics(broker, unique_topic)
     receiver = await WebhookReceiver(HOOK_SECRET.encode()).start()
     settings = load_settings(
         environ={},
