@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import functools
 import sys
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -300,28 +302,39 @@ async def _run_platform(args: argparse.Namespace) -> int:
     platform = platform_from_args(args)
     fmt = getattr(args, "format", "json")
     started = time.monotonic()
-    if args.out:
-        if args.rate:
-            n = await write_paced(platform_events(platform), args.out, args.rate, SystemClock(), fmt)
-        else:
-            n = write_platform_jsonl(platform, args.out, fmt)
-        where = args.out
-    else:
-        n = await produce_platform(
-            platform,
-            args.bootstrap_servers,
-            args.topic,
-            rate=args.rate,
-            deployments_topic=args.deployments_topic,
-            fmt=fmt,
-        )
-        where = f"{args.bootstrap_servers}/{args.topic}"
+    n, where = await _emit(
+        args,
+        fmt,
+        lines=lambda: platform_events(platform),
+        write=functools.partial(write_platform_jsonl, platform),
+        send=functools.partial(produce_platform, platform),
+    )
     print(
         f"simulate: {n} events of {platform.agents} agents (seed {platform.seed}) to {where} "
         f"in {time.monotonic() - started:.1f}s",
         file=sys.stderr,
     )
     return 0
+
+
+async def _emit(
+    args: argparse.Namespace,
+    fmt: str,
+    *,
+    lines: Callable[[], Iterable[tuple[list[str], list[str], set[int]]]],
+    write: Callable[[str, str], int],
+    send: Callable[..., Awaitable[int]],
+) -> tuple[int, str]:
+    """Where ``watcher simulate`` sends its stream (a file, paced or not, or Kafka): the events sent
+    and where they went. ``lines`` are the keyed blocks the paced writer takes."""
+    if args.out:
+        if args.rate:
+            return await write_paced(lines(), args.out, args.rate, SystemClock(), fmt), args.out
+        return write(args.out, fmt), args.out
+    n = await send(
+        args.bootstrap_servers, args.topic, rate=args.rate, deployments_topic=args.deployments_topic, fmt=fmt
+    )
+    return n, f"{args.bootstrap_servers}/{args.topic}"
 
 
 def _check_writable(path: Path) -> None:
@@ -350,23 +363,13 @@ async def run(args: argparse.Namespace) -> int:
     scenario = scenario_from_args(args)
     fmt = getattr(args, "format", "json")
     started = time.monotonic()
-    if args.out:
-        if args.rate:
-            lines = (([scenario.agent_id] * len(b), b, m) for b, m in blocks(scenario))
-            n = await write_paced(lines, args.out, args.rate, SystemClock(), fmt)
-        else:
-            n = write_jsonl(scenario, args.out, fmt)
-        where = args.out
-    else:
-        n = await produce(
-            scenario,
-            args.bootstrap_servers,
-            args.topic,
-            rate=args.rate,
-            deployments_topic=args.deployments_topic,
-            fmt=fmt,
-        )
-        where = f"{args.bootstrap_servers}/{args.topic}"
+    n, where = await _emit(
+        args,
+        fmt,
+        lines=lambda: (([scenario.agent_id] * len(b), b, m) for b, m in blocks(scenario)),
+        write=functools.partial(write_jsonl, scenario),
+        send=functools.partial(produce, scenario),
+    )
     elapsed = time.monotonic() - started
     print(
         f"simulate: {n} events ({scenario.name}, seed {scenario.seed}, expected {expected_outcome(scenario)})"

@@ -661,18 +661,24 @@ class MetricsState:
         }
 
     @classmethod
-    def from_state(cls, d: dict[str, Any]) -> MetricsState:
-        if d.get("v") != STATE_VERSION:
+    def _from_settings(cls, d: dict[str, Any], version: int) -> MetricsState:
+        """An empty state with the settings and watermark a checkpoint recorded (either form)."""
+        if d.get("v") != version:
             raise CheckpointError(f"unsupported metrics state version {d.get('v')!r}")
+        st = cls(
+            window_seconds=d["window_seconds"],
+            window_buckets=d["window_buckets"],
+            max_segment_values=d["max_segment_values"],
+            max_segment_keys=d["max_segment_keys"],
+            layout=SketchLayout(**d["layout"]),
+        )
+        st.watermark = d["watermark"]
+        return st
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> MetricsState:
         try:
-            st = cls(
-                window_seconds=d["window_seconds"],
-                window_buckets=d["window_buckets"],
-                max_segment_values=d["max_segment_values"],
-                max_segment_keys=d["max_segment_keys"],
-                layout=SketchLayout(**d["layout"]),
-            )
-            st.watermark = d["watermark"]
+            st = cls._from_settings(d, STATE_VERSION)
             st._seg_keys = {(a, e): set(ks) for a, e, ks in d["segment_keys"]}
             st._seg_values = {(a, e, k): set(vs) for a, e, k, vs in d["segment_values"]}
             nb, b = st.layout.n_buckets, st.window_buckets
@@ -767,17 +773,8 @@ class MetricsState:
     @classmethod
     def from_parts(cls, meta: dict[str, Any], agents: Iterable[dict[str, Any]]) -> MetricsState:
         """The inverse of ``meta_state`` and every ``agent_state``."""
-        if meta.get("v") != 2:
-            raise CheckpointError(f"unsupported metrics state version {meta.get('v')!r}")
         try:
-            st = cls(
-                window_seconds=meta["window_seconds"],
-                window_buckets=meta["window_buckets"],
-                max_segment_values=meta["max_segment_values"],
-                max_segment_keys=meta["max_segment_keys"],
-                layout=SketchLayout(**meta["layout"]),
-            )
-            st.watermark = meta["watermark"]
+            st = cls._from_settings(meta, 2)
             for d in agents:
                 a, e = d["agent"], d["environment"]
                 if d["segment_keys"]:
