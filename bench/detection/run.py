@@ -61,7 +61,8 @@ def watcher_judge(policy: Path | None = None) -> JudgeFn:
     def judge(path: Path, prepared: Prepared, case: Case) -> Stop | None:
         from watcher.service.replay import replay_decisions  # late: the references run without watcher
 
-        stops = [d for d in replay_decisions(path, policy_path=policy) if d["action"] in STOP_ACTIONS]
+        decisions = replay_decisions(path, policy_path=policy, until=STOP_ACTIONS)
+        stops = [d for d in decisions if d["action"] in STOP_ACTIONS]
         if not stops:
             return None
         first = min(stops, key=lambda d: d["ts_unix"])
