@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,47 @@ def run_case(case: Case, seed: int, judges: dict[str, JudgeFn], workdir: Path) -
         )
     path.unlink(missing_ok=True)
     return rows
+
+
+_worker_judges: dict[str, JudgeFn] = {}
+
+
+def _init_worker(judges: dict[str, JudgeFn]) -> None:
+    global _worker_judges
+    _worker_judges = judges
+
+
+def _run_in_worker(case: Case, seed: int, workdir: Path) -> list[dict[str, Any]]:
+    return run_case(case, seed, _worker_judges, workdir)
+
+
+def run_all(
+    runs: list[tuple[Case, int]], judges: dict[str, JudgeFn], workdir: Path, jobs: int = 1
+) -> list[dict[str, Any]]:
+    """Every (case, seed) run, in ``jobs`` processes; rows in the order of ``runs`` whatever the
+    order of completion. Each run is independent (its own stream, seeded), so the rows do not depend
+    on ``jobs``. Workers are forked: the judges (closures over a policy file) reach them without
+    pickling; only the (case, seed) and the rows cross the process boundary."""
+
+    def report(case: Case, seed: int, new: list[dict[str, Any]]) -> None:
+        print(f"{case.name} seed {seed}: " + ", ".join(map(_brief, new)), file=sys.stderr)
+
+    if jobs <= 1:
+        out = []
+        for case, seed in runs:
+            new = run_case(case, seed, judges, workdir)
+            report(case, seed, new)
+            out.extend(new)
+        return out
+    done: dict[int, list[dict[str, Any]]] = {}
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(judges,)) as pool:
+        futures = {pool.submit(_run_in_worker, case, seed, workdir): i for i, (case, seed) in enumerate(runs)}
+        for fut in as_completed(futures):
+            i = futures[fut]
+            done[i] = fut.result()
+            report(*runs[i], done[i])
+    return [row for i in range(len(runs)) for row in done[i]]
 
 
 def summarise(rows: list[dict[str, Any]], judges: list[str]) -> dict[str, dict[str, Any]]:
@@ -375,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds for the others at --seeds 5, i.e. 504 + 20 each; scaled with --seeds)",
     )
     p.add_argument("--strategies", help="everyday: comma-separated strategies (default: all)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs in parallel processes (default %(default)s; the results do not depend on it)",
+    )
     p.add_argument("--judges", help="comma-separated subset of the judges (default: all)")
     p.add_argument("--scenarios", help="comma-separated subset of scenario names (calibration uses all)")
     p.add_argument(
@@ -424,12 +473,12 @@ def main(argv: list[str] | None = None) -> int:
                     judges[f"{tool}_cal"] = setting_judge(chosen)
         if wanted is not None:
             judges = {j: f for j, f in judges.items() if j in wanted}
-        rows: list[dict[str, Any]] = []
-        for case in cases:
-            for seed in null_seeds.get(case.name, seeds) if case.onset_s is None else seeds:
-                new = run_case(case, seed, judges, Path(tmp))
-                rows.extend(new)
-                print(f"{case.name} seed {seed}: " + ", ".join(map(_brief, new)), file=sys.stderr)
+        runs = [
+            (case, seed)
+            for case in cases
+            for seed in (null_seeds.get(case.name, seeds) if case.onset_s is None else seeds)
+        ]
+        rows = run_all(runs, judges, Path(tmp), args.jobs)
     names = list(judges)
     summary = summarise(rows, names)
     goals = {j: goal(rows, summary, j) for j in names if j.startswith("watcher")}

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
-from bench.detection.run import RESULTS, results_path
+from bench.detection import everyday
+from bench.detection.run import RESULTS, results_path, run_all, yardstick_judge
 
 
 def _args(**kw: object) -> argparse.Namespace:
@@ -15,3 +19,20 @@ def test_only_a_full_run_writes_the_committed_results() -> None:
     assert results_path(_args()) == RESULTS
     for partial in ({"quick": True}, {"judges": "watcher"}, {"scenarios": "a_a"}):
         assert results_path(_args(**partial)) != RESULTS, partial
+
+
+def test_parallel_runs_give_the_rows_of_a_serial_run(tmp_path: Path) -> None:
+    """--jobs changes the wall time, never the results: the same rows in the same order."""
+    short = [
+        replace(c, scenario=replace(c.scenario, duration_s=420.0))
+        for c in everyday.regression_cases(("canary",))[:2]
+    ]
+    runs = [(case, seed) for case in short for seed in (1, 2)]
+    judges = {"yardstick": yardstick_judge}
+
+    def stable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]
+
+    serial = run_all(runs, judges, tmp_path, jobs=1)
+    assert len(serial) == len(runs) and {r["outcome"] for r in serial} <= {"detected", "missed"}
+    assert stable(run_all(runs, judges, tmp_path, jobs=2)) == stable(serial)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
 
-from bench.detection.reference_judges import parse_ts
 from watcher.stats import FAIL_GRID, msprt_log_evalue, rate_log_evalue, stratified_difference
 
 __all__ = ["Yardstick", "load_turns"]
@@ -34,7 +34,7 @@ _TAIL_TURNS = 3000
 
 
 class _Row(msgspec.Struct):
-    ts: str | float
+    ts: datetime | float  # RFC 3339 (decoded by msgspec) or Unix seconds
     schema: str = "watcher.turn/v1"
     conversation_id: str = ""
     version: str | None = None
@@ -73,23 +73,29 @@ class Turns:
     compliance: np.ndarray
 
 
+def _unix(ts: datetime | float) -> float:
+    return ts.timestamp() if isinstance(ts, datetime) else float(ts)
+
+
 def load_turns(path: Path) -> Turns | None:
-    """The treatment and control turns of the stream's first rollout (None: not a canary or flag)."""
-    dec = msgspec.json.Decoder(_Row)
-    rows = [dec.decode(line) for line in path.read_bytes().splitlines() if line.strip()]
+    """The treatment and control turns of the stream's first rollout (None: not a canary or flag).
+
+    The lines are decoded as one JSON array (one msgspec call, ~4x faster than a call per line)."""
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    rows = msgspec.json.decode(b"[" + b",".join(lines) + b"]", type=list[_Row])
     markers = [r for r in rows if r.schema == "watcher.deployment/v1"]
     start = next((m for m in markers if m.action == "started"), None)
     if start is None or (start.strategy or "canary") not in ("canary", "flag"):
         return None
     strategy = start.strategy or "canary"
-    t0 = parse_ts(start.ts)
+    t0 = _unix(start.ts)
     steps = sorted(
-        (parse_ts(m.ts), float(m.canary_weight))
+        (_unix(m.ts), float(m.canary_weight))
         for m in markers
         if m.action in ("started", "weight_changed") and m.canary_weight is not None
     )
     turns = [r for r in rows if r.schema == "watcher.turn/v1"]
-    ts = np.array([parse_ts(r.ts) for r in turns])
+    ts = np.array([_unix(r.ts) for r in turns])
     if strategy == "flag":
         flag = start.flag or {}
         name, ctl, trt = flag.get("name", ""), flag.get("control"), flag.get("treatment")
@@ -234,20 +240,27 @@ class Yardstick:
         look_of = np.searchsorted(looks, tr.ts, side="left")  # turn joins the first look at or after it
         n_looks = len(looks)
         n_tests = int((end - tr.start_ts) // self.restart_s) + 1
+        # One pass over the turns: per (epoch the conversation started in, look, slice, stratum x arm)
+        # cell, each field summed with bincount (np.add.at: ~10x slower); test j sees the
+        # conversations of epochs j, j+1, ...: suffix sums over epochs, then cumulative over looks.
+        bounds = self.restart_s * np.arange(n_tests)
+        epoch = np.searchsorted(bounds, started, side="right") - 1  # started >= bounds[epoch]
+        sel = look_of < n_looks
+        cells = n_r * 2
+        cell = ((epoch * n_looks + look_of) * n_sl) * cells + stratum * 2 + tr.treat
+        at_cell = np.concatenate([(cell + sc * cells)[sel] for sc in slice_cols])
+        xs = np.tile(x[sel], (len(slice_cols), 1))
+        size = n_tests * n_looks * n_sl * cells
+        table = np.stack(
+            [np.bincount(at_cell, weights=xs[:, f], minlength=size) for f in range(x.shape[1])], -1
+        )
+        table = table.reshape(n_tests, n_looks, n_sl, n_r, 2, -1)
+        table = np.cumsum(np.cumsum(table[::-1], axis=0)[::-1], axis=1)
         best: tuple[float, str] | None = None
         for j in range(n_tests):
             s_j = j * self.restart_s
             a_j = alpha_row * 6 / (math.pi**2 * (j + 1) ** 2)
-            thr = math.log(1 / a_j)
-            sel = (started >= s_j) & (look_of < n_looks)
-            if not sel.any():
-                continue
-            cells = (stratum * 2 + tr.treat)[sel]
-            table = np.zeros((n_looks, n_sl, n_r * 2, x.shape[1]))
-            for sc in slice_cols:
-                np.add.at(table, (look_of[sel], sc[sel], cells), x[sel])
-            table = np.cumsum(table, axis=0).reshape(n_looks, n_sl, n_r, 2, -1)
-            hit = self._reject(table, rho_vals, thr, j)
+            hit = self._reject(table[j], rho_vals, math.log(1 / a_j), j)
             if hit is not None:
                 k, what = hit
                 why = f"{what[0]} in {names[what[1]]} (test restarted at {s_j / 60:.0f} min)"
