@@ -407,3 +407,25 @@ def test_ring_sketch_saturates_instead_of_wrapping(cells: int) -> None:
     st.update([T(ts=2.0, latency_ms=10.0)], ["baseline"])
     assert st.sketch(overall(), "recent").count == 1  # the second latency was not added to the ring
     assert st.sketch(overall()).count == 2  # the cumulative sketch (int64) still counts it
+
+
+def test_take_dirty_names_the_agents_whose_figures_may_have_changed() -> None:
+    """/metrics redoes only these agents' series: a missing one would be exposed stale."""
+    st = MetricsState(window_seconds=300.0, window_buckets=10)  # 30 s buckets
+    st.update([T(ts=0.0), T(ts=100.0, agent_id="late")], ["baseline"] * 2)
+    assert st.take_dirty() == {("bot", "prod"), ("late", "prod")}
+    assert st.take_dirty() == set()
+    st.update([T(ts=200.0, agent_id="other")], ["baseline"])  # bot's and late's turns stay in the window
+    assert st.take_dirty() == {("other", "prod")}
+    # bucket 0 leaves the window: bot's recent figures change though no batch touched it
+    st.update([T(ts=320.0, agent_id="other")], ["baseline"])
+    assert st.take_dirty() == {("other", "prod"), ("bot", "prod")}
+    assert st.snapshot(overall(), "recent").turns == 0
+    st.reset_cumulative("late", "prod")
+    assert st.take_dirty() == {("late", "prod")}
+    st.forget_version("other", "prod", "v1")
+    assert st.take_dirty() == {("other", "prod")}
+    # a restored state is new to its readers, in both checkpoint forms
+    assert MetricsState.from_state(st.to_state()).take_dirty() == {("bot", "prod"), ("late", "prod")}
+    parts = MetricsState.from_parts(st.meta_state(), [st.agent_state(a, e) for a, e in st.agents()])
+    assert parts.take_dirty() == {("bot", "prod"), ("late", "prod")}

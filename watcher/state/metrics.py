@@ -253,6 +253,9 @@ class MetricsState:
         self._index: dict[SeriesKey, int] = {}
         self._by_agent: dict[tuple[str, str], dict[SeriesKey, None]] = {}  # (agent, env) -> its series
         self._touched: set[tuple[str, str]] = set()  # agents changed since ``take_touched``
+        # the exposition's own record (``take_dirty``), apart from the checkpoints'
+        self._dirty: set[tuple[str, str]] = set()
+        self._dirty_low = _NO_BUCKET + 1  # the window's lowest bucket at the last ``take_dirty``
         # (agent, env, version) -> event time of its latest turn: retired and idle versions leave the state
         self._version_last: dict[tuple[str, str, str], float] = {}
         self._free: list[int] = []
@@ -406,6 +409,7 @@ class MetricsState:
         for o, t in zip(codes.tolist(), latest.tolist()):
             key = values[o][0]  # (agent, env, version)
             self._touched.add(key[:2])
+            self._dirty.add(key[:2])
             if t > seen.get(key, -math.inf):
                 seen[key] = t
 
@@ -609,6 +613,7 @@ class MetricsState:
         slots = [self._index[k] for k in self._by_agent.get((agent_id, environment), ())]
         self._clear_cumulative(slots)
         self._touched.add((agent_id, environment))
+        self._dirty.add((agent_id, environment))
 
     def forget_version(self, agent_id: str, environment: str, version: str) -> None:
         """Drop every series of a version (retired versions leave /metrics)."""
@@ -621,6 +626,7 @@ class MetricsState:
         if not mine:
             self._by_agent.pop((agent_id, environment), None)
         self._touched.add((agent_id, environment))
+        self._dirty.add((agent_id, environment))
         self._clear_cumulative(slots)
         self._wid[slots] = _NO_BUCKET
         self._sk.free(slots)
@@ -705,6 +711,7 @@ class MetricsState:
             raise CheckpointError(f"invalid metrics state: {exc!r}") from exc
         if st.watermark is not None:  # the one-document form did not record each version's latest turn
             st._version_last = dict.fromkeys((k[:3] for k in st._index), float(st.watermark))
+        st._dirty = set(st._by_agent)
         return st
 
     # ---- checkpoint by agent -------------------------------------------------------------------
@@ -718,6 +725,21 @@ class MetricsState:
         """The (agent, environment)s whose series changed since the last call (and forget them)."""
         touched, self._touched = self._touched, set()
         return touched
+
+    def take_dirty(self) -> set[tuple[str, str]]:
+        """The (agent, environment)s whose figures may differ from what the last call's caller saw
+        (``/metrics`` redoes only their series): a batch touched them, a version left, their
+        cumulative part was reset, the state was restored, or a bucket of their recent window left it
+        as event time moved on (a series nobody touches changes then too)."""
+        dirty, self._dirty = self._dirty, set()
+        low = self._window_low()
+        if low != self._dirty_low:
+            left = ((self._wid >= self._dirty_low) & (self._wid < low)).any(axis=1)
+            slots = set(np.flatnonzero(left).tolist())
+            if slots:
+                dirty.update(k[:2] for k, s in self._index.items() if s in slots)
+            self._dirty_low = low
+        return dirty
 
     def meta_state(self) -> dict[str, Any]:
         return {
@@ -793,6 +815,7 @@ class MetricsState:
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"invalid metrics state: {exc!r}") from exc
         st._touched.clear()
+        st._dirty = set(st._by_agent)
         return st
 
     @property
