@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from watcher.config import load_settings
 from watcher.engine import Coverage, Engine, Unjudged, Unused
 from watcher.judges import STRATEGIES
+from watcher.service.series_text import render_metrics
 from watcher.service.telemetry import StateCollector
 from watcher.sim.presets import PRESETS, STRATEGY_PRESETS
 from watcher.sim.scenario import Regression
@@ -27,7 +28,7 @@ def _run(scenario, batch: int = 1000) -> tuple[Engine, list]:
 def _metrics(engine: Engine) -> str:
     registry = CollectorRegistry()
     registry.register(StateCollector(engine))
-    return generate_latest(registry).decode()
+    return render_metrics(registry).decode()
 
 
 def test_blue_green_judges_turns_labelled_live() -> None:

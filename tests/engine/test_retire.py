@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from tests.support.state import roundtrip
 from watcher.config import load_settings
 from watcher.engine import Engine
+from watcher.service.series_text import render_metrics
 from watcher.service.telemetry import StateCollector
 from watcher.sim.platform import Platform, events
 
@@ -36,7 +37,7 @@ def _engine(**state: Any) -> Engine:
 def _sizes(engine: Engine) -> dict[str, int]:
     registry = CollectorRegistry()
     registry.register(StateCollector(engine))
-    text = generate_latest(registry).decode()
+    text = render_metrics(registry).decode()
     return {
         "series": len(engine.state.keys()),
         "versions": len(engine.state.version_last()),

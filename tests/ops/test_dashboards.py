@@ -242,12 +242,13 @@ def test_every_metric_used_is_exposed_by_watcher(tmp_path: Path) -> None:
     """Without Prometheus: the same scenario as the e2e test through the engine, exposed by watcher's own
     collectors — the daemon's, the checkpoint's and the outbox's (the e2e test checks the same against a
     real scrape, with series)."""
-    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client import CollectorRegistry
 
     from watcher.config import load_settings
     from watcher.engine import Engine
     from watcher.outbox import Outbox
     from watcher.service.handover import HandoverMetrics
+    from watcher.service.series_text import render_metrics
     from watcher.service.telemetry import StateCollector, WatcherMetrics
     from watcher.sim.traffic import generate
     from watcher.sinks.base import NullSink
@@ -269,7 +270,7 @@ def test_every_metric_used_is_exposed_by_watcher(tmp_path: Path) -> None:
     for i in range(0, len(lines), 2000):
         engine.process(lines[i : i + 2000])
     try:
-        exposed = exposition_names(generate_latest(registry).decode())
+        exposed = exposition_names(render_metrics(registry).decode())
     finally:
         outbox.close()
     missing = {m: sorted(w) for m, w in all_watcher_metric_names().items() if m not in exposed}

@@ -8,13 +8,12 @@ import base64
 import dataclasses
 import json
 
-from prometheus_client import generate_latest
-
 from tests.service.test_daemon import _metric
 from tests.support.daemon import consume_all, daemon_settings, daemon_topics, until
 from tests.support.otlp import RESOURCE, otlp_json, sdk_request, turn_attributes
 from watcher.service.compose import build_daemon
 from watcher.service.replay import replay
+from watcher.service.series_text import render_metrics
 from watcher.sim import simulate as sim
 from watcher.sim.presets import PRESETS
 from watcher.storage import SqliteDecisionLog
@@ -41,7 +40,7 @@ async def test_collector_written_otlp_is_judged_and_broken_turn_spans_dead_lette
     task = asyncio.create_task(daemon.run(stop))
     try:
         await until(lambda: daemon.events_consumed >= len(values))
-        text = generate_latest(daemon.registry).decode()
+        text = render_metrics(daemon.registry).decode()
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 20) == 0

@@ -6,12 +6,13 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from watcher.config import load_settings
 from watcher.contract import RATE_METRICS, SERIES_FAMILIES, Family
 from watcher.engine import Engine
+from watcher.service.series_text import render_metrics
 from watcher.service.telemetry import StateCollector
 from watcher.sim.presets import PRESETS
 from watcher.sim.traffic import generate
@@ -24,7 +25,7 @@ def _scraped() -> tuple[Engine, str]:
         engine.process(lines[i : i + 1000])
     registry = CollectorRegistry()
     registry.register(StateCollector(engine))
-    return engine, generate_latest(registry).decode()
+    return engine, render_metrics(registry).decode()
 
 
 def _exposed(prefix: str, f: Family) -> str:

@@ -136,11 +136,20 @@ def test_command_line_options_compose_and_bad_ones_name_the_option() -> None:
     for bad, field in (
         ("--agents 5 --preset demo", "simulate.preset"),
         ("--agents 5 --strategy canary --strategy-mix flag=1", "simulate.strategy"),
-        ("--agents 5 --zipf -1", "platform.zipf"),
     ):
         with pytest.raises(ConfigError) as err:
             sim.platform_from_args(parser.parse_args([*bad.split(), "--out", "x"]))
         assert err.value.field == field
+    # a value the platform model refuses is reported under the option typed, not the model's field
+    for bad, field, message in (
+        ("--agents 5 --zipf -1", "simulate.zipf", "--zipf must be >= 0"),
+        ("--agents 0", "simulate.agents", "--agents must be >= 1"),
+        ("--agents 5 --rollout-minutes 0", "simulate.rollout_minutes", "--rollout-minutes must be > 0"),
+        ("--agents 5 --conversations-per-second 0", "simulate.conversations_per_second", "--conv"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            sim.platform_from_args(parser.parse_args([*bad.split(), "--out", "x"]))
+        assert (err.value.field, err.value.message[: len(message)]) == (field, message)
     with pytest.raises(SystemExit):
         parser.parse_args(["--strategy-mix", "canary=1,rolling=2"])
 

@@ -219,6 +219,14 @@ class _States:
                 return share
         return {}
 
+    def take_dirty(self) -> set[tuple[str, str]]:
+        """Across the tasks (a task dropped at a rebalance takes its series with it: the exposition
+        sees them gone from ``keys``)."""
+        out: set[tuple[str, str]] = set()
+        for engine in self._tasks.engines.values():
+            out |= engine.state.take_dirty()
+        return out
+
     @property
     def watermark(self) -> float | None:
         marks = [e.state.watermark for e in self._tasks.engines.values() if e.state.watermark is not None]

@@ -49,6 +49,8 @@ class SeriesView(Protocol):
         self, agent_id: str, environment: str, window: Window = "cumulative", /
     ) -> dict[tuple[str, str], float]: ...
 
+    def take_dirty(self) -> set[tuple[str, str]]: ...
+
 
 class EngineView(Protocol):
     @property

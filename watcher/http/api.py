@@ -30,6 +30,7 @@ from watcher.storage import DecisionLog
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]
+MetricsBody = Callable[[], Awaitable[bytes]]  # the Prometheus text of GET /metrics
 MarkerHook = Callable[[Deployment], Awaitable[bool]]  # durable on return; True: in Kafka too
 DecisionHook = Callable[[list[Decision]], Awaitable[None]]
 
@@ -42,6 +43,7 @@ class Api:
         engine: EngineView,
         *,
         registry: CollectorRegistry,
+        metrics_body: MetricsBody | None = None,
         decision_log: DecisionLog,
         readiness: Readiness,
         on_marker: MarkerHook | None = None,
@@ -54,6 +56,8 @@ class Api:
         self.outbox: Deliveries = deliveries if deliveries is not None else NoDeliveries()
         self.engine = engine
         self.registry = registry
+        # the daemon's builds the text without holding the event loop (watcher.service.exposition)
+        self.metrics_body = metrics_body if metrics_body is not None else self._generate_latest
         self.decision_log = decision_log
         self.readiness = readiness
         self.on_marker = on_marker
@@ -91,8 +95,11 @@ class Api:
         ready, why = self.readiness()
         return json_reply({"ready": ready, "reason": why}, status=200 if ready else 503)
 
+    async def _generate_latest(self) -> bytes:
+        return generate_latest(self.registry)
+
     async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
+        body = await self.metrics_body()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # -- rollouts -------------------------------------------------------------------------------

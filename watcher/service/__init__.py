@@ -3,10 +3,12 @@ composition root; tests pass their own parts); ``Daemon`` runs the consume -> en
 decision log, outbox -> checkpoint -> commit loop; ``partitions`` keeps the checkpoints and answers
 rebalances; ``handover`` moves partition state on rebalance; ``markers`` republishes HTTP markers;
 ``reload`` applies a new configuration without a restart (``Reloader``); ``grace`` bounds the
-shutdown in time; ``looplag`` measures how late the event loop runs; ``telemetry`` is watcher's own Prometheus
-and OpenTelemetry; ``replay`` runs the engine on a file; ``gate``, ``gate_report`` and ``gate_marker``:
-``watcher gate``, a candidate judged against a baseline on files or a time range of a topic, its
-reports, and its verdict as a deployment marker.
+shutdown in time; ``looplag`` measures how late the event loop runs; ``telemetry`` is watcher's own
+Prometheus and OpenTelemetry, ``series_text`` the per-series families kept as text and redone per
+changed agent, ``exposition`` ``GET /metrics`` built without holding the event loop; ``replay`` runs
+the engine on a file; ``gate``, ``gate_report`` and ``gate_marker``: ``watcher gate``, a candidate
+judged against a baseline on files or a time range of a topic, its reports, and its verdict as a
+deployment marker.
 """
 
 from __future__ import annotations

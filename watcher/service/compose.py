@@ -38,6 +38,7 @@ from watcher.kafka import (
 )
 from watcher.outbox import Outbox
 from watcher.service.daemon import Daemon, Parts
+from watcher.service.exposition import Exposition
 from watcher.service.handover import Handover, HandoverMetrics
 from watcher.service.markers import MarkerPublisher, Markers
 from watcher.service.partitions import Checkpoints, InstancePartitions, TaskPartitions
@@ -140,7 +141,8 @@ def build_daemon(
             "checkpoint.scope", "'partition' needs a Kafka source (the partitions are the tasks)"
         )
 
-    registry.register(StateCollector(view))
+    state_collector = StateCollector(view)
+    registry.register(state_collector)
     # what Kafka will not take yet waits on disk (the file is made only when something must wait)
     spool = SqliteSpool(settings.spool.path)
     limits = {"deadletter": settings.spool.max_bytes, "marker": 0}  # markers are few: no limit
@@ -174,6 +176,7 @@ def build_daemon(
         peers=peers,
         tracer=tracer if tracer is not None else setup_tracing(settings.telemetry),
         registry=registry,
+        exposition=Exposition(registry, state_collector),
         metrics=WatcherMetrics(registry),
         reload_metrics=ReloadMetrics(registry),
         lock=lock,

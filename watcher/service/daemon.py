@@ -52,6 +52,7 @@ from watcher.kafka import (
     next_offsets,
 )
 from watcher.outbox import Outbox
+from watcher.service.exposition import Exposition
 from watcher.service.grace import Grace
 from watcher.service.looplag import LoopLag
 from watcher.service.markers import Markers
@@ -83,6 +84,7 @@ class Parts:
     peers: Peers | None  # checkpoint.scope: partition: requests about another instance's agents
     tracer: Any
     registry: CollectorRegistry
+    exposition: Exposition  # GET /metrics: the registry's text, built without holding the loop
     metrics: WatcherMetrics
     reload_metrics: ReloadMetrics
     lock: asyncio.Lock  # one batch, checkpoint, rebalance or reload at a time
@@ -109,6 +111,7 @@ class Daemon:
         self.peers = parts.peers
         self.tracer = parts.tracer
         self.registry = parts.registry
+        self.exposition = parts.exposition
         self.metrics = parts.metrics
         self.reload_metrics = parts.reload_metrics
         # a checkpoint must never see the state of a batch whose offsets are not yet in ``positions``
@@ -142,6 +145,7 @@ class Daemon:
         api = Api(
             self.engine,
             registry=self.registry,
+            metrics_body=self.exposition.render,
             decision_log=self.decision_log,
             readiness=self.readiness,
             on_marker=self.markers.publish,

@@ -2,37 +2,35 @@
 
 Per-series metrics are never updated per event: ``StateCollector`` computes their exposition at
 scrape time from the engine's state (prometheus-client's custom-collector contract), so the hot path
-pays nothing for them. watcher's own health counters are updated once per batch.
+pays nothing for them; ``series_text`` keeps the per-series lines between scrapes and redoes only the
+agents that changed, and ``exposition`` answers ``/metrics`` without holding the event loop. watcher's
+own health counters are updated once per batch.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 import watcher
 from watcher.config import TelemetrySettings
-from watcher.contract import SERIES_FAMILIES, Action, Family, MetricDef, OtlpCounts, RejectReason
+from watcher.contract import Action, OtlpCounts, RejectReason
 from watcher.engine import Unjudged
 from watcher.service.looplag import LAG_BUCKETS
+from watcher.service.series_text import SeriesText
 
 if TYPE_CHECKING:
     from watcher.engine import EngineView
-    from watcher.state import SeriesKey, SeriesSnapshot
 
 log = logging.getLogger(__name__)
 
-VERSION_LABELS = ["agent", "environment", "version", "arm"]
-SEGMENT_LABELS = [*VERSION_LABELS, "segment_key", "segment_value"]
 ROLLOUT_LABELS = ["rollout_id", "agent", "environment", "strategy", "baseline_version", "canary_version"]
-WINDOWS: tuple[Literal["cumulative", "recent"], ...] = ("cumulative", "recent")
 OTLP_OUTCOMES = ("turn", "ignored", "rejected")
-QUANTILES = (("0.5", "latency_p50_ms"), ("0.95", "latency_p95_ms"), ("0.99", "latency_p99_ms"))
 
 
 class WatcherMetrics:
@@ -123,75 +121,42 @@ class WatcherMetrics:
         self.otlp_spans.labels("rejected").inc(counts.rejected)
 
 
-def _sizes(keys: list[SeriesKey]) -> Iterator[Metric]:
-    """What the state holds: series, versions and agents (retired and idle versions leave it)."""
-    versions = {k[:3] for k in keys}
-    for name, doc, value in (
-        ("watcher_state_series", "series in the state (one per version, arm and segment value)", len(keys)),
-        ("watcher_state_versions", "(agent, environment, version)s in the state", len(versions)),
-        ("watcher_state_agents", "(agent, environment)s in the state", len({k[:2] for k in versions})),
-    ):
-        yield GaugeMetricFamily(name, doc, value=value)
-
-
 class StateCollector(Collector):
-    """Exposes the engine's per-series state, rollouts and verdicts, computed at scrape time."""
+    """Exposes the engine's per-series state, rollouts and verdicts.
+
+    The per-series families come from ``series`` (``SeriesText``: kept as text, redone only for the
+    agents that changed); the rollout families are computed from the engine at each scrape (a few
+    lines per rollout). ``Exposition`` brings them up to date on the event loop in steps and
+    ``hold``s them while a worker thread writes the answer; without a held set (a plain
+    ``render_metrics`` of the registry, as tests do) ``collect`` does all of it at once."""
 
     def __init__(self, engine: EngineView) -> None:
         self._engine = engine
+        self.series = SeriesText(engine)
+        self._held: list[Metric] | None = None
 
     def collect(self) -> Iterator[Metric]:
+        held = self._held
+        if held is None:
+            for _ in self.series.steps():
+                pass
+            held = self.prepare()
+        yield from held
+
+    def hold(self, families: list[Metric] | None) -> None:
+        """What ``collect`` yields until ``hold(None)``: families prepared on the event loop."""
+        self._held = families
+
+    def prepare(self) -> list[Metric]:
+        """The families of a scrape, read from the engine now (on the loop): the per-series text as
+        the last ``series.steps()`` left it, then the rollouts and verdicts."""
+        out: list[Metric] = [self.series.rendered()]
         try:
-            yield from self._series()
-            yield from self._rollouts()
-            yield from self._verdicts()
+            out.extend(self._rollouts())
+            out.extend(self._verdicts())
         except Exception:  # a scrape must never take the daemon down; the log says why
             log.exception("collecting state metrics failed")
-
-    def _series(self) -> Iterator[Metric]:
-        """Every family of the metric catalogue (``SERIES_FAMILIES``) for every series: per version
-        ``watcher_<family>``, per segment ``watcher_segment_<family>``."""
-        state = self._engine.state
-        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
-
-        def add(f: Family, prefix: str, labels: list[str], values: list[str], value: float) -> None:
-            name = prefix + f.name
-            if name not in families:
-                kind = CounterMetricFamily if f.type == "counter" else GaugeMetricFamily
-                families[name] = kind(name, f.doc, labels=[*labels, *f.labels])
-            families[name].add_metric(values, value)
-
-        shares: dict[tuple[str, str, str], Mapping[tuple[str, str], float]] = {}
-        keys = state.keys()
-        yield from _sizes(keys)
-        for key in keys:
-            agent, env, version, arm, seg_key, seg_value = key
-            segmented = bool(seg_key)
-            prefix = "watcher_segment_" if segmented else "watcher_"
-            labels = SEGMENT_LABELS if segmented else VERSION_LABELS
-            values = [agent, env, version, arm, *([seg_key, seg_value] if segmented else [])]
-            snaps = {"cumulative": state.snapshot(key, "cumulative")}
-            for f, m in SERIES_FAMILIES:
-                if f.type == "counter":  # cumulative, no window label
-                    for extra, value in _stat(f, m, snaps["cumulative"]):
-                        add(f, prefix, labels, [*values, *extra], value)
-                    continue
-                if f.stat == "share" and segmented:
-                    continue
-                for window in WINDOWS:
-                    if window not in snaps:
-                        snaps[window] = state.snapshot(key, window)
-                    wl = [*values, window]
-                    if f.stat == "share":
-                        if (agent, env, window) not in shares:
-                            shares[(agent, env, window)] = state.traffic_share(agent, env, window)
-                        share = shares[(agent, env, window)].get((version, arm))
-                        if share is not None:
-                            add(f, prefix, [*labels, "window"], wl, share)
-                        continue
-                    for extra, value in _stat(f, m, snaps[window]):
-                        add(f, prefix, [*labels, "window"], [*wl, *extra], value)
-        yield from families.values()
+        return out
 
     def _rollouts(self) -> Iterator[Metric]:
         registry = self._engine.registry
@@ -305,28 +270,6 @@ class StateCollector(Collector):
                 if m.upper is not None:
                     upper.add_metric(values, m.upper)
         yield from (verdict, effect, lower, upper, evalue, threshold, mverdict)
-
-
-def _stat(f: Family, m: MetricDef | None, snap: SeriesSnapshot) -> list[tuple[tuple[str, ...], float]]:
-    """The samples of family ``f`` in one series' snapshot: (extra label values, value); none when the
-    statistic has no value yet (no quality score, no latency, no turn)."""
-    stat = f.stat
-    if stat in ("turns", "conversations"):
-        return [((), float(getattr(snap, stat)))]
-    assert m is not None, f.name
-    if stat == "events":
-        return [((), float(snap.events[m.name]))]
-    if stat == "rate":
-        rate = snap.rates[m.name]
-        return [] if rate is None else [((), rate)]
-    if stat == "mean":  # the mean metric with a mean in the state: quality
-        return [] if snap.quality_mean is None else [((), snap.quality_mean)]
-    if stat == "stddev":
-        return [] if snap.quality_mean is None else [((), snap.quality_std or 0.0)]
-    if stat == "quantiles":  # latency, from the series' sketch, in seconds
-        found = [(q, getattr(snap, attr)) for q, attr in QUANTILES]
-        return [((q,), v / 1000.0) for q, v in found if v is not None]
-    raise ValueError(f"no series statistic {stat!r} (family {f.name})")
 
 
 def setup_tracing(settings: TelemetrySettings) -> Any:

@@ -295,7 +295,27 @@ def platform_from_args(args: argparse.Namespace, clock: Clock | None = None) -> 
         kw["emit_markers"] = False
     if getattr(args, "implicit_arms", False):
         kw["explicit_arms"] = False
-    return Platform(**kw)
+    try:
+        return Platform(**kw)
+    except ConfigError as e:  # name the option the person typed, not the model's field
+        name = e.field.removeprefix("platform.")
+        attr, option = _OPTION_OF.get(name, (name, "--" + name.replace("_", "-")))
+        raise ConfigError(f"simulate.{attr}", f"{option} {e.message}") from None
+
+
+# Platform's fields that an option of `watcher simulate --agents` sets: (the option's dest, its spelling)
+_OPTION_OF = {
+    "agents": ("agents", "--agents"),
+    "duration_s": ("duration", "--duration"),
+    "conversations_per_s": ("conversations_per_second", "--conversations-per-second"),
+    "canary_weight": ("canary_weight", "--canary-weight"),
+    "zipf": ("zipf", "--zipf"),
+    "rollout_share": ("rollout_share", "--rollout-share"),
+    "rollout_s": ("rollout_minutes", "--rollout-minutes"),
+    "regression_share": ("regression_share", "--regression-share"),
+    "strategies": ("strategy_mix", "--strategy-mix"),
+    "regressions": ("regression", "--regression"),
+}
 
 
 async def _run_platform(args: argparse.Namespace) -> int:

@@ -1,0 +1,218 @@
+"""/metrics keeps the per-series lines between scrapes and redoes only the agents that changed; the
+text is what prometheus-client wrote for the same state; a scrape hands the event loop back between
+agents and writes the answer off the loop's thread (issue #13)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from watcher.config import load_settings
+from watcher.contract import SERIES_FAMILIES
+from watcher.engine import Engine
+from watcher.service.exposition import Exposition
+from watcher.service.series_text import QUANTILES, SeriesText, render_metrics
+from watcher.service.telemetry import StateCollector
+from watcher.sim.platform import Platform, events
+from watcher.sim.presets import PRESETS
+from watcher.sim.traffic import generate
+
+PLATFORM = Platform(agents=12, seed=5, duration_s=900, conversations_per_s=4.0, rollout_share=0.5)
+ODD = ['a "quoted" value', "back\\slash", "two\nlines", "café ☕"]  # what the text format must escape
+
+
+def _lines() -> Iterator[list[bytes]]:
+    """A platform's events, then one agent whose segment values need escaping, in batches."""
+    batch: list[bytes] = []
+    for _, lines, _ in events(PLATFORM):
+        batch.extend(line.encode() for line in lines)
+        if len(batch) >= 400:
+            yield batch
+            batch = []
+    yield batch
+    odd = []
+    demo = dataclasses.replace(PRESETS["demo"], duration_s=60.0, conversations_per_s=3.0, agent_id="odd-bot")
+    for i, line in enumerate(generate(demo)):
+        event = json.loads(line)
+        if event.get("segment"):
+            event["segment"] = {k: ODD[i % len(ODD)] for k in event["segment"]}
+        odd.append(json.dumps(event).encode())
+    yield odd
+
+
+def _engine() -> Engine:
+    engine = Engine(load_settings(environ={}))
+    for batch in _lines():
+        engine.process(batch)
+    return engine
+
+
+class Reference(Collector):
+    """The per-series families as they were built before #13 (prometheus-client families, every
+    series' snapshots at each scrape): the text the incremental one must equal."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.engine.state
+        keys = state.keys()
+        versions = {k[:3] for k in keys}
+        yield GaugeMetricFamily(
+            "watcher_state_series", "series in the state (one per version, arm and segment value)", len(keys)
+        )
+        yield GaugeMetricFamily(
+            "watcher_state_versions", "(agent, environment, version)s in the state", len(versions)
+        )
+        yield GaugeMetricFamily(
+            "watcher_state_agents", "(agent, environment)s in the state", len({k[:2] for k in versions})
+        )
+        families: dict[str, Any] = {}
+
+        def add(f: Any, prefix: str, labels: list[str], values: list[str], value: float) -> None:
+            if prefix + f.name not in families:
+                kind = CounterMetricFamily if f.type == "counter" else GaugeMetricFamily
+                families[prefix + f.name] = kind(prefix + f.name, f.doc, labels=[*labels, *f.labels])
+            families[prefix + f.name].add_metric(values, value)
+
+        for key in keys:
+            agent, env, version, arm, seg_key, seg_value = key
+            seg = bool(seg_key)
+            prefix = "watcher_segment_" if seg else "watcher_"
+            labels = [
+                "agent",
+                "environment",
+                "version",
+                "arm",
+                *(["segment_key", "segment_value"] if seg else []),
+            ]
+            values = [agent, env, version, arm, *([seg_key, seg_value] if seg else [])]
+            for f, m in SERIES_FAMILIES:
+                for window in ("cumulative",) if f.type == "counter" else ("cumulative", "recent"):
+                    lab, val = (
+                        (labels, values) if f.type == "counter" else ([*labels, "window"], [*values, window])
+                    )
+                    if f.stat == "share":
+                        share = {} if seg else state.traffic_share(agent, env, window)
+                        if (version, arm) in share:
+                            add(f, prefix, lab, val, share[(version, arm)])
+                        continue
+                    snap = state.snapshot(key, window)
+                    for extra, value in _samples(f, m, snap):
+                        add(f, prefix, lab, [*val, *extra], value)
+        yield from families.values()
+
+
+def _samples(f: Any, m: Any, s: Any) -> list[tuple[tuple[str, ...], float]]:
+    if f.stat in ("turns", "conversations"):
+        return [((), float(getattr(s, f.stat)))]
+    if f.stat == "events":
+        return [((), float(s.events[m.name]))]
+    if f.stat == "rate":
+        return [] if s.rates[m.name] is None else [((), s.rates[m.name])]
+    if f.stat in ("mean", "stddev"):
+        value = s.quality_mean if f.stat == "mean" else (s.quality_std or 0.0)
+        return [] if s.quality_mean is None else [((), value)]
+    found = [(q, getattr(s, attr)) for q, attr in QUANTILES]
+    return [((q,), v / 1000.0) for q, v in found if v is not None]
+
+
+def _reference(engine: Engine) -> bytes:
+    registry = CollectorRegistry()
+    registry.register(Reference(engine))
+    return generate_latest(registry)
+
+
+def _text(series: SeriesText) -> bytes:
+    for _ in series.steps():
+        pass
+    return series.rendered().text
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return _engine()
+
+
+def test_the_text_is_what_prometheus_client_wrote_for_the_same_state(engine: Engine) -> None:
+    text = _text(SeriesText(engine))
+    assert len(engine.state.keys()) > 200
+    assert text == _reference(engine)
+    for value in ODD:  # escaped as the text format says, not dropped
+        escaped = value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+        assert f'segment_value="{escaped}"'.encode() in text
+
+
+def test_an_unchanged_state_is_not_redone_and_a_batch_redoes_only_its_agents() -> None:
+    engine = _engine()
+    series = SeriesText(engine)
+    first = _text(series)
+    assert series.redone == len(engine.state.keys())
+    assert _text(series) == first and series.redone == 0
+
+    # one agent's turns, a little later: its series are redone, and the rest only where data left
+    # their recent window (the watermark moved on)
+    turns = [json.loads(x) for b in _lines() for x in b if b'"odd-bot"' in x and b"turn/v1" in x][-50:]
+    engine.process([json.dumps({**t, "event_id": t["event_id"] + "-again"}).encode() for t in turns])
+    assert _text(series) == _reference(engine)
+    odd = [k for k in engine.state.keys() if k[0] == "odd-bot"]
+    assert len(odd) <= series.redone < len(engine.state.keys())
+
+
+def test_versions_that_leave_and_resets_are_redone(engine: Engine) -> None:
+    series = SeriesText(engine)
+    _text(series)
+    agent, env, version = next(k[:3] for k in engine.state.keys() if k[0] != "odd-bot")
+    engine.state.forget_version(agent, env, version)
+    assert _text(series) == _reference(engine)
+    other = next(k[:2] for k in engine.state.keys() if k[:2] != (agent, env))
+    engine.state.reset_cumulative(*other)
+    assert _text(series) == _reference(engine)
+    assert series.redone == sum(1 for k in engine.state.keys() if k[:2] == other)
+
+
+def test_a_scrape_hands_the_loop_back_between_agents_and_writes_off_the_loop(engine: Engine) -> None:
+    registry = CollectorRegistry()
+    state = StateCollector(engine)
+    registry.register(state)
+    threads: list[threading.Thread] = []
+
+    class Probe(Collector):  # where the other collectors (the outbox's, the spool's SQLite) run
+        def collect(self) -> list[Metric]:
+            threads.append(threading.current_thread())
+            return []
+
+    registry.register(Probe())
+    exposition = Exposition(registry, state, slice_s=0.0)  # hand it back after every agent
+
+    async def scrape() -> tuple[bytes, int]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        body = await exposition.render()
+        done.set()
+        await task
+        return body, ticks
+
+    body, ticks = asyncio.run(scrape())
+    agents = len({k[:2] for k in engine.state.keys()})
+    assert exposition.slices == agents and ticks >= agents  # the loop ran between every two agents
+    assert threads and threads[0] is not threading.main_thread()
+    assert body == render_metrics(registry)  # the same answer as all at once
+    assert _reference(engine) in body

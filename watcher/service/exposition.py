@@ -1,0 +1,54 @@
+"""``GET /metrics`` without holding the event loop (issue #13).
+
+A scrape used to run prometheus-client's ``generate_latest`` on the event loop: every series'
+snapshots and every line formatted (seconds at a thousand agents), and the outbox's and the spool's
+collectors reading SQLite from the loop's thread (waiting on a writer's fsync). ``/healthz``, the
+verdicts and the deployer hooks waited behind it. Now a scrape:
+
+1. brings the per-series text up to date on the loop, one changed agent per step, handing the loop
+   back whenever a step has run ``slice_s`` (``SeriesText``: only the agents that changed are redone);
+2. reads the rollouts and verdicts from the engine on the loop (a few lines per rollout);
+3. writes the answer in a worker thread from what 1 and 2 took: the per-series text is joined there,
+   watcher's own metrics are formatted there and the SQLite-backed collectors read there.
+
+Scrapes run one at a time (a second waits for the first). Each series' lines come from one look at
+the state, so an answer is consistent per series; a batch may land between two agents' steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prometheus_client import CollectorRegistry
+
+from watcher.service.series_text import render_metrics
+from watcher.service.telemetry import StateCollector
+
+__all__ = ["Exposition"]
+
+
+class Exposition:
+    """The text of ``registry`` (with ``state`` registered in it), built as the module says."""
+
+    def __init__(self, registry: CollectorRegistry, state: StateCollector, *, slice_s: float = 0.005) -> None:
+        self._registry = registry
+        self._state = state
+        self.slice_s = slice_s
+        self._lock = asyncio.Lock()
+        self.slices = 0  # times the last scrape handed the loop back while bringing the text up to date
+
+    async def render(self) -> bytes:
+        async with self._lock:
+            self.slices = 0
+            began = time.perf_counter()
+            for _ in self._state.series.steps():
+                if time.perf_counter() - began >= self.slice_s:
+                    await asyncio.sleep(0)
+                    self.slices += 1
+                    began = time.perf_counter()
+            self._state.hold(self._state.prepare())
+            try:
+                return await asyncio.to_thread(render_metrics, self._registry)
+            finally:
+                self._state.hold(None)
