@@ -4,40 +4,18 @@ import json
 import math
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from tests.support.turns import T, overall, random_turn
 from watcher.errors import CheckpointError
 from watcher.state import MetricsState, SeriesKey, SeriesSnapshot
 from watcher.state.metrics import LN, OTHER
 from watcher.stats.sketch import DEFAULT_LAYOUT
 
 ALPHA = DEFAULT_LAYOUT.alpha
-
-
-@dataclass
-class T:
-    """Duck-typed stand-in for watcher.contract.Turn (only the attributes state reads)."""
-
-    ts: float
-    agent_id: str = "bot"
-    environment: str = "prod"
-    version: str = "v1"
-    conversation_id: str = "c"
-    turn: int = 0
-    segment: Any = field(default_factory=dict)
-    latency_ms: float | None = 100.0
-    quality: float | None = None
-    escalated: bool = False
-    error: bool = False
-    compliance_violation: bool = False
-
-
-def overall(agent: str = "bot", env: str = "prod", version: str = "v1", arm: str = "baseline") -> SeriesKey:
-    return (agent, env, version, arm, "", "")
 
 
 # ---- a naive per-event reference -------------------------------------------------------------------
@@ -118,29 +96,6 @@ def assert_matches(got: SeriesSnapshot, evs: list[T]) -> None:
         else:
             exact = float(np.quantile(lat, q, method="lower"))
             assert value is not None and abs(value - exact) <= ALPHA * exact * (1 + 1e-9)
-
-
-def random_turn(rng: random.Random, ts: float) -> T:
-    seg = {}
-    for key, values in (("intent", 12), ("language", 4), ("channel", 3)):
-        if rng.random() < 0.9:
-            seg[key] = f"{key[0]}{min(int(rng.expovariate(0.4)), values)}"
-    if rng.random() < 0.05:
-        seg["tenant"] = f"t{rng.randrange(3)}"
-    return T(
-        ts=ts,
-        agent_id=rng.choice(["a", "b"]),
-        environment=rng.choice(["prod", "prod", "stg"]),
-        version=rng.choice(["v1", "v2"]),
-        conversation_id="c",
-        turn=rng.choice([0, 0, 1, 2]),
-        segment=seg,
-        latency_ms=None if rng.random() < 0.1 else rng.lognormvariate(6, 1),
-        quality=None if rng.random() < 0.4 else rng.random(),
-        escalated=rng.random() < 0.1,
-        error=rng.random() < 0.05,
-        compliance_violation=rng.random() < 0.03,
-    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -441,19 +396,10 @@ def test_bad_state_is_a_checkpoint_error() -> None:
         MetricsState.from_state({k: v for k, v in d.items() if k != "series"})
 
 
-def test_memory_per_series_is_fixed() -> None:
-    st = MetricsState(window_buckets=10)
-    per_slot_before = st.nbytes / st._cap
-    st.update(
-        [T(ts=float(i), version=f"v{i}", segment={"k": str(i)}) for i in range(200)], ["baseline"] * 200
-    )
-    nb, b = DEFAULT_LAYOUT.n_buckets, 10
-    assert st.nbytes / st._cap == per_slot_before == 8 * nb + 4 * b * nb + 88 * (1 + b) + 8 * b == 48_424
-
-
-def test_ring_sketch_saturates_instead_of_wrapping() -> None:
+@pytest.mark.parametrize("cells", [0, 128])  # a dense and a sparse series
+def test_ring_sketch_saturates_instead_of_wrapping(cells: int) -> None:
     # Reaching 2**32 latencies in one ring bucket takes hours of one frozen timestamp: fake the count.
-    st = MetricsState()
+    st = MetricsState(sparse_max_cells=cells)
     st.update([T(ts=1.0, latency_ms=10.0)], ["baseline"])
     slot = st._index[overall()]
     pos = 0

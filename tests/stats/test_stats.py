@@ -14,6 +14,7 @@ from watcher.stats import (
     RestartSchedule,
     array_from_state,
     array_to_state,
+    cells_to_state,
     cluster_mean,
     mean_deltas,
     msprt_half_width,
@@ -192,3 +193,14 @@ def test_states_round_trip_through_a_checkpoint() -> None:
     rs = RestartSchedule(60, 0.4)
     rs.current = 7
     assert RestartSchedule.from_state(roundtrip(rs.to_state())).live_windows() == rs.live_windows()
+
+
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 0.34, 0.9])
+def test_cells_to_state_is_array_to_state_without_the_array(density: float) -> None:
+    rng = np.random.default_rng(int(density * 100))
+    for dtype in (np.int64, np.uint32, np.float64):
+        a = np.where(rng.random((7, 3, 11)) < density, rng.integers(1, 9, (7, 3, 11)), 0).astype(dtype)
+        nz = np.flatnonzero(a)
+        got = cells_to_state(a.shape, dtype, nz, a.reshape(-1)[nz])
+        assert got == array_to_state(a)  # the same keys and bytes, sparse or dense
+        assert np.array_equal(array_from_state(got), a)

@@ -1,5 +1,6 @@
 """Per-series state (layer: pure). ``metrics``: ``MetricsState``, cumulative and windowed statistics
-per (agent, environment, version, arm, segment) with quantile sketches; ``history``: per-version time
+per (agent, environment, version, arm, segment) with quantile sketches, kept by ``sketches`` (sparse
+for a quiet series, dense rows for a busy one); ``history``: per-version time
 buckets (blue-green's reference) of the conversation-level fields of ``tracker``; ``rollouts``:
 markers, the rollout lifecycle and arm resolution; ``lateness``: per-agent event-time watermarks;
 ``slices``: segment slices and conversation rows.

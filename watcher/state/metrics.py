@@ -25,7 +25,9 @@ Why it looks the way it does (this is the hot path, budget ~1 µs per event):
   window. A late event whose bucket already left the window counts in the cumulative part only. The
   result does not depend on the order of events within or across batches.
 
-Memory is fixed per series (see docs/state.md): segment values per (agent, env, key) beyond
+Memory per series is small and fixed except for the latency sketches, which stay sparse while a series
+is quiet and become dense rows once it is busy (``watcher.state.sketches``, docs/state.md). The
+number of series is bounded: segment values per (agent, env, key) beyond
 ``max_segment_values`` fold into ``"__other__"``, and segment keys per (agent, env) beyond
 ``max_segment_keys`` are not tracked (their turns still count in the overall series).
 """
@@ -43,14 +45,15 @@ import numpy as np
 
 from watcher.contract import RATE_METRICS, TurnColumns
 from watcher.errors import CheckpointError
+from watcher.state.sketches import SketchStore
 from watcher.stats import (
     DEFAULT_LAYOUT,
     QuantileSketch,
     SketchLayout,
     array_from_state,
     array_to_state,
+    cells_to_state,
     dense_counts,
-    sparse_counts,
 )
 
 if TYPE_CHECKING:
@@ -67,7 +70,6 @@ TURNS, CONV, QN, QSUM, QSQ, LN = range(6)
 EVENT_COL = {m.name: LN + 1 + i for i, m in enumerate(RATE_METRICS)}
 NSTAT = LN + 1 + len(RATE_METRICS)
 _NO_BUCKET = -(2**62)  # ring position never used
-_ONE_I64, _ONE_U32 = np.int64(1), np.uint32(1)
 _U32_MAX = float(np.iinfo(np.uint32).max)
 _VALUE_CACHE_LIMIT = 4096  # distinct raw values of one segment key kept in the lookup cache
 _TRASH = 0  # slot 0 is never a series: fan-out entries for "no series" land there and are never read
@@ -218,17 +220,16 @@ class MetricsState:
     """Per-series statistics, cumulative and over a recent event-time window, updated per batch."""
 
     # One row per series slot, grown together by ``_alloc``: the cumulative statistics, first and last
-    # event times and latency sketch (``_c*``), and per ring bucket the window's (``_w*``; ``_wid``: the
-    # bucket each ring position holds, ``_NO_BUCKET`` when empty).
+    # event times (``_c*``), and per ring bucket the window's (``_w*``; ``_wid``: the bucket each ring
+    # position holds, ``_NO_BUCKET`` when empty). The latency sketches, cumulative and per ring bucket,
+    # are in ``_sk``: sparse for a quiet series, dense rows for a busy one (``watcher.state.sketches``).
     _cstats: np.ndarray
     _cfirst: np.ndarray
     _clast: np.ndarray
-    _csk: np.ndarray
     _wid: np.ndarray
     _wstats: np.ndarray
     _wfirst: np.ndarray
     _wlast: np.ndarray
-    _wsk: np.ndarray
 
     def __init__(
         self,
@@ -238,6 +239,7 @@ class MetricsState:
         max_segment_values: int = 50,
         max_segment_keys: int = 16,
         layout: SketchLayout = DEFAULT_LAYOUT,
+        sparse_max_cells: int = 128,
     ) -> None:
         if not window_seconds > 0 or window_buckets < 1 or max_segment_values < 1 or max_segment_keys < 0:
             raise ValueError("window_seconds > 0, window_buckets >= 1, max_segment_values >= 1 required")
@@ -261,12 +263,13 @@ class MetricsState:
         self._seg_values: dict[tuple[str, str, str], set[str]] = {}
         self._hot_keys: tuple[str, ...] = ()  # segment keys present in the previous batch
         self._reset_caches()
+        self._sk = SketchStore(layout.n_buckets, self.window_buckets, sparse_max_cells)
         self._cap = 0
         self._alloc(64)
 
     # ---- storage -------------------------------------------------------------------------------
     def _alloc(self, cap: int) -> None:
-        b, nb, old = self.window_buckets, self.layout.n_buckets, self._cap
+        b, old = self.window_buckets, self._cap
 
         def grow(name: str, shape: tuple[int, ...], fill: float, dtype: type) -> np.ndarray:
             new: np.ndarray = np.full((cap, *shape), fill, dtype=dtype)
@@ -277,14 +280,11 @@ class MetricsState:
         self._cstats = grow("_cstats", (NSTAT,), 0.0, np.float64)
         self._cfirst = grow("_cfirst", (), np.inf, np.float64)
         self._clast = grow("_clast", (), -np.inf, np.float64)
-        self._csk = grow("_csk", (nb,), 0, np.int64)
         self._wid = grow("_wid", (b,), _NO_BUCKET, np.int64)
         self._wstats = grow("_wstats", (b, NSTAT), 0.0, np.float64)
         self._wfirst = grow("_wfirst", (b,), np.inf, np.float64)
         self._wlast = grow("_wlast", (b,), -np.inf, np.float64)
-        # uint32 halves the largest matrix: one series' ring bucket would need 4e9 latencies to overflow
-        # (guarded in _add_window); the cumulative sketch stays int64.
-        self._wsk = grow("_wsk", (b, nb), 0, np.uint32)
+        self._sk.grow_slots(cap)
         self._free.extend(range(cap - 1, max(old, _TRASH + 1) - 1, -1))
         self._cap = cap
 
@@ -292,7 +292,7 @@ class MetricsState:
         self._cstats[slots] = 0.0
         self._cfirst[slots] = np.inf
         self._clast[slots] = -np.inf
-        self._csk[slots] = 0
+        self._sk.clear_cumulative(slots)
 
     def _slot_for(self, key: SeriesKey) -> int:
         slot = self._index.get(key)
@@ -460,8 +460,8 @@ class MetricsState:
         np.fmin(self._cfirst, first, out=self._cfirst)
         np.fmax(self._clast, last, out=self._clast)
         tgt, bix = ev.sketch_targets(self.layout)
-        # The increment must have the array's dtype: with a Python int, np.add.at leaves its fast path.
-        np.add.at(self._csk.reshape(-1), tgt * self.layout.n_buckets + bix, _ONE_I64)
+        self._sk.promote_busy(sums[:, LN])
+        self._sk.add(tgt, bix, None)
 
         # the recent window, in event time
         finite = np.isfinite(ts)
@@ -499,7 +499,7 @@ class MetricsState:
             self._wstats[stale, pos] = 0.0
             self._wfirst[stale, pos] = np.inf
             self._wlast[stale, pos] = -np.inf
-            self._wsk[stale, pos] = 0
+            self._sk.clear_ring(stale, pos)
         self._wstats[slots, pos] += sums[slots]
         self._wfirst[slots, pos] = np.fmin(self._wfirst[slots, pos], first[slots])
         self._wlast[slots, pos] = np.fmax(self._wlast[slots, pos], last[slots])
@@ -507,8 +507,7 @@ class MetricsState:
         if len(full):  # saturate instead of wrapping (only reachable when ts stops advancing for hours)
             keep = ~np.isin(tgt, full)
             tgt, bix = tgt[keep], bix[keep]
-        flat = (tgt * self.window_buckets + pos) * self.layout.n_buckets + bix
-        np.add.at(self._wsk.reshape(-1), flat, _ONE_U32)
+        self._sk.add(tgt, bix, pos)
 
     # ---- reads ---------------------------------------------------------------------------------
     def keys(self) -> list[SeriesKey]:
@@ -525,7 +524,12 @@ class MetricsState:
         if slot is None:
             raise KeyError(key)
         if window == "cumulative":
-            return self._cstats[slot], float(self._cfirst[slot]), float(self._clast[slot]), self._csk[slot]
+            return (
+                self._cstats[slot],
+                float(self._cfirst[slot]),
+                float(self._clast[slot]),
+                self._sk.cumulative(slot),
+            )
         if window != "recent":
             raise ValueError(f"window must be 'cumulative' or 'recent', got {window!r}")
         p = self._window_positions(slot)
@@ -533,7 +537,7 @@ class MetricsState:
             self._wstats[slot, p].sum(axis=0),
             float(self._wfirst[slot, p].min(initial=np.inf)),
             float(self._wlast[slot, p].max(initial=-np.inf)),
-            self._wsk[slot, p].sum(axis=0, dtype=np.int64),
+            self._sk.window(slot, p),
         )
 
     def snapshot(self, key: SeriesKey, window: Window = "cumulative") -> SeriesSnapshot:
@@ -625,6 +629,7 @@ class MetricsState:
         self._dirty.add((agent_id, environment))
         self._clear_cumulative(slots)
         self._wid[slots] = _NO_BUCKET
+        self._sk.free(slots)
         self._free.extend(slots)
         self._reset_caches()  # cached codes may point at the freed slots
 
@@ -640,7 +645,7 @@ class MetricsState:
                         "stats": self._wstats[slot, p].tolist(),
                         "first": _ts_out(self._wfirst[slot, p]),
                         "last": _ts_out(self._wlast[slot, p]),
-                        "sketch": sparse_counts(self._wsk[slot, p]),
+                        "sketch": _cells_out(self._sk.cells(slot, int(p))),
                     }
                 )
             series.append(
@@ -649,7 +654,7 @@ class MetricsState:
                     "stats": self._cstats[slot].tolist(),
                     "first": _ts_out(self._cfirst[slot]),
                     "last": _ts_out(self._clast[slot]),
-                    "sketch": sparse_counts(self._csk[slot]),
+                    "sketch": _cells_out(self._sk.cells(slot, None)),
                     "window": window,
                 }
             )
@@ -693,14 +698,15 @@ class MetricsState:
                 # a checkpoint from before a rate metric was added holds fewer columns: its counts start at 0
                 st._cstats[slot, : len(s["stats"])] = s["stats"]
                 st._cfirst[slot], st._clast[slot] = _ts_in(s["first"], np.inf), _ts_in(s["last"], -np.inf)
-                st._csk[slot] = dense_counts(s["sketch"], nb)
+                ring = np.zeros((1, b, nb), dtype=np.uint32)
                 for w in s["window"]:
                     p = w["bucket"] % b
                     st._wid[slot, p] = w["bucket"]
                     st._wstats[slot, p, : len(w["stats"])] = w["stats"]
                     st._wfirst[slot, p] = _ts_in(w["first"], np.inf)
                     st._wlast[slot, p] = _ts_in(w["last"], -np.inf)
-                    st._wsk[slot, p] = dense_counts(w["sketch"], nb)
+                    ring[0, p] = dense_counts(w["sketch"], nb)
+                st._sk.load([slot], dense_counts(s["sketch"], nb)[None], ring)
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"invalid metrics state: {exc!r}") from exc
         if st.watermark is not None:  # the one-document form did not record each version's latest turn
@@ -753,20 +759,11 @@ class MetricsState:
         slots = np.fromiter((self._index[k] for k in keys), np.intp, len(keys))
         wid = self._wid[slots]
         stale = wid < self._window_low()
-        wstats, wfirst, wlast, wsk = (
-            self._wstats[slots],
-            self._wfirst[slots],
-            self._wlast[slots],
-            self._wsk[slots],
-        )
+        wstats, wfirst, wlast = self._wstats[slots], self._wfirst[slots], self._wlast[slots]
         if stale.any():
-            wid[stale], wstats[stale], wfirst[stale], wlast[stale], wsk[stale] = (
-                _NO_BUCKET,
-                0.0,
-                np.inf,
-                -np.inf,
-                0,
-            )
+            wid[stale], wstats[stale], wfirst[stale], wlast[stale] = _NO_BUCKET, 0.0, np.inf, -np.inf
+        # the sketches as the cells of the dense arrays, without building them (most series are sparse)
+        nb, n, sk, slot_list = self.layout.n_buckets, len(keys), self._sk, slots.tolist()
         seg_keys = sorted(self._seg_keys.get((agent, env), ()))
         last, versions = self._version_last, dict.fromkeys(k[2] for k in keys)
         return {
@@ -779,12 +776,12 @@ class MetricsState:
             "stats": array_to_state(self._cstats[slots]),
             "first": array_to_state(self._cfirst[slots]),
             "last": array_to_state(self._clast[slots]),
-            "sketch": array_to_state(self._csk[slots]),
+            "sketch": cells_to_state((n, nb), np.int64, *sk.flat_cells(slot_list, None)),
             "wid": array_to_state(wid),
             "wstats": array_to_state(wstats),
             "wfirst": array_to_state(wfirst),
             "wlast": array_to_state(wlast),
-            "wsk": array_to_state(wsk),
+            "wsk": cells_to_state((n, self.window_buckets, nb), np.uint32, *sk.flat_cells(slot_list, ~stale)),
         }
 
     def _window_low(self) -> int:
@@ -807,8 +804,14 @@ class MetricsState:
                     st._version_last[(a, e, v)] = float(t)
                 keys = [(a, e, *k) for k in d["keys"]]
                 slots = np.fromiter((st._slot_for(k) for k in keys), np.intp, len(keys))
-                for name in ("stats", "first", "last", "sketch", "wid", "wstats", "wfirst", "wlast", "wsk"):
+                for name in ("stats", "first", "last", "wid", "wstats", "wfirst", "wlast"):
                     getattr(st, _MATRIX[name])[slots] = array_from_state(d[name])
+                sketch, wsk = array_from_state(d["sketch"]), array_from_state(d["wsk"])
+                if sketch.shape != (len(keys), st.layout.n_buckets) or wsk.shape[:1] != (len(keys),):
+                    raise ValueError(
+                        f"sketch arrays of shape {sketch.shape}, {wsk.shape} for {len(keys)} series"
+                    )
+                st._sk.load(slots.tolist(), sketch, wsk)
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"invalid metrics state: {exc!r}") from exc
         st._touched.clear()
@@ -817,9 +820,13 @@ class MetricsState:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the numpy matrices (all allocated slots, used or free)."""
-        names = ("_cstats", "_cfirst", "_clast", "_csk", "_wid", "_wstats", "_wfirst", "_wlast", "_wsk")
-        return sum(getattr(self, a).nbytes for a in names)
+        """Bytes held by the per-slot matrices (all allocated slots, used or free) and the sketches
+        (dense rows allocated, and an estimate of the sparse ones)."""
+        return sum(getattr(self, a).nbytes for a in _MATRIX.values()) + self._sk.nbytes
+
+    def dense_series(self) -> int:
+        """How many series hold dense sketch rows (the busy ones; the rest are sparse)."""
+        return sum(self._sk.is_dense(slot) for slot in self._index.values())
 
 
 # the matrix behind each array of ``agent_state``
@@ -827,13 +834,15 @@ _MATRIX = {
     "stats": "_cstats",
     "first": "_cfirst",
     "last": "_clast",
-    "sketch": "_csk",
     "wid": "_wid",
     "wstats": "_wstats",
     "wfirst": "_wfirst",
     "wlast": "_wlast",
-    "wsk": "_wsk",
 }
+
+
+def _cells_out(cells: tuple[list[int], list[int]]) -> dict[str, list[int]]:
+    return {"i": cells[0], "c": cells[1]}  # the form of ``sparse_counts``
 
 
 def _ts_out(x: float) -> float | None:

@@ -41,6 +41,7 @@ __all__ = [
     "msprt_half_width",
     "restart_alpha",
     "array_to_state",
+    "cells_to_state",
     "array_from_state",
 ]
 
@@ -255,13 +256,29 @@ def array_to_state(a: np.ndarray) -> dict[str, Any]:
     a = np.ascontiguousarray(a)
     flat = a.reshape(-1)
     nz = np.flatnonzero(flat)
-    d: dict[str, Any] = {"shape": list(a.shape), "dtype": a.dtype.str}
     if 3 * len(nz) <= len(flat):
-        wide = len(nz) and nz[-1] >= 2**32
-        d["idx64" if wide else "idx"] = (nz if wide else nz.astype(np.uint32)).tobytes()
-        d["val"] = flat[nz].tobytes()
-    else:
-        d["data"] = flat.tobytes()
+        return _cells(a.shape, a.dtype, nz, flat[nz])
+    return {"shape": list(a.shape), "dtype": a.dtype.str, "data": flat.tobytes()}
+
+
+def cells_to_state(shape: tuple[int, ...], dtype: Any, idx: np.ndarray, val: np.ndarray) -> dict[str, Any]:
+    """``array_to_state`` of the array of ``shape`` whose nonzero cells are ``val`` at the flat indices
+    ``idx`` (ascending), the same bytes, built without the array unless it is dense enough to be
+    written whole (a store that keeps its cells sparse, such as a quiet series' sketches)."""
+    dt = np.dtype(dtype)
+    size = int(np.prod(shape))
+    if 3 * len(idx) <= size:
+        return _cells(shape, dt, np.asarray(idx, dtype=np.int64), np.asarray(val, dtype=dt))
+    a = np.zeros(size, dt)
+    a[idx] = val
+    return {"shape": list(shape), "dtype": dt.str, "data": a.tobytes()}
+
+
+def _cells(shape: tuple[int, ...], dtype: np.dtype[Any], nz: np.ndarray, val: np.ndarray) -> dict[str, Any]:
+    d: dict[str, Any] = {"shape": list(shape), "dtype": dtype.str}
+    wide = len(nz) and nz[-1] >= 2**32
+    d["idx64" if wide else "idx"] = (nz.astype(np.int64) if wide else nz.astype(np.uint32)).tobytes()
+    d["val"] = val.tobytes()
     return d
 
 
