@@ -432,8 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=None,
-        help=f"JSON results (default {RESULTS.name}, {RESULTS_EVERYDAY.name} with --regime everyday, next to this "
-        "file; with --quick, --judges, --scenarios or --strategies "
+        help=f"JSON results (default {RESULTS.name}, {RESULTS_EVERYDAY.name} with --regime everyday, next "
+        "to this file; with --quick, --judges, --scenarios or --strategies "
         "a temporary file, so a smoke run or a subset never replaces the committed figures)",
     )
     args = p.parse_args(argv)
