@@ -40,6 +40,7 @@ from watcher.http import (
     own_url,
 )
 from watcher.http import forwarding_middleware as route_to_owner
+from watcher.judges import preload
 from watcher.kafka import (
     DeadLetters,
     Message,
@@ -251,6 +252,9 @@ class Daemon:
         bounded by what is left of the grace."""
         self.restore()
         await self.start_http()
+        # the judges' heavy libraries, in a worker thread before the first batch would import them on
+        # the event loop (seconds on a busy machine, /healthz unanswered meanwhile)
+        await asyncio.to_thread(preload)
         await self.markers.start()
         await self.dead_letters.start()
         await self.source.start(self.partitions)
