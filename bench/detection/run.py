@@ -41,6 +41,7 @@ from bench.detection.yardstick import Yardstick
 from watcher.sim.simulate import write_jsonl
 
 RESULTS = Path(__file__).with_name("results.json")
+RESULTS_EVERYDAY = Path(__file__).with_name("results_everyday.json")  # --regime everyday
 STOP_ACTIONS = frozenset({"pause", "rollback"})
 CALIBRATION_FIRST_SEED = 101  # disjoint from the evaluation seeds (1, 2, ...)
 
@@ -61,7 +62,8 @@ def watcher_judge(policy: Path | None = None) -> JudgeFn:
     def judge(path: Path, prepared: Prepared, case: Case) -> Stop | None:
         from watcher.service.replay import replay_decisions  # late: the references run without watcher
 
-        stops = [d for d in replay_decisions(path, policy_path=policy) if d["action"] in STOP_ACTIONS]
+        decisions = replay_decisions(path, policy_path=policy, until=STOP_ACTIONS)
+        stops = [d for d in decisions if d["action"] in STOP_ACTIONS]
         if not stops:
             return None
         first = min(stops, key=lambda d: d["ts_unix"])
@@ -380,9 +382,9 @@ def _brief(r: dict[str, Any]) -> str:
 def results_path(args: argparse.Namespace) -> Path:
     """Where the results go without --out: the committed file only for a full run of every judge
     and scenario; a smoke run (--quick) or a subset goes to a temporary file."""
-    if args.quick or args.judges or args.scenarios:
+    if args.quick or args.judges or args.scenarios or args.strategies:
         return Path(tempfile.gettempdir()) / "watcher-detection-partial.json"
-    return RESULTS
+    return RESULTS_EVERYDAY if args.regime == "everyday" else RESULTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=None,
-        help=f"JSON results (default {RESULTS.name} next to this file; with --quick, --judges or --scenarios "
+        help=f"JSON results (default {RESULTS.name}, {RESULTS_EVERYDAY.name} with --regime everyday, next "
+        "to this file; with --quick, --judges, --scenarios or --strategies "
         "a temporary file, so a smoke run or a subset never replaces the committed figures)",
     )
     args = p.parse_args(argv)

@@ -8,17 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from bench.detection import everyday
-from bench.detection.run import RESULTS, results_path, run_all, yardstick_judge
+from bench.detection.run import RESULTS, RESULTS_EVERYDAY, results_path, run_all, yardstick_judge
 
 
 def _args(**kw: object) -> argparse.Namespace:
-    return argparse.Namespace(**{"quick": False, "judges": None, "scenarios": None, **kw})
+    base = {"quick": False, "judges": None, "scenarios": None, "strategies": None, "regime": "fast"}
+    return argparse.Namespace(**{**base, **kw})
 
 
 def test_only_a_full_run_writes_the_committed_results() -> None:
     assert results_path(_args()) == RESULTS
-    for partial in ({"quick": True}, {"judges": "watcher"}, {"scenarios": "a_a"}):
-        assert results_path(_args(**partial)) != RESULTS, partial
+    assert results_path(_args(regime="everyday")) == RESULTS_EVERYDAY  # each regime its own file
+    for partial in ({"quick": True}, {"judges": "watcher"}, {"scenarios": "a_a"}, {"strategies": "flag"}):
+        for regime in ("fast", "everyday"):
+            assert results_path(_args(regime=regime, **partial)) not in (RESULTS, RESULTS_EVERYDAY), partial
 
 
 def test_parallel_runs_give_the_rows_of_a_serial_run(tmp_path: Path) -> None:

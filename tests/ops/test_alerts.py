@@ -72,6 +72,7 @@ def test_every_rule_has_severity_annotations_and_a_runbook_section() -> None:
     for rule in found:
         # job-level: the partitions the job's instances hold between them
         if rule["alert"] not in ROLLOUT_ALERTS | {
+            "WatcherRolloutUnjudged",
             "WatcherDriftSignal",
             "WatcherMissing",
             "WatcherPartitionsUnowned",
@@ -91,12 +92,15 @@ def test_checkpoint_stale_is_guarded_by_consumption_within_its_age_threshold() -
 
 def test_rollout_alerts_carry_rollout_agent_and_version_labels() -> None:
     for r in rules():
-        if r["alert"] not in ROLLOUT_ALERTS:
+        if r["alert"] not in ROLLOUT_ALERTS | {"WatcherRolloutUnjudged"}:
             continue
         text = r["annotations"]["summary"] + r["annotations"]["description"]
         for label in ("rollout_id", "agent", "environment", "canary_version", "baseline_version"):
             assert f"$labels.{label}" in text, (r["alert"], label)
             assert re.search(rf"\b{label}\b", r["expr"]), (r["alert"], label)
+        if r["alert"] == "WatcherRolloutUnjudged":  # says why: the closed vocabulary of coverage.Unjudged
+            assert "$labels.reason" in r["annotations"]["summary"] and "reason" in r["expr"]
+            continue
         decision = "rollback" if r["alert"] == "WatcherRolloutRollback" else "pause"
         assert f'decision="{decision}"' in r["expr"]
 
@@ -236,7 +240,7 @@ def test_every_rule_severity_reaches_its_receiver() -> None:
         and route["routes"][1]["receiver"] == "pagerduty"
     )
     rollout_alerts = {r["alert"] for r in rules() if r["alert"].startswith("WatcherRollout")}
-    assert rollout_alerts == {"WatcherRolloutRollback", "WatcherRolloutPaused"}
+    assert rollout_alerts == {"WatcherRolloutRollback", "WatcherRolloutPaused", "WatcherRolloutUnjudged"}
     receivers = {r["name"]: r for r in am["receivers"]}
     assert "pagerduty_configs" in receivers["pagerduty"] and "slack_configs" in receivers["slack"]
     assert {r["labels"]["severity"] for r in rules()} <= {"critical", "warning", "info"}

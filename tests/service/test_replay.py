@@ -42,6 +42,16 @@ def test_replay_is_deterministic_and_batch_size_does_not_change_the_decision(tmp
     assert [d["decision_id"] for d in report.decisions] == [d["decision_id"] for d in first]
 
 
+def test_replay_until_a_stop_reads_no_further_and_keeps_that_decision(tmp_path) -> None:
+    path = tmp_path / "demo.jsonl"
+    write_jsonl(dataclasses.replace(PRESETS["demo"], duration_s=600.0), path)
+    whole, _ = replay(path, batch_size=250)
+    cut, _ = replay(path, batch_size=250, until=("pause", "rollback"))
+    assert cut.decisions == whole.decisions[:1] and cut.decisions[0]["action"] == "rollback"
+    assert cut.lines < whole.lines and cut.lines % 250 == 0  # the batch of the first stop was the last read
+    assert replay_decisions(path, until=("rollback",)) == whole.decisions[:1]
+
+
 def test_replay_of_a_healthy_canary_makes_no_rollback(tmp_path) -> None:
     path = tmp_path / "healthy.jsonl"
     write_jsonl(dataclasses.replace(PRESETS["healthy"], duration_s=900.0), path)

@@ -7,7 +7,8 @@ third-party ones through the ``watcher.strategies`` entry points): the only plac
 declared. ``policy`` is the pure decision function (evidence + state -> decision + state) and the
 YAML policies; ``drift`` the river detectors on versions without a control. ``gate`` and
 ``gate_sample``: the pre-production gate's verdict on a whole data set (fixed-sample tests on the
-same metrics, slices and policy).
+same metrics, slices and policy). ``preload`` imports the heavy libraries the judges load lazily
+(the daemon, in a worker thread as it starts).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from watcher.judges.policy import (
     policy_from_doc,
     policy_to_doc,
 )
+from watcher.judges.preload import preload
 from watcher.judges.strategies import ENTRY_POINT_GROUP, STRATEGIES, Strategy, StrategyRegistry
 
 __all__ = [
@@ -57,4 +59,5 @@ __all__ = [
     "override",
     "policy_from_doc",
     "policy_to_doc",
+    "preload",
 ]

@@ -242,6 +242,10 @@ class DriftMonitor:
     def watched(self) -> list[VersionKey]:
         return sorted(self._watched)
 
+    def watches(self, key: VersionKey) -> bool:
+        """Whether ``key`` is watched (per route of every batch: a set lookup, not the sorted list)."""
+        return key in self._watched
+
     # -- the hot path --
 
     def update(

@@ -6,8 +6,8 @@ collectors reading SQLite from the loop's thread (waiting on a writer's fsync). 
 verdicts and the deployer hooks waited behind it. Now a scrape:
 
 1. brings the per-series text up to date on the loop, one changed agent per step, handing the loop
-   back whenever a step has run ``slice_s`` (``SeriesText``: only the agents that changed are redone);
-2. reads the rollouts and verdicts from the engine on the loop (a few lines per rollout);
+   back whenever a slice has run ``slice_s`` (``SeriesText``: only the agents that changed are redone);
+2. reads the rollouts and verdicts from the engine on the loop, one rollout per step, sliced the same;
 3. writes the answer in a worker thread from what 1 and 2 took: the per-series text is joined there,
    watcher's own metrics are formatted there and the SQLite-backed collectors read there.
 
@@ -21,6 +21,7 @@ import asyncio
 import time
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 
 from watcher.service.series_text import render_metrics
 from watcher.service.telemetry import StateCollector
@@ -36,19 +37,30 @@ class Exposition:
         self._state = state
         self.slice_s = slice_s
         self._lock = asyncio.Lock()
-        self.slices = 0  # times the last scrape handed the loop back while bringing the text up to date
+        self.slices = 0  # times the last scrape handed the loop back
+        self._began = 0.0  # when the current slice began
 
     async def render(self) -> bytes:
         async with self._lock:
             self.slices = 0
-            began = time.perf_counter()
+            self._began = time.perf_counter()
             for _ in self._state.series.steps():
-                if time.perf_counter() - began >= self.slice_s:
-                    await asyncio.sleep(0)
-                    self.slices += 1
-                    began = time.perf_counter()
-            self._state.hold(self._state.prepare())
+                await self._maybe_yield()
+            families: list[Metric] = []
+            for step in self._state.prepare_steps():
+                if step is None:
+                    await self._maybe_yield()
+                else:
+                    families = step
+            self._state.hold(families)
             try:
                 return await asyncio.to_thread(render_metrics, self._registry)
             finally:
                 self._state.hold(None)
+
+    async def _maybe_yield(self) -> None:
+        """Let the loop run once this slice has run ``slice_s``."""
+        if time.perf_counter() - self._began >= self.slice_s:
+            await asyncio.sleep(0)
+            self.slices += 1
+            self._began = time.perf_counter()

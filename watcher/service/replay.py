@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -35,13 +35,14 @@ class ReplayReport:
 def _batches(path: Path, size: int) -> Iterator[tuple[list[bytes], list[str]]]:
     raws: list[bytes] = []
     origins: list[str] = []
+    name = path.name
     with path.open("rb") as fh:
         for number, line in enumerate(fh, start=1):
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue  # blank lines carry nothing; not an event
             raws.append(line)
-            origins.append(f"{path.name}:{number}")
+            origins.append(f"{name}:{number}")
             if len(raws) >= size:
                 yield raws, origins
                 raws, origins = [], []
@@ -58,7 +59,11 @@ def replay(
     engine: Engine | None = None,
     decisions_out: IO[str] | None = None,
     dead_letters_out: IO[bytes] | None = None,
+    until: Collection[str] = (),
 ) -> tuple[ReplayReport, Engine]:
+    """The engine over ``path`` in batches of ``batch_size``. With ``until`` (decision actions, e.g.
+    pause and rollback) the replay stops after the batch that made the first such decision: what
+    follows cannot change that decision (the detection benchmark reads only the first stop)."""
     settings = settings or load_settings(environ={})
     if engine is None:
         policies = load_policy(policy_path) if policy_path is not None else None
@@ -81,12 +86,17 @@ def replay(
             if decisions_out is not None:
                 decisions_out.write(json.dumps(record, separators=(",", ":")) + "\n")
         report.drift_signals.extend(s.to_dict() for s in result.drift_signals)
+        if until and any(d.action.value in until for d in result.decisions):
+            break
     return report, engine
 
 
-def replay_decisions(path: str | Path, *, policy_path: str | Path | None = None) -> list[dict[str, Any]]:
-    """Every decision record a replay of ``path`` produces (the detection benchmark's entry point)."""
-    report, _ = replay(path, policy_path=policy_path)
+def replay_decisions(
+    path: str | Path, *, policy_path: str | Path | None = None, until: Collection[str] = ()
+) -> list[dict[str, Any]]:
+    """Every decision record a replay of ``path`` produces, up to the batch of the first decision
+    whose action is in ``until`` (the detection benchmark's entry point)."""
+    report, _ = replay(path, policy_path=policy_path, until=until)
     return report.decisions
 
 

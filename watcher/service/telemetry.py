@@ -140,25 +140,26 @@ class StateCollector(Collector):
         if held is None:
             for _ in self.series.steps():
                 pass
-            held = self.prepare()
+            held = [m for step in self.prepare_steps() if step is not None for m in step]
         yield from held
 
     def hold(self, families: list[Metric] | None) -> None:
         """What ``collect`` yields until ``hold(None)``: families prepared on the event loop."""
         self._held = families
 
-    def prepare(self) -> list[Metric]:
-        """The families of a scrape, read from the engine now (on the loop): the per-series text as
-        the last ``series.steps()`` left it, then the rollouts and verdicts."""
+    def prepare_steps(self) -> Iterator[list[Metric] | None]:
+        """The families of a scrape, read from the engine (on the loop): the per-series text as the
+        last ``series.steps()`` left it, then the rollouts' and verdicts' families. ``None`` after
+        each rollout (the caller may let the loop run there), the families last."""
         out: list[Metric] = [self.series.rendered()]
         try:
-            out.extend(self._rollouts())
-            out.extend(self._verdicts())
+            for part in (self._rollouts, self._unjudged, self._verdicts):
+                yield from part(out)
         except Exception:  # a scrape must never take the daemon down; the log says why
             log.exception("collecting state metrics failed")
-        return out
+        yield out
 
-    def _rollouts(self) -> Iterator[Metric]:
+    def _rollouts(self, out: list[Metric]) -> Iterator[None]:
         registry = self._engine.registry
         info = GaugeMetricFamily(
             "watcher_rollout_info", "rollouts and their state", labels=[*ROLLOUT_LABELS, "state"]
@@ -191,6 +192,7 @@ class StateCollector(Collector):
                 ended.add_metric([*values, r.state.value], r.ended_ts)
             if r.active:
                 weight.add_metric(values, r.canary_weight)
+            yield None
         markers = GaugeMetricFamily(
             "watcher_deployment_marker_timestamp_seconds",
             "event time of the last marker of each action",
@@ -198,10 +200,9 @@ class StateCollector(Collector):
         )
         for (agent, env, action, version), ts in registry.marker_times.items():
             markers.add_metric([agent, env, action, version], ts)
-        yield from (info, started, ended, weight, markers)
-        yield from self._unjudged()
+        out.extend((info, started, ended, weight, markers))
 
-    def _unjudged(self) -> Iterator[Metric]:
+    def _unjudged(self, out: list[Metric]) -> Iterator[None]:
         """Active rollouts their judge cannot judge, per reason (every reason, 0 included), and which."""
         count = GaugeMetricFamily(
             "watcher_rollouts_unjudged", "active rollouts that are not judged, by reason", labels=["reason"]
@@ -220,11 +221,12 @@ class StateCollector(Collector):
             labels = [r.rollout_id, r.agent_id, r.environment, r.strategy]
             labels += [r.baseline_version or "", r.canary_version or "", cov.problem.value]
             which.add_metric(labels, 1)
+            yield None
         for reason, n in per_reason.items():
             count.add_metric([reason], n)
-        yield from (count, which)
+        out.extend((count, which))
 
-    def _verdicts(self) -> Iterator[Metric]:
+    def _verdicts(self, out: list[Metric]) -> Iterator[None]:
         engine = self._engine
         verdict = GaugeMetricFamily(
             "watcher_rollout_verdict",
@@ -269,7 +271,8 @@ class StateCollector(Collector):
                     lower.add_metric(values, m.lower)
                 if m.upper is not None:
                     upper.add_metric(values, m.upper)
-        yield from (verdict, effect, lower, upper, evalue, threshold, mverdict)
+            yield None
+        out.extend((verdict, effect, lower, upper, evalue, threshold, mverdict))
 
 
 def setup_tracing(settings: TelemetrySettings) -> Any:
