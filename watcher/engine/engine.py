@@ -219,8 +219,8 @@ class Engine:
         agents = {(a, e) for (a, e, _, _) in routes}
         if self._needs_history(agents):
             self.history.update(turns, arms, cols)  # blue-green's reference: each version's recent past
-        watched = self.drift.watched()
-        if any(arm == "live" or (a, e, v) in watched for (a, e, v, _), arm in routes.items()):
+        watches = self.drift.watches
+        if any(arm == "live" or watches((a, e, v)) for (a, e, v, _), arm in routes.items()):
             result.drift_signals.extend(self.drift.update(turns, arms, cols))
         judging = time.thread_time()
         result.decisions.extend(self._judge(turns, arms, agents, cols))

@@ -201,18 +201,30 @@ class OffsetSource(Source, Protocol):
 
 
 class Origins(Sequence[str]):
-    """Where each message of a batch came from, formatted only for the few that are rejected."""
+    """Where each message of a batch came from, formatted only for the few that are rejected. A slice
+    is the origins of those messages (the daemon runs a batch through the engine in slices)."""
 
-    __slots__ = ("_batch",)
+    __slots__ = ("_batch", "_start", "_len")
 
-    def __init__(self, batch: Sequence[Message]) -> None:
+    def __init__(self, batch: Sequence[Message], start: int = 0, stop: int | None = None) -> None:
         self._batch = batch
+        self._start = start
+        self._len = max(0, (len(batch) if stop is None else stop) - start)
 
     def __len__(self) -> int:
-        return len(self._batch)
+        return self._len
 
     def __getitem__(self, i: Any) -> Any:
-        m = self._batch[i]
+        if isinstance(i, slice):
+            start, stop, step = i.indices(self._len)
+            if step != 1:
+                return [self[j] for j in range(start, stop, step)]
+            return Origins(self._batch, self._start + start, self._start + max(start, stop))
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(i)
+        m = self._batch[self._start + i]
         return f"{m.topic}/{m.partition}@{m.offset}"
 
 

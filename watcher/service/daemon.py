@@ -59,6 +59,7 @@ from watcher.service.looplag import LoopLag
 from watcher.service.markers import Markers
 from watcher.service.partitions import Checkpoints, TaskPartitions
 from watcher.service.reload import ConfigSource, Reloader, ReloadMetrics, ReloadResult
+from watcher.service.slices import Slices
 from watcher.service.telemetry import WatcherMetrics
 from watcher.storage import DecisionLog, Offsets, SqliteSpool
 
@@ -113,6 +114,7 @@ class Daemon:
         self.tracer = parts.tracer
         self.registry = parts.registry
         self.exposition = parts.exposition
+        self.slices = Slices()
         self.metrics = parts.metrics
         self.reload_metrics = parts.reload_metrics
         # a checkpoint must never see the state of a batch whose offsets are not yet in ``positions``
@@ -369,14 +371,18 @@ class Daemon:
     async def _handle(self, batch: Sequence[Message]) -> BatchResult:
         started = time.perf_counter()
         with self.tracer.start_as_current_span("watcher.batch") as span:
+            # the engine's work in slices of the loop (watcher.service.slices), the batch lock held
+            covered: dict[int, Offsets] = {}
             if self.tasks is None:
                 assert isinstance(self.engine, Engine)
                 values = batch.values if isinstance(batch, MessageBatch) else [m.value for m in batch]
-                result = self.engine.process(values, origins=Origins(batch))
-                covered: dict[int, Offsets] = {}
+                result = await self.slices.process(self.engine, values, Origins(batch))
             else:
                 assert self.checkpoints is not None and self.checkpoints.handover is not None
-                result, covered = self.checkpoints.handover.process(batch)
+                result = BatchResult()
+                for partition, engine, fresh in self.checkpoints.handover.pieces(batch):
+                    result.merge(await self.slices.process(engine, fresh.values, Origins(fresh)))
+                    covered[partition] = next_offsets(fresh)
             if result.rejected:
                 await self.dead_letters.publish(result.rejected)
                 self.metrics.dead_letters.inc(len(result.rejected))

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from watcher.engine import BatchResult, Tasks, scope_of
+from watcher.engine import BatchResult, Engine, Tasks, scope_of
 from watcher.errors import CheckpointError, CheckpointUnavailable
 from watcher.kafka import Message, MessageBatch, Origins, next_offsets
 from watcher.storage import Checkpoint, Checkpointer, CheckpointMetrics, CheckpointStore, Offsets
@@ -173,21 +173,28 @@ class Handover:
 
     def process(self, batch: Sequence[Message]) -> tuple[BatchResult, dict[int, Offsets]]:
         """Each partition's messages through its own task; returns the merged result and, per task,
-        the offsets its state now covers (``advance`` them once the batch's effects are safe).
-        Messages of a partition with no task (revoked while the batch was in flight) and messages
-        below a task's position (fetched before a hand-over, already in the restored state) are
-        skipped: the partition's owner counts them, once."""
-        whole = batch if isinstance(batch, MessageBatch) else MessageBatch.of(batch)
+        the offsets its state now covers (``advance`` them once the batch's effects are safe)."""
         merged = BatchResult()
         covered: dict[int, Offsets] = {}
+        for partition, engine, fresh in self.pieces(batch):
+            merged.merge(engine.process(fresh.values, origins=Origins(fresh)))
+            covered[partition] = next_offsets(fresh)
+        return merged, covered
+
+    def pieces(self, batch: Sequence[Message]) -> list[tuple[int, Engine, MessageBatch]]:
+        """The batch's messages per owned partition, with the partition's task. Messages of a
+        partition with no task (revoked while the batch was in flight) and messages below a task's
+        position (fetched before a hand-over, already in the restored state) are left out: the
+        partition's owner counts them, once."""
+        whole = batch if isinstance(batch, MessageBatch) else MessageBatch.of(batch)
+        out = []
         for partition, fresh in sorted(whole.by_partition(self.resume_offset).items()):
             engine = self.tasks.get(partition)
             if engine is None or partition not in self.checkpointers:
                 log.debug("%d messages of unowned partition %d skipped", len(fresh), partition)
                 continue
-            merged.merge(engine.process(fresh.values, origins=Origins(fresh)))
-            covered[partition] = next_offsets(fresh)
-        return merged, covered
+            out.append((partition, engine, fresh))
+        return out
 
     def advance(self, covered: Mapping[int, Offsets]) -> None:
         for partition, offsets in covered.items():
