@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from watcher.engine import EngineView
     from watcher.state import SeriesKey, SeriesSnapshot
 
-__all__ = ["Rendered", "SeriesText", "render_metrics"]
+__all__ = ["Rendered", "SeriesText", "metrics_chunks", "render_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +43,22 @@ Window = Literal["cumulative", "recent"]
 WINDOWS: tuple[Window, ...] = ("cumulative", "recent")
 QUANTILES = (("0.5", "latency_p50_ms"), ("0.95", "latency_p95_ms"), ("0.99", "latency_p99_ms"))
 
+CHUNK_SERIES = 1000  # series per piece of text (a few hundred KB): see ``metrics_chunks``
 Agent = tuple[str, str]
 Row = tuple[bytes, ...]  # one series' lines per family slot (b"" where it has none)
 
 
 class Rendered(Metric):
-    """Families already in the text format, which ``render_metrics`` copies into the answer. It has no
-    samples: prometheus-client's ``generate_latest`` (and ``get_sample_value``) do not see them."""
+    """Families already in the text format, which ``metrics_chunks`` copies into the answer. It has
+    no samples: prometheus-client's ``generate_latest`` (and ``get_sample_value``) do not see them."""
 
-    def __init__(self, build: Callable[[], bytes]) -> None:
+    def __init__(self, build: Callable[[], list[bytes]]) -> None:
         super().__init__("watcher_series", "pre-rendered per-series families", "unknown")
         self._build = build
 
-    @property
-    def text(self) -> bytes:
-        """Built where it is read (``Exposition`` reads it in a worker thread, holding its lock)."""
+    def chunks(self) -> list[bytes]:
+        """The text, in pieces; built where it is read (``Exposition``: in a worker thread, holding
+        its lock)."""
         return self._build()
 
 
@@ -69,12 +70,22 @@ class _One(Collector):
         return [self._metric]
 
 
+def metrics_chunks(registry: Collector) -> list[bytes]:
+    """The Prometheus text of ``registry``, in pieces: prometheus-client's ``generate_latest`` for
+    each family, the pieces of a ``Rendered`` one as they are. Pieces, not one string: joining tens
+    of megabytes is one step that holds the interpreter (and so the event loop) throughout."""
+    out: list[bytes] = []
+    for m in registry.collect():
+        if isinstance(m, Rendered):
+            out.extend(m.chunks())
+        else:
+            out.append(generate_latest(_One(m)))
+    return out
+
+
 def render_metrics(registry: Collector) -> bytes:
-    """The Prometheus text of ``registry``: prometheus-client's ``generate_latest`` for each family,
-    the text of a ``Rendered`` one as it is."""
-    return b"".join(
-        m.text if isinstance(m, Rendered) else generate_latest(_One(m)) for m in registry.collect()
-    )
+    """The Prometheus text of ``registry`` in one piece (tests, tools)."""
+    return b"".join(metrics_chunks(registry))
 
 
 def _escape(value: str) -> str:
@@ -256,14 +267,16 @@ class SeriesText:
         into text when read, which may be in a worker thread while the loop changes the state (the
         text reads only this object's rows, which only ``steps()`` changes: read it before the next)."""
 
-        def build() -> bytes:
+        def build() -> list[bytes]:
             keys = self._keys
             rows = [r for r in map(self._rows.get, keys) if r is not None]
             parts = [_sizes(keys)]
             for i in _first_appearance(rows, sum(1 for n in self._present if n)):
                 parts.append(SLOTS[i].header)
-                parts.append(b"".join(map(itemgetter(i), rows)))
-            return b"".join(parts)
+                lines = itemgetter(i)
+                for at in range(0, len(rows), CHUNK_SERIES):
+                    parts.append(b"".join(map(lines, rows[at : at + CHUNK_SERIES])))
+            return parts
 
         return Rendered(build)
 
