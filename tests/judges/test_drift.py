@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from dataclasses import dataclass
 
 import numpy as np
@@ -221,3 +222,20 @@ def test_from_state_rejects_unknown_version() -> None:
 def test_unknown_metric_rejected() -> None:
     with pytest.raises(ValueError):
         DriftMonitor(metrics=("quality", "vibes"))
+
+
+def test_a_quiet_version_costs_no_detector() -> None:
+    """Thousands of agents: most versions never complete a block, so they hold no history, no
+    detector and no record of fed values (two bounded deques and an ADWIN are ~2.5 KB per metric)."""
+    m = DriftMonitor()
+    for v in range(20):  # ~20 turns each: fewer than one block of any metric
+        run(m, stream(v, 20, version=f"v{v}"))
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for v in range(20, 220):
+        run(m, stream(v, 20, version=f"v{v}"))
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    assert grown / 200 < 3_000  # per version, every metric included (~15 KB with eager detectors)
+    busy = stream(1, 40_000, shift_at=20_000, dq=-0.05)  # and a busy one still detects as before
+    assert [s.metric for s in run(m, busy)] == ["quality"]

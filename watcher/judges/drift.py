@@ -115,7 +115,12 @@ def signal_id(key: VersionKey, metric: str, sequence: int, ts: float) -> str:
 
 @dataclass(slots=True)
 class _Series:
-    """One (version, metric) stream: pending block, warm-up, detector, recent history."""
+    """One (version, metric) stream: pending block, warm-up, detector, recent history.
+
+    The history is made at the first complete block and the detector with its record when the
+    warm-up ends: on a platform of thousands of agents most versions never complete a block, and two
+    bounded deques and an ADWIN cost ~2.5 KB per (version, metric) whatever the traffic.
+    """
 
     rate: bool
     history_blocks: int
@@ -124,23 +129,26 @@ class _Series:
     warm: list[float] = field(default_factory=list)
     mu: float | None = None
     sigma: float | None = None
-    hist: deque[tuple[float, float]] = field(init=False)  # (block ts, block value) since restart
-    fed: deque[float] = field(init=False)  # standardised values fed to the detector since restart
-    detector: ADWIN = field(init=False)
+    hist: deque[tuple[float, float]] | None = None  # (block ts, block value) since restart
+    fed: deque[float] | None = None  # standardised values fed to the detector since restart
+    detector: ADWIN | None = None
     cooldown_until: float | None = None
     signals: int = 0
     detections: int = 0
 
-    def __post_init__(self) -> None:
-        self.hist = deque(maxlen=self.history_blocks)
-        self.fed = deque(maxlen=self.history_blocks)
-        self.detector = _new_detector()
+    def history(self) -> deque[tuple[float, float]]:
+        if self.hist is None:
+            self.hist = deque(maxlen=self.history_blocks)
+        return self.hist
 
-    def restart(self, delta: float) -> None:
-        self.warm, self.mu, self.sigma = [], None, None
-        self.hist.clear()
-        self.fed.clear()
+    def start_detector(self, delta: float) -> tuple[ADWIN, deque[float]]:
         self.detector = _new_detector(delta)
+        self.fed = deque(maxlen=self.history_blocks)
+        return self.detector, self.fed
+
+    def restart(self) -> None:
+        self.warm, self.mu, self.sigma = [], None, None
+        self.hist = self.fed = self.detector = None
 
 
 def _new_detector(delta: float = 0.002) -> ADWIN:
@@ -323,30 +331,32 @@ class DriftMonitor:
         if s is None:
             s = _Series(rate=_DEFS[metric].kind is Kind.RATE, history_blocks=self.history_blocks)
             self._series[(key, metric)] = s
-            s.detector = _new_detector(self.delta)
         size = self.rate_block if s.rate else self.mean_block
         out: list[DriftSignal] = []
         for value, bts in _blocks(s, values, ts, size):
-            s.hist.append((bts, value))
+            s.history().append((bts, value))
             if s.mu is None or s.sigma is None:
                 s.warm.append(value)
                 if len(s.warm) >= self.warmup_blocks:
                     s.mu, s.sigma = _scale(s.warm, size if s.rate else None)
                 continue
+            detector, fed = s.detector, s.fed
+            if detector is None or fed is None:
+                detector, fed = s.start_detector(self.delta)
             z = (value - s.mu) / s.sigma
-            s.fed.append(z)
-            s.detector.update(z)
-            if not s.detector.drift_detected:
+            fed.append(z)
+            detector.update(z)
+            if not detector.drift_detected:
                 continue
             s.detections += 1
             if s.cooldown_until is None or bts >= s.cooldown_until:
                 out.append(self._signal(key, metric, s, bts))
                 s.cooldown_until = bts + self.cooldown_s
-            s.restart(self.delta)
+            s.restart()
         return out
 
     def _signal(self, key: VersionKey, metric: str, s: _Series, ts: float) -> DriftSignal:
-        before, after, change_ts = _split(list(s.hist))
+        before, after, change_ts = _split(list(s.history()))
         s.signals += 1
         up = after > before
         d = _DEFS[metric]
@@ -404,8 +414,8 @@ class DriftMonitor:
                     "warm": list(s.warm),
                     "mu": s.mu,
                     "sigma": s.sigma,
-                    "hist": [[t, v] for t, v in s.hist],
-                    "fed": list(s.fed),
+                    "hist": [[t, v] for t, v in s.hist or ()],
+                    "fed": list(s.fed or ()),
                     "cooldown_until": s.cooldown_until,
                     "signals": s.signals,
                     "detections": s.detections,
@@ -427,18 +437,20 @@ class DriftMonitor:
                 continue
             key = (item["key"][0], item["key"][1], item["key"][2])
             s = _Series(rate=_DEFS[metric].kind is Kind.RATE, history_blocks=m.history_blocks)
-            s.detector = _new_detector(m.delta)
             s.pend_sum, s.pend_n = float(item["pend_sum"]), int(item["pend_n"])
             s.warm = [float(v) for v in item["warm"]]
             s.mu, s.sigma = item["mu"], item["sigma"]
-            s.hist.extend((float(t), float(v)) for t, v in item["hist"])
+            if item["hist"]:
+                s.history().extend((float(t), float(v)) for t, v in item["hist"])
             s.cooldown_until = item["cooldown_until"]
             s.signals, s.detections = int(item["signals"]), int(item["detections"])
-            for z in item["fed"]:
-                s.fed.append(float(z))
-                s.detector.update(float(z))
-                if s.detector.drift_detected:  # only possible after a truncated history: start over
-                    s.detector = _new_detector(m.delta)
+            if s.mu is not None and s.sigma is not None:
+                detector, fed = s.start_detector(m.delta)
+                for z in item["fed"]:
+                    fed.append(float(z))
+                    detector.update(float(z))
+                    if detector.drift_detected:  # only possible after a truncated history: start over
+                        detector = s.detector = _new_detector(m.delta)
             m._series[(key, metric)] = s
         return m
 
