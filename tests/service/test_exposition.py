@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -185,6 +186,7 @@ def test_a_scrape_hands_the_loop_back_between_agents_and_writes_off_the_loop(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(series_text, "CHUNK_SERIES", 50)
+    monkeypatch.setattr(series_text, "STEP_SERIES", 4)
     registry = CollectorRegistry()
     state = StateCollector(engine)
     registry.register(state)
@@ -218,11 +220,12 @@ def test_a_scrape_hands_the_loop_back_between_agents_and_writes_off_the_loop(
     body = b"".join(pieces)
     # written in pieces of 50 series (no step copies the whole text at once)
     assert max(map(len, pieces)) < len(body) / 10
-    agents = len({k[:2] for k in engine.state.keys()})
+    per_agent = Counter(k[:2] for k in engine.state.keys())
     rollouts = len(engine.registry.all())
-    assert rollouts > 3
-    # the loop ran between every two agents and every two rollouts
-    assert exposition.slices >= agents + rollouts and ticks >= exposition.slices
+    assert rollouts > 3 and max(per_agent.values()) > 8
+    # the loop ran between every two agents, every 4 series of a busy one, and every two rollouts
+    steps = sum(1 + n // 4 for n in per_agent.values())
+    assert exposition.slices >= steps + rollouts and ticks >= exposition.slices
     assert threads and threads[0] is not threading.main_thread()
     assert body == render_metrics(registry)  # the same answer as all at once
     assert _reference(engine) in body

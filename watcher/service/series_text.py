@@ -43,6 +43,7 @@ Window = Literal["cumulative", "recent"]
 WINDOWS: tuple[Window, ...] = ("cumulative", "recent")
 QUANTILES = (("0.5", "latency_p50_ms"), ("0.95", "latency_p95_ms"), ("0.99", "latency_p99_ms"))
 
+STEP_SERIES = 32  # series of one agent per step of ``steps()``
 CHUNK_SERIES = 1000  # series per piece of text (a few hundred KB): see ``metrics_chunks``
 Agent = tuple[str, str]
 Row = tuple[bytes, ...]  # one series' lines per family slot (b"" where it has none)
@@ -203,7 +204,7 @@ class SeriesText:
 
     def steps(self) -> Iterator[None]:
         """Bring the lines up to date: the series of every agent the state reports changed, and of
-        every agent with series that appeared or left. Yields after each agent."""
+        every agent with series that appeared or left. Yields after each agent (and within a busy one)."""
         state = self._engine.state  # one view for the whole pass (a partition scope's caches where
         keys = state.keys()  # each series is)
         dirty = state.take_dirty()
@@ -218,8 +219,15 @@ class SeriesText:
         self._keys = keys
         self.redone = 0
         for agent in dirty:
-            self._redo(agent, state)
+            yield from self._redo(agent, state)
             yield
+
+    def _snapshots(self, key: SeriesKey, state: SeriesView) -> dict[Window, SeriesSnapshot] | None:
+        try:
+            return {w: state.snapshot(key, w) for w in WINDOWS}
+        except KeyError:  # the series left since steps() began
+            self._drop(key)
+            return None
 
     def _drop(self, key: SeriesKey) -> None:
         row = self._rows.pop(key, None)
@@ -236,24 +244,24 @@ class SeriesText:
             if text:
                 self._present[i] += sign
 
-    def _redo(self, agent: Agent, state: SeriesView) -> None:
-        """An agent's series, from one look at the state (its shares need all of its versions)."""
-        keys = list(self._of_agent.get(agent, ()))
-        try:
-            snaps = {key: {w: state.snapshot(key, w) for w in WINDOWS} for key in keys}
-        except KeyError:  # a series left since steps() began: the next scrape sees it gone
-            snaps = {}
-            for key in keys:
-                try:
-                    snaps[key] = {w: state.snapshot(key, w) for w in WINDOWS}
-                except KeyError:
-                    self._drop(key)
+    def _redo(self, agent: Agent, state: SeriesView) -> Iterator[None]:
+        """An agent's series; yields every ``STEP_SERIES`` of them (a busy agent has hundreds of
+        segment series). Its overall series first, all from one look: their shares of the agent's
+        turns need every version at once. Each series' lines come from one look at it."""
+        keys = sorted(self._of_agent.get(agent, ()), key=lambda k: bool(k[4] or k[5]))
+        overall = [k for k in keys if not k[4] and not k[5]]
+        snaps = {k: s for k in overall if (s := self._snapshots(k, state)) is not None}
         shares: dict[Window, dict[tuple[str, str], float]] = {}
         for window in WINDOWS:
-            turns = {(k[2], k[3]): s[window].turns for k, s in snaps.items() if not k[4] and not k[5]}
+            turns = {(k[2], k[3]): s[window].turns for k, s in snaps.items()}
             total = sum(turns.values())
             shares[window] = {va: t / total for va, t in turns.items()} if total else {}
-        for key, s in snaps.items():
+        for n, key in enumerate(keys, start=1):
+            if n % STEP_SERIES == 0:
+                yield
+            s = snaps.get(key) if not key[4] and not key[5] else self._snapshots(key, state)
+            if s is None:
+                continue
             try:
                 row = _row(key, s, shares)
             except Exception:  # a scrape must never take the daemon down; the log says why
