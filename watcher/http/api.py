@@ -102,10 +102,13 @@ class Api:
         pieces = await self.metrics_body()
         response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
         response.content_length = sum(map(len, pieces))
-        await response.prepare(request)
-        for piece in pieces:  # tens of MB at thousands of agents: copied to the socket piece by piece
-            await response.write(piece)
-        await response.write_eof()
+        try:
+            await response.prepare(request)
+            for piece in pieces:  # tens of MB at thousands of agents: to the socket piece by piece
+                await response.write(piece)
+            await response.write_eof()
+        except ConnectionResetError:  # the scraper gave up (its timeout) or went away: nothing to do
+            log.info("GET /metrics: the client closed the connection before the answer was written")
         return response
 
     # -- rollouts -------------------------------------------------------------------------------
