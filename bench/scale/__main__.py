@@ -226,7 +226,11 @@ async def _consume(
                 for i, (proc, port) in enumerate(daemons):
                     if proc.returncode is not None:
                         raise RuntimeError(f"{label}: daemon {i} exited {proc.returncode}")
-                    samples = _parse(await (await http.get(f"http://127.0.0.1:{port}/metrics")).text())
+                    try:  # progress only: a scrape slower than the session's timeout is skipped
+                        samples = _parse(await (await http.get(f"http://127.0.0.1:{port}/metrics")).text())
+                    except TimeoutError:
+                        print(f"{label}: /metrics of daemon {i} took over 60 s", file=sys.stderr)
+                        continue
                     consumed[i] = _sum(samples, "watcher_events_consumed_total")
                 await asyncio.sleep(5.0)  # a scrape of thousands of agents' series costs the daemon too
             await asyncio.sleep(1.0)  # the last checkpoint interval's probes
