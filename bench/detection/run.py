@@ -382,7 +382,7 @@ def _brief(r: dict[str, Any]) -> str:
 def results_path(args: argparse.Namespace) -> Path:
     """Where the results go without --out: the committed file only for a full run of every judge
     and scenario; a smoke run (--quick) or a subset goes to a temporary file."""
-    if args.quick or args.judges or args.scenarios or args.strategies:
+    if args.quick or args.judges or args.scenarios or args.strategies or args.kind != "all":
         return Path(tempfile.gettempdir()) / "watcher-detection-partial.json"
     return RESULTS_EVERYDAY if args.regime == "everyday" else RESULTS
 
@@ -421,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--strategies", help="everyday: comma-separated strategies (default: all)")
     p.add_argument(
+        "--kind",
+        choices=("all", "regression", "null"),
+        default="all",
+        help="only the regression or only the null scenarios (default %(default)s)",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -455,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         pool = list(CASES)
     cases = [c for c in pool if not args.scenarios or c.name in args.scenarios.split(",")]
+    cases = [c for c in cases if args.kind in ("all", c.kind)]
     judges: dict[str, JudgeFn] = {"watcher": watcher_judge()}
     for policy in args.policy:
         judges[f"watcher[{policy.stem}]"] = watcher_judge(policy)

@@ -12,14 +12,27 @@ from bench.detection.run import RESULTS, RESULTS_EVERYDAY, results_path, run_all
 
 
 def _args(**kw: object) -> argparse.Namespace:
-    base = {"quick": False, "judges": None, "scenarios": None, "strategies": None, "regime": "fast"}
+    base = {
+        "quick": False,
+        "judges": None,
+        "scenarios": None,
+        "strategies": None,
+        "regime": "fast",
+        "kind": "all",
+    }
     return argparse.Namespace(**{**base, **kw})
 
 
 def test_only_a_full_run_writes_the_committed_results() -> None:
     assert results_path(_args()) == RESULTS
     assert results_path(_args(regime="everyday")) == RESULTS_EVERYDAY  # each regime its own file
-    for partial in ({"quick": True}, {"judges": "watcher"}, {"scenarios": "a_a"}, {"strategies": "flag"}):
+    for partial in (
+        {"quick": True},
+        {"judges": "watcher"},
+        {"scenarios": "a_a"},
+        {"strategies": "flag"},
+        {"kind": "null"},
+    ):
         for regime in ("fast", "everyday"):
             assert results_path(_args(regime=regime, **partial)) not in (RESULTS, RESULTS_EVERYDAY), partial
 
