@@ -236,7 +236,11 @@ async def _consume(
                     if proc.returncode is not None:
                         raise RuntimeError(f"{label}: daemon {i} exited {proc.returncode}")
                     t0 = time.perf_counter()
-                    text = await (await http.get(f"http://127.0.0.1:{port}/metrics")).text()
+                    try:  # progress only: a scrape slower than the session's timeout is skipped
+                        text = await (await http.get(f"http://127.0.0.1:{port}/metrics")).text()
+                    except TimeoutError:
+                        print(f"{label}: /metrics of daemon {i} took over 600 s", file=sys.stderr)
+                        continue
                     latencies.setdefault("scrape", []).append(time.perf_counter() - t0)
                     samples = _parse(text)
                     consumed[i] = _sum(samples, "watcher_events_consumed_total")

@@ -23,9 +23,11 @@ from the start: it takes every turn without a given segment key.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from watcher.stats import SketchLayout
 
 _ONE_I64, _ONE_U32 = np.int64(1), np.uint32(1)
 
@@ -212,6 +214,32 @@ class SketchStore:
                     for bucket, n in cells.items():
                         counts[bucket] += n
         return counts
+
+    def quantiles(
+        self, slot: int, positions: np.ndarray | None, layout: SketchLayout, qs: Sequence[float]
+    ) -> list[float | None]:
+        """Quantiles of the slot's cumulative sketch (``positions`` None) or of the ring positions
+        selected: a sparse slot answers from its few cells, with the same answers."""
+        row = self._row[slot]
+        if row >= 0:
+            counts = (
+                self.csk[row] if positions is None else self.wsk[row, positions].sum(axis=0, dtype=np.int64)
+            )
+            return layout.quantiles(counts, qs)
+        sp = self._sparse.get(slot)
+        cells: dict[int, int] = {}
+        if sp is not None and positions is None:
+            cells = sp.cum
+        elif sp is not None and positions is not None:
+            parts = [c for pos, c in sp.ring.items() if positions[pos]]
+            if len(parts) == 1:
+                cells = parts[0]
+            else:
+                for part in parts:
+                    for bucket, n in part.items():
+                        cells[bucket] = cells.get(bucket, 0) + n
+        buckets = sorted(cells)
+        return layout.cell_quantiles(buckets, [cells[b] for b in buckets], qs)
 
     def cells(self, slot: int, pos: int | None) -> tuple[list[int], list[int]]:
         """Nonzero buckets and their counts (buckets ascending) of the cumulative sketch (``pos``
