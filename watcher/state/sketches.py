@@ -35,14 +35,12 @@ _ONE_I64, _ONE_U32 = np.int64(1), np.uint32(1)
 class _Sparse:
     """One quiet series' sketches: bucket -> count, cumulative and per ring position it used."""
 
-    __slots__ = ("cum", "ring")
+    __slots__ = ("cum", "ring", "n")
 
     def __init__(self) -> None:
         self.cum: dict[int, int] = {}
         self.ring: dict[int, dict[int, int]] = {}
-
-    def cells(self) -> int:
-        return len(self.cum) + sum(map(len, self.ring.values()))
+        self.n = 0  # cells held, cumulative and ring (kept as they come and go: checked every batch)
 
 
 class SketchStore:
@@ -135,23 +133,29 @@ class SketchStore:
             return
         self._add_dense(rows[dense], buckets[dense], pos)
         quiet = ~dense
+        # (slot, bucket) pairs with their counts, in slot order: one sparse-record lookup per slot
         pairs, counts = np.unique(slots[quiet] * self.nb + buckets[quiet], return_counts=True)
-        touched = set()
-        nb, sparse = self.nb, self._sparse
-        for pair, n in zip(pairs.tolist(), counts.tolist()):
-            slot, bucket = divmod(pair, nb)
-            sp = sparse.get(slot)
-            if sp is None:
-                sp = sparse[slot] = _Sparse()
-            if pos is None:
-                cells = sp.cum
+        owner = pairs // self.nb
+        full: list[int] = []
+        sparse, limit = self._sparse, self.max_cells
+        sp, cells, last = _Sparse(), {}, -1
+        for slot, bucket, n in zip(owner.tolist(), (pairs - owner * self.nb).tolist(), counts.tolist()):
+            if slot != last:
+                if sp.n > limit:
+                    full.append(last)
+                last = slot
+                sp = sparse.get(slot)  # type: ignore[assignment]
+                if sp is None:
+                    sp = sparse[slot] = _Sparse()
+                cells = sp.cum if pos is None else sp.ring.setdefault(pos, {})
+            had = cells.get(bucket)
+            if had is None:
+                cells[bucket] = n
+                sp.n += 1
             else:
-                cells = sp.ring.get(pos)  # type: ignore[assignment]
-                if cells is None:
-                    cells = sp.ring[pos] = {}
-            cells[bucket] = cells.get(bucket, 0) + n
-            touched.add(slot)
-        full = [s for s in touched if sparse[s].cells() > self.max_cells]
+                cells[bucket] = had + n
+        if sp.n > limit:
+            full.append(last)
         if full:
             self._promote(full)
 
@@ -170,7 +174,7 @@ class SketchStore:
             for slot in slots[~dense].tolist():
                 sp = self._sparse.get(slot)
                 if sp is not None:
-                    sp.ring.pop(pos, None)
+                    sp.n -= len(sp.ring.pop(pos, ()))
 
     def clear_cumulative(self, slots: Iterable[int]) -> None:
         for slot in slots:
@@ -178,7 +182,9 @@ class SketchStore:
             if row >= 0:
                 self.csk[row] = 0
             elif slot in self._sparse:
-                self._sparse[slot].cum.clear()
+                sp = self._sparse[slot]
+                sp.n -= len(sp.cum)
+                sp.cum.clear()
 
     def free(self, slots: Iterable[int]) -> None:
         """These slots no longer hold a series (their next series starts sparse and empty)."""
@@ -290,6 +296,7 @@ class SketchStore:
                 self.wsk[row] = ring[i]
             elif cells[i]:
                 sp = self._sparse[slot] = _Sparse()
+                sp.n = int(cells[i])
                 nz = np.flatnonzero(cum[i])
                 sp.cum = dict(zip(nz.tolist(), cum[i, nz].tolist()))
                 for pos in np.flatnonzero(ring[i].any(axis=1)).tolist():
