@@ -722,6 +722,11 @@ class MetricsState:
         """The (agent, environment)s with series."""
         return list(self._by_agent)
 
+    def series_of(self, agent_id: str, environment: str) -> list[SeriesKey]:
+        """One (agent, environment)'s series (in the order of ``keys``): per batch, instead of a pass
+        over every series of every agent."""
+        return list(self._by_agent.get((agent_id, environment), ()))
+
     def take_touched(self) -> set[tuple[str, str]]:
         """The (agent, environment)s whose series changed since the last call (and forget them)."""
         touched, self._touched = self._touched, set()
