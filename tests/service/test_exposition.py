@@ -170,6 +170,20 @@ def test_an_unchanged_state_is_not_redone_and_a_batch_redoes_only_its_agents() -
     assert len(odd) <= series.redone < len(engine.state.keys())
 
 
+def test_a_pass_abandoned_half_way_leaves_the_rest_for_the_next() -> None:
+    engine = _engine()
+    series = SeriesText(engine)
+    _text(series)
+    turns = [json.loads(x) for b in _lines() for x in b if b"turn/v1" in x and b'"odd-bot"' not in x]
+    engine.process([json.dumps({**t, "event_id": t["event_id"] + "-late"}).encode() for t in turns[-400:]])
+    assert len(engine.state.take_dirty()) > 2  # several agents to redo (taken: peeked, put back below)
+    engine.process([json.dumps({**t, "event_id": t["event_id"] + "-again"}).encode() for t in turns[-400:]])
+    steps = series.steps()
+    next(steps)  # one agent's first step, then the scrape is cancelled
+    steps.close()
+    assert _text(series) == _reference(engine)
+
+
 def test_versions_that_leave_and_resets_are_redone(engine: Engine) -> None:
     series = SeriesText(engine)
     _text(series)

@@ -200,6 +200,7 @@ class SeriesText:
         self._of_agent: dict[Agent, set[SeriesKey]] = {}
         self._present = [0] * len(SLOTS)  # per slot: the series with lines in it
         self._keys: list[SeriesKey] = []  # the state's series, in its order, at the last steps()
+        self._pending: set[Agent] = set()  # agents to redo (reported dirty, not redone yet)
         self.redone = 0  # series whose lines the last steps() computed
 
     def steps(self) -> Iterator[None]:
@@ -218,8 +219,12 @@ class SeriesText:
             dirty.add(key[:2])
         self._keys = keys
         self.redone = 0
-        for agent in dirty:
+        # an agent leaves the pending set once redone: a pass abandoned half-way (a cancelled scrape)
+        # leaves the rest for the next, since take_dirty() will not report them again
+        self._pending |= dirty
+        for agent in list(self._pending):
             yield from self._redo(agent, state)
+            self._pending.discard(agent)
             yield
 
     def _snapshots(self, key: SeriesKey, state: SeriesView) -> dict[Window, SeriesSnapshot] | None:
