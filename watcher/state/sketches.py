@@ -102,10 +102,6 @@ class SketchStore:
         return bool(self._row[slot] >= 0)
 
     @property
-    def dense_count(self) -> int:
-        return self._rcap - len(self._rfree)
-
-    @property
     def nbytes(self) -> int:
         """The dense rows (allocated, used or free) and an estimate of the sparse dicts."""
         sparse = sum(
