@@ -527,7 +527,8 @@ class Engine:
         """Everything the engine accumulated, as checkpoint parts ``{name: state}`` (``watcher.engine.parts``;
         ``watcher.storage.checkpoint`` stores them with the offsets they cover). The evidence is not
         stored: it is recomputed from the judges."""
-        return dict(item for item in parts.build(self, parts.names(self)) if item is not None)
+        built = (item for item in parts.build(self, parts.names(self)) if item is not None)
+        return {name: state() if callable(state) else state for name, state in built}
 
     def load_state(self, d: dict[str, Any]) -> None:
         """Replace the engine's state by a ``to_state()`` dict (or a checkpoint's v1 document); raises
