@@ -102,10 +102,6 @@ class SketchStore:
         return bool(self._row[slot] >= 0)
 
     @property
-    def dense_count(self) -> int:
-        return self._rcap - len(self._rfree)
-
-    @property
     def nbytes(self) -> int:
         """The dense rows (allocated, used or free) and an estimate of the sparse dicts."""
         sparse = sum(
@@ -266,22 +262,39 @@ class SketchStore:
         """The nonzero cells of the stacked sketches of ``slots`` as flat indices (ascending) and counts:
         cumulative ``(len(slots), nb)`` when ``positions`` is None, else the ring ``(len(slots), b,
         nb)`` with only the positions ``positions[i]`` (boolean, per slot) kept."""
-        idx: list[np.ndarray] = []
-        val: list[np.ndarray] = []
-        stride = self.nb if positions is None else self.b * self.nb
-        for i, slot in enumerate(slots):
-            for pos in range(1 if positions is None else self.b):
-                if positions is not None and not positions[i, pos]:
-                    continue
-                p = None if positions is None else pos
-                buckets, counts = self.cells(slot, p)
-                if buckets:
-                    base = i * stride + (0 if p is None else p * self.nb)
-                    idx.append(base + np.asarray(buckets, dtype=np.int64))
-                    val.append(np.asarray(counts, dtype=np.int64))
-        if not idx:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        return np.concatenate(idx), np.concatenate(val)
+        idx: list[int] = []
+        val: list[int] = []
+        dense: list[np.ndarray] = []  # flat indices of the dense slots' cells
+        dense_val: list[np.ndarray] = []
+        nb, stride = self.nb, self.nb if positions is None else self.b * self.nb
+        rows = self._row[slots].tolist()
+        for i, (slot, row) in enumerate(zip(slots, rows)):
+            if row >= 0:
+                block = self.csk[row] if positions is None else self.wsk[row] * positions[i][:, None]
+                nz = np.flatnonzero(block)
+                dense.append(i * stride + nz)
+                dense_val.append(block.reshape(-1)[nz].astype(np.int64))
+                continue
+            sp = self._sparse.get(slot)
+            if sp is None:
+                continue
+            if positions is None:
+                parts = [(0, sp.cum)]
+            else:
+                parts = sorted((p, c) for p, c in sp.ring.items() if positions[i, p])
+            for p, cells in parts:
+                base = i * stride + p * nb
+                for bucket in sorted(cells):
+                    idx.append(base + bucket)
+                    val.append(cells[bucket])
+        flat = np.asarray(idx, dtype=np.int64)
+        counts = np.asarray(val, dtype=np.int64)
+        if dense:
+            flat = np.concatenate([flat, *dense])
+            counts = np.concatenate([counts, *dense_val])
+            order = np.argsort(flat, kind="stable")
+            flat, counts = flat[order], counts[order]
+        return flat, counts
 
     # ---- loading (checkpoints) -----------------------------------------------------------------
     def load(self, slots: list[int], cum: np.ndarray, ring: np.ndarray) -> None:
