@@ -3,6 +3,8 @@ the conversations, and a state saved at any point of its growth and rotation con
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 
 from tests.support.judge_sim import T0, Scenario, generate
@@ -50,3 +52,20 @@ def test_state_saved_while_growing_and_rotating_continues_exactly() -> None:
             assert np.array_equal(restored.cum, final.cum)
             ts = batches[-1][0][-1].ts
             assert restored.evidence(ts) == final.evidence(ts)
+
+
+def test_a_quiet_rollouts_judge_holds_no_folded_tables() -> None:
+    """A thousand rollouts of quiet agents: the folded base table (slices x strata x arms x fields,
+    ~160 KB) is made at the first fold, not with the judge (a quiet judge in all: ~90 KB, was ~320 KB)."""
+    batches = list(generate(Scenario(hours=0.5, conv_per_min=2), 1))
+    Judge(REF, POLICY, T0)  # the policy's and the libraries' one-off allocations
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    quiet = Judge(REF, POLICY, T0)
+    for turns, arms, w in batches:
+        quiet.update(turns, arms, w)
+    held = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    assert held < 150_000
+    saved = roundtrip(quiet.to_state())  # the checkpoint writes an all-zero base table, as before
+    assert roundtrip(Judge.from_state(saved).to_state()) == saved

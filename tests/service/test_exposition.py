@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from prometheus_client.registry import Collector
 from watcher.config import load_settings
 from watcher.contract import SERIES_FAMILIES
 from watcher.engine import Engine
+from watcher.service import series_text
 from watcher.service.exposition import Exposition
 from watcher.service.series_text import QUANTILES, SeriesText, render_metrics
 from watcher.service.telemetry import StateCollector
@@ -135,7 +137,7 @@ def _reference(engine: Engine) -> bytes:
 def _text(series: SeriesText) -> bytes:
     for _ in series.steps():
         pass
-    return series.rendered().text
+    return b"".join(series.rendered().chunks())
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +170,20 @@ def test_an_unchanged_state_is_not_redone_and_a_batch_redoes_only_its_agents() -
     assert len(odd) <= series.redone < len(engine.state.keys())
 
 
+def test_a_pass_abandoned_half_way_leaves_the_rest_for_the_next() -> None:
+    engine = _engine()
+    series = SeriesText(engine)
+    _text(series)
+    turns = [json.loads(x) for b in _lines() for x in b if b"turn/v1" in x and b'"odd-bot"' not in x]
+    engine.process([json.dumps({**t, "event_id": t["event_id"] + "-late"}).encode() for t in turns[-400:]])
+    assert len(engine.state.take_dirty()) > 2  # several agents to redo (taken: peeked, put back below)
+    engine.process([json.dumps({**t, "event_id": t["event_id"] + "-again"}).encode() for t in turns[-400:]])
+    steps = series.steps()
+    next(steps)  # one agent's first step, then the scrape is cancelled
+    steps.close()
+    assert _text(series) == _reference(engine)
+
+
 def test_versions_that_leave_and_resets_are_redone(engine: Engine) -> None:
     series = SeriesText(engine)
     _text(series)
@@ -180,7 +196,11 @@ def test_versions_that_leave_and_resets_are_redone(engine: Engine) -> None:
     assert series.redone == sum(1 for k in engine.state.keys() if k[:2] == other)
 
 
-def test_a_scrape_hands_the_loop_back_between_agents_and_writes_off_the_loop(engine: Engine) -> None:
+def test_a_scrape_hands_the_loop_back_between_agents_and_writes_off_the_loop(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(series_text, "CHUNK_SERIES", 50)
+    monkeypatch.setattr(series_text, "STEP_SERIES", 4)
     registry = CollectorRegistry()
     state = StateCollector(engine)
     registry.register(state)
@@ -205,17 +225,21 @@ def test_a_scrape_hands_the_loop_back_between_agents_and_writes_off_the_loop(eng
                 await asyncio.sleep(0)
 
         task = asyncio.create_task(ticker())
-        body = await exposition.render()
+        pieces = await exposition.render()
         done.set()
         await task
-        return body, ticks
+        return pieces, ticks
 
-    body, ticks = asyncio.run(scrape())
-    agents = len({k[:2] for k in engine.state.keys()})
+    pieces, ticks = asyncio.run(scrape())
+    body = b"".join(pieces)
+    # written in pieces of 50 series (no step copies the whole text at once)
+    assert max(map(len, pieces)) < len(body) / 10
+    per_agent = Counter(k[:2] for k in engine.state.keys())
     rollouts = len(engine.registry.all())
-    assert rollouts > 3
-    # the loop ran between every two agents and every two rollouts
-    assert exposition.slices >= agents + rollouts and ticks >= exposition.slices
+    assert rollouts > 3 and max(per_agent.values()) > 8
+    # the loop ran between every two agents, every 4 series of a busy one, and every two rollouts
+    steps = sum(1 + n // 4 for n in per_agent.values())
+    assert exposition.slices >= steps + rollouts and ticks >= exposition.slices
     assert threads and threads[0] is not threading.main_thread()
     assert body == render_metrics(registry)  # the same answer as all at once
     assert _reference(engine) in body

@@ -136,3 +136,12 @@ def test_many_small_batches_promote_a_series_once_its_cells_outgrow_the_sparse_f
         st.update([T(ts=float(i), latency_ms=10.0 * 1.05**i)], ["baseline"])
         assert st.dense_series() == (1 if i >= 20 else 0)  # 2 cells per latency (cumulative + ring)
     assert st.sketch(overall()).count == 30
+
+
+def test_cells_of_ring_buckets_that_left_the_window_do_not_count_towards_promotion() -> None:
+    st = MetricsState(sparse_max_cells=40)  # 30 s ring buckets, 10 of them
+    for i in range(40):  # a new ring bucket and a new sketch bucket per batch: the ring holds <= 10 cells
+        st.update([T(ts=40.0 * i, latency_ms=10.0 * 1.05**i)], ["baseline"])
+        assert st.dense_series() == (1 if i >= 30 else 0)  # 31 cumulative + 10 ring cells > 40
+    assert st.sketch(overall()).count == 40
+    assert st.sketch(overall(), "recent").count == 7  # ts 1320..1560: buckets 43..52 of 30 s

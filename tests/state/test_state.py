@@ -429,3 +429,16 @@ def test_take_dirty_names_the_agents_whose_figures_may_have_changed() -> None:
     assert MetricsState.from_state(st.to_state()).take_dirty() == {("bot", "prod"), ("late", "prod")}
     parts = MetricsState.from_parts(st.meta_state(), [st.agent_state(a, e) for a, e in st.agents()])
     assert parts.take_dirty() == {("bot", "prod"), ("late", "prod")}
+
+
+def test_series_of_is_one_agents_series_in_the_order_of_keys() -> None:
+    st = MetricsState()
+    st.update(
+        [T(ts=1.0, segment={"intent": "a"}), T(ts=2.0, agent_id="other"), T(ts=3.0, version="v2")],
+        ["baseline", "baseline", "canary"],
+    )
+    mine = [k for k in st.keys() if k[:2] == ("bot", "prod")]
+    assert st.series_of("bot", "prod") == mine and len(mine) == 3
+    st.forget_version("bot", "prod", "v1")
+    assert st.series_of("bot", "prod") == [("bot", "prod", "v2", "canary", "", "")]
+    assert st.series_of("nobody", "prod") == []

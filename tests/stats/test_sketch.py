@@ -129,3 +129,16 @@ def test_other_accuracies_keep_their_bound(alpha: float) -> None:
     for q in QS:
         exact = float(np.quantile(x, q, method="lower"))
         assert abs(s.quantile(q) - exact) <= alpha * exact * (1 + 1e-9)  # type: ignore[operator]
+
+
+def test_quantiles_from_cells_are_the_dense_answers() -> None:
+    rng = np.random.default_rng(11)
+    qs = (0.0, 0.01, 0.5, 0.95, 0.99, 1.0)
+    for n in (0, 1, 2, 3, 7, 50, 500):
+        counts = np.zeros(DEFAULT_LAYOUT.n_buckets, dtype=np.int64)
+        np.add.at(counts, DEFAULT_LAYOUT.index(rng.lognormal(6, 1.5, n)), 1)
+        nz = np.flatnonzero(counts)
+        got = DEFAULT_LAYOUT.cell_quantiles(nz.tolist(), counts[nz].tolist(), qs)
+        assert got == DEFAULT_LAYOUT.quantiles(counts, qs)
+    with pytest.raises(ValueError):
+        DEFAULT_LAYOUT.cell_quantiles([3], [1], (1.5,))

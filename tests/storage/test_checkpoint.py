@@ -10,6 +10,7 @@ import json
 import math
 import pickle
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -405,3 +406,32 @@ async def test_daemon_without_checkpoints_commits_every_batch(tmp_path: Path) ->
     assert daemon.checkpoints is None and source.listener.resume_offset("t", 0) is None
     assert await asyncio.wait_for(daemon.run(asyncio.Event()), 60) == 0
     assert len(source.commits) == -(-len(lines) // 400) and store.saves == 0
+
+
+async def test_the_passes_over_every_version_are_built_in_the_writers_thread() -> None:
+    """drift, history and dedup are one pass each over every version or event id: built where the
+    checkpoint is written (a worker thread), not in one step of the event loop."""
+    engine = Engine(load_settings(environ={}))
+    lines = list(generate(dataclasses.replace(PRESETS["demo"], duration_s=300.0, conversations_per_s=3.0)))
+    engine.process(lines)
+    built: dict[str, str] = {}
+    for name, part in (("drift", engine.drift), ("history", engine.history), ("dedup", engine.dedup)):
+        method = "to_state" if name != "dedup" else "current_state"
+        original = getattr(part, method)
+
+        def spy(original: Callable[[], Any] = original, name: str = name) -> Any:
+            built[name] = threading.current_thread().name
+            return original()
+
+        setattr(part, method, spy)
+    store = MemoryCheckpointStore()
+    cp = Checkpointer(store, engine, owner="g")
+    cp.advance({("t", 0): len(lines)})
+    await cp.save_async()
+    loop_thread = threading.current_thread().name
+    assert set(built) == {"drift", "history", "dedup"} and loop_thread not in built.values()
+    restored = Engine(load_settings(environ={}))
+    assert Checkpointer(store, restored, owner="g").restore() is not None
+    assert restored.drift.to_state() == engine.drift.to_state()
+    assert restored.history.to_state() == engine.history.to_state()
+    assert set(restored.dedup.current_state()["ids"]) == set(engine.dedup.current_state()["ids"])

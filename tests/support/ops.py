@@ -111,6 +111,43 @@ def ended_rollout_markers(start_ts: float) -> list[bytes]:
     return [marker(0, "started", 0.0), marker(1, "promoted", 60.0)]
 
 
+def unjudged_rollout_events(start_ts: float, turns: int = 220) -> list[bytes]:
+    """solo-bot: a blue-green switch to v2 with no turn of v1 before it, so there is no reference to
+    compare with (it exposes watcher_rollout_unjudged_info{reason="no_reference"}; a canary without
+    control turns would be paused for its sample ratio instead)."""
+    started = {
+        "schema": "watcher.deployment/v1",
+        "event_id": "solo-start",
+        "ts": start_ts,
+        "agent_id": "solo-bot",
+        "environment": "prod",
+        "action": "started",
+        "strategy": "blue_green",
+        "baseline_version": "v1",
+        "canary_version": "v2",
+    }
+    events = [started] + [
+        {
+            "schema": "watcher.turn/v1",
+            "event_id": f"solo-{i}",
+            "ts": start_ts + 1 + i,
+            "agent_id": "solo-bot",
+            "environment": "prod",
+            "conversation_id": f"solo-c{i // 2}",
+            "turn": i % 2,
+            "version": "v2",
+            "arm": "live",
+            "latency_ms": 300.0,
+            "quality": 0.8,
+            "escalated": False,
+            "error": False,
+            "compliance_violation": False,
+        }
+        for i in range(turns)
+    ]
+    return [json.dumps(e).encode() for e in events]
+
+
 def dashboards() -> dict[str, dict[str, Any]]:
     return {p.name: json.loads(p.read_text(encoding="utf-8")) for p in DASHBOARDS}
 

@@ -135,7 +135,7 @@ async def _run(args: argparse.Namespace) -> int:
     stop_within(stop, settings.shutdown_grace_s)  # before any thread: they inherit its signal mask
     daemon = build_daemon(settings, config_source=source, reset_state=args.reset_state)
     install_reload_signal(daemon.reload)  # SIGHUP: policy and sinks again, without a restart
-    return await daemon.run(stop)
+    return await daemon.run(stop, freeze_heap=True)
 
 
 def _simulate(args: argparse.Namespace) -> Any:

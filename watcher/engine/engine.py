@@ -472,9 +472,9 @@ class Engine:
         conversations seen since its start stands in (the configured guess until there are any).
         The sample-ratio check then has nothing to test, which is right: nobody said what to expect."""
         counts = {"canary": 0, "baseline": 0}
-        for key in self.state.keys():
-            agent, env, version, arm, seg_key, _ = key
-            if seg_key or agent != rollout.agent_id or env != rollout.environment or arm not in counts:
+        for key in self.state.series_of(rollout.agent_id, rollout.environment):
+            _, _, version, arm, seg_key, _ = key
+            if seg_key or arm not in counts:
                 continue
             if version in (rollout.canary_version, rollout.baseline_version):
                 counts[arm] += self.state.snapshot(key, "cumulative").conversations
@@ -527,7 +527,8 @@ class Engine:
         """Everything the engine accumulated, as checkpoint parts ``{name: state}`` (``watcher.engine.parts``;
         ``watcher.storage.checkpoint`` stores them with the offsets they cover). The evidence is not
         stored: it is recomputed from the judges."""
-        return dict(item for item in parts.build(self, parts.names(self)) if item is not None)
+        built = (item for item in parts.build(self, parts.names(self)) if item is not None)
+        return {name: state() if callable(state) else state for name, state in built}
 
     def load_state(self, d: dict[str, Any]) -> None:
         """Replace the engine's state by a ``to_state()`` dict (or a checkpoint's v1 document); raises

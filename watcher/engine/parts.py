@@ -18,6 +18,7 @@ were, and deletes the parts that are gone (a retired judge, an agent without ser
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -39,12 +40,14 @@ from watcher.state import MetricsState, VersionHistory
 if TYPE_CHECKING:
     from watcher.engine.engine import Engine
 
-__all__ = ["ENGINE_PARTS_VERSION", "build", "changed", "names", "restore"]
+__all__ = ["ENGINE_PARTS_VERSION", "LATER", "build", "changed", "names", "restore"]
 
 log = logging.getLogger(__name__)
 
 ENGINE_PARTS_VERSION = 2  # v1: one document (every part nested in it), still restored
 _GLOBAL = ("engine", "metrics", "dedup", "history", "drift")
+# built where the checkpoint is written (``build``): read only by batches, which the lock holds off
+LATER = frozenset({"dedup", "dedup-previous", "history", "drift"})
 _SERIES, _JUDGE = "series/", "judge/"
 
 
@@ -74,8 +77,16 @@ def changed(engine: Engine) -> set[str]:
 
 def build(engine: Engine, wanted: set[str]) -> Iterator[tuple[str, Any] | None]:
     """``(name, state)`` of each wanted part (that exists), and ``None`` between them: a point where a
-    caller holding the batch lock may let the event loop run (nothing changes the state meanwhile)."""
+    caller holding the batch lock may let the event loop run (nothing changes the state meanwhile).
+
+    The parts of ``LATER`` are given as a function that builds them, for the caller to run where it
+    writes (the checkpointer: in its worker thread, the batch lock still held): each is one pass over
+    every version or event id, a single step of hundreds of milliseconds at thousands of agents."""
     for name in sorted(wanted):
+        if name in LATER:
+            yield name, functools.partial(_part, engine, name)
+            yield None
+            continue
         state = _part(engine, name)
         if state is not None:
             yield name, state

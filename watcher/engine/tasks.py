@@ -19,6 +19,7 @@ by looking through the tasks.
 
 from __future__ import annotations
 
+import contextlib
 from collections import ChainMap
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -204,7 +205,11 @@ class _States:
         return out
 
     def snapshot(self, key: SeriesKey, window: Window = "cumulative") -> SeriesSnapshot:
-        state = self._owner.get(key)
+        owner = self._tasks.owner_of_agent(key[0])  # where the agent's partition says, at once
+        if owner is not None:
+            with contextlib.suppress(KeyError):
+                return owner.state.snapshot(key, window)
+        state = self._owner.get(key)  # else a pass over every task's series, once per view
         if state is None:
             self.keys()
             state = self._owner[key]  # KeyError for an unknown series, as MetricsState raises

@@ -30,7 +30,7 @@ from watcher.storage import DecisionLog
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]
-MetricsBody = Callable[[], Awaitable[bytes]]  # the Prometheus text of GET /metrics
+MetricsBody = Callable[[], Awaitable[list[bytes]]]  # the Prometheus text of GET /metrics, in pieces
 MarkerHook = Callable[[Deployment], Awaitable[bool]]  # durable on return; True: in Kafka too
 DecisionHook = Callable[[list[Decision]], Awaitable[None]]
 
@@ -95,12 +95,21 @@ class Api:
         ready, why = self.readiness()
         return json_reply({"ready": ready, "reason": why}, status=200 if ready else 503)
 
-    async def _generate_latest(self) -> bytes:
-        return generate_latest(self.registry)
+    async def _generate_latest(self) -> list[bytes]:
+        return [generate_latest(self.registry)]
 
-    async def metrics(self, request: web.Request) -> web.Response:
-        body = await self.metrics_body()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        pieces = await self.metrics_body()
+        response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
+        response.content_length = sum(map(len, pieces))
+        try:
+            await response.prepare(request)
+            for piece in pieces:  # tens of MB at thousands of agents: to the socket piece by piece
+                await response.write(piece)
+            await response.write_eof()
+        except ConnectionResetError:  # the scraper gave up (its timeout) or went away: nothing to do
+            log.info("GET /metrics: the client closed the connection before the answer was written")
+        return response
 
     # -- rollouts -------------------------------------------------------------------------------
     async def rollouts(self, request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from watcher.contract import MEAN_METRICS
-from watcher.stats import array_from_state, array_to_state
+from watcher.stats import array_from_state, array_to_state, cells_to_state
 
 # what watcher.judges.canary imports; the underscore names are private to the judge
 __all__ = ["_STRATA", "_CellSums", "_Conversations", "_put_rows", "id_hashes"]
@@ -235,7 +235,9 @@ class _CellSums:
         self.cells = np.zeros((0, 1 + n_keys), np.int64)
         self.cum = np.zeros((0, n_fields))
         self.epochs: dict[int, np.ndarray] = {0: np.zeros((0, n_fields))}
-        self.base_cum = np.zeros(self.shape)
+        # None until the first fold: a judge of a quiet agent never folds, and this table is
+        # slices x 16 strata x 2 arms x fields (~160 KB) per judge
+        self.base_cum: np.ndarray | None = None
         self.base_epochs: dict[int, np.ndarray] = {}
         self._tables: dict[tuple[int, ...] | None, np.ndarray] = {}
 
@@ -315,7 +317,8 @@ class _CellSums:
             return out
         n, f = self.n, self.f
         if epochs is None:
-            sums, out = self.cum[:n], self.base_cum.copy()
+            sums = self.cum[:n]
+            out = np.zeros(self.shape) if self.base_cum is None else self.base_cum.copy()
         else:
             parts = [self.epochs[e][:n] for e in epochs]
             sums = sum(parts[1:], parts[0])
@@ -349,7 +352,11 @@ class _CellSums:
             "limit": self.limit,
             "cum": array_to_state(self.cum[:n]),
             "epochs": {str(e): array_to_state(a[:n]) for e, a in self.epochs.items()},
-            "base_cum": array_to_state(self.base_cum),
+            "base_cum": (
+                array_to_state(self.base_cum)
+                if self.base_cum is not None
+                else cells_to_state(self.shape, np.float64, np.zeros(0, np.int64), np.zeros(0))
+            ),
             "base_epochs": {str(e): array_to_state(a) for e, a in self.base_epochs.items()},
         }
 
@@ -360,7 +367,8 @@ class _CellSums:
         n = self.n
         self.cum[:n] = array_from_state(d["cum"])
         self.epochs = {int(e): _grow(array_from_state(a), len(self.cum)) for e, a in d["epochs"].items()}
-        self.base_cum = array_from_state(d["base_cum"])
+        base = array_from_state(d["base_cum"])
+        self.base_cum = base if base.any() else None
         self.base_epochs = {int(e): array_from_state(a) for e, a in d["base_epochs"].items()}
         self._tables.clear()
 

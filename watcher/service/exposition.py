@@ -8,8 +8,10 @@ verdicts and the deployer hooks waited behind it. Now a scrape:
 1. brings the per-series text up to date on the loop, one changed agent per step, handing the loop
    back whenever a slice has run ``slice_s`` (``SeriesText``: only the agents that changed are redone);
 2. reads the rollouts and verdicts from the engine on the loop, one rollout per step, sliced the same;
-3. writes the answer in a worker thread from what 1 and 2 took: the per-series text is joined there,
-   watcher's own metrics are formatted there and the SQLite-backed collectors read there.
+3. writes the answer in a worker thread from what 1 and 2 took: the per-series text is joined there
+   (in pieces of a thousand series: one join of tens of megabytes would hold the interpreter, and so
+   the loop, for its whole length), watcher's own metrics are formatted there and the SQLite-backed
+   collectors read there. The API writes the pieces to the socket one by one.
 
 Scrapes run one at a time (a second waits for the first). Each series' lines come from one look at
 the state, so an answer is consistent per series; a batch may land between two agents' steps.
@@ -23,7 +25,7 @@ import time
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
-from watcher.service.series_text import render_metrics
+from watcher.service.series_text import metrics_chunks
 from watcher.service.telemetry import StateCollector
 
 __all__ = ["Exposition"]
@@ -40,7 +42,8 @@ class Exposition:
         self.slices = 0  # times the last scrape handed the loop back
         self._began = 0.0  # when the current slice began
 
-    async def render(self) -> bytes:
+    async def render(self) -> list[bytes]:
+        """The text, in pieces of at most a few hundred KB (the API writes them one by one)."""
         async with self._lock:
             self.slices = 0
             self._began = time.perf_counter()
@@ -54,7 +57,7 @@ class Exposition:
                     families = step
             self._state.hold(families)
             try:
-                return await asyncio.to_thread(render_metrics, self._registry)
+                return await asyncio.to_thread(metrics_chunks, self._registry)
             finally:
                 self._state.hold(None)
 

@@ -30,10 +30,10 @@ from prometheus_client.utils import floatToGoString
 from watcher.contract import SERIES_FAMILIES, Family, MetricDef
 
 if TYPE_CHECKING:
-    from watcher.engine import EngineView
+    from watcher.engine import EngineView, SeriesView
     from watcher.state import SeriesKey, SeriesSnapshot
 
-__all__ = ["Rendered", "SeriesText", "render_metrics"]
+__all__ = ["Rendered", "SeriesText", "metrics_chunks", "render_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +43,23 @@ Window = Literal["cumulative", "recent"]
 WINDOWS: tuple[Window, ...] = ("cumulative", "recent")
 QUANTILES = (("0.5", "latency_p50_ms"), ("0.95", "latency_p95_ms"), ("0.99", "latency_p99_ms"))
 
+STEP_SERIES = 32  # series of one agent per step of ``steps()``
+CHUNK_SERIES = 1000  # series per piece of text (a few hundred KB): see ``metrics_chunks``
 Agent = tuple[str, str]
 Row = tuple[bytes, ...]  # one series' lines per family slot (b"" where it has none)
 
 
 class Rendered(Metric):
-    """Families already in the text format, which ``render_metrics`` copies into the answer. It has no
-    samples: prometheus-client's ``generate_latest`` (and ``get_sample_value``) do not see them."""
+    """Families already in the text format, which ``metrics_chunks`` copies into the answer. It has
+    no samples: prometheus-client's ``generate_latest`` (and ``get_sample_value``) do not see them."""
 
-    def __init__(self, build: Callable[[], bytes]) -> None:
+    def __init__(self, build: Callable[[], list[bytes]]) -> None:
         super().__init__("watcher_series", "pre-rendered per-series families", "unknown")
         self._build = build
 
-    @property
-    def text(self) -> bytes:
-        """Built where it is read (``Exposition`` reads it in a worker thread, holding its lock)."""
+    def chunks(self) -> list[bytes]:
+        """The text, in pieces; built where it is read (``Exposition``: in a worker thread, holding
+        its lock)."""
         return self._build()
 
 
@@ -69,12 +71,29 @@ class _One(Collector):
         return [self._metric]
 
 
+def metrics_chunks(registry: Collector) -> list[bytes]:
+    """The Prometheus text of ``registry``, in pieces: prometheus-client's ``generate_latest`` for
+    each family, the pieces of a ``Rendered`` one as they are. Pieces, not one string: joining tens
+    of megabytes is one step that holds the interpreter (and so the event loop) throughout."""
+    out: list[bytes] = []
+    for m in registry.collect():
+        if isinstance(m, Rendered):
+            out.extend(m.chunks())
+        else:
+            out.append(generate_latest(_One(m)))
+    return out
+
+
 def render_metrics(registry: Collector) -> bytes:
-    """The Prometheus text of ``registry``: prometheus-client's ``generate_latest`` for each family,
-    the text of a ``Rendered`` one as it is."""
-    return b"".join(
-        m.text if isinstance(m, Rendered) else generate_latest(_One(m)) for m in registry.collect()
-    )
+    """The Prometheus text of ``registry`` in one piece (tests, tools)."""
+    return b"".join(metrics_chunks(registry))
+
+
+def _go(value: float) -> str:
+    """``floatToGoString``, a third of the formatting's time: below a million (and not NaN or
+    infinite) its answer is Python's ``repr`` of the float."""
+    d = float(value)
+    return repr(d) if -1e6 < d < 1e6 else floatToGoString(d)
 
 
 def _escape(value: str) -> str:
@@ -90,10 +109,9 @@ class _Slot:
     metric: MetricDef | None
     segmented: bool
     header: bytes  # the HELP and TYPE lines, as generate_latest writes them
-    sample: str  # the samples' name (a counter's ends in _total)
-    # label names in the order a line writes them (sorted), each with its position among the line's
-    # values: the series' labels, then the window (gauges), then the family's own (a quantile)
-    labels: tuple[tuple[str, int], ...]
+    # a line up to its value, as a ``str.format`` template over the line's label values: the series'
+    # labels, then the window (gauges), then the family's own (a quantile); pairs sorted by name
+    template: str
 
     @classmethod
     def make(cls, f: Family, m: MetricDef | None, segmented: bool) -> _Slot:
@@ -104,12 +122,11 @@ class _Slot:
         probe = kind(prefix + f.name, f.doc, labels=names)
         header = generate_latest(_One(probe))
         probe.add_metric(["x"] * len(names), 0.0)
-        order = sorted(range(len(names)), key=names.__getitem__)
-        return cls(f, m, segmented, header, probe.samples[0].name, tuple((names[i], i) for i in order))
+        pairs = ",".join(f'{names[i]}="{{{i}}}"' for i in sorted(range(len(names)), key=names.__getitem__))
+        return cls(f, m, segmented, header, f"{probe.samples[0].name}{{{{{pairs}}}}} ")
 
     def line(self, values: list[str], value: float) -> str:
-        pairs = ",".join([f'{name}="{values[i]}"' for name, i in self.labels])
-        return f"{self.sample}{{{pairs}}} {floatToGoString(value)}\n"
+        return self.template.format(*values) + _go(value) + "\n"
 
 
 SLOTS: tuple[_Slot, ...] = tuple(
@@ -183,13 +200,14 @@ class SeriesText:
         self._of_agent: dict[Agent, set[SeriesKey]] = {}
         self._present = [0] * len(SLOTS)  # per slot: the series with lines in it
         self._keys: list[SeriesKey] = []  # the state's series, in its order, at the last steps()
+        self._pending: set[Agent] = set()  # agents to redo (reported dirty, not redone yet)
         self.redone = 0  # series whose lines the last steps() computed
 
     def steps(self) -> Iterator[None]:
         """Bring the lines up to date: the series of every agent the state reports changed, and of
-        every agent with series that appeared or left. Yields after each agent."""
-        state = self._engine.state
-        keys = state.keys()
+        every agent with series that appeared or left. Yields after each agent (and within a busy one)."""
+        state = self._engine.state  # one view for the whole pass (a partition scope's caches where
+        keys = state.keys()  # each series is)
         dirty = state.take_dirty()
         live = set(keys)
         known = self._rows.keys()
@@ -201,9 +219,20 @@ class SeriesText:
             dirty.add(key[:2])
         self._keys = keys
         self.redone = 0
-        for agent in dirty:
-            self._redo(agent)
+        # an agent leaves the pending set once redone: a pass abandoned half-way (a cancelled scrape)
+        # leaves the rest for the next, since take_dirty() will not report them again
+        self._pending |= dirty
+        for agent in list(self._pending):
+            yield from self._redo(agent, state)
+            self._pending.discard(agent)
             yield
+
+    def _snapshots(self, key: SeriesKey, state: SeriesView) -> dict[Window, SeriesSnapshot] | None:
+        try:
+            return {w: state.snapshot(key, w) for w in WINDOWS}
+        except KeyError:  # the series left since steps() began
+            self._drop(key)
+            return None
 
     def _drop(self, key: SeriesKey) -> None:
         row = self._rows.pop(key, None)
@@ -220,25 +249,24 @@ class SeriesText:
             if text:
                 self._present[i] += sign
 
-    def _redo(self, agent: Agent) -> None:
-        """An agent's series, from one look at the state (its shares need all of its versions)."""
-        state = self._engine.state
-        keys = list(self._of_agent.get(agent, ()))
-        try:
-            snaps = {key: {w: state.snapshot(key, w) for w in WINDOWS} for key in keys}
-        except KeyError:  # a series left since steps() began: the next scrape sees it gone
-            snaps = {}
-            for key in keys:
-                try:
-                    snaps[key] = {w: state.snapshot(key, w) for w in WINDOWS}
-                except KeyError:
-                    self._drop(key)
+    def _redo(self, agent: Agent, state: SeriesView) -> Iterator[None]:
+        """An agent's series; yields every ``STEP_SERIES`` of them (a busy agent has hundreds of
+        segment series). Its overall series first, all from one look: their shares of the agent's
+        turns need every version at once. Each series' lines come from one look at it."""
+        keys = sorted(self._of_agent.get(agent, ()), key=lambda k: bool(k[4] or k[5]))
+        overall = [k for k in keys if not k[4] and not k[5]]
+        snaps = {k: s for k in overall if (s := self._snapshots(k, state)) is not None}
         shares: dict[Window, dict[tuple[str, str], float]] = {}
         for window in WINDOWS:
-            turns = {(k[2], k[3]): s[window].turns for k, s in snaps.items() if not k[4] and not k[5]}
+            turns = {(k[2], k[3]): s[window].turns for k, s in snaps.items()}
             total = sum(turns.values())
             shares[window] = {va: t / total for va, t in turns.items()} if total else {}
-        for key, s in snaps.items():
+        for n, key in enumerate(keys, start=1):
+            if n % STEP_SERIES == 0:
+                yield
+            s = snaps.get(key) if not key[4] and not key[5] else self._snapshots(key, state)
+            if s is None:
+                continue
             try:
                 row = _row(key, s, shares)
             except Exception:  # a scrape must never take the daemon down; the log says why
@@ -256,14 +284,16 @@ class SeriesText:
         into text when read, which may be in a worker thread while the loop changes the state (the
         text reads only this object's rows, which only ``steps()`` changes: read it before the next)."""
 
-        def build() -> bytes:
+        def build() -> list[bytes]:
             keys = self._keys
             rows = [r for r in map(self._rows.get, keys) if r is not None]
             parts = [_sizes(keys)]
             for i in _first_appearance(rows, sum(1 for n in self._present if n)):
                 parts.append(SLOTS[i].header)
-                parts.append(b"".join(map(itemgetter(i), rows)))
-            return b"".join(parts)
+                lines = itemgetter(i)
+                for at in range(0, len(rows), CHUNK_SERIES):
+                    parts.append(b"".join(map(lines, rows[at : at + CHUNK_SERIES])))
+            return parts
 
         return Rendered(build)
 

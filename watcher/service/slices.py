@@ -3,11 +3,12 @@
 ``Engine.process`` is synchronous: a Kafka batch (up to ``kafka.max_batch_records``, 2,000) held the
 event loop for all of its work, and at a thousand agents that work is ~100 µs per event: hundreds of
 milliseconds during which ``/healthz``, the verdicts and the deployer hooks waited. ``Slices`` runs
-the batch in pieces of about ``slice_s`` of work each, sized from the time the last pieces took per
-message, and lets the loop run between two pieces. The caller holds the batch lock throughout, so no
-checkpoint, rebalance or reload sees a batch half applied; readers may, as they may see the state
-between two Kafka batches: the engine's results do not depend on where a batch is cut (markers take
-effect at their event time, looks follow the event-time grid).
+the batch in pieces of about ``slice_s`` of work each (10 ms: with 20 ms, 11 % of the loop-lag
+timer's samples were over 50 ms at a thousand agents, with 10 ms 2.4 %, one run each), sized
+from the time the last pieces took per message, and lets the loop run between two pieces. The caller
+holds the batch lock throughout, so no checkpoint, rebalance or reload sees a batch half applied;
+readers may, as they may see the state between two Kafka batches: the engine's results do not depend
+on where a batch is cut (markers take effect at their event time, looks follow the event-time grid).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ __all__ = ["Slices"]
 
 
 class Slices:
-    def __init__(self, slice_s: float = 0.02, *, smallest: int = 64, first_guess_s: float = 20e-6) -> None:
+    def __init__(self, slice_s: float = 0.01, *, smallest: int = 64, first_guess_s: float = 20e-6) -> None:
         self.slice_s = slice_s
         self.smallest = smallest  # messages: below this the per-call overhead would dominate
         self.per_message_s = first_guess_s  # the latest pieces' wall time per message (a moving average)

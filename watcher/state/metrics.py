@@ -71,6 +71,7 @@ EVENT_COL = {m.name: LN + 1 + i for i, m in enumerate(RATE_METRICS)}
 NSTAT = LN + 1 + len(RATE_METRICS)
 _NO_BUCKET = -(2**62)  # ring position never used
 _U32_MAX = float(np.iinfo(np.uint32).max)
+_QUANTILES = (0.5, 0.95, 0.99)  # of a snapshot
 _VALUE_CACHE_LIMIT = 4096  # distinct raw values of one segment key kept in the lookup cache
 _TRASH = 0  # slot 0 is never a series: fan-out entries for "no series" land there and are never read
 
@@ -96,9 +97,7 @@ class SeriesSnapshot:
     last_ts: float | None
 
 
-def _snapshot(
-    stats: np.ndarray, first: float, last: float, counts: np.ndarray, layout: SketchLayout
-) -> SeriesSnapshot:
+def _snapshot(stats: np.ndarray, first: float, last: float, quantiles: list[float | None]) -> SeriesSnapshot:
     turns, qn = int(stats[TURNS]), int(stats[QN])
     mean = float(stats[QSUM] / qn) if qn else None
     std = None
@@ -106,7 +105,7 @@ def _snapshot(
         # Quality is in [0, 1], so the sum-of-squares form loses nothing that matters here.
         var = (float(stats[QSQ]) - float(stats[QSUM]) ** 2 / qn) / (qn - 1)
         std = math.sqrt(max(var, 0.0))
-    p50, p95, p99 = layout.quantiles(counts, (0.5, 0.95, 0.99))
+    p50, p95, p99 = quantiles
 
     return SeriesSnapshot(
         turns=turns,
@@ -519,17 +518,16 @@ class MetricsState:
         lo = math.floor(self.watermark / self._width) - self.window_buckets + 1
         return self._wid[slot] >= lo
 
-    def _parts(self, key: SeriesKey, window: Window) -> tuple[np.ndarray, float, float, np.ndarray]:
+    def _parts(
+        self, key: SeriesKey, window: Window
+    ) -> tuple[np.ndarray, float, float, int, np.ndarray | None]:
+        """One series' statistics, first and last event time over ``window``, its slot, and the ring
+        positions in the window (None: the cumulative part)."""
         slot = self._index.get(key)
         if slot is None:
             raise KeyError(key)
         if window == "cumulative":
-            return (
-                self._cstats[slot],
-                float(self._cfirst[slot]),
-                float(self._clast[slot]),
-                self._sk.cumulative(slot),
-            )
+            return self._cstats[slot], float(self._cfirst[slot]), float(self._clast[slot]), slot, None
         if window != "recent":
             raise ValueError(f"window must be 'cumulative' or 'recent', got {window!r}")
         p = self._window_positions(slot)
@@ -537,17 +535,20 @@ class MetricsState:
             self._wstats[slot, p].sum(axis=0),
             float(self._wfirst[slot, p].min(initial=np.inf)),
             float(self._wlast[slot, p].max(initial=-np.inf)),
-            self._sk.window(slot, p),
+            slot,
+            p,
         )
 
     def snapshot(self, key: SeriesKey, window: Window = "cumulative") -> SeriesSnapshot:
         """Statistics of one series; ``KeyError`` for an unknown key."""
-        stats, first, last, counts = self._parts(key, window)
-        return _snapshot(stats, first, last, counts, self.layout)
+        stats, first, last, slot, positions = self._parts(key, window)
+        return _snapshot(stats, first, last, self._sk.quantiles(slot, positions, self.layout, _QUANTILES))
 
     def sketch(self, key: SeriesKey, window: Window = "cumulative") -> QuantileSketch:
         """A copy of one series' latency sketch (for tests that need more than three quantiles)."""
-        return QuantileSketch.from_counts(self._parts(key, window)[3], self.layout)
+        _, _, _, slot, positions = self._parts(key, window)
+        counts = self._sk.cumulative(slot) if positions is None else self._sk.window(slot, positions)
+        return QuantileSketch.from_counts(counts, self.layout)
 
     def traffic_share(
         self, agent_id: str, environment: str, window: Window = "cumulative"
@@ -720,6 +721,11 @@ class MetricsState:
     def agents(self) -> list[tuple[str, str]]:
         """The (agent, environment)s with series."""
         return list(self._by_agent)
+
+    def series_of(self, agent_id: str, environment: str) -> list[SeriesKey]:
+        """One (agent, environment)'s series (in the order of ``keys``): per batch, instead of a pass
+        over every series of every agent."""
+        return list(self._by_agent.get((agent_id, environment), ()))
 
     def take_touched(self) -> set[tuple[str, str]]:
         """The (agent, environment)s whose series changed since the last call (and forget them)."""

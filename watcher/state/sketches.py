@@ -23,9 +23,11 @@ from the start: it takes every turn without a given segment key.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from watcher.stats import SketchLayout
 
 _ONE_I64, _ONE_U32 = np.int64(1), np.uint32(1)
 
@@ -33,14 +35,12 @@ _ONE_I64, _ONE_U32 = np.int64(1), np.uint32(1)
 class _Sparse:
     """One quiet series' sketches: bucket -> count, cumulative and per ring position it used."""
 
-    __slots__ = ("cum", "ring")
+    __slots__ = ("cum", "ring", "n")
 
     def __init__(self) -> None:
         self.cum: dict[int, int] = {}
         self.ring: dict[int, dict[int, int]] = {}
-
-    def cells(self) -> int:
-        return len(self.cum) + sum(map(len, self.ring.values()))
+        self.n = 0  # cells held, cumulative and ring (kept as they come and go: checked every batch)
 
 
 class SketchStore:
@@ -102,10 +102,6 @@ class SketchStore:
         return bool(self._row[slot] >= 0)
 
     @property
-    def dense_count(self) -> int:
-        return self._rcap - len(self._rfree)
-
-    @property
     def nbytes(self) -> int:
         """The dense rows (allocated, used or free) and an estimate of the sparse dicts."""
         sparse = sum(
@@ -133,23 +129,29 @@ class SketchStore:
             return
         self._add_dense(rows[dense], buckets[dense], pos)
         quiet = ~dense
+        # (slot, bucket) pairs with their counts, in slot order: one sparse-record lookup per slot
         pairs, counts = np.unique(slots[quiet] * self.nb + buckets[quiet], return_counts=True)
-        touched = set()
-        nb, sparse = self.nb, self._sparse
-        for pair, n in zip(pairs.tolist(), counts.tolist()):
-            slot, bucket = divmod(pair, nb)
-            sp = sparse.get(slot)
-            if sp is None:
-                sp = sparse[slot] = _Sparse()
-            if pos is None:
-                cells = sp.cum
+        owner = pairs // self.nb
+        full: list[int] = []
+        sparse, limit = self._sparse, self.max_cells
+        sp, cells, last = _Sparse(), {}, -1
+        for slot, bucket, n in zip(owner.tolist(), (pairs - owner * self.nb).tolist(), counts.tolist()):
+            if slot != last:
+                if sp.n > limit:
+                    full.append(last)
+                last = slot
+                sp = sparse.get(slot)  # type: ignore[assignment]
+                if sp is None:
+                    sp = sparse[slot] = _Sparse()
+                cells = sp.cum if pos is None else sp.ring.setdefault(pos, {})
+            had = cells.get(bucket)
+            if had is None:
+                cells[bucket] = n
+                sp.n += 1
             else:
-                cells = sp.ring.get(pos)  # type: ignore[assignment]
-                if cells is None:
-                    cells = sp.ring[pos] = {}
-            cells[bucket] = cells.get(bucket, 0) + n
-            touched.add(slot)
-        full = [s for s in touched if sparse[s].cells() > self.max_cells]
+                cells[bucket] = had + n
+        if sp.n > limit:
+            full.append(last)
         if full:
             self._promote(full)
 
@@ -168,7 +170,7 @@ class SketchStore:
             for slot in slots[~dense].tolist():
                 sp = self._sparse.get(slot)
                 if sp is not None:
-                    sp.ring.pop(pos, None)
+                    sp.n -= len(sp.ring.pop(pos, ()))
 
     def clear_cumulative(self, slots: Iterable[int]) -> None:
         for slot in slots:
@@ -176,7 +178,9 @@ class SketchStore:
             if row >= 0:
                 self.csk[row] = 0
             elif slot in self._sparse:
-                self._sparse[slot].cum.clear()
+                sp = self._sparse[slot]
+                sp.n -= len(sp.cum)
+                sp.cum.clear()
 
     def free(self, slots: Iterable[int]) -> None:
         """These slots no longer hold a series (their next series starts sparse and empty)."""
@@ -213,6 +217,32 @@ class SketchStore:
                         counts[bucket] += n
         return counts
 
+    def quantiles(
+        self, slot: int, positions: np.ndarray | None, layout: SketchLayout, qs: Sequence[float]
+    ) -> list[float | None]:
+        """Quantiles of the slot's cumulative sketch (``positions`` None) or of the ring positions
+        selected: a sparse slot answers from its few cells, with the same answers."""
+        row = self._row[slot]
+        if row >= 0:
+            counts = (
+                self.csk[row] if positions is None else self.wsk[row, positions].sum(axis=0, dtype=np.int64)
+            )
+            return layout.quantiles(counts, qs)
+        sp = self._sparse.get(slot)
+        cells: dict[int, int] = {}
+        if sp is not None and positions is None:
+            cells = sp.cum
+        elif sp is not None and positions is not None:
+            parts = [c for pos, c in sp.ring.items() if positions[pos]]
+            if len(parts) == 1:
+                cells = parts[0]
+            else:
+                for part in parts:
+                    for bucket, n in part.items():
+                        cells[bucket] = cells.get(bucket, 0) + n
+        buckets = sorted(cells)
+        return layout.cell_quantiles(buckets, [cells[b] for b in buckets], qs)
+
     def cells(self, slot: int, pos: int | None) -> tuple[list[int], list[int]]:
         """Nonzero buckets and their counts (buckets ascending) of the cumulative sketch (``pos``
         None) or of one ring position."""
@@ -232,22 +262,39 @@ class SketchStore:
         """The nonzero cells of the stacked sketches of ``slots`` as flat indices (ascending) and counts:
         cumulative ``(len(slots), nb)`` when ``positions`` is None, else the ring ``(len(slots), b,
         nb)`` with only the positions ``positions[i]`` (boolean, per slot) kept."""
-        idx: list[np.ndarray] = []
-        val: list[np.ndarray] = []
-        stride = self.nb if positions is None else self.b * self.nb
-        for i, slot in enumerate(slots):
-            for pos in range(1 if positions is None else self.b):
-                if positions is not None and not positions[i, pos]:
-                    continue
-                p = None if positions is None else pos
-                buckets, counts = self.cells(slot, p)
-                if buckets:
-                    base = i * stride + (0 if p is None else p * self.nb)
-                    idx.append(base + np.asarray(buckets, dtype=np.int64))
-                    val.append(np.asarray(counts, dtype=np.int64))
-        if not idx:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        return np.concatenate(idx), np.concatenate(val)
+        idx: list[int] = []
+        val: list[int] = []
+        dense: list[np.ndarray] = []  # flat indices of the dense slots' cells
+        dense_val: list[np.ndarray] = []
+        nb, stride = self.nb, self.nb if positions is None else self.b * self.nb
+        rows = self._row[slots].tolist()
+        for i, (slot, row) in enumerate(zip(slots, rows)):
+            if row >= 0:
+                block = self.csk[row] if positions is None else self.wsk[row] * positions[i][:, None]
+                nz = np.flatnonzero(block)
+                dense.append(i * stride + nz)
+                dense_val.append(block.reshape(-1)[nz].astype(np.int64))
+                continue
+            sp = self._sparse.get(slot)
+            if sp is None:
+                continue
+            if positions is None:
+                parts = [(0, sp.cum)]
+            else:
+                parts = sorted((p, c) for p, c in sp.ring.items() if positions[i, p])
+            for p, cells in parts:
+                base = i * stride + p * nb
+                for bucket in sorted(cells):
+                    idx.append(base + bucket)
+                    val.append(cells[bucket])
+        flat = np.asarray(idx, dtype=np.int64)
+        counts = np.asarray(val, dtype=np.int64)
+        if dense:
+            flat = np.concatenate([flat, *dense])
+            counts = np.concatenate([counts, *dense_val])
+            order = np.argsort(flat, kind="stable")
+            flat, counts = flat[order], counts[order]
+        return flat, counts
 
     # ---- loading (checkpoints) -----------------------------------------------------------------
     def load(self, slots: list[int], cum: np.ndarray, ring: np.ndarray) -> None:
@@ -262,6 +309,7 @@ class SketchStore:
                 self.wsk[row] = ring[i]
             elif cells[i]:
                 sp = self._sparse[slot] = _Sparse()
+                sp.n = int(cells[i])
                 nz = np.flatnonzero(cum[i])
                 sp.cum = dict(zip(nz.tolist(), cum[i, nz].tolist()))
                 for pos in np.flatnonzero(ring[i].any(axis=1)).tolist():

@@ -25,8 +25,10 @@ With the defaults (α = 0.01, 0.01 ms … 3 600 000 ms) a sketch has 987 buckets
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -96,16 +98,28 @@ class SketchLayout:
         the order statistic ``x[floor(q * (n - 1))]``.
         """
         cum = np.cumsum(counts)
-        total = int(cum[-1]) if len(cum) else 0
+        return self._ranked(
+            cum, int(cum[-1]) if len(cum) else 0, qs, lambda rank: np.searchsorted(cum, rank, "right")
+        )
+
+    def cell_quantiles(
+        self, buckets: Sequence[int], counts: Sequence[int], qs: Sequence[float]
+    ) -> list[float | None]:
+        """``quantiles`` of the counts whose nonzero buckets (ascending) and counts are given, without
+        the dense array: the same answers (the first bucket whose running count passes the rank)."""
+        cum = list(accumulate(counts))
+        return self._ranked(cum, cum[-1] if cum else 0, qs, lambda rank: buckets[bisect_right(cum, rank)])
+
+    def _ranked(
+        self, cum: Any, total: int, qs: Sequence[float], bucket_of: Callable[[int], Any]
+    ) -> list[float | None]:
         if total == 0:
             return [None for _ in qs]
         out: list[float | None] = []
         for q in qs:
             if not 0.0 <= q <= 1.0:
                 raise ValueError(f"quantile must be in [0, 1], got {q}")
-            rank = math.floor(q * (total - 1))
-            slot = int(np.searchsorted(cum, rank, side="right"))
-            out.append(self.value_of(slot))
+            out.append(self.value_of(int(bucket_of(math.floor(q * (total - 1))))))
         return out
 
     def to_state(self) -> dict[str, float]:

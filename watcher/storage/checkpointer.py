@@ -9,7 +9,10 @@ A save has two phases (issue #13: a checkpoint of 2,000 agents blocked the event
    them whenever a slice of ``SLICE_S`` has passed, so ``/healthz``, the API and the deployer hooks
    keep answering while a large state is copied.
 2. ``write``: encoding (MessagePack) and the store's write run in a worker thread; only the parts in
-   the snapshot are encoded and written, the store keeps the others.
+   the snapshot are encoded and written, the store keeps the others. A part the snapshot holds as a
+   function (the engine's passes over every version or event id: drift, history, dedup) is built
+   there too, the batch lock still held: each was one step of the loop of hundreds of milliseconds
+   at thousands of agents.
 
 A target that only has ``to_state``/``load_state`` is written whole every time (one part per key).
 A write that fails puts its parts back among the changed ones, so the next save writes them again.
@@ -53,7 +56,7 @@ class Incremental(Stateful, Protocol):
 
     def take_changed(self) -> set[str]: ...
 
-    def build_parts(self, wanted: set[str]) -> Iterator[tuple[str, Any] | None]: ...
+    def build_parts(self, wanted: set[str]) -> Iterator[tuple[str, Any] | None]: ...  # see Snapshot
 
 
 @dataclass(slots=True)
@@ -67,7 +70,9 @@ class SaveStats:
 
 @dataclass(slots=True)
 class Snapshot:
-    """The state at ``offsets``: the changed parts' states, the names of the unchanged ones."""
+    """The state at ``offsets``: the changed parts' states, the names of the unchanged ones. A part
+    may be a function that builds its state: ``write`` calls it, in its own thread, and the caller
+    holds the batch lock until ``write`` returns, so the state is still the one at ``offsets``."""
 
     parts: dict[str, Any]
     kept: frozenset[str]
@@ -190,7 +195,8 @@ class Checkpointer:
         After a failure (``CheckpointError``) the next save writes every part: the store may hold
         none of this one's, or miss some it should have kept."""
         started = time.perf_counter()
-        cp = Checkpoint(snap.parts, snap.offsets, self._clock.now(), self.owner, snap.kept)
+        parts = {name: state() if callable(state) else state for name, state in snap.parts.items()}
+        cp = Checkpoint(parts, snap.offsets, self._clock.now(), self.owner, snap.kept)
         try:
             size = self.store.save(cp, self.scope)
         except CheckpointError:
