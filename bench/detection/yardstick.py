@@ -80,7 +80,7 @@ def _unix(ts: datetime | float) -> float:
 def load_turns(path: Path) -> Turns | None:
     """The treatment and control turns of the stream's first rollout (None: not a canary or flag).
 
-    The lines are decoded as one JSON array (one msgspec call, ~4x faster than a call per line)."""
+    The lines are decoded as one JSON array (one msgspec call, about half the time of a call per line)."""
     lines = [line for line in path.read_bytes().splitlines() if line.strip()]
     rows = msgspec.json.decode(b"[" + b",".join(lines) + b"]", type=list[_Row])
     markers = [r for r in rows if r.schema == "watcher.deployment/v1"]
