@@ -95,16 +95,20 @@ def setting_judge(setting: cal.Setting) -> JudgeFn:
     return judge
 
 
-class _LazyPrepared:
-    """The references' prepared stream, loaded on first use (the everyday regime runs without them)."""
+class _LazyPrepared(Prepared):
+    """The references' prepared stream, loaded on first use (the everyday regime runs without them).
+
+    A ``Prepared`` (the references' ``prepare`` takes it as it is) whose attributes are set on the
+    first access of one of them."""
 
     def __init__(self, path: Path) -> None:
-        self._path, self._prepared = path, None
+        self._path = path
 
-    def __getattr__(self, name: str) -> Any:
-        if self._prepared is None:
-            self._prepared = Prepared(load_jsonl(self._path))
-        return getattr(self._prepared, name)
+    def __getattr__(self, name: str) -> Any:  # only for attributes not set yet
+        if name == "_path":
+            raise AttributeError(name)
+        Prepared.__init__(self, load_jsonl(self._path))
+        return object.__getattribute__(self, name)
 
 
 def materialise(case: Case, seed: int, workdir: Path) -> tuple[Path, Prepared, float | None, int]:
@@ -112,7 +116,7 @@ def materialise(case: Case, seed: int, workdir: Path) -> tuple[Path, Prepared, f
     path = workdir / f"{case.name.replace(':', '_')}-{seed}.jsonl"
     events = write_jsonl(scenario, path)
     onset = scenario.start_ts + case.onset_s if case.onset_s is not None else None
-    return path, _LazyPrepared(path), onset, events  # type: ignore[return-value]
+    return path, _LazyPrepared(path), onset, events
 
 
 def calibrate(cases: list[Case], seeds: list[int], workdir: Path) -> dict[str, Any]:
