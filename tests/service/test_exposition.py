@@ -62,13 +62,15 @@ class Reference(Collector):
     """The per-series families as they were built before #13 (prometheus-client families, every
     series' snapshots at each scrape): the text the incremental one must equal."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, agents: set[tuple[str, str]] | None = None) -> None:
         self.engine = engine
+        self.agents = agents  # the agents exposed (telemetry.series), None: every agent
 
     def collect(self) -> Iterator[Metric]:
         state = self.engine.state
         keys = state.keys()
         versions = {k[:3] for k in keys}
+        shown = [k for k in keys if self.agents is None or k[:2] in self.agents]
         yield GaugeMetricFamily(
             "watcher_state_series", "series in the state (one per version, arm and segment value)", len(keys)
         )
@@ -78,6 +80,11 @@ class Reference(Collector):
         yield GaugeMetricFamily(
             "watcher_state_agents", "(agent, environment)s in the state", len({k[:2] for k in versions})
         )
+        yield GaugeMetricFamily(
+            "watcher_state_series_exposed",
+            "series whose families this answer carries (telemetry.series: all, or the active rollouts')",
+            len(shown),
+        )
         families: dict[str, Any] = {}
 
         def add(f: Any, prefix: str, labels: list[str], values: list[str], value: float) -> None:
@@ -86,7 +93,7 @@ class Reference(Collector):
                 families[prefix + f.name] = kind(prefix + f.name, f.doc, labels=[*labels, *f.labels])
             families[prefix + f.name].add_metric(values, value)
 
-        for key in keys:
+        for key in shown:
             agent, env, version, arm, seg_key, seg_value = key
             seg = bool(seg_key)
             prefix = "watcher_segment_" if seg else "watcher_"
@@ -128,9 +135,9 @@ def _samples(f: Any, m: Any, s: Any) -> list[tuple[tuple[str, ...], float]]:
     return [((q,), v / 1000.0) for q, v in found if v is not None]
 
 
-def _reference(engine: Engine) -> bytes:
+def _reference(engine: Engine, agents: set[tuple[str, str]] | None = None) -> bytes:
     registry = CollectorRegistry()
-    registry.register(Reference(engine))
+    registry.register(Reference(engine, agents))
     return generate_latest(registry)
 
 
@@ -194,6 +201,56 @@ def test_versions_that_leave_and_resets_are_redone(engine: Engine) -> None:
     engine.state.reset_cumulative(*other)
     assert _text(series) == _reference(engine)
     assert series.redone == sum(1 for k in engine.state.keys() if k[:2] == other)
+
+
+def _marker(r: Any, action: str, ts: float) -> bytes:
+    return json.dumps(
+        {
+            "schema": "watcher.deployment/v1",
+            "event_id": f"{r.rollout_id}-{action}-test",
+            "ts": ts,
+            "agent_id": r.agent_id,
+            "environment": r.environment,
+            "action": action,
+            "strategy": "canary",
+            "baseline_version": r.baseline_version,
+            "canary_version": r.canary_version,
+            "canary_weight": 0.1,
+        }
+    ).encode()
+
+
+def test_beyond_the_limit_only_the_active_rollouts_agents_are_exposed() -> None:
+    engine = _engine()
+    n = len(engine.state.keys())
+    active = {(r.agent_id, r.environment) for r in engine.registry.all() if r.active}
+    assert active and active < {k[:2] for k in engine.state.keys()}
+    assert _text(SeriesText(engine, "auto", limit=n)) == _reference(engine)  # within the limit: all
+    for selection, limit in (("auto", n - 1), ("rollouts", n)):
+        series = SeriesText(engine, selection, limit)
+        assert _text(series) == _reference(engine, active)
+        assert 0 < series.exposed == sum(1 for k in engine.state.keys() if k[:2] in active) < n
+
+    # back within the limit (a version left): every agent again, those unchanged since included
+    series = SeriesText(engine, "auto", limit=n - 1)
+    _text(series)
+    gone = next(k for k in engine.state.keys() if k[:2] not in active)
+    engine.state.forget_version(*gone[:3])
+    assert _text(series) == _reference(engine)
+
+    # a rollout that ends takes its agent's series out at the next scrape; one that starts brings
+    # its agent's in (their lines computed then: they were not kept meanwhile)
+    series = SeriesText(engine, "rollouts")
+    _text(series)
+    ending = next(r for r in engine.registry.all() if r.active)
+    idle = next(k for k in engine.state.keys() if k[:2] not in active and k[3] == "live")
+    starting = dataclasses.replace(ending, rollout_id="new", agent_id=idle[0], environment=idle[1])
+    starting = dataclasses.replace(starting, baseline_version=idle[2], canary_version=idle[2] + "-next")
+    late = PLATFORM.start_ts + PLATFORM.duration_s + 60
+    engine.process([_marker(ending, "promoted", late), _marker(starting, "started", late)])
+    now = (active - {(ending.agent_id, ending.environment)}) | {idle[:2]}
+    assert _text(series) == _reference(engine, now)
+    assert any(k[:2] == idle[:2] for k in engine.state.keys())
 
 
 def test_a_scrape_hands_the_loop_back_between_agents_and_writes_off_the_loop(

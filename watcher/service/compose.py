@@ -141,7 +141,7 @@ def build_daemon(
             "checkpoint.scope", "'partition' needs a Kafka source (the partitions are the tasks)"
         )
 
-    state_collector = StateCollector(view)
+    state_collector = StateCollector(view, settings.telemetry.series, settings.telemetry.series_limit)
     registry.register(state_collector)
     # what Kafka will not take yet waits on disk (the file is made only when something must wait)
     spool = SqliteSpool(settings.spool.path)

@@ -33,13 +33,14 @@ if TYPE_CHECKING:
     from watcher.engine import EngineView, SeriesView
     from watcher.state import SeriesKey, SeriesSnapshot
 
-__all__ = ["Rendered", "SeriesText", "metrics_chunks", "render_metrics"]
+__all__ = ["Rendered", "Selection", "SeriesText", "metrics_chunks", "render_metrics"]
 
 log = logging.getLogger(__name__)
 
 VERSION_LABELS = ("agent", "environment", "version", "arm")
 SEGMENT_LABELS = (*VERSION_LABELS, "segment_key", "segment_value")
 Window = Literal["cumulative", "recent"]
+Selection = Literal["auto", "all", "rollouts"]  # telemetry.series
 WINDOWS: tuple[Window, ...] = ("cumulative", "recent")
 QUANTILES = (("0.5", "latency_p50_ms"), ("0.95", "latency_p95_ms"), ("0.99", "latency_p99_ms"))
 
@@ -194,14 +195,44 @@ class SeriesText:
     """Every series' lines, redone per changed agent. ``steps()`` brings them up to date, one agent
     per step; ``rendered()`` is the text of the state as the last steps left it."""
 
-    def __init__(self, engine: EngineView) -> None:
+    def __init__(self, engine: EngineView, series: Selection = "all", limit: int = 20_000) -> None:
         self._engine = engine
+        self._selection = series
+        self._limit = limit
         self._rows: dict[SeriesKey, Row] = {}
         self._of_agent: dict[Agent, set[SeriesKey]] = {}
+        self._known: set[SeriesKey] = set()  # the keys in _of_agent: the state's at the last steps()
         self._present = [0] * len(SLOTS)  # per slot: the series with lines in it
         self._keys: list[SeriesKey] = []  # the state's series, in its order, at the last steps()
         self._pending: set[Agent] = set()  # agents to redo (reported dirty, not redone yet)
+        self._shown: set[Agent] | None = None  # the agents exposed (None: every agent)
         self.redone = 0  # series whose lines the last steps() computed
+
+    @property
+    def exposed(self) -> int:
+        """Series whose families the text carries (all of the state's unless limited)."""
+        return len(self._rows)
+
+    def _wanted(self, keys: list[SeriesKey]) -> set[Agent] | None:
+        """The agents whose series are exposed, None for every agent: with ``rollouts`` (or ``auto``
+        beyond the limit) those with an active rollout, the ones decisions are about."""
+        if self._selection == "all" or (self._selection == "auto" and len(keys) <= self._limit):
+            return None
+        return {(r.agent_id, r.environment) for r in self._engine.registry.all() if r.active}
+
+    def _select(self, keys: list[SeriesKey], dirty: set[Agent]) -> None:
+        """Drop the rows of agents no longer exposed; mark the newly exposed ones to redo."""
+        wanted, shown = self._wanted(keys), self._shown
+        if wanted == shown:
+            return
+        everyone = set(self._of_agent)
+        for agent in (everyone if shown is None else shown) - (everyone if wanted is None else wanted):
+            for key in self._of_agent.get(agent, ()):
+                row = self._rows.pop(key, None)
+                if row is not None:
+                    self._count(row, -1)
+        dirty |= (everyone if wanted is None else wanted) - (everyone if shown is None else shown)
+        self._shown = wanted
 
     def steps(self) -> Iterator[None]:
         """Bring the lines up to date: the series of every agent the state reports changed, and of
@@ -210,20 +241,24 @@ class SeriesText:
         keys = state.keys()  # each series is)
         dirty = state.take_dirty()
         live = set(keys)
-        known = self._rows.keys()
+        known = self._known
         for key in known - live:
             self._drop(key)
             dirty.add(key[:2])
         for key in live - known:
             self._of_agent.setdefault(key[:2], set()).add(key)
             dirty.add(key[:2])
+        self._known = live
         self._keys = keys
         self.redone = 0
+        self._select(keys, dirty)
+        shown = self._shown
         # an agent leaves the pending set once redone: a pass abandoned half-way (a cancelled scrape)
         # leaves the rest for the next, since take_dirty() will not report them again
         self._pending |= dirty
         for agent in list(self._pending):
-            yield from self._redo(agent, state)
+            if shown is None or agent in shown:
+                yield from self._redo(agent, state)
             self._pending.discard(agent)
             yield
 
@@ -287,7 +322,7 @@ class SeriesText:
         def build() -> list[bytes]:
             keys = self._keys
             rows = [r for r in map(self._rows.get, keys) if r is not None]
-            parts = [_sizes(keys)]
+            parts = [_sizes(keys, len(rows))]
             for i in _first_appearance(rows, sum(1 for n in self._present if n)):
                 parts.append(SLOTS[i].header)
                 lines = itemgetter(i)
@@ -310,8 +345,9 @@ def _first_appearance(rows: list[Row], families: int) -> list[int]:
     return list(seen)
 
 
-def _sizes(keys: list[SeriesKey]) -> bytes:
-    """What the state holds: series, versions and agents (retired and idle versions leave it)."""
+def _sizes(keys: list[SeriesKey], exposed: int) -> bytes:
+    """What the state holds: series, versions and agents (retired and idle versions leave it), and
+    how many of the series the per-series families carry (``telemetry.series``)."""
     versions = {k[:3] for k in keys}
     families = [
         GaugeMetricFamily(name, doc, value=value)
@@ -323,6 +359,11 @@ def _sizes(keys: list[SeriesKey]) -> bytes:
             ),
             ("watcher_state_versions", "(agent, environment, version)s in the state", len(versions)),
             ("watcher_state_agents", "(agent, environment)s in the state", len({k[:2] for k in versions})),
+            (
+                "watcher_state_series_exposed",
+                "series whose families this answer carries (telemetry.series: all, or the active rollouts')",
+                exposed,
+            ),
         )
     ]
     return b"".join(generate_latest(_One(f)) for f in families)

@@ -22,7 +22,7 @@ from watcher.config import TelemetrySettings
 from watcher.contract import Action, OtlpCounts, RejectReason
 from watcher.engine import Unjudged
 from watcher.service.looplag import LAG_BUCKETS
-from watcher.service.series_text import SeriesText
+from watcher.service.series_text import Selection, SeriesText
 
 if TYPE_CHECKING:
     from watcher.engine import EngineView
@@ -130,9 +130,9 @@ class StateCollector(Collector):
     ``hold``s them while a worker thread writes the answer; without a held set (a plain
     ``render_metrics`` of the registry, as tests do) ``collect`` does all of it at once."""
 
-    def __init__(self, engine: EngineView) -> None:
+    def __init__(self, engine: EngineView, series: Selection = "all", series_limit: int = 20_000) -> None:
         self._engine = engine
-        self.series = SeriesText(engine)
+        self.series = SeriesText(engine, series, series_limit)
         self._held: list[Metric] | None = None
 
     def collect(self) -> Iterator[Metric]:
