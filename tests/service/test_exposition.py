@@ -4,7 +4,6 @@ agents and writes the answer off the loop's thread (issue #13)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import threading
@@ -17,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tests.support.loop import run_counting_turns
 from watcher.config import load_settings
 from watcher.contract import SERIES_FAMILIES
 from watcher.engine import Engine
@@ -271,23 +271,7 @@ def test_a_scrape_hands_the_loop_back_between_agents_and_writes_off_the_loop(
     registry.register(Probe())
     exposition = Exposition(registry, state, slice_s=0.0)  # hand it back after every agent
 
-    async def scrape() -> tuple[bytes, int]:
-        ticks = 0
-        done = asyncio.Event()
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while not done.is_set():
-                ticks += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        pieces = await exposition.render()
-        done.set()
-        await task
-        return pieces, ticks
-
-    pieces, ticks = asyncio.run(scrape())
+    pieces, ticks = run_counting_turns(exposition.render())
     body = b"".join(pieces)
     # written in pieces of 50 series (no step copies the whole text at once)
     assert max(map(len, pieces)) < len(body) / 10

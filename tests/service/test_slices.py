@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import pytest
 
+from tests.support.loop import run_counting_turns
 from watcher.config import load_settings
 from watcher.engine import Engine
 from watcher.kafka import Message, MessageBatch, Origins
@@ -32,23 +32,7 @@ def test_a_batch_in_pieces_is_the_batch_at_once_and_the_loop_runs_between_them()
     sliced = Engine(load_settings(environ={}))
     slices = Slices(slice_s=0.0, smallest=500)  # every piece as small as allowed
 
-    async def run() -> tuple[object, int]:
-        ticks = 0
-        done = asyncio.Event()
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while not done.is_set():
-                ticks += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        result = await slices.process(sliced, batch.values, Origins(batch))
-        done.set()
-        await task
-        return result, ticks
-
-    result, ticks = asyncio.run(run())
+    result, ticks = run_counting_turns(slices.process(sliced, batch.values, Origins(batch)))
     pieces = -(-len(batch) // 500)
     assert slices.pieces == pieces > 10 and ticks >= pieces - 1
     assert sorted(sliced.state.keys()) == sorted(whole.state.keys())
