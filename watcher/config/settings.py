@@ -269,8 +269,8 @@ class SpoolSettings(Section, frozen=True):
 class TelemetrySettings(Section, frozen=True):
     # which series' families /metrics carries (docs/metrics.md#how-many-series): every series ("all"),
     # the series of agents with an active rollout ("rollouts"), or every series while the state holds
-    # at most ``series_limit`` of them and the rollouts' beyond ("auto": a platform of thousands of
-    # agents would otherwise answer each scrape with hundreds of megabytes)
+    # at most ``series_limit`` of them and the rollouts' beyond, until back at 90 % of it ("auto": a
+    # platform of thousands of agents would otherwise answer each scrape with hundreds of megabytes)
     series: Literal["auto", "all", "rollouts"] = "auto"
     series_limit: Positive = 20_000
     service_name: str = "watcher"

@@ -44,6 +44,7 @@ Selection = Literal["auto", "all", "rollouts"]  # telemetry.series
 WINDOWS: tuple[Window, ...] = ("cumulative", "recent")
 QUANTILES = (("0.5", "latency_p50_ms"), ("0.95", "latency_p95_ms"), ("0.99", "latency_p99_ms"))
 
+HYSTERESIS = 0.9  # auto: limited beyond the limit, every agent again at or below 0.9 of it
 STEP_SERIES = 32  # series of one agent per step of ``steps()``
 CHUNK_SERIES = 1000  # series per piece of text (a few hundred KB): see ``metrics_chunks``
 Agent = tuple[str, str]
@@ -215,9 +216,15 @@ class SeriesText:
 
     def _wanted(self, keys: list[SeriesKey]) -> set[Agent] | None:
         """The agents whose series are exposed, None for every agent: with ``rollouts`` (or ``auto``
-        beyond the limit) those with an active rollout, the ones decisions are about."""
-        if self._selection == "all" or (self._selection == "auto" and len(keys) <= self._limit):
+        beyond the limit) those with an active rollout, the ones decisions are about. ``auto`` goes
+        back to every agent only once the state is a tenth below the limit: a state that hovers at
+        the limit would otherwise redo (and drop) every agent's lines at alternate scrapes."""
+        if self._selection == "all":
             return None
+        if self._selection == "auto":
+            limit = self._limit if self._shown is None else int(self._limit * HYSTERESIS)
+            if len(keys) <= limit:
+                return None
         return {(r.agent_id, r.environment) for r in self._engine.registry.all() if r.active}
 
     def _select(self, keys: list[SeriesKey], dirty: set[Agent]) -> None:
