@@ -9,12 +9,13 @@ from typing import Any
 import msgspec
 from prometheus_client import CollectorRegistry
 
+from tests.support.platform import platform_batches
 from tests.support.state import roundtrip
 from watcher.config import load_settings
 from watcher.engine import Engine
 from watcher.service.series_text import render_metrics
 from watcher.service.telemetry import StateCollector
-from watcher.sim.platform import Platform, events
+from watcher.sim.platform import Platform
 
 DAY = 86400.0
 WEEK = Platform(
@@ -52,14 +53,7 @@ def _sizes(engine: Engine) -> dict[str, int]:
 
 
 def _batches() -> Iterator[list[bytes]]:
-    batch: list[bytes] = []
-    for _, lines, _ in events(WEEK):
-        batch.extend(line.encode() for line in lines)
-        if len(batch) >= 500:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    return platform_batches(WEEK, 500)
 
 
 def _run(engine: Engine, days: int) -> list[dict[str, int]]:

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tests.support.loop import run_counting_turns
+from tests.support.platform import platform_batches
 from watcher.config import load_settings
 from watcher.contract import SERIES_FAMILIES
 from watcher.engine import Engine
@@ -24,7 +25,7 @@ from watcher.service import series_text
 from watcher.service.exposition import Exposition
 from watcher.service.series_text import QUANTILES, SeriesText, render_metrics
 from watcher.service.telemetry import StateCollector
-from watcher.sim.platform import Platform, events
+from watcher.sim.platform import Platform
 from watcher.sim.presets import PRESETS
 from watcher.sim.traffic import generate
 
@@ -34,13 +35,7 @@ ODD = ['a "quoted" value', "back\\slash", "two\nlines", "café ☕"]  # what the
 
 def _lines() -> Iterator[list[bytes]]:
     """A platform's events, then one agent whose segment values need escaping, in batches."""
-    batch: list[bytes] = []
-    for _, lines, _ in events(PLATFORM):
-        batch.extend(line.encode() for line in lines)
-        if len(batch) >= 400:
-            yield batch
-            batch = []
-    yield batch
+    yield from platform_batches(PLATFORM, 400)
     odd = []
     demo = dataclasses.replace(PRESETS["demo"], duration_s=60.0, conversations_per_s=3.0, agent_id="odd-bot")
     for i, line in enumerate(generate(demo)):
