@@ -8,6 +8,7 @@ import pytest
 from tests.support.state import roundtrip
 from watcher.stats import (
     FAIL_GRID,
+    FLOOR_CONVERSATIONS,
     MEAN_FIELDS,
     PASS_GRID,
     SRM_GRID,
@@ -119,6 +120,53 @@ def test_mean_test_needs_the_cluster_robust_variance(robust: bool) -> None:
     else:
         # the naive (turn-level) variance is 10x too small here: false alarms explode
         assert crossed.mean() > 3 * alpha
+
+
+def _arm(rng: np.random.Generator, runs: int, convs: int, sd: float) -> np.ndarray:
+    """(runs, MEAN_FIELDS) sums of ``convs`` conversations with geometric turn counts (mean 3.5, as
+    the everyday bench) and a conversation effect of scale ``sd``."""
+    turns = np.minimum(rng.geometric(1 / 3.5, (runs, convs)), 40).astype(float)
+    s = turns * (0.8 + rng.normal(0, sd, (runs, convs))) + rng.normal(0, 0.08, (runs, convs)) * np.sqrt(turns)
+    return mean_deltas(np.zeros_like(s), np.zeros_like(turns), s, turns).sum(axis=1)
+
+
+@pytest.mark.parametrize(("convs", "floor"), [(20, 1.0), (40, 1.0), (80, 0.5), (400, 0.1)])
+def test_the_control_variance_floor_holds_in_the_burn_in_and_fades_after(convs: int, floor: float) -> None:
+    # A canary whose own spread is half the control's (a variance 4x smaller): up to
+    # FLOOR_CONVERSATIONS its variance is the control-implied one, then that floor fades as 40/G and
+    # the canary's own estimate takes over (at 400 conversations the floor is 0.4x its own variance).
+    rng = np.random.default_rng(8)
+    ctrl = _arm(rng, 1, 20_000, 0.1)[:, None, :]
+    treat = _arm(rng, 1, convs, 0.05)[:, None, :]
+    _, var_c, _ = cluster_mean(ctrl)
+    _, var_t, g_t = cluster_mean(treat)
+    _, pooled = stratified_difference(treat, ctrl, pooled=True)
+    _, plain = stratified_difference(treat, ctrl)
+    assert plain[0] == pytest.approx(var_t[0, 0] + var_c[0, 0])
+    n_t, n_c = treat[0, 0, 1], ctrl[0, 0, 1]
+    implied = var_c[0, 0] * n_c**2 / 20_000 * g_t[0, 0] / n_t**2
+    expected = max(var_t[0, 0], implied * min(1.0, FLOOR_CONVERSATIONS / convs)) + var_c[0, 0]
+    assert pooled[0] == pytest.approx(expected)
+    if floor == 0.1:
+        assert pooled[0] == pytest.approx(plain[0])  # the canary's own estimate, unbiased upward
+    else:  # the floor binds: in full (x4 the canary's own variance), then half of it (x2)
+        assert pooled[0] > (2.0 if floor == 1.0 else 1.15) * plain[0]
+
+
+def test_mean_test_with_the_fading_floor_stays_calibrated_on_a_small_growing_canary() -> None:
+    # A/A at weight ~0.1 from 24 canary conversations on (the burn-in), 40 looks, 2000 runs: the
+    # fading floor keeps the false-alarm rate below alpha while the canary grows to 240 conversations.
+    rng = np.random.default_rng(3)
+    runs, looks, alpha = 2000, 40, 0.05
+    agg = np.zeros((runs, 2, 1, MEAN_FIELDS))
+    crossed = np.zeros(runs, bool)
+    for k in range(looks):
+        agg[:, 0, 0] += _arm(rng, runs, 60, 0.06)
+        agg[:, 1, 0] += _arm(rng, runs, 6, 0.06)
+        if k >= 3:
+            diff, var = stratified_difference(agg[:, 1], agg[:, 0], pooled=True)
+            crossed |= msprt_log_evalue(-diff, var, 0.05) >= math.log(1 / alpha)
+    assert crossed.mean() <= alpha
 
 
 def test_stratification_removes_the_simpson_bias_of_a_ramp_with_drift() -> None:

@@ -19,6 +19,7 @@ from watcher.stats.fixed import (
 from watcher.stats.latency_bins import N_BINS, bins_of_log
 from watcher.stats.sequential import (
     FAIL_GRID,
+    FLOOR_CONVERSATIONS,
     MEAN_FIELDS,
     PASS_GRID,
     SRM_GRID,
@@ -42,6 +43,7 @@ from watcher.stats.sketch import DEFAULT_LAYOUT, QuantileSketch, SketchLayout, d
 __all__ = [
     "DEFAULT_LAYOUT",
     "FAIL_GRID",
+    "FLOOR_CONVERSATIONS",
     "MEAN_FIELDS",
     "N_BINS",
     "MeanSample",
