@@ -52,3 +52,19 @@ def test_parallel_runs_give_the_rows_of_a_serial_run(tmp_path: Path) -> None:
     serial = run_all(runs, judges, tmp_path, jobs=1)
     assert len(serial) == len(runs) and {r["outcome"] for r in serial} <= {"detected", "missed"}
     assert stable(run_all(runs, judges, tmp_path, jobs=2)) == stable(serial)
+
+
+def test_the_zero_tolerance_policy_asks_the_yardsticks_question_and_keeps_promotion() -> None:
+    # docs/detection.md "The same question": every FAIL tolerance at the neutral value (quality 0,
+    # ratios 1), every other setting the bundled policy's, so only the question differs
+    from watcher.judges import load_policy
+
+    bundled = load_policy().default
+    zero = load_policy(Path(__file__).with_name("zero_tolerance.yaml")).default
+    assert [m.name for m in zero.metrics] == [m.name for m in bundled.metrics]
+    for z, b in zip(zero.metrics, bundled.metrics, strict=True):
+        assert z.tolerance == (0.0 if z.tolerance_mode.value == "absolute" else 1.0), z.name
+        assert b.tolerance != z.tolerance
+        assert z.pass_tolerance == b.pass_tolerance, z.name
+        assert replace(z, tolerance=b.tolerance) == b, z.name
+    assert replace(zero, metrics=bundled.metrics) == bundled
