@@ -16,6 +16,23 @@ differences, with the conversation as the unit (docs/strategies/shadow.md):
 
 Pairing removes the traffic-mix noise between conversations (both sides answer the same customer),
 which is why it needs far fewer conversations than an unpaired comparison (bench/strategies).
+
+When only part of the traffic is mirrored and the deployment marker says which share
+(``canary_weight`` below 1: the share of conversations mirrored), the live answers of the
+conversations that are *not* mirrored are a concurrent, randomised control as well. Each rate then
+also gets the canary's conditional e-test: a conversation with an event is a mirrored one (its
+shadow answer had the event) or an unmirrored one (its live answer had it), Bernoulli(theta) with
+rho the mirrored share, against "shadow rate <= tolerance x live rate". A conversation is taken as
+unmirrored when no shadow turn came within ``mirror_settle_s`` (60 s) of its first turn, so both
+sides count a conversation's events from that moment on (counting mirrored ones sooner would
+inflate the shadow's share). A mirrored conversation whose shadow answers come later than that
+counts as unmirrored: its live answers are still a fair control and its shadow answers are left
+out, which can only cost power, unless the shadow's slowness depends on its own events (a shadow
+that fails fast and succeeds after more than a minute). rho is the marker's share unless the
+settled conversations show clearly more mirrored ones (3 standard errors): a marker that
+understates the share would make the shadow's events look too many. The rate row's FAIL e-value is
+the mean of the paired and the unpaired ones (an e-process: the weights are fixed by the marker);
+with everything mirrored it is the paired one alone. Promotion stays on the paired test.
 """
 
 from __future__ import annotations
@@ -64,19 +81,28 @@ from watcher.stats import (
     msprt_log_evalue,
     rate_confidence_sequence,
     rate_log_evalue,
+    theta,
 )
 
 __all__ = ["ShadowJudge", "ShadowSettings"]
 
 _LIVE_ARMS = frozenset({"live", "baseline"})
 _TAIL_LIVE_TURNS = 3000  # live latencies that fix the tail threshold (control data only)
-_STATE_V = 1
+_STATE_V = 2  # 2: the unpaired rate test of a partly mirrored shadow (1 loads with it empty)
 _HALF = np.array([0.5])
+# a conversation's unpaired-test state, in the columns after its slices: not settled yet (no shadow
+# turn so far / one seen), settled mirrored, settled not mirrored; then its live and shadow event
+# bits (one per rate metric) and the bits already counted
+_FRESH, _FRESH_MIRRORED, _MIRRORED, _NOT_MIRRORED = 0, 3, 1, 2
+_U_STATE, _U_LIVE, _U_SHADOW, _U_COUNTED = range(4)
 
 
 @dataclass(frozen=True, slots=True)
 class ShadowSettings:
     pair_window_s: float = 300.0  # a turn waits this long (event time) for its counterpart
+    # a conversation with no shadow turn this long (event time) after its first turn is not mirrored
+    # (the unpaired rate test of a partly mirrored shadow; a mirror copies a turn as it happens)
+    mirror_settle_s: float = 60.0
     max_pending: int = 200_000  # turns waiting for a counterpart, at most
     conversations: int = 50_000  # per generation of the conversation table
 
@@ -111,9 +137,20 @@ class ShadowJudge:
         for m in self.metrics:
             self.field[m.name] = f
             f += _MEAN_F if m.kind == "mean" else _RATE_F
-        self.n_fields = f
         self.means = [m for m in self.metrics if m.kind == "mean"]
         self.rates = [m for m in self.metrics if m.kind != "mean"]
+        # the unpaired rate test: settled conversations (mirrored, not mirrored), then per rate metric
+        # the mirrored ones whose shadow answer had the event and the others whose live answer had it
+        w = rollout.canary_weight
+        self.mirror_share = float(w) if w is not None and 0.0 < w < 1.0 else None
+        self.u_conv = f
+        self.ufield: dict[str, int] = {}
+        if self.mirror_share is not None:
+            f += 2
+            for m in self.rates:
+                self.ufield[m.name] = f
+                f += 2
+        self.n_fields = f
         cp = policy.changepoint
         self.schedule = RestartSchedule(cp.epoch_s, cp.restart_share, enabled=cp.enabled, span=cp.span_epochs)
         self.cum = np.zeros((self.slices.size, self.n_fields))
@@ -122,6 +159,9 @@ class ShadowJudge:
         self.conv = ConvRows(
             self.settings.conversations, 2 * len(self.means), 2 + max(self.slices.max_keys, 1)
         )
+        self._ucol = 2 + max(self.slices.max_keys, 1)  # the unpaired-test columns of ``units``
+        self.units = ConvRows(self.settings.conversations, 1, self._ucol + 4)  # sums: first turn's ts
+        self.fresh: OrderedDict[str, float] = OrderedDict()  # not settled yet -> first turn's ts
         self.pending: OrderedDict[tuple[str, int], tuple[float, bool, Any]] = OrderedDict()
         self.counts = {"paired": 0, "unpaired_live": 0, "unpaired_shadow": 0, "duplicates": 0}
         self.tail_q: dict[str, float] = {}
@@ -138,6 +178,7 @@ class ShadowJudge:
     ) -> None:
         """Pair the batch's shadow and live turns and add the completed pairs; other arms are ignored."""
         pairs: list[tuple[Any, Any]] = []
+        seen: list[tuple[Any, bool]] = []
         pending, counts = self.pending, self.counts
         live_lat: list[float] = []
         need_tail = len(self.tail_q) < sum(m.kind == "tail" for m in self.rates)
@@ -147,6 +188,7 @@ class ShadowJudge:
                 continue
             if t.ts > self.watermark:
                 self.watermark = t.ts
+            seen.append((t, shadow))
             if need_tail and not shadow and t.latency_ms is not None:
                 live_lat.append(t.latency_ms)
             key = (t.conversation_id, t.turn)
@@ -161,9 +203,112 @@ class ShadowJudge:
         self._expire()
         if live_lat:
             self._fix_tails(live_lat)
+        self._advance()
         if pairs:
             counts["paired"] += len(pairs)
             self._add_pairs(pairs)
+        if self.mirror_share is not None and seen:
+            self._add_units(seen)
+            self._settle()
+
+    def _advance(self) -> None:
+        """Move the restart schedule to the watermark's epoch, dropping epochs out of its span."""
+        epoch = int(self.schedule.epoch_of(np.asarray(self.watermark - self.started_ts)))
+        if epoch > self.schedule.current:
+            self.schedule.current = epoch
+            for e in [e for e in self.epochs if e <= epoch - self.schedule.span]:
+                del self.epochs[e]
+
+    def _event_bits(self, turns: Sequence[Any]) -> list[int]:
+        """Per turn, one bit per rate metric that the turn has (a tail: above the fixed threshold)."""
+        out = [0] * len(turns)
+        for b, m in enumerate(self.rates):
+            if m.kind == "tail":
+                q = self.tail_q.get(m.name)
+                if q is None:
+                    continue
+                hit = [t.latency_ms is not None and t.latency_ms > q for t in turns]
+            else:
+                attr = metric_def(m.name).field
+                hit = [bool(getattr(t, attr)) for t in turns]
+            for i in (i for i, h in enumerate(hit) if h):
+                out[i] |= 1 << b
+        return out
+
+    def _add_units(self, seen: list[tuple[Any, bool]]) -> None:
+        """Every live and shadow turn for the unpaired test: a new conversation waits to be settled,
+        one not settled yet collects its event bits per side, a settled one adds the events of its
+        counted side that are new."""
+        units, uc = self.units, self._ucol
+        rows, new = units.rows([t.conversation_id for t, _ in seen])
+        if new.any():
+            at = np.flatnonzero(new)
+            first = [seen[i][0] for i in at.tolist()]
+            ts = np.fromiter((t.ts for t in first), float, len(first))
+            units.sums[rows[at], 0] = ts
+            units.cols[rows[at], 0] = self.schedule.epoch_of(ts - self.started_ts)
+            if self.slices.max_keys:
+                units.cols[rows[at], 2 : 2 + self.slices.max_keys] = self.slices.slices(
+                    [t.segment for t in first]
+                )
+            for t in first:
+                self.fresh[t.conversation_id] = t.ts
+        bits = self._event_bits([t for t, _ in seen])
+        cols = units.cols
+        changed: dict[int, int] = {}  # row -> bits newly counted
+        for (_, shadow), r, bit in zip(seen, rows.tolist(), bits):
+            state = int(cols[r, uc + _U_STATE])
+            if state in (_FRESH, _FRESH_MIRRORED):
+                cols[r, uc + (_U_SHADOW if shadow else _U_LIVE)] |= bit
+                if shadow:
+                    cols[r, uc + _U_STATE] = _FRESH_MIRRORED
+            elif bit and shadow == (state == _MIRRORED):  # the side this conversation counts
+                add = bit & ~int(cols[r, uc + _U_COUNTED])
+                if add:
+                    cols[r, uc + _U_COUNTED] |= add
+                    changed[r] = changed.get(r, 0) | add
+        if changed:
+            r = np.fromiter(changed, np.int64, len(changed))
+            mirrored = cols[r, uc + _U_STATE] == _MIRRORED
+            self._scatter(cols[r], self._unit_delta(mirrored, list(changed.values()), False))
+
+    def _settle(self) -> None:
+        """Conversations whose first turn is older than the pair window: mirrored or not, now for good;
+        their events so far are counted on their side."""
+        limit = self.watermark - self.settings.mirror_settle_s
+        due: list[str] = []
+        while self.fresh:
+            cid, ts = next(iter(self.fresh.items()))
+            if ts >= limit:
+                break
+            del self.fresh[cid]
+            due.append(cid)
+        if not due:
+            return
+        units, uc = self.units, self._ucol
+        rows, new = units.rows(due)
+        rows = rows[~new]  # a conversation the table forgot meanwhile is not counted
+        if not len(rows):
+            return
+        cols = units.cols
+        mirrored = cols[rows, uc + _U_STATE] == _FRESH_MIRRORED
+        cols[rows, uc + _U_STATE] = np.where(mirrored, _MIRRORED, _NOT_MIRRORED)
+        bits = np.where(mirrored, cols[rows, uc + _U_SHADOW], cols[rows, uc + _U_LIVE])
+        cols[rows, uc + _U_COUNTED] = bits
+        self._scatter(cols[rows], self._unit_delta(mirrored, bits.tolist(), True))
+
+    def _unit_delta(self, mirrored: np.ndarray, bits: list[int], settled: bool) -> np.ndarray:
+        """The unpaired test's table increments of some conversations: (conversation, field)."""
+        side = np.where(mirrored, 0, 1)
+        delta = np.zeros((len(bits), self.n_fields))
+        rows = np.arange(len(bits))
+        if settled:
+            delta[rows, self.u_conv + side] = 1.0
+        b = np.asarray(bits, np.int64)
+        for k, m in enumerate(self.rates):
+            has = ((b >> k) & 1) == 1
+            delta[rows[has], self.ufield[m.name] + side[has]] = 1.0
+        return delta
 
     def _expire(self) -> None:
         limit = self.watermark - self.settings.pair_window_s
@@ -200,11 +345,6 @@ class ShadowJudge:
                 conv.cols[rows[at], 2 : 2 + self.slices.max_keys] = self.slices.slices(
                     [live[i].segment for i in at.tolist()]
                 )
-        epoch = int(self.schedule.epoch_of(np.asarray(self.watermark - self.started_ts)))
-        if epoch > self.schedule.current:
-            self.schedule.current = epoch
-            for e in [e for e in self.epochs if e <= epoch - self.schedule.span]:
-                del self.epochs[e]
         u, inv = np.unique(rows, return_inverse=True)
         delta = np.zeros((len(u), self.n_fields))
         delta[:, 0] = np.bincount(inv, weights=new, minlength=len(u))
@@ -328,7 +468,9 @@ class ShadowJudge:
         return RolloutEvidence(self.rollout.rollout_id, ts, ts - self.started_ts, tuple(rows), None, g, g)
 
     def _test(self, m: MetricPolicy, x: np.ndarray, log_thr: np.ndarray) -> tuple[np.ndarray, ...]:
-        """(log e fail, log e pass, effect, lower, upper) per slice row of ``x``."""
+        """(log e fail, log e pass, effect, lower, upper, unpaired log e fail, unpaired ratio) per slice
+        row of ``x``; the last two are NaN without the unpaired test."""
+        none = np.full(len(x), np.nan)
         f = self.field[m.name]
         if m.kind == "mean":
             mean, var, _ = cluster_mean(x[:, f : f + MEAN_FIELDS], VAR_FLOOR)
@@ -340,7 +482,7 @@ class ShadowJudge:
             )
             with np.errstate(invalid="ignore"):
                 hw = msprt_half_width(var, tau, log_thr)
-            return lef, lep, mean, mean - hw, mean + hw
+            return lef, lep, mean, mean - hw, mean + hw, none, none
         c, b = x[:, f : f + 1], x[:, f + 1 : f + 2]
         up = m.direction.value == "higher_is_worse"
         fail, ok = np.asarray(FAIL_GRID), np.asarray(PASS_GRID)
@@ -348,7 +490,27 @@ class ShadowJudge:
         ptol = m.pass_tolerance
         lep = rate_log_evalue(c, b, _HALF, ptol, ptol * (1 / ok if up else ok))
         lo, hi, mle = rate_confidence_sequence(c, b, _HALF, log_thr)
-        return lef, lep, mle, lo, hi
+        if self.mirror_share is None:
+            return lef, lep, mle, lo, hi, none, none
+        uf, uc = self.ufield[m.name], self.u_conv
+        n_m, n_u = x[:, uc], x[:, uc + 1]
+        ct, cc = x[:, uf : uf + 1], x[:, uf + 1 : uf + 2]
+        # rho: the marker's share, unless the settled conversations show clearly more mirrored ones (a
+        # marker that understates the share would make the shadow's events look too many)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            seen = n_m / (n_m + n_u)
+            low = seen - 3.0 * np.sqrt(seen * (1.0 - seen) / (n_m + n_u))
+        # (a slice without unmirrored conversations yet is not judged: 0.999 only keeps the log finite)
+        rho = np.clip(np.maximum(self.mirror_share, np.nan_to_num(low, nan=0.0)), 0.0, 0.999)
+        ratios = m.tolerance * np.concatenate([[1.0], fail if up else 1 / fail])
+        th = theta(ratios[None, :], rho[:, None])  # (slice, null + alternatives)
+        ll = ct * np.log(th) + cc * np.log1p(-th)
+        leu = logsumexp(ll[:, 1:] - ll[:, :1]) - math.log(len(fail))
+        # an e-process that has not started is 1 (log 0): the mean of the two is fixed from the start
+        leu = np.where((n_m >= m.min_samples) & (n_u >= m.min_samples), leu, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = (ct[:, 0] / n_m) / (cc[:, 0] / n_u)
+        return np.logaddexp(lef.reshape(-1), leu) - math.log(2.0), lep, mle, lo, hi, leu, ratio
 
     def _row(
         self,
@@ -362,7 +524,7 @@ class ShadowJudge:
         log_thr: float,
         lef: float,
     ) -> MetricEvidence:
-        _, _, eff, lo, hi = (float(a[i]) for a in t)
+        _, _, eff, lo, hi, leu, ratio = (float(a[i]) for a in t)
         f, g = self.field[m.name], int(x[0])
         relative = m.tolerance_mode is ToleranceMode.RELATIVE
         if m.kind == "mean":
@@ -382,6 +544,15 @@ class ShadowJudge:
             if m.kind == "tail":
                 what = f"{m.name} (> {self.tail_q[m.name]:.0f} ms) discordance (shadow-only / live-only)"
             counts = f", shadow-only {int(so)} vs live-only {int(lo_only)}, both {int(both)}"
+            if self.mirror_share is not None:
+                uf, uc = self.ufield[m.name], self.u_conv
+                n_m, n_u = int(x[uc]), int(x[uc + 1])
+                r_m, r_u = (x[uf] / n_m if n_m else math.nan), (x[uf + 1] / n_u if n_u else math.nan)
+                counts += (
+                    f"; against the live answers of the conversations not mirrored: shadow {fmt(r_m)} "
+                    f"(n={n_m}) vs live {fmt(r_u)} (n={n_u}), x{fmt(ratio)}, "
+                    f"e={math.exp(min(leu, 700.0)):.3g}"
+                )
         stat, thr = evalue(lef, log_thr)
         mag = f"x{fmt(eff)}" if relative else fmt(abs(eff))
         cmp = ">=" if verdict is Verdict.FAIL else "<"
@@ -425,6 +596,8 @@ class ShadowJudge:
             "epochs": {str(e): array_to_state(t) for e, t in self.epochs.items()},
             "schedule": self.schedule.to_state(),
             "conv": self.conv.to_state(),
+            "units": self.units.to_state(),
+            "fresh": [[cid, ts] for cid, ts in self.fresh.items()],
             "counts": {
                 **self.counts,
                 "unpaired_live": self.counts["unpaired_live"]
@@ -439,13 +612,21 @@ class ShadowJudge:
 
     @classmethod
     def from_state(cls, d: dict[str, Any], policy: Policy | None = None) -> ShadowJudge:
-        if d.get("v") != _STATE_V or d.get("kind") != "shadow":
+        if d.get("v") not in (1, _STATE_V) or d.get("kind") != "shadow":
             raise ValueError(f"unknown shadow judge state {d.get('kind')!r} v{d.get('v')!r}")
         policy = policy if policy is not None else load_policy(None).default
         j = cls(RolloutRef(**d["rollout"]), policy, d["started_ts"], ShadowSettings(**d["settings"]))
         j.slices = SliceMap.from_state(d["slices"])
-        j.cum = array_from_state(d["cum"])
-        j.epochs = {int(e): array_from_state(t) for e, t in d["epochs"].items()}
+
+        def table(t: dict[str, Any]) -> np.ndarray:  # v1 has no unpaired-test fields: they start at 0
+            a = array_from_state(t)
+            return np.pad(a, ((0, 0), (0, j.n_fields - a.shape[1]))) if a.shape[1] < j.n_fields else a
+
+        j.cum = table(d["cum"])
+        j.epochs = {int(e): table(t) for e, t in d["epochs"].items()}
+        if "units" in d:
+            j.units = ConvRows.from_state(d["units"])
+            j.fresh = OrderedDict((str(cid), float(ts)) for cid, ts in d["fresh"])
         j.schedule = RestartSchedule.from_state(d["schedule"])
         j.conv = ConvRows.from_state(d["conv"])
         j.counts = dict(d["counts"])

@@ -180,8 +180,10 @@ def marker_lines(s: Scenario, plan: Plan) -> list[tuple[int, str]]:
     if s.strategy == "flag":
         base["canary_version"] = None
         base["flag"] = {"name": s.flag_name, "control": s.flag_variants[0], "treatment": s.flag_variants[1]}
-    elif s.strategy in ("shadow", "blue_green"):
-        start, weight = (s.switch_s if s.strategy == "blue_green" else 0.0), 1.0
+    elif s.strategy == "shadow":  # the share of conversations mirrored (1: all)
+        weight = s.shadow_share
+    elif s.strategy == "blue_green":
+        start, weight = s.switch_s, 1.0
     steps = [(start, "started", weight)] + [
         (at, "weight_changed", w)
         for at, w in sorted(s.weight_steps)
