@@ -273,7 +273,7 @@ class ShadowJudge:
             self._scatter(cols[r], self._unit_delta(mirrored, list(changed.values()), False))
 
     def _settle(self) -> None:
-        """Conversations whose first turn is older than the pair window: mirrored or not, now for good;
+        """Conversations whose first turn is ``mirror_settle_s`` old: mirrored or not, now for good;
         their events so far are counted on their side."""
         limit = self.watermark - self.settings.mirror_settle_s
         due: list[str] = []
