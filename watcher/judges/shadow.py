@@ -81,7 +81,6 @@ from watcher.stats import (
     msprt_log_evalue,
     rate_confidence_sequence,
     rate_log_evalue,
-    theta,
 )
 
 __all__ = ["ShadowJudge", "ShadowSettings"]
@@ -219,20 +218,21 @@ class ShadowJudge:
             for e in [e for e in self.epochs if e <= epoch - self.schedule.span]:
                 del self.epochs[e]
 
-    def _event_bits(self, turns: Sequence[Any]) -> list[int]:
-        """Per turn, one bit per rate metric that the turn has (a tail: above the fixed threshold)."""
-        out = [0] * len(turns)
+    def _event_bits(self, turns: Sequence[Any]) -> np.ndarray:
+        """Per turn, bit b set when it has the event of rate metric b (a tail: slower than the fixed
+        threshold; none before it is fixed)."""
+        n = len(turns)
+        out = np.zeros(n, np.int64)
         for b, m in enumerate(self.rates):
             if m.kind == "tail":
                 q = self.tail_q.get(m.name)
                 if q is None:
                     continue
-                hit = [t.latency_ms is not None and t.latency_ms > q for t in turns]
+                hit = np.fromiter((t.latency_ms is not None and t.latency_ms > q for t in turns), bool, n)
             else:
                 attr = metric_def(m.name).field
-                hit = [bool(getattr(t, attr)) for t in turns]
-            for i in (i for i, h in enumerate(hit) if h):
-                out[i] |= 1 << b
+                hit = np.fromiter((getattr(t, attr) for t in turns), bool, n)
+            out |= hit.astype(np.int64) << b
         return out
 
     def _add_units(self, seen: list[tuple[Any, bool]]) -> None:
@@ -256,7 +256,7 @@ class ShadowJudge:
         bits = self._event_bits([t for t, _ in seen])
         cols = units.cols
         changed: dict[int, int] = {}  # row -> bits newly counted
-        for (_, shadow), r, bit in zip(seen, rows.tolist(), bits):
+        for (_, shadow), r, bit in zip(seen, rows.tolist(), bits.tolist()):
             state = int(cols[r, uc + _U_STATE])
             if state in (_FRESH, _FRESH_MIRRORED):
                 cols[r, uc + (_U_SHADOW if shadow else _U_LIVE)] |= bit
@@ -363,17 +363,9 @@ class ShadowJudge:
             delta[:, f + MEAN_FIELDS] = np.bincount(inv[ok], weights=lv[ok], minlength=len(u))
             delta[:, f + MEAN_FIELDS + 1] = np.bincount(inv[ok], weights=sv[ok], minlength=len(u))
         bits = conv.cols[u, 1]
+        live_bits, shadow_bits = self._event_bits(live), self._event_bits(shadow)
         for b, m in enumerate(self.rates):
-            if m.kind == "tail":
-                q = self.tail_q.get(m.name)
-                if q is None:
-                    continue
-                le = np.fromiter((t.latency_ms is not None and t.latency_ms > q for t in live), bool, n)
-                se = np.fromiter((t.latency_ms is not None and t.latency_ms > q for t in shadow), bool, n)
-            else:
-                attr = metric_def(m.name).field
-                le = np.fromiter((getattr(t, attr) for t in live), bool, n)
-                se = np.fromiter((getattr(t, attr) for t in shadow), bool, n)
+            le, se = (live_bits >> b) & 1 == 1, (shadow_bits >> b) & 1 == 1
             cand = np.flatnonzero((le | se) & (((bits[inv] >> b) & 1) == 0))
             if not len(cand):
                 continue
@@ -486,7 +478,8 @@ class ShadowJudge:
         c, b = x[:, f : f + 1], x[:, f + 1 : f + 2]
         up = m.direction.value == "higher_is_worse"
         fail, ok = np.asarray(FAIL_GRID), np.asarray(PASS_GRID)
-        lef = rate_log_evalue(c, b, _HALF, m.tolerance, m.tolerance * (fail if up else 1 / fail))
+        alts = m.tolerance * (fail if up else 1 / fail)
+        lef = rate_log_evalue(c, b, _HALF, m.tolerance, alts)
         ptol = m.pass_tolerance
         lep = rate_log_evalue(c, b, _HALF, ptol, ptol * (1 / ok if up else ok))
         lo, hi, mle = rate_confidence_sequence(c, b, _HALF, log_thr)
@@ -494,7 +487,7 @@ class ShadowJudge:
             return lef, lep, mle, lo, hi, none, none
         uf, uc = self.ufield[m.name], self.u_conv
         n_m, n_u = x[:, uc], x[:, uc + 1]
-        ct, cc = x[:, uf : uf + 1], x[:, uf + 1 : uf + 2]
+        ct, cc = x[:, uf], x[:, uf + 1]
         # rho: the marker's share, unless the settled conversations show clearly more mirrored ones (a
         # marker that understates the share would make the shadow's events look too many)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -502,14 +495,12 @@ class ShadowJudge:
             low = seen - 3.0 * np.sqrt(seen * (1.0 - seen) / (n_m + n_u))
         # (a slice without unmirrored conversations yet is not judged: 0.999 only keeps the log finite)
         rho = np.clip(np.maximum(self.mirror_share, np.nan_to_num(low, nan=0.0)), 0.0, 0.999)
-        ratios = m.tolerance * np.concatenate([[1.0], fail if up else 1 / fail])
-        th = theta(ratios[None, :], rho[:, None])  # (slice, null + alternatives)
-        ll = ct * np.log(th) + cc * np.log1p(-th)
-        leu = logsumexp(ll[:, 1:] - ll[:, :1]) - math.log(len(fail))
+        # each slice its own rho: its counts as the only stratum of its row (a diagonal)
+        leu = rate_log_evalue(np.diag(ct), np.diag(cc), rho, m.tolerance, alts)
         # an e-process that has not started is 1 (log 0): the mean of the two is fixed from the start
         leu = np.where((n_m >= m.min_samples) & (n_u >= m.min_samples), leu, 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = (ct[:, 0] / n_m) / (cc[:, 0] / n_u)
+            ratio = (ct / n_m) / (cc / n_u)
         return np.logaddexp(lef.reshape(-1), leu) - math.log(2.0), lep, mle, lo, hi, leu, ratio
 
     def _row(
