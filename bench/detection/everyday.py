@@ -72,8 +72,13 @@ STRATEGY_SCENARIOS: dict[str, Scenario] = {
 }
 
 
-def _case(strategy: str, name: str, regressions: tuple[Regression, ...], onset: float) -> Case:
+def _case(
+    strategy: str, name: str, regressions: tuple[Regression, ...], onset: float, delay_s: float = 0.0
+) -> Case:
     base = STRATEGY_SCENARIOS[strategy]
+    if delay_s:  # every regression starts delay_s later (the first-minute one too)
+        regressions = tuple(replace(r, start_s=r.start_s + delay_s) for r in regressions)
+        onset += delay_s
     if base.strategy == "blue_green":  # green starts at the switch: shift the regressions with it
         regressions = tuple(replace(r, start_s=r.start_s + base.switch_s) for r in regressions)
         onset += base.switch_s
@@ -82,12 +87,19 @@ def _case(strategy: str, name: str, regressions: tuple[Regression, ...], onset: 
 
 
 def regression_cases(
-    strategies: tuple[str, ...] = tuple(STRATEGY_SCENARIOS), extra: bool = False
+    strategies: tuple[str, ...] = tuple(STRATEGY_SCENARIOS), extra: bool = False, delay_s: float = 0.0
 ) -> list[Case]:
-    """Every type under every strategy; with ``extra`` the measured-only types under the canary."""
-    cases = [_case(st, name, regs, onset) for st in strategies for name, (regs, onset) in TYPES.items()]
+    """Every type under every strategy; with ``extra`` the measured-only types under the canary.
+
+    ``delay_s`` starts every regression that much later: the regime's onsets (minute 20, or the first
+    minute) fall on the 20-min grid of watcher's restarted tests, and 600 puts them halfway between."""
+    cases = [
+        _case(st, name, regs, onset, delay_s) for st in strategies for name, (regs, onset) in TYPES.items()
+    ]
     if extra and "canary" in strategies:
-        cases += [_case("canary", name, regs, onset) for name, (regs, onset) in EXTRA_TYPES.items()]
+        cases += [
+            _case("canary", name, regs, onset, delay_s) for name, (regs, onset) in EXTRA_TYPES.items()
+        ]
     return cases
 
 

@@ -386,7 +386,14 @@ def _brief(r: dict[str, Any]) -> str:
 def results_path(args: argparse.Namespace) -> Path:
     """Where the results go without --out: the committed file only for a full run of every judge
     and scenario; a smoke run (--quick) or a subset goes to a temporary file."""
-    if args.quick or args.judges or args.scenarios or args.strategies or args.kind != "all":
+    if (
+        args.quick
+        or args.judges
+        or args.scenarios
+        or args.strategies
+        or args.kind != "all"
+        or args.onset_delay
+    ):
         return Path(tempfile.gettempdir()) / "watcher-detection-partial.json"
     return RESULTS_EVERYDAY if args.regime == "everyday" else RESULTS
 
@@ -425,6 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--strategies", help="everyday: comma-separated strategies (default: all)")
     p.add_argument(
+        "--onset-delay",
+        type=float,
+        default=0.0,
+        help="everyday: start every regression this many seconds later (600: halfway between two "
+        "of watcher's 20-min restarts; the results go to a temporary file)",
+    )
+    p.add_argument(
         "--kind",
         choices=("all", "regression", "null"),
         default="all",
@@ -457,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     null_seeds: dict[str, list[int]] = {}
     if everyday_run:
         strategies = tuple(args.strategies.split(",") if args.strategies else everyday.STRATEGY_SCENARIOS)
-        pool = everyday.regression_cases(strategies, extra=True) + list(everyday.NULLS)
+        pool = everyday.regression_cases(strategies, extra=True, delay_s=args.onset_delay) + list(
+            everyday.NULLS
+        )
         for case in everyday.NULLS:
             n = args.null_seeds or round(len(seeds) * everyday.NULL_SEEDS_PER_SEED.get(case.name, 4))
             null_seeds[case.name] = list(range(args.first_seed, args.first_seed + n))

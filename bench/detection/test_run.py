@@ -19,6 +19,7 @@ def _args(**kw: object) -> argparse.Namespace:
         "strategies": None,
         "regime": "fast",
         "kind": "all",
+        "onset_delay": 0.0,
     }
     return argparse.Namespace(**{**base, **kw})
 
@@ -32,6 +33,7 @@ def test_only_a_full_run_writes_the_committed_results() -> None:
         {"scenarios": "a_a"},
         {"strategies": "flag"},
         {"kind": "null"},
+        {"onset_delay": 600.0},
     ):
         for regime in ("fast", "everyday"):
             assert results_path(_args(regime=regime, **partial)) not in (RESULTS, RESULTS_EVERYDAY), partial
@@ -68,3 +70,17 @@ def test_the_zero_tolerance_policy_asks_the_yardsticks_question_and_keeps_promot
         assert z.pass_tolerance == b.pass_tolerance, z.name
         assert replace(z, tolerance=b.tolerance) == b, z.name
     assert replace(zero, metrics=bundled.metrics) == bundled
+
+
+def test_an_onset_delay_moves_every_regression_and_its_onset() -> None:
+    from bench.detection import everyday
+
+    plain = {c.name: c for c in everyday.regression_cases(("canary", "blue_green"))}
+    later = {c.name: c for c in everyday.regression_cases(("canary", "blue_green"), delay_s=600.0)}
+    assert plain.keys() == later.keys()
+    for name, case in later.items():
+        assert case.onset_s == plain[name].onset_s + 600.0
+        starts = [r.start_s for r in case.scenario.regressions]
+        assert starts == [r.start_s + 600.0 for r in plain[name].scenario.regressions]
+    # blue-green's regressions start after the switch, then later still
+    assert later["blue_green:latency_+25%"].onset_s == 3600.0 + 1200.0 + 600.0

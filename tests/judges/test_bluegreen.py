@@ -14,7 +14,7 @@ from tests.support.state import roundtrip
 from watcher.contract.columns import TurnColumns
 from watcher.contract.verdicts import Action, RolloutRef, Verdict
 from watcher.judges import STRATEGIES
-from watcher.judges.bluegreen import BlueGreenJudge
+from watcher.judges.bluegreen import BlueGreenJudge, BlueGreenSettings
 from watcher.judges.policy import Policy, PolicyState, decide, load_policy
 from watcher.sim import strategy_traffic as tf
 from watcher.state.history import VersionHistory
@@ -38,7 +38,7 @@ SLOW_TAIL = tf.Traffic(
 
 
 def run(
-    tr: tf.Traffic, seed: int, policy: Policy = POLICY, **kw
+    tr: tf.Traffic, seed: int, policy: Policy = POLICY, settings: BlueGreenSettings | None = None, **kw
 ) -> tuple[float | None, BlueGreenJudge | None, str]:
     """(minutes after the switch of the first stop or None, judge, action)."""
     history = VersionHistory()
@@ -50,7 +50,7 @@ def run(
         if not after:
             continue
         if judge is None:
-            judge = BlueGreenJudge(REF, policy, SWITCH, history)
+            judge = BlueGreenJudge(REF, policy, SWITCH, history, settings)
         judge.update(turns, arms, 1.0, cols)
         ev = judge.evidence(turns[-1].ts)
         d, state = decide(state, ev, policy, REF, CONDUCT)
@@ -160,7 +160,44 @@ def test_a_late_regression_is_caught_by_a_restarted_test() -> None:
     (row,) = [
         m for m in judge.evidence(SWITCH + minutes * 60).metrics if m.metric == "error" and m.slice == "all"
     ]
-    assert row.verdict is Verdict.FAIL and "[restarted at +2.0h]" in row.reason
+    assert row.verdict is Verdict.FAIL and "[restarted at +2.00h]" in row.reason
+
+
+def test_a_regression_between_the_hours_is_caught_by_the_test_restarted_just_before_it() -> None:
+    """Restarted tests start every 5 min after the switch: a latency regression from minute 25 is judged
+    on green's conversations from then on, not diluted by its 25 healthy minutes. Tested against
+    the same judge restarting only every hour (the layout before), which needs longer."""
+    tr = tf.Traffic(**{**BENCH.__dict__, "minutes": 90, "latency_factor": 1.3, "onset_min": 25.0})
+    minutes, judge, _ = run(tr, 4)
+    assert judge is not None and judge.cfg.restart_s == 300.0
+    assert minutes is not None and 25 < minutes < 35
+    (row,) = [
+        m for m in judge.evidence(SWITCH + minutes * 60).metrics if m.metric == "latency" and m.slice == "all"
+    ]
+    assert row.verdict is Verdict.FAIL and "[restarted at +0.42h]" in row.reason  # minute 25
+    later, _, _ = run(tr, 4, settings=BlueGreenSettings(restart_s=3600.0, restart_span=2))
+    assert later is None or later >= minutes + 5, (minutes, later)
+
+
+def test_restart_s_must_divide_the_hour_and_a_v3_state_keeps_its_hourly_tests() -> None:
+    with pytest.raises(ValueError, match="restart_s"):
+        BlueGreenSettings(restart_s=420.0)
+    history = VersionHistory()
+    judge: BlueGreenJudge | None = None
+    hourly = BlueGreenSettings(restart_s=3600.0, restart_span=2)
+    for turns, arms, after in tf.blue_green(tf.Traffic(**{**BENCH.__dict__, "minutes": 80}), 3, switch=SWITCH):
+        history.update(turns, arms)
+        if after:
+            judge = judge or BlueGreenJudge(REF, POLICY, SWITCH, history, hourly)
+            judge.update(turns, arms)
+    assert judge is not None and judge.table.shape[0] == len(judge.ref.bins)  # one row per hour
+    state = roundtrip(judge.to_state())
+    state["v"] = 3  # as v3 wrote it: green per hour, no restart_s
+    del state["settings"]["restart_s"]
+    again = BlueGreenJudge.from_state(state, POLICY)
+    assert again.cfg.restart_s == again.cfg.bin_s and again.cfg.restart_span == 2
+    ts = SWITCH + 80 * 60
+    assert [r.reason for r in again.evidence(ts).metrics] == [r.reason for r in judge.evidence(ts).metrics]
 
 
 def test_without_history_nothing_is_judged_and_state_round_trips() -> None:

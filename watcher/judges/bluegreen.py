@@ -17,8 +17,10 @@ blue-green must decide, gets the most); green is tested against those constants 
 one-sample e-processes at ``(1 - ref_share) * alpha_row``: the mixture SPRT on the cluster-robust mean
 (quality, log latency) and an exact binomial mixture e-process on the share of conversations with an
 event (escalation, error, compliance; latency tail: a turn above blue's threshold, below). A cumulative
-test runs from the switch and restarted tests from every later hour (``restart_share`` of the green
-budget, ``stats.restart_alpha``), so a regression starting hours after the switch is not diluted.
+test runs from the switch and restarted tests every ``restart_s`` (20 min) after it, each for two
+hours (``restart_share`` of the green budget, ``stats.restart_alpha``), so a regression starting after
+the switch is not diluted by green's healthy minutes. Green is kept per 20-min step; a test sums its
+steps per hour, the unit of the reference.
 Union bound: P(false rollback) <= alpha.
 
 Latency tail (``latency_pNN``, overall only): the history keeps per bucket a histogram of each
@@ -37,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -98,7 +100,7 @@ __all__ = [
     "build_reference",
 ]
 
-_STATE_V = 3  # v3: green's per-hour histograms of slowest turns
+_STATE_V = 4  # v3: green's per-hour histograms of slowest turns; v4: green kept per restart step
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +117,21 @@ class BlueGreenSettings:
     drift_rate: float = 1.10  # ratio per hour
     ref_share: float = 0.5  # share of each row's alpha spent on the reference bounds
     restart_share: float = 0.25  # share of the green tests' alpha spent on restarted tests
-    restart_span: int = 2  # a test restarted at hour j sees hours j .. j + span - 1
+    # restarted tests start every restart_s after the switch (a divisor of bin_s: green is kept per
+    # step of restart_s) and one restarted at step j sees steps j .. j + span - 1 (2 h)
+    restart_s: float = 300.0
+    restart_span: int = 24
     conversations: int = 50_000
+
+    def __post_init__(self) -> None:
+        k = self.bin_s / self.restart_s if self.restart_s > 0 else 0.0
+        if k < 1 or abs(k - round(k)) > 1e-9:
+            raise ValueError(f"restart_s ({self.restart_s:g}) must divide bin_s ({self.bin_s:g})")
+
+    @property
+    def steps_per_bin(self) -> int:
+        """Steps of ``restart_s`` per reference hour: green's table has one row per step."""
+        return round(self.bin_s / self.restart_s)
 
 
 def reference_history() -> VersionHistory:
@@ -194,6 +209,27 @@ def build_reference(
     )
 
 
+class _Part(NamedTuple):
+    """Green in the tests' steps summed per reference hour, for every test (block) at once: (block,
+    hour) cells padded with empty hours (0 conversations, hour 0), so a test's statistics are sums
+    over its row. ``_parts`` gives (block, hour, slice, field); a metric row reads one slice."""
+
+    hours: np.ndarray  # (block, hour)
+    x: np.ndarray  # (block, hour, field)
+    hist: np.ndarray  # (block, hour, latency bin)
+
+    def slice(self, s: int) -> _Part:
+        return _Part(self.hours, self.x[:, :, s], self.hist)
+
+    def take(self, k: int) -> _Part:
+        """Test ``k`` alone (still with a block axis)."""
+        return _Part(self.hours[k : k + 1], self.x[k : k + 1], self.hist[k : k + 1])
+
+    def block(self, k: int) -> _Part:
+        """Test ``k`` alone, without the block axis: (hour, ...)."""
+        return _Part(self.hours[k], self.x[k], self.hist[k])
+
+
 class BlueGreenJudge:
     """Green after the switch vs blue's reference; same interface as ``watcher.judges.canary.Judge``."""
 
@@ -217,10 +253,10 @@ class BlueGreenJudge:
         seg = policy.segments
         self.slices = SliceMap(seg.keys, seg.max_keys, seg.max_values_per_key, seg.enabled)
         self.tracker = Tracker(self.cfg.conversations, self.slices)
-        self.table = np.zeros((max(len(self.ref.bins), 1), self.slices.size, N_FIELDS))
-        self.hist = np.zeros(
-            (max(len(self.ref.bins), 1), lb.N_BINS), np.int64
-        )  # green's slowest turns per hour
+        steps = max(len(self.ref.bins), 1) * self.cfg.steps_per_bin
+        # green per step of restart_s after the switch (step // steps_per_bin is its reference hour)
+        self.table = np.zeros((steps, self.slices.size, N_FIELDS))
+        self.hist = np.zeros((steps, lb.N_BINS), np.int64)  # green's slowest turns per step
         self.watermark = started_ts
         self._z_cache: dict[float, float] = {}
         self._bounds: dict[tuple[str, str], tuple[np.ndarray, ...]] = {}  # the reference is frozen: cache
@@ -244,13 +280,13 @@ class BlueGreenJudge:
         mine = cols if keep.all() else cols.take(np.flatnonzero(keep))
         ts = mine.ts
         self.watermark = max(self.watermark, float(ts.max()))
-        bins = ((ts - self.started_ts) // self.cfg.bin_s).astype(np.int64)
-        nb = len(self.ref.bins)
+        steps = ((ts - self.started_ts) // self.cfg.restart_s).astype(np.int64)
+        ns = len(self.table)
         self.tracker.add(
             mine,
             np.zeros(mine.n, np.int64),
-            bins,
-            lambda g, b: (self.table[b], self.hist[b]) if b < nb else None,
+            steps,
+            lambda g, b: (self.table[b], self.hist[b]) if b < ns else None,
         )
 
     # -- evidence -----------------------------------------------------------------------------------
@@ -258,27 +294,43 @@ class BlueGreenJudge:
         return slice_alpha(self.policy, len(self.metrics), self.slices.size - 1, segment)
 
     def _blocks(self) -> list[tuple[str, np.ndarray, float]]:
-        """(label, judged hours, share of the green budget): the cumulative test and the live restarts."""
-        nb = len(self.ref.bins)
-        out = [("", np.arange(nb), 1.0 - self.cfg.restart_share)]
-        current = min(int((self.watermark - self.started_ts) // self.cfg.bin_s), nb - 1)
+        """(label, judged steps, share of the green budget): the cumulative test and the live restarts."""
+        ns = len(self.table)
+        out = [("", np.arange(ns), 1.0 - self.cfg.restart_share)]
+        current = min(int((self.watermark - self.started_ts) // self.cfg.restart_s), ns - 1)
         span = self.cfg.restart_span
         for j in range(max(current - span + 1, 1), current + 1):
             if self.cfg.restart_share > 0:
                 out.append(
                     (
-                        f" [restarted at +{j * self.cfg.bin_s / 3600:.1f}h]",
-                        np.arange(j, min(j + span, nb)),
+                        f" [restarted at +{j * self.cfg.restart_s / 3600:.2f}h]",
+                        np.arange(j, min(j + span, ns)),
                         restart_alpha(j, self.cfg.restart_share),
                     )
                 )
         return out
+
+    def _parts(self, blocks: list[tuple[str, np.ndarray, float]]) -> _Part:
+        """Green in each block's steps (a contiguous range) summed per reference hour, every slice at
+        once: the tables hold sums, so an hour's steps add."""
+        k = self.cfg.steps_per_bin
+        spans = [(int(st[0]), int(st[-1]) + 1) for _, st, _ in blocks]
+        width = max((b - 1) // k - a // k + 1 for a, b in spans)
+        hours = np.zeros((len(blocks), width), np.int64)
+        x = np.zeros((len(blocks), width, *self.table.shape[1:]))
+        hist = np.zeros((len(blocks), width, lb.N_BINS), np.int64)
+        for i, (a, b) in enumerate(spans):
+            for c, h in enumerate(range(a // k, (b - 1) // k + 1)):
+                lo, hi = max(h * k, a), min((h + 1) * k, b)
+                hours[i, c], x[i, c], hist[i, c] = h, self.table[lo:hi].sum(axis=0), self.hist[lo:hi].sum(axis=0)
+        return _Part(hours, x, hist)
 
     def evidence(self, ts: float) -> RolloutEvidence:
         total = self.table.sum(axis=0)
         rows: list[MetricEvidence] = []
         ref_all = self._ref_conversations("all")
         blocks = self._blocks()
+        parts = self._parts(blocks)
         for m in self.metrics:
             tail = m.kind == "tail"
             for s, name in sorted(self.slices.names.items()):
@@ -300,7 +352,7 @@ class BlueGreenJudge:
                     if s == 0:
                         rows.append(self._nodata(m, g, ref_all))
                     continue
-                rows.append(self._row(m, s, name, self._alpha(s > 0), blocks))
+                rows.append(self._row(m, name, self._alpha(s > 0), blocks, parts.slice(s)))
         g = int(total[0, F_CONV])
         return RolloutEvidence(
             self.rollout.rollout_id, ts, ts - self.started_ts, tuple(rows), None, ref_all, g
@@ -347,30 +399,27 @@ class BlueGreenJudge:
     def _row(
         self,
         m: MetricPolicy,
-        s: int,
         name: str,
         alpha_row: float,
         blocks: list[tuple[str, np.ndarray, float]],
+        parts: _Part,
     ) -> MetricEvidence:
         cfg = self.cfg
         green_alpha = (1 - cfg.ref_share) * alpha_row
         log_pthr = math.log(1 / ((1 - cfg.ref_share) * self.policy.promote.alpha))
         relative = m.tolerance_mode is ToleranceMode.RELATIVE
-        x = self.table[:, s]
         bounds = self._get_bounds(m, name, alpha_row)
         # green's cumulative and restarted tests mixed with their alpha fractions as weights (one
         # e-process, as in the canary judge) against the green budget; the largest term names the test
-        terms = [
-            (self._fail_e(m, x, bounds, hours) + math.log(frac), k)
-            for k, (_, hours, frac) in enumerate(blocks)
-            if x[hours, F_CONV].sum() >= m.min_samples or k == 0
-        ]
-        mixed = float(logsumexp(np.array([t for t, _ in terms])))
+        judged = parts.x[..., F_CONV].sum(axis=-1) >= m.min_samples
+        judged[0] = True
+        terms = np.where(judged, self._e(m, parts, bounds, True) + np.log([b[2] for b in blocks]), -np.inf)
+        mixed = float(logsumexp(terms))
         green_thr = math.log(1 / green_alpha)
-        k = max(terms)[1] if mixed >= green_thr else 0
-        label, hours, frac = blocks[k]
-        lep = self._pass_e(m, x, bounds, blocks[0][1])
-        eff, lo, hi, e0, e1 = self._estimate(m, x, bounds, hours, math.log(1 / (green_alpha * frac)))
+        k = len(blocks) - 1 - int(np.argmax(terms[::-1])) if mixed >= green_thr else 0  # ties: the later
+        (label, _, frac), part = blocks[k], parts.block(k)
+        lep = float(self._e(m, parts.take(0), bounds, False)[0])
+        eff, lo, hi, e0, e1 = self._estimate(m, part, bounds, math.log(1 / (green_alpha * frac)))
         if relative and m.kind == "mean":
             eff, lo, hi, e0, e1 = (
                 math.exp(v) if math.isfinite(v) else math.nan for v in (eff, lo, hi, e0, e1)
@@ -379,11 +428,11 @@ class BlueGreenJudge:
             Verdict.FAIL if mixed >= green_thr else Verdict.PASS if lep >= log_pthr else Verdict.INCONCLUSIVE
         )
         stat, thr = evalue(mixed, green_thr)
-        g, ref_n = int(x[hours, F_CONV].sum()), self._ref_conversations(name)
+        g, ref_n = int(part.x[:, F_CONV].sum()), self._ref_conversations(name)
         what = m.name
         if m.kind == "tail":  # units: conversations with a latency; the threshold of the first judged hour
-            g, ref_n = int(self.hist[hours].sum()), int(self.ref.bins[0].get(LATENCY_MAX, np.zeros(1)).sum())
-            thr_ms = bounds[5][hours][np.isfinite(bounds[5][hours])]
+            g, ref_n = int(part.hist.sum()), int(self.ref.bins[0].get(LATENCY_MAX, np.zeros(1)).sum())
+            thr_ms = bounds[5][part.hours][np.isfinite(bounds[5][part.hours])]
             what = f"{m.name} (> {thr_ms[0]:.0f} ms)" if len(thr_ms) else m.name
         mag = f"x{fmt(eff)}" if relative else fmt(abs(eff))
         reason = (
@@ -471,65 +520,46 @@ class BlueGreenJudge:
             )
         return tuple(out)
 
-    def _fail_e(
-        self, m: MetricPolicy, x: np.ndarray, bounds: tuple[np.ndarray, ...], hours: np.ndarray
-    ) -> float:
-        return self._e(m, x, bounds, hours, fail=True)
-
-    def _pass_e(
-        self, m: MetricPolicy, x: np.ndarray, bounds: tuple[np.ndarray, ...], hours: np.ndarray
-    ) -> float:
-        return self._e(m, x, bounds, hours, fail=False)
-
     def _counts(
-        self, m: MetricPolicy, x: np.ndarray, bounds: tuple[np.ndarray, ...], hours: np.ndarray, fail: bool
+        self, m: MetricPolicy, part: _Part, bounds: tuple[np.ndarray, ...], fail: bool
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Green's (conversations with the event, conversations) per hour; the tail's event: the slowest
-        turn above the hour's threshold of the fail (or pass) test."""
+        """Green's (conversations with the event, conversations) per (block, hour); the tail's event:
+        the slowest turn above the hour's threshold of the fail (or pass) test."""
         if m.kind != "tail":
-            return x[hours, F_RATE[m.name]], x[hours, F_CONV]
-        idx = bounds[3 if fail else 4][hours]
+            return part.x[..., F_RATE[m.name]], part.x[..., F_CONV]
+        idx = bounds[3 if fail else 4][part.hours]
         ok = np.isfinite(idx)
-        k = np.zeros(len(hours))
-        k[ok] = lb.above(self.hist[hours[ok]], idx[ok].astype(np.int64))
-        return k, self.hist[hours].sum(axis=1).astype(float)
+        k = np.where(ok, lb.above(part.hist, np.where(ok, idx, 0).astype(np.int64)), 0).astype(float)
+        return k, part.hist.sum(axis=-1).astype(float)
 
-    def _e(
-        self, m: MetricPolicy, x: np.ndarray, bounds: tuple[np.ndarray, ...], hours: np.ndarray, fail: bool
-    ) -> float:
-        """log e-value of green in ``hours`` against "no worse than the fail boundary" (fail) or "worse
-        than the pass boundary" (pass), pooled over the hours."""
-        xs, b = x[hours], bounds[0 if fail else 1][hours]
+    def _e(self, m: MetricPolicy, part: _Part, bounds: tuple[np.ndarray, ...], fail: bool) -> np.ndarray:
+        """log e-value per block of green against "no worse than the fail boundary" (fail) or "worse
+        than the pass boundary" (pass), pooled over the block's hours (empty hours add nothing)."""
+        xs, b = part.x, bounds[0 if fail else 1][part.hours]
         if m.kind == "mean":
             f = MEAN_AT[m.name]
             _, tau, sign = mean_params(m, promote=not fail)
-            gm, gv, gg = cluster_mean(xs[:, f : f + MEAN_FIELDS], VAR_FLOOR)
+            gm, gv, gg = cluster_mean(xs[..., f : f + MEAN_FIELDS], VAR_FLOOR)
             ok = (gg >= 2) & np.isfinite(gm) & np.isfinite(gv) & np.isfinite(b)
-            if not ok.any():
-                return 0.0
-            w = gg[ok] / gg[ok].sum()
-            var = float((w * w * gv[ok]).sum())
-            excess = float((w * sign * (gm[ok] - b[ok])).sum())
-            return float(msprt_log_evalue(excess if fail else -excess, var, tau))
-        k, n = self._counts(m, x, bounds, hours, fail)
-        ok = (n > 0) & np.isfinite(b)
-        if not ok.any():
-            return 0.0
+            gw = np.where(ok, gg, 0.0)
+            total = gw.sum(axis=-1)
+            w = gw / np.where(total > 0, total, 1.0)[:, None]
+            var = (w * w * np.where(ok, gv, 0.0)).sum(axis=-1)
+            excess = (w * sign * np.where(ok, gm - b, 0.0)).sum(axis=-1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                e = msprt_log_evalue(excess if fail else -excess, var, tau)
+            return np.where(total > 0, e, 0.0)
+        k, n = self._counts(m, part, bounds, fail)
         up = m.direction.value == "higher_is_worse" or m.kind == "tail"
         grid = np.asarray(FAIL_GRID if fail else PASS_GRID)
         mult = grid if up == fail else 1 / grid
-        return _binomial_log_e(k[ok], n[ok], np.minimum(b[ok], 0.999), mult)
+        return _binomial_log_e(k, n, np.minimum(b, 0.999), mult, (n > 0) & np.isfinite(b))
 
     def _estimate(
-        self,
-        m: MetricPolicy,
-        x: np.ndarray,
-        bounds: tuple[np.ndarray, ...],
-        hours: np.ndarray,
-        log_thr: float,
+        self, m: MetricPolicy, part: _Part, bounds: tuple[np.ndarray, ...], log_thr: float
     ) -> tuple[float, float, float, float, float]:
-        """(effect, lower, upper, reference, green) over ``hours``, conversation-weighted."""
-        xs, ref_pt = x[hours], bounds[2][hours]
+        """(effect, lower, upper, reference, green) over ``part``'s hours, conversation-weighted."""
+        xs, ref_pt = part.x, bounds[2][part.hours]
         if m.kind == "mean":
             f = MEAN_AT[m.name]
             _, tau, _ = mean_params(m)
@@ -541,7 +571,7 @@ class BlueGreenJudge:
             green, ref = float((w * gm[ok]).sum()), float((w * ref_pt[ok]).sum())
             hw = float(msprt_half_width(float((w * w * gv[ok]).sum()), tau, log_thr))
             return green - ref, green - ref - hw, green - ref + hw, ref, green
-        k, n = self._counts(m, x, bounds, hours, True)
+        k, n = self._counts(m, part, bounds, True)
         ok = (n > 0) & np.isfinite(ref_pt)
         if not ok.any() or n[ok].sum() <= 0:
             return (math.nan,) * 5
@@ -587,12 +617,16 @@ class BlueGreenJudge:
 
     @classmethod
     def from_state(cls, d: dict[str, Any], policy: Policy | None = None) -> BlueGreenJudge:
-        if d.get("v") not in (1, 2, _STATE_V) or d.get("kind") != "blue_green":
+        if d.get("v") not in (1, 2, 3, _STATE_V) or d.get("kind") != "blue_green":
             raise ValueError(f"unknown blue-green judge state {d.get('kind')!r} v{d.get('v')!r}")
         policy = policy if policy is not None else load_policy(None).default
         r = d["reference"]
         known = {f.name for f in fields(BlueGreenSettings)}
-        cfg = BlueGreenSettings(**{k: v for k, v in d["settings"].items() if k in known})
+        saved = {k: v for k, v in d["settings"].items() if k in known}
+        if d["v"] < 4:  # green was kept per hour, restarted tests started every hour: keep it so
+            saved["restart_s"] = saved.get("bin_s", BlueGreenSettings.bin_s)
+            saved.setdefault("restart_span", 2)
+        cfg = BlueGreenSettings(**saved)
         if d["v"] == 1:  # v1: per hour a tuple of per-day windows, later conversations in the last hour
             bins = tuple(_pool([{k: np.asarray(v) for k, v in day.items()} for day in b]) for b in r["bins"])
             dist = tuple(((h + 0.5) * cfg.bin_s + cfg.recent_s / 2) / 3600 for h in range(len(bins)))
@@ -623,19 +657,24 @@ class BlueGreenJudge:
         return j
 
 
-def _binomial_log_e(k: np.ndarray, n: np.ndarray, p: np.ndarray, mult: np.ndarray) -> float:
-    """log mean_m prod_h LR_h(m p_h : p_h): an e-process against "p_h(true) on the near side of p_h for all
-    h".
+def _binomial_log_e(
+    k: np.ndarray, n: np.ndarray, p: np.ndarray, mult: np.ndarray, ok: np.ndarray
+) -> np.ndarray:
+    """Per block, log mean_m prod_h LR_h(m p_h : p_h) over its ``ok`` hours (block, hour): an e-process
+    against "p_h(true) on the near side of p_h for all h"; 0 for a block without a usable hour.
 
     For p <= p_h and m > 1 each factor (m p)^k (1 - m p)^(n-k) / (p^k (1-p)^(n-k)) has mean <= 1 per
     conversation (the mean is linear in p and 1 at p = p_h), so the mixture is a nonnegative
-    supermartingale (exact, no variance estimate); mirrored for m < 1.
+    supermartingale (exact, no variance estimate); mirrored for m < 1. A block mixes over the
+    multipliers that keep every one of its rates below 1.
     """
-    mult = mult[mult * p.max() < 1.0]
-    if not len(mult) or not (p > 0).all():
-        return 0.0
-    q = p[:, None] * mult[None, :]
-    ll = (k[:, None] * np.log(mult)[None, :] + (n - k)[:, None] * (np.log1p(-q) - np.log1p(-p)[:, None])).sum(
-        0
-    )
-    return float(logsumexp(ll) - math.log(len(mult)))
+    pmax = np.where(ok, p, 0.0).max(axis=-1)
+    use = mult[None, :] * pmax[:, None] < 1.0  # (block, multiplier)
+    void = ~ok.any(axis=-1) | (ok & ~(p > 0)).any(axis=-1) | ~use.any(axis=-1)
+    pp = np.where(ok, p, 0.5)
+    q = np.where(use[:, None, :] & ok[..., None], pp[..., None] * mult, 0.5)  # unused cells: finite
+    lr = k[..., None] * np.log(mult) + (n - k)[..., None] * (np.log1p(-q) - np.log1p(-pp)[..., None])
+    ll = np.where(use, np.where(ok[..., None], lr, 0.0).sum(axis=1), -np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = logsumexp(ll, axis=-1) - np.log(np.maximum(use.sum(axis=-1), 1))
+    return np.where(void, 0.0, out)
