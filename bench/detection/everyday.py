@@ -97,9 +97,7 @@ def regression_cases(
         _case(st, name, regs, onset, delay_s) for st in strategies for name, (regs, onset) in TYPES.items()
     ]
     if extra and "canary" in strategies:
-        cases += [
-            _case("canary", name, regs, onset, delay_s) for name, (regs, onset) in EXTRA_TYPES.items()
-        ]
+        cases += [_case("canary", name, regs, onset, delay_s) for name, (regs, onset) in EXTRA_TYPES.items()]
     return cases
 
 

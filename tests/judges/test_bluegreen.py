@@ -185,7 +185,9 @@ def test_restart_s_must_divide_the_hour_and_a_v3_state_keeps_its_hourly_tests() 
     history = VersionHistory()
     judge: BlueGreenJudge | None = None
     hourly = BlueGreenSettings(restart_s=3600.0, restart_span=2)
-    for turns, arms, after in tf.blue_green(tf.Traffic(**{**BENCH.__dict__, "minutes": 80}), 3, switch=SWITCH):
+    for turns, arms, after in tf.blue_green(
+        tf.Traffic(**{**BENCH.__dict__, "minutes": 80}), 3, switch=SWITCH
+    ):
         history.update(turns, arms)
         if after:
             judge = judge or BlueGreenJudge(REF, POLICY, SWITCH, history, hourly)

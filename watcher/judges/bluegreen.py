@@ -322,7 +322,11 @@ class BlueGreenJudge:
         for i, (a, b) in enumerate(spans):
             for c, h in enumerate(range(a // k, (b - 1) // k + 1)):
                 lo, hi = max(h * k, a), min((h + 1) * k, b)
-                hours[i, c], x[i, c], hist[i, c] = h, self.table[lo:hi].sum(axis=0), self.hist[lo:hi].sum(axis=0)
+                hours[i, c], x[i, c], hist[i, c] = (
+                    h,
+                    self.table[lo:hi].sum(axis=0),
+                    self.hist[lo:hi].sum(axis=0),
+                )
         return _Part(hours, x, hist)
 
     def evidence(self, ts: float) -> RolloutEvidence:
