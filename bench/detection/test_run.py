@@ -84,3 +84,15 @@ def test_an_onset_delay_moves_every_regression_and_its_onset() -> None:
         assert starts == [r.start_s + 600.0 for r in plain[name].scenario.regressions]
     # blue-green's regressions start after the switch, then later still
     assert later["blue_green:latency_+25%"].onset_s == 3600.0 + 1200.0 + 600.0
+
+
+def test_the_twenty_minute_policy_differs_from_the_bundled_one_only_in_its_restart_grid() -> None:
+    # docs/detection.md "Where the onset falls between two restarts": the former grid, as a what-if
+    from watcher.judges import load_policy
+
+    bundled = load_policy().default
+    twenty = load_policy(Path(__file__).with_name("twenty_minutes.yaml")).default
+    assert (bundled.changepoint.epoch_s, bundled.changepoint.span_epochs) == (600.0, 12)
+    assert (twenty.changepoint.epoch_s, twenty.changepoint.span_epochs) == (1200.0, 6)
+    assert twenty.changepoint.epoch_s * twenty.changepoint.span_epochs == 7200.0  # both see 2 h
+    assert replace(twenty, changepoint=bundled.changepoint) == bundled

@@ -17,9 +17,9 @@ blue-green must decide, gets the most); green is tested against those constants 
 one-sample e-processes at ``(1 - ref_share) * alpha_row``: the mixture SPRT on the cluster-robust mean
 (quality, log latency) and an exact binomial mixture e-process on the share of conversations with an
 event (escalation, error, compliance; latency tail: a turn above blue's threshold, below). A cumulative
-test runs from the switch and restarted tests every ``restart_s`` (20 min) after it, each for two
+test runs from the switch and restarted tests every ``restart_s`` (5 min) after it, each for two
 hours (``restart_share`` of the green budget, ``stats.restart_alpha``), so a regression starting after
-the switch is not diluted by green's healthy minutes. Green is kept per 20-min step; a test sums its
+the switch is not diluted by green's healthy minutes. Green is kept per 5-min step; a test sums its
 steps per hour, the unit of the reference.
 Union bound: P(false rollback) <= alpha.
 
@@ -256,7 +256,7 @@ class BlueGreenJudge:
         steps = max(len(self.ref.bins), 1) * self.cfg.steps_per_bin
         # green per step of restart_s after the switch (step // steps_per_bin is its reference hour)
         self.table = np.zeros((steps, self.slices.size, N_FIELDS))
-        self.hist = np.zeros((steps, lb.N_BINS), np.int64)  # green's slowest turns per step
+        self.hist = np.zeros((steps, lb.N_BINS), np.int32)  # green's slowest turns per step (counts)
         self.watermark = started_ts
         self._z_cache: dict[float, float] = {}
         self._bounds: dict[tuple[str, str], tuple[np.ndarray, ...]] = {}  # the reference is frozen: cache
