@@ -628,7 +628,7 @@ class BlueGreenJudge:
         known = {f.name for f in fields(BlueGreenSettings)}
         saved = {k: v for k, v in d["settings"].items() if k in known}
         if d["v"] < 4:  # green was kept per hour, restarted tests started every hour: keep it so
-            saved["restart_s"] = saved.get("bin_s", BlueGreenSettings.bin_s)
+            saved["restart_s"] = saved.get("bin_s", BlueGreenSettings().bin_s)
             saved.setdefault("restart_span", 2)
         cfg = BlueGreenSettings(**saved)
         if d["v"] == 1:  # v1: per hour a tuple of per-day windows, later conversations in the last hour
