@@ -452,6 +452,25 @@ def test_cli_builds_the_scenario() -> None:
     )
 
 
+def test_cli_shadow_share_mirrors_that_share_and_the_marker_says_it() -> None:
+    args = _parser().parse_args(["--strategy", "shadow", "--shadow-share", "0.25", "--duration", "300"])
+    s = sim.scenario_from_args(args)
+    assert (s.strategy, s.shadow_share) == ("shadow", 0.25)
+    events = [json.loads(r) for r in sim.generate(s)]
+    (marker,) = [e for e in events if e["schema"] == "watcher.deployment/v1"]
+    assert marker["strategy"] == "shadow" and marker["canary_weight"] == 0.25
+    turns = [e for e in events if e["schema"] == "watcher.turn/v1"]
+    convs = {e["conversation_id"] for e in turns}
+    mirrored = {e["conversation_id"] for e in turns if e["arm"] == "shadow"}
+    assert abs(len(mirrored) / len(convs) - 0.25) < 4 * math.sqrt(0.25 * 0.75 / len(convs))
+    with pytest.raises(ConfigError) as err:
+        sim.scenario_from_args(_parser().parse_args(["--strategy", "shadow", "--shadow-share", "0"]))
+    assert err.value.field == "scenario.shadow_share"
+    with pytest.raises(ConfigError) as err:
+        sim.platform_from_args(_parser().parse_args(["--agents", "3", "--shadow-share", "0.5"]))
+    assert err.value.field == "simulate.shadow_share"
+
+
 @pytest.mark.parametrize(
     ("spec", "needle"),
     [

@@ -156,6 +156,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sc.add_argument("--strategy", choices=STRATEGIES, help="rollout strategy (default canary)")
     sc.add_argument("--switch", type=float, metavar="SECONDS", help="blue_green: the switch time")
+    sc.add_argument(
+        "--shadow-share",
+        type=float,
+        metavar="SHARE",
+        help="shadow: the share of live conversations mirrored, in (0, 1] (default 1); the marker "
+        "carries it as canary_weight, so the judge also tests the shadow's rates against the live "
+        "answers not mirrored (docs/strategies/shadow.md)",
+    )
     sc.add_argument("--seed", type=int)
     sc.add_argument("--duration", type=float, metavar="SECONDS", help="simulated seconds")
     sc.add_argument("--conversations-per-second", type=float)
@@ -232,6 +240,8 @@ def scenario_from_args(args: argparse.Namespace, clock: Clock | None = None) -> 
         kw["strategy"] = args.strategy
     if getattr(args, "switch", None) is not None:
         kw["switch_s"] = args.switch
+    if getattr(args, "shadow_share", None) is not None:
+        kw["shadow_share"] = args.shadow_share
     for attr, name in (
         ("seed", "seed"),
         ("duration", "duration_s"),
@@ -253,7 +263,12 @@ def scenario_from_args(args: argparse.Namespace, clock: Clock | None = None) -> 
     return replace(base, **kw)
 
 
-_SINGLE_AGENT = (("preset", "--preset"), ("agent_id", "--agent-id"), ("switch", "--switch"))
+_SINGLE_AGENT = (
+    ("preset", "--preset"),
+    ("agent_id", "--agent-id"),
+    ("switch", "--switch"),
+    ("shadow_share", "--shadow-share"),
+)
 _PLATFORM_ONLY = (
     ("zipf", "--zipf"),
     ("rollout_share", "--rollout-share"),
