@@ -253,10 +253,11 @@ class BlueGreenJudge:
         seg = policy.segments
         self.slices = SliceMap(seg.keys, seg.max_keys, seg.max_values_per_key, seg.enabled)
         self.tracker = Tracker(self.cfg.conversations, self.slices)
-        steps = max(len(self.ref.bins), 1) * self.cfg.steps_per_bin
-        # green per step of restart_s after the switch (step // steps_per_bin is its reference hour)
-        self.table = np.zeros((steps, self.slices.size, N_FIELDS))
-        self.hist = np.zeros((steps, lb.N_BINS), np.int32)  # green's slowest turns per step (counts)
+        # green per step of restart_s after the switch (step // steps_per_bin is its reference hour),
+        # allocated an hour at a time up to the watermark's hour (most rollouts end within two)
+        k = self.cfg.steps_per_bin
+        self.table = np.zeros((k, self.slices.size, N_FIELDS))
+        self.hist = np.zeros((k, lb.N_BINS), np.int32)  # green's slowest turns per step (counts)
         self.watermark = started_ts
         self._z_cache: dict[float, float] = {}
         self._bounds: dict[tuple[str, str], tuple[np.ndarray, ...]] = {}  # the reference is frozen: cache
@@ -281,6 +282,7 @@ class BlueGreenJudge:
         ts = mine.ts
         self.watermark = max(self.watermark, float(ts.max()))
         steps = ((ts - self.started_ts) // self.cfg.restart_s).astype(np.int64)
+        self._grow()
         ns = len(self.table)
         self.tracker.add(
             mine,
@@ -288,6 +290,17 @@ class BlueGreenJudge:
             steps,
             lambda g, b: (self.table[b], self.hist[b]) if b < ns else None,
         )
+
+    def _grow(self) -> None:
+        """Rows for every step up to the watermark's hour, within the judged horizon."""
+        k = self.cfg.steps_per_bin
+        horizon = max(len(self.ref.bins), 1) * k
+        hour = int((self.watermark - self.started_ts) // self.cfg.bin_s)
+        need = min(horizon, (hour + 1) * k)
+        if need > len(self.table):
+            more = need - len(self.table)
+            self.table = np.concatenate([self.table, np.zeros((more, *self.table.shape[1:]))])
+            self.hist = np.concatenate([self.hist, np.zeros((more, lb.N_BINS), self.hist.dtype)])
 
     # -- evidence -----------------------------------------------------------------------------------
     def _alpha(self, segment: bool) -> float:
