@@ -92,7 +92,8 @@ def regression_cases(
     """Every type under every strategy; with ``extra`` the measured-only types under the canary.
 
     ``delay_s`` starts every regression that much later: the regime's onsets (minute 20, or the first
-    minute) fall on the 20-min grid of watcher's restarted tests, and 600 puts them halfway between."""
+    minute) fall on a restart of any grid that divides 20 min (the yardstick's, watcher's), and 0,
+    300, 600, 900 sample the phase of the onset evenly (docs/detection.md)."""
     cases = [
         _case(st, name, regs, onset, delay_s) for st in strategies for name, (regs, onset) in TYPES.items()
     ]

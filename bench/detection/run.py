@@ -435,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         "--onset-delay",
         type=float,
         default=0.0,
-        help="everyday: start every regression this many seconds later (600: halfway between two "
-        "of watcher's 20-min restarts; the results go to a temporary file)",
+        help="everyday: start every regression this many seconds later (300, 600, 900: between two "
+        "restarts of a 20-min grid, the yardstick's; the results go to a temporary file)",
     )
     p.add_argument(
         "--kind",

@@ -306,10 +306,10 @@ class BlueGreenJudge:
     def _alpha(self, segment: bool) -> float:
         return slice_alpha(self.policy, len(self.metrics), self.slices.size - 1, segment)
 
-    def _blocks(self) -> list[tuple[str, np.ndarray, float]]:
+    def _blocks(self) -> list[tuple[str, range, float]]:
         """(label, judged steps, share of the green budget): the cumulative test and the live restarts."""
         ns = len(self.table)
-        out = [("", np.arange(ns), 1.0 - self.cfg.restart_share)]
+        out = [("", range(ns), 1.0 - self.cfg.restart_share)]
         current = min(int((self.watermark - self.started_ts) // self.cfg.restart_s), ns - 1)
         span = self.cfg.restart_span
         for j in range(max(current - span + 1, 1), current + 1):
@@ -317,17 +317,17 @@ class BlueGreenJudge:
                 out.append(
                     (
                         f" [restarted at +{j * self.cfg.restart_s / 3600:.2f}h]",
-                        np.arange(j, min(j + span, ns)),
+                        range(j, min(j + span, ns)),
                         restart_alpha(j, self.cfg.restart_share),
                     )
                 )
         return out
 
-    def _parts(self, blocks: list[tuple[str, np.ndarray, float]]) -> _Part:
-        """Green in each block's steps (a contiguous range) summed per reference hour, every slice at
-        once: the tables hold sums, so an hour's steps add."""
+    def _parts(self, blocks: list[tuple[str, range, float]]) -> _Part:
+        """Green in each block's steps summed per reference hour, every slice at once: the tables hold
+        sums, so an hour's steps add."""
         k = self.cfg.steps_per_bin
-        spans = [(int(st[0]), int(st[-1]) + 1) for _, st, _ in blocks]
+        spans = [(st.start, st.stop) for _, st, _ in blocks]
         width = max((b - 1) // k - a // k + 1 for a, b in spans)
         hours = np.zeros((len(blocks), width), np.int64)
         x = np.zeros((len(blocks), width, *self.table.shape[1:]))
@@ -418,7 +418,7 @@ class BlueGreenJudge:
         m: MetricPolicy,
         name: str,
         alpha_row: float,
-        blocks: list[tuple[str, np.ndarray, float]],
+        blocks: list[tuple[str, range, float]],
         parts: _Part,
     ) -> MetricEvidence:
         cfg = self.cfg

@@ -240,8 +240,6 @@ def scenario_from_args(args: argparse.Namespace, clock: Clock | None = None) -> 
         kw["strategy"] = args.strategy
     if getattr(args, "switch", None) is not None:
         kw["switch_s"] = args.switch
-    if getattr(args, "shadow_share", None) is not None:
-        kw["shadow_share"] = args.shadow_share
     for attr, name in (
         ("seed", "seed"),
         ("duration", "duration_s"),
@@ -249,6 +247,7 @@ def scenario_from_args(args: argparse.Namespace, clock: Clock | None = None) -> 
         ("environment", "environment"),
         ("conversations_per_second", "conversations_per_s"),
         ("canary_weight", "canary_weight"),
+        ("shadow_share", "shadow_share"),
     ):
         if getattr(args, attr, None) is not None:
             kw[name] = getattr(args, attr)
